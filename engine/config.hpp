@@ -1,0 +1,36 @@
+// engine/config.hpp: every tunable of the server, with its default. Filled once at startup
+// (engine/flags.cpp for the binary, or by an embedding program) and read-only afterwards,
+// so every shard may read it without synchronisation.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace wsed::engine {
+
+enum class server_mode : uint8_t { echo };
+
+struct server_config {
+  std::string host = "127.0.0.1";
+  uint16_t port = 5006;  // 0: any free port, shared by every shard
+  uint32_t workers = 0;  // 0: one per online CPU
+  server_mode mode = server_mode::echo;
+
+  uint32_t connections_max = 100000;      // whole process; beyond it HTTP 503
+  uint32_t pending_handshakes_max = 512;  // whole process; beyond it HTTP 503
+  uint32_t handshake_timeout_ms = 10000;  // upgrade must complete within this
+  uint32_t idle_timeout_ms = 60000;       // no inbound bytes for this long: close 4408 (0 = off)
+  uint64_t message_bytes_max = 1u << 20;  // larger message: close 1009
+  uint32_t fragments_per_message_max = 4096;     // more frames in one message: close 1009
+  uint64_t unfinished_bytes_max = 256ull << 20;  // whole process; over it: close 1013
+  uint64_t outbound_bytes_max = 4u << 20;        // per connection queued bytes; over it: close 4509
+  uint32_t shutdown_timeout_ms = 10000;          // SIGTERM: everything closed within this
+  uint32_t linger_timeout_ms = 2000;             // after our close/response: wait this long for EOF
+  uint32_t http_header_bytes_max = 8192;         // header block; over it: 431
+
+  uint32_t recv_buffer_bytes = 16384;  // one provided receive buffer
+  uint32_t recv_buffer_count = 512;    // provided receive buffers per shard (power of two)
+  bool quiet = false;
+};
+
+}  // namespace wsed::engine

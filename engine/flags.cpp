@@ -1,0 +1,170 @@
+// engine/flags.cpp: see flags.hpp. Every limit of server_config has a flag here.
+#include "engine/flags.hpp"
+
+#include <CLI/CLI.hpp>
+#include <cctype>
+#include <charconv>
+#include <cstdio>
+
+namespace wsed::engine {
+
+namespace {
+
+std::optional<uint64_t> split_number(std::string_view text, std::string_view* suffix) {
+  uint64_t value = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (ec != std::errc() || end == text.data()) return std::nullopt;
+  *suffix = std::string_view(end, size_t(text.data() + text.size() - end));
+  while (!suffix->empty() && suffix->front() == ' ') suffix->remove_prefix(1);
+  return value;
+}
+
+bool equal_nocase(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i)
+    if (std::tolower(static_cast<unsigned char>(a[i])) !=
+        std::tolower(static_cast<unsigned char>(b[i])))
+      return false;
+  return true;
+}
+
+std::optional<uint64_t> multiply(uint64_t v, uint64_t m) {
+  if (m != 0 && v > UINT64_MAX / m) return std::nullopt;
+  return v * m;
+}
+
+// A CLI11 option bound to an integer field through a text parser.
+template <class T, class Parse>
+CLI::Option* add_parsed(CLI::App& app, const std::string& name, T& field, Parse parse,
+                        const std::string& help, uint64_t scale, const std::string& shown,
+                        uint64_t min_value = 0) {
+  auto* opt = app.add_option_function<std::string>(
+      name,
+      [&field, parse, scale, name, min_value](const std::string& text) {
+        auto v = parse(text);
+        if (!v || *v / scale > std::numeric_limits<T>::max() || *v / scale < min_value)
+          throw CLI::ValidationError(name, "invalid value '" + text + "'");
+        field = T(*v / scale);
+      },
+      help);
+  opt->default_str(shown);
+  return opt;
+}
+
+}  // namespace
+
+std::optional<uint64_t> parse_size(std::string_view text) {
+  std::string_view suffix;
+  auto v = split_number(text, &suffix);
+  if (!v) return std::nullopt;
+  if (suffix.empty() || equal_nocase(suffix, "B")) return v;
+  static constexpr struct {
+    const char* names[3];
+    uint64_t factor;
+  } units[] = {{{"K", "KB", "KiB"}, 1ull << 10},
+               {{"M", "MB", "MiB"}, 1ull << 20},
+               {{"G", "GB", "GiB"}, 1ull << 30}};
+  for (const auto& u : units)
+    for (const char* n : u.names)
+      if (equal_nocase(suffix, n)) return multiply(*v, u.factor);
+  return std::nullopt;
+}
+
+std::optional<uint64_t> parse_duration_ms(std::string_view text) {
+  std::string_view suffix;
+  auto v = split_number(text, &suffix);
+  if (!v) return std::nullopt;
+  if (suffix.empty() || suffix == "s") return multiply(*v, 1000);
+  if (suffix == "ms") return v;
+  if (suffix == "m") return multiply(*v, 60000);
+  if (suffix == "h") return multiply(*v, 3600000);
+  return std::nullopt;
+}
+
+flags_result parse_flags(int argc, char** argv) {
+  flags_result result;
+  server_config& c = result.config;
+  CLI::App app{"wsed: a WebSocket real-time server on io_uring (one shard per core)", "wsed"};
+  app.set_version_flag("--version", std::string("wsed ") + WSED_VERSION);
+
+  app.add_option("--host", c.host, "Address to listen on")->capture_default_str();
+  app.add_option("--port", c.port, "TCP port (0: any free port, printed at startup)")
+      ->capture_default_str();
+  app.add_option("--workers", c.workers,
+                 "Shards: threads, each with its own io_uring and "
+                 "listener (default: one per online CPU)")
+      ->check(CLI::Range(1u, 1024u));
+  std::string mode = "echo";
+  app.add_option("--mode", mode,
+                 "What the server does with messages: echo (each data message "
+                 "goes back to its sender with its opcode)")
+      ->check(CLI::IsMember({"echo"}))
+      ->capture_default_str();
+  app.add_option("--max-connections", c.connections_max,
+                 "Connections held at once, whole process; beyond it HTTP 503")
+      ->check(CLI::Range(1u, 10000000u))
+      ->capture_default_str();
+  app.add_option("--max-pending-handshakes", c.pending_handshakes_max,
+                 "Sockets still in their HTTP upgrade, whole process; beyond it HTTP 503")
+      ->check(CLI::Range(1u, 10000000u))
+      ->capture_default_str();
+  add_parsed(app, "--handshake-timeout", c.handshake_timeout_ms, parse_duration_ms,
+             "A socket must finish its upgrade request within this (10s, 500ms, 2m)", 1, "10s", 1);
+  add_parsed(app, "--idle-timeout", c.idle_timeout_ms, parse_duration_ms,
+             "Close 4408 after this long without inbound data (0: never)", 1, "60s");
+  add_parsed(app, "--max-message-size", c.message_bytes_max, parse_size,
+             "Largest message accepted (bytes, or 64KiB, 16MiB); larger: close 1009", 1, "1MiB", 1);
+  app.add_option("--max-fragments", c.fragments_per_message_max,
+                 "Frames one message may be split into; more: close 1009")
+      ->check(CLI::Range(1u, 1000000000u))
+      ->capture_default_str();
+  add_parsed(app, "--max-unfinished-bytes", c.unfinished_bytes_max, parse_size,
+             "Bytes held by partially received messages, whole process; over it: close 1013", 1,
+             "256MiB", 1);
+  add_parsed(app, "--max-outbound-bytes", c.outbound_bytes_max, parse_size,
+             "Bytes queued to one connection; over it: close 4509 (slow consumer)", 1, "4MiB", 1);
+  add_parsed(app, "--shutdown-timeout", c.shutdown_timeout_ms, parse_duration_ms,
+             "On SIGINT/SIGTERM: close 4300 to every client, exit within this", 1, "10s");
+  add_parsed(app, "--linger-timeout", c.linger_timeout_ms, parse_duration_ms,
+             "After the server's close frame or error response, wait this long for the peer", 1,
+             "2s");
+  add_parsed(app, "--max-header-bytes", c.http_header_bytes_max, parse_size,
+             "Largest HTTP request header block; larger: 431", 1, "8KiB", 256);
+  app.add_option("--recv-buffers", c.recv_buffer_count,
+                 "Provided receive buffers per shard (power of two)")
+      ->check([](const std::string& s) -> std::string {
+        unsigned long v = std::strtoul(s.c_str(), nullptr, 10);
+        return v && v <= 32768 && (v & (v - 1)) == 0 ? "" : "must be a power of two <= 32768";
+      })
+      ->capture_default_str();
+  add_parsed(app, "--recv-buffer-size", c.recv_buffer_bytes, parse_size,
+             "Bytes of one provided receive buffer", 1, "16KiB", 512);
+  app.add_flag("--quiet", c.quiet, "Print nothing but errors");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp&) {
+    std::fputs(app.help().c_str(), stdout);
+    result.what = flags_result::action::exit_ok;
+    return result;
+  } catch (const CLI::CallForVersion&) {
+    std::printf("wsed %s\n", WSED_VERSION);
+    result.what = flags_result::action::exit_ok;
+    return result;
+  } catch (const CLI::ParseError& e) {
+    std::string msg = e.what();
+    for (char& ch : msg)
+      if (ch == '\n') ch = ' ';
+    std::fprintf(stderr, "wsed: %s (see wsed --help)\n", msg.c_str());
+    result.what = flags_result::action::exit_usage;
+    return result;
+  }
+  if (c.recv_buffer_bytes > (1u << 20)) {
+    std::fprintf(stderr, "wsed: --recv-buffer-size: at most 1MiB (see wsed --help)\n");
+    result.what = flags_result::action::exit_usage;
+  }
+  c.mode = server_mode::echo;
+  return result;
+}
+
+}  // namespace wsed::engine

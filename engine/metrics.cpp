@@ -1,0 +1,108 @@
+// engine/metrics.cpp: names of the counter labels and the Prometheus text rendering.
+// Runs on whichever shard serves GET /metrics; only reads counters.
+#include "engine/metrics.hpp"
+
+#include <cinttypes>
+#include <cstdio>
+#include <functional>
+
+namespace wsed::engine {
+
+const char* name_of(reject_reason r) {
+  static constexpr const char* names[] = {"max_connections", "pending_handshakes", "bad_request",
+                                          "version", "header_too_large"};
+  static_assert(std::size(names) == size_t(reject_reason::count_));
+  return names[size_t(r)];
+}
+
+const char* name_of(close_reason r) {
+  static constexpr const char* names[] = {
+      "client_close",      "protocol_error", "invalid_utf8",  "message_too_big",   "idle_timeout",
+      "handshake_timeout", "shutdown",       "slow_consumer", "unfinished_budget", "peer_reset",
+      "peer_eof",          "http_done",      "internal_error"};
+  static_assert(std::size(names) == size_t(close_reason::count_));
+  return names[size_t(r)];
+}
+
+const char* name_of(limit_kind l) {
+  static constexpr const char* names[] = {
+      "max_connections",      "max_pending_handshakes", "max_message_size", "max_fragments",
+      "max_unfinished_bytes", "max_outbound_bytes",     "header_bytes",     "file_table"};
+  static_assert(std::size(names) == size_t(limit_kind::count_));
+  return names[size_t(l)];
+}
+
+namespace {
+
+using reader = std::function<uint64_t(const shard_metrics&)>;
+
+void family(std::string& out, std::span<const shard_metrics* const> shards, const char* name,
+            const char* type, const char* help, const reader& read, const char* label = nullptr,
+            const char* label_value = nullptr, bool header = true) {
+  char line[256];
+  if (header) {
+    std::snprintf(line, sizeof line, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+    out += line;
+  }
+  uint64_t total = 0;
+  auto emit = [&](const char* shard, uint64_t v) {
+    if (label)
+      std::snprintf(line, sizeof line, "%s{shard=\"%s\",%s=\"%s\"} %" PRIu64 "\n", name, shard,
+                    label, label_value, v);
+    else
+      std::snprintf(line, sizeof line, "%s{shard=\"%s\"} %" PRIu64 "\n", name, shard, v);
+    out += line;
+  };
+  for (size_t i = 0; i < shards.size(); ++i) {
+    uint64_t v = read(*shards[i]);
+    total += v;
+    emit(std::to_string(i).c_str(), v);
+  }
+  emit("total", total);
+}
+
+template <class Enum, class Array>
+void labelled(std::string& out, std::span<const shard_metrics* const> shards, const char* name,
+              const char* help, const char* label, Array shard_metrics::*field) {
+  for (size_t k = 0; k < size_t(Enum::count_); ++k) {
+    family(
+        out, shards, name, "counter", help,
+        [&](const shard_metrics& m) { return (m.*field)[k].get(); }, label, name_of(Enum(k)),
+        k == 0);
+  }
+}
+
+}  // namespace
+
+std::string render_prometheus(std::span<const shard_metrics* const> shards) {
+  std::string out;
+  out.reserve(8192);
+  family(out, shards, "wsed_connections_open", "gauge", "WebSocket connections open.",
+         [](const shard_metrics& m) { return m.connections_open.get(); });
+  family(out, shards, "wsed_connections_accepted_total", "counter", "TCP connections accepted.",
+         [](const shard_metrics& m) { return m.connections_accepted.get(); });
+  labelled<reject_reason>(out, shards, "wsed_connections_rejected_total",
+                          "Connections refused before the upgrade, by reason.", "reason",
+                          &shard_metrics::rejected);
+  labelled<close_reason>(out, shards, "wsed_connections_closed_total",
+                         "Connections closed, by reason.", "reason", &shard_metrics::closed);
+  family(out, shards, "wsed_messages_in_total", "counter", "Data messages received.",
+         [](const shard_metrics& m) { return m.messages_in.get(); });
+  family(out, shards, "wsed_messages_out_total", "counter", "Data messages queued to clients.",
+         [](const shard_metrics& m) { return m.messages_out.get(); });
+  family(out, shards, "wsed_bytes_in_total", "counter", "Bytes received from sockets.",
+         [](const shard_metrics& m) { return m.bytes_in.get(); });
+  family(out, shards, "wsed_bytes_out_total", "counter", "Bytes sent to sockets.",
+         [](const shard_metrics& m) { return m.bytes_out.get(); });
+  family(out, shards, "wsed_stale_completions_total", "counter",
+         "Completions for a connection slot that was already reused (dropped).",
+         [](const shard_metrics& m) { return m.stale_completions.get(); });
+  family(out, shards, "wsed_recv_rearms_total", "counter",
+         "Multishot receives re-armed (provided buffers ran out or the kernel ended them).",
+         [](const shard_metrics& m) { return m.recv_rearms.get(); });
+  labelled<limit_kind>(out, shards, "wsed_limit_hits_total", "Times a limit was hit, by limit.",
+                       "limit", &shard_metrics::limit_hits);
+  return out;
+}
+
+}  // namespace wsed::engine

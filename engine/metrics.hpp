@@ -1,0 +1,89 @@
+// engine/metrics.hpp: per-shard counters and their Prometheus rendering.
+//
+// Each shard owns one shard_metrics and is its only writer; any shard may read every shard's
+// counters to render /metrics. Counters are relaxed atomics written with load+store (no locked
+// instruction on the hot path: there is one writer), read with relaxed loads.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <span>
+#include <string>
+
+namespace wsed::engine {
+
+enum class reject_reason : uint8_t {
+  max_connections,
+  pending_handshakes,
+  bad_request,
+  version,
+  header_too_large,
+  count_
+};
+
+enum class close_reason : uint8_t {
+  client_close,
+  protocol_error,
+  invalid_utf8,
+  message_too_big,
+  idle_timeout,
+  handshake_timeout,
+  shutdown,
+  slow_consumer,
+  unfinished_budget,
+  peer_reset,
+  peer_eof,
+  http_done,
+  internal_error,
+  count_
+};
+
+enum class limit_kind : uint8_t {
+  max_connections,
+  max_pending_handshakes,
+  max_message_size,
+  max_fragments,
+  max_unfinished_bytes,
+  max_outbound_bytes,
+  header_bytes,
+  file_table,
+  count_
+};
+
+const char* name_of(reject_reason r);
+const char* name_of(close_reason r);
+const char* name_of(limit_kind l);
+
+class counter {
+ public:
+  void add(uint64_t n = 1) {
+    v_.store(v_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+  }
+  void sub(uint64_t n = 1) {
+    v_.store(v_.load(std::memory_order_relaxed) - n, std::memory_order_relaxed);
+  }
+  uint64_t get() const { return v_.load(std::memory_order_relaxed); }
+
+ private:
+  std::atomic<uint64_t> v_{0};
+};
+
+struct shard_metrics {
+  counter connections_open;  // WebSocket connections past the upgrade
+  counter connections_accepted;
+  std::array<counter, size_t(reject_reason::count_)> rejected;
+  std::array<counter, size_t(close_reason::count_)> closed;
+  counter messages_in;
+  counter messages_out;
+  counter bytes_in;
+  counter bytes_out;
+  counter stale_completions;
+  counter recv_rearms;  // multishot recv re-armed (ENOBUFS or kernel ended it)
+  std::array<counter, size_t(limit_kind::count_)> limit_hits;
+};
+
+// Renders every shard's counters plus a shard="total" series per family.
+std::string render_prometheus(std::span<const shard_metrics* const> shards);
+
+}  // namespace wsed::engine

@@ -1,0 +1,137 @@
+// engine/out_queue.cpp: see out_queue.hpp. Shard-local; no locks, no syscalls.
+#include "engine/out_queue.hpp"
+
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "engine/assert.hpp"
+
+namespace wsed::engine {
+
+chunk_pool::~chunk_pool() {
+  for (out_chunk* c : small_free_) std::free(c);
+  for (out_chunk* c : standard_free_) std::free(c);
+}
+
+out_chunk* chunk_pool::get(size_t at_least) {
+  uint32_t size_class = at_least <= small_capacity ? 1 : at_least <= standard_capacity ? 2 : 0;
+  uint32_t capacity = size_class == 1   ? small_capacity
+                      : size_class == 2 ? standard_capacity
+                                        : uint32_t(at_least);
+  ENGINE_ASSERT(at_least <= UINT32_MAX);
+  std::vector<out_chunk*>* free_list = size_class == 1   ? &small_free_
+                                       : size_class == 2 ? &standard_free_
+                                                         : nullptr;
+  out_chunk* c;
+  if (free_list && !free_list->empty()) {
+    c = free_list->back();
+    free_list->pop_back();
+  } else {
+    c = static_cast<out_chunk*>(std::malloc(sizeof(out_chunk) + capacity));
+    if (!c) throw std::bad_alloc();
+  }
+  c->capacity = capacity;
+  c->pooled = size_class;
+  c->refs = 1;
+  c->size = 0;
+  return c;
+}
+
+void chunk_pool::release(out_chunk* c) {
+  ENGINE_ASSERT(c->refs > 0);
+  if (--c->refs != 0) return;
+  if (c->pooled == 1 && small_free_.size() < small_keep_max)
+    small_free_.push_back(c);
+  else if (c->pooled == 2 && standard_free_.size() < standard_keep_max)
+    standard_free_.push_back(c);
+  else
+    std::free(c);
+}
+
+uint8_t* out_queue::reserve(chunk_pool& pool, size_t n) {
+  if (!empty()) {
+    segment& tail = segments_.back();
+    out_chunk* c = tail.chunk;
+    if (c->refs == 1 && tail.offset + tail.length == c->size && c->capacity - c->size >= n) {
+      uint8_t* p = c->data() + c->size;
+      c->size += uint32_t(n);
+      tail.length += uint32_t(n);
+      queued_bytes_ += n;
+      return p;
+    }
+  }
+  if (head_ > 0 && head_ == segments_.size()) {
+    segments_.clear();
+    head_ = 0;
+  }
+  out_chunk* c = pool.get(n);
+  c->size = uint32_t(n);
+  segments_.push_back({c, 0, uint32_t(n)});
+  queued_bytes_ += n;
+  return c->data();
+}
+
+void out_queue::append(chunk_pool& pool, const void* bytes, size_t n) {
+  if (n == 0) return;
+  std::memcpy(reserve(pool, n), bytes, n);
+}
+
+void out_queue::append_shared(out_chunk* chunk, uint32_t offset, uint32_t length) {
+  ++chunk->refs;
+  segments_.push_back({chunk, offset, length});
+  queued_bytes_ += length;
+}
+
+int out_queue::prepare_send(const iovec** iov, size_t* bytes) {
+  ENGINE_ASSERT(in_flight_bytes_ == 0);
+  int n = 0;
+  size_t total = 0;
+  for (size_t i = head_; i < segments_.size() && n < iov_max; ++i, ++n) {
+    const segment& s = segments_[i];
+    iov_[n].iov_base = s.chunk->data() + s.offset;
+    iov_[n].iov_len = s.length;
+    total += s.length;
+  }
+  in_flight_bytes_ = total;
+  msg_.msg_iov = iov_;
+  msg_.msg_iovlen = size_t(n);
+  *iov = iov_;
+  *bytes = total;
+  return n;
+}
+
+void out_queue::complete_send(chunk_pool& pool, size_t sent) {
+  ENGINE_ASSERT(sent <= in_flight_bytes_);
+  in_flight_bytes_ = 0;
+  queued_bytes_ -= sent;
+  while (sent > 0) {
+    segment& s = segments_[head_];
+    if (sent >= s.length) {
+      sent -= s.length;
+      pool.release(s.chunk);
+      ++head_;
+    } else {
+      s.offset += uint32_t(sent);
+      s.length -= uint32_t(sent);
+      sent = 0;
+    }
+  }
+  if (head_ == segments_.size()) {
+    segments_.clear();
+    head_ = 0;
+  } else if (head_ > 64 && head_ * 2 > segments_.size()) {
+    segments_.erase(segments_.begin(), segments_.begin() + long(head_));
+    head_ = 0;
+  }
+}
+
+void out_queue::clear(chunk_pool& pool) {
+  ENGINE_ASSERT(in_flight_bytes_ == 0);
+  for (size_t i = head_; i < segments_.size(); ++i) pool.release(segments_[i].chunk);
+  segments_.clear();
+  head_ = 0;
+  queued_bytes_ = 0;
+}
+
+}  // namespace wsed::engine

@@ -1,0 +1,98 @@
+// engine/server.cpp: see server.hpp. Runs on the embedding program's thread, except the
+// lambdas handed to std::thread, which become the shards' loops.
+#include "engine/server.hpp"
+
+#include <pthread.h>
+#include <sched.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <exception>
+#include <future>
+#include <stdexcept>
+
+namespace wsed::engine {
+
+server::server(server_config config, app_handler& app) : config_(std::move(config)), app_(app) {
+  if (config_.workers == 0) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    config_.workers = n > 0 ? uint32_t(n) : 1;
+  }
+  shared_.config = &config_;
+}
+
+server::~server() {
+  stop();
+  join();
+}
+
+void server::start() {
+  // Direct descriptor tables are capped by RLIMIT_NOFILE: take all we may.
+  rlimit rl{};
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+  }
+  long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  for (uint32_t i = 0; i < config_.workers; ++i) {
+    shards_.push_back(std::make_unique<shard>(i, shared_, app_));
+    shared_.metrics.push_back(&shards_.back()->metrics());
+    done_.push_back(std::make_unique<std::atomic<bool>>(false));
+  }
+  uint16_t port = config_.port;
+  for (uint32_t i = 0; i < config_.workers; ++i) {
+    std::promise<void> ready;
+    std::future<void> ready_future = ready.get_future();
+    shard* s = shards_[i].get();
+    std::atomic<bool>* done = done_[i].get();
+    threads_.emplace_back([s, done, port, i, cpus, &ready] {
+      if (cpus > 0) {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET(int(i % uint32_t(cpus)), &set);
+        pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+      }
+      try {
+        s->setup(port);  // on this thread: the ring's single issuer
+      } catch (...) {
+        ready.set_exception(std::current_exception());
+        done->store(true);
+        return;
+      }
+      ready.set_value();
+      s->run();
+      done->store(true);
+    });
+    try {
+      ready_future.get();
+    } catch (...) {
+      stop();
+      join();
+      throw;
+    }
+    if (i == 0) {
+      port = shards_[0]->bound_port();  // --port 0: every shard joins the port shard 0 got
+      port_ = port;
+      notes_ = shards_[0]->setup_notes();
+    }
+  }
+}
+
+void server::stop() {
+  for (auto& s : shards_) s->request_stop();
+}
+
+bool server::finished() const {
+  for (auto& d : done_)
+    if (!d->load()) return false;
+  return true;
+}
+
+void server::join() {
+  for (auto& t : threads_)
+    if (t.joinable()) t.join();
+  threads_.clear();
+}
+
+}  // namespace wsed::engine

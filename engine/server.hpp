@@ -1,0 +1,57 @@
+// engine/server.hpp: the embeddable server: starts one shard per worker, each on its own pinned
+// thread, and stops them on request.
+//
+// Owns: the shards and their threads, server_shared. Thread: start(), stop() and wait() are
+// called by the embedding program's thread (the binary's main thread); everything else runs
+// on the shards' threads.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "engine/config.hpp"
+#include "engine/shard.hpp"
+
+namespace wsed::engine {
+
+class server {
+ public:
+  server(server_config config, app_handler& app);
+  ~server();
+
+  // Sets up every shard (rings, listeners, buffers) and starts their loops. Throws
+  // std::runtime_error with a readable message when something cannot be set up.
+  void start();
+  uint16_t port() const { return port_; }
+  uint32_t workers() const { return uint32_t(shards_.size()); }
+  const std::string& setup_notes() const { return notes_; }
+
+  // Asks every shard to drain (close 4300 to each WebSocket) and stop; returns at once.
+  void stop();
+  // True once every shard's loop has returned.
+  bool finished() const;
+  void join();
+
+ private:
+  server_config config_;
+  app_handler& app_;
+  server_shared shared_;
+  std::vector<std::unique_ptr<shard>> shards_;
+  std::vector<std::thread> threads_;
+  std::vector<std::unique_ptr<std::atomic<bool>>> done_;
+  uint16_t port_ = 0;
+  std::string notes_;
+};
+
+// The application of `--mode echo`: every data message goes back to its sender, same opcode.
+class echo_app final : public app_handler {
+ public:
+  void on_message(shard& s, conn_ref c, proto::ws_opcode opcode,
+                  std::span<const uint8_t> payload) override {
+    s.send_message(c, opcode, payload);
+  }
+};
+
+}  // namespace wsed::engine

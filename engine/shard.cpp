@@ -1,0 +1,989 @@
+// engine/shard.cpp: the shard's loop and every syscall it makes (through its io_uring).
+//
+// Thread: the shard's own. One loop pass = reap every CQE -> dispatch -> flush queued sends ->
+// one io_uring_submit_and_wait. Completion handlers only parse, queue and mark connections
+// dirty; they never wait. A slot is freed only when the kernel owns no operation of it.
+#include "engine/shard.hpp"
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+#include <string_view>
+
+#include "engine/assert.hpp"
+
+namespace wsed::engine {
+
+using proto::ws_event_kind;
+using proto::ws_opcode;
+
+namespace {
+
+constexpr unsigned ring_entries = 4096;
+constexpr unsigned cq_entries = 16384;
+constexpr uint16_t buffer_group = 0;
+constexpr uint32_t slot_reserve = 64;  // slots beyond connections_max, used to answer 503
+constexpr uint32_t tick_ms = 100;
+constexpr size_t buffer_tail_spare = 64;  // after every receive buffer (in-place JSON parsing)
+
+uint64_t monotonic_ms() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return uint64_t(ts.tv_sec) * 1000 + uint64_t(ts.tv_nsec) / 1000000;
+}
+
+[[noreturn]] void fail_setup(const std::string& what, int err) {
+  throw std::runtime_error(what + ": " + std::strerror(err));
+}
+
+close_reason reason_for_code(uint16_t code) {
+  switch (code) {
+    case proto::close_code::invalid_payload:
+      return close_reason::invalid_utf8;
+    case proto::close_code::message_too_big:
+      return close_reason::message_too_big;
+    case proto::close_code::try_again_later:
+      return close_reason::unfinished_budget;
+    default:
+      return close_reason::protocol_error;
+  }
+}
+
+}  // namespace
+
+// Growable bytes owned by one connection: handshake bytes, a split frame header, or the
+// payload of a message that arrived over several receives.
+struct shard::byte_buffer {
+  uint32_t size;
+  uint32_t capacity;
+  uint8_t* data() { return reinterpret_cast<uint8_t*>(this + 1); }
+
+  static void append(byte_buffer*& b, const void* bytes, size_t n) {
+    size_t need = (b ? b->size : 0) + n;
+    ENGINE_ASSERT(need <= UINT32_MAX);
+    if (!b || b->capacity < need) {
+      size_t cap = std::max<size_t>(need, b ? size_t(b->capacity) * 2 : 256);
+      cap = std::min<size_t>(cap, UINT32_MAX);
+      auto* nb = static_cast<byte_buffer*>(std::realloc(b, sizeof(byte_buffer) + cap));
+      if (!nb) throw std::bad_alloc();
+      if (!b) nb->size = 0;
+      nb->capacity = uint32_t(cap);
+      b = nb;
+    }
+    std::memcpy(b->data() + b->size, bytes, n);
+    b->size += uint32_t(n);
+  }
+  static void release(byte_buffer*& b) {
+    std::free(b);
+    b = nullptr;
+  }
+};
+
+shard::shard(uint32_t index, server_shared& shared, app_handler& app)
+    : index_(index),
+      shared_(shared),
+      cfg_(*shared.config),
+      app_(app),
+      http_parser_(shared.config->http_header_bytes_max) {
+  limits_.message_bytes_max = cfg_.message_bytes_max;
+  limits_.fragments_per_message_max = cfg_.fragments_per_message_max;
+  tick_.tv_sec = 0;
+  tick_.tv_nsec = long(tick_ms) * 1000000;
+}
+
+shard::~shard() {
+  if (slots_) {
+    for (uint32_t i = 0; i < slots_touched_; ++i) {
+      connection& c = slots_[i];
+      if (c.out) {
+        c.out->clear(chunks_);
+        delete c.out;
+      }
+      byte_buffer::release(c.carry);
+      byte_buffer::release(c.assembly);
+      c.~connection();
+    }
+    munmap(slots_, sizeof(connection) * slot_capacity_);
+  }
+  for (out_queue* q : free_queues_) delete q;
+  if (ring_ready_) io_uring_queue_exit(&ring_);
+  if (buf_ring_) munmap(buf_ring_, buf_ring_bytes_);
+  if (buf_base_) munmap(buf_base_, buf_area_bytes_);
+  if (listen_fd_ >= 0) ::close(listen_fd_);
+  if (wake_fd_ >= 0) ::close(wake_fd_);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Setup
+
+void shard::setup(uint16_t port) {
+  // The ring: SINGLE_ISSUER | DEFER_TASKRUN where the kernel has them.
+  io_uring_params params{};
+  params.flags = IORING_SETUP_CQSIZE | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
+  params.cq_entries = cq_entries;
+  int r = io_uring_queue_init_params(ring_entries, &ring_, &params);
+  if (r == -EINVAL) {
+    notes_ += "DEFER_TASKRUN refused by the kernel (" + std::string(std::strerror(-r)) +
+              "); using SINGLE_ISSUER|COOP_TASKRUN. ";
+    params = {};
+    params.flags = IORING_SETUP_CQSIZE | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN;
+    params.cq_entries = cq_entries;
+    r = io_uring_queue_init_params(ring_entries, &ring_, &params);
+  }
+  if (r == -EINVAL) {
+    notes_ += "SINGLE_ISSUER refused too; using a plain ring. ";
+    params = {};
+    params.flags = IORING_SETUP_CQSIZE;
+    params.cq_entries = cq_entries;
+    r = io_uring_queue_init_params(ring_entries, &ring_, &params);
+  }
+  if (r < 0) {
+    if (r == -ENOSYS || r == -EPERM)
+      fail_setup("io_uring is not available on this kernel or is disabled (needs Linux >= 6.0)",
+                 -r);
+    fail_setup("io_uring_queue_init", -r);
+  }
+  ring_ready_ = true;
+  if (!(params.features & IORING_FEAT_NODROP))
+    throw std::runtime_error("io_uring without IORING_FEAT_NODROP: kernel too old (needs >= 6.0)");
+
+  // Direct descriptors: one table entry per slot, capped by RLIMIT_NOFILE (the kernel's cap).
+  rlimit rl{};
+  getrlimit(RLIMIT_NOFILE, &rl);
+  uint64_t want = uint64_t(cfg_.connections_max) + slot_reserve;
+  uint64_t cap = rl.rlim_cur == RLIM_INFINITY ? want : uint64_t(rl.rlim_cur);
+  file_table_size_ = uint32_t(std::min(want, cap));
+  r = io_uring_register_files_sparse(&ring_, file_table_size_);
+  if (r < 0) fail_setup("io_uring_register_files_sparse", -r);
+  if (file_table_size_ < want)
+    notes_ += "direct descriptor table capped at " + std::to_string(file_table_size_) +
+              " by RLIMIT_NOFILE. ";
+
+  // Slots: reserved address space; pages become resident only as slots are first used.
+  slot_capacity_ = file_table_size_;
+  void* mem = mmap(nullptr, sizeof(connection) * slot_capacity_, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (mem == MAP_FAILED) fail_setup("mmap slots", errno);
+  slots_ = static_cast<connection*>(mem);
+
+  // Provided receive buffers.
+  uint32_t count = cfg_.recv_buffer_count;
+  ENGINE_ASSERT(count > 0 && (count & (count - 1)) == 0 && count <= 32768);
+  buf_ring_bytes_ = sizeof(io_uring_buf) * count;
+  void* ring_mem =
+      mmap(nullptr, buf_ring_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (ring_mem == MAP_FAILED) fail_setup("mmap buffer ring", errno);
+  buf_ring_ = static_cast<io_uring_buf_ring*>(ring_mem);
+  io_uring_buf_ring_init(buf_ring_);
+  io_uring_buf_reg reg{};
+  reg.ring_addr = reinterpret_cast<uint64_t>(buf_ring_);
+  reg.ring_entries = count;
+  reg.bgid = buffer_group;
+  r = io_uring_register_buf_ring(&ring_, &reg, 0);
+  if (r < 0) fail_setup("io_uring_register_buf_ring (needs Linux >= 5.19)", -r);
+  buf_stride_ = uint32_t((cfg_.recv_buffer_bytes + buffer_tail_spare + 63) & ~size_t(63));
+  buf_area_bytes_ = size_t(buf_stride_) * count;
+  void* area =
+      mmap(nullptr, buf_area_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (area == MAP_FAILED) fail_setup("mmap receive buffers", errno);
+  buf_base_ = static_cast<uint8_t*>(area);
+  for (uint32_t i = 0; i < count; ++i)
+    io_uring_buf_ring_add(buf_ring_, buf_base_ + size_t(i) * buf_stride_, cfg_.recv_buffer_bytes,
+                          uint16_t(i), io_uring_buf_ring_mask(count), int(i));
+  io_uring_buf_ring_advance(buf_ring_, int(count));
+
+  // The listener: one per shard on the same port; the kernel spreads accepts.
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* res = nullptr;
+  std::string port_str = std::to_string(port);
+  int gai = getaddrinfo(cfg_.host.c_str(), port_str.c_str(), &hints, &res);
+  if (gai != 0)
+    throw std::runtime_error("cannot resolve --host " + cfg_.host + ": " + gai_strerror(gai));
+  int fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    freeaddrinfo(res);
+    fail_setup("socket", errno);
+  }
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);  // inherited by accepted sockets
+  if (bind(fd, res->ai_addr, res->ai_addrlen) < 0) {
+    int e = errno;
+    freeaddrinfo(res);
+    ::close(fd);
+    fail_setup("cannot listen on " + cfg_.host + ":" + port_str, e);
+  }
+  freeaddrinfo(res);
+  if (listen(fd, 4096) < 0) {
+    int e = errno;
+    ::close(fd);
+    fail_setup("listen", e);
+  }
+  sockaddr_storage bound{};
+  socklen_t len = sizeof bound;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &len);
+  bound_port_ =
+      ntohs(bound.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port
+                                        : reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
+  listen_fd_ = fd;
+
+  wake_fd_ = eventfd(0, EFD_CLOEXEC);
+  if (wake_fd_ < 0) fail_setup("eventfd", errno);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The loop
+
+void shard::run() {
+  now_ms_ = monotonic_ms();
+  arm_accept();
+  arm_timer();
+  arm_wake();
+  accepting_ = true;
+  for (;;) {
+    flush();
+    if (stopping_ && (slots_used_ == 0 || now_ms_ >= stop_deadline_ms_)) break;
+    int r = io_uring_submit_and_wait(&ring_, 1);
+    if (r < 0 && r != -EINTR && r != -ETIME && r != -EBUSY) {
+      std::fprintf(stderr, "wsed: shard %u: io_uring_submit_and_wait: %s\n", index_,
+                   std::strerror(-r));
+      break;
+    }
+    now_ms_ = monotonic_ms();
+    unsigned head;
+    unsigned seen = 0;
+    io_uring_cqe* cqe;
+    io_uring_for_each_cqe(&ring_, head, cqe) {
+      dispatch(cqe);
+      ++seen;
+    }
+    io_uring_cq_advance(&ring_, seen);
+  }
+}
+
+void shard::request_stop() {
+  stop_requested_.store(true, std::memory_order_release);
+  uint64_t one = 1;
+  if (wake_fd_ >= 0) (void)!write(wake_fd_, &one, sizeof one);
+}
+
+void shard::dispatch(io_uring_cqe* cqe) {
+  uint64_t ud = cqe->user_data;
+  op o = op(ud >> 56);
+  uint32_t gen = uint32_t(ud >> 32) & 0xFFFFFF;
+  uint32_t slot = uint32_t(ud);
+  switch (o) {
+    case op::accept:
+      on_accept(cqe);
+      return;
+    case op::timer:
+      on_timer();
+      return;
+    case op::wake:
+      on_wake();
+      return;
+    default:
+      break;
+  }
+  if (slot == no_slot) return;  // fire-and-forget op (closing a descriptor we never slotted)
+  ENGINE_ASSERT(slot < slots_touched_);
+  connection& c = slot_at(slot);
+  if ((c.generation & 0xFFFFFF) != gen || c.state == conn_state::free) {
+    metrics_.stale_completions.add();
+    if (o == op::recv && (cqe->flags & IORING_CQE_F_BUFFER))
+      recycle_buffer(uint16_t(cqe->flags >> IORING_CQE_BUFFER_SHIFT));
+    return;
+  }
+  switch (o) {
+    case op::recv:
+      on_recv(c, slot, cqe);
+      break;
+    case op::send:
+      on_send(c, slot, cqe->res);
+      break;
+    case op::shutdown:
+    case op::close_fd:
+    case op::cancel:
+      on_close_op(c, slot, o, cqe->res);
+      break;
+    default:
+      ENGINE_ASSERT(false && "unknown op");
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Accept
+
+void shard::on_accept(io_uring_cqe* cqe) {
+  if (!(cqe->flags & IORING_CQE_F_MORE) && accepting_) arm_accept();
+  int res = cqe->res;
+  if (res < 0) {
+    if (res == -ENFILE || res == -EMFILE) metrics_.limit_hits[size_t(limit_kind::file_table)].add();
+    return;
+  }
+  metrics_.connections_accepted.add();
+  uint32_t slot = alloc_slot();
+  if (slot == no_slot) {
+    // Not even a reserve slot left to answer 503 with: drop the socket.
+    metrics_.limit_hits[size_t(limit_kind::max_connections)].add();
+    metrics_.rejected[size_t(reject_reason::max_connections)].add();
+    io_uring_sqe* sqe = get_sqe();
+    io_uring_prep_close_direct(sqe, unsigned(res));
+    io_uring_sqe_set_data64(sqe, pack(op::close_fd, 0, no_slot));
+    return;
+  }
+  connection& c = slot_at(slot);
+  c.file_index = res;
+  c.state = conn_state::handshake;
+  c.ops = 0;
+  c.flags = 0;
+  c.parser = proto::ws_frame_parser(proto::ws_role::server);
+  ++slots_used_;
+  arm_recv(c, slot);
+  timer_link(c, slot, timer_list::handshake, now_ms_ + cfg_.handshake_timeout_ms);
+
+  if (stopping_) {
+    reject(c, slot, reject_reason::max_connections, 503);
+    return;
+  }
+  if (shared_.connections.fetch_add(1, std::memory_order_relaxed) >= cfg_.connections_max) {
+    shared_.connections.fetch_sub(1, std::memory_order_relaxed);
+    metrics_.limit_hits[size_t(limit_kind::max_connections)].add();
+    reject(c, slot, reject_reason::max_connections, 503);
+    return;
+  }
+  c.flags |= flag_counted;
+  if (shared_.pending_handshakes.fetch_add(1, std::memory_order_relaxed) >=
+      cfg_.pending_handshakes_max) {
+    shared_.pending_handshakes.fetch_sub(1, std::memory_order_relaxed);
+    metrics_.limit_hits[size_t(limit_kind::max_pending_handshakes)].add();
+    reject(c, slot, reject_reason::pending_handshakes, 503);
+    return;
+  }
+  c.flags |= flag_pending;
+}
+
+uint32_t shard::alloc_slot() {
+  if (!free_slots_.empty()) {
+    uint32_t s = free_slots_.back();
+    free_slots_.pop_back();
+    return s;
+  }
+  if (slots_touched_ < slot_capacity_) {
+    new (&slots_[slots_touched_]) connection();
+    return slots_touched_++;
+  }
+  return no_slot;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Receive
+
+void shard::on_recv(connection& c, uint32_t slot, io_uring_cqe* cqe) {
+  int res = cqe->res;
+  bool more = cqe->flags & IORING_CQE_F_MORE;
+  if (!more) c.ops &= uint8_t(~recv_armed);
+  if (res > 0) {
+    ENGINE_ASSERT(cqe->flags & IORING_CQE_F_BUFFER);
+    uint16_t bid = uint16_t(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
+    std::span<uint8_t> data(buf_base_ + size_t(bid) * buf_stride_, size_t(res));
+    metrics_.bytes_in.add(uint64_t(res));
+    switch (c.state) {
+      case conn_state::handshake:
+        on_handshake_bytes(c, slot, data);
+        break;
+      case conn_state::open:
+        if (c.timer == timer_list::idle)
+          timer_link(c, slot, timer_list::idle, now_ms_ + cfg_.idle_timeout_ms);
+        on_ws_bytes(c, slot, data);
+        break;
+      default:
+        break;  // closing: input is discarded until the peer's EOF
+    }
+    recycle_buffer(bid);
+    if (!more && !(c.ops & recv_armed) && c.state != conn_state::finishing) {
+      metrics_.recv_rearms.add();
+      arm_recv(c, slot);
+    }
+    return;
+  }
+  if (res == -ENOBUFS) {
+    metrics_.recv_rearms.add();
+    if (!(c.ops & recv_armed) && c.state != conn_state::finishing) arm_recv(c, slot);
+    return;
+  }
+  if (res == -ECANCELED) {
+    maybe_free(c, slot);
+    return;
+  }
+  // EOF (0) or an error: the peer is gone, or at least done sending.
+  if (c.state == conn_state::finishing) {
+    maybe_free(c, slot);
+    return;
+  }
+  if (c.state == conn_state::lingering) {
+    finish(c, slot);
+    return;
+  }
+  c.flags |= flag_peer_eof;
+  close_reason why = res == 0 ? close_reason::peer_eof : close_reason::peer_reset;
+  if (c.state == conn_state::handshake || c.state == conn_state::open) begin_close(c, slot, why, 0);
+  // A half-closed peer may still read: flush what is queued (an HTTP response, our close
+  // frame) and close then; after an error there is nobody to flush to.
+  bool queued = (c.out && !c.out->empty()) || (c.ops & send_pending);
+  if (res < 0 || !queued) finish(c, slot);
+}
+
+void shard::on_handshake_bytes(connection& c, uint32_t slot, std::span<uint8_t> data) {
+  size_t before = c.carry ? c.carry->size : 0;
+  byte_buffer::append(c.carry, data.data(), data.size());
+  std::string_view all(reinterpret_cast<const char*>(c.carry->data()), c.carry->size);
+  size_t from = before >= 3 ? before - 3 : 0;
+  if (all.find("\r\n\r\n", from) == std::string_view::npos) {
+    if (all.size() > cfg_.http_header_bytes_max) {
+      metrics_.limit_hits[size_t(limit_kind::header_bytes)].add();
+      reject(c, slot, reject_reason::header_too_large, 431);
+    }
+    return;
+  }
+  http_parser_.reset();
+  proto::http_parse_status st = http_parser_.feed(std::span<const char>(all.data(), all.size()));
+  if (st != proto::http_parse_status::complete) {
+    uint16_t status = st == proto::http_parse_status::error ? http_parser_.error_status() : 400;
+    if (status == 431) metrics_.limit_hits[size_t(limit_kind::header_bytes)].add();
+    reject(c, slot, status == 431 ? reject_reason::header_too_large : reject_reason::bad_request,
+           status);
+    return;
+  }
+  const proto::http_request& req = http_parser_.request();
+  switch (proto::check_upgrade(req)) {
+    case proto::upgrade_verdict::ok:
+      upgrade(c, slot, req, http_parser_.consumed());
+      return;
+    case proto::upgrade_verdict::not_websocket:
+      serve_http(c, slot, req);
+      return;
+    case proto::upgrade_verdict::version_unsupported:
+      reject(c, slot, reject_reason::version, 426, "Sec-WebSocket-Version: 13\r\n");
+      return;
+    case proto::upgrade_verdict::bad_request:
+      reject(c, slot, reject_reason::bad_request, 400);
+      return;
+  }
+}
+
+void shard::serve_http(connection& c, uint32_t slot, const proto::http_request& req) {
+  std::string response;
+  bool known = req.path == "/healthz" || req.path == "/metrics";
+  if (known && req.method != "GET" && req.method != "HEAD") {
+    response = proto::http_response(405, "text/plain", "method not allowed\n", "Allow: GET\r\n");
+  } else if (req.path == "/healthz") {
+    response = proto::http_response(200, "text/plain", stopping_ ? "stopping\n" : "ok\n");
+    if (stopping_) response = proto::http_response(503, "text/plain", "stopping\n");
+  } else if (req.path == "/metrics") {
+    std::string body = render_prometheus(shared_.metrics);
+    response = proto::http_response(200, "text/plain; version=0.0.4", body);
+  } else {
+    response = proto::http_response(404, "text/plain", "not found\n");
+  }
+  out_of(c).append(chunks_, response.data(), response.size());
+  mark_dirty(c, slot);
+  begin_close(c, slot, close_reason::http_done, 0);
+}
+
+void shard::upgrade(connection& c, uint32_t slot, const proto::http_request& req, size_t consumed) {
+  std::string response = proto::upgrade_response(req.header("Sec-WebSocket-Key"));
+  out_of(c).append(chunks_, response.data(), response.size());
+  mark_dirty(c, slot);
+  if (c.flags & flag_pending) {
+    shared_.pending_handshakes.fetch_sub(1, std::memory_order_relaxed);
+    c.flags &= uint8_t(~flag_pending);
+  }
+  c.state = conn_state::open;
+  metrics_.connections_open.add();
+  if (cfg_.idle_timeout_ms)
+    timer_link(c, slot, timer_list::idle, now_ms_ + cfg_.idle_timeout_ms);
+  else
+    timer_unlink(c, slot);
+  app_.on_open(*this, conn_ref{slot, c.generation});
+
+  // Bytes after the request (a client may send frames right behind it).
+  byte_buffer* hs = c.carry;
+  c.carry = nullptr;
+  if (hs->size > consumed) {
+    std::span<uint8_t> rest(hs->data() + consumed, hs->size - consumed);
+    on_ws_bytes(c, slot, rest);
+  }
+  byte_buffer::release(hs);
+}
+
+void shard::on_ws_bytes(connection& c, uint32_t slot, std::span<uint8_t> data) {
+  if (c.carry) {
+    // A frame header or control frame was split: continue from the kept bytes.
+    byte_buffer::append(c.carry, data.data(), data.size());
+    byte_buffer* b = c.carry;
+    std::span<uint8_t> all(b->data(), b->size);
+    size_t used = parse_frames(c, slot, all);
+    if (c.carry != b) return;  // released by a close
+    if (used == all.size()) {
+      byte_buffer::release(c.carry);
+    } else {
+      std::memmove(b->data(), b->data() + used, all.size() - used);
+      b->size = uint32_t(all.size() - used);
+    }
+    return;
+  }
+  size_t used = parse_frames(c, slot, data);
+  if (used < data.size() && c.state == conn_state::open) {
+    ENGINE_ASSERT(data.size() - used <= proto::ws_carry_bytes_max);
+    byte_buffer::append(c.carry, data.data() + used, data.size() - used);
+  }
+}
+
+// Parses every complete event in data; returns the bytes used (the rest is an incomplete
+// header or control frame). Stops at a close or an error.
+size_t shard::parse_frames(connection& c, uint32_t slot, std::span<uint8_t> data) {
+  size_t used = 0;
+  while (c.state == conn_state::open) {
+    proto::ws_event ev = c.parser.next(data.subspan(used), limits_);
+    used += ev.consumed;
+    switch (ev.kind) {
+      case ws_event_kind::need_more:
+        return used;
+      case ws_event_kind::data:
+        if (!on_data_event(c, slot, ev)) return used;
+        break;
+      case ws_event_kind::ping:
+        queue_frame(c, slot, ws_opcode::pong, ev.payload);
+        break;
+      case ws_event_kind::pong:
+        break;
+      case ws_event_kind::close: {
+        uint16_t code = ev.close_code == proto::close_code::no_status ? proto::close_code::normal
+                                                                      : ev.close_code;
+        queue_close(c, slot, code, {});
+        begin_close(c, slot, close_reason::client_close, 0);
+        return used;
+      }
+      case ws_event_kind::error:
+        if (ev.close_code == proto::close_code::message_too_big)
+          metrics_.limit_hits[size_t(limit_kind::max_message_size)].add();
+        begin_close(c, slot, reason_for_code(ev.close_code), ev.close_code);
+        return used;
+    }
+    if (used == data.size()) return used;
+  }
+  return used;
+}
+
+// A chunk of a data message: delivered in place when the whole message is in this buffer,
+// otherwise assembled. Returns false when the connection started closing.
+bool shard::on_data_event(connection& c, uint32_t slot, const proto::ws_event& ev) {
+  if (ev.message_begin && ev.message_end && !c.assembly) {
+    metrics_.messages_in.add();
+    app_.on_message(*this, conn_ref{slot, c.generation}, ev.message_opcode, ev.payload);
+    return c.state == conn_state::open;
+  }
+  if (!ev.payload.empty() || !c.assembly) {
+    uint64_t total =
+        shared_.unfinished_bytes.fetch_add(ev.payload.size(), std::memory_order_relaxed) +
+        ev.payload.size();
+    unfinished_bytes_ += ev.payload.size();
+    if (total > cfg_.unfinished_bytes_max) {
+      metrics_.limit_hits[size_t(limit_kind::max_unfinished_bytes)].add();
+      // Give the bytes back at once: the message is abandoned below.
+      shared_.unfinished_bytes.fetch_sub(ev.payload.size(), std::memory_order_relaxed);
+      unfinished_bytes_ -= ev.payload.size();
+      begin_close(c, slot, close_reason::unfinished_budget, proto::close_code::try_again_later);
+      return false;
+    }
+    byte_buffer::append(c.assembly, ev.payload.data(), ev.payload.size());
+  }
+  if (!ev.message_end) return true;
+  byte_buffer* msg = c.assembly;
+  c.assembly = nullptr;
+  shared_.unfinished_bytes.fetch_sub(msg->size, std::memory_order_relaxed);
+  unfinished_bytes_ -= msg->size;
+  metrics_.messages_in.add();
+  app_.on_message(*this, conn_ref{slot, c.generation}, ev.message_opcode,
+                  std::span<const uint8_t>(msg->data(), msg->size));
+  byte_buffer::release(msg);
+  return c.state == conn_state::open;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sending
+
+out_queue& shard::out_of(connection& c) {
+  if (!c.out) {
+    if (!free_queues_.empty()) {
+      c.out = free_queues_.back();
+      free_queues_.pop_back();
+    } else {
+      c.out = new out_queue();
+    }
+  }
+  return *c.out;
+}
+
+send_status shard::send_message(conn_ref ref, ws_opcode opcode, std::span<const uint8_t> payload) {
+  if (ref.slot >= slots_touched_) return send_status::dropped;
+  connection& c = slot_at(ref.slot);
+  if (c.generation != ref.generation || c.state != conn_state::open) return send_status::dropped;
+  if (c.out && c.out->queued_bytes() > cfg_.outbound_bytes_max) {
+    metrics_.limit_hits[size_t(limit_kind::max_outbound_bytes)].add();
+    begin_close(c, ref.slot, close_reason::slow_consumer, proto::close_code::slow_consumer);
+    return send_status::backpressure;
+  }
+  queue_frame(c, ref.slot, opcode, payload);
+  metrics_.messages_out.add();
+  return send_status::queued;
+}
+
+void shard::close(conn_ref ref, uint16_t code) {
+  if (ref.slot >= slots_touched_) return;
+  connection& c = slot_at(ref.slot);
+  if (c.generation != ref.generation) return;
+  begin_close(c, ref.slot, close_reason::internal_error, code);
+}
+
+void shard::release_queue(connection& c) {
+  if (free_queues_.size() < queues_keep_max)
+    free_queues_.push_back(c.out);
+  else
+    delete c.out;
+  c.out = nullptr;
+}
+
+void shard::queue_frame(connection& c, uint32_t slot, ws_opcode opcode,
+                        std::span<const uint8_t> payload) {
+  size_t header = proto::frame_header_bytes(payload.size());
+  uint8_t* p = out_of(c).reserve(chunks_, header + payload.size());
+  proto::encode_frame_header(p, opcode, payload.size());
+  if (!payload.empty()) std::memcpy(p + header, payload.data(), payload.size());
+  mark_dirty(c, slot);
+}
+
+void shard::queue_close(connection& c, uint32_t slot, uint16_t code, std::string_view reason) {
+  uint8_t payload[proto::ws_control_payload_max];
+  size_t n = proto::encode_close_payload(payload, code, reason);
+  queue_frame(c, slot, ws_opcode::close, std::span<const uint8_t>(payload, n));
+}
+
+void shard::mark_dirty(connection& c, uint32_t slot) {
+  if (c.flags & flag_dirty) return;
+  c.flags |= flag_dirty;
+  dirty_.push_back(slot);
+}
+
+void shard::flush() {
+  // flush_one may mark other connections dirty (never this list's own entries twice).
+  for (size_t i = 0; i < dirty_.size(); ++i) {
+    uint32_t slot = dirty_[i];
+    connection& c = slot_at(slot);
+    c.flags &= uint8_t(~flag_dirty);
+    if (c.state != conn_state::free) flush_one(c, slot);
+  }
+  dirty_.clear();
+}
+
+void shard::flush_one(connection& c, uint32_t slot) {
+  if (c.ops & send_pending) return;  // on_send continues
+  if (c.state == conn_state::finishing) return;
+  if (c.out && !c.out->empty()) {
+    const iovec* iov;
+    size_t bytes;
+    int n = c.out->prepare_send(&iov, &bytes);
+    io_uring_sqe* sqe = get_sqe();
+    if (n == 1)
+      io_uring_prep_send(sqe, c.file_index, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL);
+    else
+      io_uring_prep_sendmsg(sqe, c.file_index, c.out->msg(), MSG_NOSIGNAL);
+    sqe->flags |= IOSQE_FIXED_FILE;
+    io_uring_sqe_set_data64(sqe, pack(op::send, c.generation, slot));
+    c.ops |= send_pending;
+    return;
+  }
+  if (c.state == conn_state::closing && (c.flags & flag_peer_eof)) {
+    finish(c, slot);
+    return;
+  }
+  if (c.state == conn_state::closing && !(c.ops & shutdown_pending)) {
+    // Everything queued went out: half-close, then wait (bounded) for the peer's EOF so that
+    // our last bytes are not destroyed by a reset.
+    io_uring_sqe* sqe = get_sqe();
+    io_uring_prep_shutdown(sqe, c.file_index, SHUT_WR);
+    sqe->flags |= IOSQE_FIXED_FILE;
+    io_uring_sqe_set_data64(sqe, pack(op::shutdown, c.generation, slot));
+    c.ops |= shutdown_pending;
+    c.state = conn_state::lingering;
+  }
+}
+
+void shard::on_send(connection& c, uint32_t slot, int res) {
+  c.ops &= uint8_t(~send_pending);
+  if (res < 0) {
+    c.out->complete_send(chunks_, 0);
+    if (c.state == conn_state::handshake || c.state == conn_state::open)
+      begin_close(c, slot, close_reason::peer_reset, 0);
+    finish(c, slot);
+    return;
+  }
+  metrics_.bytes_out.add(uint64_t(res));
+  c.out->complete_send(chunks_, size_t(res));
+  if (c.state == conn_state::finishing) {
+    maybe_free(c, slot);
+    return;
+  }
+  if (c.out->empty()) {
+    release_queue(c);
+    if (c.state == conn_state::closing) mark_dirty(c, slot);
+    return;
+  }
+  mark_dirty(c, slot);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Closing: closing (flush) -> lingering (half-closed, waiting for EOF) -> finishing (cancel,
+// close the descriptor) -> free once the kernel owns no op of the slot.
+
+void shard::reject(connection& c, uint32_t slot, reject_reason why, uint16_t status,
+                   std::string_view extra_headers) {
+  metrics_.rejected[size_t(why)].add();
+  std::string response = proto::http_response(
+      status, "text/plain", std::string(proto::http_reason(status)) + "\n", extra_headers);
+  out_of(c).append(chunks_, response.data(), response.size());
+  mark_dirty(c, slot);
+  begin_close(c, slot, close_reason::http_done, 0);
+}
+
+void shard::begin_close(connection& c, uint32_t slot, close_reason why, uint16_t ws_code) {
+  if (c.state != conn_state::handshake && c.state != conn_state::open) return;
+  if (c.state == conn_state::open) {
+    if (ws_code)
+      queue_close(
+          c, slot, ws_code,
+          ws_code == proto::close_code::shutdown ? "server shutting down" : std::string_view{});
+    metrics_.connections_open.sub();
+    app_.on_close(*this, conn_ref{slot, c.generation});
+  }
+  if (c.flags & flag_pending) {
+    shared_.pending_handshakes.fetch_sub(1, std::memory_order_relaxed);
+    c.flags &= uint8_t(~flag_pending);
+  }
+  metrics_.closed[size_t(why)].add();
+  c.closed_reason = uint8_t(why);
+  c.state = conn_state::closing;
+  if (c.assembly) {
+    shared_.unfinished_bytes.fetch_sub(c.assembly->size, std::memory_order_relaxed);
+    unfinished_bytes_ -= c.assembly->size;
+    byte_buffer::release(c.assembly);
+  }
+  byte_buffer::release(c.carry);
+  uint64_t deadline = now_ms_ + cfg_.linger_timeout_ms;
+  if (stopping_) deadline = std::min(deadline, stop_deadline_ms_);
+  timer_link(c, slot, timer_list::linger, deadline);
+  mark_dirty(c, slot);
+}
+
+void shard::finish(connection& c, uint32_t slot) {
+  if (c.state == conn_state::finishing) return;
+  if (c.state == conn_state::handshake || c.state == conn_state::open)
+    begin_close(c, slot, close_reason::internal_error, 0);
+  c.state = conn_state::finishing;
+  timer_unlink(c, slot);
+  if (c.ops & recv_armed) {
+    io_uring_sqe* sqe = get_sqe();
+    io_uring_prep_cancel64(sqe, pack(op::recv, c.generation, slot), 0);
+    io_uring_sqe_set_data64(sqe, pack(op::cancel, c.generation, slot));
+    c.ops |= cancel_pending;
+  }
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_close_direct(sqe, unsigned(c.file_index));
+  io_uring_sqe_set_data64(sqe, pack(op::close_fd, c.generation, slot));
+  c.ops |= close_pending;
+}
+
+void shard::on_close_op(connection& c, uint32_t slot, op o, int res) {
+  (void)res;
+  switch (o) {
+    case op::shutdown:
+      c.ops &= uint8_t(~shutdown_pending);
+      if (res < 0 && c.state == conn_state::lingering) finish(c, slot);
+      break;
+    case op::cancel:
+      c.ops &= uint8_t(~cancel_pending);
+      break;
+    case op::close_fd:
+      c.ops &= uint8_t(~close_pending);
+      break;
+    default:
+      break;
+  }
+  maybe_free(c, slot);
+}
+
+void shard::maybe_free(connection& c, uint32_t slot) {
+  if (c.state != conn_state::finishing || c.ops != 0) return;
+  if (c.out) {
+    c.out->clear(chunks_);
+    release_queue(c);
+  }
+  byte_buffer::release(c.carry);
+  byte_buffer::release(c.assembly);
+  if (c.flags & flag_counted) shared_.connections.fetch_sub(1, std::memory_order_relaxed);
+  c.state = conn_state::free;
+  c.flags = 0;
+  c.file_index = -1;
+  ++c.generation;
+  --slots_used_;
+  free_slots_.push_back(slot);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Timers: one FIFO list per timeout kind; every list's durations are constant, so appending at
+// the tail keeps each list ordered by deadline and expiry pops from the head.
+
+void shard::timer_link(connection& c, uint32_t slot, timer_list list, uint64_t deadline_ms) {
+  timer_unlink(c, slot);
+  list_head& l = timers_[size_t(list)];
+  c.timer = list;
+  c.deadline_ms = deadline_ms;
+  c.timer_prev = l.tail;
+  c.timer_next = no_slot;
+  if (l.tail != no_slot)
+    slot_at(l.tail).timer_next = slot;
+  else
+    l.head = slot;
+  l.tail = slot;
+}
+
+void shard::timer_unlink(connection& c, uint32_t slot) {
+  if (c.timer == timer_list::none) return;
+  list_head& l = timers_[size_t(c.timer)];
+  if (c.timer_prev != no_slot)
+    slot_at(c.timer_prev).timer_next = c.timer_next;
+  else
+    l.head = c.timer_next;
+  if (c.timer_next != no_slot)
+    slot_at(c.timer_next).timer_prev = c.timer_prev;
+  else
+    l.tail = c.timer_prev;
+  (void)slot;
+  c.timer = timer_list::none;
+}
+
+void shard::expire(timer_list list) {
+  list_head& l = timers_[size_t(list)];
+  while (l.head != no_slot) {
+    uint32_t slot = l.head;
+    connection& c = slot_at(slot);
+    if (c.deadline_ms > now_ms_) break;
+    timer_unlink(c, slot);
+    switch (list) {
+      case timer_list::handshake:
+        begin_close(c, slot, close_reason::handshake_timeout, 0);
+        finish(c, slot);  // a socket that never completed its request gets no response
+        break;
+      case timer_list::idle:
+        begin_close(c, slot, close_reason::idle_timeout, proto::close_code::idle_timeout);
+        break;
+      default:
+        finish(c, slot);
+        break;
+    }
+  }
+}
+
+void shard::on_timer() {
+  arm_timer();
+  expire(timer_list::handshake);
+  expire(timer_list::idle);
+  expire(timer_list::linger);
+}
+
+void shard::on_wake() {
+  if (stop_requested_.load(std::memory_order_acquire) && !stopping_) {
+    stopping_ = true;
+    stop_deadline_ms_ = now_ms_ + cfg_.shutdown_timeout_ms;
+    accepting_ = false;
+    io_uring_sqe* sqe = get_sqe();
+    io_uring_prep_cancel64(sqe, pack(op::accept, 0, 0), 0);
+    io_uring_sqe_set_data64(sqe, pack(op::cancel, 0, no_slot));
+    for (uint32_t slot = 0; slot < slots_touched_; ++slot) {
+      connection& c = slot_at(slot);
+      if (c.state == conn_state::open)
+        begin_close(c, slot, close_reason::shutdown, proto::close_code::shutdown);
+      else if (c.state == conn_state::handshake)
+        begin_close(c, slot, close_reason::shutdown, 0);
+    }
+    return;
+  }
+  arm_wake();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ring helpers
+
+io_uring_sqe* shard::get_sqe() {
+  io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+  if (!sqe) {
+    io_uring_submit(&ring_);
+    sqe = io_uring_get_sqe(&ring_);
+  }
+  ENGINE_ASSERT(sqe != nullptr);
+  return sqe;
+}
+
+void shard::arm_accept() {
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_multishot_accept_direct(sqe, listen_fd_, nullptr, nullptr, 0);
+  io_uring_sqe_set_data64(sqe, pack(op::accept, 0, 0));
+}
+
+void shard::arm_recv(connection& c, uint32_t slot) {
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_recv_multishot(sqe, c.file_index, nullptr, 0, 0);
+  sqe->flags |= IOSQE_FIXED_FILE | IOSQE_BUFFER_SELECT;
+  sqe->buf_group = buffer_group;
+  io_uring_sqe_set_data64(sqe, pack(op::recv, c.generation, slot));
+  c.ops |= recv_armed;
+}
+
+void shard::arm_timer() {
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_timeout(sqe, &tick_, 0, 0);
+  io_uring_sqe_set_data64(sqe, pack(op::timer, 0, 0));
+}
+
+void shard::arm_wake() {
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_read(sqe, wake_fd_, &wake_value_, sizeof wake_value_, 0);
+  io_uring_sqe_set_data64(sqe, pack(op::wake, 0, 0));
+}
+
+void shard::recycle_buffer(uint16_t bid) {
+  uint32_t count = cfg_.recv_buffer_count;
+  io_uring_buf_ring_add(buf_ring_, buf_base_ + size_t(bid) * buf_stride_, cfg_.recv_buffer_bytes,
+                        bid, io_uring_buf_ring_mask(count), 0);
+  io_uring_buf_ring_advance(buf_ring_, 1);
+}
+
+}  // namespace wsed::engine

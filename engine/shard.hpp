@@ -1,0 +1,225 @@
+// engine/shard.hpp: one shard = one thread, one io_uring, one SO_REUSEPORT listener, and the
+// connection slots of the sockets it accepted.
+//
+// Owns: its ring, listener, slots, provided receive buffers, outbound chunks and metrics.
+// Thread: only its own thread calls anything here, except wake() (any thread) and the
+// metrics, which any shard reads to render /metrics. Never blocks except in the one
+// io_uring_submit_and_wait of each loop pass; handlers only queue work.
+#pragma once
+
+#include <liburing.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "engine/config.hpp"
+#include "engine/metrics.hpp"
+#include "engine/out_queue.hpp"
+#include "proto/http.hpp"
+#include "proto/ws.hpp"
+
+namespace wsed::engine {
+
+class shard;
+
+// State shared by every shard of one server. Written at startup; then only atomics change.
+struct server_shared {
+  const server_config* config = nullptr;
+  std::vector<const shard_metrics*> metrics;    // every shard's, for /metrics
+  std::atomic<uint32_t> connections{0};         // accepted and not yet freed (not rejects)
+  std::atomic<uint32_t> pending_handshakes{0};  // sockets not yet upgraded
+  std::atomic<uint64_t> unfinished_bytes{0};    // bytes held by partially received messages
+};
+
+// Names one connection of one shard; stale once the slot is reused (generation differs).
+struct conn_ref {
+  uint32_t slot;
+  uint32_t generation;
+};
+
+// What the application sees. Called on the shard's thread, from inside its loop pass.
+class app_handler {
+ public:
+  virtual ~app_handler() = default;
+  virtual void on_open(shard&, conn_ref) {}
+  virtual void on_message(shard& s, conn_ref c, proto::ws_opcode opcode,
+                          std::span<const uint8_t> payload) = 0;
+  virtual void on_close(shard&, conn_ref) {}
+};
+
+enum class send_status : uint8_t { queued, backpressure, dropped };
+
+class shard {
+ public:
+  shard(uint32_t index, server_shared& shared, app_handler& app);
+  ~shard();
+  shard(const shard&) = delete;
+  shard& operator=(const shard&) = delete;
+
+  // Startup, on the thread that will run the shard (SINGLE_ISSUER): sets up the ring, the
+  // listener (bound to port, or to any port when 0) and the buffers. Throws with a message.
+  void setup(uint16_t port);
+  uint16_t bound_port() const { return bound_port_; }
+  std::string setup_notes() const { return notes_; }
+
+  // Runs until stop() was requested and every connection is closed, or the shutdown
+  // timeout passed.
+  void run();
+
+  // Any thread: asks the shard to drain (close 4300 to every WebSocket) and stop.
+  void request_stop();
+
+  // Sends one data message as a single frame. queued: accepted; backpressure: accepted but the
+  // connection is over its outbound cap and is being closed with 4509; dropped: the connection
+  // is gone or closing.
+  send_status send_message(conn_ref c, proto::ws_opcode opcode, std::span<const uint8_t> payload);
+  void close(conn_ref c, uint16_t code);
+
+  const shard_metrics& metrics() const { return metrics_; }
+  uint32_t index() const { return index_; }
+
+ private:
+  enum class op : uint8_t { accept = 1, recv, send, shutdown, close_fd, cancel, timer, wake };
+  enum class conn_state : uint8_t { free, handshake, open, closing, lingering, finishing };
+  enum class timer_list : uint8_t { none, handshake, idle, linger, count_ };
+  enum ops_flag : uint8_t {
+    recv_armed = 1,
+    send_pending = 2,
+    shutdown_pending = 4,
+    close_pending = 8,
+    cancel_pending = 16,
+  };
+
+  struct byte_buffer;
+
+  // One connection. Slots are preallocated, never moved; the hot part stays small so that an
+  // idle connection costs only its slot (no receive buffer, no queue while idle).
+  struct connection {
+    proto::ws_frame_parser parser;
+    out_queue* out = nullptr;         // while something is queued or in flight
+    byte_buffer* carry = nullptr;     // handshake bytes, or a frame header split by a recv
+    byte_buffer* assembly = nullptr;  // payload of a message received over several recvs
+    uint64_t deadline_ms = 0;         // of the timer list it is in
+    uint32_t timer_prev = 0, timer_next = 0;
+    uint32_t generation = 0;
+    int32_t file_index = -1;  // io_uring direct descriptor
+    conn_state state = conn_state::free;
+    timer_list timer = timer_list::none;
+    uint8_t ops = 0;    // ops_flag bits: operations the kernel still owns
+    uint8_t flags = 0;  // dirty, rejecting
+    uint8_t closed_reason = 0;
+  };
+  static_assert(sizeof(connection) <= 96, "a slot is what an idle connection costs");
+
+  static constexpr uint8_t flag_dirty = 1;     // in dirty_: flush() looks at it this pass
+  static constexpr uint8_t flag_counted = 2;   // counted in shared_.connections
+  static constexpr uint8_t flag_pending = 4;   // counted in shared_.pending_handshakes
+  static constexpr uint8_t flag_peer_eof = 8;  // the peer finished sending (recv saw EOF)
+  static constexpr uint32_t no_slot = UINT32_MAX;
+  static constexpr size_t queues_keep_max = 256;  // idle out_queues kept for reuse
+
+  // user_data = op (8 bits) | generation (24 bits) | slot (32 bits)
+  static uint64_t pack(op o, uint32_t generation, uint32_t slot) {
+    return (uint64_t(o) << 56) | (uint64_t(generation & 0xFFFFFF) << 32) | slot;
+  }
+
+  // The one dispatch switch and its handlers.
+  void dispatch(io_uring_cqe* cqe);
+  void on_accept(io_uring_cqe* cqe);
+  void on_recv(connection& c, uint32_t slot, io_uring_cqe* cqe);
+  void on_send(connection& c, uint32_t slot, int res);
+  void on_close_op(connection& c, uint32_t slot, op o, int res);
+  void on_timer();
+  void on_wake();
+
+  // Receive paths.
+  void on_handshake_bytes(connection& c, uint32_t slot, std::span<uint8_t> data);
+  void on_ws_bytes(connection& c, uint32_t slot, std::span<uint8_t> data);
+  size_t parse_frames(connection& c, uint32_t slot, std::span<uint8_t> data);
+  bool on_data_event(connection& c, uint32_t slot, const proto::ws_event& ev);
+  void serve_http(connection& c, uint32_t slot, const proto::http_request& req);
+  void upgrade(connection& c, uint32_t slot, const proto::http_request& req, size_t consumed);
+
+  // Sending and closing.
+  out_queue& out_of(connection& c);
+  void release_queue(connection& c);
+  void queue_frame(connection& c, uint32_t slot, proto::ws_opcode opcode,
+                   std::span<const uint8_t> payload);
+  void queue_close(connection& c, uint32_t slot, uint16_t code, std::string_view reason);
+  void mark_dirty(connection& c, uint32_t slot);
+  void flush();
+  void flush_one(connection& c, uint32_t slot);
+  void begin_close(connection& c, uint32_t slot, close_reason why, uint16_t ws_code);
+  void finish(connection& c, uint32_t slot);
+  void maybe_free(connection& c, uint32_t slot);
+  void reject(connection& c, uint32_t slot, reject_reason why, uint16_t status,
+              std::string_view extra_headers = {});
+
+  // Slots and timers.
+  uint32_t alloc_slot();
+  connection& slot_at(uint32_t slot) { return slots_[slot]; }
+  void timer_link(connection& c, uint32_t slot, timer_list list, uint64_t deadline_ms);
+  void timer_unlink(connection& c, uint32_t slot);
+  void expire(timer_list list);
+
+  // Ring helpers.
+  io_uring_sqe* get_sqe();
+  void arm_accept();
+  void arm_recv(connection& c, uint32_t slot);
+  void arm_timer();
+  void arm_wake();
+  void recycle_buffer(uint16_t bid);
+
+  uint32_t index_;
+  server_shared& shared_;
+  const server_config& cfg_;
+  app_handler& app_;
+  proto::ws_limits limits_;
+  shard_metrics metrics_;
+  chunk_pool chunks_;
+  std::vector<out_queue*> free_queues_;
+
+  io_uring ring_{};
+  bool ring_ready_ = false;
+  int listen_fd_ = -1;
+  int wake_fd_ = -1;
+  uint64_t wake_value_ = 0;
+  uint16_t bound_port_ = 0;
+  std::string notes_;
+
+  // Provided receive buffers (one group per shard).
+  io_uring_buf_ring* buf_ring_ = nullptr;
+  uint8_t* buf_base_ = nullptr;
+  size_t buf_ring_bytes_ = 0;
+  size_t buf_area_bytes_ = 0;
+  uint32_t buf_stride_ = 0;
+
+  // Slots: a calloc'd array (pages touched only when used) and a free list.
+  connection* slots_ = nullptr;
+  uint32_t slot_capacity_ = 0;
+  uint32_t slots_touched_ = 0;  // slots [0, slots_touched_) have been constructed
+  std::vector<uint32_t> free_slots_;
+  uint32_t slots_used_ = 0;
+  uint32_t file_table_size_ = 0;
+
+  struct list_head {
+    uint32_t head = no_slot, tail = no_slot;
+  };
+  list_head timers_[size_t(timer_list::count_)];
+
+  std::vector<uint32_t> dirty_;
+  uint64_t now_ms_ = 0;
+  uint64_t unfinished_bytes_ = 0;  // this shard's share of shared_.unfinished_bytes
+  uint64_t stop_deadline_ms_ = 0;
+  bool accepting_ = false;
+  std::atomic<bool> stop_requested_{false};
+  bool stopping_ = false;
+  __kernel_timespec tick_{};
+  proto::http_request_parser http_parser_;  // reused: one request is parsed at a time
+};
+
+}  // namespace wsed::engine

@@ -1,0 +1,617 @@
+"""Shared test harness for wsed integration and conformance tests.
+
+Stdlib only (runs under /usr/bin/python3).  Provides:
+  * Server       - start a server process (wsed or the node ws echo server) on --port 0,
+                   parse the port from its first stdout line without blocking forever,
+                   stop it by PID (SIGTERM, wait, SIGKILL on timeout), keep stderr.
+  * raw HTTP     - raw_request(), parse_http_response(), http_get(), get_metrics().
+  * RawWS        - a raw-socket WebSocket client: hand-built masked frames, a reader thread that
+                   parses (unmasked) server frames into events, reassembling fragmented messages.
+Everything here is bounded in time; only 127.0.0.1 is ever contacted.
+"""
+
+import atexit
+import base64
+import hashlib
+import os
+import re
+import select
+import signal
+import socket
+import struct
+import subprocess
+import threading
+import time
+
+HOST = "127.0.0.1"
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+PORT_RE = re.compile(rb"ws://[^:/]+:(\d+)")
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+SANITIZER_MARKERS = (
+    "ERROR: AddressSanitizer",
+    "ERROR: LeakSanitizer",
+    "runtime error:",
+    "UndefinedBehaviorSanitizer",
+    "ThreadSanitizer",
+)
+
+SANITIZER_ENV = {
+    "ASAN_OPTIONS": "halt_on_error=1:abort_on_error=0:exitcode=66:detect_leaks=1",
+    "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1:exitcode=67",
+    "LSAN_OPTIONS": "exitcode=68",
+}
+
+# ---------------------------------------------------------------------------------------------
+# processes
+# ---------------------------------------------------------------------------------------------
+
+_live = set()
+_live_lock = threading.Lock()
+
+
+def _kill_leftovers():
+    with _live_lock:
+        procs = list(_live)
+    for p in procs:
+        if p.poll() is None:
+            try:
+                p.kill()
+                p.wait(timeout=5)
+            except Exception:
+                pass
+
+
+atexit.register(_kill_leftovers)
+
+
+def wsed_binary(build_dir="build"):
+    b = build_dir if os.path.isabs(build_dir) else os.path.join(REPO, build_dir)
+    return os.path.join(b, "engine", "wsed")
+
+
+class ServerError(Exception):
+    pass
+
+
+class Server:
+    """A server process whose first stdout line names ws://HOST:PORT/."""
+
+    def __init__(self, argv, env=None, startup_timeout=15.0, name=None):
+        self.argv = [str(a) for a in argv]
+        self.env = dict(os.environ)
+        if env:
+            self.env.update(env)
+        self.startup_timeout = startup_timeout
+        self.name = name or os.path.basename(self.argv[0])
+        self.proc = None
+        self.port = None
+        self.first_line = None
+        self.stdout_lines = []
+        self.stderr_chunks = []
+        self._port_event = threading.Event()
+        self._threads = []
+        self.returncode = None
+
+    # -- readers (threads so that nothing blocks forever) --
+    def _read_stdout(self):
+        for line in iter(self.proc.stdout.readline, b""):
+            self.stdout_lines.append(line)
+            if self.port is None:
+                m = PORT_RE.search(line)
+                if m:
+                    self.first_line = line.decode("utf-8", "replace").rstrip("\n")
+                    self.port = int(m.group(1))
+                    self._port_event.set()
+        self._port_event.set()
+
+    def _read_stderr(self):
+        for chunk in iter(lambda: self.proc.stderr.read1(65536), b""):
+            self.stderr_chunks.append(chunk)
+
+    def start(self):
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, env=self.env, cwd=REPO)
+        with _live_lock:
+            _live.add(self.proc)
+        for fn in (self._read_stdout, self._read_stderr):
+            t = threading.Thread(target=fn, daemon=True)
+            t.start()
+            self._threads.append(t)
+        if not self._port_event.wait(self.startup_timeout) or self.port is None:
+            rc = self.proc.poll()
+            self.stop(timeout=3)
+            raise ServerError("%s did not print its port within %.0fs (exit code %s); stdout=%r stderr=%r"
+                              % (self.name, self.startup_timeout, rc, b"".join(self.stdout_lines)[:500],
+                                 self.stderr_text()[-2000:]))
+        return self
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def send_signal(self, sig):
+        if self.alive():
+            self.proc.send_signal(sig)
+
+    def wait(self, timeout):
+        """Wait for exit; return exit code or None on timeout."""
+        try:
+            self.returncode = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        self._join()
+        return self.returncode
+
+    def _join(self):
+        for t in self._threads:
+            t.join(timeout=2)
+
+    def stop(self, timeout=12.0, sig=signal.SIGTERM):
+        """Stop by PID: signal, wait up to timeout, SIGKILL. Returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            try:
+                self.proc.send_signal(sig)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                try:
+                    self.proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+                self.killed = True
+        self.returncode = self.proc.returncode
+        self._join()
+        with _live_lock:
+            _live.discard(self.proc)
+        return self.returncode
+
+    def stderr_text(self):
+        return b"".join(self.stderr_chunks).decode("utf-8", "replace")
+
+    def sanitizer_problems(self):
+        err = self.stderr_text()
+        return [m for m in SANITIZER_MARKERS if m in err]
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def wsed_server(binary, *args, env=None, **kw):
+    return Server([binary, "--host", HOST, "--port", "0"] + [str(a) for a in args], env=env, **kw)
+
+
+def node_echo_server(*args):
+    return Server(["node", os.path.join(REPO, "tests", "node", "echo_server.js"), "--port", "0"]
+                  + list(args), name="node-ws-echo")
+
+
+def run_cmd(argv, timeout=10.0, env=None):
+    """Run a short command; returns (rc, stdout, stderr). rc None on timeout (process killed)."""
+    e = dict(os.environ)
+    if env:
+        e.update(env)
+    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=e, cwd=REPO)
+    try:
+        out, err = p.communicate(timeout=timeout)
+        return p.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate(timeout=5)
+        return None, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+
+
+# ---------------------------------------------------------------------------------------------
+# raw HTTP
+# ---------------------------------------------------------------------------------------------
+
+def connect(port, timeout=5.0):
+    s = socket.create_connection((HOST, port), timeout=timeout)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+
+
+def recv_until_eof(s, timeout=5.0, limit=64 << 20):
+    """Read until EOF or timeout. Returns (data, got_eof)."""
+    deadline = time.monotonic() + timeout
+    buf = bytearray()
+    while len(buf) < limit:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return bytes(buf), False
+        s.settimeout(left)
+        try:
+            d = s.recv(65536)
+        except socket.timeout:
+            return bytes(buf), False
+        except (ConnectionResetError, BrokenPipeError):
+            return bytes(buf), True
+        if not d:
+            return bytes(buf), True
+        buf += d
+    return bytes(buf), False
+
+
+def raw_request(port, data, timeout=5.0):
+    """Send raw bytes, read the reply until the server closes (or timeout)."""
+    s = connect(port, timeout)
+    try:
+        try:
+            s.sendall(data)
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+        return recv_until_eof(s, timeout)
+    finally:
+        s.close()
+
+
+def parse_http_response(raw):
+    """Returns (status:int|None, headers: dict lower->value (last wins), header_list, body)."""
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    if not sep:
+        return None, {}, [], raw
+    lines = head.split(b"\r\n")
+    m = re.match(rb"HTTP/1\.[01] (\d{3})", lines[0])
+    status = int(m.group(1)) if m else None
+    headers, hlist = {}, []
+    for ln in lines[1:]:
+        k, _, v = ln.partition(b":")
+        k = k.strip().decode("latin-1").lower()
+        v = v.strip().decode("latin-1")
+        headers[k] = v
+        hlist.append((k, v))
+    if "content-length" in headers:
+        try:
+            body = body[:int(headers["content-length"])]
+        except ValueError:
+            pass
+    return status, headers, hlist, body
+
+
+def http_get(port, path, timeout=5.0, extra=b""):
+    req = b"GET " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n" + extra + b"\r\n"
+    raw, _ = raw_request(port, req, timeout)
+    return parse_http_response(raw)
+
+
+_METRIC_LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)')
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_metrics(text):
+    """{name: [(labels dict, value float), ...]}"""
+    out = {}
+    for ln in text.splitlines():
+        if not ln or ln.startswith("#"):
+            continue
+        m = _METRIC_LINE.match(ln)
+        if not m:
+            continue
+        labels = dict(_LABEL.findall(m.group(2) or ""))
+        try:
+            val = float(m.group(3))
+        except ValueError:
+            continue
+        out.setdefault(m.group(1), []).append((labels, val))
+    return out
+
+
+def get_metrics(port, timeout=5.0):
+    status, _, _, body = http_get(port, "/metrics", timeout)
+    if status != 200:
+        raise AssertionError("GET /metrics -> %r" % (status,))
+    return parse_metrics(body.decode("utf-8", "replace")), body.decode("utf-8", "replace")
+
+
+def metric_value(metrics, name, **labels):
+    """Sum of the series of `name` whose labels include `labels` (None if no such series)."""
+    vals = [v for (lab, v) in metrics.get(name, []) if all(lab.get(k) == str(x) for k, x in labels.items())]
+    return sum(vals) if vals else None
+
+
+# ---------------------------------------------------------------------------------------------
+# WebSocket frames
+# ---------------------------------------------------------------------------------------------
+
+OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
+
+
+def mask_bytes(data, key):
+    n = len(data)
+    if n == 0:
+        return b""
+    k = (key * ((n + 3) // 4))[:n]
+    return (int.from_bytes(data, "little") ^ int.from_bytes(k, "little")).to_bytes(n, "little")
+
+
+def frame(opcode, payload=b"", fin=True, rsv=0, mask=True, key=None):
+    """Build one client frame (masked by default)."""
+    if isinstance(payload, str):
+        payload = payload.encode("utf-8")
+    b0 = (0x80 if fin else 0) | ((rsv & 7) << 4) | (opcode & 0xF)
+    n = len(payload)
+    mbit = 0x80 if mask else 0
+    if n < 126:
+        hdr = struct.pack("!BB", b0, mbit | n)
+    elif n < 65536:
+        hdr = struct.pack("!BBH", b0, mbit | 126, n)
+    else:
+        hdr = struct.pack("!BBQ", b0, mbit | 127, n)
+    if not mask:
+        return hdr + payload
+    key = key if key is not None else os.urandom(4)
+    return hdr + key + mask_bytes(payload, key)
+
+
+def close_payload(code=None, reason=b""):
+    if code is None:
+        return b""
+    if isinstance(reason, str):
+        reason = reason.encode("utf-8")
+    return struct.pack("!H", code) + reason
+
+
+def handshake_request(port, key=None, path="/", extra=b""):
+    key = key or base64.b64encode(os.urandom(16)).decode()
+    req = ("GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n" % (path, port, key)).encode()
+    return req + extra + b"\r\n", key
+
+
+def accept_for(key):
+    return base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest()).decode()
+
+
+class RawWS:
+    """Raw WebSocket client. Events (in self.events, in arrival order):
+         ('text', bytes) ('binary', bytes)      reassembled data messages
+         ('ping', bytes) ('pong', bytes)
+         ('close', code|None, reason bytes)      server close frame
+         ('violation', str)                      the server broke the protocol (masked frame, ...)
+         ('eof',)                                TCP closed by the server (or reset)
+    """
+
+    def __init__(self, port, timeout=5.0, path="/"):
+        self.port = port
+        self.sock = connect(port, timeout)
+        req, key = handshake_request(port, path=path)
+        self.sock.sendall(req)
+        deadline = time.monotonic() + timeout
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError("handshake timed out; got %r" % buf[:300])
+            self.sock.settimeout(left)
+            d = self.sock.recv(65536)
+            if not d:
+                raise AssertionError("EOF during handshake; got %r" % buf[:300])
+            buf += d
+        head, _, rest = buf.partition(b"\r\n\r\n")
+        status, headers, _, _ = parse_http_response(head + b"\r\n\r\n")
+        if status != 101:
+            raise AssertionError("handshake status %r: %r" % (status, head[:300]))
+        if headers.get("sec-websocket-accept") != accept_for(key):
+            raise AssertionError("bad Sec-WebSocket-Accept %r" % headers.get("sec-websocket-accept"))
+        self.sock.setblocking(False)
+        self.events = []
+        self.event_times = []
+        self.cond = threading.Condition()
+        self.closed_by_server = False   # close frame received
+        self.eof = False
+        self.close_sent = False
+        self.send_failed = False
+        self._buf = bytearray(rest)
+        self._frag_op = None
+        self._frag = []
+        self._stop = False
+        self._send_lock = threading.Lock()
+        self.reader = threading.Thread(target=self._reader, daemon=True)
+        self.reader.start()
+
+    # -- receiving --
+    def _event(self, ev):
+        with self.cond:
+            self.events.append(ev)
+            self.event_times.append(time.monotonic())
+            if ev[0] == "close":
+                self.closed_by_server = True
+            elif ev[0] == "eof":
+                self.eof = True
+            self.cond.notify_all()
+
+    def _reader(self):
+        try:
+            self._parse()
+            while not self._stop:
+                r, _, _ = select.select([self.sock], [], [], 0.1)
+                if not r:
+                    continue
+                try:
+                    d = self.sock.recv(4 << 20)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except (ConnectionResetError, OSError):
+                    d = b""
+                if not d:
+                    self._event(("eof",))
+                    return
+                self._buf += d
+                self._parse()
+        except Exception as e:  # pragma: no cover - a harness bug must not hang the test
+            self._event(("violation", "reader crashed: %r" % (e,)))
+            self._event(("eof",))
+
+    def _parse(self):
+        buf = self._buf
+        while True:
+            if len(buf) < 2:
+                return
+            b0, b1 = buf[0], buf[1]
+            n = b1 & 0x7F
+            off = 2
+            if n == 126:
+                if len(buf) < 4:
+                    return
+                n = struct.unpack_from("!H", buf, 2)[0]
+                off = 4
+            elif n == 127:
+                if len(buf) < 10:
+                    return
+                n = struct.unpack_from("!Q", buf, 2)[0]
+                off = 10
+            masked = bool(b1 & 0x80)
+            if masked:
+                off += 4
+            if len(buf) < off + n:
+                return
+            payload = bytes(buf[off:off + n])
+            if masked:
+                payload = mask_bytes(payload, bytes(buf[off - 4:off]))
+            del buf[:off + n]
+            self._frame(b0, b1, payload, masked)
+
+    def _frame(self, b0, b1, payload, masked):
+        fin = bool(b0 & 0x80)
+        rsv = (b0 >> 4) & 7
+        op = b0 & 0xF
+        if self.closed_by_server:
+            self._event(("violation", "frame op=%d after server close" % op))
+        if masked:
+            self._event(("violation", "server frame is masked (op=%d)" % op))
+        if rsv:
+            self._event(("violation", "server frame has RSV=%d (op=%d)" % (rsv, op)))
+        if op >= 8:
+            if not fin or len(payload) > 125:
+                self._event(("violation", "bad server control frame op=%d fin=%s len=%d" % (op, fin, len(payload))))
+            if op == OP_CLOSE:
+                if len(payload) == 0:
+                    self._event(("close", None, b""))
+                elif len(payload) == 1:
+                    self._event(("violation", "1-byte close payload from server"))
+                    self._event(("close", None, b""))
+                else:
+                    code = struct.unpack("!H", payload[:2])[0]
+                    try:
+                        payload[2:].decode("utf-8")
+                    except UnicodeDecodeError:
+                        self._event(("violation", "server close reason is not UTF-8"))
+                    self._event(("close", code, payload[2:]))
+            elif op == OP_PING:
+                self._event(("ping", payload))
+            elif op == OP_PONG:
+                self._event(("pong", payload))
+            else:
+                self._event(("violation", "reserved control opcode %d from server" % op))
+            return
+        if op == OP_CONT:
+            if self._frag_op is None:
+                self._event(("violation", "continuation without start from server"))
+                return
+            self._frag.append(payload)
+        elif op in (OP_TEXT, OP_BINARY):
+            if self._frag_op is not None:
+                self._event(("violation", "new data frame inside fragmented message from server"))
+            self._frag_op = op
+            self._frag = [payload]
+        else:
+            self._event(("violation", "reserved data opcode %d from server" % op))
+            return
+        if fin:
+            data = b"".join(self._frag)
+            kind = "text" if self._frag_op == OP_TEXT else "binary"
+            if kind == "text":
+                try:
+                    data.decode("utf-8")
+                except UnicodeDecodeError:
+                    self._event(("violation", "server text message is not UTF-8"))
+            self._frag_op, self._frag = None, []
+            self._event((kind, data))
+
+    # -- sending --
+    def send_raw(self, data, timeout=10.0):
+        """Send bytes fully; returns False if the connection failed (reset/closed/timeout)."""
+        mv = memoryview(data)
+        deadline = time.monotonic() + timeout
+        with self._send_lock:
+            while len(mv):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.send_failed = True
+                    return False
+                try:
+                    _, w, _ = select.select([], [self.sock], [], min(left, 0.2))
+                    if not w:
+                        continue
+                    n = self.sock.send(mv[:1 << 20])
+                    mv = mv[n:]
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    self.send_failed = True
+                    return False
+        return True
+
+    def send_frame(self, opcode, payload=b"", fin=True, rsv=0, timeout=10.0):
+        return self.send_raw(frame(opcode, payload, fin=fin, rsv=rsv), timeout)
+
+    def send_close(self, code=1000, reason=b""):
+        self.close_sent = True
+        return self.send_raw(frame(OP_CLOSE, close_payload(code, reason)), 5.0)
+
+    # -- waiting --
+    def wait_for(self, pred, timeout):
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while not pred(self):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.cond.wait(left)
+            return True
+
+    def wait_messages(self, n, timeout):
+        return self.wait_for(lambda s: sum(1 for e in s.events if e[0] in ("text", "binary")) >= n
+                             or s.eof, timeout)
+
+    def wait_close(self, timeout):
+        return self.wait_for(lambda s: s.closed_by_server or s.eof, timeout)
+
+    def wait_eof(self, timeout):
+        return self.wait_for(lambda s: s.eof, timeout)
+
+    def close_code(self):
+        for e in self.events:
+            if e[0] == "close":
+                return e[1]
+        return None
+
+    def messages(self):
+        return [e for e in self.events if e[0] in ("text", "binary")]
+
+    def abort(self):
+        self._stop = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)   # wakes the reader's select at once
+        except OSError:
+            pass
+        self.reader.join(timeout=2)
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def finish(self, timeout=5.0):
+        """Normal close: send close 1000 (if not yet), wait for the server to close TCP, stop."""
+        if not self.close_sent and not self.send_failed:
+            self.send_close(1000)
+        self.wait_eof(timeout)
+        self.abort()

@@ -1,0 +1,211 @@
+#!/usr/bin/python3
+"""Run every wsed test suite and print one summary.
+
+  /usr/bin/python3 tests/run_all.py --build build [--asan-build build-asan]
+
+Suites (each bounded in time):
+  unit              BUILD/tests/wsed_unit_tests (doctest; "test cases: X | Y passed | Z failed")
+  integration       tests/integration/run_tests.py against BUILD/engine/wsed
+  node              tests/node/echo_test.js (Node `ws` client) against BUILD/engine/wsed
+  conformance       tests/conformance/conformance.py against BUILD/engine/wsed
+  unit[asan], conformance[asan], integration[asan]   the same against the ASan+UBSan build
+                    (halt_on_error=1; the server's exit code and stderr are checked for sanitizer reports)
+Prints a per-suite summary and, as the very last line, "N passed, N failed" summed over every test of
+every suite.  Exit code 0 only when nothing failed.
+"""
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(HERE, "integration"))
+import wsed_harness as H  # noqa: E402
+
+PY = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+RESULT_RE = re.compile(r"^(?:\w+: )?(\d+) passed, (\d+) failed", re.M)
+DOCTEST_RE = re.compile(r"test cases:\s*(\d+)\s*\|\s*(\d+) passed\s*\|\s*(\d+) failed")
+
+
+def build_path(b):
+    return b if os.path.isabs(b) else os.path.join(REPO, b)
+
+
+def run(argv, timeout, env=None, label=""):
+    """Run a command with a hard time limit, streaming its output. Returns (rc|'timeout', output)."""
+    e = dict(os.environ)
+    if env:
+        e.update(env)
+    print("## %s: %s" % (label, " ".join(argv)), flush=True)
+    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         env=e, cwd=REPO, start_new_session=True)
+    out = []
+    deadline = time.monotonic() + timeout
+    import selectors
+    sel = selectors.DefaultSelector()
+    sel.register(p.stdout, selectors.EVENT_READ)
+    rc = None
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            import signal
+            os.killpg(p.pid, signal.SIGKILL)   # the child's own session (it and what it started)
+            p.wait(timeout=10)
+            rc = "timeout"
+            break
+        if sel.select(timeout=min(left, 1.0)):
+            chunk = os.read(p.stdout.fileno(), 65536)
+            if not chunk:
+                rc = p.wait(timeout=max(1, left))
+                break
+            s = chunk.decode("utf-8", "replace")
+            out.append(s)
+            sys.stdout.write(s)
+            sys.stdout.flush()
+    sel.close()
+    return rc, "".join(out)
+
+
+def counts_from(out, rc, label):
+    """(passed, failed, note) from a 'N passed, N failed' last result line."""
+    found = RESULT_RE.findall(out)
+    if not found:
+        return 0, 1, "no 'N passed, N failed' line (exit %s)" % rc
+    p, f = int(found[-1][0]), int(found[-1][1])
+    note = ""
+    if rc == "timeout":
+        f += 1
+        note = "killed at its time limit"
+    elif rc != 0 and f == 0:
+        f += 1
+        note = "exit code %s with no failed test" % rc
+    return p, f, note
+
+
+def suite_unit(build, label, sanitizers=False):
+    binary = os.path.join(build_path(build), "tests", "wsed_unit_tests")
+    if not os.path.exists(binary):
+        return 0, 1, "missing unit test binary %s (not built?)" % binary
+    env = H.SANITIZER_ENV if sanitizers else None
+    rc, out = run([binary], timeout=240, env=env, label=label)
+    m = DOCTEST_RE.findall(out)
+    if not m:
+        return 0, 1, "no doctest 'test cases:' line (exit %s)" % rc
+    total, p, f = (int(x) for x in m[-1])
+    notes = []
+    if rc == "timeout":
+        f += 1
+        notes.append("killed at its time limit")
+    elif rc != 0 and f == 0:
+        f += 1
+        notes.append("exit code %s with no failed test case" % rc)
+    if sanitizers:
+        found = [mk for mk in H.SANITIZER_MARKERS if mk in out]
+        if found:
+            f += 1
+            notes.append("sanitizer report: %s" % found)
+    return p, f, "; ".join(notes)
+
+
+def suite_integration(build, label="integration", sanitizers=False):
+    binary = H.wsed_binary(build_path(build))
+    if not os.path.exists(binary):
+        return 0, 1, "missing %s" % binary
+    argv = [PY, os.path.join(HERE, "integration", "run_tests.py"), "--wsed", binary, "--skip", "test_echo_node_ws"]
+    if sanitizers:
+        argv.append("--sanitizers")
+    rc, out = run(argv, timeout=600, label=label)
+    return counts_from(out, rc, label)
+
+
+def ensure_node_modules():
+    ndir = os.path.join(HERE, "node")
+    if os.path.isdir(os.path.join(ndir, "node_modules", "ws")):
+        return None
+    rc, out = run(["npm", "ci", "--no-audit", "--no-fund"], timeout=180, label="npm ci")
+    if rc != 0:
+        return "npm ci in tests/node failed (exit %s)" % rc
+    return None
+
+
+def suite_node(build):
+    binary = H.wsed_binary(build_path(build))
+    if not os.path.exists(binary):
+        return 0, 1, "missing %s" % binary
+    err = ensure_node_modules()
+    if err:
+        return 0, 1, err
+    srv = H.wsed_server(binary, "--mode", "echo")
+    try:
+        srv.start()
+    except Exception as e:
+        return 0, 1, "wsed did not start: %s" % e
+    try:
+        rc, out = run(["node", os.path.join(HERE, "node", "echo_test.js"), "ws://127.0.0.1:%d/" % srv.port],
+                      timeout=120, label="node")
+    finally:
+        src = srv.stop(timeout=15)
+    p, f, note = counts_from(out, rc, "node")
+    if src != 0:
+        f += 1
+        note = (note + "; " if note else "") + "wsed exit code %s after SIGTERM" % src
+    return p, f, note
+
+
+def suite_conformance(build, label, sanitizers=False):
+    binary = H.wsed_binary(build_path(build))
+    if not os.path.exists(binary):
+        return 0, 1, "missing %s" % binary
+    argv = [PY, os.path.join(HERE, "conformance", "conformance.py"), "--wsed", binary]
+    if sanitizers:
+        argv.append("--sanitizers")
+    rc, out = run(argv, timeout=600, label=label)
+    return counts_from(out, rc, label)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--build", default="build", help="release build dir (default build)")
+    ap.add_argument("--asan-build", help="ASan+UBSan build dir (e.g. build-asan)")
+    ap.add_argument("--only", help="comma list of suites to run (unit,integration,node,conformance)")
+    args = ap.parse_args()
+
+    only = set(args.only.split(",")) if args.only else None
+    plan = [("unit", lambda: suite_unit(args.build, "unit")),
+            ("integration", lambda: suite_integration(args.build)),
+            ("node", lambda: suite_node(args.build)),
+            ("conformance", lambda: suite_conformance(args.build, "conformance"))]
+    if args.asan_build:
+        plan += [("unit[asan]", lambda: suite_unit(args.asan_build, "unit[asan]", sanitizers=True)),
+                 ("conformance[asan]", lambda: suite_conformance(args.asan_build, "conformance[asan]",
+                                                                sanitizers=True)),
+                 ("integration[asan]", lambda: suite_integration(args.asan_build, "integration[asan]",
+                                                                 sanitizers=True))]
+    results = []
+    t0 = time.monotonic()
+    for name, fn in plan:
+        if only and name.split("[")[0] not in only:
+            continue
+        ts = time.monotonic()
+        try:
+            p, f, note = fn()
+        except Exception as e:
+            p, f, note = 0, 1, "suite crashed: %r" % (e,)
+        results.append((name, p, f, note, time.monotonic() - ts))
+    print()
+    print("==== summary (%.0fs) ====" % (time.monotonic() - t0))
+    tp = tf = 0
+    for name, p, f, note, dt in results:
+        tp += p
+        tf += f
+        print("%-18s %4d passed, %3d failed  (%.0fs)%s" % (name, p, f, dt, ("  -- " + note) if note else ""))
+    print("%d passed, %d failed" % (tp, tf))
+    return 0 if tf == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
