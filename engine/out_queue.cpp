@@ -128,6 +128,11 @@ void out_queue::complete_send(chunk_pool& pool, size_t sent) {
 
 void out_queue::clear(chunk_pool& pool) {
   ENGINE_ASSERT(in_flight_bytes_ == 0);
+  discard(pool);
+}
+
+void out_queue::discard(chunk_pool& pool) {
+  in_flight_bytes_ = 0;
   for (size_t i = head_; i < segments_.size(); ++i) pool.release(segments_[i].chunk);
   segments_.clear();
   head_ = 0;

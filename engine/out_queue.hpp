@@ -65,6 +65,8 @@ class out_queue {
   // The send in flight completed with sent bytes (<= in flight); unsent bytes stay queued.
   void complete_send(chunk_pool& pool, size_t sent);
   void clear(chunk_pool& pool);
+  // Like clear(), also with a send in flight: only once the ring that owned it is gone.
+  void discard(chunk_pool& pool);
 
   msghdr* msg() { return &msg_; }
 

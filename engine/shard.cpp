@@ -105,11 +105,14 @@ shard::shard(uint32_t index, server_shared& shared, app_handler& app)
 }
 
 shard::~shard() {
+  // The ring goes first: once it is gone the kernel reads no iovec and writes no buffer of
+  // ours, so queues with a send still in flight (shutdown timeout) can be freed.
+  if (ring_ready_) io_uring_queue_exit(&ring_);
   if (slots_) {
     for (uint32_t i = 0; i < slots_touched_; ++i) {
       connection& c = slots_[i];
       if (c.out) {
-        c.out->clear(chunks_);
+        c.out->discard(chunks_);
         delete c.out;
       }
       byte_buffer::release(c.carry);
@@ -119,7 +122,6 @@ shard::~shard() {
     munmap(slots_, sizeof(connection) * slot_capacity_);
   }
   for (out_queue* q : free_queues_) delete q;
-  if (ring_ready_) io_uring_queue_exit(&ring_);
   if (buf_ring_) munmap(buf_ring_, buf_ring_bytes_);
   if (buf_base_) munmap(buf_base_, buf_area_bytes_);
   if (listen_fd_ >= 0) ::close(listen_fd_);

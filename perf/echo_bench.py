@@ -68,7 +68,7 @@ def log(text):
 
 def run_checked(cmd, timeout_s, **kwargs):
     log("+ " + " ".join(cmd))
-    return subprocess.run(cmd, check=True, timeout=timeout_s, **kwargs)
+    return subprocess.run(cmd, check=True, timeout=timeout_s, stdout=sys.stderr, **kwargs)
 
 
 def build(args):
@@ -435,6 +435,11 @@ def main():
     table = tables(rows, holds, args.servers, configs)
     ratio_lines = ratios(rows, holds, servers, configs)
     para = client_paragraph(rows, servers)
+    other = median([r["other_core"] for r in rows.values() if r])
+    if other is not None and other > 20:
+        notes.append(f"Noise: other processes used a median {other:.0f}% of a core during the runs "
+                     "(column \"other load\"): msg/s is depressed and noisy; CPU µs/msg and RSS stay "
+                     "comparable. Re-run on a quiet machine for msg/s.")
     print("\n".join(table))
     print()
     print("\n".join(ratio_lines + para + notes))

@@ -25,10 +25,10 @@ struct http_header {
 };
 
 struct http_request {
-  std::string_view method;  // "GET"
-  std::string_view target;  // "/wse?format=msgpack"
-  std::string_view path;    // "/wse"
-  std::string_view query;   // "format=msgpack" (without '?'; empty when none)
+  std::string_view method;    // "GET"
+  std::string_view target;    // "/wse?format=msgpack"
+  std::string_view path;      // "/wse"
+  std::string_view query;     // "format=msgpack" (without '?'; empty when none)
   uint8_t version_minor = 1;  // HTTP/1.x
   size_t header_count = 0;
   std::array<http_header, http_header_count_max> headers{};

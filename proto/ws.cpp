@@ -46,7 +46,9 @@ void unmask(uint8_t* data, size_t length, uint32_t key_memory_order, size_t offs
 }  // namespace
 
 bool valid_received_close_code(uint16_t code) {
-  return (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1011) ||
+  // 1012-1014 are in the IANA registry RFC 6455 section 11.7 set up (Service Restart, Try
+  // Again Later, Bad Gateway); browsers accept them and wsed itself sends 1013.
+  return (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1014) ||
          (code >= 3000 && code <= 4999);
 }
 

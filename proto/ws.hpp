@@ -45,7 +45,8 @@ inline constexpr uint16_t idle_timeout = 4408;
 inline constexpr uint16_t slow_consumer = 4509;
 }  // namespace close_code
 
-// A close code a peer may send (RFC 6455 section 7.4): 1000-1003, 1007-1011, 3000-4999.
+// A close code a peer may send (RFC 6455 section 7.4 and the IANA registry of section 11.7):
+// 1000-1003, 1007-1014, 3000-4999.
 bool valid_received_close_code(uint16_t code);
 
 enum class ws_role : uint8_t {
@@ -54,7 +55,7 @@ enum class ws_role : uint8_t {
 };
 
 struct ws_limits {
-  uint64_t message_bytes_max = 1u << 20;     // over it: error 1009 (checked at each frame header)
+  uint64_t message_bytes_max = 1u << 20;      // over it: error 1009 (checked at each frame header)
   uint32_t fragments_per_message_max = 4096;  // over it: error 1009
 };
 
@@ -70,7 +71,7 @@ enum class ws_event_kind : uint8_t {
 struct ws_event {
   ws_event_kind kind = ws_event_kind::need_more;
   ws_opcode message_opcode = ws_opcode::continuation;  // data: text or binary
-  bool message_begin = false;  // data: first chunk of a message
+  bool message_begin = false;                          // data: first chunk of a message
   bool message_end = false;    // data: last chunk of a message (FIN frame complete)
   uint16_t close_code = 0;     // close: received code; error: code to send
   size_t consumed = 0;         // input bytes used by this event

@@ -111,11 +111,13 @@ def suite_unit(build, label, sanitizers=False):
     return p, f, "; ".join(notes)
 
 
-def suite_integration(build, label="integration", sanitizers=False):
+def suite_integration(build, label="integration", sanitizers=False, only=()):
     binary = H.wsed_binary(build_path(build))
     if not os.path.exists(binary):
         return 0, 1, "missing %s" % binary
     argv = [PY, os.path.join(HERE, "integration", "run_tests.py"), "--wsed", binary, "--skip", "test_echo_node_ws"]
+    for k in only:
+        argv += ["-k", k]
     if sanitizers:
         argv.append("--sanitizers")
     rc, out = run(argv, timeout=600, label=label)
@@ -171,6 +173,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--build", default="build", help="release build dir (default build)")
     ap.add_argument("--asan-build", help="ASan+UBSan build dir (e.g. build-asan)")
+    ap.add_argument("--tsan-build", help="ThreadSanitizer build dir (e.g. build-tsan): runs the "
+                    "integration tests whose code crosses threads (shards, shutdown)")
     ap.add_argument("--only", help="comma list of suites to run (unit,integration,node,conformance)")
     args = ap.parse_args()
 
@@ -185,6 +189,13 @@ def main():
                                                                 sanitizers=True)),
                  ("integration[asan]", lambda: suite_integration(args.asan_build, "integration[asan]",
                                                                  sanitizers=True))]
+    if args.tsan_build:
+        # The cross-thread code: several shards sharing the accepts and the global counters,
+        # /metrics reading every shard, and the signal -> stop -> drain -> join path.
+        plan += [("integration[tsan]", lambda: suite_integration(
+            args.tsan_build, "integration[tsan]", sanitizers=True,
+            only=("workers_2", "1000_connections", "sigterm", "sigint", "max_connections",
+                  "max_unfinished", "metrics")))]
     results = []
     t0 = time.monotonic()
     for name, fn in plan:

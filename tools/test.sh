@@ -7,5 +7,6 @@ cd "$(dirname "$0")/.."
 tools/install-deps.sh
 tools/build.sh release
 tools/build.sh asan
+tools/build.sh tsan
 (cd tests/node && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
-exec /usr/bin/python3 tests/run_all.py --build build --asan-build build-asan
+exec /usr/bin/python3 tests/run_all.py --build build --asan-build build-asan --tsan-build build-tsan

@@ -92,6 +92,7 @@ class Server:
         self._port_event = threading.Event()
         self._threads = []
         self.returncode = None
+        self.killed = False
 
     # -- readers (threads so that nothing blocks forever) --
     def _read_stdout(self):

@@ -72,9 +72,17 @@ struct ws_record {
   bool operator==(const ws_record&) const = default;
 };
 
+// Printable summary: sizes, and the first bytes with non-ASCII shown as '.'.
+inline std::string printable(const std::string& e) {
+  std::string s = e.substr(0, 40);
+  for (char& c : s)
+    if (c < 0x20 || c > 0x7E) c = '.';
+  return s + (e.size() > 40 ? "..." : "") + "(" + std::to_string(e.size()) + ")";
+}
+
 inline std::string to_string(const ws_record& r) {
   std::string s = "error=" + std::to_string(r.error_code) + " open=" + (r.message_open ? "1" : "0");
-  for (const auto& e : r.events) s += " [" + e.substr(0, 40) + (e.size() > 40 ? "...]" : "]");
+  for (const auto& e : r.events) s += " [" + printable(e) + "]";
   return s;
 }
 

@@ -1,0 +1,142 @@
+// tests/unit/test_engine.cpp: the engine's pure pieces: flag value parsers, the outbound queue
+// (coalescing, shared chunks, partial sends, refcounts) and the Prometheus rendering.
+#include <doctest/doctest.h>
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "engine/flags.hpp"
+#include "engine/metrics.hpp"
+#include "engine/out_queue.hpp"
+
+using namespace wsed::engine;
+
+TEST_CASE("flags: sizes") {
+  CHECK(parse_size("4096") == 4096u);
+  CHECK(parse_size("64KiB") == 65536u);
+  CHECK(parse_size("16MiB") == 16u << 20);
+  CHECK(parse_size("1GiB") == 1u << 30);
+  CHECK(parse_size("2K") == 2048u);
+  CHECK(parse_size("3mb") == 3u << 20);
+  CHECK(parse_size("10B") == 10u);
+  CHECK_FALSE(parse_size(""));
+  CHECK_FALSE(parse_size("MiB"));
+  CHECK_FALSE(parse_size("-1"));
+  CHECK_FALSE(parse_size("12XB"));
+  CHECK_FALSE(parse_size("99999999999999999999"));
+  CHECK_FALSE(parse_size("18446744073709551615GiB"));  // overflows
+}
+
+TEST_CASE("flags: durations") {
+  CHECK(parse_duration_ms("10") == 10000u);
+  CHECK(parse_duration_ms("10s") == 10000u);
+  CHECK(parse_duration_ms("500ms") == 500u);
+  CHECK(parse_duration_ms("2m") == 120000u);
+  CHECK(parse_duration_ms("1h") == 3600000u);
+  CHECK(parse_duration_ms("0") == 0u);
+  CHECK_FALSE(parse_duration_ms("s"));
+  CHECK_FALSE(parse_duration_ms("10x"));
+  CHECK_FALSE(parse_duration_ms("1.5s"));
+}
+
+namespace {
+
+std::string sent_bytes(out_queue& q, chunk_pool& pool, size_t limit) {
+  const iovec* iov;
+  size_t bytes;
+  int n = q.prepare_send(&iov, &bytes);
+  std::string all;
+  for (int i = 0; i < n; ++i) all.append(static_cast<const char*>(iov[i].iov_base), iov[i].iov_len);
+  CHECK(all.size() == bytes);
+  size_t sent = std::min(limit, bytes);
+  q.complete_send(pool, sent);
+  return all.substr(0, sent);
+}
+
+}  // namespace
+
+TEST_CASE("out_queue: small appends coalesce into one segment and partial sends resume") {
+  chunk_pool pool;
+  out_queue q;
+  CHECK(q.empty());
+  q.append(pool, "hello ", 6);
+  q.append(pool, "world", 5);
+  CHECK(q.queued_bytes() == 11);
+  const iovec* iov;
+  size_t bytes;
+  CHECK(q.prepare_send(&iov, &bytes) == 1);  // one chunk, one iovec
+  CHECK(q.send_in_flight());
+  // Appending while a send is in flight must not disturb the bytes in flight.
+  q.append(pool, "!", 1);
+  q.complete_send(pool, 4);  // the kernel took 4 bytes
+  CHECK(q.queued_bytes() == 8);
+  CHECK(sent_bytes(q, pool, 100) == "o world!");
+  CHECK(q.empty());
+  CHECK(q.queued_bytes() == 0);
+}
+
+TEST_CASE("out_queue: large frames get their own chunk; shared chunks are refcounted") {
+  chunk_pool pool;
+  out_queue a, b;
+  std::string big(100000, 'x');
+  a.append(pool, big.data(), big.size());
+  a.append(pool, "tail", 4);
+  out_chunk* shared = pool.get(10);
+  std::memcpy(shared->data(), "broadcast!", 10);
+  shared->size = 10;
+  a.append_shared(shared, 0, 10);
+  b.append_shared(shared, 5, 5);
+  CHECK(shared->refs == 3);
+  pool.release(shared);  // the publisher's reference
+  CHECK(shared->refs == 2);
+  CHECK(sent_bytes(b, pool, 100) == "cast!");
+  CHECK(shared->refs == 1);
+  std::string got = sent_bytes(a, pool, 1u << 20);
+  CHECK(got == big + "tail" + "broadcast!");
+  CHECK(a.empty());
+}
+
+TEST_CASE("out_queue: more segments than one send's iovecs go out over several sends") {
+  chunk_pool pool;
+  out_queue q;
+  std::vector<out_chunk*> chunks;
+  std::string expect;
+  for (int i = 0; i < out_queue::iov_max + 10; ++i) {
+    out_chunk* c = pool.get(1);
+    c->data()[0] = uint8_t('a' + i % 26);
+    c->size = 1;
+    q.append_shared(c, 0, 1);
+    pool.release(c);
+    expect.push_back(char('a' + i % 26));
+  }
+  std::string got = sent_bytes(q, pool, 1u << 20);
+  CHECK(got.size() == size_t(out_queue::iov_max));
+  got += sent_bytes(q, pool, 1u << 20);
+  CHECK(got == expect);
+  CHECK(q.empty());
+}
+
+TEST_CASE("metrics: every family per shard and a total") {
+  shard_metrics m0, m1;
+  m0.connections_open.add(3);
+  m1.connections_open.add(4);
+  m1.closed[size_t(close_reason::idle_timeout)].add(2);
+  m0.limit_hits[size_t(limit_kind::max_message_size)].add();
+  const shard_metrics* all[] = {&m0, &m1};
+  std::string text = render_prometheus(all);
+  CHECK(text.find("wsed_connections_open{shard=\"0\"} 3\n") != std::string::npos);
+  CHECK(text.find("wsed_connections_open{shard=\"1\"} 4\n") != std::string::npos);
+  CHECK(text.find("wsed_connections_open{shard=\"total\"} 7\n") != std::string::npos);
+  CHECK(text.find("wsed_connections_closed_total{shard=\"total\",reason=\"idle_timeout\"} 2\n") !=
+        std::string::npos);
+  CHECK(text.find("wsed_limit_hits_total{shard=\"0\",limit=\"max_message_size\"} 1\n") !=
+        std::string::npos);
+  CHECK(text.find("# TYPE wsed_connections_open gauge\n") != std::string::npos);
+  // One HELP/TYPE header per family, even for labelled families.
+  size_t count = 0;
+  for (size_t p = 0;
+       (p = text.find("# TYPE wsed_connections_closed_total", p)) != std::string::npos; ++p)
+    ++count;
+  CHECK(count == 1);
+}
