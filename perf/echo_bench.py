@@ -184,6 +184,32 @@ def measure(name, extra, args):
         stop(proc)
 
 
+def hold_twice(name, count):
+    """On one fresh server: hold count/5 idle connections, let them go, then hold count. The
+    first figure includes one-time costs (pools, buffers and pages touched on first use); the
+    marginal cost per connection is the RSS difference between the two holds over the
+    difference in connections."""
+    try:
+        proc, port = start_server(name)
+    except RuntimeError as e:
+        log(f"echo_bench: {e}")
+        return None
+    try:
+        small = echo_load(port, proc.pid, ["--hold", str(count // 5)], 3.0, 0.0)
+        time.sleep(1.0)
+        full = echo_load(port, proc.pid, ["--hold", str(count)], 3.0, 0.0)
+    finally:
+        stop(proc)
+    if not small or not full or full["open_at_end"] <= small["open_at_end"]:
+        return None
+    before = small["server"]["rss_before_kib"]
+    rss_small, rss_full = small["server"]["vm_rss_kib"], full["server"]["vm_rss_kib"]
+    return {"open": full["open_at_end"], "before_kib": before, "holding_kib": rss_full,
+            "per_conn": (rss_full - before) * 1024 / full["open_at_end"],
+            "marginal": (rss_full - rss_small) * 1024 / (full["open_at_end"] - small["open_at_end"]),
+            "errors": small["errors"]["total"] + full["errors"]["total"]}
+
+
 def median(values):
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
@@ -243,15 +269,17 @@ def tables(rows, holds, servers, configs):
                 f"| {fmt(r['client_core'], 0)} | {fmt(r['server_core'], 0)} | {fmt(r['other_core'], 0)} "
                 f"| {lat} | {r['errors']} |")
     lines.append("")
-    lines.append("| server | idle connections held | RSS idle | RSS holding | RSS per idle connection |")
-    lines.append("|---|---:|---:|---:|---:|")
+    lines.append("| server | idle connections held | RSS idle | RSS holding | RSS per idle connection "
+                 "(incl. one-time) | marginal RSS per idle connection |")
+    lines.append("|---|---:|---:|---:|---:|---:|")
     for name in servers:
         h = holds.get(name)
         if not h:
-            lines.append(f"| {name} | not run | | | |")
+            lines.append(f"| {name} | not run | | | | |")
             continue
         lines.append(f"| {name} | {h['open']:,} | {fmt(h['before_kib'] / 1024, 1)} MiB "
-                     f"| {fmt(h['holding_kib'] / 1024, 1)} MiB | {fmt(h['per_conn'], 0)} bytes |")
+                     f"| {fmt(h['holding_kib'] / 1024, 1)} MiB | {fmt(h['per_conn'], 0)} bytes "
+                     f"| {fmt(h['marginal'], 0)} bytes |")
     return lines
 
 
@@ -420,16 +448,12 @@ def main():
 
     holds = {}
     for name in servers:
-        log(f"== hold {args.hold} idle connections: {name}")
-        r = measure(name, ["--hold", str(args.hold)], argparse.Namespace(duration=3.0, warmup=0.0))
-        if r and r["open_at_end"] > 0:
-            before, holding = r["server"]["rss_before_kib"], r["server"]["vm_rss_kib"]
-            holds[name] = {"open": r["open_at_end"], "before_kib": before, "holding_kib": holding,
-                           "per_conn": (holding - before) * 1024 / r["open_at_end"],
-                           "errors": r["errors"]["total"]}
-            if r["open_at_end"] < args.hold:
-                notes.append(f"{name} held only {r['open_at_end']} of {args.hold} connections "
-                             f"({r['errors']['first']}).")
+        log(f"== hold {args.hold // 5} then {args.hold} idle connections: {name}")
+        h = hold_twice(name, args.hold)
+        if h:
+            holds[name] = h
+            if h["open"] < args.hold:
+                notes.append(f"{name} held only {h['open']} of {args.hold} connections.")
 
     elapsed = time.monotonic() - began
     table = tables(rows, holds, args.servers, configs)
@@ -460,7 +484,8 @@ def main():
             "measuring window / messages echoed; client likewise from getrusage; \"other load\" = CPU "
             "busy on both cores (/proc/stat) minus client and server: other processes on the machine, "
             "a noise indicator. RSS per idle connection = (VmRSS holding - VmRSS before connecting) / "
-            "connections, fresh server, 1 run.",
+            "connections on a fresh server (includes one-time costs); marginal = (VmRSS holding N - "
+            "VmRSS holding N/5) / (0.8 N), the same server holding N/5 first.",
             ""] + table + [""] + ratio_lines + ([""] if ratio_lines else []) + para + [""] + notes
     write_results("\n".join(body) + "\n")
     log(f"echo_bench: wrote {RESULTS} ({elapsed:.0f} s)")
