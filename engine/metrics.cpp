@@ -79,6 +79,9 @@ std::string render_prometheus(std::span<const shard_metrics* const> shards) {
   out.reserve(8192);
   family(out, shards, "wsed_connections_open", "gauge", "WebSocket connections open.",
          [](const shard_metrics& m) { return m.connections_open.get(); });
+  family(out, shards, "wsed_connection_slots_used", "gauge",
+         "Sockets holding a connection slot (in handshake, open, or closing).",
+         [](const shard_metrics& m) { return m.slots_used.get(); });
   family(out, shards, "wsed_connections_accepted_total", "counter", "TCP connections accepted.",
          [](const shard_metrics& m) { return m.connections_accepted.get(); });
   labelled<reject_reason>(out, shards, "wsed_connections_rejected_total",

@@ -71,6 +71,7 @@ class counter {
 
 struct shard_metrics {
   counter connections_open;  // WebSocket connections past the upgrade
+  counter slots_used;        // sockets holding a slot: handshakes, WebSockets, closing ones
   counter connections_accepted;
   std::array<counter, size_t(reject_reason::count_)> rejected;
   std::array<counter, size_t(close_reason::count_)> closed;

@@ -261,7 +261,7 @@ void shard::run() {
   accepting_ = true;
   for (;;) {
     flush();
-    if (stopping_ && (slots_used_ == 0 || now_ms_ >= stop_deadline_ms_)) break;
+    if (stopping_ && (metrics_.slots_used.get() == 0 || now_ms_ >= stop_deadline_ms_)) break;
     int r = io_uring_submit_and_wait(&ring_, 1);
     if (r < 0 && r != -EINTR && r != -ETIME && r != -EBUSY) {
       std::fprintf(stderr, "wsed: shard %u: io_uring_submit_and_wait: %s\n", index_,
@@ -357,7 +357,7 @@ void shard::on_accept(io_uring_cqe* cqe) {
   c.ops = 0;
   c.flags = 0;
   c.parser = proto::ws_frame_parser(proto::ws_role::server);
-  ++slots_used_;
+  metrics_.slots_used.add();
   arm_recv(c, slot);
   timer_link(c, slot, timer_list::handshake, now_ms_ + cfg_.handshake_timeout_ms);
 
@@ -746,6 +746,7 @@ void shard::on_send(connection& c, uint32_t slot, int res) {
     if (c.state == conn_state::handshake || c.state == conn_state::open)
       begin_close(c, slot, close_reason::peer_reset, 0);
     finish(c, slot);
+    maybe_free(c, slot);  // when already finishing, this completion may have been the last op
     return;
   }
   metrics_.bytes_out.add(uint64_t(res));
@@ -811,9 +812,12 @@ void shard::finish(connection& c, uint32_t slot) {
     begin_close(c, slot, close_reason::internal_error, 0);
   c.state = conn_state::finishing;
   timer_unlink(c, slot);
-  if (c.ops & recv_armed) {
+  if (c.ops & (recv_armed | send_pending)) {
+    // Every op on the socket: the multishot recv, and a send that a peer which never reads
+    // would otherwise keep pending (and the slot with it) forever.
     io_uring_sqe* sqe = get_sqe();
-    io_uring_prep_cancel64(sqe, pack(op::recv, c.generation, slot), 0);
+    io_uring_prep_cancel_fd(sqe, c.file_index,
+                            IORING_ASYNC_CANCEL_ALL | IORING_ASYNC_CANCEL_FD_FIXED);
     io_uring_sqe_set_data64(sqe, pack(op::cancel, c.generation, slot));
     c.ops |= cancel_pending;
   }
@@ -855,7 +859,7 @@ void shard::maybe_free(connection& c, uint32_t slot) {
   c.flags = 0;
   c.file_index = -1;
   ++c.generation;
-  --slots_used_;
+  metrics_.slots_used.sub();
   free_slots_.push_back(slot);
 }
 

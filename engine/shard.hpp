@@ -203,7 +203,6 @@ class shard {
   uint32_t slot_capacity_ = 0;
   uint32_t slots_touched_ = 0;  // slots [0, slots_touched_) have been constructed
   std::vector<uint32_t> free_slots_;
-  uint32_t slots_used_ = 0;
   uint32_t file_table_size_ = 0;
 
   struct list_head {

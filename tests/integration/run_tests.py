@@ -57,13 +57,16 @@ def main():
     args = ap.parse_args()
 
     import wsed_harness as H
+    if args.one:
+        # A child: the parent already put the binary and the sanitizer switch in the environment.
+        mname, name = args.one.split(":")
+        return run_one(mname, name)
+
     os.environ["WSED_BIN"] = os.path.abspath(args.wsed) if args.wsed else H.wsed_binary(args.build)
     if args.sanitizers:
         os.environ["WSED_SANITIZERS"] = "1"
-
-    if args.one:
-        mname, name = args.one.split(":")
-        return run_one(mname, name)
+    print("# wsed binary under test: %s%s" % (os.environ["WSED_BIN"], " (sanitizers)" if args.sanitizers else ""),
+          flush=True)
 
     tests = [t for t in collect()
              if (not args.k or any(k in t[1] for k in args.k)) and not any(s in t[1] for s in args.skip)]

@@ -716,6 +716,43 @@ def test_slow_consumer_closed_4509():
                                      "(--max-outbound-bytes 256KiB): slow_consumer=%s" % v
 
 
+@limit(30)
+def test_slow_consumer_that_stays_connected_frees_its_slot():
+    """A client that never reads and never closes: after the 4509 close and the linger
+    timeout, the server must give up the pending send and free the slot, although the TCP
+    connection is still open on the client's side."""
+    with wsed("--mode", "echo", "--workers", "1", "--max-outbound-bytes", "256KiB",
+              "--linger-timeout", "500ms") as srv:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        s.settimeout(5)
+        s.connect((H.HOST, srv.port))
+        req, _ = H.handshake_request(srv.port)
+        s.sendall(req)
+        time.sleep(0.2)
+        s.setblocking(False)
+        msg = frame(OP_BINARY, b"q" * 256 * 1024)
+        end = time.monotonic() + 10
+        while time.monotonic() < end:
+            try:
+                s.send(msg)
+            except BlockingIOError:
+                time.sleep(0.01)
+            except OSError:
+                break
+            if metric(srv.port, "wsed_connections_closed_total", reason="slow_consumer", shard="total"):
+                break
+        try:
+            assert metric(srv.port, "wsed_connections_closed_total", reason="slow_consumer",
+                          shard="total") == 1, "the client was not cut as a slow consumer"
+            # The /metrics request itself holds one slot while it is served.
+            v = wait_until(lambda: metric(srv.port, "wsed_connection_slots_used", shard="total") == 1, 5)
+            assert v, "slot still held %s s after the close: wsed_connection_slots_used=%s" % (
+                5, metric(srv.port, "wsed_connection_slots_used", shard="total"))
+        finally:
+            s.close()
+
+
 BAD_FLAGS = [["--workers", "abc"], ["--nope"], ["--port", "70000"], ["--max-message-size", "lots"],
              ["--idle-timeout", "soon"], ["--mode", "chat"], ["--workers"]]
 
