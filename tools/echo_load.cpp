@@ -36,7 +36,7 @@
 
 #include "proto/http.hpp"
 #include "proto/ws.hpp"
-#include "tools/echo_load_stats.hpp"
+#include "tools/bench/stats.hpp"
 
 namespace {
 
