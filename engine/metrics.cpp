@@ -17,9 +17,9 @@ const char* name_of(reject_reason r) {
 
 const char* name_of(close_reason r) {
   static constexpr const char* names[] = {
-      "client_close",      "protocol_error", "invalid_utf8",  "message_too_big",   "idle_timeout",
-      "handshake_timeout", "shutdown",       "slow_consumer", "unfinished_budget", "peer_reset",
-      "peer_eof",          "http_done",      "internal_error"};
+      "client_close",      "protocol_error", "invalid_utf8",   "message_too_big",   "idle_timeout",
+      "handshake_timeout", "shutdown",       "slow_consumer",  "unfinished_budget", "peer_reset",
+      "peer_eof",          "http_done",      "internal_error", "app_close"};
   static_assert(std::size(names) == size_t(close_reason::count_));
   return names[size_t(r)];
 }

@@ -36,6 +36,7 @@ enum class close_reason : uint8_t {
   peer_eof,
   http_done,
   internal_error,
+  app_close,  // the application called shard::close
   count_
 };
 

@@ -607,12 +607,10 @@ bool shard::on_data_event(connection& c, uint32_t slot, const proto::ws_event& e
     uint64_t total =
         shared_.unfinished_bytes.fetch_add(ev.payload.size(), std::memory_order_relaxed) +
         ev.payload.size();
-    unfinished_bytes_ += ev.payload.size();
     if (total > cfg_.unfinished_bytes_max) {
       metrics_.limit_hits[size_t(limit_kind::max_unfinished_bytes)].add();
       // Give the bytes back at once: the message is abandoned below.
       shared_.unfinished_bytes.fetch_sub(ev.payload.size(), std::memory_order_relaxed);
-      unfinished_bytes_ -= ev.payload.size();
       begin_close(c, slot, close_reason::unfinished_budget, proto::close_code::try_again_later);
       return false;
     }
@@ -622,7 +620,6 @@ bool shard::on_data_event(connection& c, uint32_t slot, const proto::ws_event& e
   byte_buffer* msg = c.assembly;
   c.assembly = nullptr;
   shared_.unfinished_bytes.fetch_sub(msg->size, std::memory_order_relaxed);
-  unfinished_bytes_ -= msg->size;
   metrics_.messages_in.add();
   app_.on_message(*this, conn_ref{slot, c.generation}, ev.message_opcode,
                   std::span<const uint8_t>(msg->data(), msg->size));
@@ -663,7 +660,7 @@ void shard::close(conn_ref ref, uint16_t code) {
   if (ref.slot >= slots_touched_) return;
   connection& c = slot_at(ref.slot);
   if (c.generation != ref.generation) return;
-  begin_close(c, ref.slot, close_reason::internal_error, code);
+  begin_close(c, ref.slot, close_reason::app_close, code);
 }
 
 void shard::release_queue(connection& c) {
@@ -796,7 +793,6 @@ void shard::begin_close(connection& c, uint32_t slot, close_reason why, uint16_t
   c.state = conn_state::closing;
   if (c.assembly) {
     shared_.unfinished_bytes.fetch_sub(c.assembly->size, std::memory_order_relaxed);
-    unfinished_bytes_ -= c.assembly->size;
     byte_buffer::release(c.assembly);
   }
   byte_buffer::release(c.carry);

@@ -212,7 +212,6 @@ class shard {
 
   std::vector<uint32_t> dirty_;
   uint64_t now_ms_ = 0;
-  uint64_t unfinished_bytes_ = 0;  // this shard's share of shared_.unfinished_bytes
   uint64_t stop_deadline_ms_ = 0;
   bool accepting_ = false;
   std::atomic<bool> stop_requested_{false};
