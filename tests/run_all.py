@@ -124,6 +124,13 @@ def suite_integration(build, label="integration", sanitizers=False, only=()):
     return counts_from(out, rc, label)
 
 
+def suite_fuzz(seconds):
+    """The libFuzzer targets of tests/fuzz/ (clang, ASan+UBSan), each for a bounded time."""
+    rc, out = run(["bash", os.path.join(REPO, "tools", "fuzz.sh"), str(seconds)], timeout=seconds * 2 + 300,
+                  label="fuzz")
+    return counts_from(out, rc, "fuzz")
+
+
 def ensure_node_modules():
     ndir = os.path.join(HERE, "node")
     if os.path.isdir(os.path.join(ndir, "node_modules", "ws")):
@@ -175,6 +182,8 @@ def main():
     ap.add_argument("--asan-build", help="ASan+UBSan build dir (e.g. build-asan)")
     ap.add_argument("--tsan-build", help="ThreadSanitizer build dir (e.g. build-tsan): runs the "
                     "integration tests whose code crosses threads (shards, shutdown)")
+    ap.add_argument("--fuzz-seconds", type=int, default=10,
+                    help="seconds per libFuzzer target (0: skip the fuzz suite)")
     ap.add_argument("--only", help="comma list of suites to run (unit,integration,node,conformance)")
     args = ap.parse_args()
 
@@ -189,6 +198,8 @@ def main():
                                                                 sanitizers=True)),
                  ("integration[asan]", lambda: suite_integration(args.asan_build, "integration[asan]",
                                                                  sanitizers=True))]
+    if args.fuzz_seconds > 0:
+        plan.append(("fuzz", lambda: suite_fuzz(args.fuzz_seconds)))
     if args.tsan_build:
         # The cross-thread code: several shards sharing the accepts and the global counters,
         # /metrics reading every shard, and the signal -> stop -> drain -> join path.

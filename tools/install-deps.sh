@@ -5,7 +5,7 @@
 set -euo pipefail
 
 packages=(
-  build-essential pkg-config meson ninja-build clang-format
+  build-essential pkg-config meson ninja-build clang-format clang libclang-rt-14-dev linux-perf valgrind
   liburing-dev libwslay-dev libdeflate-dev libhiredis-dev libssl-dev libsimdjson-dev
   libmsgpack-dev libcli11-dev doctest-dev libbenchmark-dev
   python3 python3-websockets python3-jwt
