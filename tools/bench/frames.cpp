@@ -1,7 +1,6 @@
 // tools/bench/frames.cpp: frame templates, payloads and the upgrade exchange (see frames.hpp).
 //
 // Owns: nothing. Thread: any. Must never do I/O or read a clock.
-#define MSGPACK_NO_BOOST
 #include "tools/bench/frames.hpp"
 
 #include <libdeflate.h>

@@ -51,7 +51,7 @@ std::vector<uint8_t> zlib_prefixed(std::string_view json);
 // Inflates a zlib stream (test helper and self-check); empty on error.
 std::vector<uint8_t> zlib_inflate(std::span<const uint8_t> stream, size_t bytes_max);
 
-// A valid JSON object of exactly `bytes` bytes (at least 16): {"t":"bench","p":"aaa..."}.
+// A valid JSON object of exactly `bytes` bytes (at least 20): {"t":"bench","p":"aaa..."}.
 std::string sized_json(size_t bytes);
 
 // The WSE client_hello sent after server_ready.

@@ -64,14 +64,14 @@ std::string base64(std::span<const uint8_t> bytes) {
 }
 
 std::string bench_claims(std::string_view sub, int64_t now_s, int64_t ttl_s) {
-  return "{\"sub\":" + json_string(sub) + ",\"iss\":\"wse-bench\",\"aud\":\"wse-bench\",\"iat\":" +
-         std::to_string(now_s) + ",\"exp\":" + std::to_string(now_s + ttl_s) + "}";
+  return "{\"sub\":" + json_string(sub) +
+         ",\"iss\":\"wse-bench\",\"aud\":\"wse-bench\",\"iat\":" + std::to_string(now_s) +
+         ",\"exp\":" + std::to_string(now_s + ttl_s) + "}";
 }
 
 std::string mint_hs256(std::string_view secret, std::string_view claims_json) {
-  std::string signing_input =
-      base64url(std::string_view("{\"alg\":\"HS256\",\"typ\":\"JWT\"}")) + "." +
-      base64url(claims_json);
+  std::string signing_input = base64url(std::string_view("{\"alg\":\"HS256\",\"typ\":\"JWT\"}")) +
+                              "." + base64url(claims_json);
   unsigned char mac[EVP_MAX_MD_SIZE];
   unsigned int mac_bytes = 0;
   HMAC(EVP_sha256(), secret.data(), static_cast<int>(secret.size()),

@@ -1,0 +1,208 @@
+// tests/unit/test_bench.cpp: the pure parts of wse-bench (tools/bench/): the HDR-style histogram,
+// JWT minting and base64, pre-masked frame templates, the benchmark payloads and the upgrade check.
+// Owns: test cases only. Thread: the test runner's main thread. Never opens a socket.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <msgpack.hpp>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "proto/http.hpp"
+#include "proto/ws.hpp"
+#include "tools/bench/frames.hpp"
+#include "tools/bench/jwt.hpp"
+#include "tools/bench/stats.hpp"
+
+using namespace wsed::bench;
+using wsed::proto::ws_event_kind;
+using wsed::proto::ws_frame_parser;
+using wsed::proto::ws_opcode;
+using wsed::proto::ws_role;
+
+namespace {
+
+std::span<const uint8_t> span_of(const std::string& s) {
+  return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
+}
+
+// Decodes client frames with the server-side parser; returns the messages (opcode, payload).
+std::vector<std::pair<ws_opcode, std::string>> decode_client_frames(std::vector<uint8_t> bytes) {
+  std::vector<std::pair<ws_opcode, std::string>> out;
+  ws_frame_parser parser(ws_role::server);
+  wsed::proto::ws_limits limits;
+  limits.message_bytes_max = 1u << 24;
+  size_t offset = 0;
+  std::string current;
+  while (offset < bytes.size()) {
+    auto ev = parser.next(std::span<uint8_t>(bytes.data() + offset, bytes.size() - offset), limits);
+    REQUIRE(ev.kind != ws_event_kind::error);
+    if (ev.kind == ws_event_kind::need_more) break;
+    offset += ev.consumed;
+    REQUIRE(ev.kind == ws_event_kind::data);
+    if (ev.message_begin) current.clear();
+    current.append(reinterpret_cast<const char*>(ev.payload.data()), ev.payload.size());
+    if (ev.message_end) out.emplace_back(ev.message_opcode, current);
+  }
+  CHECK(offset == bytes.size());
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("bench histogram: percentiles within 1% of the exact values, max exact") {
+  wsed::tools::latency_histogram h;
+  std::mt19937_64 rng(42);
+  std::lognormal_distribution<double> dist(12.0, 1.5);  // ~160 us median, long tail
+  std::vector<uint64_t> values;
+  for (int i = 0; i < 200000; ++i) {
+    uint64_t v = static_cast<uint64_t>(dist(rng)) + 1;
+    values.push_back(v);
+    h.record(v);
+  }
+  std::sort(values.begin(), values.end());
+  CHECK(h.count() == values.size());
+  CHECK(h.max() == values.back());
+  for (double q : {0.5, 0.9, 0.95, 0.99, 0.999, 0.9999}) {
+    uint64_t exact = values[static_cast<size_t>(q * static_cast<double>(values.size() - 1))];
+    double got = static_cast<double>(h.quantile(q));
+    CAPTURE(q);
+    CHECK(std::fabs(got - static_cast<double>(exact)) / static_cast<double>(exact) < 0.01);
+  }
+  wsed::tools::latency_histogram other;
+  other.record(5'000'000'000);
+  h.merge(other);
+  CHECK(h.max() == 5'000'000'000);
+  CHECK(h.quantile(1.0) == 5'000'000'000);
+  wsed::tools::latency_histogram empty;
+  CHECK(empty.quantile(0.5) == 0);
+  wsed::tools::latency_histogram small;
+  for (uint64_t v = 0; v < 100; ++v) small.record(v);  // exact below 128
+  CHECK(small.quantile(0.5) == 49);
+}
+
+TEST_CASE("bench base64 and base64url: RFC 4648 vectors") {
+  CHECK(base64url(std::string_view("")) == "");
+  CHECK(base64url(std::string_view("f")) == "Zg");
+  CHECK(base64url(std::string_view("fo")) == "Zm8");
+  CHECK(base64url(std::string_view("foo")) == "Zm9v");
+  CHECK(base64url(std::string_view("foobar")) == "Zm9vYmFy");
+  const uint8_t high[] = {0xfb, 0xff, 0xbf};
+  CHECK(base64url(std::span<const uint8_t>(high, 3)) == "-_-_");
+  CHECK(base64(span_of("f")) == "Zg==");
+  CHECK(base64(span_of("fo")) == "Zm8=");
+  CHECK(base64(std::span<const uint8_t>(high, 3)) == "+/+/");
+}
+
+TEST_CASE("bench JWT: the well-known HS256 example and the bench claims") {
+  std::string token = mint_hs256("your-256-bit-secret",
+                                 R"({"sub":"1234567890","name":"John Doe","iat":1516239022})");
+  CHECK(token ==
+        "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9."
+        "eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIiwiaWF0IjoxNTE2MjM5MDIyfQ."
+        "SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c");
+  CHECK(
+      bench_claims("bench-user", 1700000000) ==
+      R"({"sub":"bench-user","iss":"wse-bench","aud":"wse-bench","iat":1700000000,"exp":1700003600})");
+  CHECK(bench_claims("a\"b", 1, 10).find(R"("sub":"a\"b")") != std::string::npos);
+  std::string t = mint_hs256("s", bench_claims("u", 1));
+  CHECK(std::count(t.begin(), t.end(), '.') == 2);
+  CHECK(t.find('=') == std::string::npos);
+}
+
+TEST_CASE("bench frame templates: pre-masked frames decode to the exact payload") {
+  for (size_t size : {0, 1, 125, 126, 127, 65535, 65536, 70000}) {
+    CAPTURE(size);
+    std::string payload = size == 0 ? std::string() : sized_json(std::max<size_t>(size, 20));
+    payload.resize(size, 'x');
+    masked_frame f = make_masked_frame(ws_opcode::text, span_of(payload), {0x12, 0x34, 0x56, 0x78});
+    CHECK(f.bytes.size() == f.header_bytes + size);
+    auto messages = decode_client_frames(repeat_frame(f, 3));
+    REQUIRE(messages.size() == 3);
+    for (auto& [opcode, text] : messages) {
+      CHECK(opcode == ws_opcode::text);
+      CHECK(text == payload);
+    }
+  }
+  std::vector<uint8_t> packed = trade_msgpack_prefixed();
+  masked_frame b = make_masked_frame(ws_opcode::binary, packed, {1, 2, 3, 4});
+  auto messages = decode_client_frames(b.bytes);
+  REQUIRE(messages.size() == 1);
+  CHECK(messages[0].first == ws_opcode::binary);
+  CHECK(messages[0].second == std::string(packed.begin(), packed.end()));
+}
+
+TEST_CASE("bench ping template: patching the masked timestamp yields the new ping") {
+  masked_frame f = make_masked_frame(ws_opcode::text, span_of(ping_json(0)), {9, 8, 7, 6});
+  patch_masked(f.bytes.data(), f.header_bytes, f.key, ping_timestamp_offset,
+               timestamp_digits(1740700800123));
+  auto messages = decode_client_frames(f.bytes);
+  REQUIRE(messages.size() == 1);
+  CHECK(messages[0].second == R"({"p":{"client_timestamp":1740700800123},"t":"ping"})");
+  CHECK(ping_json(5).substr(ping_timestamp_offset, ping_timestamp_digits) == "0000000000005");
+}
+
+TEST_CASE("bench payloads: trading message, msgpack, zlib, sized JSON, client_hello") {
+  std::string json = trade_json();
+  CHECK(json.size() >= 175);
+  CHECK(json.size() <= 194);
+  std::vector<uint8_t> packed = trade_msgpack_prefixed();
+  REQUIRE(packed.size() > 2);
+  CHECK(packed[0] == 'M');
+  CHECK(packed[1] == ':');
+  CHECK(packed.size() < json.size());
+  msgpack::object_handle oh =
+      msgpack::unpack(reinterpret_cast<const char*>(packed.data()) + 2, packed.size() - 2);
+  auto map = oh.get().as<std::map<std::string, msgpack::object>>();
+  CHECK(map.at("t").as<std::string>() == "trade");
+  auto inner = map.at("p").as<std::map<std::string, msgpack::object>>();
+  CHECK(inner.at("symbol").as<std::string>() == "BTC-USD");
+  CHECK(inner.at("price").as<double>() == doctest::Approx(67432.15));
+  CHECK(map.at("v").as<int>() == 1);
+
+  std::vector<uint8_t> zipped = zlib_prefixed(json);
+  REQUIRE(zipped.size() > 2);
+  CHECK(zipped[0] == 'C');
+  CHECK(zipped[1] == ':');
+  std::vector<uint8_t> back = zlib_inflate(std::span<const uint8_t>(zipped).subspan(2), 4096);
+  CHECK(std::string(back.begin(), back.end()) == json);
+
+  for (size_t n : {20, 64, 256, 1024, 65536}) {
+    std::string s = sized_json(n);
+    CHECK(s.size() == n);
+    CHECK(s.front() == '{');
+    CHECK(s.back() == '}');
+  }
+  CHECK(client_hello_json().find(R"("t":"client_hello")") != std::string::npos);
+}
+
+TEST_CASE("bench upgrade: request with the cookie, response check") {
+  std::string req = upgrade_request("/wse", "127.0.0.1:5006", "dGhlIHNhbXBsZSBub25jZQ==", "T");
+  CHECK(req.rfind("GET /wse HTTP/1.1\r\n", 0) == 0);
+  CHECK(req.find("\r\nCookie: access_token=T\r\n") != std::string::npos);
+  CHECK(req.substr(req.size() - 4) == "\r\n\r\n");
+  CHECK(upgrade_request("/", "h", "k", "").find("Cookie") == std::string::npos);
+
+  auto accept = wsed::proto::websocket_accept("dGhlIHNhbXBsZSBub25jZQ==");
+  std::string_view expected(accept.data(), accept.size());
+  CHECK(expected == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+  std::string ok =
+      "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+      "sec-websocket-accept:  s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n\x81\x02hi";
+  upgrade_check c = check_upgrade_response(ok, expected);
+  CHECK(c.status == upgrade_status::ok);
+  CHECK(c.header_bytes == ok.size() - 4);
+  CHECK(check_upgrade_response(ok.substr(0, 40), expected).status == upgrade_status::incomplete);
+  CHECK(check_upgrade_response("HTTP/1.1 503 Service Unavailable\r\n\r\n", expected).status ==
+        upgrade_status::bad_status);
+  std::string wrong = ok;
+  wrong.replace(wrong.find("s3pP"), 4, "AAAA");
+  CHECK(check_upgrade_response(wrong, expected).status == upgrade_status::bad_accept);
+  CHECK(check_upgrade_response(std::string(20000, 'a'), expected).status ==
+        upgrade_status::too_long);
+  CHECK(with_query("/wse", "format=msgpack") == "/wse?format=msgpack");
+  CHECK(with_query("/wse?a=1", "format=msgpack") == "/wse?a=1&format=msgpack");
+}

@@ -1,0 +1,968 @@
+// tools/wse_bench/main.cpp: wse-bench, the load generator wsed's performance claims are measured
+// with: the seven scenarios of the reference WSE bench clients (connection-storm, ping-latency,
+// throughput, size-matrix, format-comparison, sustained-hold, connection-limit) and the Go tool's
+// pingpong / echo / blast, over the WSE protocol (JWT cookie, server_ready, client_hello) or plain
+// RFC 6455 against any echo server. Prints markdown tables shaped like seeds/001-004 and writes a
+// JSON document.
+//
+// Owns: flags, the scenario sequence and the reports. Thread: the main thread (the load runs on
+// the workers a tier creates). Must never run without a deadline: --duration is capped, every
+// tier's ramp, hold and window are bounded, connection-limit takes a bounded number of steps.
+// Network: the given host only, which must be in 127.0.0.0/8.
+#include <arpa/inet.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cinttypes>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <ctime>
+#include <functional>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+#include "tools/bench/frames.hpp"
+#include "tools/bench/jwt.hpp"
+#include "tools/wse_bench/runner.hpp"
+
+namespace {
+
+using namespace wsed::bench;
+
+constexpr double duration_s_max = 300;
+const std::vector<std::string> all_tests = {
+    "connection-storm", "ping-latency",     "throughput", "size-matrix", "format-comparison",
+    "sustained-hold",   "connection-limit", "pingpong",   "echo",        "blast"};
+
+struct options {
+  std::vector<std::string> tests;
+  std::string protocol = "wse";
+  std::string host = "127.0.0.1";
+  uint16_t port = 5006;
+  uint16_t port2 = 0;
+  std::string path = "/wse";
+  std::string secret = "bench-secret-key-for-testing-only";
+  std::string sub = "bench-user";
+  bool token_per_connection = false;
+  std::vector<uint32_t> tiers = {100, 1000};
+  double duration_s = 5;
+  uint32_t size_bytes = 64;
+  std::vector<uint32_t> sizes = {64, 256, 1024, 4096, 16384, 65536};
+  uint32_t window = 16;
+  uint32_t stream_window_bytes = 256 * 1024;
+  uint32_t pings = 50;
+  double ping_interval_s = 0;  // 0: min(5 s, duration / 3)
+  uint32_t max_conns = 100000;
+  uint32_t limit_start = 1000;
+  double ramp_timeout_s = 30;
+  bool print_token = false;
+  std::string json_path;
+  runner_options runner;
+};
+
+// ---- formatting ---------------------------------------------------------------------------
+
+std::string commas(uint64_t v) {
+  std::string digits = std::to_string(v), out;
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i != 0 && (digits.size() - i) % 3 == 0) out += ',';
+    out += digits[i];
+  }
+  return out;
+}
+
+std::string si(double v) {
+  char b[32];
+  if (v >= 1e6) {
+    std::snprintf(b, sizeof b, "%.2fM", v / 1e6);
+  } else if (v >= 1e4) {
+    std::snprintf(b, sizeof b, "%.0fK", v / 1e3);
+  } else {
+    return commas(static_cast<uint64_t>(std::llround(v)));
+  }
+  return b;
+}
+
+std::string ms(uint64_t ns) {
+  double v = static_cast<double>(ns) / 1e6;
+  char b[32];
+  if (v < 10) {
+    std::snprintf(b, sizeof b, "%.2f ms", v);
+  } else if (v < 1000) {
+    std::snprintf(b, sizeof b, "%.1f ms", v);
+  } else {
+    return commas(static_cast<uint64_t>(std::llround(v))) + " ms";
+  }
+  return b;
+}
+
+std::string fixed(double v, int digits) {
+  char b[48];
+  std::snprintf(b, sizeof b, "%.*f", digits, v);
+  return b;
+}
+
+std::string json_str(const std::string& s) {
+  std::string out = "\"";
+  for (char ch : s) {
+    if (ch == '"' || ch == '\\') out += '\\';
+    if (static_cast<unsigned char>(ch) < 0x20) continue;
+    out += ch;
+  }
+  return out + "\"";
+}
+
+// A JSON object built field by field.
+class json_obj {
+ public:
+  json_obj& num(const std::string& k, double v) {
+    return raw(k, std::isfinite(v) ? fixed(v, 4) : "null");
+  }
+  json_obj& integer(const std::string& k, uint64_t v) { return raw(k, std::to_string(v)); }
+  json_obj& str(const std::string& k, const std::string& v) { return raw(k, json_str(v)); }
+  json_obj& boolean(const std::string& k, bool v) { return raw(k, v ? "true" : "false"); }
+  json_obj& raw(const std::string& k, const std::string& v) {
+    text_ += (text_.empty() ? "" : ", ") + json_str(k) + ": " + v;
+    return *this;
+  }
+  std::string done() const { return "{" + text_ + "}"; }
+
+ private:
+  std::string text_;
+};
+
+std::string latency_json(const latency_histogram& h) {
+  auto q = [&](double p) { return static_cast<double>(h.quantile(p)) / 1e6; };
+  return json_obj()
+      .integer("samples", h.count())
+      .num("p50", q(0.5))
+      .num("p95", q(0.95))
+      .num("p99", q(0.99))
+      .num("p999", q(0.999))
+      .num("p9999", q(0.9999))
+      .num("max", static_cast<double>(h.max()) / 1e6)
+      .done();
+}
+
+std::string errors_json(const error_counts& e) {
+  return json_obj()
+      .integer("total", e.total())
+      .integer("connect", e.connect_failed)
+      .integer("os_limit", e.os_limit)
+      .integer("handshake", e.handshake_failed)
+      .integer("auth", e.auth_failed)
+      .integer("unexpected_close", e.unexpected_close)
+      .integer("socket", e.socket_errors)
+      .integer("protocol", e.protocol_errors)
+      .integer("mismatch", e.mismatches)
+      .integer("server_pings", e.server_pings)
+      .integer("other_messages", e.other_messages)
+      .str("first", e.first_detail)
+      .done();
+}
+
+// The fields every tier row carries. `messages` is the count the server CPU is divided by.
+json_obj tier_json(const tier_result& r, uint64_t messages) {
+  json_obj o;
+  o.integer("connections", r.target)
+      .integer("opened", r.opened)
+      .integer("failed", r.failed)
+      .integer("open_after_ramp", r.open_after_ramp)
+      .integer("open_at_end", r.open_at_end)
+      .integer("rings", r.rings)
+      .integer("source_ips", r.source_ips)
+      .num("ramp_s", r.ramp_s)
+      .num("connect_window_s", r.connect_window_s)
+      .num("window_s", r.window_s)
+      .integer("sent_msgs", r.sent_msgs)
+      .integer("sent_bytes", r.sent_bytes)
+      .integer("replies", r.replies)
+      .integer("reply_bytes", r.reply_bytes)
+      .raw("handshake_ms", latency_json(*r.handshake_latency))
+      .raw("latency_ms", latency_json(*r.latency))
+      .raw("errors", errors_json(r.errors))
+      .raw("client_cpu", json_obj()
+                             .num("user_s", r.client_user_s)
+                             .num("sys_s", r.client_sys_s)
+                             .num("cores", r.client_cores)
+                             .num("busy", r.client_busy)
+                             .num("busiest_thread", r.busiest_thread)
+                             .boolean("saturated", r.client_saturated)
+                             .done())
+      .boolean("os_limited", r.os_limited)
+      .str("os_limit", r.os_limit_message);
+  if (r.server_measured) {
+    double per = messages ? 1e6 / static_cast<double>(messages) : 0;
+    double rss_per_conn = r.open_at_end ? (static_cast<double>(r.server_rss_loaded_kib) -
+                                           static_cast<double>(r.server_rss_before_kib)) *
+                                              1024 / r.open_at_end
+                                        : 0;
+    o.raw("server", json_obj()
+                        .num("user_s", r.server_user_s)
+                        .num("sys_s", r.server_sys_s)
+                        .num("user_us_per_msg", r.server_user_s * per)
+                        .num("sys_us_per_msg", r.server_sys_s * per)
+                        .integer("rss_before_kib", r.server_rss_before_kib)
+                        .integer("rss_loaded_kib", r.server_rss_loaded_kib)
+                        .num("rss_bytes_per_conn", rss_per_conn)
+                        .done());
+  }
+  return o;
+}
+
+// One line under a table per tier: client CPU (and the saturation warning), server CPU and RSS.
+std::string tier_notes(const std::string& label, const tier_result& r, uint64_t messages) {
+  std::string s = "- " + label + ": client CPU " + fixed(100 * r.client_busy, 0) + "% of " +
+                  fixed(r.client_cores, 0) + " core(s), busiest thread " +
+                  fixed(100 * r.busiest_thread, 0) + "%";
+  if (r.client_saturated) s += " — **client saturated: figures are a floor for the server**";
+  if (r.server_measured) {
+    if (messages != 0) {
+      s += "; server CPU/msg user " + fixed(r.server_user_s * 1e6 / messages, 2) + " us, sys " +
+           fixed(r.server_sys_s * 1e6 / messages, 2) + " us";
+    }
+    if (r.open_at_end != 0) {
+      double per = (static_cast<double>(r.server_rss_loaded_kib) -
+                    static_cast<double>(r.server_rss_before_kib)) *
+                   1024 / r.open_at_end;
+      s +=
+          "; server RSS " + commas(r.server_rss_loaded_kib) + " KiB (" + fixed(per, 0) + " B/conn)";
+    }
+  }
+  if (r.os_limited) s += "; **OS limit: " + r.os_limit_message + "**";
+  if (r.errors.total() != 0) s += "; first error: " + r.errors.first_detail;
+  if (!r.fatal.empty()) s += "; worker setup failed: " + r.fatal;
+  return s + "\n";
+}
+
+// ---- scenarios ----------------------------------------------------------------------------
+
+struct section {
+  std::string name;
+  std::string markdown;
+  std::vector<std::string> rows;  // JSON objects
+  std::string summary_json = "{}";
+  uint64_t errors = 0;  // counted toward the exit code
+};
+
+struct context {
+  options opt;
+  job base;
+  bool wse = false;
+};
+
+double warmup_for(const options& o) {
+  return std::min(1.0, o.duration_s * 0.2);
+}
+
+std::vector<uint8_t> bytes_of(const std::string& s) {
+  return std::vector<uint8_t>(s.begin(), s.end());
+}
+
+job stream_job(const context& cx, std::vector<uint8_t> payload, wsed::proto::ws_opcode opcode) {
+  job j = cx.base;
+  j.load = load_kind::stream;
+  j.payload = std::move(payload);
+  j.opcode = opcode;
+  size_t frame = j.payload.size() + 14;
+  j.window_msgs =
+      cx.wse ? 0 : static_cast<uint32_t>(std::max<size_t>(2, cx.opt.stream_window_bytes / frame));
+  return j;
+}
+
+uint64_t counted(const context& cx, const tier_result& r) {
+  return cx.wse ? r.sent_msgs : r.replies;
+}
+
+tier_result run(const context& cx, const job& j, const tier_spec& spec) {
+  tier_result r = run_tier(cx.opt.runner, j, spec);
+  std::fprintf(stderr, "wse-bench: tier %u: %u opened, %u failed, %" PRIu64 " errors, %.2f s\n",
+               r.target, r.opened, r.failed, r.errors.total(), r.ramp_s + r.window_s);
+  return r;
+}
+
+section connection_storm(const context& cx) {
+  section s;
+  s.name = "connection-storm";
+  s.markdown =
+      "| Connections | Accept Rate | p50 | p95 | p99 | p99.9 | Max | Failed |\n"
+      "|-------------|-------------|-----|-----|-----|-------|-----|--------|\n";
+  std::string notes;
+  for (uint32_t n : cx.opt.tiers) {
+    tier_result r = run(cx, cx.base, tier_spec{n, 0, 0, 0, false});
+    const auto& h = *r.handshake_latency;
+    double rate = r.connect_window_s > 0 ? r.opened / r.connect_window_s : 0;
+    s.markdown += "| " + commas(n) + " | " + commas(static_cast<uint64_t>(rate)) + "/s | " +
+                  ms(h.quantile(0.5)) + " | " + ms(h.quantile(0.95)) + " | " +
+                  ms(h.quantile(0.99)) + " | " + ms(h.quantile(0.999)) + " | " + ms(h.max()) +
+                  " | " + commas(r.failed) + " |\n";
+    s.rows.push_back(tier_json(r, 0).num("accept_rate", rate).done());
+    notes += tier_notes(commas(n), r, 0);
+    s.errors += r.errors.total();
+  }
+  s.markdown += "\n" + notes;
+  return s;
+}
+
+section ping_latency(const context& cx) {
+  section s;
+  s.name = "ping-latency";
+  s.markdown =
+      "| Connections | Total Pings | p50 | p95 | p99 | p99.9 | p99.99 | Max | Errors |\n"
+      "|-------------|-------------|-----|-----|-----|-------|--------|-----|--------|\n";
+  std::string notes;
+  for (uint32_t n : cx.opt.tiers) {
+    job j = cx.base;
+    j.load = load_kind::ping;
+    j.pings_per_conn = cx.opt.pings;
+    tier_result r = run(cx, j, tier_spec{n, 0, 0, cx.opt.duration_s, true});
+    const auto& h = *r.latency;
+    s.markdown += "| " + commas(n) + " | " + commas(r.replies) + " | " + ms(h.quantile(0.5)) +
+                  " | " + ms(h.quantile(0.95)) + " | " + ms(h.quantile(0.99)) + " | " +
+                  ms(h.quantile(0.999)) + " | " + ms(h.quantile(0.9999)) + " | " + ms(h.max()) +
+                  " | " + commas(r.errors.total()) + " |\n";
+    uint64_t expected = uint64_t{r.opened} * cx.opt.pings;
+    s.rows.push_back(tier_json(r, r.replies)
+                         .integer("pings_expected", expected)
+                         .integer("pings", r.replies)
+                         .done());
+    notes += tier_notes(commas(n), r, r.replies);
+    if (r.replies < expected) {
+      notes += "  - " + commas(expected - r.replies) +
+               " pings not answered within --duration (the window ended first)\n";
+    }
+    s.errors += r.errors.total();
+  }
+  s.markdown += "\n" + notes;
+  return s;
+}
+
+section throughput(const context& cx) {
+  section s;
+  s.name = "throughput";
+  std::string payload = trade_json();
+  s.markdown =
+      "Message: " + std::to_string(payload.size()) + " B JSON trading message. " +
+      (cx.wse
+           ? "wse: inbound only, Msg/s counts messages sent.\n\n"
+           : "raw: Msg/s counts echoes received (the honest figure); latency is "
+             "send -> echo under a window of " +
+                 std::to_string(
+                     stream_job(cx, bytes_of(payload), wsed::proto::ws_opcode::text).window_msgs) +
+                 " messages per connection.\n\n");
+  s.markdown +=
+      "| Connections | Msg/s | MB/s | Per-conn msg/s | Sent msg/s | p50 | p99 | Errors |\n"
+      "|-------------|-------|------|----------------|------------|-----|-----|--------|\n";
+  std::string notes;
+  for (uint32_t n : cx.opt.tiers) {
+    job j = stream_job(cx, bytes_of(payload), wsed::proto::ws_opcode::text);
+    tier_result r = run(cx, j, tier_spec{n, 0, warmup_for(cx.opt), cx.opt.duration_s, false});
+    uint64_t msgs = counted(cx, r);
+    double rate = msgs / std::max(1e-9, r.window_s);
+    double sent_rate = r.sent_msgs / std::max(1e-9, r.window_s);
+    double mb = rate * static_cast<double>(payload.size()) / 1e6;
+    s.markdown += "| " + commas(n) + " | " + si(rate) + " | " + fixed(mb, 1) + " | " +
+                  commas(static_cast<uint64_t>(rate / std::max<uint32_t>(1, r.open_at_end))) +
+                  " | " + si(sent_rate) + " | " +
+                  (cx.wse ? std::string("-") : ms(r.latency->quantile(0.5))) + " | " +
+                  (cx.wse ? std::string("-") : ms(r.latency->quantile(0.99))) + " | " +
+                  commas(r.errors.total()) + " |\n";
+    s.rows.push_back(tier_json(r, msgs)
+                         .num("msg_per_s", rate)
+                         .num("mb_per_s", mb)
+                         .num("sent_msg_per_s", sent_rate)
+                         .num("per_conn_msg_per_s", rate / std::max<uint32_t>(1, r.open_at_end))
+                         .integer("payload_bytes", payload.size())
+                         .done());
+    notes += tier_notes(commas(n), r, msgs);
+    s.errors += r.errors.total();
+  }
+  s.markdown += "\n" + notes;
+  return s;
+}
+
+std::string size_label(uint32_t b) {
+  if (b >= 1024 && b % 1024 == 0) return std::to_string(b / 1024) + " KB";
+  return std::to_string(b) + " B";
+}
+
+std::string tier_label(uint32_t n) {
+  if (n >= 1000 && n % 1000 == 0) return std::to_string(n / 1000) + "K";
+  return std::to_string(n);
+}
+
+section size_matrix(const context& cx) {
+  section s;
+  s.name = "size-matrix";
+  std::string head = "| Size \\ Conns |", rule = "|-------------|";
+  for (uint32_t n : cx.opt.tiers) {
+    head += " " + tier_label(n) + " |";
+    rule += "-----|";
+  }
+  std::string rates = "### Messages per second" + std::string(cx.wse ? " (sent)" : " (echoed)") +
+                      "\n\n" + head + "\n" + rule + "\n";
+  std::string bandwidth = "### Bandwidth (MB/s)\n\n" + head + "\n" + rule + "\n";
+  std::string notes;
+  for (uint32_t size : cx.opt.sizes) {
+    rates += "| **" + size_label(size) + "** |";
+    bandwidth += "| **" + size_label(size) + "** |";
+    for (uint32_t n : cx.opt.tiers) {
+      job j = stream_job(cx, bytes_of(sized_json(size)), wsed::proto::ws_opcode::text);
+      tier_result r = run(cx, j, tier_spec{n, 0, warmup_for(cx.opt), cx.opt.duration_s, false});
+      uint64_t msgs = counted(cx, r);
+      double rate = msgs / std::max(1e-9, r.window_s);
+      double mb = rate * size / 1e6;
+      rates += " " + si(rate) + " |";
+      bandwidth += " " + fixed(mb, 1) + " |";
+      s.rows.push_back(tier_json(r, msgs)
+                           .integer("size_bytes", size)
+                           .num("msg_per_s", rate)
+                           .num("mb_per_s", mb)
+                           .done());
+      notes += tier_notes(size_label(size) + " x " + commas(n), r, msgs);
+      s.errors += r.errors.total();
+    }
+    rates += "\n";
+    bandwidth += "\n";
+  }
+  s.markdown = rates + "\n" + bandwidth + "\n" + notes;
+  return s;
+}
+
+section format_comparison(const context& cx) {
+  section s;
+  s.name = "format-comparison";
+  std::string json = trade_json();
+  std::vector<uint8_t> packed = trade_msgpack_prefixed();
+  std::vector<uint8_t> zipped = zlib_prefixed(json);
+  s.markdown = "Wire sizes: JSON = " + std::to_string(json.size()) +
+               " bytes, MsgPack = " + std::to_string(packed.size()) +
+               " bytes (`M:` prefix), Compressed = " + std::to_string(zipped.size()) +
+               " bytes (`C:` prefix). " +
+               (cx.wse ? "Messages sent per second." : "Echoes received per second.") + "\n\n";
+  s.markdown +=
+      "| Connections | JSON | MsgPack | vs JSON | Compressed | vs JSON |\n"
+      "|-------------|------|---------|---------|------------|---------|\n";
+  std::string notes;
+  auto pct = [](double v, double base) {
+    if (base <= 0) return std::string("-");
+    double p = 100 * (v / base - 1);
+    return (p >= 0 ? "+" : "") + fixed(p, 0) + "%";
+  };
+  for (uint32_t n : cx.opt.tiers) {
+    double rates[3] = {};
+    const char* names[3] = {"json", "msgpack", "compressed"};
+    for (int f = 0; f < 3; ++f) {
+      job j = f == 0   ? stream_job(cx, bytes_of(json), wsed::proto::ws_opcode::text)
+              : f == 1 ? stream_job(cx, packed, wsed::proto::ws_opcode::binary)
+                       : stream_job(cx, zipped, wsed::proto::ws_opcode::binary);
+      if (f == 1) j.path = with_query(j.path, "format=msgpack");
+      tier_result r = run(cx, j, tier_spec{n, 0, warmup_for(cx.opt), cx.opt.duration_s, false});
+      uint64_t msgs = counted(cx, r);
+      rates[f] = msgs / std::max(1e-9, r.window_s);
+      s.rows.push_back(tier_json(r, msgs)
+                           .str("format", names[f])
+                           .integer("wire_payload_bytes", j.payload.size())
+                           .num("msg_per_s", rates[f])
+                           .done());
+      notes += tier_notes(commas(n) + " " + names[f], r, msgs);
+      s.errors += r.errors.total();
+    }
+    s.markdown += "| " + commas(n) + " | " + si(rates[0]) + " | " + si(rates[1]) + " | " +
+                  pct(rates[1], rates[0]) + " | " + si(rates[2]) + " | " + pct(rates[2], rates[0]) +
+                  " |\n";
+  }
+  s.markdown += "\n" + notes;
+  return s;
+}
+
+double hold_interval_s(const options& o) {
+  return o.ping_interval_s > 0 ? o.ping_interval_s : std::min(5.0, o.duration_s / 3);
+}
+
+section sustained_hold(const context& cx) {
+  section s;
+  s.name = "sustained-hold";
+  double interval = hold_interval_s(cx.opt);
+  s.markdown =
+      "Hold " + fixed(cx.opt.duration_s, 1) + " s, one ping per connection every " +
+      fixed(interval, 2) + " s.\n\n" +
+      "| Connections | Survival | Disconnects | Total PINGs | p50 | p95 | p99 | Errors |\n"
+      "|-------------|----------|-------------|-------------|-----|-----|-----|--------|\n";
+  std::string notes;
+  for (uint32_t n : cx.opt.tiers) {
+    job j = cx.base;
+    j.load = load_kind::ping;
+    j.pings_per_conn = 0;
+    j.ping_interval_ns = static_cast<uint64_t>(interval * 1e9);
+    j.ping_stagger = true;
+    tier_result r = run(cx, j, tier_spec{n, 0, 0, cx.opt.duration_s, false});
+    double survival = n ? 100.0 * r.open_at_end / n : 0;
+    uint32_t disconnects = r.opened > r.open_at_end ? r.opened - r.open_at_end : 0;
+    const auto& h = *r.latency;
+    s.markdown += "| " + commas(n) + " | " + fixed(survival, survival == 100 ? 0 : 2) + "% | " +
+                  commas(disconnects) + " | " + commas(r.replies) + " | " + ms(h.quantile(0.5)) +
+                  " | " + ms(h.quantile(0.95)) + " | " + ms(h.quantile(0.99)) + " | " +
+                  commas(r.errors.total()) + " |\n";
+    s.rows.push_back(tier_json(r, r.replies)
+                         .num("survival_pct", survival)
+                         .integer("disconnects", disconnects)
+                         .integer("pings", r.replies)
+                         .num("ping_interval_s", interval)
+                         .done());
+    notes += tier_notes(commas(n), r, r.replies);
+    s.errors += r.errors.total() + (r.open_at_end < n ? n - r.open_at_end : 0) -
+                std::min<uint64_t>(r.errors.total(), n - std::min(n, r.open_at_end));
+  }
+  s.markdown += "\n" + notes;
+  return s;
+}
+
+section connection_limit(const context& cx) {
+  section s;
+  s.name = "connection-limit";
+  s.markdown =
+      "| Phase | Target | Connected | Accept Rate | Errors | Source IPs | Result |\n"
+      "|-------|--------|-----------|-------------|--------|------------|--------|\n";
+  double hold = std::min(1.0, cx.opt.duration_s / 4);
+  uint32_t good = 0, bad = 0;
+  std::string stop_reason, notes;
+  auto step = [&](const char* phase_name, uint32_t target) {
+    tier_result r = run(cx, cx.base, tier_spec{target, hold, 0, 0, false});
+    bool ok = r.failed == 0 && r.errors.total() == 0 && r.open_at_end == target && !r.os_limited;
+    double rate = r.connect_window_s > 0 ? r.opened / r.connect_window_s : 0;
+    std::string result = ok ? "OK" : r.os_limited ? "OS limit" : "FAIL";
+    s.markdown += std::string("| ") + phase_name + " | " + commas(target) + " | " +
+                  commas(r.open_at_end) + " | " + commas(static_cast<uint64_t>(rate)) + "/s | " +
+                  commas(r.errors.total()) + " | " + std::to_string(r.source_ips) + " | " + result +
+                  " |\n";
+    s.rows.push_back(tier_json(r, 0)
+                         .str("phase", phase_name)
+                         .num("accept_rate", rate)
+                         .str("result", result)
+                         .done());
+    if (!ok) notes += tier_notes(commas(target), r, 0);
+    if (r.os_limited && stop_reason.empty()) stop_reason = r.os_limit_message;
+    return ok;
+  };
+  // Probe by doubling up to --max-conns, then bisect between the last good and first bad.
+  uint32_t target = std::min(cx.opt.limit_start, cx.opt.max_conns);
+  for (int i = 0; i < 32; ++i) {
+    if (!step("Probe", target)) {
+      bad = target;
+      break;
+    }
+    good = target;
+    if (target >= cx.opt.max_conns) break;
+    target = static_cast<uint32_t>(std::min<uint64_t>(uint64_t{target} * 2, cx.opt.max_conns));
+  }
+  for (int i = 0; i < 12 && bad != 0 && stop_reason.empty(); ++i) {
+    uint32_t resolution = std::max<uint32_t>(1, good / 100);
+    if (bad - good <= resolution) break;
+    uint32_t mid = good + (bad - good) / 2;
+    if (step("Search", mid)) {
+      good = mid;
+    } else {
+      bad = mid;
+    }
+  }
+  std::string verdict;
+  if (!stop_reason.empty()) {
+    verdict = "Stopped by the client's OS limit, not the server: " + stop_reason +
+              ". Max stable connections measured: " + commas(good) + ".";
+  } else if (bad == 0) {
+    verdict = "Max stable connections: " + commas(good) +
+              "+ (every probe passed: limited by --max-conns, not the server).";
+  } else {
+    verdict = "Max stable connections: " + commas(good) + " (first failure at " + commas(bad) +
+              ": the server refused or dropped connections).";
+  }
+  s.markdown += "\n**" + verdict + "**\n" + (notes.empty() ? "" : "\n" + notes);
+  s.summary_json = json_obj()
+                       .integer("max_stable", good)
+                       .integer("first_bad", bad)
+                       .boolean("os_limited", !stop_reason.empty())
+                       .str("verdict", verdict)
+                       .done();
+  return s;  // failures here are the finding, not errors of the run
+}
+
+// The Go tool's modes (seed 004): pingpong, echo, blast.
+section go_mode(const context& cx, const std::string& mode) {
+  section s;
+  s.name = mode;
+  s.markdown =
+      "| Clients | Mode | Duration | Msg/s (sent) | Msg/s (recv) | p50 lat | p99 lat | Unanswered "
+      "| Errors |\n"
+      "|---------|------|----------|--------------|--------------|---------|---------|------------"
+      "|--------|\n";
+  std::string notes;
+  std::string payload = cx.wse && mode != "blast" ? ping_json(0) : sized_json(cx.opt.size_bytes);
+  for (uint32_t n : cx.opt.tiers) {
+    job j = stream_job(cx, bytes_of(payload), wsed::proto::ws_opcode::text);
+    if (mode == "pingpong") j.window_msgs = 1;
+    if (mode == "echo") j.window_msgs = cx.opt.window;
+    tier_result r = run(
+        cx, j,
+        tier_spec{n, 0, mode == "pingpong" ? 0.0 : warmup_for(cx.opt), cx.opt.duration_s, false});
+    double sent = r.sent_msgs / std::max(1e-9, r.window_s);
+    double recv = r.replies / std::max(1e-9, r.window_s);
+    bool replies = j.window_msgs != 0;
+    double unanswered = replies && r.sent_msgs
+                            ? 100.0 * (1.0 - std::min(1.0, static_cast<double>(r.replies) /
+                                                               static_cast<double>(r.sent_msgs)))
+                            : 100.0;
+    s.markdown += "| " + commas(n) + " | " + mode + " | " + fixed(r.window_s, 1) + "s | " +
+                  commas(static_cast<uint64_t>(sent)) + " | " +
+                  (replies ? commas(static_cast<uint64_t>(recv)) : std::string("-")) + " | " +
+                  (replies ? ms(r.latency->quantile(0.5)) : std::string("-")) + " | " +
+                  (replies ? ms(r.latency->quantile(0.99)) : std::string("-")) + " | " +
+                  (replies ? fixed(unanswered, 1) + "%" : std::string("- (send only)")) + " | " +
+                  commas(r.errors.total()) + " |\n";
+    s.rows.push_back(tier_json(r, replies ? r.replies : r.sent_msgs)
+                         .str("mode", mode)
+                         .integer("payload_bytes", payload.size())
+                         .integer("window", j.window_msgs)
+                         .num("sent_msg_per_s", sent)
+                         .num("recv_msg_per_s", recv)
+                         .num("unanswered_pct", unanswered)
+                         .done());
+    notes += tier_notes(commas(n), r, replies ? r.replies : r.sent_msgs);
+    s.errors += r.errors.total();
+  }
+  s.markdown += "\n" + notes;
+  return s;
+}
+
+const std::map<std::string, std::string>& scenario_titles() {
+  static const std::map<std::string, std::string> t = {
+      {"connection-storm", "Connection Storm"},
+      {"ping-latency", "Ping/Pong Latency Under Load"},
+      {"throughput", "Throughput Saturation"},
+      {"size-matrix", "Payload Size x Connections Matrix"},
+      {"format-comparison", "Format Comparison"},
+      {"sustained-hold", "Sustained Hold"},
+      {"connection-limit", "Connection Limit"},
+      {"pingpong", "Pingpong (strict request/response)"},
+      {"echo", "Echo (send and receive concurrently)"},
+      {"blast", "Blast (send only)"}};
+  return t;
+}
+
+const char* help_text =
+    R"(Scenarios (--test NAME, repeatable or comma-separated; default: all, in this order):
+
+connection-storm   Per tier, opens N connections as fast as possible, at most --connect-inflight
+                   connecting or upgrading at once (500, like the reference's batches of 500).
+                   Reports the accept rate (connections/s over the ramp) and the handshake latency
+                   (p50/p95/p99/p99.9/max) from the TCP connect to the 101 (raw) or to server_ready
+                   (wse), and failed connections. raw: any RFC 6455 server; wse: the server must
+                   accept the JWT cookie and send server_ready (the client then sends client_hello).
+
+ping-latency       Per tier, every connection sends --pings (50) app pings one at a time, all
+                   connections concurrently, until done or --duration. Reports total pings and the
+                   round-trip latency p50..p99.99 and max. raw: the ping JSON
+                   {"p":{"client_timestamp":<ms>},"t":"ping"} must be echoed back; wse: the server
+                   must answer each with a PONG text frame ({"c":"WSE","t":"PONG",...}).
+
+throughput         Per tier, every connection sends a 189 B JSON trading message as fast as it can
+                   for --duration (after a short warm-up). Reports msg/s, MB/s (payload), per-
+                   connection msg/s and sent msg/s. raw: the echo server sends every message back;
+                   the client drains and counts the echoes (the honest figure) with at most
+                   --stream-window-bytes unanswered per connection, and reports send->echo latency.
+                   wse: the server answers nothing (inbound only): the figure is messages sent.
+
+size-matrix        The throughput test for each --sizes payload (64 B..64 KiB JSON text) x each
+                   tier, --duration per cell. Reports two tables: msg/s and MB/s. raw/wse as for
+                   throughput.
+
+format-comparison  The throughput test per tier for the same trading object as JSON text, as
+                   `M:` + MessagePack (binary frame, on a connection opened with ?format=msgpack)
+                   and as `C:` + zlib (binary frame). Reports msg/s per format and the gain over
+                   JSON, with the wire sizes. raw: the server echoes the frames (any opcode); wse:
+                   the server must accept binary M:/C: inbound; the figure is messages sent.
+
+sustained-hold     Per tier, holds N connections for --duration, each sending an app ping every
+                   --ping-interval (default 5 s, or a third of --duration when that is shorter;
+                   first pings spread over the interval). Reports survival (connections open at the
+                   end / target), disconnects, pings and their latency, and with --server-pid the
+                   server's RSS per held connection. raw: pings echoed; wse: PONG answers.
+
+connection-limit   Opens --limit-start connections, then doubles (2K, 4K, ...) up to --max-conns,
+                   then bisects between the last good and the first bad step. A step is good when
+                   every connection opens and stays open for a short hold. Stops early, saying so,
+                   when the client's OS (descriptors, ports, rings) rather than the server is the
+                   limit. Reports each step and the max stable count. Failures here are the
+                   finding: they do not make the exit code non-zero.
+
+pingpong           (the Go tool's mode) Per tier, strict request/response: each connection keeps
+                   one --size byte JSON message in flight. Reports sent and received msg/s and
+                   latency. raw: echoed; wse: app ping -> PONG.
+
+echo               (the Go tool's mode) Like pingpong but sends and receives concurrently with up
+                   to --window messages in flight per connection. raw: echoed; wse: app pings ->
+                   PONGs.
+
+blast              (the Go tool's mode) Send only, as fast as possible, --size byte messages.
+                   Reports sent msg/s. raw: the echoes still come back and are drained and counted
+                   (sends bounded by --stream-window-bytes unanswered, so the server never sees a
+                   slow consumer); wse: nothing comes back.
+
+Every table is followed by one line per tier: client CPU (and a warning when the client, not the
+server, was saturated), with --server-pid the server's CPU time per message (user and sys, from
+/proc) and RSS per connection, the OS limit when it stopped a tier, and the first error.
+Connections beyond RLIMIT_NOFILE are held in io_uring direct descriptors spread over several rings;
+beyond one source address's ephemeral ports they are spread over 127.0.0.x.
+Exit code: 0 when no scenario saw an error, 3 otherwise, 1 on a setup failure, 2 on bad flags.
+)";
+
+std::vector<uint32_t> parse_list(const std::string& text) {
+  std::vector<uint32_t> out;
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    if (item.empty()) continue;
+    double mult = 1;
+    char last = item.back();
+    if (last == 'K' || last == 'k') mult = 1000, item.pop_back();
+    if (last == 'M' || last == 'm') mult = 1000000, item.pop_back();
+    out.push_back(static_cast<uint32_t>(std::stod(item) * mult));
+  }
+  return out;
+}
+
+std::vector<int> parse_cpu_list(const std::string& text) {
+  std::vector<int> cpus;
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    size_t dash = item.find('-');
+    if (dash == std::string::npos) {
+      cpus.push_back(std::stoi(item));
+    } else {
+      int a = std::stoi(item.substr(0, dash)), b = std::stoi(item.substr(dash + 1));
+      for (int c = a; c <= b && cpus.size() < 1024; ++c) cpus.push_back(c);
+    }
+  }
+  return cpus;
+}
+
+int run_all(options opt) {
+  context cx;
+  cx.opt = opt;
+  cx.wse = opt.protocol == "wse";
+  job& b = cx.base;
+  b.protocol = cx.wse ? protocol_mode::wse : protocol_mode::raw;
+  b.server.sin_family = AF_INET;
+  b.server.sin_port = htons(opt.port);
+  if (inet_pton(AF_INET, opt.host.c_str(), &b.server.sin_addr) != 1) {
+    std::fprintf(stderr, "wse-bench: --host %s is not an IPv4 address\n", opt.host.c_str());
+    return 2;
+  }
+  if ((ntohl(b.server.sin_addr.s_addr) >> 24) != 127) {
+    std::fprintf(stderr, "wse-bench: --host must be in 127.0.0.0/8 (loopback benchmarks only)\n");
+    return 2;
+  }
+  if (opt.port2 != 0) {
+    b.server2 = b.server;
+    b.server2.sin_port = htons(opt.port2);
+    b.two_servers = true;
+  }
+  b.path = opt.path;
+  b.host_header = opt.host + ":" + std::to_string(opt.port);
+  b.secret = opt.secret;
+  b.token_now_s = static_cast<int64_t>(time(nullptr));
+  if (cx.wse && !opt.token_per_connection) {
+    b.token = mint_hs256(opt.secret, bench_claims(opt.sub, b.token_now_s));
+  }
+  b.ramp_timeout_ns = static_cast<uint64_t>(opt.ramp_timeout_s * 1e9);
+  cx.opt.runner.loopback = true;
+
+  std::vector<section> sections;
+  for (const std::string& t : opt.tests) {
+    std::fprintf(stderr, "wse-bench: %s (%s)\n", t.c_str(), opt.protocol.c_str());
+    if (t == "connection-storm") sections.push_back(connection_storm(cx));
+    if (t == "ping-latency") sections.push_back(ping_latency(cx));
+    if (t == "throughput") sections.push_back(throughput(cx));
+    if (t == "size-matrix") sections.push_back(size_matrix(cx));
+    if (t == "format-comparison") sections.push_back(format_comparison(cx));
+    if (t == "sustained-hold") sections.push_back(sustained_hold(cx));
+    if (t == "connection-limit") sections.push_back(connection_limit(cx));
+    if (t == "pingpong" || t == "echo" || t == "blast") sections.push_back(go_mode(cx, t));
+  }
+
+  uint64_t errors = 0;
+  std::printf(
+      "# wse-bench: %s protocol, %s:%u%s, tiers %s, %.1f s per measurement\n\n",
+      opt.protocol.c_str(), opt.host.c_str(), opt.port,
+      opt.port2 ? (" and :" + std::to_string(opt.port2)).c_str() : "",
+      [&] {
+        std::string s;
+        for (uint32_t n : opt.tiers) s += (s.empty() ? "" : ",") + std::to_string(n);
+        return s;
+      }()
+          .c_str(),
+      opt.duration_s);
+  std::printf("Client: %u thread(s)%s, RLIMIT_NOFILE %u per ring (direct descriptors).\n\n",
+              opt.runner.threads, opt.runner.cpus.empty() ? "" : " pinned", ring_files_max());
+  int number = 0;
+  for (const section& s : sections) {
+    std::printf("## Test %d: %s (`%s`)\n\n%s\n", ++number, scenario_titles().at(s.name).c_str(),
+                s.name.c_str(), s.markdown.c_str());
+    errors += s.errors;
+  }
+  std::printf("Errors in total: %s\n", commas(errors).c_str());
+
+  if (!opt.json_path.empty()) {
+    FILE* f = std::fopen(opt.json_path.c_str(), "w");
+    if (f == nullptr) {
+      std::fprintf(stderr, "wse-bench: cannot write %s\n", opt.json_path.c_str());
+      return 1;
+    }
+    std::string tiers;
+    for (uint32_t n : opt.tiers) tiers += (tiers.empty() ? "" : ", ") + std::to_string(n);
+    std::fprintf(
+        f, "{\n  \"tool\": \"wse-bench\",\n  \"config\": %s,\n  \"tests\": {\n",
+        json_obj()
+            .str("protocol", opt.protocol)
+            .str("host", opt.host)
+            .integer("port", opt.port)
+            .integer("port2", opt.port2)
+            .str("path", opt.path)
+            .raw("tiers", "[" + tiers + "]")
+            .num("duration_s", opt.duration_s)
+            .integer("threads", opt.runner.threads)
+            .integer("ring_files_max", ring_files_max())
+            .integer("server_pid", static_cast<uint64_t>(std::max(0, opt.runner.server_pid)))
+            .done()
+            .c_str());
+    for (size_t k = 0; k < sections.size(); ++k) {
+      const section& s = sections[k];
+      std::string rows;
+      for (size_t r = 0; r < s.rows.size(); ++r) rows += (r ? ",\n      " : "      ") + s.rows[r];
+      std::fprintf(f,
+                   "    %s: {\"errors\": %" PRIu64 ", \"summary\": %s, \"rows\": [\n%s\n    ]}%s\n",
+                   json_str(s.name).c_str(), s.errors, s.summary_json.c_str(), rows.c_str(),
+                   k + 1 < sections.size() ? "," : "");
+    }
+    std::fprintf(f, "  },\n  \"errors\": %" PRIu64 "\n}\n", errors);
+    std::fclose(f);
+  }
+  return errors == 0 ? 0 : 3;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  options opt;
+  std::vector<std::string> tests;
+  std::string tiers, sizes, cpus;
+  opt.runner.threads = static_cast<uint32_t>(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)));
+  CLI::App app{"wse-bench: io_uring WebSocket load generator (WSE protocol or raw RFC 6455)"};
+  app.footer(help_text);
+  app.add_option("--test", tests, "scenario(s) to run (default: all); see below")
+      ->delimiter(',')
+      ->check(CLI::IsMember(all_tests));
+  app.add_option("--protocol", opt.protocol,
+                 "wse: JWT cookie, wait server_ready, send client_hello; raw: plain RFC 6455")
+      ->check(CLI::IsMember({"wse", "raw"}))
+      ->capture_default_str();
+  app.add_option("--host", opt.host, "server IPv4 address (127.0.0.0/8)")->capture_default_str();
+  app.add_option("--port", opt.port, "server port")->capture_default_str();
+  app.add_option("--port2", opt.port2, "second server port: odd-numbered connections go there");
+  app.add_option("--path", opt.path, "request target of the upgrade")->capture_default_str();
+  app.add_option("--secret", opt.secret, "HS256 secret for the JWT (wse)")->capture_default_str();
+  app.add_option("--sub", opt.sub, "JWT sub claim of the shared token")->capture_default_str();
+  app.add_flag("--token-per-connection", opt.token_per_connection,
+               "mint one token per connection (sub = bench-user-<n>)");
+  app.add_flag("--print-token", opt.print_token, "print a token minted from --secret and exit");
+  app.add_option("--tiers", tiers, "connection counts, e.g. 100,500,1K,10K (default 100,1000)");
+  app.add_option("--duration", opt.duration_s, "seconds per measurement (max 300)")
+      ->check(CLI::Range(0.1, duration_s_max))
+      ->capture_default_str();
+  app.add_option("--size", opt.size_bytes, "payload bytes for pingpong/echo/blast")
+      ->check(CLI::Range(20u, 1u << 20))
+      ->capture_default_str();
+  app.add_option("--sizes", sizes, "size-matrix payloads (default 64,256,1024,4096,16384,65536)");
+  app.add_option("--window", opt.window, "echo: messages in flight per connection")
+      ->check(CLI::Range(1u, 4096u))
+      ->capture_default_str();
+  app.add_option("--stream-window-bytes", opt.stream_window_bytes,
+                 "raw streams: unanswered bytes per connection (under the server's outbound cap)")
+      ->check(CLI::Range(1024u, 64u << 20))
+      ->capture_default_str();
+  app.add_option("--pings", opt.pings, "ping-latency: pings per connection")
+      ->check(CLI::Range(1u, 1000000u))
+      ->capture_default_str();
+  app.add_option("--ping-interval", opt.ping_interval_s,
+                 "sustained-hold: seconds between pings (default min(5, duration/3))")
+      ->check(CLI::Range(0.001, 60.0));
+  app.add_option("--max-conns", opt.max_conns, "connection-limit: upper bound")
+      ->check(CLI::Range(1u, 10000000u))
+      ->capture_default_str();
+  app.add_option("--limit-start", opt.limit_start, "connection-limit: first probe")
+      ->check(CLI::Range(1u, 10000000u))
+      ->capture_default_str();
+  app.add_option("--threads", opt.runner.threads,
+                 "worker threads (one io_uring each; more rings "
+                 "are added when connections exceed RLIMIT_NOFILE)")
+      ->check(CLI::Range(1u, 256u))
+      ->capture_default_str();
+  app.add_option("--cpus", cpus, "pin worker threads to these CPUs, e.g. 1 or 0-3 or 1,3");
+  app.add_option("--connect-inflight", opt.runner.connect_inflight,
+                 "connections connecting or upgrading at once, whole process")
+      ->check(CLI::Range(1u, 100000u))
+      ->capture_default_str();
+  app.add_option("--source-ips", opt.runner.source_ips,
+                 "spread connections over 127.0.0.1..N (default: as the port range requires)")
+      ->check(CLI::Range(0u, 254u));
+  app.add_option("--max-rings", opt.runner.max_rings, "most rings (threads) a tier may use")
+      ->check(CLI::Range(1u, 1024u))
+      ->capture_default_str();
+  app.add_option("--ramp-timeout", opt.ramp_timeout_s, "seconds a tier may take to connect")
+      ->check(CLI::Range(1.0, 600.0))
+      ->capture_default_str();
+  app.add_option("--server-pid", opt.runner.server_pid,
+                 "server process: CPU time per message and RSS per connection from /proc");
+  app.add_option("--json", opt.json_path, "also write the results as JSON to this file");
+  try {
+    app.parse(argc, argv);
+    if (!tiers.empty()) opt.tiers = parse_list(tiers);
+    if (!sizes.empty()) opt.sizes = parse_list(sizes);
+    if (!cpus.empty()) opt.runner.cpus = parse_cpu_list(cpus);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "wse-bench: bad list: %s\n", e.what());
+    return 2;
+  }
+  if (opt.print_token) {
+    std::printf("%s\n", mint_hs256(opt.secret, bench_claims(opt.sub, time(nullptr))).c_str());
+    return 0;
+  }
+  for (uint32_t n : opt.tiers) {
+    if (n == 0 || n > 10000000) {
+      std::fprintf(stderr, "wse-bench: tiers must be 1..10M\n");
+      return 2;
+    }
+  }
+  for (uint32_t n : opt.sizes) {
+    if (n < 20 || n > (16u << 20)) {
+      std::fprintf(stderr, "wse-bench: sizes must be 20 B..16 MiB\n");
+      return 2;
+    }
+  }
+  // Order: the canonical one, whatever order the flags gave.
+  for (const std::string& t : all_tests) {
+    if (tests.empty() || std::find(tests.begin(), tests.end(), t) != tests.end()) {
+      opt.tests.push_back(t);
+    }
+  }
+  signal(SIGPIPE, SIG_IGN);
+  return run_all(opt);
+}

@@ -1,0 +1,267 @@
+// tools/wse_bench/runner.cpp: one tier of a scenario (see runner.hpp).
+//
+// Owns: the tier's workers and threads. Thread: the main thread. Must never wait without a
+// deadline.
+#include "tools/wse_bench/runner.hpp"
+
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iterator>
+#include <sstream>
+#include <thread>
+
+namespace wsed::bench {
+
+namespace {
+
+uint64_t now_ns() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000u + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+void sleep_s(double s) {
+  std::this_thread::sleep_for(std::chrono::duration<double>(s));
+}
+
+struct totals {
+  uint64_t sent_msgs = 0, sent_bytes = 0, replies = 0, reply_bytes = 0;
+  uint64_t t_ns = 0;
+  cpu_seconds client{};
+  cpu_seconds server{};
+};
+
+totals take(const std::vector<std::unique_ptr<worker>>& workers, int server_pid) {
+  totals t;
+  t.t_ns = now_ns();
+  for (auto& w : workers) {
+    t.sent_msgs += w->counters.sent_msgs.load(std::memory_order_relaxed);
+    t.sent_bytes += w->counters.sent_bytes.load(std::memory_order_relaxed);
+    t.replies += w->counters.replies.load(std::memory_order_relaxed);
+    t.reply_bytes += w->counters.reply_bytes.load(std::memory_order_relaxed);
+  }
+  t.client = own_cpu_seconds();
+  if (server_pid > 0) t.server = process_cpu_seconds(server_pid).value_or(cpu_seconds{});
+  return t;
+}
+
+// CPU seconds (user + sys) of one thread of this process.
+double thread_cpu_s(int tid) {
+  if (tid <= 0) return 0;
+  std::ifstream in("/proc/self/task/" + std::to_string(tid) + "/stat");
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  size_t paren = text.rfind(')');
+  if (paren == std::string::npos || paren + 2 > text.size()) return 0;
+  std::istringstream fields(text.substr(paren + 2));
+  std::string field;
+  unsigned long long utime = 0, stime = 0;
+  for (int number = 3; number <= 15 && fields >> field; ++number) {
+    if (number == 14) utime = std::stoull(field);
+    if (number == 15) stime = std::stoull(field);
+  }
+  return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+std::vector<double> threads_cpu_s(const std::vector<std::unique_ptr<worker>>& workers) {
+  std::vector<double> v;
+  for (auto& w : workers)
+    v.push_back(thread_cpu_s(w->counters.tid.load(std::memory_order_acquire)));
+  return v;
+}
+
+double busiest(const std::vector<double>& before, const std::vector<double>& after, double s) {
+  double top = 0;
+  for (size_t i = 0; i < before.size() && i < after.size(); ++i) {
+    top = std::max(top, (after[i] - before[i]) / std::max(1e-9, s));
+  }
+  return top;
+}
+
+uint32_t sum_open(const std::vector<std::unique_ptr<worker>>& workers) {
+  uint32_t n = 0;
+  for (auto& w : workers) n += w->counters.open.load(std::memory_order_relaxed);
+  return n;
+}
+
+}  // namespace
+
+uint32_t ring_files_max() {
+  static uint32_t cached = [] {
+    rlimit rl{};
+    getrlimit(RLIMIT_NOFILE, &rl);
+    if (rl.rlim_cur < rl.rlim_max) {
+      rl.rlim_cur = rl.rlim_max;
+      setrlimit(RLIMIT_NOFILE, &rl);
+      getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    return static_cast<uint32_t>(std::min<rlim_t>(rl.rlim_cur, 1u << 20));
+  }();
+  return cached;
+}
+
+uint32_t ports_per_source_ip() {
+  std::ifstream in("/proc/sys/net/ipv4/ip_local_port_range");
+  unsigned low = 32768, high = 60999;
+  in >> low >> high;
+  uint32_t n = high > low ? high - low + 1 : 1;
+  return n > 2000 ? n - 1000 : n;  // leave a margin for other programs on the machine
+}
+
+tier_result run_tier(const runner_options& ro, job j, const tier_spec& spec) {
+  tier_result r;
+  r.target = spec.connections;
+  uint32_t per_ring = ring_files_max();
+  uint32_t threads = std::max<uint32_t>(1, std::min(ro.threads, std::max<uint32_t>(1, r.target)));
+  uint32_t rings = std::max(threads, (r.target + per_ring - 1) / per_ring);
+  r.rings = rings;
+  if (rings > ro.max_rings) {
+    r.os_limited = true;
+    r.os_limit_message = std::to_string(r.target) + " connections need " + std::to_string(rings) +
+                         " rings of " + std::to_string(per_ring) +
+                         " direct descriptors (RLIMIT_NOFILE " + std::to_string(per_ring) +
+                         "), over --max-rings " + std::to_string(ro.max_rings);
+    return r;
+  }
+  uint32_t ports = ports_per_source_ip();
+  uint32_t ips = ro.source_ips != 0 ? ro.source_ips : (r.target + ports - 1) / ports;
+  ips = std::max<uint32_t>(1, ips);
+  if (ips > 1 && !ro.loopback) {
+    r.os_limited = true;
+    r.os_limit_message = std::to_string(r.target) + " connections need " + std::to_string(ips) +
+                         " source addresses of " + std::to_string(ports) +
+                         " ports; spreading over 127.0.0.x needs a loopback server";
+    return r;
+  }
+  if (ips > 254) {
+    r.os_limited = true;
+    r.os_limit_message = "more source addresses than 127.0.0.1-254 offer";
+    return r;
+  }
+  r.source_ips = ips;
+  j.source_ips = ips;
+  j.connect_inflight = std::max<uint32_t>(1, ro.connect_inflight / rings);
+  size_t cpu_count = ro.cpus.empty()
+                         ? static_cast<size_t>(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)))
+                         : ro.cpus.size();
+  r.client_cores = static_cast<double>(std::min<size_t>(rings, cpu_count));
+
+  if (ro.server_pid > 0) {
+    auto m = process_memory_kib(ro.server_pid);
+    r.server_measured = m.has_value();
+    if (m) r.server_rss_before_kib = m->vm_rss_kib;
+  }
+
+  run_control control;
+  std::vector<std::unique_ptr<worker>> workers;
+  uint32_t first = 0;
+  for (uint32_t t = 0; t < rings; ++t) {
+    uint32_t share = r.target / rings + (t < r.target % rings ? 1 : 0);
+    int cpu = ro.cpus.empty() ? -1 : ro.cpus[t % ro.cpus.size()];
+    workers.push_back(std::make_unique<worker>(j, control, first, share, cpu));
+    first += share;
+  }
+  cpu_seconds cpu_before = own_cpu_seconds();
+  uint64_t ramp_start = now_ns();
+  std::vector<std::thread> running;
+  for (auto& w : workers) running.emplace_back([&w] { w->run(); });
+  for (int spin = 0; spin < 1000; ++spin) {  // the tids, for per-thread CPU (bounded: 1 s)
+    if (std::all_of(workers.begin(), workers.end(),
+                    [](auto& w) { return w->counters.tid.load(std::memory_order_acquire) != 0; })) {
+      break;
+    }
+    sleep_s(0.001);
+  }
+  std::vector<double> threads_before = threads_cpu_s(workers);
+  uint64_t ramp_deadline = ramp_start + j.ramp_timeout_ns + 5'000'000'000u;
+  while (now_ns() < ramp_deadline) {
+    bool done = std::all_of(workers.begin(), workers.end(), [](auto& w) {
+      return w->counters.ramp_done.load(std::memory_order_acquire);
+    });
+    if (done) break;
+    sleep_s(0.002);
+  }
+  r.ramp_s = static_cast<double>(now_ns() - ramp_start) / 1e9;
+  r.open_after_ramp = sum_open(workers);
+  cpu_seconds cpu_ramp = own_cpu_seconds();
+  std::vector<double> threads_ramp = threads_cpu_s(workers);
+  uint64_t first_connect = UINT64_MAX, last_open = 0;
+  for (auto& w : workers) {
+    uint64_t f = w->counters.first_connect_ns.load(std::memory_order_relaxed);
+    if (f != 0) first_connect = std::min(first_connect, f);
+    last_open = std::max(last_open, w->counters.last_open_ns.load(std::memory_order_relaxed));
+  }
+  r.connect_window_s =
+      last_open > first_connect ? static_cast<double>(last_open - first_connect) / 1e9 : 0;
+  if (spec.hold_s > 0) sleep_s(spec.hold_s);
+
+  bool loaded = j.load != load_kind::none && spec.window_s > 0;
+  if (loaded) {
+    control.current.store(phase::run, std::memory_order_release);
+    if (spec.warmup_s > 0) sleep_s(spec.warmup_s);
+    control.measuring.store(true, std::memory_order_relaxed);
+    totals before = take(workers, ro.server_pid);
+    std::vector<double> threads_start = threads_cpu_s(workers);
+    uint64_t end = before.t_ns + static_cast<uint64_t>(spec.window_s * 1e9);
+    while (now_ns() < end) {
+      if (spec.until_done && std::all_of(workers.begin(), workers.end(), [](auto& w) {
+            return w->counters.load_done.load(std::memory_order_acquire);
+          })) {
+        break;
+      }
+      sleep_s(std::min(0.005, spec.window_s / 20));
+    }
+    totals after = take(workers, ro.server_pid);
+    r.busiest_thread = busiest(threads_start, threads_cpu_s(workers),
+                               static_cast<double>(after.t_ns - before.t_ns) / 1e9);
+    control.measuring.store(false, std::memory_order_relaxed);
+    r.window_s = static_cast<double>(after.t_ns - before.t_ns) / 1e9;
+    r.sent_msgs = after.sent_msgs - before.sent_msgs;
+    r.sent_bytes = after.sent_bytes - before.sent_bytes;
+    r.replies = after.replies - before.replies;
+    r.reply_bytes = after.reply_bytes - before.reply_bytes;
+    r.client_user_s = after.client.user - before.client.user;
+    r.client_sys_s = after.client.sys - before.client.sys;
+    r.server_user_s = after.server.user - before.server.user;
+    r.server_sys_s = after.server.sys - before.server.sys;
+    r.client_busy =
+        (r.client_user_s + r.client_sys_s) / std::max(1e-9, r.window_s) / r.client_cores;
+  } else {
+    r.client_user_s = cpu_ramp.user - cpu_before.user;
+    r.client_sys_s = cpu_ramp.sys - cpu_before.sys;
+    r.client_busy = (r.client_user_s + r.client_sys_s) / std::max(1e-9, r.ramp_s) / r.client_cores;
+    r.busiest_thread = busiest(threads_before, threads_ramp, r.ramp_s);
+  }
+  // /proc counts in clock ticks (10 ms): a short window reads coarse, so 0.9 is the bar.
+  r.client_saturated = r.client_busy > 0.9 || r.busiest_thread > 0.9;
+  if (r.server_measured) {
+    auto m = process_memory_kib(ro.server_pid);
+    if (m) r.server_rss_loaded_kib = m->vm_rss_kib;
+  }
+  r.open_at_end = sum_open(workers);
+  control.current.store(phase::stop, std::memory_order_release);
+  for (auto& t : running) t.join();
+
+  for (auto& w : workers) {
+    r.errors.add(w->errors);
+    r.handshake_latency->merge(w->handshake_latency);
+    r.latency->merge(w->latency);
+    r.opened += w->counters.opened.load(std::memory_order_relaxed);
+    r.failed += w->counters.failed.load(std::memory_order_relaxed);
+    if (r.fatal.empty()) r.fatal = w->fatal;
+  }
+  if (r.errors.os_limit != 0) {
+    r.os_limited = true;
+    r.os_limit_message = std::to_string(r.errors.os_limit) +
+                         " connections refused by the client's OS (" + r.errors.os_limit_detail +
+                         "), not by the server";
+  }
+  workers.clear();  // frees the tier's memory before the next one
+  return r;
+}
+
+}  // namespace wsed::bench

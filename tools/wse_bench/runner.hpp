@@ -1,0 +1,77 @@
+// tools/wse_bench/runner.hpp: runs one tier of a scenario: spreads the connections over enough
+// rings (workers) to get past RLIMIT_NOFILE, ramps them, applies the load for a window, and
+// returns the figures with the client's and the server's CPU and memory.
+//
+// Owns: the workers of the tier (created and joined inside run_tier). Thread: the main thread.
+// Must never wait without a deadline: the ramp, the hold and the window are all bounded.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "tools/bench/stats.hpp"
+#include "tools/wse_bench/worker.hpp"
+
+namespace wsed::bench {
+
+struct runner_options {
+  uint32_t threads = 1;
+  std::vector<int> cpus;
+  uint32_t connect_inflight = 500;  // whole process
+  uint32_t source_ips = 0;          // 0: as many as the connections need (loopback only)
+  uint32_t max_rings = 64;
+  int server_pid = 0;
+  bool loopback = true;
+};
+
+struct tier_spec {
+  uint32_t connections = 0;
+  double hold_s = 0;        // after the ramp, before any load (connection-limit: stability)
+  double warmup_s = 0;      // load before the measuring window
+  double window_s = 0;      // measuring window (0: no load phase)
+  bool until_done = false;  // end the window once every worker's pings are done
+};
+
+struct tier_result {
+  uint32_t target = 0;
+  uint32_t rings = 0;
+  uint32_t source_ips = 1;
+  uint32_t opened = 0;
+  uint32_t open_after_ramp = 0;
+  uint32_t open_at_end = 0;
+  uint32_t failed = 0;
+  double ramp_s = 0;            // workers started -> every connection open or failed
+  double connect_window_s = 0;  // first connect submitted -> last handshake completed
+  double window_s = 0;
+  uint64_t sent_msgs = 0;  // in the window
+  uint64_t sent_bytes = 0;
+  uint64_t replies = 0;
+  uint64_t reply_bytes = 0;
+  std::unique_ptr<latency_histogram> handshake_latency = std::make_unique<latency_histogram>();
+  std::unique_ptr<latency_histogram> latency = std::make_unique<latency_histogram>();
+  error_counts errors;
+  double client_user_s = 0;  // over the window (or the ramp when there is no window)
+  double client_sys_s = 0;
+  double client_cores = 1;    // cores the client's rings can use
+  double client_busy = 0;     // share of those cores
+  double busiest_thread = 0;  // share of one core used by the busiest worker thread
+  bool client_saturated = false;
+  bool server_measured = false;
+  double server_user_s = 0;
+  double server_sys_s = 0;
+  uint64_t server_rss_before_kib = 0;
+  uint64_t server_rss_loaded_kib = 0;
+  bool os_limited = false;  // the client's OS (fds, ports, rings), not the server, stopped it
+  std::string os_limit_message;
+  std::string fatal;
+};
+
+// Direct descriptors one ring may hold (RLIMIT_NOFILE, raised to its hard limit once).
+uint32_t ring_files_max();
+uint32_t ports_per_source_ip();
+
+tier_result run_tier(const runner_options& ro, job j, const tier_spec& spec);
+
+}  // namespace wsed::bench
