@@ -1,6 +1,6 @@
 #!/usr/bin/python3
-# perf/benchlib.py: helpers shared by the perf/ scripts (run_suite.py; echo_bench.py keeps its own
-# copies so that its output stays exactly as committed). Starting servers pinned with taskset on
+# perf/benchlib.py: helpers shared by the perf/ scripts (run_suite.py, callgrind.sh's helpers).
+# Starting servers pinned with taskset on
 # free ports, stopping every process started by PID, machine and revision facts, medians.
 #
 # Owns: the Popen objects in STARTED (every process a script started through it). Must never kill
@@ -103,7 +103,7 @@ def proc_cpu_seconds(pid):
 
 def build_go_peer(build_dir):
     """go build of perf/peers/go/echo_server.go with Debian's gorilla (GOPATH mode), as
-    echo_bench.py does. Returns the binary's path."""
+    the peers need. Returns the binary's path."""
     out_dir = os.path.join(build_dir, "perf-peers")
     os.makedirs(out_dir, exist_ok=True)
     binary = os.path.join(out_dir, "go-echo")

@@ -4,7 +4,7 @@
 #
 # Either profiles a running wsed (--pid PID; nothing is started, you drive the load), or starts
 # build/engine/wsed --mode echo --workers 1 on a free port pinned to CPU 0 and drives --scenario
-# with the load tool pinned to CPU 1 (build/tools/wse-bench, else build/tools/echo-load).
+# with the load tool pinned to CPU 1 (build/tools/wse-bench).
 # Hardware counters are used when the machine has them; otherwise (as on these VMs) the
 # software clock: -e cpu-clock.
 #
@@ -85,15 +85,10 @@ if [ -z "$pid" ]; then
   pid=$server_pid
   # The load runs 2 s longer than the recording on each side: warm-up before, margin after.
   load_s=$((seconds + 4))
-  if [ -x "$build/tools/wse-bench" ]; then
-    load_cmd=(taskset -c 1 "$build/tools/wse-bench" --protocol raw --path / --host 127.0.0.1
-              --port "$port" --test "$scenario" --tiers "$connections" --duration "$load_s"
-              --threads 1 --cpus 1)
-  else
-    case "$scenario" in pingpong|echo) ;; *) echo "profile.sh: echo-load runs pingpong or echo only" >&2; exit 2 ;; esac
-    load_cmd=(taskset -c 1 "$build/tools/echo-load" --host 127.0.0.1 --port "$port" --mode "$scenario"
-              --connections "$connections" --duration "$load_s" --warmup 0 --cpus 1)
-  fi
+  [ -x "$build/tools/wse-bench" ] || { echo "profile.sh: $build/tools/wse-bench is missing (ninja -C build)" >&2; exit 1; }
+  load_cmd=(taskset -c 1 "$build/tools/wse-bench" --protocol raw --path / --host 127.0.0.1
+            --port "$port" --test "$scenario" --tiers "$connections" --duration "$load_s"
+            --threads 1 --cpus 1)
   echo "+ ${load_cmd[*]}" >&2
   "${load_cmd[@]}" >"$out/load.log" 2>&1 &
   load_pid=$!

@@ -114,38 +114,6 @@ class WseBench:
                 "errors": (r.get("errors") or {}).get("total", 0)}
 
 
-class EchoLoad:
-    """build/tools/echo-load: pingpong and echo only (for dry runs before wse-bench existed)."""
-    kind = "echo-load"
-
-    def __init__(self, path, protocol, threads):
-        self.path, self.threads = path, threads
-
-    def compare_cmd(self, port, pid, mode, conns, duration, size, json_path):
-        if mode not in ("pingpong", "echo"):
-            return None
-        return ["taskset", "-c", str(CLIENT_CPU), self.path, "--host", "127.0.0.1", "--port", str(port),
-                "--server-pid", str(pid), "--duration", f"{duration:g}", "--warmup", "0.5",
-                "--cpus", str(CLIENT_CPU), "--threads", str(self.threads), "--mode", mode,
-                "--connections", str(conns), "--size", str(size), "--json", json_path]
-
-    @staticmethod
-    def row(doc, mode):
-        if not doc or not doc.get("messages"):
-            return None
-        cc, srv = doc["client_cpu"], doc["server"]
-        lat = doc.get("latency_us") or {}
-        return {"msg_s": doc["msg_per_s"], "sent_s": None, "messages": doc["messages"],
-                "window_s": doc["seconds"],
-                "server_user": srv.get("user_us_per_msg"), "server_sys": srv.get("sys_us_per_msg"),
-                "client_us": cc["us_per_msg"],
-                "client_busy": 100 * (cc["user_s"] + cc["sys_s"]) / doc["seconds"],
-                "client_busiest": None, "client_saturated": None,
-                "p50_ms": lat["p50"] / 1000 if lat.get("p50") else None,
-                "p99_ms": lat["p99"] / 1000 if lat.get("p99") else None,
-                "errors": doc["errors"]["total"]}
-
-
 def run_load(cmd, timeout_s, json_path):
     """Runs one load command (its stdout kept), returns (parsed JSON or None, stdout, rc)."""
     log("+ " + sh(cmd))
@@ -357,6 +325,63 @@ def compare(args, tool, servers):
     return {k: row_of(v) for k, v in runs.items()}
 
 
+def idle_memory(args, tool, servers):
+    """Per server, on one fresh server: wse-bench connection-storm at N/5 then N connections (each
+    tier's connections stay open, idle, until its measurement ends). RSS per idle connection
+    including one-time costs = (RSS holding N - RSS before any connection) / N; marginal =
+    (RSS holding N - RSS holding N/5) / (0.8 N), which leaves out pools, buffers and pages
+    touched once."""
+    out = {}
+    small = max(1, args.hold // 5)
+    for name in servers:
+        json_path = temp_json()
+        try:
+            proc, port = start(name, args)
+        except RuntimeError as e:
+            log(f"run_suite: {e}")
+            continue
+        try:
+            log(f"== idle memory: {name}, {small:,} then {args.hold:,} connections")
+            cmd = tool.suite_cmd(port, proc.pid, ["connection-storm"], [small, args.hold], 1.0, [], json_path)
+            doc, _, _ = run_load(cmd, 180, json_path)
+        finally:
+            benchlib.stop(proc)
+        try:
+            rows = doc["tests"]["connection-storm"]["rows"]
+            first, last = rows[0], rows[-1]
+            before = first["server"]["rss_before_kib"]
+            rss_small, rss_full = first["server"]["rss_loaded_kib"], last["server"]["rss_loaded_kib"]
+            held_small, held = first["open_at_end"], last["open_at_end"]
+        except (KeyError, IndexError, TypeError):
+            continue
+        if held <= held_small:
+            continue
+        out[name] = {"held": held, "before_kib": before, "holding_kib": rss_full,
+                     "per_conn": (rss_full - before) * 1024 / held,
+                     "marginal": (rss_full - rss_small) * 1024 / (held - held_small),
+                     "errors": sum(r["errors"]["total"] for r in rows)}
+    return out
+
+
+def idle_table(idle, servers):
+    lines = ["| server | idle connections held | RSS before | RSS holding | RSS per idle connection "
+             "(incl. one-time) | marginal RSS per idle connection | errors |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name in servers:
+        h = idle.get(name)
+        if not h:
+            lines.append(f"| {name} | not run | | | | | |")
+            continue
+        lines.append(f"| {name} | {h['held']:,} | {h['before_kib'] / 1024:.1f} MiB | {h['holding_kib'] / 1024:.1f} MiB "
+                     f"| {h['per_conn']:,.0f} bytes | {h['marginal']:,.0f} bytes | {h['errors']} |")
+    if "wsed" in idle:
+        lines.append("")
+        for peer in [s for s in servers if s != "wsed" and s in idle]:
+            lines.append(f"- marginal idle RSS per connection, {peer}/wsed: "
+                         f"x{idle[peer]['marginal'] / max(1.0, idle['wsed']['marginal']):.1f}")
+    return lines
+
+
 def row_of(rows):
     ok = [r for r in rows if r]
     if not ok:
@@ -483,8 +508,9 @@ def main():
                         help="suite scenarios (default: all)")
     parser.add_argument("--servers", default="wsed,node,go", help="side-by-side servers")
     parser.add_argument("--threads", type=int, default=1, help="load tool threads (all on CPU 1)")
-    parser.add_argument("--load-tool", help="load generator (default BUILD/tools/wse-bench; "
-                        "BUILD/tools/echo-load runs the pingpong/echo comparison only)")
+    parser.add_argument("--load-tool", help="load generator (default BUILD/tools/wse-bench)")
+    parser.add_argument("--hold", type=int, default=10000,
+                        help="idle-memory comparison: connections held (after holding a fifth of them)")
     parser.add_argument("--wsed-args", default="", help="extra wsed flags")
     parser.add_argument("--out", help="results file (default perf/results/YYYY-MM-DD.md)")
     parser.add_argument("--no-suite", action="store_true")
@@ -511,11 +537,10 @@ def main():
 
     tool_path = os.path.abspath(args.load_tool or os.path.join(args.build_dir, "tools", "wse-bench"))
     if not os.access(tool_path, os.X_OK):
-        print(f"run_suite: {tool_path} is missing: build it (ninja -C build tools/wse-bench) or pass "
-              "--load-tool build/tools/echo-load for the pingpong/echo comparison only", file=sys.stderr)
+        print(f"run_suite: {tool_path} is missing: build it (ninja -C build tools/wse-bench)",
+              file=sys.stderr)
         return 2
-    cls = EchoLoad if os.path.basename(tool_path) == "echo-load" else WseBench
-    tool = cls(tool_path, args.protocol, args.threads)
+    tool = WseBench(tool_path, args.protocol, args.threads)
     benchlib.install_handlers()
     began = time.monotonic()
 
@@ -529,13 +554,12 @@ def main():
 
     suite = []
     if not args.no_suite:
-        if cls is WseBench:
-            suite = run_suite(args, tool)
-        else:
-            suite = [f"Suite not run: {tool.kind} has no scenarios.", ""]
-    rows = {}
+        suite = run_suite(args, tool)
+    rows, idle = {}, {}
     if not args.no_compare and servers:
         rows = compare(args, tool, servers)
+        if args.hold > 0:
+            idle = idle_memory(args, tool, servers)
     elapsed = time.monotonic() - began
 
     body = [f"# wse-bench results, {day}", "",
@@ -569,6 +593,13 @@ def main():
                  "messages (an upper bound, measured by run_suite); client CPU µs/msg from wse-bench's "
                  "getrusage figures.", ""]
         body += table + [""] + ratio_lines(rows, servers) + [""] + client_paragraph(rows, servers, tool) + [""]
+    if idle:
+        body += ["## Idle memory: wsed vs Node ws vs Go gorilla", "",
+                 f"- One fresh server each; wse-bench connection-storm holds {max(1, args.hold // 5):,} then "
+                 f"{args.hold:,} idle connections; VmRSS from /proc. Marginal = (RSS holding {args.hold:,} - "
+                 f"RSS holding {max(1, args.hold // 5):,}) / the difference in connections: what one more "
+                 "idle connection costs, without one-time pools and buffers.", ""]
+        body += idle_table(idle, servers) + [""]
     body += ["## Commands run", "", "```"] + COMMANDS + ["```", ""]
     with open(args.out, "w") as f:
         f.write("\n".join(line.replace(tempfile.gettempdir() + "/run-suite-", "/tmp/run-suite-")

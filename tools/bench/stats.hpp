@@ -1,4 +1,4 @@
-// tools/bench/stats.hpp: measurement helpers shared by echo-load and wse-bench: an HDR-style
+// tools/bench/stats.hpp: measurement helpers of wse-bench: an HDR-style
 // log-linear latency histogram, this process's CPU time (getrusage), and another process's CPU
 // time and memory read from /proc/PID/stat and /proc/PID/status (the server under test).
 //
