@@ -5,6 +5,7 @@
 
 #include <cstdio>
 #include <exception>
+#include <string>
 
 #include "engine/flags.hpp"
 #include "engine/server.hpp"
@@ -39,7 +40,9 @@ int main(int argc, char** argv) {
         "http://%s:%u/metrics   stop: Ctrl-C\n",
         c.host.c_str(), srv.port(), c.host.c_str(), srv.port());
     std::fflush(stdout);
-    if (!srv.setup_notes().empty()) std::fprintf(stderr, "wsed: %s\n", srv.setup_notes().c_str());
+    std::string notes = srv.setup_notes();
+    while (!notes.empty() && notes.back() == ' ') notes.pop_back();
+    if (!notes.empty()) std::fprintf(stderr, "wsed: %s\n", notes.c_str());
   }
 
   timespec poll{0, 200 * 1000000};
