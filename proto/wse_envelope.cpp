@@ -1,0 +1,388 @@
+// proto/wse_envelope.cpp: inbound envelope parsing (simdjson DOM, in place when padded) and the
+// category rules.
+//
+// Owns: the simdjson DOM parser of a wse_envelope_parser. Thread: the shard owning the parser.
+// Never does I/O, never reads a clock, never throws on input; allocates only when a message is
+// larger than any seen before (the parser and the padded copy grow, then stay).
+//
+// Why the DOM API and not On-Demand: Debian's simdjson picks On-Demand's kernel at compile time
+// (the fallback kernel without -mavx2), while the DOM parser dispatches at run time to the
+// fastest kernel of the CPU. The DOM also validates the whole message, so "p" can be forwarded
+// as is. The DOM keeps no source offsets, so the raw span of "p" is found by a small scanner
+// over the (already validated) text: it skips to the n-th top-level value.
+#include "proto/wse_envelope.hpp"
+
+#include <simdjson.h>
+
+#include <cmath>
+#include <cstring>
+#include <new>
+
+namespace wsed::proto {
+
+static_assert(wse_json_padding_bytes >= simdjson::SIMDJSON_PADDING,
+              "receive buffers must leave simdjson's padding after each message");
+
+std::string_view to_string(wse_error error) {
+  switch (error) {
+    case wse_error::none:
+      return "none";
+    case wse_error::empty:
+      return "empty";
+    case wse_error::malformed_json:
+      return "malformed_json";
+    case wse_error::not_object:
+      return "not_object";
+    case wse_error::missing_type:
+      return "missing_type";
+    case wse_error::type_not_string:
+      return "type_not_string";
+    case wse_error::duplicate_key:
+      return "duplicate_key";
+    case wse_error::too_deep:
+      return "too_deep";
+    case wse_error::bad_payload:
+      return "bad_payload";
+    case wse_error::too_many_topics:
+      return "too_many_topics";
+    case wse_error::malformed_msgpack:
+      return "malformed_msgpack";
+    case wse_error::truncated:
+      return "truncated";
+    case wse_error::trailing_bytes:
+      return "trailing_bytes";
+    case wse_error::unsupported_type:
+      return "unsupported_type";
+    case wse_error::invalid_utf8:
+      return "invalid_utf8";
+    case wse_error::too_large:
+      return "too_large";
+    case wse_error::bad_zlib:
+      return "bad_zlib";
+    case wse_error::unknown_format:
+      return "unknown_format";
+  }
+  return "unknown";
+}
+
+std::string_view category_name(wse_category category) {
+  switch (category) {
+    case wse_category::wse:
+      return "WSE";
+    case wse_category::snapshot:
+      return "S";
+    case wse_category::user:
+      break;
+  }
+  return "U";
+}
+
+wse_category category_of(std::string_view type) {
+  // The snapshot rule comes first (as in WSE), so "snapshot_complete" is S.
+  if (type.find("_snapshot") != std::string_view::npos || type.starts_with("snapshot_")) {
+    return wse_category::snapshot;
+  }
+  static constexpr std::string_view system_types[] = {
+      "server_ready",
+      "server_hello",
+      "client_hello_ack",
+      "connection_state_change",
+      "subscription_update",
+      "snapshot_complete",
+      "error",
+      "pong",
+      "PONG",
+  };
+  for (std::string_view s : system_types) {
+    if (type == s) return wse_category::wse;
+  }
+  return wse_category::user;
+}
+
+namespace {
+
+using simdjson::dom::element;
+
+std::string_view strip_legacy_prefix(std::string_view message, uint8_t& prefix_bytes) {
+  prefix_bytes = 0;
+  if (message.starts_with("WSE{")) {
+    prefix_bytes = 3;
+  } else if (message.starts_with("U{") || message.starts_with("S{")) {
+    prefix_bytes = 1;
+  }
+  return message.substr(prefix_bytes);
+}
+
+bool is_json_space(char ch) {
+  return ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r';
+}
+
+size_t skip_space(std::string_view s, size_t i) {
+  while (i < s.size() && is_json_space(s[i])) ++i;
+  return i;
+}
+
+// s[i] is '"'; returns the index after the closing quote.
+size_t skip_string(std::string_view s, size_t i) {
+  for (++i; i < s.size(); ++i) {
+    if (s[i] == '\\') {
+      ++i;
+    } else if (s[i] == '"') {
+      return i + 1;
+    }
+  }
+  return s.size();
+}
+
+// Skips one value of validated JSON starting at s[i].
+size_t skip_value(std::string_view s, size_t i) {
+  if (i >= s.size()) return i;
+  if (s[i] == '"') return skip_string(s, i);
+  if (s[i] == '{' || s[i] == '[') {
+    size_t depth = 0;
+    while (i < s.size()) {
+      const char ch = s[i];
+      if (ch == '"') {
+        i = skip_string(s, i);
+        continue;
+      }
+      if (ch == '{' || ch == '[') {
+        ++depth;
+      } else if ((ch == '}' || ch == ']') && --depth == 0) {
+        return i + 1;
+      }
+      ++i;
+    }
+    return i;
+  }
+  while (i < s.size() && s[i] != ',' && s[i] != '}' && s[i] != ']' && !is_json_space(s[i])) ++i;
+  return i;
+}
+
+// The exact text of the value of the index-th member of the validated top-level object.
+std::string_view top_level_value(std::string_view object, size_t index) {
+  size_t i = skip_space(object, 0) + 1;  // past '{'
+  for (size_t member = 0; i < object.size(); ++member) {
+    i = skip_space(object, i);
+    i = skip_string(object, i);     // key
+    i = skip_space(object, i) + 1;  // past ':'
+    i = skip_space(object, i);
+    const size_t begin = i;
+    i = skip_value(object, i);
+    if (member == index) return object.substr(begin, i - begin);
+    i = skip_space(object, i) + 1;  // past ','
+  }
+  return {};
+}
+
+wse_kind kind_of(std::string_view type) {
+  if (type == "ping") return wse_kind::ping;
+  if (type == "pong" || type == "PONG") return wse_kind::pong;
+  if (type == "client_hello") return wse_kind::client_hello;
+  if (type == "subscription_update" || type == "subscription") return wse_kind::subscription;
+  return wse_kind::application;
+}
+
+// An integer millisecond count from a JSON number (ints, and floats as JS/Python may send).
+bool number_as_int64(element value, int64_t& out) {
+  int64_t i = 0;
+  if (!value.get_int64().get(i)) {
+    out = i;
+    return true;
+  }
+  double d = 0;
+  if (!value.get_double().get(d) && std::isfinite(d) && std::fabs(d) < 9.0e18) {
+    out = static_cast<int64_t>(d);
+    return true;
+  }
+  return false;
+}
+
+void read_ping(element payload, wse_message& out) {
+  for (const char* key : {"timestamp", "client_timestamp"}) {
+    element value;
+    if (!payload[key].get(value) && number_as_int64(value, out.client_timestamp_ms)) return;
+  }
+}
+
+void read_hello(element payload, wse_message& out) {
+  element value;
+  if (!payload["protocol_version"].get(value)) {
+    int64_t version = 0;
+    if (!value.get_int64().get(version)) out.hello.protocol_version = version;
+  }
+  std::string_view client_version;
+  if (!payload["client_version"].get_string().get(client_version)) {
+    out.hello.client_version = client_version;
+  }
+}
+
+bool valid_topic(std::string_view topic) {
+  if (topic.empty() || topic.size() > wse_topic_bytes_max) return false;
+  for (char ch : topic) {
+    const auto byte = static_cast<unsigned char>(ch);
+    if (byte < 0x20 || byte == 0x7f) return false;
+  }
+  return true;
+}
+
+wse_error read_subscription(element payload, wse_message& out) {
+  wse_subscription& sub = out.subscription;
+  std::string_view action;
+  if (payload["action"].get_string().get(action)) return wse_error::bad_payload;
+  if (action == "subscribe") {
+    sub.action = wse_subscription_action::subscribe;
+  } else if (action == "unsubscribe") {
+    sub.action = wse_subscription_action::unsubscribe;
+  } else {
+    return wse_error::bad_payload;
+  }
+  sub.action_name = action;
+  simdjson::dom::array topics;
+  if (payload["topics"].get_array().get(topics)) return wse_error::bad_payload;
+  if (topics.size() > wse_subscription_topics_max) return wse_error::too_many_topics;
+  for (element topic : topics) {
+    std::string_view name;
+    if (topic.get_string().get(name)) return wse_error::bad_payload;
+    sub.topics[sub.topic_count++] = wse_topic{name, valid_topic(name)};
+  }
+  return wse_error::none;
+}
+
+void reset(wse_message& out) {
+  // Field by field: the topic array (1.5 KB) is not cleared per message.
+  out.kind = wse_kind::application;
+  out.type = {};
+  out.has_category = false;
+  out.category = {};
+  out.id = {};
+  out.has_payload = false;
+  out.payload_json = {};
+  out.client_timestamp_ms = 0;
+  out.hello = {};
+  out.subscription.action = wse_subscription_action::subscribe;
+  out.subscription.action_name = {};
+  out.subscription.topic_count = 0;
+}
+
+}  // namespace
+
+struct wse_envelope_parser::state {
+  simdjson::dom::parser parser;
+  std::string padded;  // copy of a message that came without padding
+
+  state() {
+    // Depth includes the top level. Startup only: may throw.
+    if (parser.allocate(4096, wse_json_depth_max)) throw std::bad_alloc();
+    padded.resize(4096 + simdjson::SIMDJSON_PADDING);
+  }
+
+  // Parses json (in place or from the padded copy) into root.
+  wse_error parse(std::string_view json, wse_input_padding padding, element& root) {
+    const char* bytes = json.data();
+    if (padding == wse_input_padding::none) {
+      if (padded.size() < json.size() + simdjson::SIMDJSON_PADDING) {
+        padded.resize(json.size() + simdjson::SIMDJSON_PADDING);
+      }
+      std::memcpy(padded.data(), json.data(), json.size());
+      bytes = padded.data();
+    }
+    const auto error = parser.parse(bytes, json.size(), false).get(root);
+    if (error == simdjson::DEPTH_ERROR) return wse_error::too_deep;
+    if (error) return wse_error::malformed_json;
+    return wse_error::none;
+  }
+};
+
+wse_envelope_parser::wse_envelope_parser() : state_(std::make_unique<state>()) {}
+wse_envelope_parser::~wse_envelope_parser() = default;
+
+wse_error wse_envelope_parser::parse(std::string_view message, wse_message& out,
+                                     wse_input_padding padding) {
+  reset(out);
+  const std::string_view json = strip_legacy_prefix(message, out.legacy_prefix_bytes);
+  if (json.empty()) return wse_error::empty;
+  element root;
+  if (const wse_error error = state_->parse(json, padding, root); error != wse_error::none) {
+    return error;
+  }
+  simdjson::dom::object object;
+  if (root.get_object().get(object)) return wse_error::not_object;
+
+  bool has_type = false;
+  bool has_c = false;
+  bool has_id = false;
+  size_t index = 0;
+  size_t payload_index = 0;
+  element payload;
+  for (const auto field : object) {
+    const std::string_view key = field.key;
+    if (key == "t") {
+      if (has_type) return wse_error::duplicate_key;
+      has_type = true;
+      if (field.value.get_string().get(out.type)) return wse_error::type_not_string;
+    } else if (key == "p") {
+      if (out.has_payload) return wse_error::duplicate_key;
+      out.has_payload = true;
+      payload = field.value;
+      payload_index = index;
+    } else if (key == "c") {
+      if (has_c) return wse_error::duplicate_key;
+      has_c = true;
+      out.has_category = !field.value.get_string().get(out.category);
+    } else if (key == "id") {
+      if (has_id) return wse_error::duplicate_key;
+      has_id = true;
+      if (field.value.get_string().get(out.id)) out.id = {};
+    }
+    ++index;
+  }
+  if (!has_type) return wse_error::missing_type;
+  if (out.has_payload) out.payload_json = top_level_value(json, payload_index);
+
+  out.kind = kind_of(out.type);
+  const bool payload_is_object = out.has_payload && payload.is_object();
+  switch (out.kind) {
+    case wse_kind::ping:
+      if (payload_is_object) read_ping(payload, out);
+      break;
+    case wse_kind::client_hello:
+      if (payload_is_object) read_hello(payload, out);
+      break;
+    case wse_kind::subscription:
+      if (!payload_is_object) return wse_error::bad_payload;
+      return read_subscription(payload, out);
+    case wse_kind::application:
+    case wse_kind::pong:
+      break;
+  }
+  return wse_error::none;
+}
+
+wse_error wse_envelope_parser::ensure_category(std::string_view publication_json,
+                                               std::string& out) {
+  element root;
+  const wse_error error = state_->parse(publication_json, wse_input_padding::none, root);
+  if (error != wse_error::none) return error;
+  simdjson::dom::object object;
+  if (root.get_object().get(object)) return wse_error::not_object;
+  std::string_view type;
+  size_t members = 0;
+  for (const auto field : object) {
+    if (field.key == "c") {
+      out.append(publication_json);
+      return wse_error::none;
+    }
+    if (field.key == "t" && type.empty() && field.value.get_string().get(type)) type = {};
+    ++members;
+  }
+  const size_t brace = skip_space(publication_json, 0);
+  out.append(publication_json.substr(0, brace + 1));
+  out.append("\"c\":\"");
+  out.append(category_name(category_of(type)));
+  out.append(members == 0 ? "\"" : "\",");
+  out.append(publication_json.substr(brace + 1));
+  return wse_error::none;
+}
+
+}  // namespace wsed::proto

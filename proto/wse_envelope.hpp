@@ -1,0 +1,113 @@
+// proto/wse_envelope.hpp: the inbound WSE envelope (PROTOCOL.md "Envelope"): parses a text
+// message with simdjson (in place when the caller leaves wse_json_padding_bytes spare bytes after
+// it), classifies it (protocol messages the shard answers itself vs application messages), and
+// the category rules (category_of, inserting a top-level "c" into a publication).
+//
+// Owns: one simdjson parser and one padded copy buffer per wse_envelope_parser (allocated at
+// construction, grown to the largest message seen, never per message). Thread: the shard that
+// owns the parser; one parser per shard. Pure: no I/O, no clock, no RNG, never throws on input.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "proto/wse_error.hpp"
+
+namespace wsed::proto {
+
+// Spare bytes simdjson may read past the end of a message (simdjson::SIMDJSON_PADDING; checked
+// in the .cpp). The engine's receive buffers leave 64 spare bytes after every message.
+inline constexpr size_t wse_json_padding_bytes = 64;
+inline constexpr size_t wse_json_depth_max = 64;           // deeper: wse_error::too_deep
+inline constexpr size_t wse_subscription_topics_max = 64;  // per subscription request
+inline constexpr size_t wse_topic_bytes_max = 256;         // longer topics are refused
+
+enum class wse_category : uint8_t { wse, user, snapshot };
+
+// "WSE", "U", "S".
+std::string_view category_name(wse_category category);
+
+// PROTOCOL.md: contains "_snapshot" or starts with "snapshot_" -> S; a WSE system type -> WSE;
+// otherwise U.
+wse_category category_of(std::string_view type);
+
+enum class wse_kind : uint8_t {
+  application,   // anything the engine does not answer itself: handed to the application
+  ping,          // app ping: answer with PONG (client_timestamp_ms)
+  pong,          // "pong" / "PONG": consumed
+  client_hello,  // answer with server_hello
+  subscription,  // "subscription_update" / "subscription": subscribe or unsubscribe topics
+};
+
+enum class wse_subscription_action : uint8_t { subscribe, unsubscribe };
+
+struct wse_topic {
+  std::string_view name;  // unescaped
+  bool valid = false;     // false: empty, over wse_topic_bytes_max, or has a control character
+};
+
+struct wse_subscription {
+  wse_subscription_action action = wse_subscription_action::subscribe;
+  std::string_view action_name;  // as sent ("subscribe" / "unsubscribe"), for the reply
+  size_t topic_count = 0;
+  std::array<wse_topic, wse_subscription_topics_max> topics{};
+  std::span<const wse_topic> list() const { return {topics.data(), topic_count}; }
+};
+
+struct wse_client_hello {
+  int64_t protocol_version = 0;     // p.protocol_version (0 when absent or not an integer)
+  std::string_view client_version;  // p.client_version (empty when absent)
+};
+
+// The parsed envelope. Every string_view points either into the caller's message (raw spans)
+// or into the parser (unescaped strings); all stay valid until the next parse() on the same
+// parser and while the message bytes are alive and unmoved.
+struct wse_message {
+  wse_kind kind = wse_kind::application;
+  std::string_view type;            // "t", unescaped
+  bool has_category = false;        // a top-level "c" string was present
+  std::string_view category;        // "c", unescaped
+  std::string_view id;              // "id" when it is a string, else empty
+  bool has_payload = false;         // a top-level "p" was present
+  std::string_view payload_json;    // raw JSON text of "p" (exact bytes, to forward), if present
+  uint8_t legacy_prefix_bytes = 0;  // 3 for "WSE{", 1 for "U{" / "S{", else 0
+  int64_t client_timestamp_ms = 0;  // ping: p.timestamp or p.client_timestamp, 0 when absent
+  wse_client_hello hello;           // client_hello
+  wse_subscription subscription;    // subscription
+};
+
+// Whether the bytes after the message may be read (they are never written).
+enum class wse_input_padding : uint8_t {
+  none,    // copy into the parser's padded buffer first
+  padded,  // at least wse_json_padding_bytes readable bytes follow the message: parse in place
+};
+
+class wse_envelope_parser {
+ public:
+  wse_envelope_parser();
+  ~wse_envelope_parser();
+  wse_envelope_parser(const wse_envelope_parser&) = delete;
+  wse_envelope_parser& operator=(const wse_envelope_parser&) = delete;
+
+  // Parses one whole inbound text message (legacy prefixes WSE{ U{ S{ accepted). On error, out
+  // is left partly filled and must not be used. Every value in the document is validated
+  // (strings, numbers, UTF-8, depth <= wse_json_depth_max), so payload_json is valid JSON.
+  wse_error parse(std::string_view message, wse_message& out,
+                  wse_input_padding padding = wse_input_padding::none);
+
+  // A publication about to be framed: appends to out the same JSON with "c":"<category_of(t)>"
+  // inserted first when it has no top-level "c" (a nested "c" or "t" does not count; no "t"
+  // means U), or unchanged when it has one. The publication must be a JSON object.
+  wse_error ensure_category(std::string_view publication_json, std::string& out);
+
+ private:
+  struct state;
+  std::unique_ptr<state> state_;
+};
+
+}  // namespace wsed::proto

@@ -1,0 +1,354 @@
+// proto/wse_formats.cpp: "M:" MessagePack (msgpack-c packer and visitor parser) and "C:" zlib
+// (libdeflate) codecs.
+//
+// Owns: the simdjson parser, libdeflate handles and scratch buffers of a wse_codec. Thread: the
+// shard owning the codec. Never does I/O, never throws on input, never allocates beyond the
+// caller's caps (decoded JSON size, decompressed size).
+#define MSGPACK_NO_BOOST 1
+#include "proto/wse_formats.hpp"
+
+#include <libdeflate.h>
+#include <simdjson.h>
+
+#include <charconv>
+#include <cmath>
+#include <cstring>
+#include <msgpack.hpp>
+#include <new>
+
+#include "proto/utf8.hpp"
+#include "proto/wse_builder.hpp"
+
+namespace wsed::proto {
+
+namespace {
+
+bool starts_with(std::span<const uint8_t> bytes, char a, char b) {
+  return bytes.size() >= 2 && bytes[0] == static_cast<uint8_t>(a) &&
+         bytes[1] == static_cast<uint8_t>(b);
+}
+
+bool is_msgpack_map_byte(uint8_t b) {
+  return (b >= 0x80 && b <= 0x8f) || b == 0xde || b == 0xdf;
+}
+
+// msgpack-c visitor writing JSON text. Every callback returns false to stop the parse at the
+// first error (kept in error).
+struct json_writer_visitor {
+  std::string& out;
+  size_t out_base;
+  size_t json_bytes_max;
+  wse_error error = wse_error::none;
+  size_t depth = 0;
+  bool in_key = false;
+  bool first[wse_msgpack_depth_max + 1] = {};
+
+  bool fail(wse_error e) {
+    if (error == wse_error::none) error = e;
+    return false;
+  }
+  bool check_size() {
+    return out.size() - out_base <= json_bytes_max ? true : fail(wse_error::too_large);
+  }
+  bool scalar(std::string_view text) {
+    if (in_key) return fail(wse_error::unsupported_type);
+    out.append(text);
+    return check_size();
+  }
+  bool integer_text(std::string_view digits) {
+    if (!in_key) return scalar(digits);
+    out.push_back('"');
+    out.append(digits);
+    out.push_back('"');
+    return check_size();
+  }
+
+  bool visit_nil() { return scalar("null"); }
+  bool visit_boolean(bool v) { return scalar(v ? "true" : "false"); }
+  bool visit_positive_integer(uint64_t v) {
+    char digits[24];
+    return integer_text({digits, std::to_chars(digits, digits + sizeof digits, v).ptr});
+  }
+  bool visit_negative_integer(int64_t v) {
+    char digits[24];
+    return integer_text({digits, std::to_chars(digits, digits + sizeof digits, v).ptr});
+  }
+  template <typename Float>
+  bool visit_float(Float v) {
+    if (!std::isfinite(v)) return scalar("null");
+    char digits[40];
+    char* end = std::to_chars(digits, digits + sizeof digits - 2, v).ptr;
+    if (std::string_view(digits, static_cast<size_t>(end - digits)).find_first_of(".e") ==
+        std::string_view::npos) {
+      *end++ = '.';  // keep a float a float through a JSON round trip
+      *end++ = '0';
+    }
+    return scalar({digits, static_cast<size_t>(end - digits)});
+  }
+  bool visit_float32(float v) { return visit_float(v); }
+  bool visit_float64(double v) { return visit_float(v); }
+  bool visit_str(const char* v, uint32_t size) {
+    const std::string_view text(v, size);
+    if (!valid_utf8(text)) return fail(wse_error::invalid_utf8);
+    wse_append_json_string(out, text);
+    return check_size();
+  }
+  bool visit_bin(const char* v, uint32_t size) {
+    if (!valid_utf8(std::string_view(v, size))) return fail(wse_error::unsupported_type);
+    return visit_str(v, size);
+  }
+  bool visit_ext(const char*, uint32_t) { return fail(wse_error::unsupported_type); }
+  bool open(char bracket) {
+    if (in_key) return fail(wse_error::unsupported_type);
+    if (++depth > wse_msgpack_depth_max) return fail(wse_error::too_deep);
+    first[depth] = true;
+    out.push_back(bracket);
+    return check_size();
+  }
+  bool next_item() {
+    if (!first[depth]) out.push_back(',');
+    first[depth] = false;
+    return true;
+  }
+  bool close(char bracket) {
+    --depth;
+    out.push_back(bracket);
+    return check_size();
+  }
+  bool start_array(uint32_t) { return open('['); }
+  bool start_array_item() { return next_item(); }
+  bool end_array_item() { return true; }
+  bool end_array() { return close(']'); }
+  bool start_map(uint32_t) { return open('{'); }
+  bool start_map_key() {
+    in_key = true;
+    return next_item();
+  }
+  bool end_map_key() {
+    in_key = false;
+    out.push_back(':');
+    return true;
+  }
+  bool start_map_value() { return true; }
+  bool end_map_value() { return true; }
+  bool end_map() { return close('}'); }
+  void parse_error(size_t, size_t) { fail(wse_error::malformed_msgpack); }
+  void insufficient_bytes(size_t, size_t) { fail(wse_error::truncated); }
+};
+
+struct string_stream {
+  std::string& out;
+  void write(const char* data, size_t size) { out.append(data, size); }
+};
+
+using packer = msgpack::packer<string_stream>;
+
+simdjson::error_code pack_element(simdjson::dom::element element, packer& pk,
+                                  string_stream& stream) {
+  using simdjson::dom::element_type;
+  switch (element.type()) {
+    case element_type::OBJECT: {
+      const simdjson::dom::object object = element.get_object().value_unsafe();
+      pk.pack_map(static_cast<uint32_t>(object.size()));
+      for (const auto field : object) {
+        pk.pack_str(static_cast<uint32_t>(field.key.size()));
+        pk.pack_str_body(field.key.data(), static_cast<uint32_t>(field.key.size()));
+        if (auto error = pack_element(field.value, pk, stream)) return error;
+      }
+      return simdjson::SUCCESS;
+    }
+    case element_type::ARRAY: {
+      const simdjson::dom::array array = element.get_array().value_unsafe();
+      pk.pack_array(static_cast<uint32_t>(array.size()));
+      for (const simdjson::dom::element item : array) {
+        if (auto error = pack_element(item, pk, stream)) return error;
+      }
+      return simdjson::SUCCESS;
+    }
+    case element_type::STRING: {
+      const std::string_view s = element.get_string().value_unsafe();
+      pk.pack_str(static_cast<uint32_t>(s.size()));
+      pk.pack_str_body(s.data(), static_cast<uint32_t>(s.size()));
+      return simdjson::SUCCESS;
+    }
+    case element_type::INT64:
+      pk.pack_int64(element.get_int64().value_unsafe());
+      break;
+    case element_type::UINT64:
+      pk.pack_uint64(element.get_uint64().value_unsafe());
+      break;
+    case element_type::DOUBLE: {
+      // Always float64: msgpack-c's pack_double turns integral doubles into ints (and its range
+      // test converts 2^64 to uint64_t, which is undefined).
+      uint64_t bits = 0;
+      const double value = element.get_double().value_unsafe();
+      std::memcpy(&bits, &value, sizeof bits);
+      char encoded[9] = {static_cast<char>(0xcb)};
+      for (int i = 0; i < 8; ++i) encoded[1 + i] = static_cast<char>(bits >> (56 - 8 * i));
+      stream.write(encoded, sizeof encoded);
+      break;
+    }
+    case element_type::BOOL:
+      if (element.get_bool().value_unsafe()) {
+        pk.pack_true();
+      } else {
+        pk.pack_false();
+      }
+      break;
+    case element_type::NULL_VALUE:
+      pk.pack_nil();
+      break;
+  }
+  return simdjson::SUCCESS;
+}
+
+}  // namespace
+
+wse_inbound_format wse_detect_format(std::span<const uint8_t> message, bool binary) {
+  if (starts_with(message, 'C', ':')) return wse_inbound_format::zlib;
+  if (starts_with(message, 'M', ':')) return wse_inbound_format::msgpack;
+  return binary ? wse_inbound_format::msgpack : wse_inbound_format::json;
+}
+
+wse_error wse_msgpack_to_json(std::span<const uint8_t> msgpack, std::string& json_out,
+                              size_t json_bytes_max) {
+  if (msgpack.empty()) return wse_error::empty;
+  json_writer_visitor visitor{json_out, json_out.size(), json_bytes_max};
+  size_t offset = 0;
+  const bool ok = msgpack::parse(reinterpret_cast<const char*>(msgpack.data()), msgpack.size(),
+                                 offset, visitor);
+  if (visitor.error != wse_error::none) return visitor.error;
+  if (!ok) return wse_error::malformed_msgpack;
+  if (offset != msgpack.size()) return wse_error::trailing_bytes;
+  return wse_error::none;
+}
+
+struct wse_codec::state {
+  simdjson::dom::parser parser;
+  std::string padded;
+  std::string scratch;  // decompressed bytes awaiting msgpack decoding
+  libdeflate_compressor* compressor = nullptr;
+  libdeflate_decompressor* decompressor = nullptr;
+
+  explicit state(int level)
+      : compressor(libdeflate_alloc_compressor(level)),
+        decompressor(libdeflate_alloc_decompressor()) {
+    if (parser.allocate(4096, wse_msgpack_depth_max)) throw std::bad_alloc();  // startup only
+  }
+  ~state() {
+    libdeflate_free_compressor(compressor);
+    libdeflate_free_decompressor(decompressor);
+  }
+  state(const state&) = delete;
+  state& operator=(const state&) = delete;
+};
+
+wse_codec::wse_codec(int compression_level) : state_(std::make_unique<state>(compression_level)) {
+  if (state_->compressor == nullptr || state_->decompressor == nullptr) {
+    throw std::bad_alloc();  // startup only
+  }
+}
+
+wse_codec::~wse_codec() = default;
+
+wse_error wse_codec::json_to_msgpack(std::string_view json, std::string& out, bool with_prefix) {
+  std::string& padded = state_->padded;
+  if (padded.size() < json.size() + simdjson::SIMDJSON_PADDING) {
+    padded.resize(json.size() + simdjson::SIMDJSON_PADDING);
+  }
+  std::memcpy(padded.data(), json.data(), json.size());
+  simdjson::dom::element root;
+  const auto parse_error = state_->parser.parse(padded.data(), json.size(), false).get(root);
+  if (parse_error == simdjson::DEPTH_ERROR) return wse_error::too_deep;
+  if (parse_error) return wse_error::malformed_json;
+  const size_t base = out.size();
+  if (with_prefix) out.append("M:");
+  string_stream stream{out};
+  packer pk(stream);
+  if (pack_element(root, pk, stream)) {
+    out.resize(base);
+    return wse_error::malformed_json;
+  }
+  return wse_error::none;
+}
+
+wse_compressed wse_codec::compress(std::string_view json, std::string& out,
+                                   size_t threshold_bytes) {
+  if (json.size() <= threshold_bytes) return wse_compressed::no;
+  const size_t bound = libdeflate_zlib_compress_bound(state_->compressor, json.size());
+  const size_t base = out.size();
+  out.resize(base + 2 + bound);
+  out[base] = 'C';
+  out[base + 1] = ':';
+  const size_t written = libdeflate_zlib_compress(state_->compressor, json.data(), json.size(),
+                                                  out.data() + base + 2, bound);
+  if (written == 0) {  // cannot happen with the bound; send uncompressed
+    out.resize(base);
+    return wse_compressed::no;
+  }
+  out.resize(base + 2 + written);
+  return wse_compressed::yes;
+}
+
+wse_error wse_codec::decompress(std::span<const uint8_t> zlib, std::string& out,
+                                size_t decompressed_bytes_max) {
+  const size_t base = out.size();
+  // Start from a guess and grow by 4x up to the cap: libdeflate needs the whole output buffer
+  // up front, and a bomb must not make us allocate the cap for every small message.
+  size_t capacity = std::min(decompressed_bytes_max, std::max<size_t>(4096, zlib.size() * 4));
+  for (;;) {
+    if (out.capacity() < base + capacity) {
+      // Exactly this much (resize or reserve on a non-empty string may round up to 2x).
+      std::string grown;
+      grown.reserve(base + capacity);
+      grown.append(out.data(), base);
+      out.swap(grown);
+    }
+    out.resize(base + capacity);
+    size_t actual = 0;
+    const libdeflate_result result = libdeflate_zlib_decompress(
+        state_->decompressor, zlib.data(), zlib.size(), out.data() + base, capacity, &actual);
+    if (result == LIBDEFLATE_SUCCESS) {
+      out.resize(base + actual);
+      return wse_error::none;
+    }
+    if (result != LIBDEFLATE_INSUFFICIENT_SPACE) {
+      out.resize(base);
+      return wse_error::bad_zlib;
+    }
+    if (capacity >= decompressed_bytes_max) {
+      out.resize(base);
+      return wse_error::too_large;
+    }
+    capacity = std::min(decompressed_bytes_max, capacity * 4);
+  }
+}
+
+wse_error wse_codec::decode_inbound(std::span<const uint8_t> message, bool binary,
+                                    std::string& json_out, size_t json_bytes_max) {
+  json_out.clear();
+  switch (wse_detect_format(message, binary)) {
+    case wse_inbound_format::json:
+      if (message.size() > json_bytes_max) return wse_error::too_large;
+      json_out.append(reinterpret_cast<const char*>(message.data()), message.size());
+      return wse_error::none;
+    case wse_inbound_format::msgpack:
+      if (starts_with(message, 'M', ':')) message = message.subspan(2);
+      return wse_msgpack_to_json(message, json_out, json_bytes_max);
+    case wse_inbound_format::zlib:
+      break;
+  }
+  std::string& inflated = state_->scratch;
+  inflated.clear();
+  const wse_error error = decompress(message.subspan(2), inflated, json_bytes_max);
+  if (error != wse_error::none) return error;
+  const std::span<const uint8_t> bytes(reinterpret_cast<const uint8_t*>(inflated.data()),
+                                       inflated.size());
+  if (!bytes.empty() && is_msgpack_map_byte(bytes[0])) {
+    return wse_msgpack_to_json(bytes, json_out, json_bytes_max);
+  }
+  json_out.swap(inflated);
+  return wse_error::none;
+}
+
+}  // namespace wsed::proto

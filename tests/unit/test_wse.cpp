@@ -1,0 +1,538 @@
+// tests/unit/test_wse.cpp: proto/wse_*: the inbound envelope (classification, legacy prefixes,
+// malformed input), categories, the outbound envelopes byte for byte, JSON escaping, UUIDv7,
+// RFC 3339, and the M: (msgpack) and C: (zlib) formats with their bombs.
+// Owns: nothing. Thread: the test runner. Never depends on the order tests run in.
+#include <doctest/doctest.h>
+
+#include <array>
+#include <string>
+#include <vector>
+
+#include "proto/wse_builder.hpp"
+#include "proto/wse_envelope.hpp"
+#include "proto/wse_formats.hpp"
+
+using namespace wsed::proto;
+
+namespace {
+
+std::span<const uint8_t> bytes_of(std::string_view s) {
+  return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
+}
+
+wse_error parse_both_ways(wse_envelope_parser& parser, std::string_view text, wse_message& out) {
+  // In place (with padding after the copy) and copied: both must agree.
+  std::string padded(text);
+  padded.append(wse_json_padding_bytes, '\0');
+  const wse_error in_place =
+      parser.parse(std::string_view(padded.data(), text.size()), out, wse_input_padding::padded);
+  const wse_error copied = parser.parse(text, out, wse_input_padding::none);
+  CHECK(in_place == copied);
+  return copied;
+}
+
+std::string nested_msgpack_arrays(size_t depth) {
+  std::string m(depth, '\x91');  // fixarray of one element
+  m.push_back('\x01');
+  return m;
+}
+
+}  // namespace
+
+TEST_CASE("wse: category_of") {
+  CHECK(category_of("price_snapshot") == wse_category::snapshot);
+  CHECK(category_of("snapshot_orders") == wse_category::snapshot);
+  CHECK(category_of("snapshot_complete") == wse_category::snapshot);  // snapshot rule first
+  for (const char* t :
+       {"server_ready", "server_hello", "client_hello_ack", "connection_state_change",
+        "subscription_update", "error", "pong", "PONG"}) {
+    CAPTURE(t);
+    CHECK(category_of(t) == wse_category::wse);
+  }
+  CHECK(category_of("price_update") == wse_category::user);
+  CHECK(category_of("snapshot") == wse_category::user);
+  CHECK(category_of("Pong") == wse_category::user);
+  CHECK(category_of("") == wse_category::user);
+  CHECK(category_name(wse_category::wse) == "WSE");
+  CHECK(category_name(wse_category::user) == "U");
+  CHECK(category_name(wse_category::snapshot) == "S");
+}
+
+TEST_CASE("wse: application message, payload span, id, category") {
+  wse_envelope_parser parser;
+  wse_message m;
+  const std::string text =
+      R"({"c":"U","t":"chat","p": {"text":"hi \"there\"","n":[1,2,{"t":"x"}]} ,"id":"abc","v":1})";
+  REQUIRE(parse_both_ways(parser, text, m) == wse_error::none);
+  CHECK(m.kind == wse_kind::application);
+  CHECK(m.type == "chat");
+  CHECK(m.has_category);
+  CHECK(m.category == "U");
+  CHECK(m.id == "abc");
+  CHECK(m.has_payload);
+  CHECK(m.payload_json == R"({"text":"hi \"there\"","n":[1,2,{"t":"x"}]})");
+  CHECK(m.legacy_prefix_bytes == 0);
+
+  REQUIRE(parse_both_ways(parser, R"({"t":"a\u0062c","p":17})", m) == wse_error::none);
+  CHECK(m.type == "abc");
+  CHECK(!m.has_category);
+  CHECK(m.payload_json == "17");
+  REQUIRE(parse_both_ways(parser, R"({"p":"x,}]","t":"s"})", m) == wse_error::none);
+  CHECK(m.payload_json == R"("x,}]")");
+  REQUIRE(parse_both_ways(parser, R"({"t":"s"})", m) == wse_error::none);
+  CHECK(!m.has_payload);
+  CHECK(m.payload_json.empty());
+}
+
+TEST_CASE("wse: legacy prefixes") {
+  wse_envelope_parser parser;
+  wse_message m;
+  REQUIRE(parse_both_ways(parser, R"(WSE{"t":"x","p":{}})", m) == wse_error::none);
+  CHECK(m.legacy_prefix_bytes == 3);
+  CHECK(m.type == "x");
+  CHECK(m.payload_json == "{}");
+  REQUIRE(parse_both_ways(parser, R"(U{"t":"y"})", m) == wse_error::none);
+  CHECK(m.legacy_prefix_bytes == 1);
+  CHECK(m.type == "y");
+  REQUIRE(parse_both_ways(parser, R"(S{"t":"z_snapshot"})", m) == wse_error::none);
+  CHECK(m.legacy_prefix_bytes == 1);
+  CHECK(parse_both_ways(parser, R"(X{"t":"y"})", m) == wse_error::malformed_json);
+  CHECK(parse_both_ways(parser, "WSE", m) == wse_error::malformed_json);
+}
+
+TEST_CASE("wse: ping timestamps, pong, client_hello") {
+  wse_envelope_parser parser;
+  wse_message m;
+  REQUIRE(parse_both_ways(parser, R"({"c":"WSE","t":"ping","p":{"timestamp":1700000000123},"v":1})",
+                          m) == wse_error::none);
+  CHECK(m.kind == wse_kind::ping);
+  CHECK(m.client_timestamp_ms == 1700000000123);
+  REQUIRE(parse_both_ways(parser, R"({"p":{"client_timestamp":1700000000456},"t":"ping"})", m) ==
+          wse_error::none);
+  CHECK(m.kind == wse_kind::ping);
+  CHECK(m.client_timestamp_ms == 1700000000456);
+  REQUIRE(parse_both_ways(parser, R"({"t":"ping","p":{"client_timestamp":1700000000456.7}})", m) ==
+          wse_error::none);
+  CHECK(m.client_timestamp_ms == 1700000000456);
+  REQUIRE(parse_both_ways(parser, R"({"t":"ping"})", m) == wse_error::none);
+  CHECK(m.client_timestamp_ms == 0);
+  REQUIRE(parse_both_ways(parser, R"({"t":"ping","p":{"timestamp":"soon"}})", m) ==
+          wse_error::none);
+  CHECK(m.client_timestamp_ms == 0);
+  REQUIRE(parse_both_ways(parser, R"({"t":"ping","p":{"x":{"timestamp":5}}})", m) ==
+          wse_error::none);
+  CHECK(m.client_timestamp_ms == 0);
+
+  REQUIRE(parse_both_ways(parser, R"({"t":"pong"})", m) == wse_error::none);
+  CHECK(m.kind == wse_kind::pong);
+  REQUIRE(parse_both_ways(parser, R"({"t":"PONG","p":{}})", m) == wse_error::none);
+  CHECK(m.kind == wse_kind::pong);
+
+  REQUIRE(parse_both_ways(
+              parser,
+              R"({"t":"client_hello","p":{"client_version":"ts-2.4.0","protocol_version":2}})",
+              m) == wse_error::none);
+  CHECK(m.kind == wse_kind::client_hello);
+  CHECK(m.hello.protocol_version == 2);
+  CHECK(m.hello.client_version == "ts-2.4.0");
+  REQUIRE(parse_both_ways(parser, R"({"t":"client_hello"})", m) == wse_error::none);
+  CHECK(m.hello.protocol_version == 0);
+  CHECK(m.hello.client_version.empty());
+}
+
+TEST_CASE("wse: subscription requests") {
+  wse_envelope_parser parser;
+  wse_message m;
+  REQUIRE(
+      parse_both_ways(
+          parser,
+          R"({"t":"subscription_update","p":{"action":"subscribe","topics":["a","b.*","bad\u0001","",  "x\ty"]}})",
+          m) == wse_error::none);
+  CHECK(m.kind == wse_kind::subscription);
+  CHECK(m.subscription.action == wse_subscription_action::subscribe);
+  CHECK(m.subscription.action_name == "subscribe");
+  const auto topics = m.subscription.list();
+  REQUIRE(topics.size() == 5);
+  CHECK(topics[0].name == "a");
+  CHECK(topics[0].valid);
+  CHECK(topics[1].name == "b.*");
+  CHECK(topics[1].valid);
+  CHECK(topics[2].name == "bad\x01");
+  CHECK(!topics[2].valid);
+  CHECK(!topics[3].valid);
+  CHECK(!topics[4].valid);
+
+  REQUIRE(parse_both_ways(parser,
+                          R"({"t":"subscription","p":{"action":"unsubscribe","topics":[]}})",
+                          m) == wse_error::none);
+  CHECK(m.subscription.action == wse_subscription_action::unsubscribe);
+  CHECK(m.subscription.topic_count == 0);
+  CHECK(parse_both_ways(parser, R"({"t":"subscription","p":{"action":"drop","topics":[]}})", m) ==
+        wse_error::bad_payload);
+  CHECK(parse_both_ways(parser, R"({"t":"subscription","p":{"action":"subscribe"}})", m) ==
+        wse_error::bad_payload);
+  CHECK(parse_both_ways(parser, R"({"t":"subscription","p":{"action":"subscribe","topics":[1]}})",
+                        m) == wse_error::bad_payload);
+  CHECK(parse_both_ways(parser, R"({"t":"subscription"})", m) == wse_error::bad_payload);
+  std::string many = R"({"t":"subscription","p":{"action":"subscribe","topics":[)";
+  for (size_t i = 0; i <= wse_subscription_topics_max; ++i)
+    many += (i ? ",\"t" : "\"t") + std::to_string(i) + "\"";
+  many += "]}}";
+  CHECK(parse_both_ways(parser, many, m) == wse_error::too_many_topics);
+}
+
+TEST_CASE("wse: malformed inbound messages are error values") {
+  wse_envelope_parser parser;
+  wse_message m;
+  CHECK(parse_both_ways(parser, "", m) == wse_error::empty);
+  CHECK(parse_both_ways(parser, "{", m) == wse_error::malformed_json);
+  CHECK(parse_both_ways(parser, R"({"t":"x",})", m) == wse_error::malformed_json);
+  CHECK(parse_both_ways(parser, R"({"t":"x"} {})", m) == wse_error::malformed_json);
+  CHECK(parse_both_ways(parser, R"({"t":"x","p":{"a":tru}})", m) == wse_error::malformed_json);
+  CHECK(parse_both_ways(parser, "{\"t\":\"\xff\"}", m) == wse_error::malformed_json);
+  CHECK(parse_both_ways(parser, "{\"t\":\"a\nb\"}", m) == wse_error::malformed_json);
+  CHECK(parse_both_ways(parser, R"(["t","x"])", m) == wse_error::not_object);
+  CHECK(parse_both_ways(parser, R"("t")", m) == wse_error::not_object);
+  CHECK(parse_both_ways(parser, R"({"p":{}})", m) == wse_error::missing_type);
+  CHECK(parse_both_ways(parser, R"({"p":{"t":"nested"}})", m) == wse_error::missing_type);
+  CHECK(parse_both_ways(parser, R"({"t":5})", m) == wse_error::type_not_string);
+  CHECK(parse_both_ways(parser, R"({"t":null})", m) == wse_error::type_not_string);
+  CHECK(parse_both_ways(parser, R"({"t":"a","t":"b"})", m) == wse_error::duplicate_key);
+  CHECK(parse_both_ways(parser, R"({"t":"a","p":1,"p":2})", m) == wse_error::duplicate_key);
+  std::string deep = R"({"t":"x","p":)";
+  deep += std::string(70, '[') + std::string(70, ']') + "}";
+  CHECK(parse_both_ways(parser, deep, m) == wse_error::too_deep);
+  // The parser is reusable after errors.
+  CHECK(parse_both_ways(parser, R"({"t":"ok"})", m) == wse_error::none);
+  CHECK(m.type == "ok");
+}
+
+TEST_CASE("wse: ensure_category inserts a top-level c only") {
+  wse_envelope_parser parser;
+  std::string out;
+  REQUIRE(parser.ensure_category(R"({"t":"price_update","p":{"x":1}})", out) == wse_error::none);
+  CHECK(out == R"({"c":"U","t":"price_update","p":{"x":1}})");
+  out.clear();
+  // A nested "t" or "c" does not count (PROTOCOL fix).
+  REQUIRE(parser.ensure_category(R"({"p":{"t":"error","c":"WSE"},"t":"book_snapshot"})", out) ==
+          wse_error::none);
+  CHECK(out == R"({"c":"S","p":{"t":"error","c":"WSE"},"t":"book_snapshot"})");
+  out.clear();
+  REQUIRE(parser.ensure_category(R"( {"t":"x","c":"S"})", out) == wse_error::none);
+  CHECK(out == R"( {"t":"x","c":"S"})");
+  out.clear();
+  REQUIRE(parser.ensure_category("{}", out) == wse_error::none);
+  CHECK(out == R"({"c":"U"})");
+  out.clear();
+  REQUIRE(parser.ensure_category(R"({"t":"error"})", out) == wse_error::none);
+  CHECK(out == R"({"c":"WSE","t":"error"})");
+  CHECK(parser.ensure_category("[1]", out) == wse_error::not_object);
+  CHECK(parser.ensure_category("{", out) == wse_error::malformed_json);
+}
+
+TEST_CASE("wse: JSON string escaping") {
+  std::string out;
+  for (int ch = 0; ch < 0x20; ++ch) {
+    out.clear();
+    wse_append_json_string(out, std::string(1, static_cast<char>(ch)));
+    static constexpr char hex[] = "0123456789abcdef";
+    const std::string expected = std::string("\"\\u00") + hex[ch >> 4] + hex[ch & 15] + "\"";
+    CHECK(out == expected);
+  }
+  out.clear();
+  wse_append_json_string(out, "a\"b\\c/d\x7f");
+  CHECK(out == "\"a\\\"b\\\\c/d\x7f\"");
+  out.clear();
+  wse_append_json_string(out, "h\xc3\xa9llo \xe2\x82\xac \xf0\x9f\x98\x80");  // é € 😀
+  CHECK(out == "\"h\xc3\xa9llo \xe2\x82\xac \xf0\x9f\x98\x80\"");
+  out.clear();
+  // Invalid UTF-8: lone continuation, truncated sequence, overlong, surrogate, > U+10FFFF.
+  wse_append_json_string(out, "\x80|\xe2\x82|\xc0\xaf|\xed\xa0\x80|\xf4\x90\x80\x80");
+  CHECK(out ==
+        "\"\\ufffd|\\ufffd\\ufffd|\\ufffd\\ufffd|\\ufffd\\ufffd\\ufffd|"
+        "\\ufffd\\ufffd\\ufffd\\ufffd\"");
+}
+
+TEST_CASE("wse: RFC 3339 timestamps") {
+  CHECK(wse_timestamp(0) == "1970-01-01T00:00:00.000Z");
+  CHECK(wse_timestamp(1) == "1970-01-01T00:00:00.001Z");
+  CHECK(wse_timestamp(-1) == "1969-12-31T23:59:59.999Z");
+  CHECK(wse_timestamp(1795461491123) == "2026-11-23T19:18:11.123Z");
+  CHECK(wse_timestamp(951782400000) == "2000-02-29T00:00:00.000Z");  // leap (400)
+  CHECK(wse_timestamp(951868800000) == "2000-03-01T00:00:00.000Z");
+  CHECK(wse_timestamp(1709164800000) == "2024-02-29T00:00:00.000Z");  // leap (4)
+  CHECK(wse_timestamp(1735603200000) == "2024-12-31T00:00:00.000Z");  // day 366
+  CHECK(wse_timestamp(2147483647999) == "2038-01-19T03:14:07.999Z");  // int32 seconds end
+  CHECK(wse_timestamp(2147483648000) == "2038-01-19T03:14:08.000Z");
+  CHECK(wse_timestamp(4107542399999) == "2100-02-28T23:59:59.999Z");  // 2100 is not leap
+  CHECK(wse_timestamp(4107542400000) == "2100-03-01T00:00:00.000Z");
+  CHECK(wse_timestamp(253402300799999) == "9999-12-31T23:59:59.999Z");
+  CHECK(wse_timestamp(INT64_MAX) == "9999-12-31T23:59:59.999Z");  // clamped
+  CHECK(wse_timestamp(INT64_MIN) == "0000-01-01T00:00:00.000Z");
+}
+
+TEST_CASE("wse: UUIDv7 layout") {
+  const std::array<uint8_t, 10> random = {0xff, 0xee, 0xdd, 0xcc, 0xbb,
+                                          0xaa, 0x99, 0x88, 0x77, 0x66};
+  char uuid[wse_uuid_chars];
+  const uint64_t ms = 0x017F22E279B0;  // RFC 9562 appendix A.6 time
+  wse_format_uuid7(ms, random, uuid);
+  const std::string s(uuid, sizeof uuid);
+  CHECK(s == "017f22e2-79b0-7fee-9dcc-bbaa99887766");
+  CHECK(s[14] == '7');                                          // version
+  CHECK(std::string("89ab").find(s[19]) != std::string::npos);  // variant 10xx
+  CHECK(s.substr(0, 8) + s.substr(9, 4) == "017f22e279b0");     // time prefix
+  const std::array<uint8_t, 10> zero{};
+  wse_format_uuid7(1795461491123, zero, uuid);
+  CHECK(std::string(uuid, sizeof uuid) == "01a209d8-29b3-7000-8000-000000000000");
+}
+
+TEST_CASE("wse: server_ready, server_hello, error, PONG, ping, subscription bytes") {
+  std::string out;
+  const wse_feature features[] = {{"batching", true}, {"compression", true}, {"recovery", false}};
+  wse_server_ready ready;
+  ready.message_id = "019ab221-d6b3-7000-8000-000000000001";
+  ready.connection_id = "019ab221-d6b3-7000-8000-000000000002";
+  ready.user_id = "user\"1\\\n";
+  ready.now_ms = 1795461491123;
+  ready.features = features;
+  wse_build_server_ready(out, ready);
+  CHECK(
+      out ==
+      R"({"c":"WSE","id":"019ab221-d6b3-7000-8000-000000000001","p":{"details":{"connection_id":"019ab221-d6b3-7000-8000-000000000002","features":{"batching":true,"compression":true,"recovery":false},"server_time":"2026-11-23T19:18:11.123Z","user_id":"user\"1\\\u000a"},"message":"Connection established"},"seq":1,"t":"server_ready","ts":"2026-11-23T19:18:11.123Z","v":1})");
+
+  out.clear();
+  const wse_limit limits[] = {{"max_message_size", 1048576}, {"rate_limit", 1000}};
+  wse_server_hello hello;
+  hello.connection_id = "cid";
+  hello.features = features;
+  hello.limits = limits;
+  hello.now_ms = 0;
+  hello.server_version = "wsed/0.1.0";
+  wse_build_server_hello(out, hello);
+  CHECK(
+      out ==
+      R"({"c":"WSE","p":{"connection_id":"cid","features":{"batching":true,"compression":true,"recovery":false},"limits":{"max_message_size":1048576,"rate_limit":1000},"ping_interval":25000,"protocol_version":2,"server_time":"1970-01-01T00:00:00.000Z","server_version":"wsed/0.1.0"},"t":"server_hello","v":1})");
+
+  out.clear();
+  wse_build_error(out, "AUTH_FAILED", "Token \"expired\"", 1795461491123);
+  CHECK(
+      out ==
+      R"({"c":"WSE","p":{"code":"AUTH_FAILED","message":"Token \"expired\"","timestamp":"2026-11-23T19:18:11.123Z"},"t":"error","v":1})");
+
+  out.clear();
+  wse_build_pong(out, 1795461491100, 1795461491123);
+  CHECK(
+      out ==
+      R"({"c":"WSE","t":"PONG","p":{"client_timestamp":1795461491100,"server_timestamp":1795461491123,"latency":23},"v":1})");
+  CHECK(out.starts_with(R"({"c":"WSE","t":"PONG")"));
+  out.clear();
+  wse_build_pong(out, 0, 5);
+  CHECK(
+      out ==
+      R"({"c":"WSE","t":"PONG","p":{"client_timestamp":0,"server_timestamp":5,"latency":0},"v":1})");
+
+  out.clear();
+  wse_build_server_ping(out, 1795461491123);
+  CHECK(out == R"({"c":"WSE","t":"ping","p":{"server_time":"2026-11-23T19:18:11.123Z"}})");
+
+  out.clear();
+  const std::string_view ok[] = {"a", "b.*"};
+  const std::string_view failed[] = {"bad\x01"};
+  wse_build_subscription_reply(out, "subscribe", ok, failed);
+  CHECK(
+      out ==
+      R"({"c":"WSE","t":"subscription_update","p":{"action":"subscribe","success":false,"success_topics":["a","b.*"],"failed_topics":["bad\u0001"]},"v":1})");
+  out.clear();
+  wse_build_subscription_reply(out, "unsubscribe", ok, {});
+  CHECK(
+      out ==
+      R"({"c":"WSE","t":"subscription_update","p":{"action":"unsubscribe","success":true,"success_topics":["a","b.*"],"failed_topics":[]},"v":1})");
+
+  out.clear();
+  wse_envelope_fields fields;
+  fields.category = "U";
+  fields.type = "chat";
+  fields.payload_json = R"({"text":"hi"})";
+  fields.id = "id1";
+  fields.now_ms = 0;
+  fields.seq = 7;
+  wse_build_envelope(out, fields);
+  CHECK(
+      out ==
+      R"({"c":"U","t":"chat","p":{"text":"hi"},"id":"id1","ts":"1970-01-01T00:00:00.000Z","seq":7,"v":1})");
+  out.clear();
+  wse_build_envelope(out, {"S", "x_snapshot", "", "", 0, 0});
+  CHECK(out == R"({"c":"S","t":"x_snapshot","p":{},"ts":"1970-01-01T00:00:00.000Z","v":1})");
+
+  // The builders' output parses back.
+  wse_envelope_parser parser;
+  wse_message m;
+  out.clear();
+  wse_build_server_ready(out, ready);
+  REQUIRE(parser.parse(out, m) == wse_error::none);
+  CHECK(m.type == "server_ready");
+}
+
+TEST_CASE("wse: msgpack round trip and decoding rules") {
+  wse_codec codec;
+  const std::string json =
+      R"({"c":"U","t":"chat","p":{"text":"h\u00e9 \"q\"","n":[0,-1,127,128,-33,65535,65536,-2147483649,18446744073709551615],"f":1.5,"g":-0.25,"h":1.0,"e":1e+300,"u":18446744073709551616.0,"b":true,"z":null,"o":{}},"id":"x","seq":3,"v":1})";
+  std::string packed;
+  REQUIRE(codec.json_to_msgpack(json, packed) == wse_error::none);
+  CHECK(packed.starts_with("M:"));
+  CHECK(static_cast<uint8_t>(packed[2]) == 0x86);  // fixmap of 6 keys
+  std::string back;
+  REQUIRE(codec.decode_inbound(bytes_of(packed), true, back) == wse_error::none);
+  CHECK(back ==
+        "{\"c\":\"U\",\"t\":\"chat\",\"p\":{\"text\":\"h\xc3\xa9 "
+        "\\\"q\\\"\",\"n\":[0,-1,127,128,-33,65535,65536,-2147483649,18446744073709551615],\"f\":1."
+        "5,\"g\":-0.25,\"h\":1.0,\"e\":1e+300,\"u\":18446744073709551616.0,\"b\":true,\"z\":null,"
+        "\"o\":{}},\"id\":\"x\",\"seq\":3,\"v\":1}");
+  // Raw msgpack (no prefix) in a binary frame decodes the same.
+  std::string raw_back;
+  REQUIRE(codec.decode_inbound(bytes_of(packed).subspan(2), true, raw_back) == wse_error::none);
+  CHECK(raw_back == back);
+  // And a plain round trip of compact JSON is the identity.
+  const std::string compact = R"({"t":"ping","p":{"client_timestamp":1795461491123}})";
+  packed.clear();
+  REQUIRE(codec.json_to_msgpack(compact, packed, false) == wse_error::none);
+  back.clear();
+  REQUIRE(wse_msgpack_to_json(bytes_of(packed), back) == wse_error::none);
+  CHECK(back == compact);
+
+  // Integer keys become strings; other keys, ext and bad UTF-8 are refused.
+  back.clear();
+  CHECK(wse_msgpack_to_json(bytes_of(std::string("\x81\x01\xa1x", 4)), back) == wse_error::none);
+  CHECK(back == R"({"1":"x"})");
+  back.clear();
+  CHECK(wse_msgpack_to_json(bytes_of(std::string("\x81\xc0\xa1x", 4)), back) ==
+        wse_error::unsupported_type);
+  back.clear();
+  CHECK(wse_msgpack_to_json(bytes_of(std::string("\x81\x90\xa1x", 4)), back) ==
+        wse_error::unsupported_type);
+  back.clear();
+  CHECK(wse_msgpack_to_json(bytes_of(std::string("\xd4\x01\x02", 3)), back) ==
+        wse_error::unsupported_type);
+  back.clear();
+  CHECK(wse_msgpack_to_json(bytes_of(std::string("\xa2\xc3\x28", 3)), back) ==
+        wse_error::invalid_utf8);
+  back.clear();
+  CHECK(wse_msgpack_to_json(bytes_of(std::string("\xc4\x02hi", 4)), back) == wse_error::none);
+  CHECK(back == "\"hi\"");
+  back.clear();
+  CHECK(wse_msgpack_to_json(bytes_of(std::string("\xc1", 1)), back) ==
+        wse_error::malformed_msgpack);
+  back.clear();
+  CHECK(wse_msgpack_to_json(bytes_of(std::string("\x01\x02", 2)), back) ==
+        wse_error::trailing_bytes);
+  back.clear();
+  CHECK(wse_msgpack_to_json({}, back) == wse_error::empty);
+  CHECK(codec.json_to_msgpack("{", packed) == wse_error::malformed_json);
+}
+
+TEST_CASE("wse: msgpack depth bomb and truncation") {
+  std::string json;
+  CHECK(wse_msgpack_to_json(bytes_of(nested_msgpack_arrays(64)), json) == wse_error::none);
+  CHECK(json == std::string(64, '[') + "1" + std::string(64, ']'));
+  json.clear();
+  CHECK(wse_msgpack_to_json(bytes_of(nested_msgpack_arrays(65)), json) == wse_error::too_deep);
+  json.clear();
+  CHECK(wse_msgpack_to_json(bytes_of(std::string(100000, '\x91')), json) == wse_error::too_deep);
+  // Nested maps count too.
+  std::string maps;
+  for (int i = 0; i < 65; ++i) maps += "\x81\xa1k";
+  maps += '\x01';
+  json.clear();
+  CHECK(wse_msgpack_to_json(bytes_of(maps), json) == wse_error::too_deep);
+  // JSON deeper than 64 is refused by the encoder too.
+  wse_codec codec;
+  std::string packed;
+  CHECK(codec.json_to_msgpack(std::string(64, '[') + std::string(64, ']'), packed) ==
+        wse_error::none);
+  CHECK(codec.json_to_msgpack(std::string(65, '[') + std::string(65, ']'), packed) ==
+        wse_error::too_deep);
+
+  // Headers that promise more than the input holds: array32 of 4G items, str32 of 4 GB, map16.
+  for (const std::string& truncated :
+       {std::string("\xdd\xff\xff\xff\xff", 5),
+        std::string("\xdb\xff\xff\xff\xff"
+                    "abc",
+                    8),
+        std::string("\xde\x00\x02\xa1k", 5), std::string("\xcb\x00", 2), std::string("\x92\x01", 2),
+        std::string("\x81\xa1k", 3)}) {
+    json.clear();
+    CHECK(wse_msgpack_to_json(bytes_of(truncated), json) == wse_error::truncated);
+  }
+  // Every prefix of a valid message is truncated, never a crash or a success.
+  packed.clear();
+  REQUIRE(codec.json_to_msgpack(R"({"t":"x","p":{"a":[1,2.5,"s",null]}})", packed, false) ==
+          wse_error::none);
+  for (size_t n = 1; n < packed.size(); ++n) {
+    json.clear();
+    CHECK(wse_msgpack_to_json(bytes_of(packed).first(n), json) == wse_error::truncated);
+  }
+  // The JSON output cap.
+  json.clear();
+  CHECK(wse_msgpack_to_json(bytes_of(std::string("\xdc\x03\xe8", 3) + std::string(1000, '\xc0')),
+                            json, 100) == wse_error::too_large);
+}
+
+TEST_CASE("wse: zlib round trip and bomb") {
+  wse_codec codec;
+  std::string json = R"({"c":"U","t":"big","p":{"rows":[)";
+  for (int i = 0; i < 200; ++i) json += (i ? ",{\"i\":" : "{\"i\":") + std::to_string(i) + "}";
+  json += "]}}";
+  REQUIRE(json.size() > wse_compress_threshold_bytes_default);
+  std::string out;
+  CHECK(codec.compress(R"({"t":"small"})", out) == wse_compressed::no);
+  CHECK(out.empty());
+  REQUIRE(codec.compress(json, out) == wse_compressed::yes);
+  CHECK(out.starts_with("C:"));
+  CHECK(static_cast<uint8_t>(out[2]) == 0x78);  // zlib CMF: deflate, 32 KiB window
+  CHECK(out.size() < json.size());
+  std::string back;
+  REQUIRE(codec.decode_inbound(bytes_of(out), true, back) == wse_error::none);
+  CHECK(back == json);
+  back.clear();
+  REQUIRE(codec.decompress(bytes_of(out).subspan(2), back) == wse_error::none);
+  CHECK(back == json);
+  // C: around msgpack.
+  std::string packed;
+  REQUIRE(codec.json_to_msgpack(json, packed, false) == wse_error::none);
+  std::string zipped;
+  REQUIRE(codec.compress(packed, zipped, 0) == wse_compressed::yes);
+  REQUIRE(codec.decode_inbound(bytes_of(zipped), true, back) == wse_error::none);
+  CHECK(back == json);
+
+  // 10 MB of zeros, cap 1 MiB: refused without growing past the cap.
+  const std::string zeros(10u << 20, '\0');
+  std::string bomb;
+  REQUIRE(codec.compress(zeros, bomb) == wse_compressed::yes);
+  CHECK(bomb.size() < 64 * 1024);
+  std::string inflated;
+  CHECK(codec.decompress(bytes_of(bomb).subspan(2), inflated, 1u << 20) == wse_error::too_large);
+  CHECK(inflated.empty());
+  CHECK(inflated.capacity() <= (1u << 20));
+  CHECK(codec.decode_inbound(bytes_of(bomb), true, inflated) == wse_error::too_large);
+  // Corrupt and truncated streams.
+  std::string corrupt = out;
+  corrupt[10] = static_cast<char>(corrupt[10] ^ 0x55);
+  back.clear();
+  CHECK(codec.decode_inbound(bytes_of(corrupt), true, back) == wse_error::bad_zlib);
+  CHECK(codec.decode_inbound(bytes_of(out.substr(0, out.size() / 2)), true, back) ==
+        wse_error::bad_zlib);
+  CHECK(codec.decode_inbound(bytes_of("C:"), true, back) == wse_error::bad_zlib);
+}
+
+TEST_CASE("wse: inbound format detection") {
+  CHECK(wse_detect_format(bytes_of(R"({"t":"x"})"), false) == wse_inbound_format::json);
+  CHECK(wse_detect_format(bytes_of("WSE{}"), false) == wse_inbound_format::json);
+  CHECK(wse_detect_format(bytes_of("M:\x80"), true) == wse_inbound_format::msgpack);
+  CHECK(wse_detect_format(bytes_of("\x81\xa1t\xa1x"), true) == wse_inbound_format::msgpack);
+  CHECK(wse_detect_format(bytes_of("C:x"), true) == wse_inbound_format::zlib);
+  wse_codec codec;
+  std::string json;
+  CHECK(codec.decode_inbound(bytes_of(R"({"t":"x"})"), false, json) == wse_error::none);
+  CHECK(json == R"({"t":"x"})");
+}
