@@ -8,7 +8,8 @@
 
 namespace wsed::engine {
 
-enum class server_mode : uint8_t { echo };
+enum class server_mode : uint8_t { echo, wse };
+enum class inbound_policy : uint8_t { drop, echo };  // WSE application messages from clients
 
 struct server_config {
   std::string host = "127.0.0.1";
@@ -31,6 +32,18 @@ struct server_config {
   uint32_t recv_buffer_bytes = 16384;  // one provided receive buffer
   uint32_t recv_buffer_count = 512;    // provided receive buffers per shard (power of two)
   bool quiet = false;
+
+  // --mode wse. The secret itself is loaded by main (from a file or the environment, never argv).
+  std::string jwt_secret_file;  // empty: read jwt_secret_env
+  std::string jwt_secret_env = "WSED_JWT_SECRET";
+  std::string jwt_alg = "HS256";  // HS256 | HS384 | HS512
+  std::string jwt_issuer;         // empty: iss not checked
+  std::string jwt_audience;       // empty: aud not checked
+  std::string jwt_cookie = "access_token";
+  bool allow_query_token = false;  // accept ?token=... (URLs end up in logs)
+  uint32_t jwt_leeway_ms = 30000;  // exp/nbf leeway
+  inbound_policy inbound = inbound_policy::drop;
+  bool insecure_no_auth = false;  // every connection is user "anonymous"
 };
 
 }  // namespace wsed::engine

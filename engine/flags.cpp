@@ -97,8 +97,8 @@ flags_result parse_flags(int argc, char** argv) {
   std::string mode = "echo";
   app.add_option("--mode", mode,
                  "What the server does with messages: echo (each data message "
-                 "goes back to its sender with its opcode)")
-      ->check(CLI::IsMember({"echo"}))
+                 "goes back to its sender with its opcode) or wse (the WSE protocol, JWT auth)")
+      ->check(CLI::IsMember({"echo", "wse"}))
       ->capture_default_str();
   app.add_option("--max-connections", c.connections_max,
                  "Connections held at once, whole process; beyond it HTTP 503")
@@ -140,6 +140,31 @@ flags_result parse_flags(int argc, char** argv) {
   add_parsed(app, "--recv-buffer-size", c.recv_buffer_bytes, parse_size,
              "Bytes of one provided receive buffer", 1, "16KiB", 512);
   app.add_flag("--quiet", c.quiet, "Print nothing but errors");
+  app.add_option("--jwt-secret-file", c.jwt_secret_file,
+                 "WSE mode: file holding the HMAC secret (at least 32 bytes)");
+  app.add_option("--jwt-secret-env", c.jwt_secret_env,
+                 "WSE mode: environment variable holding the secret when no file is given")
+      ->capture_default_str();
+  app.add_option("--jwt-alg", c.jwt_alg, "WSE mode: JWT algorithm")
+      ->check(CLI::IsMember({"HS256", "HS384", "HS512"}))
+      ->capture_default_str();
+  app.add_option("--jwt-issuer", c.jwt_issuer, "WSE mode: required iss claim (default: unchecked)");
+  app.add_option("--jwt-audience", c.jwt_audience,
+                 "WSE mode: required aud claim (default: unchecked)");
+  app.add_option("--jwt-cookie", c.jwt_cookie, "WSE mode: cookie carrying the token")
+      ->capture_default_str();
+  app.add_flag("--allow-query-token", c.allow_query_token,
+               "WSE mode: also accept a token query parameter (URLs end up in logs)");
+  add_parsed(app, "--jwt-leeway", c.jwt_leeway_ms, parse_duration_ms,
+             "WSE mode: clock leeway for exp and nbf", 1, "30s");
+  std::string inbound = "drop";
+  app.add_option("--inbound", inbound,
+                 "WSE mode: application messages from clients: drop (count them) or echo (back "
+                 "to the sender)")
+      ->check(CLI::IsMember({"drop", "echo"}))
+      ->capture_default_str();
+  app.add_flag("--insecure-no-auth", c.insecure_no_auth,
+               "WSE mode: no JWT; every connection is user \"anonymous\" (testing only)");
 
   try {
     app.parse(argc, argv);
@@ -163,7 +188,8 @@ flags_result parse_flags(int argc, char** argv) {
     std::fprintf(stderr, "wsed: --recv-buffer-size: at most 1MiB (see wsed --help)\n");
     result.what = flags_result::action::exit_usage;
   }
-  c.mode = server_mode::echo;
+  c.mode = mode == "wse" ? server_mode::wse : server_mode::echo;
+  c.inbound = inbound == "echo" ? inbound_policy::echo : inbound_policy::drop;
   return result;
 }
 

@@ -524,12 +524,14 @@ void shard::upgrade(connection& c, uint32_t slot, const proto::http_request& req
     timer_link(c, slot, timer_list::idle, now_ms_ + cfg_.idle_timeout_ms);
   else
     timer_unlink(c, slot);
-  app_.on_open(*this, conn_ref{slot, c.generation});
-
-  // Bytes after the request (a client may send frames right behind it).
+  // The request's views point into the handshake buffer: detach it first, so that an app that
+  // closes the connection from on_open (begin_close releases c.carry) leaves them alive.
   byte_buffer* hs = c.carry;
   c.carry = nullptr;
-  if (hs->size > consumed) {
+  app_.on_open(*this, conn_ref{slot, c.generation}, req);
+
+  // Bytes after the request (a client may send frames right behind it).
+  if (c.state == conn_state::open && hs->size > consumed) {
     std::span<uint8_t> rest(hs->data() + consumed, hs->size - consumed);
     on_ws_bytes(c, slot, rest);
   }

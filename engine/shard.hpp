@@ -45,7 +45,8 @@ struct conn_ref {
 class app_handler {
  public:
   virtual ~app_handler() = default;
-  virtual void on_open(shard&, conn_ref) {}
+  // The upgrade request's views are valid only during the call.
+  virtual void on_open(shard&, conn_ref, const proto::http_request&) {}
   virtual void on_message(shard& s, conn_ref c, proto::ws_opcode opcode,
                           std::span<const uint8_t> payload) = 0;
   virtual void on_close(shard&, conn_ref) {}
@@ -81,6 +82,8 @@ class shard {
 
   const shard_metrics& metrics() const { return metrics_; }
   uint32_t index() const { return index_; }
+  // The loop's monotonic clock (ms), read once per loop pass.
+  uint64_t now_ms() const { return now_ms_; }
 
  private:
   enum class op : uint8_t { accept = 1, recv, send, shutdown, close_fd, cancel, timer, wake };

@@ -6,7 +6,6 @@ Every test bounds its waits and stops the servers it started (by PID: SIGTERM, w
 """
 
 import asyncio
-import contextlib
 import hashlib
 import os
 import signal
@@ -30,21 +29,9 @@ def limit(seconds):
     return deco
 
 
-@contextlib.contextmanager
 def wsed(*args, check_exit=True):
     """Start wsed --port 0 with args; on exit stop it (SIGTERM) and check exit code 0 / no sanitizer report."""
-    srv = H.wsed_server(BIN, *args, env=H.SANITIZER_ENV if SAN else None)
-    srv.start()
-    ok = False
-    try:
-        yield srv
-        ok = True
-    finally:
-        rc = srv.stop(timeout=15)
-        problems = srv.sanitizer_problems()
-        if ok and check_exit:
-            assert rc == 0, "wsed exited with %s after SIGTERM; stderr tail: %s" % (rc, srv.stderr_text()[-1500:])
-        assert not problems, "sanitizer report %s: %s" % (problems, srv.stderr_text()[-3000:])
+    return H.running(BIN, *args, env=H.SANITIZER_ENV if SAN else None, check_exit=check_exit)
 
 
 def uri(srv):

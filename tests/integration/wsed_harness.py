@@ -11,6 +11,7 @@ Everything here is bounded in time; only 127.0.0.1 is ever contacted.
 """
 
 import atexit
+import contextlib
 import base64
 import hashlib
 import os
@@ -380,10 +381,10 @@ class RawWS:
          ('eof',)                                TCP closed by the server (or reset)
     """
 
-    def __init__(self, port, timeout=5.0, path="/"):
+    def __init__(self, port, timeout=5.0, path="/", extra=b""):
         self.port = port
         self.sock = connect(port, timeout)
-        req, key = handshake_request(port, path=path)
+        req, key = handshake_request(port, path=path, extra=extra)
         self.sock.sendall(req)
         deadline = time.monotonic() + timeout
         buf = b""
@@ -616,3 +617,21 @@ class RawWS:
             self.send_close(1000)
         self.wait_eof(timeout)
         self.abort()
+
+
+@contextlib.contextmanager
+def running(binary, *args, env=None, check_exit=True):
+    """wsed started with args (and env); on exit stopped with SIGTERM, then checked: exit code 0
+    (unless check_exit is false) and no sanitizer report on stderr."""
+    srv = wsed_server(binary, *args, env=env)
+    srv.start()
+    ok = False
+    try:
+        yield srv
+        ok = True
+    finally:
+        rc = srv.stop(timeout=15)
+        problems = srv.sanitizer_problems()
+        if ok and check_exit:
+            assert rc == 0, "wsed exited with %s after SIGTERM; stderr tail: %s" % (rc, srv.stderr_text()[-1500:])
+        assert not problems, "sanitizer report %s: %s" % (problems, srv.stderr_text()[-3000:])

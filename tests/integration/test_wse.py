@@ -1,0 +1,291 @@
+"""wsed --mode wse integration tests: JWT authentication at the upgrade, server_ready, app ping ->
+PONG, client_hello -> server_hello, --inbound echo, startup checks and `wsed gen-token`.
+
+Run with tests/integration/run_tests.py -k wse_ (under /usr/bin/python3). Tokens are minted
+independently with Debian's python3-jwt (PyJWT); the secret reaches wsed through WSED_JWT_SECRET.
+Only 127.0.0.1; every wait is bounded and every server started here is stopped (by PID).
+"""
+
+import json
+import os
+import re
+import time
+
+import jwt
+
+import wsed_harness as H
+from wsed_harness import OP_TEXT
+
+BIN = os.environ.get("WSED_BIN") or H.wsed_binary("build")
+SAN = os.environ.get("WSED_SANITIZERS") == "1"
+SECRET = "integration-secret-at-least-32-bytes-long"
+TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
+UUID7_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+FEATURES = ["batching", "circuit_breaker", "compression", "encryption", "priority_queue", "recovery"]
+
+
+def limit(seconds):
+    def deco(fn):
+        fn.time_limit = seconds
+        return fn
+    return deco
+
+
+def env(**extra):
+    e = dict(H.SANITIZER_ENV) if SAN else {}
+    e["WSED_JWT_SECRET"] = SECRET
+    e.update(extra)
+    return e
+
+
+def wse(*args):
+    return H.running(BIN, "--mode", "wse", "--workers", "2", *args, env=env())
+
+
+def token(sub="alice", ttl=3600, secret=SECRET, **claims):
+    now = int(time.time())
+    body = {"sub": sub, "iat": now, "exp": now + ttl}
+    body.update(claims)
+    return jwt.encode(body, secret, algorithm="HS256")
+
+
+def connect(srv, tok=None, how="cookie", path="/wse"):
+    extra = b""
+    if tok is not None and how == "cookie":
+        extra = ("Cookie: theme=dark\r\nCookie: access_token=%s; other=1\r\n" % tok).encode()
+    elif tok is not None and how == "bearer":
+        extra = ("Authorization: bearer %s\r\n" % tok).encode()
+    elif tok is not None and how == "query":
+        path = path + "?format=json&token=" + tok
+    return H.RawWS(srv.port, path=path, extra=extra)
+
+
+def text_messages(ws):
+    return [json.loads(e[1]) for e in ws.messages() if e[0] == "text"]
+
+
+def next_text(ws, n, timeout=5):
+    assert ws.wait_messages(n, timeout), "no message %d; events %r" % (n, ws.events[-5:])
+    m = ws.messages()[n - 1]
+    assert m[0] == "text", m
+    return m[1]
+
+
+def expect_refused(ws, code):
+    assert ws.wait_close(5), "no close; events %r" % ws.events
+    msgs = ws.messages()
+    assert len(msgs) == 1 and msgs[0][0] == "text", msgs
+    raw = msgs[0][1]
+    assert raw.startswith(b'{"c":"WSE","p":{"code":"%s"' % code.encode()), raw
+    doc = json.loads(raw)
+    assert list(doc) == ["c", "p", "t", "v"] and doc["t"] == "error" and doc["v"] == 1, doc
+    assert list(doc["p"]) == ["code", "message", "timestamp"], doc
+    assert TS_RE.match(doc["p"]["timestamp"]), doc
+    assert ws.close_code() == 4401, ws.events
+    ws.abort()
+
+
+def check_server_ready(raw, sub):
+    doc = json.loads(raw)
+    assert list(doc) == ["c", "id", "p", "seq", "t", "ts", "v"], doc
+    assert doc["c"] == "WSE" and doc["t"] == "server_ready" and doc["seq"] == 1 and doc["v"] == 1, doc
+    assert UUID7_RE.match(doc["id"]), doc["id"]
+    assert TS_RE.match(doc["ts"]), doc["ts"]
+    p = doc["p"]
+    assert list(p) == ["details", "message"] and p["message"] == "Connection established", p
+    d = p["details"]
+    assert list(d) == ["connection_id", "features", "server_time", "user_id"], d
+    assert UUID7_RE.match(d["connection_id"]) and d["connection_id"] != doc["id"], d
+    assert TS_RE.match(d["server_time"]), d
+    assert d["user_id"] == sub, d
+    assert list(d["features"]) == FEATURES and all(v is False for v in d["features"].values()), d
+    # Stamped at send time (wall clock): within a minute of ours.
+    ts = time.mktime(time.strptime(doc["ts"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+    assert abs(ts - time.time()) < 60, doc["ts"]
+    return doc
+
+
+def test_wse_server_ready_from_cookie():
+    with wse() as srv:
+        ws = connect(srv, token("alice"))
+        first = next_text(ws, 1)
+        check_server_ready(first, "alice")
+        ws.finish()
+        # A user id needing JSON escaping survives the trip.
+        ws = connect(srv, token('bob "the" \\ builder\u00e9'))
+        check_server_ready(next_text(ws, 1), 'bob "the" \\ builder\u00e9')
+        ws.finish()
+
+
+def test_wse_ping_pong():
+    with wse() as srv:
+        ws = connect(srv, token())
+        next_text(ws, 1)
+        ws.send_frame(OP_TEXT, b'{"c":"WSE","t":"ping","p":{"timestamp":123},"v":1}')
+        raw = next_text(ws, 2)
+        assert raw.startswith(b'{"c":"WSE","t":"PONG"'), raw
+        p = json.loads(raw)["p"]
+        assert p["client_timestamp"] == 123 and abs(p["server_timestamp"] / 1000 - time.time()) < 60, p
+        ws.send_frame(OP_TEXT, b'{"p":{"client_timestamp":5},"t":"ping"}')
+        raw = next_text(ws, 3)
+        assert raw.startswith(b'{"c":"WSE","t":"PONG"') and json.loads(raw)["p"]["client_timestamp"] == 5, raw
+        # Legacy prefix, and pongs are consumed (no reply), then one more ping answers.
+        ws.send_frame(OP_TEXT, b'WSE{"t":"pong","p":{}}')
+        ws.send_frame(OP_TEXT, b'{"t":"PONG","p":{}}')
+        ws.send_frame(OP_TEXT, b'WSE{"t":"ping","p":{"timestamp":7}}')
+        raw = next_text(ws, 4)
+        assert json.loads(raw)["p"]["client_timestamp"] == 7, raw
+        time.sleep(0.1)
+        assert len(ws.messages()) == 4, ws.messages()
+        ws.finish()
+
+
+def test_wse_client_hello_server_hello():
+    with wse("--max-message-size", "64KiB") as srv:
+        ws = connect(srv, token())
+        ready = json.loads(next_text(ws, 1))
+        ws.send_frame(OP_TEXT, b'{"c":"WSE","t":"client_hello","p":{"client_version":"t/1","protocol_version":3},"v":1}')
+        doc = json.loads(next_text(ws, 2))
+        assert list(doc) == ["c", "p", "t", "v"] and doc["t"] == "server_hello" and doc["c"] == "WSE", doc
+        p = doc["p"]
+        assert list(p) == ["connection_id", "features", "limits", "ping_interval", "protocol_version",
+                           "server_time", "server_version"], p
+        assert p["connection_id"] == ready["p"]["details"]["connection_id"], (p, ready)
+        assert p["ping_interval"] == 25000 and p["protocol_version"] == 2, p
+        assert p["limits"]["max_message_size"] == 65536, p
+        assert list(p["features"]) == FEATURES and TS_RE.match(p["server_time"]), p
+        ws.send_frame(OP_TEXT, b'{"t":"client_hello","p":{"protocol_version":1}}')
+        assert json.loads(next_text(ws, 3))["p"]["protocol_version"] == 1
+        ws.finish()
+
+
+def test_wse_invalid_message_keeps_connection():
+    with wse() as srv:
+        ws = connect(srv, token())
+        next_text(ws, 1)
+        ws.send_frame(OP_TEXT, b'{"t":')
+        raw = next_text(ws, 2)
+        doc = json.loads(raw)
+        assert doc["t"] == "error" and doc["p"]["code"] == "INVALID_MESSAGE" and doc["c"] == "WSE", doc
+        ws.send_frame(H.OP_BINARY, b"M:\x80")   # binary: dropped for now
+        ws.send_frame(OP_TEXT, b'{"t":"ping","p":{"timestamp":9}}')
+        assert json.loads(next_text(ws, 3))["t"] == "PONG"
+        ws.finish()
+
+
+def test_wse_auth_refusals():
+    with wse() as srv:
+        expect_refused(connect(srv, None), "AUTH_REQUIRED")
+        expect_refused(connect(srv, token(ttl=-3600)), "AUTH_FAILED")              # expired
+        expect_refused(connect(srv, token(secret="another-secret-that-is-32-bytes-long!")), "AUTH_FAILED")
+        expect_refused(connect(srv, "null"), "AUTH_REQUIRED")                      # placeholder
+        # Query tokens are refused unless allowed.
+        expect_refused(connect(srv, token(), how="query"), "AUTH_REQUIRED")
+        ws = connect(srv, token("carol"), how="bearer")
+        check_server_ready(next_text(ws, 1), "carol")
+        ws.finish()
+        # The server is still fine afterwards.
+        ws = connect(srv, token("dave"))
+        check_server_ready(next_text(ws, 1), "dave")
+        ws.finish()
+
+
+def test_wse_auth_pipelined_frames_after_refusal():
+    """Frames sent right behind a refused upgrade request are ignored; the server survives."""
+    with wse() as srv:
+        s = H.connect(srv.port)
+        req, _ = H.handshake_request(srv.port, path="/wse")
+        s.sendall(req + H.frame(OP_TEXT, b'{"t":"ping","p":{"timestamp":1}}'))
+        data, eof = H.recv_until_eof(s, 5)
+        s.close()
+        assert eof, data
+        assert b"101" in data.split(b"\r\n")[0] and b"AUTH_REQUIRED" in data and b"PONG" not in data, data
+        ws = connect(srv, token())
+        check_server_ready(next_text(ws, 1), "alice")
+        ws.finish()
+
+
+def test_wse_query_token_allowed():
+    with wse("--allow-query-token") as srv:
+        ws = connect(srv, token("erin"), how="query")
+        check_server_ready(next_text(ws, 1), "erin")
+        ws.finish()
+
+
+def test_wse_issuer_audience():
+    with wse("--jwt-issuer", "me", "--jwt-audience", "app") as srv:
+        expect_refused(connect(srv, token()), "AUTH_FAILED")
+        expect_refused(connect(srv, token(iss="me", aud="other")), "AUTH_FAILED")
+        ws = connect(srv, token("frank", iss="me", aud="app"))
+        check_server_ready(next_text(ws, 1), "frank")
+        ws.finish()
+
+
+def test_wse_inbound_echo():
+    with wse("--inbound", "echo") as srv:
+        ws = connect(srv, token())
+        next_text(ws, 1)
+        ws.send_frame(OP_TEXT, b'{"t":"chat","p":{"text":"hi","n":[1,2]},"v":1}')
+        doc = json.loads(next_text(ws, 2))
+        assert doc["t"] == "chat" and doc["c"] == "U" and doc["p"] == {"text": "hi", "n": [1, 2]}, doc
+        assert doc["seq"] == 2 and UUID7_RE.match(doc["id"]) and TS_RE.match(doc["ts"]), doc
+        ws.finish()
+    with wse() as srv:   # default: drop
+        ws = connect(srv, token())
+        next_text(ws, 1)
+        ws.send_frame(OP_TEXT, b'{"t":"chat","p":{"text":"hi"}}')
+        ws.send_frame(OP_TEXT, b'{"t":"ping","p":{"timestamp":1}}')
+        assert json.loads(next_text(ws, 2))["t"] == "PONG", ws.messages()
+        ws.finish()
+
+
+def test_wse_insecure_no_auth():
+    srv = H.wsed_server(BIN, "--mode", "wse", "--insecure-no-auth", "--workers", "1",
+                        env={"WSED_JWT_SECRET": ""})
+    srv.start()
+    try:
+        assert "mode wse" in srv.first_line, srv.first_line
+        ws = connect(srv, None)
+        check_server_ready(next_text(ws, 1), "anonymous")
+        ws.finish()
+    finally:
+        assert srv.stop(timeout=15) == 0
+
+
+def test_wse_startup_checks():
+    rc, out, err = H.run_cmd([BIN, "--mode", "wse", "--port", "0"], env={"WSED_JWT_SECRET": ""})
+    assert rc == 2 and err.count("\n") == 1 and "secret" in err, (rc, err)
+    rc, out, err = H.run_cmd([BIN, "--mode", "wse", "--port", "0"], env={"WSED_JWT_SECRET": "short"})
+    assert rc == 2 and err.count("\n") == 1 and "secret_too_short" in err, (rc, err)
+    rc, out, err = H.run_cmd([BIN, "--mode", "wse", "--port", "0", "--jwt-secret-file", "/nonexistent/x"],
+                             env={"WSED_JWT_SECRET": SECRET})
+    assert rc == 2 and err.count("\n") == 1, (rc, err)
+    rc, out, err = H.run_cmd([BIN, "--mode", "wse", "--jwt-alg", "none"], env={"WSED_JWT_SECRET": SECRET})
+    assert rc == 2, (rc, err)
+
+
+def test_wse_gen_token_verifies_with_pyjwt():
+    rc, out, err = H.run_cmd([BIN, "gen-token", "--sub", "grace", "--ttl", "1h"], env={"WSED_JWT_SECRET": SECRET})
+    assert rc == 0, err
+    tok = out.strip()
+    claims = jwt.decode(tok, SECRET, algorithms=["HS256"])
+    assert claims["sub"] == "grace" and claims["exp"] - claims["iat"] == 3600, claims
+    assert abs(claims["iat"] - time.time()) < 60, claims
+    assert jwt.get_unverified_header(tok)["alg"] == "HS256"
+    rc, out, err = H.run_cmd([BIN, "gen-token", "--sub", "h", "--ttl", "10m", "--jwt-issuer", "me",
+                              "--jwt-audience", "app"], env={"WSED_JWT_SECRET": SECRET})
+    claims = jwt.decode(out.strip(), SECRET, algorithms=["HS256"], audience="app", issuer="me")
+    assert claims["exp"] - claims["iat"] == 600, claims
+    rc, out, err = H.run_cmd([BIN, "gen-token", "--ttl", "1h"], env={"WSED_JWT_SECRET": SECRET})
+    assert rc == 2 and not out, (rc, out, err)
+    rc, out, err = H.run_cmd([BIN, "gen-token", "--sub", "x"], env={"WSED_JWT_SECRET": ""})
+    assert rc == 2 and not out, (rc, out, err)
+
+
+def test_wse_gen_token_accepted_by_server():
+    rc, out, _ = H.run_cmd([BIN, "gen-token", "--sub", "ivy"], env={"WSED_JWT_SECRET": SECRET})
+    assert rc == 0
+    with wse() as srv:
+        ws = connect(srv, out.strip(), how="bearer")
+        check_server_ready(next_text(ws, 1), "ivy")
+        ws.finish()
