@@ -1,4 +1,4 @@
-"""wse-bench integration tests: the load generator against the real wsed (echo mode, raw protocol).
+"""wse-bench integration tests: the load generator against the real wsed (echo mode with the raw protocol, WSE mode with the wse protocol).
 
 Run with tests/integration/run_tests.py -k wse_bench (under /usr/bin/python3; PyJWT from Debian's
 python3-jwt checks the minted tokens independently). The wse-bench binary is found next to the wsed
@@ -33,14 +33,20 @@ def run_bench(*args, timeout=60):
         err.decode("utf-8", "replace") if isinstance(err, bytes) else err
 
 
-def scenario(name, *extra):
-    """Run one scenario in raw mode against wsed --mode echo; return (markdown, the test's JSON)."""
-    srv = H.wsed_server(BIN, "--mode", "echo", "--workers", "1")
+def scenario(name, *extra, protocol="raw"):
+    """Run one scenario against wsed (raw: --mode echo; wse: --mode wse with the bench's JWT
+    secret, issuer and audience); return (markdown, the test's JSON)."""
+    if protocol == "raw":
+        srv = H.wsed_server(BIN, "--mode", "echo", "--workers", "1")
+    else:
+        srv = H.wsed_server(BIN, "--mode", "wse", "--workers", "1", "--jwt-issuer", "wse-bench",
+                            "--jwt-audience", "wse-bench", env={"WSED_JWT_SECRET": SECRET})
     srv.start()
     try:
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "out.json")
-            rc, out, err = run_bench("--protocol", "raw", "--port", srv.port, "--test", name,
+            auth = ["--secret", SECRET] if protocol == "wse" else []
+            rc, out, err = run_bench("--protocol", protocol, "--port", srv.port, "--test", name, *auth,
                                      "--tiers", "100", "--duration", "1", "--threads", "2",
                                      "--server-pid", srv.proc.pid, "--json", path, *extra)
             assert rc == 0, "wse-bench %s exited %s\nstdout: %s\nstderr: %s" % (name, rc, out[-3000:], err[-2000:])
@@ -102,6 +108,19 @@ def test_wse_bench_ping_latency():
     row = t["rows"][0]
     assert row["pings"] == 2000, row
     assert row["latency_ms"]["p50"] > 0 and row["latency_ms"]["max"] >= row["latency_ms"]["p99"], row
+
+
+@limit(60)
+def test_wse_bench_wse_protocol_against_wsed_wse_mode():
+    """The WSE handshake end to end: JWT cookie accepted, server_ready awaited, client_hello sent;
+    app pings answered with PONG by wsed --mode wse; inbound messages counted as sent."""
+    _, t = scenario("connection-storm", protocol="wse")
+    assert t["rows"][0]["handshake_ms"]["samples"] == 100, t["rows"][0]
+    _, t = scenario("ping-latency", "--pings", "10", protocol="wse")
+    row = t["rows"][0]
+    assert row["pings"] == 1000 and row["latency_ms"]["p50"] > 0, row
+    _, t = scenario("throughput", protocol="wse")
+    assert t["rows"][0]["sent_msg_per_s"] > 0, t["rows"][0]
 
 
 @limit(60)
