@@ -62,14 +62,15 @@ def run_checked(cmd, timeout_s, **kwargs):
     return subprocess.run(cmd, check=True, timeout=timeout_s, stdout=sys.stderr, **kwargs)
 
 
-def start_server(name, cmd, cpu, timeout_s=10.0, cwd=REPO):
+def start_server(name, cmd, cpu, timeout_s=10.0, cwd=REPO, env=None):
     """Starts cmd pinned to `cpu` (taskset); waits for a `ws://HOST:PORT` line on its output.
     Returns (Popen, port) or raises RuntimeError. Output goes to an unlinked file, never a pipe
     nobody reads (a full or closed pipe stalls or kills the server)."""
     full = ["taskset", "-c", str(cpu)] + cmd
     log("+ " + " ".join(full))
     log_file = tempfile.NamedTemporaryFile(prefix=f"wsed-perf-{name}-", suffix=".log", delete=False)
-    proc = subprocess.Popen(full, stdout=log_file, stderr=subprocess.STDOUT, cwd=cwd)
+    proc = subprocess.Popen(full, stdout=log_file, stderr=subprocess.STDOUT, cwd=cwd,
+                            env=dict(os.environ, **env) if env else None)
     log_file.close()
     STARTED.append(proc)
     port = None

@@ -152,8 +152,9 @@ def temp_json():
 def server_cmd(name, args, workers=1):
     if name == "wsed":
         mode = "echo" if args.protocol == "raw" else args.protocol
+        auth = ["--jwt-issuer", "wse-bench", "--jwt-audience", "wse-bench"] if mode == "wse" else []
         return [os.path.join(args.build_dir, "engine", "wsed"), "--host", "127.0.0.1", "--port", "0",
-                "--mode", mode, "--workers", str(workers)] + shlex.split(args.wsed_args)
+                "--mode", mode, "--workers", str(workers)] + auth + shlex.split(args.wsed_args)
     if name == "node":
         return ["node", os.path.join(benchlib.PEERS, "node", "echo_server.js"), "--port", "0"]
     if name == "go":
@@ -161,10 +162,16 @@ def server_cmd(name, args, workers=1):
     raise ValueError(name)
 
 
+# WSE mode: wsed verifies the JWTs wse-bench mints from its default secret (a benchmark key,
+# not a secret: it is in wse-bench's --help). Passed through the environment, never argv.
+BENCH_SECRET = "bench-secret-key-for-testing-only"
+
+
 def start(name, args, workers=1):
     cmd = server_cmd(name, args, workers)
-    note(["taskset", "-c", str(SERVER_CPU)] + cmd)
-    return benchlib.start_server(name, cmd, SERVER_CPU)
+    env = {"WSED_JWT_SECRET": BENCH_SECRET} if name == "wsed" and args.protocol == "wse" else None
+    note((["WSED_JWT_SECRET=..."] if env else []) + ["taskset", "-c", str(SERVER_CPU)] + cmd)
+    return benchlib.start_server(name, cmd, SERVER_CPU, env=env)
 
 
 # ---- JSON -> markdown -----------------------------------------------------------------------
