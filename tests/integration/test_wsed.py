@@ -671,31 +671,36 @@ def test_idle_timeout_closes_4408():
         assert v and v >= 1, "wsed_connections_closed_total{reason=idle_timeout} = %s" % v
 
 
+def flood_without_reading(srv, payload_bytes):
+    """Upgrades a socket with a tiny receive buffer that never reads, then sends binary messages
+    (echoed back into that buffer) until wsed counts a slow_consumer close or the socket fails,
+    for at most 10 s. Returns (socket, True if the client was cut)."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+    s.settimeout(5)
+    s.connect((H.HOST, srv.port))
+    req, _ = H.handshake_request(srv.port)
+    s.sendall(req)
+    time.sleep(0.2)
+    s.setblocking(False)
+    msg = frame(OP_BINARY, b"s" * payload_bytes)
+    end = time.monotonic() + 10
+    while time.monotonic() < end:
+        try:
+            s.send(msg)
+        except BlockingIOError:
+            time.sleep(0.01)
+        except OSError:
+            return s, True
+        if metric(srv.port, "wsed_connections_closed_total", reason="slow_consumer", shard="total"):
+            return s, True
+    return s, False
+
+
 @limit(40)
 def test_slow_consumer_closed_4509():
     with wsed("--mode", "echo", "--max-outbound-bytes", "256KiB", "--max-message-size", "1MiB") as srv:
-        s = socket.socket()
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
-        s.settimeout(5)
-        s.connect((H.HOST, srv.port))
-        req, _ = H.handshake_request(srv.port)
-        s.sendall(req)
-        time.sleep(0.2)
-        s.setblocking(False)
-        msg = frame(OP_BINARY, b"s" * 512 * 1024)
-        end = time.monotonic() + 10
-        cut = False
-        while time.monotonic() < end:
-            try:
-                s.send(msg)
-            except BlockingIOError:
-                time.sleep(0.01)
-            except OSError:
-                cut = True
-                break
-            if metric(srv.port, "wsed_connections_closed_total", reason="slow_consumer", shard="total"):
-                cut = True
-                break
+        s, cut = flood_without_reading(srv, 512 * 1024)
         s.close()
         v = wait_until(lambda: metric(srv.port, "wsed_connections_closed_total", reason="slow_consumer",
                                       shard="total"), 3)
@@ -710,25 +715,7 @@ def test_slow_consumer_that_stays_connected_frees_its_slot():
     connection is still open on the client's side."""
     with wsed("--mode", "echo", "--workers", "1", "--max-outbound-bytes", "256KiB",
               "--linger-timeout", "500ms") as srv:
-        s = socket.socket()
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
-        s.settimeout(5)
-        s.connect((H.HOST, srv.port))
-        req, _ = H.handshake_request(srv.port)
-        s.sendall(req)
-        time.sleep(0.2)
-        s.setblocking(False)
-        msg = frame(OP_BINARY, b"q" * 256 * 1024)
-        end = time.monotonic() + 10
-        while time.monotonic() < end:
-            try:
-                s.send(msg)
-            except BlockingIOError:
-                time.sleep(0.01)
-            except OSError:
-                break
-            if metric(srv.port, "wsed_connections_closed_total", reason="slow_consumer", shard="total"):
-                break
+        s, _ = flood_without_reading(srv, 256 * 1024)
         try:
             assert metric(srv.port, "wsed_connections_closed_total", reason="slow_consumer",
                           shard="total") == 1, "the client was not cut as a slow consumer"
