@@ -43,7 +43,8 @@ struct server_config {
   bool allow_query_token = false;  // accept ?token=... (URLs end up in logs)
   uint32_t jwt_leeway_ms = 30000;  // exp/nbf leeway
   inbound_policy inbound = inbound_policy::drop;
-  bool insecure_no_auth = false;  // every connection is user "anonymous"
+  bool insecure_no_auth = false;      // every connection is user "anonymous"
+  uint32_t ping_interval_ms = 25000;  // WSE mode: server ping to every connection (0: never)
 };
 
 }  // namespace wsed::engine

@@ -163,6 +163,8 @@ flags_result parse_flags(int argc, char** argv) {
                  "to the sender)")
       ->check(CLI::IsMember({"drop", "echo"}))
       ->capture_default_str();
+  add_parsed(app, "--ping-interval", c.ping_interval_ms, parse_duration_ms,
+             "WSE mode: the server pings every connection this often (0: never)", 1, "25s");
   app.add_flag("--insecure-no-auth", c.insecure_no_auth,
                "WSE mode: no JWT; every connection is user \"anonymous\" (testing only)");
 

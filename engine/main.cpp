@@ -129,6 +129,7 @@ int main(int argc, char** argv) {
     o.inbound = c.inbound;
     o.message_bytes_max = c.message_bytes_max;
     o.shards = c.workers;
+    o.ping_interval_ms = c.ping_interval_ms;
     if (!c.insecure_no_auth) {
       auto secret = load_secret(c.jwt_secret_file, c.jwt_secret_env);
       if (!secret) return 2;

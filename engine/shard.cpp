@@ -921,6 +921,7 @@ void shard::on_timer() {
   expire(timer_list::handshake);
   expire(timer_list::idle);
   expire(timer_list::linger);
+  app_.on_tick(*this, now_ms_);
 }
 
 void shard::on_wake() {

@@ -50,6 +50,9 @@ class app_handler {
   virtual void on_message(shard& s, conn_ref c, proto::ws_opcode opcode,
                           std::span<const uint8_t> payload) = 0;
   virtual void on_close(shard&, conn_ref) {}
+  // Every timer tick of the shard (100 ms), with the shard's loop clock; for periodic work
+  // such as server pings. Must stay cheap: it runs inside the loop pass.
+  virtual void on_tick(shard&, uint64_t /*now_ms*/) {}
 };
 
 enum class send_status : uint8_t { queued, backpressure, dropped };

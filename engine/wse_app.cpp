@@ -221,6 +221,24 @@ void wse_app::on_text(shard& s, conn_ref c, per_shard& p, conn_state& st, std::s
   send_text(s, c, p.scratch);
 }
 
+// Every --ping-interval, one server ping to each authenticated connection of this shard: the
+// frame text is built once per pass (the same server_time for all).
+void wse_app::on_tick(shard& s, uint64_t now_ms) {
+  if (opt_.ping_interval_ms == 0) return;
+  per_shard& p = part(s);
+  if (p.next_ping_ms == 0) p.next_ping_ms = now_ms + opt_.ping_interval_ms;
+  if (now_ms < p.next_ping_ms) return;
+  p.next_ping_ms = now_ms + opt_.ping_interval_ms;
+  p.scratch.clear();
+  proto::wse_build_server_ping(p.scratch, wall_ms());
+  for (uint32_t slot = 0; slot < p.conns.size(); ++slot) {
+    const conn_state& st = p.conns[slot];
+    if (!st.live || !st.authenticated) continue;
+    send_text(s, conn_ref{slot, st.generation}, p.scratch);
+    ++p.counts.server_pings;
+  }
+}
+
 void wse_app::on_close(shard& s, conn_ref c) {
   per_shard& p = part(s);
   if (conn_state* st = state_of(p, c)) {

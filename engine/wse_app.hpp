@@ -32,6 +32,7 @@ struct wse_app_options {
   inbound_policy inbound = inbound_policy::drop;
   uint64_t message_bytes_max = 1u << 20;  // announced in server_hello limits
   uint32_t shards = 1;                    // the server's worker count (resolved, not 0)
+  uint32_t ping_interval_ms = 25000;      // server ping to every connection (0: never)
 };
 
 // What happened, summed over one shard (read by that shard's thread only, or after join()).
@@ -42,6 +43,7 @@ struct wse_counts {
   uint64_t pings = 0;
   uint64_t pongs = 0;
   uint64_t hellos = 0;
+  uint64_t server_pings = 0;  // server pings sent (one per connection per --ping-interval)
   uint64_t app_dropped = 0;
   uint64_t app_echoed = 0;
   uint64_t invalid = 0;         // text messages that are not a WSE envelope
@@ -59,6 +61,7 @@ class wse_app final : public app_handler {
   void on_message(shard& s, conn_ref c, proto::ws_opcode opcode,
                   std::span<const uint8_t> payload) override;
   void on_close(shard& s, conn_ref c) override;
+  void on_tick(shard& s, uint64_t now_ms) override;
 
   // Sum over every shard: only once the shards have stopped (server::join()).
   wse_counts totals() const;
@@ -78,6 +81,7 @@ class wse_app final : public app_handler {
     std::mt19937_64 rng;
     std::vector<conn_state> conns;
     wse_counts counts;
+    uint64_t next_ping_ms = 0;  // shard loop clock; 0: not scheduled yet
     per_shard();
   };
 

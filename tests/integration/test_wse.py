@@ -140,6 +140,29 @@ def test_wse_ping_pong():
         ws.finish()
 
 
+def test_wse_server_ping_every_interval():
+    """--ping-interval 1s: every authenticated connection gets {"c":"WSE","t":"ping",
+    "p":{"server_time":...}} about once a second; a refused one gets none."""
+    with wse("--ping-interval", "1s") as srv:
+        ws = connect(srv, token())
+        next_text(ws, 1)
+        t0 = time.monotonic()
+        raw = next_text(ws, 2, timeout=4)
+        assert time.monotonic() - t0 < 3, "first server ping after %.1f s" % (time.monotonic() - t0)
+        doc = json.loads(raw)
+        assert raw.startswith(b'{"c":"WSE","t":"ping"'), raw
+        assert doc["t"] == "ping" and list(doc["p"]) == ["server_time"] and TS_RE.match(doc["p"]["server_time"]), doc
+        raw = next_text(ws, 3, timeout=4)
+        assert json.loads(raw)["t"] == "ping", raw
+        ws.finish()
+    with wse("--ping-interval", "0") as srv:
+        ws = connect(srv, token())
+        next_text(ws, 1)
+        time.sleep(1.5)
+        assert len(ws.messages()) == 1, ws.messages()
+        ws.finish()
+
+
 def test_wse_client_hello_server_hello():
     with wse("--max-message-size", "64KiB") as srv:
         ws = connect(srv, token())
