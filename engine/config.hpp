@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace wsed::engine {
 
@@ -40,6 +41,9 @@ struct server_config {
   std::string jwt_issuer;         // empty: iss not checked
   std::string jwt_audience;       // empty: aud not checked
   std::string jwt_cookie = "access_token";
+  // Browsers send Origin; when this list is not empty, an upgrade whose Origin is not in it gets
+  // 403 (requests without Origin, i.e. non-browser clients, pass). Exact, case-insensitive.
+  std::vector<std::string> allowed_origins;
   bool allow_query_token = false;  // accept ?token=... (URLs end up in logs)
   uint32_t jwt_leeway_ms = 30000;  // exp/nbf leeway
   inbound_policy inbound = inbound_policy::drop;

@@ -151,6 +151,10 @@ flags_result parse_flags(int argc, char** argv) {
   app.add_option("--jwt-issuer", c.jwt_issuer, "WSE mode: required iss claim (default: unchecked)");
   app.add_option("--jwt-audience", c.jwt_audience,
                  "WSE mode: required aud claim (default: unchecked)");
+  app.add_option("--allowed-origins", c.allowed_origins,
+                 "Origins allowed to upgrade, comma-separated (e.g. https://app.example.com); an "
+                 "Origin header not in the list gets 403. Default: any")
+      ->delimiter(',');
   app.add_option("--jwt-cookie", c.jwt_cookie, "WSE mode: cookie carrying the token")
       ->capture_default_str();
   app.add_flag("--allow-query-token", c.allow_query_token,

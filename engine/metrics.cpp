@@ -10,7 +10,7 @@ namespace wsed::engine {
 
 const char* name_of(reject_reason r) {
   static constexpr const char* names[] = {"max_connections", "pending_handshakes", "bad_request",
-                                          "version", "header_too_large"};
+                                          "version",         "header_too_large",   "origin"};
   static_assert(std::size(names) == size_t(reject_reason::count_));
   return names[size_t(r)];
 }

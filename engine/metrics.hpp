@@ -19,6 +19,7 @@ enum class reject_reason : uint8_t {
   bad_request,
   version,
   header_too_large,
+  origin,  // Origin header present and not in --allowed-origins
   count_
 };
 

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -477,6 +478,10 @@ void shard::on_handshake_bytes(connection& c, uint32_t slot, std::span<uint8_t> 
   const proto::http_request& req = http_parser_.request();
   switch (proto::check_upgrade(req)) {
     case proto::upgrade_verdict::ok:
+      if (!origin_allowed(req.header("Origin"))) {
+        reject(c, slot, reject_reason::origin, 403);
+        return;
+      }
       upgrade(c, slot, req, http_parser_.consumed());
       return;
     case proto::upgrade_verdict::not_websocket:
@@ -489,6 +494,19 @@ void shard::on_handshake_bytes(connection& c, uint32_t slot, std::span<uint8_t> 
       reject(c, slot, reject_reason::bad_request, 400);
       return;
   }
+}
+
+bool shard::origin_allowed(std::string_view origin) const {
+  if (cfg_.allowed_origins.empty() || origin.empty()) return true;
+  for (const std::string& allowed : cfg_.allowed_origins) {
+    if (allowed.size() != origin.size()) continue;
+    bool same = true;
+    for (size_t i = 0; i < origin.size() && same; ++i)
+      same = std::tolower(static_cast<unsigned char>(origin[i])) ==
+             std::tolower(static_cast<unsigned char>(allowed[i]));
+    if (same) return true;
+  }
+  return false;
 }
 
 void shard::serve_http(connection& c, uint32_t slot, const proto::http_request& req) {

@@ -148,6 +148,7 @@ class shard {
   size_t parse_frames(connection& c, uint32_t slot, std::span<uint8_t> data);
   bool on_data_event(connection& c, uint32_t slot, const proto::ws_event& ev);
   void serve_http(connection& c, uint32_t slot, const proto::http_request& req);
+  bool origin_allowed(std::string_view origin) const;
   void upgrade(connection& c, uint32_t slot, const proto::http_request& req, size_t consumed);
 
   // Sending and closing.

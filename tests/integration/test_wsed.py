@@ -225,6 +225,39 @@ def expect_status(port, req, status, what):
     return headers, hlist, body
 
 
+def upgrade_status(port, req):
+    """Sends an upgrade request and returns the status code of the response head (without
+    waiting for the server to close: a 101 keeps the connection open)."""
+    s = socket.create_connection((H.HOST, port), timeout=5)
+    try:
+        s.sendall(req)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+        return int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/1.1 ") else None
+    finally:
+        s.close()
+
+
+@limit(30)
+def test_allowed_origins_403():
+    """--allowed-origins: an Origin outside the list gets 403 before the upgrade (counted as
+    rejected reason=origin); listed origins (any case) and requests without Origin upgrade."""
+    with wsed("--mode", "echo", "--allowed-origins", "http://ok.example,https://app.example") as srv:
+        port = srv.port
+        expect_status(port, upgrade_request(extra="Origin: http://evil.example\r\n"), 403, "foreign Origin")
+        assert upgrade_status(port, upgrade_request(extra="Origin: HTTPS://APP.EXAMPLE\r\n")) == 101
+        assert upgrade_status(port, upgrade_request(extra="Origin: http://ok.example\r\n")) == 101
+        assert upgrade_status(port, upgrade_request()) == 101
+        v = metric(port, "wsed_connections_rejected_total", reason="origin", shard="total")
+        assert v == 1, "wsed_connections_rejected_total{reason=origin} = %s" % v
+    with wsed("--mode", "echo") as srv:  # no list: any Origin upgrades
+        assert upgrade_status(srv.port, upgrade_request(extra="Origin: http://evil.example\r\n")) == 101
+
+
 @limit(40)
 def test_handshake_errors_and_http_endpoints():
     with wsed("--mode", "echo") as srv:
