@@ -119,8 +119,11 @@ def test_wse_bench_wse_protocol_against_wsed_wse_mode():
     _, t = scenario("ping-latency", "--pings", "10", protocol="wse")
     row = t["rows"][0]
     assert row["pings"] == 1000 and row["latency_ms"]["p50"] > 0, row
-    _, t = scenario("throughput", protocol="wse")
-    assert t["rows"][0]["sent_msg_per_s"] > 0, t["rows"][0]
+    if os.environ.get("WSED_SANITIZERS") != "1":
+        # Inbound throughput needs a server that keeps up for a one-second window; under
+        # ASan/UBSan wsed parses so slowly that the window can close before a batch completes.
+        _, t = scenario("throughput", protocol="wse")
+        assert t["rows"][0]["sent_msg_per_s"] > 0, t["rows"][0]
 
 
 @limit(60)
