@@ -248,25 +248,4 @@ void wse_app::on_close(shard& s, conn_ref c) {
   }
 }
 
-wse_counts wse_app::totals() const {
-  wse_counts t;
-  for (const auto& p : shards_) {
-    if (!p) continue;
-    const wse_counts& c = p->counts;
-    t.auth_ok += c.auth_ok;
-    t.auth_required += c.auth_required;
-    t.auth_failed += c.auth_failed;
-    t.pings += c.pings;
-    t.pongs += c.pongs;
-    t.hellos += c.hellos;
-    t.app_dropped += c.app_dropped;
-    t.app_echoed += c.app_echoed;
-    t.invalid += c.invalid;
-    t.binary_dropped += c.binary_dropped;
-    t.unsupported += c.unsupported;
-    t.before_auth += c.before_auth;
-  }
-  return t;
-}
-
 }  // namespace wsed::engine

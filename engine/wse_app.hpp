@@ -35,7 +35,8 @@ struct wse_app_options {
   uint32_t ping_interval_ms = 25000;      // server ping to every connection (0: never)
 };
 
-// What happened, summed over one shard (read by that shard's thread only, or after join()).
+// What happened on one shard (written and read by that shard's thread only; to become /metrics
+// families once they are relaxed atomics).
 struct wse_counts {
   uint64_t auth_ok = 0;
   uint64_t auth_required = 0;  // no token
@@ -62,9 +63,6 @@ class wse_app final : public app_handler {
                   std::span<const uint8_t> payload) override;
   void on_close(shard& s, conn_ref c) override;
   void on_tick(shard& s, uint64_t now_ms) override;
-
-  // Sum over every shard: only once the shards have stopped (server::join()).
-  wse_counts totals() const;
 
  private:
   struct conn_state {

@@ -95,12 +95,13 @@ inline cpu_seconds own_cpu_seconds() {
   return {seconds(usage.ru_utime), seconds(usage.ru_stime)};
 }
 
-// utime and stime (fields 14 and 15) of /proc/PID/stat: all threads of the process.
-inline std::optional<cpu_seconds> process_cpu_seconds(int pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+// utime and stime (fields 14 and 15) of a /proc stat file: /proc/PID/stat (all threads of
+// the process) or /proc/self/task/TID/stat (one thread).
+inline std::optional<cpu_seconds> stat_cpu_seconds(const std::string& path) {
+  std::ifstream in(path);
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   size_t paren = text.rfind(')');  // the command name may hold spaces and parentheses
-  if (paren == std::string::npos) return std::nullopt;
+  if (paren == std::string::npos || paren + 2 > text.size()) return std::nullopt;
   std::istringstream fields(text.substr(paren + 2));
   std::string field;
   // After ")": field 3 (state) is the first; utime is field 14, stime field 15.
@@ -111,6 +112,10 @@ inline std::optional<cpu_seconds> process_cpu_seconds(int pid) {
   }
   double ticks = static_cast<double>(sysconf(_SC_CLK_TCK));
   return cpu_seconds{static_cast<double>(utime) / ticks, static_cast<double>(stime) / ticks};
+}
+
+inline std::optional<cpu_seconds> process_cpu_seconds(int pid) {
+  return stat_cpu_seconds("/proc/" + std::to_string(pid) + "/stat");
 }
 
 struct process_memory {

@@ -53,18 +53,8 @@ totals take(const std::vector<std::unique_ptr<worker>>& workers, int server_pid)
 // CPU seconds (user + sys) of one thread of this process.
 double thread_cpu_s(int tid) {
   if (tid <= 0) return 0;
-  std::ifstream in("/proc/self/task/" + std::to_string(tid) + "/stat");
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  size_t paren = text.rfind(')');
-  if (paren == std::string::npos || paren + 2 > text.size()) return 0;
-  std::istringstream fields(text.substr(paren + 2));
-  std::string field;
-  unsigned long long utime = 0, stime = 0;
-  for (int number = 3; number <= 15 && fields >> field; ++number) {
-    if (number == 14) utime = std::stoull(field);
-    if (number == 15) stime = std::stoull(field);
-  }
-  return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+  auto cpu = tools::stat_cpu_seconds("/proc/self/task/" + std::to_string(tid) + "/stat");
+  return cpu ? cpu->user + cpu->sys : 0;
 }
 
 std::vector<double> threads_cpu_s(const std::vector<std::unique_ptr<worker>>& workers) {
