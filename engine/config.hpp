@@ -10,13 +10,13 @@
 namespace wsed::engine {
 
 enum class server_mode : uint8_t { echo, wse };
-enum class inbound_policy : uint8_t { drop, echo };  // WSE application messages from clients
+enum class inbound_policy : uint8_t { drop, log, echo };  // WSE application messages from clients
 
 struct server_config {
   std::string host = "127.0.0.1";
   uint16_t port = 5006;  // 0: any free port, shared by every shard
   uint32_t workers = 0;  // 0: one per online CPU
-  server_mode mode = server_mode::echo;
+  server_mode mode = server_mode::wse;
 
   uint32_t connections_max = 100000;      // whole process; beyond it HTTP 503
   uint32_t pending_handshakes_max = 512;  // whole process; beyond it HTTP 503
@@ -29,6 +29,10 @@ struct server_config {
   uint32_t shutdown_timeout_ms = 10000;          // SIGTERM: everything closed within this
   uint32_t linger_timeout_ms = 2000;             // after our close/response: wait this long for EOF
   uint32_t http_header_bytes_max = 8192;         // header block; over it: 431
+  // Concurrent connections from one client address (IPv4, or IPv6 /128), whole process; over it
+  // HTTP 429 before the upgrade. 0: no cap (the default: behind a proxy or NAT, many users share
+  // one address).
+  uint32_t connections_per_ip_max = 0;
 
   uint32_t recv_buffer_bytes = 16384;  // one provided receive buffer
   uint32_t recv_buffer_count = 512;    // provided receive buffers per shard (power of two)
@@ -37,9 +41,13 @@ struct server_config {
   // --mode wse. The secret itself is loaded by main (from a file or the environment, never argv).
   std::string jwt_secret_file;  // empty: read jwt_secret_env
   std::string jwt_secret_env = "WSED_JWT_SECRET";
-  std::string jwt_alg = "HS256";  // HS256 | HS384 | HS512
-  std::string jwt_issuer;         // empty: iss not checked
-  std::string jwt_audience;       // empty: aud not checked
+  std::string jwt_previous_secret_file;  // empty: read jwt_previous_secret_env (if set)
+  std::string jwt_previous_secret_env = "WSED_JWT_PREVIOUS_SECRET";
+  std::string jwt_public_key_file;  // RS256 / ES256: PEM public key
+  std::string jwt_alg = "HS256";    // HS256 | HS384 | HS512 | RS256 | ES256
+  std::string jwt_kid;              // empty: any kid (or none)
+  std::string jwt_issuer;           // empty: iss not checked
+  std::string jwt_audience;         // empty: aud not checked
   std::string jwt_cookie = "access_token";
   // Browsers send Origin; when this list is not empty, an upgrade whose Origin is not in it gets
   // 403 (requests without Origin, i.e. non-browser clients, pass). Exact, case-insensitive.
@@ -49,6 +57,13 @@ struct server_config {
   inbound_policy inbound = inbound_policy::drop;
   bool insecure_no_auth = false;      // every connection is user "anonymous"
   uint32_t ping_interval_ms = 25000;  // WSE mode: server ping to every connection (0: never)
+  // WSE mode: per-connection sends whose JSON is longer go out as "C:" + zlib (0: never).
+  uint32_t compression_threshold_bytes = 1024;
+  // WSE mode: token bucket on inbound data messages, per connection (rate 0: unlimited). Over
+  // it: the message is dropped with one RATE_LIMITED error per episode; more than `burst`
+  // drops in one episode: close 4429.
+  uint32_t inbound_rate = 10000;   // messages per second
+  uint32_t inbound_burst = 10000;  // bucket size (messages)
 };
 
 }  // namespace wsed::engine

@@ -94,10 +94,10 @@ flags_result parse_flags(int argc, char** argv) {
                  "Shards: threads, each with its own io_uring and "
                  "listener (default: one per online CPU)")
       ->check(CLI::Range(1u, 1024u));
-  std::string mode = "echo";
+  std::string mode = "wse";
   app.add_option("--mode", mode,
-                 "What the server does with messages: echo (each data message "
-                 "goes back to its sender with its opcode) or wse (the WSE protocol, JWT auth)")
+                 "What the server speaks: wse (the WSE protocol with JWT auth; needs a key, see "
+                 "--jwt-*) or echo (each data message goes back to its sender with its opcode)")
       ->check(CLI::IsMember({"echo", "wse"}))
       ->capture_default_str();
   app.add_option("--max-connections", c.connections_max,
@@ -145,9 +145,17 @@ flags_result parse_flags(int argc, char** argv) {
   app.add_option("--jwt-secret-env", c.jwt_secret_env,
                  "WSE mode: environment variable holding the secret when no file is given")
       ->capture_default_str();
-  app.add_option("--jwt-alg", c.jwt_alg, "WSE mode: JWT algorithm")
-      ->check(CLI::IsMember({"HS256", "HS384", "HS512"}))
+  app.add_option("--jwt-previous-secret-file", c.jwt_previous_secret_file,
+                 "WSE mode: file holding the previous HMAC secret, still accepted (rotation)");
+  app.add_option("--jwt-previous-secret-env", c.jwt_previous_secret_env,
+                 "WSE mode: environment variable holding the previous secret (read when set)")
       ->capture_default_str();
+  app.add_option("--jwt-public-key-file", c.jwt_public_key_file,
+                 "WSE mode: PEM public key for RS256 / ES256");
+  app.add_option("--jwt-alg", c.jwt_alg, "WSE mode: JWT algorithm (tokens must use exactly it)")
+      ->check(CLI::IsMember({"HS256", "HS384", "HS512", "RS256", "ES256"}))
+      ->capture_default_str();
+  app.add_option("--jwt-kid", c.jwt_kid, "WSE mode: required kid header (default: unchecked)");
   app.add_option("--jwt-issuer", c.jwt_issuer, "WSE mode: required iss claim (default: unchecked)");
   app.add_option("--jwt-audience", c.jwt_audience,
                  "WSE mode: required aud claim (default: unchecked)");
@@ -163,12 +171,26 @@ flags_result parse_flags(int argc, char** argv) {
              "WSE mode: clock leeway for exp and nbf", 1, "30s");
   std::string inbound = "drop";
   app.add_option("--inbound", inbound,
-                 "WSE mode: application messages from clients: drop (count them) or echo (back "
-                 "to the sender)")
-      ->check(CLI::IsMember({"drop", "echo"}))
+                 "WSE mode: application messages from clients: drop (count them), log (one JSON "
+                 "line each on stdout) or echo (back to the sender)")
+      ->check(CLI::IsMember({"drop", "log", "echo"}))
       ->capture_default_str();
   add_parsed(app, "--ping-interval", c.ping_interval_ms, parse_duration_ms,
              "WSE mode: the server pings every connection this often (0: never)", 1, "25s");
+  add_parsed(app, "--compression-threshold", c.compression_threshold_bytes, parse_size,
+             "WSE mode: per-connection sends whose JSON is longer go out as C: + zlib (0: never)",
+             1, "1024");
+  app.add_option("--inbound-rate", c.inbound_rate,
+                 "WSE mode: inbound messages per second per connection (token bucket; 0: "
+                 "unlimited); over it RATE_LIMITED, persisting: close 4429")
+      ->capture_default_str();
+  app.add_option("--inbound-burst", c.inbound_burst,
+                 "WSE mode: inbound messages a connection may send at once (bucket size)")
+      ->check(CLI::Range(1u, 100000000u))
+      ->capture_default_str();
+  app.add_option("--max-connections-per-ip", c.connections_per_ip_max,
+                 "Connections at once from one client address; beyond it HTTP 429 (0: no cap)")
+      ->capture_default_str();
   app.add_flag("--insecure-no-auth", c.insecure_no_auth,
                "WSE mode: no JWT; every connection is user \"anonymous\" (testing only)");
 
@@ -195,7 +217,9 @@ flags_result parse_flags(int argc, char** argv) {
     result.what = flags_result::action::exit_usage;
   }
   c.mode = mode == "wse" ? server_mode::wse : server_mode::echo;
-  c.inbound = inbound == "echo" ? inbound_policy::echo : inbound_policy::drop;
+  c.inbound = inbound == "echo"  ? inbound_policy::echo
+              : inbound == "log" ? inbound_policy::log
+                                 : inbound_policy::drop;
   return result;
 }
 

@@ -1,7 +1,7 @@
 // engine/main.cpp: the wsed binary: flags, then the server library (echo_app or wse_app), then
 // waiting for a signal; or `wsed gen-token`, which prints a JWT and exits. Main thread only;
 // loads the JWT secret (file or environment, never argv) before any shard starts.
-// SIGINT/SIGTERM/SIGPIPE are blocked in every thread and taken here with sigtimedwait, so no
+// SIGINT/SIGTERM/SIGPIPE/SIGHUP are blocked in every thread and taken here with sigtimedwait, so no
 // handler ever runs inside a shard.
 #include <signal.h>
 #include <time.h>
@@ -13,54 +13,113 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "auth/jwt.hpp"
 #include "auth/keys.hpp"
 #include "engine/flags.hpp"
 #include "engine/server.hpp"
 #include "engine/wse_app.hpp"
+#include "engine/wse_inbound.hpp"
 #include "proto/wse_builder.hpp"
 
 namespace {
 
 using namespace wsed;
 
-// The HMAC secret from the file when one is given, else from the environment variable. Prints
-// one line and returns nullopt when it cannot be read. Never prints the secret.
-std::optional<std::string> load_secret(const std::string& file, const std::string& env) {
+// The HMAC secret from the file when one is given, else from the environment variable. Fills
+// why with one line and returns nullopt when it cannot be read. Never prints the secret.
+std::optional<std::string> load_secret(const std::string& file, const std::string& env,
+                                       std::string& why) {
   if (!file.empty()) {
     auto r = auth::load_hmac_secret_file(file);
     if (!r) {
-      std::fprintf(stderr, "wsed: --jwt-secret-file %s: %s\n", file.c_str(),
-                   std::string(auth::name_of(r.error())).c_str());
+      why = "--jwt-secret-file " + file + ": " + std::string(auth::name_of(r.error()));
       return std::nullopt;
     }
     return std::move(*r);
   }
   auto r = auth::load_env(env.c_str());
   if (!r) {
-    std::fprintf(stderr,
-                 "wsed: no JWT secret: set %s or pass --jwt-secret-file (or --insecure-no-auth) "
-                 "(%s)\n",
-                 env.c_str(), std::string(auth::name_of(r.error())).c_str());
+    why = "no JWT secret: set " + env +
+          " or pass --jwt-secret-file (or --jwt-alg RS256/ES256 with --jwt-public-key-file, or "
+          "--insecure-no-auth) (" +
+          std::string(auth::name_of(r.error())) + ")";
     return std::nullopt;
   }
   return std::move(*r);
+}
+
+// Reads every key the configuration names (files, environment) and builds a verifier: at
+// startup and on SIGHUP. Fills why and returns nullptr on any failure.
+std::shared_ptr<const auth::verifier> build_verifier(const engine::server_config& c,
+                                                     std::string& why) {
+  auth::verifier_config vc;
+  vc.alg = *auth::parse_alg(c.jwt_alg);
+  bool hmac = vc.alg != auth::jwt_alg::rs256 && vc.alg != auth::jwt_alg::es256;
+  if (hmac) {
+    auto secret = load_secret(c.jwt_secret_file, c.jwt_secret_env, why);
+    if (!secret) return nullptr;
+    vc.hmac_secret = std::move(*secret);
+    if (!c.jwt_previous_secret_file.empty()) {
+      auto r = auth::load_hmac_secret_file(c.jwt_previous_secret_file);
+      if (!r) {
+        why = "--jwt-previous-secret-file " + c.jwt_previous_secret_file + ": " +
+              std::string(auth::name_of(r.error()));
+        return nullptr;
+      }
+      vc.hmac_secret_previous = std::move(*r);
+    } else if (auto r = auth::load_env(c.jwt_previous_secret_env.c_str())) {
+      vc.hmac_secret_previous = std::move(*r);  // optional: unset means no previous secret
+    }
+  } else {
+    if (c.jwt_public_key_file.empty()) {
+      why = "--jwt-alg " + c.jwt_alg + " needs --jwt-public-key-file (a PEM public key)";
+      return nullptr;
+    }
+    auto pem = auth::load_public_key_file(c.jwt_public_key_file);
+    if (!pem) {
+      why = "--jwt-public-key-file " + c.jwt_public_key_file + ": " +
+            std::string(auth::name_of(pem.error()));
+      return nullptr;
+    }
+    vc.public_key_pem = std::move(*pem);
+  }
+  vc.kid = c.jwt_kid;
+  vc.issuer = c.jwt_issuer;
+  vc.audience = c.jwt_audience;
+  vc.leeway_s = int64_t(c.jwt_leeway_ms / 1000);
+  auto v = auth::verifier::build(vc);
+  if (!v) {
+    why = "JWT verifier: " + std::string(auth::name_of(v.error()));
+    if (hmac)
+      why +=
+          " (HMAC secrets need at least " + std::to_string(auth::hmac_secret_bytes_min) + " bytes)";
+    return nullptr;
+  }
+  return std::move(*v);
 }
 
 // `wsed gen-token --sub USER --ttl 1h [--jwt-secret-file PATH | env]`: prints a token.
 int gen_token(int argc, char** argv) {
   CLI::App app{"wsed gen-token: print a JWT the server accepts (for testing)", "wsed gen-token"};
   std::string sub, ttl = "1h", secret_file, secret_env = "WSED_JWT_SECRET", alg_name = "HS256";
-  std::string issuer, audience;
+  std::string issuer, audience, private_key_file, kid;
+  std::vector<std::string> topics;
   app.add_option("--sub", sub, "The user id (sub claim)")->required();
   app.add_option("--ttl", ttl, "Lifetime (1h, 30m, 90s)")->capture_default_str();
   app.add_option("--jwt-secret-file", secret_file, "File holding the HMAC secret");
   app.add_option("--jwt-secret-env", secret_env, "Environment variable holding the secret")
       ->capture_default_str();
+  app.add_option("--jwt-private-key-file", private_key_file,
+                 "PEM private key for RS256 / ES256 (instead of a secret)");
   app.add_option("--jwt-alg", alg_name, "Algorithm")
-      ->check(CLI::IsMember({"HS256", "HS384", "HS512"}))
+      ->check(CLI::IsMember({"HS256", "HS384", "HS512", "RS256", "ES256"}))
       ->capture_default_str();
+  app.add_option("--jwt-kid", kid, "kid header");
+  app.add_option("--topics", topics,
+                 "wse_topics allow globs, comma-separated (default: no wse_topics claim)")
+      ->delimiter(',');
   app.add_option("--jwt-issuer", issuer, "iss claim");
   app.add_option("--jwt-audience", audience, "aud claim");
   try {
@@ -80,8 +139,29 @@ int gen_token(int argc, char** argv) {
     std::fprintf(stderr, "wsed gen-token: --ttl: invalid value '%s'\n", ttl.c_str());
     return 2;
   }
-  auto secret = load_secret(secret_file, secret_env);
-  if (!secret) return 2;
+  auth::jwt_alg alg = *auth::parse_alg(alg_name);
+  std::string key, why;
+  if (alg == auth::jwt_alg::rs256 || alg == auth::jwt_alg::es256) {
+    if (private_key_file.empty()) {
+      std::fprintf(stderr, "wsed gen-token: --jwt-alg %s needs --jwt-private-key-file\n",
+                   alg_name.c_str());
+      return 2;
+    }
+    auto pem = auth::load_hmac_secret_file(private_key_file);  // the file's bytes, as they are
+    if (!pem) {
+      std::fprintf(stderr, "wsed gen-token: --jwt-private-key-file %s: %s\n",
+                   private_key_file.c_str(), std::string(auth::name_of(pem.error())).c_str());
+      return 2;
+    }
+    key = std::move(*pem);
+  } else {
+    auto secret = load_secret(secret_file, secret_env, why);
+    if (!secret) {
+      std::fprintf(stderr, "wsed gen-token: %s\n", why.c_str());
+      return 2;
+    }
+    key = std::move(*secret);
+  }
   timespec now{};
   clock_gettime(CLOCK_REALTIME, &now);
   int64_t iat = now.tv_sec;
@@ -97,14 +177,41 @@ int gen_token(int argc, char** argv) {
     claims += ",\"aud\":";
     proto::wse_append_json_string(claims, audience);
   }
+  if (!topics.empty()) {
+    claims += ",\"wse_topics\":{\"allow\":[";
+    for (size_t i = 0; i < topics.size(); ++i) {
+      if (i) claims += ",";
+      proto::wse_append_json_string(claims, topics[i]);
+    }
+    claims += "]}";
+  }
   claims += "}";
-  auto token = auth::mint(*auth::parse_alg(alg_name), *secret, claims);
+  auto token = auth::mint(alg, key, claims, kid);
   if (!token) {
     std::fprintf(stderr, "wsed gen-token: %s\n", std::string(auth::name_of(token.error())).c_str());
     return 2;
   }
   std::printf("%s\n", token->c_str());
   return 0;
+}
+
+// SIGHUP: rebuild the verifier from the key files / environment and swap it in; open
+// connections are untouched. On failure the current keys stay.
+void reload_keys(const engine::server_config& c, engine::wse_app* wse) {
+  if (!wse || c.insecure_no_auth) {
+    std::fprintf(stderr, "wsed: SIGHUP: no JWT keys to reload in this mode\n");
+    return;
+  }
+  std::string why;
+  auto v = build_verifier(c, why);
+  wse->count_reload(v != nullptr);
+  if (!v) {
+    std::fprintf(stderr, "wsed: SIGHUP: reload failed: %s; keeping the current keys\n",
+                 why.c_str());
+    return;
+  }
+  wse->set_verifier(std::move(v));
+  std::fprintf(stderr, "wsed: SIGHUP: JWT keys reloaded\n");
 }
 
 }  // namespace
@@ -121,33 +228,32 @@ int main(int argc, char** argv) {
   }
 
   std::unique_ptr<app_handler> app;
-  if (flags.config.mode == server_mode::wse) {
-    const server_config& c = flags.config;
+  std::unique_ptr<wse_inbound> inbound;
+  wse_app* wse = nullptr;
+  const server_config& c = flags.config;
+  if (c.mode == server_mode::wse) {
     wse_app_options o;
     o.cookie_name = c.jwt_cookie;
     o.allow_query_token = c.allow_query_token;
-    o.inbound = c.inbound;
     o.message_bytes_max = c.message_bytes_max;
     o.shards = c.workers;
     o.ping_interval_ms = c.ping_interval_ms;
+    o.compression_threshold_bytes = c.compression_threshold_bytes;
+    o.inbound_rate = c.inbound_rate;
+    o.inbound_burst = c.inbound_burst;
     if (!c.insecure_no_auth) {
-      auto secret = load_secret(c.jwt_secret_file, c.jwt_secret_env);
-      if (!secret) return 2;
-      auth::verifier_config vc;
-      vc.alg = *auth::parse_alg(c.jwt_alg);
-      vc.hmac_secret = std::move(*secret);
-      vc.issuer = c.jwt_issuer;
-      vc.audience = c.jwt_audience;
-      vc.leeway_s = int64_t(c.jwt_leeway_ms / 1000);
-      auto v = auth::verifier::build(vc);
-      if (!v) {
-        std::fprintf(stderr, "wsed: JWT verifier: %s (HMAC secrets need at least %zu bytes)\n",
-                     std::string(auth::name_of(v.error())).c_str(), auth::hmac_secret_bytes_min);
+      std::string why;
+      o.verifier = build_verifier(c, why);
+      if (!o.verifier) {
+        std::fprintf(stderr, "wsed: %s\n", why.c_str());
         return 2;
       }
-      o.verifier = std::move(*v);
     }
-    app = std::make_unique<wse_app>(std::move(o));
+    inbound = std::make_unique<wse_inbound>(c.inbound, c.workers);
+    auto w = std::make_unique<wse_app>(std::move(o), *inbound);
+    inbound->attach(*w);
+    wse = w.get();
+    app = std::move(w);
   } else {
     app = std::make_unique<echo_app>();
   }
@@ -157,6 +263,7 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGPIPE);
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);  // inherited by the shard threads
 
   server srv(flags.config, *app);
@@ -166,17 +273,22 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "wsed: cannot start: %s\n", e.what());
     return 1;
   }
-  const server_config& c = flags.config;
   if (!c.quiet) {
     std::printf("wsed %s listening on ws://%s:%u/ (%u workers, mode %s, max %u connections)\n",
                 WSED_VERSION, c.host.c_str(), srv.port(), srv.workers(),
                 c.mode == server_mode::wse ? "wse" : "echo", c.connections_max);
     if (c.mode == server_mode::wse && c.insecure_no_auth)
       std::fprintf(stderr, "wsed: --insecure-no-auth: every connection is user \"anonymous\"\n");
-    std::printf(
-        "  connect: /usr/bin/python3 -m websockets ws://%s:%u/   metrics: "
-        "http://%s:%u/metrics   stop: Ctrl-C\n",
-        c.host.c_str(), srv.port(), c.host.c_str(), srv.port());
+    std::printf("  demo page: http://%s:%u/   metrics: http://%s:%u/metrics   stop: Ctrl-C\n",
+                c.host.c_str(), srv.port(), c.host.c_str(), srv.port());
+    if (c.mode == server_mode::wse && !c.insecure_no_auth)
+      std::printf(
+          "  token: wsed gen-token --sub YOU (same key settings); send it as cookie %s or "
+          "Authorization: Bearer\n",
+          c.jwt_cookie.c_str());
+    else
+      std::printf("  connect: /usr/bin/python3 -m websockets ws://%s:%u/\n", c.host.c_str(),
+                  srv.port());
     std::fflush(stdout);
     std::string notes = srv.setup_notes();
     while (!notes.empty() && notes.back() == ' ') notes.pop_back();
@@ -187,6 +299,7 @@ int main(int argc, char** argv) {
   for (;;) {
     int sig = sigtimedwait(&signals, nullptr, &poll);
     if (sig == SIGINT || sig == SIGTERM) break;
+    if (sig == SIGHUP) reload_keys(c, wse);
     if (srv.finished()) {
       std::fprintf(stderr, "wsed: every shard stopped unexpectedly\n");
       return 1;

@@ -10,35 +10,34 @@ namespace wsed::engine {
 
 const char* name_of(reject_reason r) {
   static constexpr const char* names[] = {"max_connections", "pending_handshakes", "bad_request",
-                                          "version",         "header_too_large",   "origin"};
+                                          "version",         "header_too_large",   "origin",
+                                          "per_ip"};
   static_assert(std::size(names) == size_t(reject_reason::count_));
   return names[size_t(r)];
 }
 
 const char* name_of(close_reason r) {
   static constexpr const char* names[] = {
-      "client_close",      "protocol_error", "invalid_utf8",   "message_too_big",   "idle_timeout",
-      "handshake_timeout", "shutdown",       "slow_consumer",  "unfinished_budget", "peer_reset",
-      "peer_eof",          "http_done",      "internal_error", "app_close"};
+      "client_close",      "protocol_error",    "invalid_utf8", "message_too_big",
+      "idle_timeout",      "handshake_timeout", "shutdown",     "slow_consumer",
+      "unfinished_budget", "peer_reset",        "peer_eof",     "http_done",
+      "internal_error",    "app_close",         "auth_failed",  "rate_limited"};
   static_assert(std::size(names) == size_t(close_reason::count_));
   return names[size_t(r)];
 }
 
 const char* name_of(limit_kind l) {
   static constexpr const char* names[] = {
-      "max_connections",      "max_pending_handshakes", "max_message_size", "max_fragments",
-      "max_unfinished_bytes", "max_outbound_bytes",     "header_bytes",     "file_table"};
+      "max_connections",       "max_pending_handshakes", "max_message_size", "max_fragments",
+      "max_unfinished_bytes",  "max_outbound_bytes",     "header_bytes",     "file_table",
+      "max_connections_per_ip"};
   static_assert(std::size(names) == size_t(limit_kind::count_));
   return names[size_t(l)];
 }
 
-namespace {
-
-using reader = std::function<uint64_t(const shard_metrics&)>;
-
-void family(std::string& out, std::span<const shard_metrics* const> shards, const char* name,
-            const char* type, const char* help, const reader& read, const char* label = nullptr,
-            const char* label_value = nullptr, bool header = true) {
+void append_family(std::string& out, size_t shard_count,
+                   const std::function<uint64_t(size_t)>& read, const char* name, const char* type,
+                   const char* help, const char* label, const char* label_value, bool header) {
   char line[256];
   if (header) {
     std::snprintf(line, sizeof line, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
@@ -53,12 +52,24 @@ void family(std::string& out, std::span<const shard_metrics* const> shards, cons
       std::snprintf(line, sizeof line, "%s{shard=\"%s\"} %" PRIu64 "\n", name, shard, v);
     out += line;
   };
-  for (size_t i = 0; i < shards.size(); ++i) {
-    uint64_t v = read(*shards[i]);
+  for (size_t i = 0; i < shard_count; ++i) {
+    uint64_t v = read(i);
     total += v;
     emit(std::to_string(i).c_str(), v);
   }
   emit("total", total);
+}
+
+namespace {
+
+using reader = std::function<uint64_t(const shard_metrics&)>;
+
+void family(std::string& out, std::span<const shard_metrics* const> shards, const char* name,
+            const char* type, const char* help, const reader& read, const char* label = nullptr,
+            const char* label_value = nullptr, bool header = true) {
+  append_family(
+      out, shards.size(), [&](size_t i) { return read(*shards[i]); }, name, type, help, label,
+      label_value, header);
 }
 
 template <class Enum, class Array>

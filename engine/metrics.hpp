@@ -8,6 +8,7 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 
@@ -20,6 +21,7 @@ enum class reject_reason : uint8_t {
   version,
   header_too_large,
   origin,  // Origin header present and not in --allowed-origins
+  per_ip,  // --max-connections-per-ip reached for the client's address
   count_
 };
 
@@ -37,7 +39,9 @@ enum class close_reason : uint8_t {
   peer_eof,
   http_done,
   internal_error,
-  app_close,  // the application called shard::close
+  app_close,     // the application called shard::close
+  auth_failed,   // WSE: token missing or refused (4401)
+  rate_limited,  // WSE: over the inbound rate for too long (4429)
   count_
 };
 
@@ -50,6 +54,7 @@ enum class limit_kind : uint8_t {
   max_outbound_bytes,
   header_bytes,
   file_table,
+  connections_per_ip,
   count_
 };
 
@@ -88,5 +93,13 @@ struct shard_metrics {
 
 // Renders every shard's counters plus a shard="total" series per family.
 std::string render_prometheus(std::span<const shard_metrics* const> shards);
+
+// One Prometheus series set: a `shard="i"` line per shard (read(i)) and a `shard="total"` line;
+// with label, every line also carries label="label_value"; header: the HELP/TYPE lines first.
+// For applications that keep their own per-shard counters.
+void append_family(std::string& out, size_t shard_count,
+                   const std::function<uint64_t(size_t)>& read, const char* name, const char* type,
+                   const char* help, const char* label = nullptr, const char* label_value = nullptr,
+                   bool header = true);
 
 }  // namespace wsed::engine

@@ -20,6 +20,10 @@ server::server(server_config config, app_handler& app) : config_(std::move(confi
     config_.workers = n > 0 ? uint32_t(n) : 1;
   }
   shared_.config = &config_;
+  if (config_.connections_per_ip_max) {
+    per_ip_ = std::make_unique<per_ip_table>(config_.connections_per_ip_max);
+    shared_.per_ip = per_ip_.get();
+  }
 }
 
 server::~server() {

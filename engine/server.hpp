@@ -38,6 +38,7 @@ class server {
   server_config config_;
   app_handler& app_;
   server_shared shared_;
+  std::unique_ptr<per_ip_table> per_ip_;
   std::vector<std::unique_ptr<shard>> shards_;
   std::vector<std::thread> threads_;
   std::vector<std::unique_ptr<std::atomic<bool>>> done_;

@@ -25,6 +25,7 @@
 #include <string_view>
 
 #include "engine/assert.hpp"
+#include "engine/demo_page.hpp"
 
 namespace wsed::engine {
 
@@ -335,7 +336,15 @@ void shard::dispatch(io_uring_cqe* cqe) {
 // Accept
 
 void shard::on_accept(io_uring_cqe* cqe) {
-  if (!(cqe->flags & IORING_CQE_F_MORE) && accepting_) arm_accept();
+  ip_key peer;
+  if (shared_.per_ip) {
+    auto index = uint32_t(cqe->user_data & 0xFFFFFFFF);
+    ENGINE_ASSERT(index < accept_addrs_.size());
+    if (cqe->res >= 0) peer = ip_key_of(accept_addrs_[index].addr);
+    if (accepting_) arm_accept_one(index);
+  } else if (!(cqe->flags & IORING_CQE_F_MORE) && accepting_) {
+    arm_accept();
+  }
   int res = cqe->res;
   if (res < 0) {
     if (res == -ENFILE || res == -EMFILE) metrics_.limit_hits[size_t(limit_kind::file_table)].add();
@@ -365,6 +374,16 @@ void shard::on_accept(io_uring_cqe* cqe) {
   if (stopping_) {
     reject(c, slot, reject_reason::max_connections, 503);
     return;
+  }
+  if (shared_.per_ip) {
+    if (!shared_.per_ip->try_acquire(peer)) {
+      metrics_.limit_hits[size_t(limit_kind::connections_per_ip)].add();
+      reject(c, slot, reject_reason::per_ip, 429);
+      return;
+    }
+    if (slot >= slot_ip_.size()) slot_ip_.resize(std::max<size_t>(slot + 1, slot_ip_.size() * 2));
+    slot_ip_[slot] = peer;
+    c.flags |= flag_per_ip;
   }
   if (shared_.connections.fetch_add(1, std::memory_order_relaxed) >= cfg_.connections_max) {
     shared_.connections.fetch_sub(1, std::memory_order_relaxed);
@@ -511,17 +530,36 @@ bool shard::origin_allowed(std::string_view origin) const {
 
 void shard::serve_http(connection& c, uint32_t slot, const proto::http_request& req) {
   std::string response;
-  bool known = req.path == "/healthz" || req.path == "/metrics";
+  bool page = req.path == "/" || req.path == "/index.html";
+  bool known = page || req.path == "/healthz" || req.path == "/metrics";
   if (known && req.method != "GET" && req.method != "HEAD") {
-    response = proto::http_response(405, "text/plain", "method not allowed\n", "Allow: GET\r\n");
+    response =
+        proto::http_response(405, "text/plain", "method not allowed\n", "Allow: GET, HEAD\r\n");
+  } else if (page) {
+    // The demo page (engine/demo/index.html): inline script and style only, WebSocket to us.
+    static constexpr std::string_view page_headers =
+        "Cache-Control: no-cache\r\n"
+        "X-Content-Type-Options: nosniff\r\n"
+        "Referrer-Policy: no-referrer\r\n"
+        "Content-Security-Policy: default-src 'none'; script-src 'unsafe-inline'; "
+        "style-src 'unsafe-inline'; img-src data:; connect-src 'self' ws: wss:; base-uri 'none'; "
+        "form-action 'none'; frame-ancestors 'none'\r\n";
+    response =
+        proto::http_response(200, "text/html; charset=utf-8", demo_page_html(), page_headers);
   } else if (req.path == "/healthz") {
     response = proto::http_response(200, "text/plain", stopping_ ? "stopping\n" : "ok\n");
     if (stopping_) response = proto::http_response(503, "text/plain", "stopping\n");
   } else if (req.path == "/metrics") {
     std::string body = render_prometheus(shared_.metrics);
+    app_.render_metrics(body);
     response = proto::http_response(200, "text/plain; version=0.0.4", body);
   } else {
     response = proto::http_response(404, "text/plain", "not found\n");
+  }
+  if (req.method == "HEAD") {
+    // The same status line and headers (Content-Length included), without the body.
+    size_t head_end = response.find("\r\n\r\n");
+    if (head_end != std::string::npos) response.resize(head_end + 4);
   }
   out_of(c).append(chunks_, response.data(), response.size());
   mark_dirty(c, slot);
@@ -676,11 +714,11 @@ send_status shard::send_message(conn_ref ref, ws_opcode opcode, std::span<const 
   return send_status::queued;
 }
 
-void shard::close(conn_ref ref, uint16_t code) {
+void shard::close(conn_ref ref, uint16_t code, close_reason why) {
   if (ref.slot >= slots_touched_) return;
   connection& c = slot_at(ref.slot);
   if (c.generation != ref.generation) return;
-  begin_close(c, ref.slot, close_reason::app_close, code);
+  begin_close(c, ref.slot, why, code);
 }
 
 void shard::release_queue(connection& c) {
@@ -871,6 +909,7 @@ void shard::maybe_free(connection& c, uint32_t slot) {
   byte_buffer::release(c.carry);
   byte_buffer::release(c.assembly);
   if (c.flags & flag_counted) shared_.connections.fetch_sub(1, std::memory_order_relaxed);
+  if (c.flags & flag_per_ip) shared_.per_ip->release(slot_ip_[slot]);
   c.state = conn_state::free;
   c.flags = 0;
   c.file_index = -1;
@@ -948,7 +987,7 @@ void shard::on_wake() {
     stop_deadline_ms_ = now_ms_ + cfg_.shutdown_timeout_ms;
     accepting_ = false;
     io_uring_sqe* sqe = get_sqe();
-    io_uring_prep_cancel64(sqe, pack(op::accept, 0, 0), 0);
+    io_uring_prep_cancel_fd(sqe, listen_fd_, IORING_ASYNC_CANCEL_ALL);
     io_uring_sqe_set_data64(sqe, pack(op::cancel, 0, no_slot));
     for (uint32_t slot = 0; slot < slots_touched_; ++slot) {
       connection& c = slot_at(slot);
@@ -976,9 +1015,25 @@ io_uring_sqe* shard::get_sqe() {
 }
 
 void shard::arm_accept() {
+  if (shared_.per_ip) {
+    accept_addrs_.resize(accepts_in_flight);
+    for (uint32_t i = 0; i < accepts_in_flight; ++i) arm_accept_one(i);
+    return;
+  }
   io_uring_sqe* sqe = get_sqe();
   io_uring_prep_multishot_accept_direct(sqe, listen_fd_, nullptr, nullptr, 0);
   io_uring_sqe_set_data64(sqe, pack(op::accept, 0, 0));
+}
+
+void shard::arm_accept_one(uint32_t index) {
+  accept_addr& a = accept_addrs_[index];
+  a.len = sizeof a.addr;
+  io_uring_sqe* sqe = get_sqe();
+  // IORING_FILE_INDEX_ALLOC - 1: liburing 2.3 adds 1 to the index it is given (later versions
+  // pass IORING_FILE_INDEX_ALLOC through and add 1 to anything else): both end at ALLOC.
+  io_uring_prep_accept_direct(sqe, listen_fd_, reinterpret_cast<sockaddr*>(&a.addr), &a.len, 0,
+                              IORING_FILE_INDEX_ALLOC - 1);
+  io_uring_sqe_set_data64(sqe, pack(op::accept, 0, index));
 }
 
 void shard::arm_recv(connection& c, uint32_t slot) {

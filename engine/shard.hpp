@@ -19,6 +19,7 @@
 #include "engine/config.hpp"
 #include "engine/metrics.hpp"
 #include "engine/out_queue.hpp"
+#include "engine/per_ip.hpp"
 #include "proto/http.hpp"
 #include "proto/ws.hpp"
 
@@ -33,6 +34,7 @@ struct server_shared {
   std::atomic<uint32_t> connections{0};         // accepted and not yet freed (not rejects)
   std::atomic<uint32_t> pending_handshakes{0};  // sockets not yet upgraded
   std::atomic<uint64_t> unfinished_bytes{0};    // bytes held by partially received messages
+  per_ip_table* per_ip = nullptr;               // set when --max-connections-per-ip is on
 };
 
 // Names one connection of one shard; stale once the slot is reused (generation differs).
@@ -53,6 +55,9 @@ class app_handler {
   // Every timer tick of the shard (100 ms), with the shard's loop clock; for periodic work
   // such as server pings. Must stay cheap: it runs inside the loop pass.
   virtual void on_tick(shard&, uint64_t /*now_ms*/) {}
+  // Appends the application's own Prometheus families to GET /metrics. Runs on whichever shard
+  // serves the request: read only relaxed atomics.
+  virtual void render_metrics(std::string& /*out*/) const {}
 };
 
 enum class send_status : uint8_t { queued, backpressure, dropped };
@@ -81,7 +86,7 @@ class shard {
   // connection is over its outbound cap and is being closed with 4509; dropped: the connection
   // is gone or closing.
   send_status send_message(conn_ref c, proto::ws_opcode opcode, std::span<const uint8_t> payload);
-  void close(conn_ref c, uint16_t code);
+  void close(conn_ref c, uint16_t code, close_reason why = close_reason::app_close);
 
   const shard_metrics& metrics() const { return metrics_; }
   uint32_t index() const { return index_; }
@@ -125,6 +130,7 @@ class shard {
   static constexpr uint8_t flag_counted = 2;   // counted in shared_.connections
   static constexpr uint8_t flag_pending = 4;   // counted in shared_.pending_handshakes
   static constexpr uint8_t flag_peer_eof = 8;  // the peer finished sending (recv saw EOF)
+  static constexpr uint8_t flag_per_ip = 16;   // counted in shared_.per_ip (slot_ip_[slot])
   static constexpr uint32_t no_slot = UINT32_MAX;
   static constexpr size_t queues_keep_max = 256;  // idle out_queues kept for reuse
 
@@ -176,6 +182,7 @@ class shard {
   // Ring helpers.
   io_uring_sqe* get_sqe();
   void arm_accept();
+  void arm_accept_one(uint32_t index);
   void arm_recv(connection& c, uint32_t slot);
   void arm_timer();
   void arm_wake();
@@ -216,6 +223,16 @@ class shard {
     uint32_t head = no_slot, tail = no_slot;
   };
   list_head timers_[size_t(timer_list::count_)];
+
+  // With a per-IP cap: single-shot accepts, each with its own address buffer (a multishot
+  // accept reports no peer address), and each slot's address.
+  struct accept_addr {
+    sockaddr_storage addr;
+    socklen_t len;
+  };
+  static constexpr uint32_t accepts_in_flight = 16;
+  std::vector<accept_addr> accept_addrs_;
+  std::vector<ip_key> slot_ip_;
 
   std::vector<uint32_t> dirty_;
   uint64_t now_ms_ = 0;

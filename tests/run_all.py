@@ -7,6 +7,8 @@ Suites (each bounded in time):
   unit              BUILD/tests/wsed_unit_tests (doctest; "test cases: X | Y passed | Z failed")
   integration       tests/integration/run_tests.py against BUILD/engine/wsed
   node              tests/node/echo_test.js (Node `ws` client) against BUILD/engine/wsed
+  browser           tests/browser/demo_test.js: the demo page (GET /) in headless /usr/bin/chromium
+                    (playwright-core) against BUILD/engine/wsed; chromium missing counts as a failure
   conformance       tests/conformance/conformance.py against BUILD/engine/wsed
   unit[asan], conformance[asan], integration[asan]   the same against the ASan+UBSan build
                     (halt_on_error=1; the server's exit code and stderr are checked for sanitizer reports)
@@ -133,9 +135,10 @@ def suite_fuzz(seconds):
 
 def ensure_node_modules():
     ndir = os.path.join(HERE, "node")
-    if os.path.isdir(os.path.join(ndir, "node_modules", "ws")):
+    if all(os.path.isdir(os.path.join(ndir, "node_modules", m)) for m in ("ws", "playwright-core")):
         return None
-    rc, out = run(["npm", "ci", "--no-audit", "--no-fund"], timeout=180, label="npm ci")
+    rc, out = run(["npm", "ci", "--prefix", ndir, "--no-audit", "--no-fund"], timeout=180,
+                  label="npm ci", env={"PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD": "1"})
     if rc != 0:
         return "npm ci in tests/node failed (exit %s)" % rc
     return None
@@ -165,6 +168,24 @@ def suite_node(build):
     return p, f, note
 
 
+CHROMIUM = "/usr/bin/chromium"
+
+
+def suite_browser(build):
+    """The demo page driven by headless Chromium; the test starts and stops wsed itself."""
+    binary = H.wsed_binary(build_path(build))
+    if not os.path.exists(binary):
+        return 0, 1, "missing %s" % binary
+    if not os.path.exists(CHROMIUM):
+        return 0, 1, "%s missing: install Debian's chromium (tools/install-deps.sh)" % CHROMIUM
+    err = ensure_node_modules()
+    if err:
+        return 0, 1, err
+    rc, out = run(["node", os.path.join(HERE, "browser", "demo_test.js"), binary], timeout=120,
+                  label="browser")
+    return counts_from(out, rc, "browser")
+
+
 def suite_conformance(build, label, sanitizers=False):
     binary = H.wsed_binary(build_path(build))
     if not os.path.exists(binary):
@@ -184,13 +205,14 @@ def main():
                     "integration tests whose code crosses threads (shards, shutdown)")
     ap.add_argument("--fuzz-seconds", type=int, default=10,
                     help="seconds per libFuzzer target (0: skip the fuzz suite)")
-    ap.add_argument("--only", help="comma list of suites to run (unit,integration,node,conformance)")
+    ap.add_argument("--only", help="comma list of suites to run (unit,integration,node,browser,conformance)")
     args = ap.parse_args()
 
     only = set(args.only.split(",")) if args.only else None
     plan = [("unit", lambda: suite_unit(args.build, "unit")),
             ("integration", lambda: suite_integration(args.build)),
             ("node", lambda: suite_node(args.build)),
+            ("browser", lambda: suite_browser(args.build)),
             ("conformance", lambda: suite_conformance(args.build, "conformance"))]
     if args.asan_build:
         plan += [("unit[asan]", lambda: suite_unit(args.asan_build, "unit[asan]", sanitizers=True)),

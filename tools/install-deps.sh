@@ -10,6 +10,7 @@ packages=(
   libmsgpack-dev libcli11-dev doctest-dev libbenchmark-dev
   python3 python3-websockets python3-jwt
   redis-server
+  chromium
   golang-go golang-github-gorilla-websocket-dev
   procps util-linux
 )
