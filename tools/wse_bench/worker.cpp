@@ -37,6 +37,13 @@ constexpr uint16_t recv_buffer_group = 0;
 constexpr long wait_timeout_ns = 2'000'000;
 constexpr uint64_t ping_scan_ns = 1'000'000;
 constexpr size_t stream_run_bytes = 64 * 1024;  // one send carries at most this (or one frame)
+// TCP_NOTSENT_LOWAT: the socket takes no more once this much is queued unsent (and wakes a blocked
+// send when it is under half of it). Without it a sender that outruns the server queues megabytes
+// per connection (send buffer autotuning) and gets no send CQE for seconds while the server
+// drains it (the write-space wakeup waits for a third of the buffer to empty): a measuring window
+// against a slow server could see no send at all. With it, sends track what the server reads,
+// two runs ahead at most; in-flight data (the receive window) is not limited.
+constexpr int notsent_lowat_bytes = 2 * stream_run_bytes;
 constexpr size_t ready_message_bytes_max = 16384;
 
 constexpr uint64_t pack(uint8_t o, uint32_t index) {
@@ -293,6 +300,8 @@ void worker::open_sockets(uint32_t first, uint32_t n) {
     // Abortive close at teardown: no TIME_WAIT, so back-to-back tiers do not run out of ports.
     linger lg{1, 0};
     setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    int lowat = notsent_lowat_bytes;
+    setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, sizeof lowat);
     if (job_.source_ips > 1) {
       setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
       sockaddr_in src{};
@@ -742,16 +751,14 @@ void worker::start_send(uint32_t i, const uint8_t* data, uint32_t bytes, uint32_
     c.inflight += frames;
     to_stamp_.emplace_back(i, slot);
   }
-  c.send_ptr = data;
-  c.send_left = bytes;
-  c.send_frames = frames;
+  c.send.start(data, bytes, frames);
   queue_send(i);
 }
 
 void worker::queue_send(uint32_t i) {
   conn& c = conns_[i];
   io_uring_sqe* s = sqe();
-  io_uring_prep_send(s, static_cast<int>(i), c.send_ptr, c.send_left, MSG_NOSIGNAL);
+  io_uring_prep_send(s, static_cast<int>(i), c.send.ptr, c.send.left, MSG_NOSIGNAL);
   s->flags |= IOSQE_FIXED_FILE;
   io_uring_sqe_set_data64(s, pack(static_cast<uint8_t>(op::send), i));
   c.send_busy = true;
@@ -763,14 +770,10 @@ void worker::on_send(uint32_t i, int res) {
   if (c.state != conn_state::open) return;
   if (res < 0) return close_with(i, errors.socket_errors, "send", -res);
   sent_bytes_ += static_cast<uint64_t>(res);
-  if (static_cast<uint32_t>(res) < c.send_left) {  // short send: the rest, same order
-    c.send_ptr += res;
-    c.send_left -= static_cast<uint32_t>(res);
-    return queue_send(i);
-  }
-  c.send_left = 0;
-  sent_msgs_ += c.send_frames;
-  c.send_frames = 0;
+  // A short send counts the messages it completed (a slow server may take a whole run over
+  // many CQEs, longer than a measuring window); the rest follows, same order.
+  sent_msgs_ += c.send.accept(static_cast<uint32_t>(res));
+  if (c.send.left != 0) return queue_send(i);
   if (!started_) return;
   if (job_.load == load_kind::ping) return maybe_ping(i);
   maybe_stream(i);

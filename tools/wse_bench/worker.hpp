@@ -21,6 +21,7 @@
 
 #include "proto/ws.hpp"
 #include "tools/bench/frames.hpp"
+#include "tools/bench/send_progress.hpp"
 #include "tools/bench/stats.hpp"
 
 namespace wsed::bench {
@@ -71,7 +72,7 @@ struct run_control {
 
 // Counters a worker publishes once per loop pass.
 struct alignas(64) worker_counters {
-  std::atomic<uint64_t> sent_msgs{0};         // messages fully handed to the kernel
+  std::atomic<uint64_t> sent_msgs{0};         // messages whose every byte the kernel accepted
   std::atomic<uint64_t> sent_bytes{0};        // wire bytes handed to the kernel
   std::atomic<uint64_t> replies{0};           // echoes (raw) or PONGs (wse) received
   std::atomic<uint64_t> reply_bytes{0};       // payload bytes of those
@@ -142,10 +143,8 @@ class worker {
     uint64_t connect_start_ns = 0;
     uint64_t next_ping_ns = 0;
     uint64_t message_bytes = 0;
-    const uint8_t* send_ptr = nullptr;
-    uint32_t send_left = 0;
-    uint32_t send_frames = 0;  // messages in the current send (counted when it completes)
-    uint32_t inflight = 0;     // messages sent whose reply has not arrived
+    send_progress send;     // the send in flight: its messages count as the kernel takes them
+    uint32_t inflight = 0;  // messages sent whose reply has not arrived
     uint32_t pings_done = 0;
     std::array<uint64_t, batches_max> batch_time_ns{};
     std::array<uint16_t, batches_max> batch_frames{};
