@@ -88,12 +88,13 @@ def counts_from(out, rc, label):
     return p, f, note
 
 
-def suite_unit(build, label, sanitizers=False):
+def suite_unit(build, label, sanitizers=False, cases=None):
     binary = os.path.join(build_path(build), "tests", "wsed_unit_tests")
     if not os.path.exists(binary):
         return 0, 1, "missing unit test binary %s (not built?)" % binary
     env = H.SANITIZER_ENV if sanitizers else None
-    rc, out = run([binary], timeout=240, env=env, label=label)
+    rc, out = run([binary] + (["--test-case=" + cases] if cases else []), timeout=240, env=env,
+                  label=label)
     m = DOCTEST_RE.findall(out)
     if not m:
         return 0, 1, "no doctest 'test cases:' line (exit %s)" % rc
@@ -225,7 +226,9 @@ def main():
     if args.tsan_build:
         # The cross-thread code: several shards sharing the accepts and the global counters,
         # /metrics reading every shard, and the signal -> stop -> drain -> join path.
-        plan += [("integration[tsan]", lambda: suite_integration(
+        plan += [("unit[tsan]", lambda: suite_unit(args.tsan_build, "unit[tsan]", sanitizers=True,
+                                                   cases="per_ip*")),
+                 ("integration[tsan]", lambda: suite_integration(
             args.tsan_build, "integration[tsan]", sanitizers=True,
             only=("workers_2", "1000_connections", "sigterm", "sigint", "max_connections",
                   "max_unfinished", "metrics")))]

@@ -2,13 +2,19 @@
 // (coalescing, shared chunks, partial sends, refcounts) and the Prometheus rendering.
 #include <doctest/doctest.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include <atomic>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "engine/flags.hpp"
 #include "engine/metrics.hpp"
 #include "engine/out_queue.hpp"
+#include "engine/per_ip.hpp"
 
 using namespace wsed::engine;
 
@@ -139,4 +145,61 @@ TEST_CASE("metrics: every family per shard and a total") {
        (p = text.find("# TYPE wsed_connections_closed_total", p)) != std::string::npos; ++p)
     ++count;
   CHECK(count == 1);
+}
+
+TEST_CASE("per_ip: IPv4 maps into IPv6; each address has its own cap; release frees") {
+  sockaddr_storage v4{}, v4b{}, v6{};
+  auto* a = reinterpret_cast<sockaddr_in*>(&v4);
+  a->sin_family = AF_INET;
+  inet_pton(AF_INET, "127.0.0.1", &a->sin_addr);
+  auto* b = reinterpret_cast<sockaddr_in*>(&v4b);
+  b->sin_family = AF_INET;
+  inet_pton(AF_INET, "127.0.0.2", &b->sin_addr);
+  auto* c = reinterpret_cast<sockaddr_in6*>(&v6);
+  c->sin6_family = AF_INET6;
+  inet_pton(AF_INET6, "::ffff:127.0.0.1", &c->sin6_addr);
+  ip_key k1 = ip_key_of(v4), k2 = ip_key_of(v4b);
+  CHECK(k1 == ip_key_of(v6));  // the same client, whichever socket family accepted it
+  CHECK_FALSE(k1 == k2);
+
+  per_ip_table t(2);
+  CHECK(t.try_acquire(k1));
+  CHECK(t.try_acquire(k1));
+  CHECK_FALSE(t.try_acquire(k1));  // at the cap: nothing counted
+  CHECK(t.try_acquire(k2));
+  CHECK(t.addresses() == 2);
+  t.release(k1);
+  CHECK(t.try_acquire(k1));
+  t.release(k1);
+  t.release(k1);
+  t.release(k2);
+  CHECK(t.addresses() == 0);  // empty entries are removed
+  t.release(k2);              // an unknown address is ignored
+  CHECK(t.addresses() == 0);
+}
+
+TEST_CASE("per_ip: concurrent acquire/release from several threads never exceeds the cap") {
+  per_ip_table t(3);
+  sockaddr_storage s{};
+  auto* a = reinterpret_cast<sockaddr_in*>(&s);
+  a->sin_family = AF_INET;
+  inet_pton(AF_INET, "10.0.0.1", &a->sin_addr);
+  ip_key k = ip_key_of(s);
+  std::atomic<int> held{0}, max_held{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 4; ++i)
+    threads.emplace_back([&] {
+      for (int n = 0; n < 20000; ++n) {
+        if (!t.try_acquire(k)) continue;
+        int now = held.fetch_add(1) + 1;
+        int m = max_held.load();
+        while (now > m && !max_held.compare_exchange_weak(m, now)) {
+        }
+        held.fetch_sub(1);
+        t.release(k);
+      }
+    });
+  for (auto& th : threads) th.join();
+  CHECK(max_held.load() <= 3);
+  CHECK(t.addresses() == 0);
 }
