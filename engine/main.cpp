@@ -204,13 +204,14 @@ void reload_keys(const engine::server_config& c, engine::wse_app* wse) {
   }
   std::string why;
   auto v = build_verifier(c, why);
-  wse->count_reload(v != nullptr);
   if (!v) {
+    wse->count_reload(false);
     std::fprintf(stderr, "wsed: SIGHUP: reload failed: %s; keeping the current keys\n",
                  why.c_str());
     return;
   }
   wse->set_verifier(std::move(v));
+  wse->count_reload(true);  // after the swap: a scraper seeing the count sees the new keys
   std::fprintf(stderr, "wsed: SIGHUP: JWT keys reloaded\n");
 }
 

@@ -225,13 +225,14 @@ def main():
         plan.append(("fuzz", lambda: suite_fuzz(args.fuzz_seconds)))
     if args.tsan_build:
         # The cross-thread code: several shards sharing the accepts and the global counters,
-        # /metrics reading every shard, and the signal -> stop -> drain -> join path.
+        # /metrics reading every shard, the signal -> stop -> drain -> join path, the SIGHUP
+        # verifier swap (main thread stores, shards load) and the per-IP table.
         plan += [("unit[tsan]", lambda: suite_unit(args.tsan_build, "unit[tsan]", sanitizers=True,
                                                    cases="per_ip*")),
                  ("integration[tsan]", lambda: suite_integration(
             args.tsan_build, "integration[tsan]", sanitizers=True,
             only=("workers_2", "1000_connections", "sigterm", "sigint", "max_connections",
-                  "max_unfinished", "metrics")))]
+                  "max_unfinished", "metrics", "sighup_rotation", "per_ip")))]
     results = []
     t0 = time.monotonic()
     for name, fn in plan:

@@ -85,7 +85,8 @@ def expect_refused(ws, code):
     ws.abort()
 
 
-def check_server_ready(raw, sub):
+def check_server_ready(raw, sub, compression=True):
+    """compression: features.compression expected (on unless --compression-threshold 0)."""
     doc = json.loads(raw)
     assert list(doc) == ["c", "id", "p", "seq", "t", "ts", "v"], doc
     assert doc["c"] == "WSE" and doc["t"] == "server_ready" and doc["seq"] == 1 and doc["v"] == 1, doc
@@ -98,7 +99,8 @@ def check_server_ready(raw, sub):
     assert UUID7_RE.match(d["connection_id"]) and d["connection_id"] != doc["id"], d
     assert TS_RE.match(d["server_time"]), d
     assert d["user_id"] == sub, d
-    assert list(d["features"]) == FEATURES and all(v is False for v in d["features"].values()), d
+    assert list(d["features"]) == FEATURES, d
+    assert d["features"] == {f: f == "compression" and compression for f in FEATURES}, d
     # Stamped at send time (wall clock): within a minute of ours.
     ts = time.mktime(time.strptime(doc["ts"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
     assert abs(ts - time.time()) < 60, doc["ts"]
@@ -190,9 +192,11 @@ def test_wse_invalid_message_keeps_connection():
         raw = next_text(ws, 2)
         doc = json.loads(raw)
         assert doc["t"] == "error" and doc["p"]["code"] == "INVALID_MESSAGE" and doc["c"] == "WSE", doc
-        ws.send_frame(H.OP_BINARY, b"M:\x80")   # binary: dropped for now
+        ws.send_frame(H.OP_BINARY, b"M:\xc1")   # undecodable msgpack: INVALID_MESSAGE too
+        doc = json.loads(next_text(ws, 3))
+        assert doc["t"] == "error" and doc["p"]["code"] == "INVALID_MESSAGE", doc
         ws.send_frame(OP_TEXT, b'{"t":"ping","p":{"timestamp":9}}')
-        assert json.loads(next_text(ws, 3))["t"] == "PONG"
+        assert json.loads(next_text(ws, 4))["t"] == "PONG"
         ws.finish()
 
 
