@@ -68,8 +68,7 @@ wse_app::per_shard::per_shard() : rng(std::random_device{}()) {}
 wse_app::wse_app(wse_app_options options, wse_handler& handler)
     : opt_(std::move(options)), handler_(handler) {
   auth_ = opt_.verifier != nullptr;
-  verifier_.store(opt_.verifier);
-  opt_.verifier.reset();
+  verifier_ = std::move(opt_.verifier);
   sources_.cookie_name = opt_.cookie_name;
   sources_.query = opt_.allow_query_token ? auth::query_token::allowed : auth::query_token::refused;
   shards_.resize(std::max<uint32_t>(opt_.shards, 1));
@@ -79,7 +78,11 @@ wse_app::wse_app(wse_app_options options, wse_handler& handler)
 wse_app::~wse_app() = default;
 
 void wse_app::set_verifier(std::shared_ptr<const auth::verifier> verifier) {
-  if (auth_ && verifier) verifier_.store(std::move(verifier));
+  if (!auth_ || !verifier) return;
+  std::lock_guard lock(verifier_mu_);
+  verifier_ = std::move(verifier);
+  verifier_version_.store(verifier_version_.load(std::memory_order_relaxed) + 1,
+                          std::memory_order_release);
 }
 
 void wse_app::count_reload(bool ok) {
@@ -152,8 +155,12 @@ void wse_app::on_open(shard& s, conn_ref c, const proto::http_request& request) 
         auth::extract_token(std::span<const std::string_view>(cookies.data(), cookie_count),
                             authorization, request.query, sources_);
     if (!token) return refuse(s, c, p, auth::verify_error::no_token);
-    std::shared_ptr<const auth::verifier> v = verifier_.load();
-    auto verified = v->verify(*token, wall_ms() / 1000);
+    if (verifier_version_.load(std::memory_order_acquire) != p.verifier_version) {
+      std::lock_guard lock(verifier_mu_);
+      p.verifier = verifier_;
+      p.verifier_version = verifier_version_.load(std::memory_order_relaxed);
+    }
+    auto verified = p.verifier->verify(*token, wall_ms() / 1000);
     if (!verified) return refuse(s, c, p, verified.error());
     who = std::move(*verified);
     st.user_id = who->user_id;

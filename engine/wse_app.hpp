@@ -13,7 +13,8 @@
 // Owns: per shard, the envelope parser, codec, scratch strings, an RNG for UUIDv7s, the
 // per-connection state (indexed by conn_ref.slot, keyed by generation) and counters. Thread:
 // every callback runs on the calling shard's thread and touches only that shard's part; the
-// verifier is immutable and swapped atomically (set_verifier, from any thread: SIGHUP);
+// verifier is immutable and swapped under a mutex (set_verifier, from any thread: SIGHUP), each
+// shard copying it when a version counter moved;
 // render_metrics reads relaxed atomics from any shard. Never blocks, never does file I/O (keys
 // are loaded by the embedding program).
 #pragma once
@@ -21,6 +22,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <random>
 #include <string>
 #include <string_view>
@@ -144,7 +146,9 @@ class wse_app final : public app_handler {
     std::mt19937_64 rng;
     std::vector<conn_state> conns;
     wse_counters counts;
-    uint64_t next_ping_ms = 0;  // shard loop clock; 0: not scheduled yet
+    uint64_t next_ping_ms = 0;                       // shard loop clock; 0: not scheduled yet
+    std::shared_ptr<const auth::verifier> verifier;  // this shard's copy of verifier_
+    uint64_t verifier_version = 0;                   // of that copy
     per_shard();
   };
 
@@ -161,7 +165,11 @@ class wse_app final : public app_handler {
   wse_app_options opt_;
   wse_handler& handler_;
   bool auth_ = false;
-  std::atomic<std::shared_ptr<const auth::verifier>> verifier_;
+  // The current verifier, swapped by set_verifier. Shards keep their own copy and take the lock
+  // only when verifier_version_ moved (once per reload), so an upgrade costs one atomic load.
+  std::mutex verifier_mu_;
+  std::shared_ptr<const auth::verifier> verifier_;  // guarded by verifier_mu_
+  std::atomic<uint64_t> verifier_version_{1};       // written under verifier_mu_
   auth::token_sources sources_;
   std::vector<std::unique_ptr<per_shard>> shards_;  // one per shard, made at construction
   counter reloads_ok_, reloads_failed_;             // written by the reloading thread only
