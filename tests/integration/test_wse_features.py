@@ -527,18 +527,7 @@ def _upgrade_status(port, path="/wse", extra=b"", source="127.0.0.1"):
     s = socket.create_connection((H.HOST, port), timeout=5, source_address=(source, 0))
     req, _ = H.handshake_request(port, path=path, extra=extra)
     s.sendall(req)
-    buf = b""
-    deadline = time.monotonic() + 5
-    while b"\r\n\r\n" not in buf and time.monotonic() < deadline:
-        s.settimeout(max(0.01, deadline - time.monotonic()))
-        try:
-            d = s.recv(65536)
-        except socket.timeout:
-            break
-        if not d:
-            break
-        buf += d
-    status = H.parse_http_response(buf)[0]
+    status = H.read_response_head(s)[0]
     if status != 101:
         s.close()
         return status, None

@@ -292,22 +292,7 @@ def test_handshake_errors_and_http_endpoints():
             assert v and v > 0, "wsed_connections_rejected_total{reason=%s,shard=total} = %s" % (reason, v)
 
 
-def read_101(s, timeout=5.0):
-    """Read the upgrade response; returns (status, headers, bytes after the header block)."""
-    deadline = time.monotonic() + timeout
-    buf = b""
-    while b"\r\n\r\n" not in buf and time.monotonic() < deadline:
-        s.settimeout(max(0.01, deadline - time.monotonic()))
-        try:
-            d = s.recv(65536)
-        except socket.timeout:
-            break
-        if not d:
-            break
-        buf += d
-    head, _, rest = buf.partition(b"\r\n\r\n")
-    st, headers, _, _ = H.parse_http_response(head + b"\r\n\r\n")
-    return st, headers, rest
+read_101 = H.read_response_head
 
 
 def read_frames(s, buf, n, timeout=5.0):

@@ -255,6 +255,25 @@ def raw_request(port, data, timeout=5.0):
         s.close()
 
 
+def read_response_head(s, timeout=5.0):
+    """Read an HTTP response head from socket s: (status, headers, bytes after the header
+    block). Stops at the blank line, EOF or the timeout."""
+    deadline = time.monotonic() + timeout
+    buf = b""
+    while b"\r\n\r\n" not in buf and time.monotonic() < deadline:
+        s.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            d = s.recv(65536)
+        except socket.timeout:
+            break
+        if not d:
+            break
+        buf += d
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    st, headers, _, _ = parse_http_response(head + b"\r\n\r\n")
+    return st, headers, rest
+
+
 def parse_http_response(raw):
     """Returns (status:int|None, headers: dict lower->value (last wins), header_list, body)."""
     head, sep, body = raw.partition(b"\r\n\r\n")
