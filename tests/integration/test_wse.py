@@ -142,6 +142,28 @@ def test_wse_ping_pong():
         ws.finish()
 
 
+@limit(20)
+def test_wse_idle_timeout_4408():
+    """A WSE connection that sends nothing is closed with 4408 after --idle-timeout, even while
+    the server pings it (server pings are outbound: they do not count as activity); one that
+    pings stays open."""
+    with wse("--idle-timeout", "1s", "--ping-interval", "300ms") as srv:
+        idle, busy = connect(srv, token()), connect(srv, token(sub="bob"))
+        next_text(idle, 1)
+        next_text(busy, 1)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 2.0 and not idle.closed_by_server:
+            busy.send_frame(OP_TEXT, b'{"t":"ping","p":{"timestamp":1}}')
+            time.sleep(0.2)
+        assert idle.wait_close(2), "idle WSE connection not closed; events %r" % idle.events[-3:]
+        assert idle.close_code() == 4408, idle.events[-3:]
+        pings = [m for m in text_messages(idle) if m.get("t") == "ping"]
+        assert pings, "no server ping reached the idle connection before its close"
+        assert not busy.closed_by_server and not busy.eof, busy.events[-3:]
+        idle.abort()
+        busy.finish()
+
+
 def test_wse_server_ping_every_interval():
     """--ping-interval 1s: every authenticated connection gets {"c":"WSE","t":"ping",
     "p":{"server_time":...}} about once a second; a refused one gets none."""
