@@ -325,6 +325,15 @@ def test_wse_gen_token_verifies_with_pyjwt():
                               "--jwt-audience", "app"], env={"WSED_JWT_SECRET": SECRET})
     claims = jwt.decode(out.strip(), SECRET, algorithms=["HS256"], audience="app", issuer="me")
     assert claims["exp"] - claims["iat"] == 600, claims
+    rc, out, err = H.run_cmd([BIN, "gen-token", "--sub", "t", "--topics", "news.*,chat.\"x\"",
+                              "--jwt-kid", "k7"], env={"WSED_JWT_SECRET": SECRET})
+    assert rc == 0, err
+    claims = jwt.decode(out.strip(), SECRET, algorithms=["HS256"])
+    assert claims["wse_topics"] == {"allow": ["news.*", 'chat."x"']}, claims
+    assert jwt.get_unverified_header(out.strip())["kid"] == "k7"
+    rc, out, err = H.run_cmd([BIN, "gen-token", "--sub", "r", "--jwt-alg", "RS256"],
+                             env={"WSED_JWT_SECRET": SECRET})
+    assert rc == 2 and "private-key" in err, (rc, out, err)
     rc, out, err = H.run_cmd([BIN, "gen-token", "--ttl", "1h"], env={"WSED_JWT_SECRET": SECRET})
     assert rc == 2 and not out, (rc, out, err)
     rc, out, err = H.run_cmd([BIN, "gen-token", "--sub", "x"], env={"WSED_JWT_SECRET": ""})

@@ -716,6 +716,14 @@ def _asymmetric(alg, kind):
             ws = connect(srv, jwt.encode(claims("still"), priv, algorithm=alg))
             check_server_ready(next_text(ws, 1), "still")
             ws.finish()
+            # wsed gen-token signs with the private key; PyJWT and the server both accept it.
+            rc, out, err = H.run_cmd([BIN, "gen-token", "--sub", "minted", "--jwt-alg", alg,
+                                      "--jwt-private-key-file", os.path.join(d, "k.key")], env={})
+            assert rc == 0, err
+            assert jwt.decode(out.strip(), pub, algorithms=[alg])["sub"] == "minted"
+            ws = connect(srv, out.strip())
+            check_server_ready(next_text(ws, 1), "minted")
+            ws.finish()
 
 
 @limit(60)
