@@ -31,6 +31,7 @@
 #include "auth/acl.hpp"
 #include "auth/jwt.hpp"
 #include "auth/token_source.hpp"
+#include "engine/assert.hpp"
 #include "engine/config.hpp"
 #include "engine/metrics.hpp"
 #include "engine/shard.hpp"
@@ -152,7 +153,10 @@ class wse_app final : public app_handler {
     per_shard();
   };
 
-  per_shard& part(shard& s) { return *shards_[s.index()]; }
+  per_shard& part(shard& s) {
+    ENGINE_ASSERT(s.index() < shards_.size());  // wse_app_options::shards below the workers
+    return *shards_[s.index()];
+  }
   conn_state* state_of(per_shard& p, conn_ref c);
   void uuid7(per_shard& p, int64_t now_ms, char (&out)[proto::wse_uuid_chars]);
   void send_text(shard& s, conn_ref c, std::string_view text);

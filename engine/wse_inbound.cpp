@@ -3,6 +3,7 @@
 
 #include <cstdio>
 
+#include "engine/assert.hpp"
 #include "proto/wse_builder.hpp"
 
 namespace wsed::engine {
@@ -21,6 +22,7 @@ wse_inbound::~wse_inbound() {
 }
 
 void wse_inbound::on_message(wse_conn conn, const wse_app_message& m) {
+  ENGINE_ASSERT(conn.owner->index() < shards_.size());  // built with fewer shards than workers
   per_shard& p = *shards_[conn.owner->index()];
   switch (policy_) {
     case inbound_policy::drop:
