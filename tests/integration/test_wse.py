@@ -9,6 +9,7 @@ Only 127.0.0.1; every wait is bounded and every server started here is stopped (
 import json
 import os
 import re
+import socket
 import time
 
 import jwt
@@ -162,6 +163,28 @@ def test_wse_idle_timeout_4408():
         assert not busy.closed_by_server and not busy.eof, busy.events[-3:]
         idle.abort()
         busy.finish()
+
+
+@limit(20)
+def test_wse_origin_403_before_auth():
+    """WSE mode with --allowed-origins: a browser upgrade from a foreign Origin gets 403 before
+    any token is looked at; a listed Origin with a valid cookie token gets server_ready."""
+    with wse("--allowed-origins", "https://app.example") as srv:
+        tok = token()
+        cookie = ("Cookie: access_token=%s\r\n" % tok).encode()
+        s = socket.create_connection((H.HOST, srv.port), timeout=5)
+        req, _ = H.handshake_request(srv.port, path="/wse",
+                                     extra=cookie + b"Origin: https://evil.example\r\n")
+        s.sendall(req)
+        status = H.read_response_head(s)[0]
+        s.close()
+        assert status == 403, status
+        ws = H.RawWS(srv.port, path="/wse", extra=cookie + b"Origin: https://app.example\r\n")
+        check_server_ready(next_text(ws, 1), "alice")
+        ws.finish()
+        m, _ = H.get_metrics(srv.port)
+        assert H.metric_value(m, "wsed_connections_rejected_total", reason="origin", shard="total") == 1
+        assert H.metric_value(m, "wsed_wse_auth_total", result="ok", shard="total") == 1
 
 
 def test_wse_server_ping_every_interval():
