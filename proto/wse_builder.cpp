@@ -4,6 +4,9 @@
 // caller's string (the only allocation is that string growing).
 #include "proto/wse_builder.hpp"
 
+#include <cstdint>
+#include <cstring>
+
 #include <algorithm>
 #include <charconv>
 
@@ -81,12 +84,33 @@ void put2(char* out, unsigned value) {
 
 }  // namespace
 
+namespace {
+
+// True when one of the 8 bytes of w needs a look: a control character, '"', '\\' or a
+// non-ASCII byte (SWAR: a byte is zero in v iff (v - 1) & ~v has its top bit set).
+bool any_special(uint64_t w) {
+  constexpr uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+  auto has_zero = [](uint64_t v) { return (v - ones) & ~v & highs; };
+  uint64_t control = (w - 0x20 * ones) & ~w & highs;  // bytes < 0x20 (and some >= 0x80)
+  return ((w & highs) | control | has_zero(w ^ ('"' * ones)) | has_zero(w ^ ('\\' * ones))) != 0;
+}
+
+}  // namespace
+
 void wse_append_json_string(std::string& out, std::string_view s) {
   out.push_back('"');
   const auto* bytes = reinterpret_cast<const unsigned char*>(s.data());
   size_t run_begin = 0;  // start of bytes copied as they are
   size_t i = 0;
   while (i < s.size()) {
+    if (s.size() - i >= 8) {  // plain ASCII runs go 8 bytes at a time
+      uint64_t w;
+      std::memcpy(&w, bytes + i, 8);
+      if (!any_special(w)) {
+        i += 8;
+        continue;
+      }
+    }
     const unsigned char b = bytes[i];
     if (b >= 0x20 && b != '"' && b != '\\' && b < 0x80) {
       ++i;

@@ -253,6 +253,27 @@ TEST_CASE("wse: JSON string escaping") {
         "\\ufffd\\ufffd\\ufffd\\ufffd\"");
 }
 
+TEST_CASE("wse: JSON string escaping finds a special byte at any offset of a long string") {
+  // The escaper skips plain ASCII 8 bytes at a time: each special byte, and a multi-byte UTF-8
+  // character, at every offset of a 40-byte string (and across an 8-byte boundary).
+  struct special {
+    std::string in, escaped;
+  };
+  const special specials[] = {
+      {"\x01", "\\u0001"}, {"\x1f", "\\u001f"},      {"\"", "\\\""},
+      {"\\", "\\\\"},      {"\x7f", "\x7f"},         {" ", " "},
+      {"\x80", "\\ufffd"}, {"\xc3\xa9", "\xc3\xa9"}, {"\xf0\x9f\x98\x80", "\xf0\x9f\x98\x80"}};
+  std::string out;
+  for (const special& sp : specials) {
+    for (size_t pos = 0; pos + sp.in.size() <= 40; ++pos) {
+      const std::string before(pos, 'a'), after(40 - pos - sp.in.size(), 'b');
+      out.clear();
+      wse_append_json_string(out, before + sp.in + after);
+      CHECK(out == "\"" + before + sp.escaped + after + "\"");
+    }
+  }
+}
+
 TEST_CASE("wse: RFC 3339 timestamps") {
   CHECK(wse_timestamp(0) == "1970-01-01T00:00:00.000Z");
   CHECK(wse_timestamp(1) == "1970-01-01T00:00:00.001Z");
