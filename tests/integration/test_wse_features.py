@@ -797,3 +797,45 @@ def test_wse_feat_metrics():
         assert sends is not None and sends >= 1, m.get("wsed_wse_sends_total")
         assert family_max(m, "wsed_wse_rate_limited_total") == 0, m.get("wsed_wse_rate_limited_total")
         assert family_max(m, "wsed_key_reloads_total", result="ok") == 0, m.get("wsed_key_reloads_total")
+
+
+# ---------------------------------------------------------------------------------------------
+# 12. the library API: tools/examples/wse_whoami embeds engine::server + wse_app + its handler
+# ---------------------------------------------------------------------------------------------
+
+@limit(30)
+def test_wse_feat_library_example_whoami():
+    """The example program's wse_handler: on_connect sends `welcome` right after server_ready,
+    on_message answers `whoami` with the token's user and the connection id, anything else with
+    `ack`; replies take the connection's format (M: for format=msgpack)."""
+    example = os.path.join(os.path.dirname(os.path.dirname(BIN)), "tools", "wse_whoami")
+    assert os.path.exists(example), "example not built: %s" % example
+    srv = H.Server([example, "0"], env=W.env(), name="wse_whoami")
+    srv.start()
+    try:
+        ws = connect(srv, token(sub="zoe"))
+        ready = json.loads(next_text(ws, 1))
+        welcome = json.loads(next_text(ws, 2))
+        assert welcome["t"] == "welcome" and welcome["p"] == {"user": "zoe"}, welcome
+        ws.send_frame(OP_TEXT, b'{"t":"whoami"}')
+        who = json.loads(next_text(ws, 3))
+        assert who["t"] == "whoami" and who["p"]["user"] == "zoe", who
+        assert who["p"]["connection_id"] == ready["p"]["details"]["connection_id"], (who, ready)
+        ws.send_frame(OP_TEXT, b'{"t":"note","p":{"a":1}}')
+        ack = json.loads(next_text(ws, 4))
+        assert ack["t"] == "ack" and ack["p"] == {"type": "note", "payload_bytes": 7}, ack
+        ws.finish()
+        mp = connect(srv, token(sub="max"), path="/wse?format=msgpack")
+        assert mp.wait_messages(2, 5), mp.events
+        kind, body = mp.messages()[1][:2]
+        assert kind == "binary" and body[:2] == b"M:", mp.messages()[1]
+        doc = unpackb(body[2:])
+        assert doc["t"] == "welcome" and doc["p"] == {"user": "max"}, doc
+        mp.finish()
+        expect_refused(connect(srv, token(secret="another-secret-of-at-least-32-bytes!!")),
+                       "AUTH_FAILED")
+    finally:
+        rc = srv.stop(timeout=15)
+        problems = srv.sanitizer_problems()
+    assert rc == 0, "wse_whoami exited with %s; stderr: %s" % (rc, srv.stderr_text()[-1500:])
+    assert not problems, "sanitizer report %s: %s" % (problems, srv.stderr_text()[-3000:])
