@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:-10}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(ws http)
+[ ${#targets[@]} -gt 0 ] || targets=(ws http wse)
 
 CXX=${CXX_FUZZ:-clang++}
 if ! command -v "$CXX" >/dev/null 2>&1; then
@@ -22,8 +22,14 @@ passed=0
 failed=0
 for t in "${targets[@]}"; do
   bin=build-fuzz/fuzz_$t
+  sources=(proto/http.cpp proto/ws.cpp proto/utf8.cpp)
+  libs=(-lcrypto)
+  if [ "$t" = wse ]; then
+    sources+=(proto/wse_envelope.cpp proto/wse_builder.cpp proto/wse_formats.cpp)
+    libs+=(-lsimdjson -ldeflate -DMSGPACK_NO_BOOST)
+  fi
   if ! "$CXX" -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-      -I. "tests/fuzz/fuzz_$t.cpp" proto/http.cpp proto/ws.cpp proto/utf8.cpp -lcrypto -o "$bin" \
+      -I. "tests/fuzz/fuzz_$t.cpp" "${sources[@]}" "${libs[@]}" -o "$bin" \
       2>"build-fuzz/fuzz_$t.build.log"; then
     echo "fuzz_$t: build failed (build-fuzz/fuzz_$t.build.log)"
     failed=$((failed + 1))
