@@ -232,12 +232,40 @@ void wse_app::on_message(shard& s, conn_ref c, proto::ws_opcode opcode,
   if (!admit(s, c, p, *st)) return;
   if (opcode == proto::ws_opcode::text) return on_json(s, c, p, *st, as_text(payload));
   // Binary: M: + MessagePack, raw MessagePack, or C: + zlib; decoded to JSON text first.
-  proto::wse_error err = p.codec.decode_inbound(payload, true, p.decoded, opt_.message_bytes_max);
+  proto::wse_msgpack_envelope env;
+  proto::wse_error err =
+      p.codec.decode_inbound(payload, true, p.decoded, opt_.message_bytes_max, &env);
   if (err != proto::wse_error::none) {
     p.counts.invalid.add();
     return send_error(s, c, p, "INVALID_MESSAGE", proto::to_string(err));
   }
+  // An application message (or a pong) in MessagePack needs no second parse: the decoder saw
+  // its envelope on the way (the views point into payload, alive for this call). Anything else
+  // (protocol messages with payload fields, odd shapes) goes through the JSON parser.
+  if (env.complete && env.depth < proto::wse_json_depth_max) {
+    proto::wse_kind kind = proto::wse_kind_of(env.type);
+    if (kind == proto::wse_kind::pong) return p.counts.pongs.add();
+    if (kind == proto::wse_kind::application) {
+      std::string_view payload_json;
+      if (env.has_payload)
+        payload_json = std::string_view(p.decoded).substr(env.payload_begin,
+                                                          env.payload_end - env.payload_begin);
+      return deliver(s, c, p, *st, env.type, env.has_category, env.category, payload_json);
+    }
+  }
   on_json(s, c, p, *st, p.decoded);
+}
+
+void wse_app::deliver(shard& s, conn_ref c, per_shard& p, conn_state& st, std::string_view type,
+                      bool has_category, std::string_view category, std::string_view payload_json) {
+  p.counts.app_messages.add();
+  wse_app_message m;
+  m.type = type;
+  m.category = has_category ? category : proto::category_name(proto::category_of(type));
+  m.payload_json = payload_json;
+  m.user_id = st.user_id;
+  m.connection_id = std::string_view(st.connection_id, sizeof st.connection_id);
+  handler_.on_message(wse_conn{&s, c}, m);
 }
 
 void wse_app::on_json(shard& s, conn_ref c, per_shard& p, conn_state& st, std::string_view text) {
@@ -280,14 +308,8 @@ void wse_app::on_json(shard& s, conn_ref c, per_shard& p, conn_state& st, std::s
     case proto::wse_kind::application:
       break;
   }
-  p.counts.app_messages.add();
-  wse_app_message m;
-  m.type = msg.type;
-  m.category = msg.has_category ? msg.category : proto::category_name(proto::category_of(msg.type));
-  m.payload_json = msg.has_payload ? msg.payload_json : std::string_view{};
-  m.user_id = st.user_id;
-  m.connection_id = std::string_view(st.connection_id, sizeof st.connection_id);
-  handler_.on_message(wse_conn{&s, c}, m);
+  deliver(s, c, p, st, msg.type, msg.has_category, msg.category,
+          msg.has_payload ? msg.payload_json : std::string_view{});
 }
 
 send_status wse_app::send(wse_conn conn, std::string_view type, std::string_view payload_json,

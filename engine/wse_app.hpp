@@ -165,6 +165,9 @@ class wse_app final : public app_handler {
   void refuse(shard& s, conn_ref c, per_shard& p, auth::verify_error why);
   bool admit(shard& s, conn_ref c, per_shard& p, conn_state& st);
   void on_json(shard& s, conn_ref c, per_shard& p, conn_state& st, std::string_view text);
+  // Hands one application message to the handler.
+  void deliver(shard& s, conn_ref c, per_shard& p, conn_state& st, std::string_view type,
+               bool has_category, std::string_view category, std::string_view payload_json);
 
   wse_app_options opt_;
   wse_handler& handler_;

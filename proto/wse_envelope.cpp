@@ -175,14 +175,6 @@ std::string_view top_level_value(std::string_view object, size_t index) {
   return {};
 }
 
-wse_kind kind_of(std::string_view type) {
-  if (type == "ping") return wse_kind::ping;
-  if (type == "pong" || type == "PONG") return wse_kind::pong;
-  if (type == "client_hello") return wse_kind::client_hello;
-  if (type == "subscription_update" || type == "subscription") return wse_kind::subscription;
-  return wse_kind::application;
-}
-
 // An integer millisecond count from a JSON number (ints, and floats as JS/Python may send).
 bool number_as_int64(element value, int64_t& out) {
   int64_t i = 0;
@@ -267,6 +259,14 @@ void reset(wse_message& out) {
 
 }  // namespace
 
+wse_kind wse_kind_of(std::string_view type) {
+  if (type == "ping") return wse_kind::ping;
+  if (type == "pong" || type == "PONG") return wse_kind::pong;
+  if (type == "client_hello") return wse_kind::client_hello;
+  if (type == "subscription_update" || type == "subscription") return wse_kind::subscription;
+  return wse_kind::application;
+}
+
 struct wse_envelope_parser::state {
   simdjson::dom::parser parser;
   std::string padded;  // copy of a message that came without padding
@@ -340,7 +340,7 @@ wse_error wse_envelope_parser::parse(std::string_view message, wse_message& out,
   if (!has_type) return wse_error::missing_type;
   if (out.has_payload) out.payload_json = top_level_value(json, payload_index);
 
-  out.kind = kind_of(out.type);
+  out.kind = wse_kind_of(out.type);
   const bool payload_is_object = out.has_payload && payload.is_object();
   switch (out.kind) {
     case wse_kind::ping:

@@ -44,6 +44,10 @@ enum class wse_kind : uint8_t {
   subscription,  // "subscription_update" / "subscription": subscribe or unsubscribe topics
 };
 
+// The kind a type ("t") makes a message: ping, pong/PONG, client_hello, subscription_update /
+// subscription; anything else is an application message.
+wse_kind wse_kind_of(std::string_view type);
+
 enum class wse_subscription_action : uint8_t { subscribe, unsubscribe };
 
 struct wse_topic {

@@ -10,6 +10,7 @@
 #include <libdeflate.h>
 #include <simdjson.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstring>
@@ -38,10 +39,43 @@ struct json_writer_visitor {
   std::string& out;
   size_t out_base;
   size_t json_bytes_max;
+  wse_msgpack_envelope* envelope = nullptr;  // optional: the top level, as wse_msgpack_envelope
   wse_error error = wse_error::none;
   size_t depth = 0;
   bool in_key = false;
   bool first[wse_msgpack_depth_max + 1] = {};
+  // With envelope: the current top-level key, where its value's JSON starts, what was seen.
+  std::string_view top_key{};
+  size_t value_begin = 0;
+  bool top_map = false, seen_t = false, seen_p = false, seen_c = false, seen_id = false;
+  bool duplicate = false, type_is_string = false;
+
+  // A string at the top level of the envelope: a key, or the value of t / c / id.
+  void top_string(std::string_view text) {
+    if (in_key) {
+      top_key = text;
+    } else if (top_key == "t") {
+      envelope->type = text;
+      type_is_string = true;
+    } else if (top_key == "c") {
+      envelope->category = text;
+      envelope->has_category = true;
+    } else if (top_key == "id") {
+      envelope->id = text;
+    }
+  }
+  void top_key_done() {
+    bool* seen = top_key == "t"    ? &seen_t
+                 : top_key == "p"  ? &seen_p
+                 : top_key == "c"  ? &seen_c
+                 : top_key == "id" ? &seen_id
+                                   : nullptr;
+    if (seen) {
+      duplicate = duplicate || *seen;
+      *seen = true;
+    }
+    value_begin = out.size();
+  }
 
   bool fail(wse_error e) {
     if (error == wse_error::none) error = e;
@@ -90,6 +124,7 @@ struct json_writer_visitor {
   bool visit_str(const char* v, uint32_t size) {
     const std::string_view text(v, size);
     if (!valid_utf8(text)) return fail(wse_error::invalid_utf8);
+    if (envelope && depth == 1 && top_map) top_string(text);
     wse_append_json_string(out, text);
     return check_size();
   }
@@ -101,6 +136,10 @@ struct json_writer_visitor {
   bool open(char bracket) {
     if (in_key) return fail(wse_error::unsupported_type);
     if (++depth > wse_msgpack_depth_max) return fail(wse_error::too_deep);
+    if (envelope) {
+      if (depth == 1) top_map = bracket == '{';
+      envelope->depth = std::max(envelope->depth, depth);
+    }
     first[depth] = true;
     out.push_back(bracket);
     return check_size();
@@ -127,10 +166,19 @@ struct json_writer_visitor {
   bool end_map_key() {
     in_key = false;
     out.push_back(':');
+    if (envelope && depth == 1) top_key_done();
     return true;
   }
   bool start_map_value() { return true; }
-  bool end_map_value() { return true; }
+  bool end_map_value() {
+    if (envelope && depth == 1 && top_key == "p") {
+      envelope->has_payload = true;
+      envelope->payload_begin = value_begin;
+      envelope->payload_end = out.size();
+    }
+    if (envelope && depth == 1) top_key = {};  // a non-string key leaves no name behind
+    return true;
+  }
   bool end_map() { return close('}'); }
   void parse_error(size_t, size_t) { fail(wse_error::malformed_msgpack); }
   void insufficient_bytes(size_t, size_t) { fail(wse_error::truncated); }
@@ -211,15 +259,20 @@ wse_inbound_format wse_detect_format(std::span<const uint8_t> message, bool bina
 }
 
 wse_error wse_msgpack_to_json(std::span<const uint8_t> msgpack, std::string& json_out,
-                              size_t json_bytes_max) {
+                              size_t json_bytes_max, wse_msgpack_envelope* envelope) {
+  if (envelope) *envelope = wse_msgpack_envelope{};
   if (msgpack.empty()) return wse_error::empty;
-  json_writer_visitor visitor{json_out, json_out.size(), json_bytes_max};
+  json_writer_visitor visitor{json_out, json_out.size(), json_bytes_max, envelope};
   size_t offset = 0;
   const bool ok = msgpack::parse(reinterpret_cast<const char*>(msgpack.data()), msgpack.size(),
                                  offset, visitor);
   if (visitor.error != wse_error::none) return visitor.error;
   if (!ok) return wse_error::malformed_msgpack;
   if (offset != msgpack.size()) return wse_error::trailing_bytes;
+  if (envelope) {
+    envelope->complete =
+        visitor.top_map && visitor.seen_t && visitor.type_is_string && !visitor.duplicate;
+  }
   return wse_error::none;
 }
 
@@ -325,8 +378,10 @@ wse_error wse_codec::decompress(std::span<const uint8_t> zlib, std::string& out,
 }
 
 wse_error wse_codec::decode_inbound(std::span<const uint8_t> message, bool binary,
-                                    std::string& json_out, size_t json_bytes_max) {
+                                    std::string& json_out, size_t json_bytes_max,
+                                    wse_msgpack_envelope* envelope) {
   json_out.clear();
+  if (envelope) *envelope = wse_msgpack_envelope{};
   switch (wse_detect_format(message, binary)) {
     case wse_inbound_format::json:
       if (message.size() > json_bytes_max) return wse_error::too_large;
@@ -334,7 +389,7 @@ wse_error wse_codec::decode_inbound(std::span<const uint8_t> message, bool binar
       return wse_error::none;
     case wse_inbound_format::msgpack:
       if (starts_with(message, 'M', ':')) message = message.subspan(2);
-      return wse_msgpack_to_json(message, json_out, json_bytes_max);
+      return wse_msgpack_to_json(message, json_out, json_bytes_max, envelope);
     case wse_inbound_format::zlib:
       break;
   }

@@ -45,8 +45,29 @@ wse_inbound_format wse_detect_format(std::span<const uint8_t> message, bool bina
 // UTF-8 text, ext is refused. Floats are written in their shortest round-trip form (NaN and
 // infinities as null). Nesting over wse_msgpack_depth_max -> too_deep; a truncated input ->
 // truncated; bytes after the value -> trailing_bytes; JSON over json_bytes_max -> too_large.
+//
+// envelope (optional): what the decoder saw at the top level on the way, so that an application
+// message needs no second parse of the JSON text (see wse_msgpack_envelope).
+struct wse_msgpack_envelope;
 wse_error wse_msgpack_to_json(std::span<const uint8_t> msgpack, std::string& json_out,
-                              size_t json_bytes_max = wse_decompressed_bytes_max_default);
+                              size_t json_bytes_max = wse_decompressed_bytes_max_default,
+                              wse_msgpack_envelope* envelope = nullptr);
+
+// The top level of a MessagePack envelope as the decoder walked it. complete: the value is a map
+// whose "t" is a string and whose t, p, c, id keys each appear at most once; then the fields
+// below equal what wse_envelope_parser reads from the JSON text (type, category when "c" is a
+// string, id when "id" is a string, and "p" as the span [payload_begin, payload_end) of the JSON
+// written to json_out). Views point into the MessagePack input.
+struct wse_msgpack_envelope {
+  bool complete = false;
+  std::string_view type;
+  bool has_category = false;
+  std::string_view category;
+  std::string_view id;
+  bool has_payload = false;
+  size_t payload_begin = 0, payload_end = 0;
+  size_t depth = 0;  // deepest nesting seen (the top-level map is 1)
+};
 
 enum class wse_compressed : uint8_t { no, yes };
 
@@ -73,9 +94,12 @@ class wse_codec {
                        size_t decompressed_bytes_max = wse_decompressed_bytes_max_default);
 
   // Any inbound message -> JSON text in json_out (replaced): strips "M:"/"C:", decodes msgpack
-  // and zlib (a C: stream may itself hold JSON or msgpack), copies JSON text as it is.
+  // and zlib (a C: stream may itself hold JSON or msgpack), copies JSON text as it is. With
+  // envelope, a message that is MessagePack itself ("M:" or raw, not inside "C:") also fills it
+  // (its views then point into message); otherwise envelope->complete stays false.
   wse_error decode_inbound(std::span<const uint8_t> message, bool binary, std::string& json_out,
-                           size_t json_bytes_max = wse_decompressed_bytes_max_default);
+                           size_t json_bytes_max = wse_decompressed_bytes_max_default,
+                           wse_msgpack_envelope* envelope = nullptr);
 
  private:
   struct state;

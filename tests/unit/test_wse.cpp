@@ -395,6 +395,55 @@ TEST_CASE("wse: server_ready, server_hello, error, PONG, ping, subscription byte
   CHECK(m.type == "server_ready");
 }
 
+TEST_CASE("wse: the MessagePack envelope seen on the way agrees with the JSON parser") {
+  wse_codec codec;
+  wse_envelope_parser parser;
+  std::string packed;  // the views of env point into it
+  auto decode = [&](std::string_view json, std::string& back, wse_msgpack_envelope& env) {
+    packed.clear();
+    REQUIRE(codec.json_to_msgpack(json, packed) == wse_error::none);
+    REQUIRE(codec.decode_inbound(bytes_of(packed), true, back, 1 << 20, &env) == wse_error::none);
+  };
+  std::string back;
+  wse_msgpack_envelope env;
+  decode(R"({"c":"U","t":"chat","id":"x1","p":{"text":"hé","n":[1,{"t":"inner"}]},"v":1})", back,
+         env);
+  CHECK(env.complete);
+  CHECK(env.type == "chat");
+  CHECK((env.has_category && env.category == "U"));
+  CHECK(env.id == "x1");
+  REQUIRE(env.has_payload);
+  const std::string_view payload(back.data() + env.payload_begin,
+                                 env.payload_end - env.payload_begin);
+  CHECK(payload == "{\"text\":\"h\xc3\xa9\",\"n\":[1,{\"t\":\"inner\"}]}");
+  CHECK(env.depth == 4);
+  wse_message msg;
+  REQUIRE(parser.parse(back, msg) == wse_error::none);
+  CHECK((msg.type == env.type && msg.category == env.category && msg.payload_json == payload));
+
+  decode(R"({"p":[1,2],"t":"x","c":7,"id":{"a":1}})", back, env);  // c and id not strings
+  CHECK((env.complete && !env.has_category && env.id.empty() && env.type == "x"));
+  decode(R"({"t":"x"})", back, env);
+  CHECK((env.complete && !env.has_payload));
+  // Not complete: the JSON parser decides (and refuses these).
+  decode(R"({"t":"a","t":"b"})", back, env);
+  CHECK_FALSE(env.complete);
+  decode(R"({"p":{},"p":{},"t":"a"})", back, env);
+  CHECK_FALSE(env.complete);
+  decode(R"({"t":5})", back, env);
+  CHECK_FALSE(env.complete);
+  decode(R"({"p":{"t":"nested only"}})", back, env);
+  CHECK_FALSE(env.complete);
+  decode(R"(["t","a"])", back, env);
+  CHECK_FALSE(env.complete);
+  // C: is never seen this way (its views would point into the codec's own buffer).
+  std::string zipped;
+  REQUIRE(codec.compress(std::string(R"({"t":"chat","p":{}})") + std::string(2000, ' '), zipped,
+                         16) == wse_compressed::yes);
+  REQUIRE(codec.decode_inbound(bytes_of(zipped), true, back, 1 << 20, &env) == wse_error::none);
+  CHECK_FALSE(env.complete);
+}
+
 TEST_CASE("wse: msgpack round trip and decoding rules") {
   wse_codec codec;
   const std::string json =
