@@ -2,9 +2,10 @@
 #include "engine/flags.hpp"
 
 #include <CLI/CLI.hpp>
-#include <cctype>
 #include <charconv>
 #include <cstdio>
+
+#include "proto/http.hpp"
 
 namespace wsed::engine {
 
@@ -17,15 +18,6 @@ std::optional<uint64_t> split_number(std::string_view text, std::string_view* su
   *suffix = std::string_view(end, size_t(text.data() + text.size() - end));
   while (!suffix->empty() && suffix->front() == ' ') suffix->remove_prefix(1);
   return value;
-}
-
-bool equal_nocase(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i)
-    if (std::tolower(static_cast<unsigned char>(a[i])) !=
-        std::tolower(static_cast<unsigned char>(b[i])))
-      return false;
-  return true;
 }
 
 std::optional<uint64_t> multiply(uint64_t v, uint64_t m) {
@@ -57,7 +49,7 @@ std::optional<uint64_t> parse_size(std::string_view text) {
   std::string_view suffix;
   auto v = split_number(text, &suffix);
   if (!v) return std::nullopt;
-  if (suffix.empty() || equal_nocase(suffix, "B")) return v;
+  if (suffix.empty() || proto::ascii_iequals(suffix, "B")) return v;
   static constexpr struct {
     const char* names[3];
     uint64_t factor;
@@ -66,7 +58,7 @@ std::optional<uint64_t> parse_size(std::string_view text) {
                {{"G", "GB", "GiB"}, 1ull << 30}};
   for (const auto& u : units)
     for (const char* n : u.names)
-      if (equal_nocase(suffix, n)) return multiply(*v, u.factor);
+      if (proto::ascii_iequals(suffix, n)) return multiply(*v, u.factor);
   return std::nullopt;
 }
 

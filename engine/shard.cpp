@@ -17,7 +17,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cctype>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -517,14 +516,8 @@ void shard::on_handshake_bytes(connection& c, uint32_t slot, std::span<uint8_t> 
 
 bool shard::origin_allowed(std::string_view origin) const {
   if (cfg_.allowed_origins.empty() || origin.empty()) return true;
-  for (const std::string& allowed : cfg_.allowed_origins) {
-    if (allowed.size() != origin.size()) continue;
-    bool same = true;
-    for (size_t i = 0; i < origin.size() && same; ++i)
-      same = std::tolower(static_cast<unsigned char>(origin[i])) ==
-             std::tolower(static_cast<unsigned char>(allowed[i]));
-    if (same) return true;
-  }
+  for (const std::string& allowed : cfg_.allowed_origins)
+    if (proto::ascii_iequals(origin, allowed)) return true;
   return false;
 }
 

@@ -21,17 +21,6 @@ int64_t wall_ms() {
   return int64_t(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
 }
 
-bool equal_nocase(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i) {
-    char x = a[i], y = b[i];
-    if (x >= 'A' && x <= 'Z') x = char(x - 'A' + 'a');
-    if (y >= 'A' && y <= 'Z') y = char(y - 'A' + 'a');
-    if (x != y) return false;
-  }
-  return true;
-}
-
 std::string_view as_text(std::span<const uint8_t> bytes) {
   return {reinterpret_cast<const char*>(bytes.data()), bytes.size()};
 }
@@ -41,7 +30,7 @@ std::span<const uint8_t> as_bytes(std::string_view text) {
 }
 
 // Sorted by name (clients are written against sorted keys). Only what wsed really does is true.
-std::array<proto::wse_feature, 6> features_of(const wse_app_options& o) {
+std::array<proto::wse_feature, wse_feature_count> features_of(const wse_app_options& o) {
   return {{
       {"batching", false},
       {"circuit_breaker", false},
@@ -66,7 +55,7 @@ const char* name_of(wse_send_format f) {
 wse_app::per_shard::per_shard() : rng(std::random_device{}()) {}
 
 wse_app::wse_app(wse_app_options options, wse_handler& handler)
-    : opt_(std::move(options)), handler_(handler) {
+    : opt_(std::move(options)), handler_(handler), features_(features_of(opt_)) {
   auth_ = opt_.verifier != nullptr;
   verifier_ = std::move(opt_.verifier);
   sources_.cookie_name = opt_.cookie_name;
@@ -137,23 +126,18 @@ void wse_app::on_open(shard& s, conn_ref c, const proto::http_request& request) 
   st.seq = 0;
   st.user_id.clear();
   auto format = auth::query_value(request.query, "format");
-  st.msgpack = format && equal_nocase(*format, "msgpack");
+  st.msgpack = format && proto::ascii_iequals(*format, "msgpack");
 
   std::optional<auth::identity> who;
   if (auth_) {
-    std::array<std::string_view, proto::http_header_count_max> cookies;
+    std::array<std::string_view, proto::http_header_count_max> cookies;  // every Cookie header
     size_t cookie_count = 0;
-    std::string_view authorization;
-    for (size_t i = 0; i < request.header_count; ++i) {
-      const proto::http_header& h = request.headers[i];
-      if (equal_nocase(h.name, "Cookie"))
-        cookies[cookie_count++] = h.value;
-      else if (authorization.empty() && equal_nocase(h.name, "Authorization"))
-        authorization = h.value;
-    }
+    for (size_t i = 0; i < request.header_count; ++i)
+      if (proto::ascii_iequals(request.headers[i].name, "Cookie"))
+        cookies[cookie_count++] = request.headers[i].value;
     auto token =
         auth::extract_token(std::span<const std::string_view>(cookies.data(), cookie_count),
-                            authorization, request.query, sources_);
+                            request.header("Authorization"), request.query, sources_);
     if (!token) return refuse(s, c, p, auth::verify_error::no_token);
     if (verifier_version_.load(std::memory_order_acquire) != p.verifier_version) {
       std::lock_guard lock(verifier_mu_);
@@ -174,13 +158,12 @@ void wse_app::on_open(shard& s, conn_ref c, const proto::http_request& request) 
   uuid7(p, now, st.connection_id);
   char message_id[proto::wse_uuid_chars];
   uuid7(p, now, message_id);
-  auto features = features_of(opt_);
   proto::wse_server_ready ready;
   ready.message_id = std::string_view(message_id, sizeof message_id);
   ready.connection_id = std::string_view(st.connection_id, sizeof st.connection_id);
   ready.user_id = st.user_id;
   ready.now_ms = now;
-  ready.features = features;
+  ready.features = features_;
   ready.seq = ++st.seq;
   p.scratch.clear();
   proto::wse_build_server_ready(p.scratch, ready);
@@ -288,10 +271,9 @@ void wse_app::on_json(shard& s, conn_ref c, per_shard& p, conn_state& st, std::s
     case proto::wse_kind::client_hello: {
       p.counts.hellos.add();
       const proto::wse_limit limits[] = {{"max_message_size", opt_.message_bytes_max}};
-      auto features = features_of(opt_);
       proto::wse_server_hello hello;
       hello.connection_id = std::string_view(st.connection_id, sizeof st.connection_id);
-      hello.features = features;
+      hello.features = features_;
       hello.limits = limits;
       hello.ping_interval_ms = opt_.ping_interval_ms;
       hello.protocol_version = std::min<int64_t>(msg.hello.protocol_version, 2);
@@ -328,8 +310,8 @@ send_status wse_app::send(wse_conn conn, std::string_view type, std::string_view
   f.id = std::string_view(id, sizeof id);
   f.now_ms = now;
   f.seq = ++st->seq;
-  // The payload may point into p.scratch's old contents (a handler echoing what it was given
-  // points into the message, never into scratch), so build into scratch after reading it.
+  // type, payload_json and category must not point into p.scratch or p.encoded (they are
+  // rebuilt here): handlers pass the message's own views or their own buffers.
   p.scratch.clear();
   proto::wse_build_envelope(p.scratch, f);
 

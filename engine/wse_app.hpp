@@ -19,6 +19,7 @@
 // are loaded by the embedding program).
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -91,6 +92,8 @@ struct wse_app_options {
 };
 
 enum class wse_send_format : uint8_t { json, msgpack, compressed, count_ };
+
+inline constexpr size_t wse_feature_count = 6;  // the features object of server_ready / hello
 
 // What happened on one shard; written by that shard only, read by /metrics from any shard.
 struct wse_counters {
@@ -171,6 +174,7 @@ class wse_app final : public app_handler {
 
   wse_app_options opt_;
   wse_handler& handler_;
+  const std::array<proto::wse_feature, wse_feature_count> features_;  // from the options
   bool auth_ = false;
   // The current verifier, swapped by set_verifier. Shards keep their own copy and take the lock
   // only when verifier_version_ moved (once per reload), so an upgrade costs one atomic load.

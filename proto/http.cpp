@@ -56,13 +56,6 @@ constexpr char ascii_lower(char c) {
   return c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c;
 }
 
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i)
-    if (ascii_lower(a[i]) != ascii_lower(b[i])) return false;
-  return true;
-}
-
 std::string_view trim_ows(std::string_view s) {
   while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
   while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
@@ -121,19 +114,26 @@ uint16_t parse_header_line(std::string_view line, http_header& header) {
 
 }  // namespace
 
+bool ascii_iequals(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i)
+    if (ascii_lower(a[i]) != ascii_lower(b[i])) return false;
+  return true;
+}
+
 std::string_view http_request::header(std::string_view name) const {
   for (size_t i = 0; i < header_count; ++i)
-    if (iequals(headers[i].name, name)) return headers[i].value;
+    if (ascii_iequals(headers[i].name, name)) return headers[i].value;
   return {};
 }
 
 bool http_request::has_token(std::string_view name, std::string_view token) const {
   for (size_t i = 0; i < header_count; ++i) {
-    if (!iequals(headers[i].name, name)) continue;
+    if (!ascii_iequals(headers[i].name, name)) continue;
     std::string_view rest = headers[i].value;
     while (!rest.empty()) {
       const size_t comma = rest.find(',');
-      if (iequals(trim_ows(rest.substr(0, comma)), token)) return true;
+      if (ascii_iequals(trim_ows(rest.substr(0, comma)), token)) return true;
       if (comma == std::string_view::npos) break;
       rest.remove_prefix(comma + 1);
     }
@@ -203,7 +203,7 @@ http_parse_status http_request_parser::parse_block(std::span<const char> block) 
   }
   if (!req.header("Transfer-Encoding").empty()) return fail(501);
   for (size_t i = 0; i < req.header_count; ++i)
-    if (iequals(req.headers[i].name, "Content-Length") && req.headers[i].value != "0")
+    if (ascii_iequals(req.headers[i].name, "Content-Length") && req.headers[i].value != "0")
       return fail(501);
   return http_parse_status::complete;
 }

@@ -104,4 +104,7 @@ std::string http_response(uint16_t status, std::string_view content_type, std::s
 
 std::string_view http_reason(uint16_t status);
 
+// ASCII case-insensitive equality (header names, tokens, origins, unit suffixes).
+bool ascii_iequals(std::string_view a, std::string_view b);
+
 }  // namespace wsed::proto
