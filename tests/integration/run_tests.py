@@ -75,6 +75,10 @@ def main():
             print(t[1])
         return 0
     passed = failed = 0
+    for k in args.k:   # a -k that selects nothing (a renamed test) must not pass silently
+        if not any(k in t[1] for t in tests):
+            failed += 1
+            print("FAIL -k %s: no test name contains it" % k, flush=True)
     for mname, name, fn, limit, _ in tests:
         t0 = time.monotonic()
         p = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--one", "%s:%s" % (mname, name)],

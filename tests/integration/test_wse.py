@@ -9,7 +9,6 @@ Only 127.0.0.1; every wait is bounded and every server started here is stopped (
 import json
 import os
 import re
-import socket
 import time
 
 import jwt
@@ -25,11 +24,7 @@ UUID7_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-
 FEATURES = ["batching", "circuit_breaker", "compression", "encryption", "priority_queue", "recovery"]
 
 
-def limit(seconds):
-    def deco(fn):
-        fn.time_limit = seconds
-        return fn
-    return deco
+limit = H.limit
 
 
 def env(**extra):
@@ -65,23 +60,34 @@ def text_messages(ws):
     return [json.loads(e[1]) for e in ws.messages() if e[0] == "text"]
 
 
+def message(ws, n, timeout=5):
+    """Message n (1-based) as (kind, bytes)."""
+    assert ws.wait_messages(n, timeout) and len(ws.messages()) >= n, "no message %d; events %r" % (n, ws.events[-5:])
+    return ws.messages()[n - 1]
+
+
 def next_text(ws, n, timeout=5):
-    assert ws.wait_messages(n, timeout), "no message %d; events %r" % (n, ws.events[-5:])
-    m = ws.messages()[n - 1]
+    """Message n (1-based), which must be a text message: its bytes."""
+    m = message(ws, n, timeout)
     assert m[0] == "text", m
     return m[1]
 
 
-def expect_refused(ws, code):
-    assert ws.wait_close(5), "no close; events %r" % ws.events
-    msgs = ws.messages()
-    assert len(msgs) == 1 and msgs[0][0] == "text", msgs
-    raw = msgs[0][1]
+def check_error(raw, code):
+    """raw is a WSE error envelope with this code: {"c":"WSE","p":{"code",..,"message","timestamp"},"t":"error","v":1}."""
     assert raw.startswith(b'{"c":"WSE","p":{"code":"%s"' % code.encode()), raw
     doc = json.loads(raw)
     assert list(doc) == ["c", "p", "t", "v"] and doc["t"] == "error" and doc["v"] == 1, doc
-    assert list(doc["p"]) == ["code", "message", "timestamp"], doc
-    assert TS_RE.match(doc["p"]["timestamp"]), doc
+    assert list(doc["p"]) == ["code", "message", "timestamp"] and TS_RE.match(doc["p"]["timestamp"]), doc
+    return doc
+
+
+def expect_refused(ws, code):
+    """The upgrade was refused: one error message with this code, then close 4401."""
+    assert ws.wait_close(5), "no close; events %r" % ws.events
+    msgs = ws.messages()
+    assert len(msgs) == 1 and msgs[0][0] == "text", msgs
+    check_error(msgs[0][1], code)
     assert ws.close_code() == 4401, ws.events
     ws.abort()
 
@@ -108,16 +114,18 @@ def check_server_ready(raw, sub, compression=True):
     return doc
 
 
+def expect_ready(srv, tok, sub, **connect_args):
+    """A connection with token tok gets server_ready for user sub; then closed cleanly."""
+    ws = connect(srv, tok, **connect_args)
+    check_server_ready(next_text(ws, 1), sub)
+    ws.finish()
+
+
 def test_wse_server_ready_from_cookie():
     with wse() as srv:
-        ws = connect(srv, token("alice"))
-        first = next_text(ws, 1)
-        check_server_ready(first, "alice")
-        ws.finish()
+        expect_ready(srv, token("alice"), "alice")
         # A user id needing JSON escaping survives the trip.
-        ws = connect(srv, token('bob "the" \\ builder\u00e9'))
-        check_server_ready(next_text(ws, 1), 'bob "the" \\ builder\u00e9')
-        ws.finish()
+        expect_ready(srv, token('bob "the" \\ builder\u00e9'), 'bob "the" \\ builder\u00e9')
 
 
 def test_wse_ping_pong():
@@ -172,12 +180,9 @@ def test_wse_origin_403_before_auth():
     with wse("--allowed-origins", "https://app.example") as srv:
         tok = token()
         cookie = ("Cookie: access_token=%s\r\n" % tok).encode()
-        s = socket.create_connection((H.HOST, srv.port), timeout=5)
         req, _ = H.handshake_request(srv.port, path="/wse",
                                      extra=cookie + b"Origin: https://evil.example\r\n")
-        s.sendall(req)
-        status = H.read_response_head(s)[0]
-        s.close()
+        status, _ = H.upgrade(srv.port, req)
         assert status == 403, status
         ws = H.RawWS(srv.port, path="/wse", extra=cookie + b"Origin: https://app.example\r\n")
         check_server_ready(next_text(ws, 1), "alice")
@@ -253,13 +258,9 @@ def test_wse_auth_refusals():
         expect_refused(connect(srv, "null"), "AUTH_REQUIRED")                      # placeholder
         # Query tokens are refused unless allowed.
         expect_refused(connect(srv, token(), how="query"), "AUTH_REQUIRED")
-        ws = connect(srv, token("carol"), how="bearer")
-        check_server_ready(next_text(ws, 1), "carol")
-        ws.finish()
+        expect_ready(srv, token("carol"), "carol", how="bearer")
         # The server is still fine afterwards.
-        ws = connect(srv, token("dave"))
-        check_server_ready(next_text(ws, 1), "dave")
-        ws.finish()
+        expect_ready(srv, token("dave"), "dave")
 
 
 def test_wse_auth_pipelined_frames_after_refusal():
@@ -272,25 +273,19 @@ def test_wse_auth_pipelined_frames_after_refusal():
         s.close()
         assert eof, data
         assert b"101" in data.split(b"\r\n")[0] and b"AUTH_REQUIRED" in data and b"PONG" not in data, data
-        ws = connect(srv, token())
-        check_server_ready(next_text(ws, 1), "alice")
-        ws.finish()
+        expect_ready(srv, token(), "alice")
 
 
 def test_wse_query_token_allowed():
     with wse("--allow-query-token") as srv:
-        ws = connect(srv, token("erin"), how="query")
-        check_server_ready(next_text(ws, 1), "erin")
-        ws.finish()
+        expect_ready(srv, token("erin"), "erin", how="query")
 
 
 def test_wse_issuer_audience():
     with wse("--jwt-issuer", "me", "--jwt-audience", "app") as srv:
         expect_refused(connect(srv, token()), "AUTH_FAILED")
         expect_refused(connect(srv, token(iss="me", aud="other")), "AUTH_FAILED")
-        ws = connect(srv, token("frank", iss="me", aud="app"))
-        check_server_ready(next_text(ws, 1), "frank")
-        ws.finish()
+        expect_ready(srv, token("frank", iss="me", aud="app"), "frank")
 
 
 def test_wse_inbound_echo():
@@ -312,16 +307,10 @@ def test_wse_inbound_echo():
 
 
 def test_wse_insecure_no_auth():
-    srv = H.wsed_server(BIN, "--mode", "wse", "--insecure-no-auth", "--workers", "1",
-                        env={"WSED_JWT_SECRET": ""})
-    srv.start()
-    try:
+    with H.running(BIN, "--mode", "wse", "--insecure-no-auth", "--workers", "1",
+                   env=env(WSED_JWT_SECRET="")) as srv:
         assert "mode wse" in srv.first_line, srv.first_line
-        ws = connect(srv, None)
-        check_server_ready(next_text(ws, 1), "anonymous")
-        ws.finish()
-    finally:
-        assert srv.stop(timeout=15) == 0
+        expect_ready(srv, None, "anonymous")
 
 
 def test_wse_startup_checks():
@@ -367,6 +356,4 @@ def test_wse_gen_token_accepted_by_server():
     rc, out, _ = H.run_cmd([BIN, "gen-token", "--sub", "ivy"], env={"WSED_JWT_SECRET": SECRET})
     assert rc == 0
     with wse() as srv:
-        ws = connect(srv, out.strip(), how="bearer")
-        check_server_ready(next_text(ws, 1), "ivy")
-        ws.finish()
+        expect_ready(srv, out.strip(), "ivy", how="bearer")

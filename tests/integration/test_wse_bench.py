@@ -17,20 +17,14 @@ import wsed_harness as H
 
 BIN = os.environ.get("WSED_BIN") or H.wsed_binary("build")
 BENCH = os.path.join(os.path.dirname(os.path.dirname(BIN)), "tools", "wse-bench")
+SAN = os.environ.get("WSED_SANITIZERS") == "1"
 SECRET = "integration-secret-at-least-32-bytes-long"
-
-
-def limit(seconds):
-    def deco(fn):
-        fn.time_limit = seconds
-        return fn
-    return deco
+limit = H.limit
 
 
 def run_bench(*args, timeout=60):
-    rc, out, err = H.run_cmd([BENCH] + [str(a) for a in args], timeout=timeout)
-    return rc, out.decode("utf-8", "replace") if isinstance(out, bytes) else out, \
-        err.decode("utf-8", "replace") if isinstance(err, bytes) else err
+    """(rc, stdout, stderr) of wse-bench with args."""
+    return H.run_cmd([BENCH] + [str(a) for a in args], timeout=timeout)
 
 
 # Scenarios that send as fast as the window allows: in WSE mode they run with the inbound rate
@@ -41,26 +35,23 @@ FLOODS = {"throughput", "size-matrix", "format-comparison", "echo", "pingpong", 
 def scenario(name, *extra, protocol="raw"):
     """Run one scenario against wsed (raw: --mode echo; wse: --mode wse with the bench's JWT
     secret, issuer and audience, and --inbound-rate 0 for a flood); return (markdown, the test's
-    JSON)."""
+    JSON). wsed must then exit 0 on SIGTERM without a sanitizer report."""
+    san = dict(H.SANITIZER_ENV) if SAN else {}
     if protocol == "raw":
-        srv = H.wsed_server(BIN, "--mode", "echo", "--workers", "1")
+        server = H.running(BIN, "--mode", "echo", "--workers", "1", env=san)
     else:
         rate = ["--inbound-rate", "0"] if name in FLOODS else []
-        srv = H.wsed_server(BIN, "--mode", "wse", "--workers", "1", "--jwt-issuer", "wse-bench",
-                            "--jwt-audience", "wse-bench", *rate, env={"WSED_JWT_SECRET": SECRET})
-    srv.start()
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "out.json")
-            auth = ["--secret", SECRET] if protocol == "wse" else []
-            rc, out, err = run_bench("--protocol", protocol, "--port", srv.port, "--test", name, *auth,
-                                     "--tiers", "100", "--duration", "1", "--threads", "2",
-                                     "--server-pid", srv.proc.pid, "--json", path, *extra)
-            assert rc == 0, "wse-bench %s exited %s\nstdout: %s\nstderr: %s" % (name, rc, out[-3000:], err[-2000:])
-            with open(path) as f:
-                doc = json.load(f)
-    finally:
-        srv.stop(timeout=15)
+        server = H.running(BIN, "--mode", "wse", "--workers", "1", "--jwt-issuer", "wse-bench",
+                           "--jwt-audience", "wse-bench", *rate, env=dict(san, WSED_JWT_SECRET=SECRET))
+    with server as srv, tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "out.json")
+        auth = ["--secret", SECRET] if protocol == "wse" else []
+        rc, out, err = run_bench("--protocol", protocol, "--port", srv.port, "--test", name, *auth,
+                                 "--tiers", "100", "--duration", "1", "--threads", "2",
+                                 "--server-pid", srv.proc.pid, "--json", path, *extra)
+        assert rc == 0, "wse-bench %s exited %s\nstdout: %s\nstderr: %s" % (name, rc, out[-3000:], err[-2000:])
+        with open(path) as f:
+            doc = json.load(f)
     assert doc["errors"] == 0, doc
     test = doc["tests"][name]
     assert test["errors"] == 0, test

@@ -22,11 +22,7 @@ BIN = os.environ.get("WSED_BIN") or H.wsed_binary("build")
 SAN = os.environ.get("WSED_SANITIZERS") == "1"
 
 
-def limit(seconds):
-    def deco(fn):
-        fn.time_limit = seconds
-        return fn
-    return deco
+limit = H.limit
 
 
 def wsed(*args, check_exit=True):
@@ -228,18 +224,10 @@ def expect_status(port, req, status, what):
 def upgrade_status(port, req):
     """Sends an upgrade request and returns the status code of the response head (without
     waiting for the server to close: a 101 keeps the connection open)."""
-    s = socket.create_connection((H.HOST, port), timeout=5)
-    try:
-        s.sendall(req)
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            head += chunk
-        return int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/1.1 ") else None
-    finally:
+    status, s = H.upgrade(port, req)
+    if s:
         s.close()
+    return status
 
 
 @limit(30)

@@ -638,11 +638,34 @@ class RawWS:
         self.abort()
 
 
+def limit(seconds):
+    """Decorator: the test's time limit in seconds (run_tests.py kills it after that)."""
+    def deco(fn):
+        fn.time_limit = seconds
+        return fn
+    return deco
+
+
+def upgrade(port, req, source=HOST, timeout=5.0):
+    """Send the upgrade request req from address source: (status, the socket left open on a 101,
+    else None and the socket closed)."""
+    s = socket.create_connection((HOST, port), timeout=timeout, source_address=(source, 0))
+    try:
+        s.sendall(req)
+        status = read_response_head(s, timeout)[0]
+    except BaseException:
+        s.close()
+        raise
+    if status != 101:
+        s.close()
+        return status, None
+    return status, s
+
+
 @contextlib.contextmanager
-def running(binary, *args, env=None, check_exit=True):
-    """wsed started with args (and env); on exit stopped with SIGTERM, then checked: exit code 0
-    (unless check_exit is false) and no sanitizer report on stderr."""
-    srv = wsed_server(binary, *args, env=env)
+def supervised(srv, check_exit=True):
+    """Starts the Server srv; on exit stops it with SIGTERM, then checks: exit code 0 (unless
+    check_exit is false) and no sanitizer report on stderr."""
     srv.start()
     ok = False
     try:
@@ -652,5 +675,10 @@ def running(binary, *args, env=None, check_exit=True):
         rc = srv.stop(timeout=15)
         problems = srv.sanitizer_problems()
         if ok and check_exit:
-            assert rc == 0, "wsed exited with %s after SIGTERM; stderr tail: %s" % (rc, srv.stderr_text()[-1500:])
+            assert rc == 0, "%s exited with %s after SIGTERM; stderr tail: %s" % (srv.name, rc, srv.stderr_text()[-1500:])
         assert not problems, "sanitizer report %s: %s" % (problems, srv.stderr_text()[-3000:])
+
+
+def running(binary, *args, env=None, check_exit=True):
+    """wsed started with args (and env), under supervised()."""
+    return supervised(wsed_server(binary, *args, env=env), check_exit=check_exit)
