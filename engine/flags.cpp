@@ -73,6 +73,12 @@ std::optional<uint64_t> parse_duration_ms(std::string_view text) {
   return std::nullopt;
 }
 
+void print_flag_error(const char* program, std::string what) {
+  for (char& ch : what)
+    if (ch == '\n') ch = ' ';
+  std::fprintf(stderr, "%s: %s (see %s --help)\n", program, what.c_str(), program);
+}
+
 flags_result parse_flags(int argc, char** argv) {
   flags_result result;
   server_config& c = result.config;
@@ -197,10 +203,7 @@ flags_result parse_flags(int argc, char** argv) {
     result.what = flags_result::action::exit_ok;
     return result;
   } catch (const CLI::ParseError& e) {
-    std::string msg = e.what();
-    for (char& ch : msg)
-      if (ch == '\n') ch = ' ';
-    std::fprintf(stderr, "wsed: %s (see wsed --help)\n", msg.c_str());
+    print_flag_error("wsed", e.what());
     result.what = flags_result::action::exit_usage;
     return result;
   }

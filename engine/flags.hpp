@@ -25,4 +25,8 @@ struct flags_result {
 // stderr (exit_usage: the caller exits with 2).
 flags_result parse_flags(int argc, char** argv);
 
+// The one stderr line for a bad flag: "<program>: <what, newlines folded> (see <program>
+// --help)". Shared by the server's flags and `wsed gen-token`.
+void print_flag_error(const char* program, std::string what);
+
 }  // namespace wsed::engine

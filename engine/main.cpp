@@ -128,10 +128,7 @@ int gen_token(int argc, char** argv) {
     std::fputs(app.help().c_str(), stdout);
     return 0;
   } catch (const CLI::ParseError& e) {
-    std::string msg = e.what();
-    for (char& ch : msg)
-      if (ch == '\n') ch = ' ';
-    std::fprintf(stderr, "wsed gen-token: %s (see wsed gen-token --help)\n", msg.c_str());
+    engine::print_flag_error("wsed gen-token", e.what());
     return 2;
   }
   auto ttl_ms = engine::parse_duration_ms(ttl);
