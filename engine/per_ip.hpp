@@ -30,7 +30,7 @@ class per_ip_table {
   // Counts one more connection of the address; false (nothing counted) when it already has max.
   bool try_acquire(const ip_key& key);
   void release(const ip_key& key);
-  // Addresses with at least one connection (for tests and /metrics).
+  // Addresses with at least one connection (takes every stripe lock: for tests, not per accept).
   size_t addresses() const;
 
  private:
