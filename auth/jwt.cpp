@@ -5,9 +5,9 @@
 // Thread: any. Never reads a clock, never does I/O, never throws from verify(); decoded header,
 // payload and signature live in stack buffers (a token is at most token_bytes_max bytes).
 #include "auth/jwt.hpp"
+#include "auth/openssl.hpp"
 #include "auth/text.hpp"
 
-#include <openssl/bio.h>
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/ec.h>
@@ -163,12 +163,6 @@ bool parse_acl(dom::element e, topic_acl& acl) {
 
 // ---- OpenSSL RAII ----
 
-struct bio_free {
-  void operator()(BIO* b) const { BIO_free(b); }
-};
-struct pkey_free {
-  void operator()(EVP_PKEY* k) const { EVP_PKEY_free(k); }
-};
 struct md_ctx_free {
   void operator()(EVP_MD_CTX* c) const { EVP_MD_CTX_free(c); }
 };
@@ -178,32 +172,9 @@ struct mac_ctx_free {
 struct ecdsa_sig_free {
   void operator()(ECDSA_SIG* s) const { ECDSA_SIG_free(s); }
 };
-using bio_ptr = std::unique_ptr<BIO, bio_free>;
-using pkey_ptr = std::unique_ptr<EVP_PKEY, pkey_free>;
 using md_ctx_ptr = std::unique_ptr<EVP_MD_CTX, md_ctx_free>;
 using mac_ctx_ptr = std::unique_ptr<EVP_MAC_CTX, mac_ctx_free>;
 using ecdsa_sig_ptr = std::unique_ptr<ECDSA_SIG, ecdsa_sig_free>;
-
-bio_ptr memory_bio(std::string_view pem) {
-  return bio_ptr(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
-}
-
-int no_passphrase(char*, int, int, void*) {
-  return 0;
-}  // never prompt on a terminal
-
-bool is_p256(EVP_PKEY* key) {
-  char group[64];
-  size_t length = 0;
-  if (EVP_PKEY_get_group_name(key, group, sizeof group, &length) != 1) return false;
-  const std::string_view name(group, length);
-  return name == "prime256v1" || name == "P-256" || name == "secp256r1";
-}
-
-bool key_fits(jwt_alg alg, EVP_PKEY* key) {
-  if (alg == jwt_alg::rs256) return EVP_PKEY_is_a(key, "RSA") == 1;
-  return EVP_PKEY_is_a(key, "EC") == 1 && is_p256(key);
-}
 
 // A keyed, initialized HMAC context that verify() duplicates (the key schedule is done once).
 mac_ctx_ptr hmac_template(EVP_MAC* mac, jwt_alg alg, std::string_view secret) {

@@ -2,9 +2,8 @@
 //
 // Owns: nothing. Thread: startup / reload only (file I/O). Never logs a secret's bytes.
 #include "auth/keys.hpp"
+#include "auth/openssl.hpp"
 
-#include <openssl/bio.h>
-#include <openssl/evp.h>
 #include <openssl/pem.h>
 
 #include <cstdio>
@@ -39,10 +38,6 @@ void trim_one_newline(std::string& s) {
   if (!s.empty() && s.back() == '\r') s.pop_back();
 }
 
-int no_passphrase(char*, int, int, void*) {
-  return 0;
-}
-
 }  // namespace
 
 std::string_view name_of(key_error error) {
@@ -73,22 +68,14 @@ result<std::string, key_error> load_hmac_secret_file(const std::string& path) {
 
 result<std::string, key_error> check_public_key_pem(std::string pem) {
   if (pem.empty()) return key_error::empty;
-  std::unique_ptr<BIO, decltype(&BIO_free)> bio(
-      BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())), &BIO_free);
+  bio_ptr bio = memory_bio(pem);
   if (!bio) return key_error::bad_pem;
-  std::unique_ptr<EVP_PKEY, decltype(&EVP_PKEY_free)> key(
-      PEM_read_bio_PUBKEY(bio.get(), nullptr, no_passphrase, nullptr), &EVP_PKEY_free);
+  pkey_ptr key(PEM_read_bio_PUBKEY(bio.get(), nullptr, no_passphrase, nullptr));
   if (!key) return key_error::bad_pem;
-  if (EVP_PKEY_is_a(key.get(), "RSA") == 1) return pem;
-  if (EVP_PKEY_is_a(key.get(), "EC") == 1) {
-    char group[64];
-    size_t length = 0;
-    if (EVP_PKEY_get_group_name(key.get(), group, sizeof group, &length) == 1 &&
-        std::string_view(group, length) == "prime256v1") {
-      return pem;
-    }
+  if (!key_fits(jwt_alg::rs256, key.get()) && !key_fits(jwt_alg::es256, key.get())) {
+    return key_error::unsupported_key;
   }
-  return key_error::unsupported_key;
+  return pem;
 }
 
 result<std::string, key_error> load_public_key_file(const std::string& path) {

@@ -82,10 +82,6 @@ void put2(char* out, unsigned value) {
   out[1] = static_cast<char>('0' + value % 10);
 }
 
-}  // namespace
-
-namespace {
-
 // True when one of the 8 bytes of w needs a look: a control character, '"', '\\' or a
 // non-ASCII byte (SWAR: a byte is zero in v iff (v - 1) & ~v has its top bit set).
 bool any_special(uint64_t w) {

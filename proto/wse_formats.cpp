@@ -121,16 +121,19 @@ struct json_writer_visitor {
   }
   bool visit_float32(float v) { return visit_float(v); }
   bool visit_float64(double v) { return visit_float(v); }
-  bool visit_str(const char* v, uint32_t size) {
-    const std::string_view text(v, size);
-    if (!valid_utf8(text)) return fail(wse_error::invalid_utf8);
+  // A str, or a bin holding text; UTF-8 already checked.
+  bool text_value(std::string_view text) {
     if (envelope && depth == 1 && top_map) top_string(text);
     wse_append_json_string(out, text);
     return check_size();
   }
+  bool visit_str(const char* v, uint32_t size) {
+    const std::string_view text(v, size);
+    return valid_utf8(text) ? text_value(text) : fail(wse_error::invalid_utf8);
+  }
   bool visit_bin(const char* v, uint32_t size) {
-    if (!valid_utf8(std::string_view(v, size))) return fail(wse_error::unsupported_type);
-    return visit_str(v, size);
+    const std::string_view text(v, size);
+    return valid_utf8(text) ? text_value(text) : fail(wse_error::unsupported_type);
   }
   bool visit_ext(const char*, uint32_t) { return fail(wse_error::unsupported_type); }
   bool open(char bracket) {
@@ -191,8 +194,8 @@ struct string_stream {
 
 using packer = msgpack::packer<string_stream>;
 
-simdjson::error_code pack_element(simdjson::dom::element element, packer& pk,
-                                  string_stream& stream) {
+// Cannot fail: the DOM was validated by the parse (depth included).
+void pack_element(simdjson::dom::element element, packer& pk, string_stream& stream) {
   using simdjson::dom::element_type;
   switch (element.type()) {
     case element_type::OBJECT: {
@@ -201,23 +204,23 @@ simdjson::error_code pack_element(simdjson::dom::element element, packer& pk,
       for (const auto field : object) {
         pk.pack_str(static_cast<uint32_t>(field.key.size()));
         pk.pack_str_body(field.key.data(), static_cast<uint32_t>(field.key.size()));
-        if (auto error = pack_element(field.value, pk, stream)) return error;
+        pack_element(field.value, pk, stream);
       }
-      return simdjson::SUCCESS;
+      break;
     }
     case element_type::ARRAY: {
       const simdjson::dom::array array = element.get_array().value_unsafe();
       pk.pack_array(static_cast<uint32_t>(array.size()));
       for (const simdjson::dom::element item : array) {
-        if (auto error = pack_element(item, pk, stream)) return error;
+        pack_element(item, pk, stream);
       }
-      return simdjson::SUCCESS;
+      break;
     }
     case element_type::STRING: {
       const std::string_view s = element.get_string().value_unsafe();
       pk.pack_str(static_cast<uint32_t>(s.size()));
       pk.pack_str_body(s.data(), static_cast<uint32_t>(s.size()));
-      return simdjson::SUCCESS;
+      break;
     }
     case element_type::INT64:
       pk.pack_int64(element.get_int64().value_unsafe());
@@ -247,7 +250,6 @@ simdjson::error_code pack_element(simdjson::dom::element element, packer& pk,
       pk.pack_nil();
       break;
   }
-  return simdjson::SUCCESS;
 }
 
 }  // namespace
@@ -314,14 +316,10 @@ wse_error wse_codec::json_to_msgpack(std::string_view json, std::string& out, bo
   const auto parse_error = state_->parser.parse(padded.data(), json.size(), false).get(root);
   if (parse_error == simdjson::DEPTH_ERROR) return wse_error::too_deep;
   if (parse_error) return wse_error::malformed_json;
-  const size_t base = out.size();
   if (with_prefix) out.append("M:");
   string_stream stream{out};
   packer pk(stream);
-  if (pack_element(root, pk, stream)) {
-    out.resize(base);
-    return wse_error::malformed_json;
-  }
+  pack_element(root, pk, stream);
   return wse_error::none;
 }
 
