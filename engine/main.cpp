@@ -56,7 +56,7 @@ std::shared_ptr<const auth::verifier> build_verifier(const engine::server_config
                                                      std::string& why) {
   auth::verifier_config vc;
   vc.alg = *auth::parse_alg(c.jwt_alg);
-  bool hmac = vc.alg != auth::jwt_alg::rs256 && vc.alg != auth::jwt_alg::es256;
+  bool hmac = auth::is_hmac(vc.alg);
   if (hmac) {
     auto secret = load_secret(c.jwt_secret_file, c.jwt_secret_env, why);
     if (!secret) return nullptr;
@@ -138,7 +138,7 @@ int gen_token(int argc, char** argv) {
   }
   auth::jwt_alg alg = *auth::parse_alg(alg_name);
   std::string key, why;
-  if (alg == auth::jwt_alg::rs256 || alg == auth::jwt_alg::es256) {
+  if (!auth::is_hmac(alg)) {
     if (private_key_file.empty()) {
       std::fprintf(stderr, "wsed gen-token: --jwt-alg %s needs --jwt-private-key-file\n",
                    alg_name.c_str());

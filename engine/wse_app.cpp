@@ -225,6 +225,8 @@ void wse_app::on_message(shard& s, conn_ref c, proto::ws_opcode opcode,
   // An application message (or a pong) in MessagePack needs no second parse: the decoder saw
   // its envelope on the way (the views point into payload, alive for this call). Anything else
   // (protocol messages with payload fields, odd shapes) goes through the JSON parser.
+  // (depth < the JSON cap: simdjson counts a scalar inside the innermost array as a level where
+  // the MessagePack decoder does not, so at the cap the parser decides; the fuzz target found it)
   if (env.complete && env.depth < proto::wse_json_depth_max) {
     proto::wse_kind kind = proto::wse_kind_of(env.type);
     if (kind == proto::wse_kind::pong) return p.counts.pongs.add();
