@@ -315,8 +315,6 @@ def compare(args, tool, servers):
                     continue
                 try:
                     cmd = tool.compare_cmd(port, proc.pid, mode, conns, args.duration, args.size, json_path)
-                    if cmd is None:
-                        break
                     log(f"== round {rnd + 1}/{args.rounds}: {name} {mode} {conns}")
                     before = benchlib.proc_cpu_seconds(proc.pid)
                     doc, _, _ = run_load(cmd, args.duration + 90, json_path)
@@ -458,7 +456,7 @@ def client_paragraph(rows, servers, tool):
     if not got:
         return []
     (name, mode, conns), r = max(got, key=lambda kr: kr[1]["client_busy"] or 0)
-    text = (f"Is the client the limit? {tool.kind} ran {args_threads(tool)} thread(s) pinned to CPU "
+    text = (f"Is the client the limit? {tool.kind} ran {tool.threads} thread(s) pinned to CPU "
             f"{CLIENT_CPU}; by its own CPU figures it was busiest at {fmt(r['client_busy'], 0)}% of its core "
             f"(in {name} {mode} {conns:,}). ")
     sat = [f"{n} {m} {c:,} ({x['saturated']}/{x['runs']} runs)" for (n, m, c), x in got if x["saturated"]]
@@ -482,10 +480,6 @@ def client_paragraph(rows, servers, tool):
                  "near 100% (wsed: both ends batch on io_uring and each pays the kernel's loopback TCP "
                  "cost of its own sends and receives) means that on two cores msg/s is bounded by both.")
     return [text]
-
-
-def args_threads(tool):
-    return tool.threads
 
 
 # ---- main -----------------------------------------------------------------------------------

@@ -19,7 +19,6 @@
 #include <optional>
 #include <sstream>
 #include <string>
-#include <vector>
 
 namespace wsed::tools {
 
@@ -42,8 +41,6 @@ class latency_histogram {
     count_ += other.count_;
     if (other.max_ > max_) max_ = other.max_;
   }
-
-  void reset() { *this = latency_histogram(); }
 
   uint64_t count() const { return count_; }
   uint64_t max() const { return max_; }
@@ -133,30 +130,6 @@ inline std::optional<process_memory> process_memory_kib(int pid) {
     if (line.rfind("VmRSS:", 0) == 0) memory.vm_rss_kib = std::stoull(line.substr(6));
   }
   return memory;
-}
-
-// Per-CPU time from /proc/stat, seconds since boot. softirq time (loopback TCP processing runs
-// there, charged to no process when the kernel accounts IRQ time separately) is kept apart.
-struct cpu_core_seconds {
-  double busy = 0;     // everything but idle and iowait
-  double softirq = 0;  // part of busy
-};
-
-inline std::vector<cpu_core_seconds> cores_seconds() {
-  std::vector<cpu_core_seconds> cores;
-  std::ifstream in("/proc/stat");
-  std::string line;
-  double ticks = static_cast<double>(sysconf(_SC_CLK_TCK));
-  while (std::getline(in, line)) {
-    if (line.rfind("cpu", 0) != 0) break;
-    if (line.size() < 4 || line[3] < '0' || line[3] > '9') continue;  // the "cpu " total line
-    std::istringstream fields(line.substr(line.find(' ')));
-    unsigned long long v[10] = {};
-    for (auto& x : v) fields >> x;  // user nice system idle iowait irq softirq steal guest gnice
-    unsigned long long busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
-    cores.push_back({static_cast<double>(busy) / ticks, static_cast<double>(v[6]) / ticks});
-  }
-  return cores;
 }
 
 }  // namespace wsed::tools

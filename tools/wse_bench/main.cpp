@@ -10,6 +10,7 @@
 // tier's ramp, hold and window are bounded, connection-limit takes a bounded number of steps.
 // Network: the given host only, which must be in 127.0.0.0/8.
 #include <arpa/inet.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -18,9 +19,9 @@
 #include <csignal>
 #include <cstdio>
 #include <ctime>
-#include <functional>
 #include <map>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -166,6 +167,14 @@ std::string errors_json(const error_counts& e) {
       .done();
 }
 
+// The server's RSS growth over the tier per connection open at its end (0 when none is).
+double rss_bytes_per_conn(const tier_result& r) {
+  if (r.open_at_end == 0) return 0;
+  return (static_cast<double>(r.server_rss_loaded_kib) -
+          static_cast<double>(r.server_rss_before_kib)) *
+         1024 / r.open_at_end;
+}
+
 // The fields every tier row carries. `messages` is the count the server CPU is divided by.
 json_obj tier_json(const tier_result& r, uint64_t messages) {
   json_obj o;
@@ -198,10 +207,6 @@ json_obj tier_json(const tier_result& r, uint64_t messages) {
       .str("os_limit", r.os_limit_message);
   if (r.server_measured) {
     double per = messages ? 1e6 / static_cast<double>(messages) : 0;
-    double rss_per_conn = r.open_at_end ? (static_cast<double>(r.server_rss_loaded_kib) -
-                                           static_cast<double>(r.server_rss_before_kib)) *
-                                              1024 / r.open_at_end
-                                        : 0;
     o.raw("server", json_obj()
                         .num("user_s", r.server_user_s)
                         .num("sys_s", r.server_sys_s)
@@ -209,7 +214,7 @@ json_obj tier_json(const tier_result& r, uint64_t messages) {
                         .num("sys_us_per_msg", r.server_sys_s * per)
                         .integer("rss_before_kib", r.server_rss_before_kib)
                         .integer("rss_loaded_kib", r.server_rss_loaded_kib)
-                        .num("rss_bytes_per_conn", rss_per_conn)
+                        .num("rss_bytes_per_conn", rss_bytes_per_conn(r))
                         .done());
   }
   return o;
@@ -227,11 +232,8 @@ std::string tier_notes(const std::string& label, const tier_result& r, uint64_t 
            fixed(r.server_sys_s * 1e6 / messages, 2) + " us";
     }
     if (r.open_at_end != 0) {
-      double per = (static_cast<double>(r.server_rss_loaded_kib) -
-                    static_cast<double>(r.server_rss_before_kib)) *
-                   1024 / r.open_at_end;
-      s +=
-          "; server RSS " + commas(r.server_rss_loaded_kib) + " KiB (" + fixed(per, 0) + " B/conn)";
+      s += "; server RSS " + commas(r.server_rss_loaded_kib) + " KiB (" +
+           fixed(rss_bytes_per_conn(r), 0) + " B/conn)";
     }
   }
   if (r.os_limited) s += "; **OS limit: " + r.os_limit_message + "**";
@@ -516,8 +518,8 @@ section sustained_hold(const context& cx) {
                          .num("ping_interval_s", interval)
                          .done());
     notes += tier_notes(commas(n), r, r.replies);
-    s.errors += r.errors.total() + (r.open_at_end < n ? n - r.open_at_end : 0) -
-                std::min<uint64_t>(r.errors.total(), n - std::min(n, r.open_at_end));
+    // The errors, or the connections lost when more were lost than errors counted.
+    s.errors += std::max<uint64_t>(r.errors.total(), n - std::min(n, r.open_at_end));
   }
   s.markdown += "\n" + notes;
   return s;
@@ -721,6 +723,21 @@ beyond one source address's ephemeral ports they are spread over 127.0.0.x.
 Exit code: 0 when no scenario saw an error, 3 otherwise, 1 on a setup failure, 2 on bad flags.
 )";
 
+// A list item's number (whole, not negative); otherwise throws naming the item (std::stod alone
+// would say only "stod").
+double list_number(const std::string& number, const std::string& item) {
+  size_t used = 0;
+  double v = -1;
+  try {
+    v = std::stod(number, &used);
+  } catch (const std::exception&) {
+  }
+  if (used != number.size() || !(v >= 0)) {
+    throw std::invalid_argument("'" + item + "' is not a non-negative number");
+  }
+  return v;
+}
+
 std::vector<uint32_t> parse_list(const std::string& text) {
   std::vector<uint32_t> out;
   std::stringstream in(text);
@@ -728,24 +745,29 @@ std::vector<uint32_t> parse_list(const std::string& text) {
   while (std::getline(in, item, ',')) {
     if (item.empty()) continue;
     double mult = 1;
+    std::string number = item;
     char last = item.back();
-    if (last == 'K' || last == 'k') mult = 1000, item.pop_back();
-    if (last == 'M' || last == 'm') mult = 1000000, item.pop_back();
-    out.push_back(static_cast<uint32_t>(std::stod(item) * mult));
+    if (last == 'K' || last == 'k') mult = 1000, number.pop_back();
+    if (last == 'M' || last == 'm') mult = 1000000, number.pop_back();
+    // Clamped below 2^32 (the callers' range checks then refuse it) rather than cast out of range.
+    out.push_back(static_cast<uint32_t>(std::min(4e9, list_number(number, item) * mult)));
   }
   return out;
 }
 
 std::vector<int> parse_cpu_list(const std::string& text) {
+  auto cpu = [](const std::string& number, const std::string& item) {
+    return static_cast<int>(std::min(1e6, list_number(number, item)));
+  };
   std::vector<int> cpus;
   std::stringstream in(text);
   std::string item;
   while (std::getline(in, item, ',')) {
     size_t dash = item.find('-');
     if (dash == std::string::npos) {
-      cpus.push_back(std::stoi(item));
+      cpus.push_back(cpu(item, item));
     } else {
-      int a = std::stoi(item.substr(0, dash)), b = std::stoi(item.substr(dash + 1));
+      int a = cpu(item.substr(0, dash), item), b = cpu(item.substr(dash + 1), item);
       for (int c = a; c <= b && cpus.size() < 1024; ++c) cpus.push_back(c);
     }
   }
@@ -948,6 +970,12 @@ int main(int argc, char** argv) {
   for (uint32_t n : opt.tiers) {
     if (n == 0 || n > 10000000) {
       std::fprintf(stderr, "wse-bench: tiers must be 1..10M\n");
+      return 2;
+    }
+  }
+  for (int c : opt.runner.cpus) {
+    if (c >= CPU_SETSIZE) {  // the worker's cpu_set_t holds CPU_SETSIZE CPUs
+      std::fprintf(stderr, "wse-bench: --cpus must be 0..%d\n", CPU_SETSIZE - 1);
       return 2;
     }
   }

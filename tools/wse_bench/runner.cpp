@@ -9,10 +9,7 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstdio>
 #include <fstream>
-#include <iterator>
-#include <sstream>
 #include <thread>
 
 namespace wsed::bench {
@@ -129,7 +126,9 @@ tier_result run_tier(const runner_options& ro, job j, const tier_spec& spec) {
   }
   if (ips > 254) {
     r.os_limited = true;
-    r.os_limit_message = "more source addresses than 127.0.0.1-254 offer";
+    r.os_limit_message = std::to_string(r.target) + " connections need " + std::to_string(ips) +
+                         " source addresses of " + std::to_string(ports) +
+                         " ports; 127.0.0.1-254 offer 254";
     return r;
   }
   r.source_ips = ips;

@@ -285,14 +285,11 @@ void worker::ramp(uint64_t deadline) {
 void worker::open_sockets(uint32_t first, uint32_t n) {
   std::vector<int> fds;
   fds.reserve(n);
+  std::string refused;  // why the OS refused the rest of the n (empty: it did not)
   for (uint32_t k = 0; k < n; ++k) {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
-      int err = errno;
-      errors.os_limit++;
-      if (errors.os_limit_detail.empty())
-        errors.os_limit_detail = std::string("socket(): ") + std::strerror(err);
-      errors.note(errors.os_limit_detail);
+      refused = std::string("socket(): ") + std::strerror(errno);
       break;
     }
     int one = 1;
@@ -309,12 +306,8 @@ void worker::open_sockets(uint32_t first, uint32_t n) {
       uint32_t g = first_index_ + first + k;
       src.sin_addr.s_addr = htonl((127u << 24) | (1u + g % job_.source_ips));
       if (bind(fd, reinterpret_cast<sockaddr*>(&src), sizeof src) != 0) {
-        int err = errno;
+        refused = std::string("bind(127.0.0.x): ") + std::strerror(errno);
         close(fd);
-        errors.os_limit++;
-        if (errors.os_limit_detail.empty())
-          errors.os_limit_detail = std::string("bind(127.0.0.x): ") + std::strerror(err);
-        errors.note(errors.os_limit_detail);
         break;
       }
     }
@@ -325,12 +318,8 @@ void worker::open_sockets(uint32_t first, uint32_t n) {
     int rc = io_uring_register_files_update(&ring_, first, fds.data(), made);
     for (int fd : fds) close(fd);  // the direct table holds the sockets now
     if (rc < 0 || static_cast<uint32_t>(rc) != made) {
-      int err = rc < 0 ? -rc : EMFILE;
-      errors.os_limit += made;
-      if (errors.os_limit_detail.empty())
-        errors.os_limit_detail =
-            std::string("io_uring_register_files_update: ") + std::strerror(err);
-      errors.note(errors.os_limit_detail);
+      refused =
+          std::string("io_uring_register_files_update: ") + std::strerror(rc < 0 ? -rc : EMFILE);
       made = 0;
     }
   }
@@ -355,7 +344,7 @@ void worker::open_sockets(uint32_t first, uint32_t n) {
     ++failed_;
     ++dead_;
   }
-  if (made < n && errors.os_limit < n - made) errors.os_limit = n - made;
+  if (made < n) errors.note_os_limit(refused, n - made);
   next_connect_ = first + n;
 }
 
@@ -423,14 +412,13 @@ void worker::on_connect(uint32_t i, int res) {
   conn& c = conns_[i];
   if (c.state != conn_state::connecting) return;  // given up at the ramp timeout
   if (res < 0) {
+    std::string detail = std::string("connect: ") + std::strerror(-res);
     if (is_os_limit_errno(-res)) {
-      errors.os_limit++;
-      if (errors.os_limit_detail.empty())
-        errors.os_limit_detail = std::string("connect: ") + std::strerror(-res);
+      errors.note_os_limit(detail);
     } else {
       errors.connect_failed++;
+      errors.note(detail);
     }
-    errors.note(std::string("connect: ") + std::strerror(-res));
     c.state = conn_state::closed;
     --ramping_;
     ++failed_;

@@ -107,6 +107,12 @@ struct error_counts {
   void note(const std::string& detail) {
     if (first_detail.empty()) first_detail = detail;
   }
+  // `connections` the client's OS refused (not the server); the first such detail kept apart.
+  void note_os_limit(const std::string& detail, uint64_t connections = 1) {
+    os_limit += connections;
+    if (os_limit_detail.empty()) os_limit_detail = detail;
+    note(detail);
+  }
   void add(const error_counts& o);
 };
 
