@@ -8,6 +8,8 @@
 #include <cstring>
 #include <msgpack.hpp>
 
+#include "proto/http.hpp"
+
 namespace wsed::bench {
 
 using proto::ws_opcode;
@@ -158,17 +160,6 @@ std::string upgrade_request(std::string_view path, std::string_view host_header,
 
 namespace {
 
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i) {
-    char x = a[i], y = b[i];
-    if (x >= 'A' && x <= 'Z') x = static_cast<char>(x - 'A' + 'a');
-    if (y >= 'A' && y <= 'Z') y = static_cast<char>(y - 'A' + 'a');
-    if (x != y) return false;
-  }
-  return true;
-}
-
 std::string_view trim(std::string_view s) {
   while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
   while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r'))
@@ -200,7 +191,8 @@ upgrade_check check_upgrade_response(std::string_view response, std::string_view
     size_t eol = head.find("\r\n", pos);
     std::string_view line = head.substr(pos, eol == std::string_view::npos ? eol : eol - pos);
     size_t colon = line.find(':');
-    if (colon != std::string_view::npos && iequals(line.substr(0, colon), "sec-websocket-accept")) {
+    if (colon != std::string_view::npos &&
+        proto::ascii_iequals(line.substr(0, colon), "sec-websocket-accept")) {
       accept_ok = trim(line.substr(colon + 1)) == expected_accept;
     }
     if (eol == std::string_view::npos) break;

@@ -1,4 +1,6 @@
-// tools/bench/jwt.cpp: HS256 minting and base64 for wse-bench (see jwt.hpp).
+// tools/bench/jwt.cpp: HS256 minting and base64 for wse-bench (see jwt.hpp). base64url is
+// auth's, JSON strings are escaped by proto's builder; only the signing is here, because the
+// bench must also mint tokens with secrets the server would refuse (auth::mint checks length).
 //
 // Owns: nothing. Thread: any (OpenSSL's one-shot HMAC keeps no shared state). Must never read a
 // clock or log a secret.
@@ -9,64 +11,30 @@
 
 #include <string>
 
+#include "auth/jwt.hpp"
+#include "proto/wse_builder.hpp"
+
 namespace wsed::bench {
 
-namespace {
-
-std::string encode(std::span<const uint8_t> bytes, const char* alphabet, bool pad) {
-  std::string out;
-  out.reserve((bytes.size() + 2) / 3 * 4);
-  for (size_t i = 0; i < bytes.size(); i += 3) {
-    uint32_t n = static_cast<uint32_t>(bytes[i]) << 16;
-    if (i + 1 < bytes.size()) n |= static_cast<uint32_t>(bytes[i + 1]) << 8;
-    if (i + 2 < bytes.size()) n |= bytes[i + 2];
-    out += alphabet[(n >> 18) & 63];
-    out += alphabet[(n >> 12) & 63];
-    if (i + 1 < bytes.size()) {
-      out += alphabet[(n >> 6) & 63];
-    } else if (pad) {
-      out += '=';
-    }
-    if (i + 2 < bytes.size()) {
-      out += alphabet[n & 63];
-    } else if (pad) {
-      out += '=';
-    }
-  }
-  return out;
-}
-
-std::string json_string(std::string_view s) {
-  std::string out = "\"";
-  for (char ch : s) {
-    if (ch == '"' || ch == '\\') {
-      out += '\\';
-      out += ch;
-    } else if (static_cast<unsigned char>(ch) < 0x20) {
-      char esc[8];
-      std::snprintf(esc, sizeof esc, "\\u%04x", static_cast<unsigned>(ch));
-      out += esc;
-    } else {
-      out += ch;
-    }
-  }
-  return out + "\"";
-}
-
-}  // namespace
-
 std::string base64url(std::span<const uint8_t> bytes) {
-  return encode(bytes, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_", false);
+  return auth::base64url_encode(
+      std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()));
 }
 
 std::string base64(std::span<const uint8_t> bytes) {
-  return encode(bytes, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/", true);
+  std::string out((bytes.size() + 2) / 3 * 4 + 1, '\0');  // EVP_EncodeBlock writes a NUL
+  const int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()), bytes.data(),
+                                static_cast<int>(bytes.size()));
+  out.resize(static_cast<size_t>(n));
+  return out;
 }
 
 std::string bench_claims(std::string_view sub, int64_t now_s, int64_t ttl_s) {
-  return "{\"sub\":" + json_string(sub) +
-         ",\"iss\":\"wse-bench\",\"aud\":\"wse-bench\",\"iat\":" + std::to_string(now_s) +
-         ",\"exp\":" + std::to_string(now_s + ttl_s) + "}";
+  std::string claims = "{\"sub\":";
+  proto::wse_append_json_string(claims, sub);
+  claims += ",\"iss\":\"wse-bench\",\"aud\":\"wse-bench\",\"iat\":" + std::to_string(now_s) +
+            ",\"exp\":" + std::to_string(now_s + ttl_s) + "}";
+  return claims;
 }
 
 std::string mint_hs256(std::string_view secret, std::string_view claims_json) {
