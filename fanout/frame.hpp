@@ -1,0 +1,82 @@
+// fanout/frame.hpp: an immutable, already-framed publication shared by every shard that has
+// recipients for it (DESIGN.md "Broadcast = encode once, reference N times").
+//
+// A frame is one allocation: header fields, the key it is addressed to (a topic, a user id, or
+// nothing for a broadcast) and the wire bytes (a WebSocket text frame header + payload; server
+// frames are unmasked, so every recipient gets the same bytes). Nobody writes into a frame once
+// make_* returned it.
+//
+// Owns: frame_pool owns the memory of the frames it made. Thread: make_* on the pool's owner
+// thread only; retain/release from any thread (atomic count); the last release pushes the frame
+// onto its origin pool's return stack (lock-free, any thread), and the owner reuses returned
+// frames in its next make_*. Frames made without a pool (origin null: producers that are not a
+// shard) are freed with free() by the last release. Never blocks.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string_view>
+#include <vector>
+
+namespace wsed::fanout {
+
+class frame_pool;
+
+struct frame {
+  std::atomic<uint32_t> refs;
+  uint32_t key_bytes;     // topic / user id bytes, stored first
+  uint32_t wire_bytes;    // frame header + payload
+  uint32_t header_bytes;  // WebSocket frame header (2, 4 or 10 bytes)
+  uint32_t capacity;      // bytes after the struct (key + wire), for reuse by the pool
+  uint32_t reserved_;
+  frame_pool* origin;  // nullptr: malloc'd, freed by the last release
+  frame* next_free;    // the origin pool's return stack
+
+  const uint8_t* bytes() const { return reinterpret_cast<const uint8_t*>(this + 1); }
+  std::string_view key() const { return {reinterpret_cast<const char*>(bytes()), key_bytes}; }
+  std::span<const uint8_t> wire() const { return {bytes() + key_bytes, wire_bytes}; }
+  // The message inside the frame (the publication JSON).
+  std::string_view payload() const {
+    return {reinterpret_cast<const char*>(bytes()) + key_bytes + header_bytes,
+            wire_bytes - header_bytes};
+  }
+};
+static_assert(sizeof(frame) == 40);
+
+// Adds n references (any thread; the caller already holds one).
+void retain(frame* f, uint32_t n = 1);
+// Drops one reference (any thread); the last one gives the frame back to its origin.
+void release(frame* f);
+
+// A text frame of payload addressed to key, refs = 1, from the heap (no pool): for producers that
+// are not a shard (an embedding program's thread, later the Redis bridge). Returns nullptr when
+// the allocation fails.
+frame* make_text_frame(std::string_view key, std::string_view payload);
+
+class frame_pool {
+ public:
+  frame_pool() = default;
+  ~frame_pool();  // frees every frame given back; frames still referenced must be gone first
+  frame_pool(const frame_pool&) = delete;
+  frame_pool& operator=(const frame_pool&) = delete;
+
+  // Owner thread: a text frame of payload addressed to key, refs = 1. Reuses a returned frame
+  // of enough capacity when there is one. nullptr when the allocation fails.
+  frame* make_text(std::string_view key, std::string_view payload);
+
+  // Any thread (the last release): pushes f on the return stack.
+  void give_back(frame* f);
+
+  // Frames made and not yet given back (owner thread; for tests and leak checks).
+  size_t outstanding() const;
+
+ private:
+  std::atomic<frame*> returned_{nullptr};  // pushed by any thread, taken whole by the owner
+  std::vector<frame*> free_;               // owner only
+  size_t made_ = 0, reclaimed_ = 0;        // owner only (reclaimed = taken from returned_)
+  void reclaim();
+};
+
+}  // namespace wsed::fanout
