@@ -8,15 +8,16 @@
 // Why the DOM API and not On-Demand: Debian's simdjson picks On-Demand's kernel at compile time
 // (the fallback kernel without -mavx2), while the DOM parser dispatches at run time to the
 // fastest kernel of the CPU. The DOM also validates the whole message, so "p" can be forwarded
-// as is. The DOM keeps no source offsets, so the raw span of "p" is found by a small scanner
-// over the (already validated) text: it skips to the n-th top-level value.
+// as is. The DOM keeps no source offsets, so the raw spans of "p" (and of a publish request's
+// p.message) are found by a small scanner over the (already validated) text (wse_json_scan.hpp):
+// it skips to the n-th member's value.
 #include "proto/wse_envelope.hpp"
 
 #include <simdjson.h>
 
 #include <cmath>
-#include <cstring>
-#include <new>
+
+#include "proto/wse_json_scan.hpp"
 
 namespace wsed::proto {
 
@@ -113,68 +114,6 @@ std::string_view strip_legacy_prefix(std::string_view message, uint8_t& prefix_b
   return message.substr(prefix_bytes);
 }
 
-bool is_json_space(char ch) {
-  return ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r';
-}
-
-size_t skip_space(std::string_view s, size_t i) {
-  while (i < s.size() && is_json_space(s[i])) ++i;
-  return i;
-}
-
-// s[i] is '"'; returns the index after the closing quote.
-size_t skip_string(std::string_view s, size_t i) {
-  for (++i; i < s.size(); ++i) {
-    if (s[i] == '\\') {
-      ++i;
-    } else if (s[i] == '"') {
-      return i + 1;
-    }
-  }
-  return s.size();
-}
-
-// Skips one value of validated JSON starting at s[i].
-size_t skip_value(std::string_view s, size_t i) {
-  if (i >= s.size()) return i;
-  if (s[i] == '"') return skip_string(s, i);
-  if (s[i] == '{' || s[i] == '[') {
-    size_t depth = 0;
-    while (i < s.size()) {
-      const char ch = s[i];
-      if (ch == '"') {
-        i = skip_string(s, i);
-        continue;
-      }
-      if (ch == '{' || ch == '[') {
-        ++depth;
-      } else if ((ch == '}' || ch == ']') && --depth == 0) {
-        return i + 1;
-      }
-      ++i;
-    }
-    return i;
-  }
-  while (i < s.size() && s[i] != ',' && s[i] != '}' && s[i] != ']' && !is_json_space(s[i])) ++i;
-  return i;
-}
-
-// The exact text of the value of the index-th member of the validated top-level object.
-std::string_view top_level_value(std::string_view object, size_t index) {
-  size_t i = skip_space(object, 0) + 1;  // past '{'
-  for (size_t member = 0; i < object.size(); ++member) {
-    i = skip_space(object, i);
-    i = skip_string(object, i);     // key
-    i = skip_space(object, i) + 1;  // past ':'
-    i = skip_space(object, i);
-    const size_t begin = i;
-    i = skip_value(object, i);
-    if (member == index) return object.substr(begin, i - begin);
-    i = skip_space(object, i) + 1;  // past ','
-  }
-  return {};
-}
-
 // An integer millisecond count from a JSON number (ints, and floats as JS/Python may send).
 bool number_as_int64(element value, int64_t& out) {
   int64_t i = 0;
@@ -209,36 +148,63 @@ void read_hello(element payload, wse_message& out) {
   }
 }
 
-bool valid_topic(std::string_view topic) {
-  if (topic.empty() || topic.size() > wse_topic_bytes_max) return false;
-  for (char ch : topic) {
-    const auto byte = static_cast<unsigned char>(ch);
-    if (byte < 0x20 || byte == 0x7f) return false;
+void read_subscription(element payload, wse_message& out) {
+  wse_subscription& sub = out.subscription;
+  simdjson::dom::object object;
+  if (payload.get_object().get(object)) return;
+  std::string_view action;
+  if (!object["action"].get_string().get(action)) {
+    sub.action_name = action;
+    if (action == "subscribe") {
+      sub.action = wse_subscription_action::subscribe;
+      sub.action_valid = true;
+    } else if (action == "unsubscribe") {
+      sub.action = wse_subscription_action::unsubscribe;
+      sub.action_valid = true;
+    }
   }
-  return true;
+  simdjson::dom::array topics;
+  if (object["topics"].get_array().get(topics)) return;
+  sub.topics_is_array = true;
+  for (element topic : topics) {
+    if (sub.topic_count == wse_subscription_topics_max) {
+      ++sub.topics_over_max;
+      continue;
+    }
+    std::string_view name;
+    if (topic.get_string().get(name)) {
+      sub.topics[sub.topic_count++] = wse_topic{};
+    } else {
+      sub.topics[sub.topic_count++] = wse_topic{name, wse_topic_valid(name)};
+    }
+  }
 }
 
-wse_error read_subscription(element payload, wse_message& out) {
-  wse_subscription& sub = out.subscription;
-  std::string_view action;
-  if (payload["action"].get_string().get(action)) return wse_error::bad_payload;
-  if (action == "subscribe") {
-    sub.action = wse_subscription_action::subscribe;
-  } else if (action == "unsubscribe") {
-    sub.action = wse_subscription_action::unsubscribe;
-  } else {
-    return wse_error::bad_payload;
+// payload_json is the exact text of payload (an object or not).
+void read_publish(element payload, std::string_view payload_json, wse_message& out) {
+  wse_publish& pub = out.publish;
+  simdjson::dom::object object;
+  if (payload.get_object().get(object)) return;
+  size_t topics = 0;
+  size_t messages = 0;
+  size_t index = 0;
+  size_t message_index = 0;
+  bool message_is_object = false;
+  for (const auto field : object) {
+    if (field.key == "topic") {
+      std::string_view topic;
+      if (++topics == 1 && !field.value.get_string().get(topic)) pub.topic = topic;
+    } else if (field.key == "message") {
+      if (++messages == 1) {
+        message_index = index;
+        message_is_object = field.value.is_object();
+      }
+    }
+    ++index;
   }
-  sub.action_name = action;
-  simdjson::dom::array topics;
-  if (payload["topics"].get_array().get(topics)) return wse_error::bad_payload;
-  if (topics.size() > wse_subscription_topics_max) return wse_error::too_many_topics;
-  for (element topic : topics) {
-    std::string_view name;
-    if (topic.get_string().get(name)) return wse_error::bad_payload;
-    sub.topics[sub.topic_count++] = wse_topic{name, valid_topic(name)};
-  }
-  return wse_error::none;
+  pub.topic_valid = topics == 1 && wse_publish_topic_valid(pub.topic);
+  if (messages > 0) pub.message_json = json_scan::member_value(payload_json, message_index);
+  pub.message_is_object = messages == 1 && message_is_object;
 }
 
 void reset(wse_message& out) {
@@ -254,7 +220,11 @@ void reset(wse_message& out) {
   out.hello = {};
   out.subscription.action = wse_subscription_action::subscribe;
   out.subscription.action_name = {};
+  out.subscription.action_valid = false;
+  out.subscription.topics_is_array = false;
   out.subscription.topic_count = 0;
+  out.subscription.topics_over_max = 0;
+  out.publish = {};
 }
 
 }  // namespace
@@ -264,33 +234,27 @@ wse_kind wse_kind_of(std::string_view type) {
   if (type == "pong" || type == "PONG") return wse_kind::pong;
   if (type == "client_hello") return wse_kind::client_hello;
   if (type == "subscription_update" || type == "subscription") return wse_kind::subscription;
+  if (type == "publish") return wse_kind::publish;
   return wse_kind::application;
 }
 
-struct wse_envelope_parser::state {
-  simdjson::dom::parser parser;
-  std::string padded;  // copy of a message that came without padding
-
-  state() {
-    // Depth includes the top level. Startup only: may throw.
-    if (parser.allocate(4096, wse_json_depth_max)) throw std::bad_alloc();
-    padded.resize(4096 + simdjson::SIMDJSON_PADDING);
+bool wse_topic_valid(std::string_view topic) {
+  if (topic.empty() || topic.size() > wse_topic_bytes_max) return false;
+  for (char ch : topic) {
+    const auto byte = static_cast<unsigned char>(ch);
+    if (byte < 0x20 || byte == 0x7f) return false;
   }
+  return true;
+}
 
-  // Parses json (in place or from the padded copy) into root.
+bool wse_publish_topic_valid(std::string_view topic) {
+  return wse_topic_valid(topic) && topic.find_first_of("*?") == std::string_view::npos;
+}
+
+struct wse_envelope_parser::state {
+  json_scan::document doc;
   wse_error parse(std::string_view json, wse_input_padding padding, element& root) {
-    const char* bytes = json.data();
-    if (padding == wse_input_padding::none) {
-      if (padded.size() < json.size() + simdjson::SIMDJSON_PADDING) {
-        padded.resize(json.size() + simdjson::SIMDJSON_PADDING);
-      }
-      std::memcpy(padded.data(), json.data(), json.size());
-      bytes = padded.data();
-    }
-    const auto error = parser.parse(bytes, json.size(), false).get(root);
-    if (error == simdjson::DEPTH_ERROR) return wse_error::too_deep;
-    if (error) return wse_error::malformed_json;
-    return wse_error::none;
+    return doc.parse(json, padding, root);
   }
 };
 
@@ -338,7 +302,7 @@ wse_error wse_envelope_parser::parse(std::string_view message, wse_message& out,
     ++index;
   }
   if (!has_type) return wse_error::missing_type;
-  if (out.has_payload) out.payload_json = top_level_value(json, payload_index);
+  if (out.has_payload) out.payload_json = json_scan::member_value(json, payload_index);
 
   out.kind = wse_kind_of(out.type);
   const bool payload_is_object = out.has_payload && payload.is_object();
@@ -350,8 +314,11 @@ wse_error wse_envelope_parser::parse(std::string_view message, wse_message& out,
       if (payload_is_object) read_hello(payload, out);
       break;
     case wse_kind::subscription:
-      if (!payload_is_object) return wse_error::bad_payload;
-      return read_subscription(payload, out);
+      if (payload_is_object) read_subscription(payload, out);
+      break;
+    case wse_kind::publish:
+      if (payload_is_object) read_publish(payload, out.payload_json, out);
+      break;
     case wse_kind::application:
     case wse_kind::pong:
       break;
@@ -367,16 +334,20 @@ wse_error wse_envelope_parser::ensure_category(std::string_view publication_json
   simdjson::dom::object object;
   if (root.get_object().get(object)) return wse_error::not_object;
   std::string_view type;
+  bool seen_type = false;  // the first top-level "t" decides (a non-string one means U)
   size_t members = 0;
   for (const auto field : object) {
     if (field.key == "c") {
       out.append(publication_json);
       return wse_error::none;
     }
-    if (field.key == "t" && type.empty() && field.value.get_string().get(type)) type = {};
+    if (field.key == "t" && !seen_type) {
+      seen_type = true;
+      if (field.value.get_string().get(type)) type = {};
+    }
     ++members;
   }
-  const size_t brace = skip_space(publication_json, 0);
+  const size_t brace = json_scan::skip_space(publication_json, 0);
   out.append(publication_json.substr(0, brace + 1));
   out.append("\"c\":\"");
   out.append(category_name(category_of(type)));

@@ -42,25 +42,64 @@ enum class wse_kind : uint8_t {
   pong,          // "pong" / "PONG": consumed
   client_hello,  // answer with server_hello
   subscription,  // "subscription_update" / "subscription": subscribe or unsubscribe topics
+  publish,       // "publish": a client publishes p.message to the topic p.topic
 };
 
 // The kind a type ("t") makes a message: ping, pong/PONG, client_hello, subscription_update /
-// subscription; anything else is an application message.
+// subscription, publish; anything else is an application message.
 wse_kind wse_kind_of(std::string_view type);
+
+// A topic a client may name in a subscription (a glob allowed): not empty, at most
+// wse_topic_bytes_max bytes, no ASCII control character (bytes < 0x20 and 0x7F).
+bool wse_topic_valid(std::string_view topic);
+// A topic a publication may go to: wse_topic_valid and no glob character (`*`, `?`), since
+// publishing is to concrete topics.
+bool wse_publish_topic_valid(std::string_view topic);
 
 enum class wse_subscription_action : uint8_t { subscribe, unsubscribe };
 
 struct wse_topic {
-  std::string_view name;  // unescaped
-  bool valid = false;     // false: empty, over wse_topic_bytes_max, or has a control character
+  std::string_view name;  // unescaped; empty for an element that is not a string
+  bool valid = false;     // wse_topic_valid(name), and false for a non-string element
 };
 
+// A subscription request. Its shape never fails the parse (the engine answers every request
+// with the reply shape); what was wrong is in these fields:
+// - action_valid: p is an object whose "action" is "subscribe" or "unsubscribe". When false,
+//   action is subscribe and action_name is p.action if it is a string (else empty).
+// - topics_is_array: p.topics is an array (else topic_count is 0). `topics: []` is valid.
+// - each element of p.topics, in order, is a wse_topic: a string element is unescaped and
+//   checked with wse_topic_valid; a non-string element is listed with an empty name and
+//   valid = false (so the reply can count it as failed).
+// - at most wse_subscription_topics_max elements are listed; topics_over_max counts the
+//   elements after those, which are not looked at. A request with topics_over_max > 0 should be
+//   refused as a whole (every listed topic failed with TOO_MANY_TOPICS), never half applied.
 struct wse_subscription {
   wse_subscription_action action = wse_subscription_action::subscribe;
   std::string_view action_name;  // as sent ("subscribe" / "unsubscribe"), for the reply
+  bool action_valid = false;
+  bool topics_is_array = false;
   size_t topic_count = 0;
+  size_t topics_over_max = 0;
   std::array<wse_topic, wse_subscription_topics_max> topics{};
   std::span<const wse_topic> list() const { return {topics.data(), topic_count}; }
+};
+
+// A client publication request:
+// {"c":"WSE","t":"publish","p":{"topic":"chat","message":{"t":"chat","p":{...}}},"v":1}
+// (id, ts, seq, pri ignored). Its shape never fails the parse; the engine answers each problem
+// with an error frame:
+// - topic_valid: p.topic is a string (unescaped into topic) that passes wse_publish_topic_valid
+//   (so a glob is not a valid publish topic). Absent, not a string, duplicated in p, or p not an
+//   object: false (topic is then the string when there was one, else empty).
+// - message_json: the exact raw JSON text of p.message (valid JSON: the whole message was
+//   validated), to be framed with ensure_category. message_is_object: p.message is present
+//   once and is a JSON object (otherwise message_json may still show what was sent, or empty).
+struct wse_publish {
+  std::string_view topic;
+  bool topic_valid = false;
+  std::string_view message_json;
+  bool message_is_object = false;
 };
 
 struct wse_client_hello {
@@ -83,6 +122,7 @@ struct wse_message {
   int64_t client_timestamp_ms = 0;  // ping: p.timestamp or p.client_timestamp, 0 when absent
   wse_client_hello hello;           // client_hello
   wse_subscription subscription;    // subscription
+  wse_publish publish;              // publish
 };
 
 // Whether the bytes after the message may be read (they are never written).
@@ -105,8 +145,10 @@ class wse_envelope_parser {
                   wse_input_padding padding = wse_input_padding::none);
 
   // A publication about to be framed: appends to out the same JSON with "c":"<category_of(t)>"
-  // inserted first when it has no top-level "c" (a nested "c" or "t" does not count; no "t"
-  // means U), or unchanged when it has one. The publication must be a JSON object.
+  // inserted first when it has no top-level "c" (a nested "c" or "t" does not count; no "t", or
+  // a "t" that is not a string, means U), or unchanged when it has one (whatever its value).
+  // The publication must be a JSON object (else not_object, malformed_json or too_deep, and
+  // out is unchanged). Its input is copied (no padding needed).
   wse_error ensure_category(std::string_view publication_json, std::string& out);
 
  private:

@@ -1,0 +1,368 @@
+// tests/unit/test_pubsub.cpp: the pure pieces of topics and publishing: the client publish and
+// subscription_update envelopes (every shape, valid and invalid) and ensure_category on
+// publications.
+// Owns: nothing. Thread: the test runner. Never depends on the order tests run in, never reads
+// the clock (every verify gets a fixed now).
+#include <doctest/doctest.h>
+#include <simdjson.h>
+
+#include <string>
+#include <vector>
+
+#include "proto/wse_envelope.hpp"
+
+using namespace wsed::proto;
+
+namespace {
+
+// Parses in place (padding after a copy) and copied; both must agree on the error.
+wse_error parse_both_ways(wse_envelope_parser& parser, std::string_view text, wse_message& out) {
+  static std::string padded;
+  padded.assign(text);
+  padded.append(wse_json_padding_bytes, '\0');
+  const wse_error in_place =
+      parser.parse(std::string_view(padded.data(), text.size()), out, wse_input_padding::padded);
+  const wse_error copied = parser.parse(text, out, wse_input_padding::none);
+  CHECK(in_place == copied);
+  return copied;
+}
+
+// A publish request with p = payload.
+std::string publish_request(std::string_view payload) {
+  return R"({"c":"WSE","t":"publish","p":)" + std::string(payload) + R"(,"v":1})";
+}
+
+std::string subscription_request(std::string_view payload) {
+  return R"({"c":"WSE","t":"subscription_update","p":)" + std::string(payload) + R"(,"v":1})";
+}
+
+bool inside(std::string_view part, std::string_view whole) {
+  return part.data() >= whole.data() && part.data() + part.size() <= whole.data() + whole.size();
+}
+
+// Whether text is a JSON object with a top-level "c" member.
+bool object_with_c(std::string_view text) {
+  simdjson::dom::parser parser;
+  simdjson::dom::element root;
+  if (parser.parse(simdjson::padded_string(text)).get(root)) return false;
+  simdjson::dom::object object;
+  if (root.get_object().get(object)) return false;
+  simdjson::dom::element c;
+  return !object["c"].get(c);
+}
+
+}  // namespace
+
+TEST_SUITE("pubsub") {
+  TEST_CASE("pubsub: publish is a protocol kind") {
+    CHECK(wse_kind_of("publish") == wse_kind::publish);
+    CHECK(wse_kind_of("Publish") == wse_kind::application);
+    CHECK(wse_kind_of("publish_x") == wse_kind::application);
+    CHECK(wse_kind_of("subscription_update") == wse_kind::subscription);
+    CHECK(wse_kind_of("subscription") == wse_kind::subscription);
+  }
+
+  TEST_CASE("pubsub: topic validity") {
+    CHECK(wse_topic_valid("a"));
+    CHECK(wse_topic_valid("chat.*"));
+    CHECK(wse_topic_valid("price.?"));
+    CHECK(wse_topic_valid(" "));
+    CHECK(wse_topic_valid("caf\xc3\xa9"));
+    CHECK(wse_topic_valid(std::string(wse_topic_bytes_max, 'x')));
+    CHECK(!wse_topic_valid(std::string(wse_topic_bytes_max + 1, 'x')));
+    CHECK(!wse_topic_valid(""));
+    CHECK(!wse_topic_valid("a\x1f"));
+    CHECK(!wse_topic_valid("a\x7f"));
+    CHECK(!wse_topic_valid(std::string("a\0b", 3)));
+    CHECK(wse_publish_topic_valid("chat.lobby"));
+    CHECK(wse_publish_topic_valid(std::string(wse_topic_bytes_max, 'x')));
+    CHECK(!wse_publish_topic_valid("chat.*"));
+    CHECK(!wse_publish_topic_valid("chat.?"));
+    CHECK(!wse_publish_topic_valid("*"));
+    CHECK(!wse_publish_topic_valid(""));
+    CHECK(!wse_publish_topic_valid("a\tb"));
+  }
+
+  TEST_CASE("pubsub: client publish request") {
+    wse_envelope_parser parser;
+    wse_message m;
+    const std::string text =
+        R"({"c":"WSE","t":"publish","id":"x1","ts":"2026-01-01T00:00:00Z","seq":4,"pri":"HIGH",)"
+        R"("p":{"topic":"ch\u0061t","message": {"t":"chat","p":{"s":"}]\"\\","n":[1,{"a":[]}]}} },"v":1})";
+    REQUIRE(parse_both_ways(parser, text, m) == wse_error::none);
+    CHECK(m.kind == wse_kind::publish);
+    CHECK(m.publish.topic == "chat");
+    CHECK(m.publish.topic_valid);
+    CHECK(m.publish.message_is_object);
+    CHECK(m.publish.message_json == R"({"t":"chat","p":{"s":"}]\"\\","n":[1,{"a":[]}]}})");
+    CHECK(inside(m.publish.message_json, text));
+
+    // Member order does not matter; an empty message object is an object.
+    REQUIRE(parse_both_ways(parser, publish_request(R"({"message":{},"topic":"a"})"), m) ==
+            wse_error::none);
+    CHECK(m.publish.topic == "a");
+    CHECK(m.publish.topic_valid);
+    CHECK(m.publish.message_json == "{}");
+    CHECK(m.publish.message_is_object);
+
+    // Legacy prefix.
+    const std::string legacy = "WSE" + publish_request(R"({"topic":"a","message":{"t":"x"}})");
+    REQUIRE(parse_both_ways(parser, legacy, m) == wse_error::none);
+    CHECK(m.kind == wse_kind::publish);
+    CHECK(m.legacy_prefix_bytes == 3);
+    CHECK(m.publish.message_json == R"({"t":"x"})");
+    CHECK(m.publish.topic_valid);
+  }
+
+  TEST_CASE("pubsub: client publish request shapes never fail the parse") {
+    wse_envelope_parser parser;
+    wse_message m;
+    struct shape {
+      const char* payload;  // nullptr: no "p" at all
+      bool topic_valid;
+      bool message_is_object;
+      const char* topic;
+      const char* message_json;
+    };
+    const std::string long_topic(wse_topic_bytes_max + 1, 't');
+    const std::string long_payload = R"({"topic":")" + long_topic + R"(","message":{}})";
+    const shape shapes[] = {
+        {nullptr, false, false, "", ""},
+        {"1", false, false, "", ""},
+        {"[]", false, false, "", ""},
+        {"null", false, false, "", ""},
+        {"{}", false, false, "", ""},
+        {R"({"topic":"a"})", true, false, "a", ""},
+        {R"({"message":{}})", false, true, "", "{}"},
+        {R"({"topic":5,"message":{}})", false, true, "", "{}"},
+        {R"({"topic":null,"message":{}})", false, true, "", "{}"},
+        {R"({"topic":"","message":{}})", false, true, "", "{}"},
+        {R"({"topic":"a\u0001","message":{}})", false, true, "a\x01", "{}"},
+        {R"({"topic":"a.*","message":{}})", false, true, "a.*", "{}"},
+        {R"({"topic":"a?","message":{}})", false, true, "a?", "{}"},
+        {R"({"topic":"a","topic":"b","message":{}})", false, true, "a", "{}"},
+        {R"({"topic":"a","message":[1]})", true, false, "a", "[1]"},
+        {R"({"topic":"a","message":"{}"})", true, false, "a", R"("{}")"},
+        {R"({"topic":"a","message":null})", true, false, "a", "null"},
+        {R"({"topic":"a","message":7})", true, false, "a", "7"},
+        {R"({"topic":"a","message":{},"message":{}})", true, false, "a", "{}"},
+        {R"({"topic":"a","p":{"message":{}}})", true, false, "a", ""},  // nested: not p.message
+    };
+    for (const shape& s : shapes) {
+      const std::string text = s.payload ? publish_request(s.payload) : R"({"t":"publish"})";
+      CAPTURE(text);
+      REQUIRE(parse_both_ways(parser, text, m) == wse_error::none);
+      CHECK(m.kind == wse_kind::publish);
+      CHECK(m.publish.topic_valid == s.topic_valid);
+      CHECK(m.publish.message_is_object == s.message_is_object);
+      CHECK(m.publish.topic == s.topic);
+      CHECK(m.publish.message_json == s.message_json);
+    }
+    REQUIRE(parse_both_ways(parser, publish_request(long_payload), m) == wse_error::none);
+    CHECK(!m.publish.topic_valid);
+    CHECK(m.publish.message_is_object);
+    // Invalid JSON is still a parse error.
+    CHECK(parse_both_ways(parser, publish_request(R"({"topic":"a","message":{)"), m) ==
+          wse_error::malformed_json);
+    CHECK(parse_both_ways(parser, publish_request(R"({"topic":"a","message":{"a":tru}})"), m) ==
+          wse_error::malformed_json);
+    // Fields of an earlier parse do not leak into the next one.
+    REQUIRE(parse_both_ways(parser, publish_request(R"({"topic":"a","message":{}})"), m) ==
+            wse_error::none);
+    REQUIRE(parse_both_ways(parser, R"({"t":"chat","p":{"topic":"a","message":{}}})", m) ==
+            wse_error::none);
+    CHECK(m.kind == wse_kind::application);
+    CHECK(!m.publish.topic_valid);
+    CHECK(m.publish.message_json.empty());
+  }
+
+  TEST_CASE("pubsub: publish message found at every offset and through every escape") {
+    // The raw span of p.message comes from a scanner, not the DOM: move the message over every
+    // offset (leading members of growing size, spaces) and put strings full of brackets,
+    // escaped quotes and backslashes before it.
+    wse_envelope_parser parser;
+    wse_message m;
+    const std::string message = R"({"t":"x","p":{"q":"\"]}","b":"\\","e":[{},[],"\\\""]}})";
+    for (size_t pad = 0; pad < 80; ++pad) {
+      const std::string filler(pad, 'f');
+      for (const std::string& before :
+           {R"({"z":")" + filler + R"(","topic":"a","message":)",
+            R"({"z":[")" + filler + R"(\"]"],"topic":"a",)" + std::string(pad % 7, ' ') +
+                R"("message":)" + std::string(pad % 5, '\n'),
+            R"({"topic":"a","z":{"k\\":")" + filler + R"(\\"},"message":)"}) {
+        const std::string text =
+            publish_request(before + message + std::string(pad % 3, ' ') + "}");
+        CAPTURE(text);
+        REQUIRE(parse_both_ways(parser, text, m) == wse_error::none);
+        CHECK(m.publish.message_json == message);
+        CHECK(m.publish.message_is_object);
+        CHECK(m.publish.topic_valid);
+      }
+    }
+  }
+
+  TEST_CASE("pubsub: a publish request cut at every byte is an error, never a crash") {
+    wse_envelope_parser parser;
+    wse_message m;
+    const std::string text =
+        publish_request(R"({"topic":"chat","message":{"t":"chat","p":{"text":"hi \"x\""}}})");
+    REQUIRE(parse_both_ways(parser, text, m) == wse_error::none);
+    for (size_t cut = 0; cut < text.size(); ++cut) {
+      CAPTURE(cut);
+      CHECK(parse_both_ways(parser, std::string_view(text).substr(0, cut), m) != wse_error::none);
+    }
+  }
+
+  TEST_CASE("pubsub: subscription request shapes") {
+    wse_envelope_parser parser;
+    wse_message m;
+    auto sub = [&](std::string_view payload) -> const wse_subscription& {
+      const std::string text = payload.empty() ? std::string(R"({"t":"subscription_update"})")
+                                               : subscription_request(payload);
+      CAPTURE(text);
+      REQUIRE(parse_both_ways(parser, text, m) == wse_error::none);
+      CHECK(m.kind == wse_kind::subscription);
+      return m.subscription;
+    };
+    const wse_subscription* s = &sub(R"({"action":"subscribe","topics":["a","b.*"]})");
+    CHECK(s->action_valid);
+    CHECK(s->action == wse_subscription_action::subscribe);
+    CHECK(s->topics_is_array);
+    CHECK(s->topic_count == 2);
+    CHECK(s->topics_over_max == 0);
+
+    s = &sub(R"({"topics":[],"action":"unsubscribe","recover":true,"recovery":{}})");
+    CHECK(s->action_valid);
+    CHECK(s->action == wse_subscription_action::unsubscribe);
+    CHECK(s->action_name == "unsubscribe");
+    CHECK(s->topics_is_array);
+    CHECK(s->topic_count == 0);
+
+    // Actions other than subscribe/unsubscribe are distinguishable.
+    for (const char* payload :
+         {R"({"action":"Subscribe","topics":["a"]})", R"({"action":"drop","topics":["a"]})",
+          R"({"action":"","topics":["a"]})"}) {
+      s = &sub(payload);
+      CHECK(!s->action_valid);
+      CHECK(s->topics_is_array);
+      CHECK(s->topic_count == 1);
+    }
+    CHECK(sub(R"({"action":"drop","topics":[]})").action_name == "drop");
+    for (const char* payload :
+         {R"({"action":1,"topics":["a"]})", R"({"action":null,"topics":["a"]})",
+          R"({"action":["subscribe"],"topics":["a"]})", R"({"topics":["a"]})"}) {
+      s = &sub(payload);
+      CHECK(!s->action_valid);
+      CHECK(s->action_name.empty());
+      CHECK(s->topic_count == 1);
+    }
+
+    // topics not an array.
+    for (const char* payload :
+         {R"({"action":"subscribe"})", R"({"action":"subscribe","topics":"a"})",
+          R"({"action":"subscribe","topics":null})", R"({"action":"subscribe","topics":{"a":1}})",
+          R"({"action":"subscribe","topics":3})"}) {
+      s = &sub(payload);
+      CHECK(s->action_valid);
+      CHECK(!s->topics_is_array);
+      CHECK(s->topic_count == 0);
+      CHECK(s->topics_over_max == 0);
+    }
+
+    // p absent or not an object.
+    for (const char* payload : {"", "null", "[]", R"("subscribe")", "7"}) {
+      s = &sub(payload);
+      CHECK(!s->action_valid);
+      CHECK(!s->topics_is_array);
+      CHECK(s->topic_count == 0);
+    }
+
+    // Non-string elements keep their place, listed as invalid with an empty name.
+    s = &sub(R"({"action":"subscribe","topics":["a",1,null,["b"],{"c":"d"},"",true,"\u0065"]})");
+    REQUIRE(s->topic_count == 8);
+    const auto list = s->list();
+    CHECK(list[0].name == "a");
+    CHECK(list[0].valid);
+    for (size_t i = 1; i <= 4; ++i) {
+      CHECK(list[i].name.empty());
+      CHECK(!list[i].valid);
+    }
+    CHECK(!list[5].valid);  // ""
+    CHECK(!list[6].valid);
+    CHECK(list[7].name == "e");
+    CHECK(list[7].valid);
+  }
+
+  TEST_CASE("pubsub: subscription topic count around the maximum") {
+    wse_envelope_parser parser;
+    wse_message m;
+    for (size_t n :
+         {wse_subscription_topics_max - 1, wse_subscription_topics_max,
+          wse_subscription_topics_max + 1, wse_subscription_topics_max + 7, size_t{1000}}) {
+      std::string topics;
+      for (size_t i = 0; i < n; ++i) {
+        topics += (i ? "," : "");
+        // Every 5th element is not a string, so over-max elements of any type are counted.
+        topics += i % 5 == 4 ? std::string("{\"x\":[1]}") : "\"t" + std::to_string(i) + "\"";
+      }
+      CAPTURE(n);
+      REQUIRE(parse_both_ways(
+                  parser,
+                  subscription_request(R"({"action":"subscribe","topics":[)" + topics + "]}"),
+                  m) == wse_error::none);
+      const size_t listed = std::min(n, wse_subscription_topics_max);
+      CHECK(m.subscription.topic_count == listed);
+      CHECK(m.subscription.topics_over_max == n - listed);
+      CHECK(m.subscription.topics_is_array);
+      CHECK(m.subscription.list().back().valid == ((listed - 1) % 5 != 4));
+      CHECK(m.subscription.list().front().name == "t0");
+    }
+    // The next request starts from zero.
+    REQUIRE(parse_both_ways(parser, subscription_request(R"({"action":"subscribe","topics":[]})"),
+                            m) == wse_error::none);
+    CHECK(m.subscription.topic_count == 0);
+    CHECK(m.subscription.topics_over_max == 0);
+  }
+
+  TEST_CASE("pubsub: ensure_category on publications") {
+    wse_envelope_parser parser;
+    struct example {
+      const char* in;
+      const char* out;
+    };
+    const example examples[] = {
+        {R"({"p":{"x":1}})", R"({"c":"U","p":{"x":1}})"},  // no "t": U
+        {"{}", R"({"c":"U"})"},
+        {R"({"t":"chat","p":{}})", R"({"c":"U","t":"chat","p":{}})"},
+        {R"({"t":"server_ready"})", R"({"c":"WSE","t":"server_ready"})"},
+        {R"({"t":"book_snapshot"})", R"({"c":"S","t":"book_snapshot"})"},
+        {R"({"t":"x","c":"S"})", R"({"t":"x","c":"S"})"},            // has "c": unchanged
+        {R"({"c":5,"t":"x"})", R"({"c":5,"t":"x"})"},                // any "c" counts
+        {R"({"\u0063":"S","t":"x"})", R"({"\u0063":"S","t":"x"})"},  // escaped key is "c"
+        {R"({"p":{"c":"WSE","t":"error"}})", R"({"c":"U","p":{"c":"WSE","t":"error"}})"},
+        {R"({"p":{"t":"error"},"t":"chat"})", R"({"c":"U","p":{"t":"error"},"t":"chat"})"},
+        {R"({"t":5})", R"({"c":"U","t":5})"},                            // non-string "t": U
+        {R"({"t":"","t":"error"})", R"({"c":"U","t":"","t":"error"})"},  // first "t" decides
+        {" \n{ \"t\" : \"error\" } ", " \n{\"c\":\"WSE\", \"t\" : \"error\" } "},
+    };
+    for (const example& e : examples) {
+      CAPTURE(e.in);
+      std::string out = "prefix:";
+      REQUIRE(parser.ensure_category(e.in, out) == wse_error::none);
+      CHECK(out == std::string("prefix:") + e.out);
+      CHECK(object_with_c(std::string_view(out).substr(7)));
+    }
+    for (const char* bad : {"[]", "[{\"t\":\"x\"}]", "\"{}\"", "1", "null"}) {
+      std::string out = "keep";
+      CHECK(parser.ensure_category(bad, out) == wse_error::not_object);
+      CHECK(out == "keep");
+    }
+    std::string out = "keep";
+    CHECK(parser.ensure_category("{", out) == wse_error::malformed_json);
+    CHECK(parser.ensure_category("", out) == wse_error::malformed_json);
+    CHECK(parser.ensure_category("{} {}", out) == wse_error::malformed_json);
+    CHECK(parser.ensure_category(std::string(70, '[') + std::string(70, ']'), out) ==
+          wse_error::too_deep);
+    CHECK(out == "keep");
+  }
+}
