@@ -18,7 +18,6 @@
 #include <cstdint>
 #include <span>
 #include <string_view>
-#include <vector>
 
 namespace wsed::fanout {
 
@@ -73,10 +72,19 @@ class frame_pool {
   size_t outstanding() const;
 
  private:
+  // Pooled frames have a capacity of 64 B << class (64 B .. 1 MiB), so any frame of a class fits
+  // any request of that class; bigger frames are allocated exactly and freed when given back.
+  static constexpr uint32_t size_classes = 15;
+  static constexpr uint32_t smallest_capacity_bytes = 64;
+  // Bound of the frames kept for reuse (total capacity); returned frames beyond it are freed.
+  static constexpr size_t free_bytes_max = size_t{8} << 20;
+
   std::atomic<frame*> returned_{nullptr};  // pushed by any thread, taken whole by the owner
-  std::vector<frame*> free_;               // owner only
+  frame* free_[size_classes] = {};         // owner only: per-class stacks linked by next_free
+  size_t free_bytes_ = 0;                  // owner only: capacity held in free_
   size_t made_ = 0, reclaimed_ = 0;        // owner only (reclaimed = taken from returned_)
   void reclaim();
+  void keep_or_free(frame* f);
 };
 
 }  // namespace wsed::fanout
