@@ -1,6 +1,7 @@
 // tests/unit/test_pubsub.cpp: the pure pieces of topics and publishing: the client publish and
-// subscription_update envelopes (every shape, valid and invalid) and ensure_category on
-// publications.
+// subscription_update envelopes (every shape, valid and invalid), the HTTP publish API body
+// parser (proto/wse_publish), the `?topics=` split, ensure_category on publications, and the
+// `publish` globs of the wse_topics ACL (auth/acl, from minted tokens).
 // Owns: nothing. Thread: the test runner. Never depends on the order tests run in, never reads
 // the clock (every verify gets a fixed now).
 #include <doctest/doctest.h>
@@ -9,7 +10,9 @@
 #include <string>
 #include <vector>
 
+#include "auth/token_source.hpp"
 #include "proto/wse_envelope.hpp"
+#include "proto/wse_publish.hpp"
 
 using namespace wsed::proto;
 
@@ -364,5 +367,228 @@ TEST_SUITE("pubsub") {
     CHECK(parser.ensure_category(std::string(70, '[') + std::string(70, ']'), out) ==
           wse_error::too_deep);
     CHECK(out == "keep");
+  }
+
+  TEST_CASE("pubsub: publish API body, every target") {
+    wse_publish_parser parser;
+    std::vector<wse_publish_item> items;
+    const std::string one = R"({"topic":"chat.lobby","message":{"t":"chat","p":{"text":"hi"}}})";
+    REQUIRE(parser.parse(one, items));
+    CHECK(parser.error().empty());
+    REQUIRE(items.size() == 1);
+    CHECK(items[0].target == wse_publish_target::topic);
+    CHECK(items[0].key == "chat.lobby");
+    CHECK(items[0].message_json == R"({"t":"chat","p":{"text":"hi"}})");
+    CHECK(inside(items[0].message_json, one));
+
+    REQUIRE(parser.parse(R"({"message":{"t":"x"},"broadcast":true})", items));
+    REQUIRE(items.size() == 1);
+    CHECK(items[0].target == wse_publish_target::broadcast);
+    CHECK(items[0].key.empty());
+    CHECK(items[0].message_json == R"({"t":"x"})");
+
+    REQUIRE(parser.parse(R"({"user":"al\u0069ce","message":{},"extra":[1,2]})", items));
+    REQUIRE(items.size() == 1);
+    CHECK(items[0].target == wse_publish_target::user);
+    CHECK(items[0].key == "alice");
+    CHECK(items[0].message_json == "{}");
+
+    const std::string many =
+        " [ {\"topic\":\"a\",\"message\":{\"n\":1}} "
+        ",\n{\"broadcast\":true,\"message\":{\"n\":[2]}},"
+        "{\"user\":\"u\", \"message\" : {\"s\":\"],}{\\\"\"} }]\n";
+    REQUIRE(parser.parse(many, items));
+    REQUIRE(items.size() == 3);
+    CHECK(items[0].target == wse_publish_target::topic);
+    CHECK(items[0].key == "a");
+    CHECK(items[0].message_json == R"({"n":1})");
+    CHECK(items[1].target == wse_publish_target::broadcast);
+    CHECK(items[1].message_json == R"({"n":[2]})");
+    CHECK(items[2].target == wse_publish_target::user);
+    CHECK(items[2].key == "u");
+    CHECK(items[2].message_json == R"({"s":"],}{\""})");
+    for (const auto& item : items) CHECK(inside(item.message_json, many));
+
+    REQUIRE(parser.parse("[]", items));
+    CHECK(items.empty());
+    REQUIRE(parser.parse(" [ ] ", items));
+    CHECK(items.empty());
+
+    // In place with padding gives the same.
+    std::string padded = many;
+    padded.append(wse_json_padding_bytes, '\0');
+    REQUIRE(parser.parse(std::string_view(padded.data(), many.size()), items,
+                         wse_input_padding::padded));
+    REQUIRE(items.size() == 3);
+    CHECK(items[2].message_json == R"({"s":"],}{\""})");
+    CHECK(inside(items[2].message_json, padded));
+  }
+
+  TEST_CASE("pubsub: publish API body, every refusal names the item and the field") {
+    wse_publish_parser parser;
+    std::vector<wse_publish_item> items;
+    struct refusal {
+      std::string body;
+      std::string error;
+    };
+    const std::string long_topic(wse_topic_bytes_max + 1, 't');
+    const std::string long_user(wse_publish_user_bytes_max + 1, 'u');
+    const refusal refusals[] = {
+        {"", "invalid JSON"},
+        {"{", "invalid JSON"},
+        {R"({"topic":"a","message":{}} x)", "invalid JSON"},
+        {"{\"topic\":\"\xff\",\"message\":{}}", "invalid JSON"},
+        {R"({"topic":"a","message":)" + std::string(70, '[') + std::string(70, ']') + "}",
+         "invalid JSON (nested deeper than 64)"},
+        {"1", "the body must be a JSON object or an array of objects"},
+        {R"("x")", "the body must be a JSON object or an array of objects"},
+        {"null", "the body must be a JSON object or an array of objects"},
+        {"[1]", "item 0: must be a JSON object"},
+        {R"([{"topic":"a","message":{}},[]])", "item 1: must be a JSON object"},
+        {R"({"message":{}})", "item 0: exactly one of topic, broadcast, user"},
+        {"{}", "item 0: exactly one of topic, broadcast, user"},
+        {R"({"topic":"a","user":"u","message":{}})",
+         "item 0: exactly one of topic, broadcast, user"},
+        {R"({"topic":"a","broadcast":true,"message":{}})",
+         "item 0: exactly one of topic, broadcast, user"},
+        {R"({"topic":"a","topic":"b","message":{}})", "item 0: duplicate field topic"},
+        {R"({"user":"a","user":"b","message":{}})", "item 0: duplicate field user"},
+        {R"({"broadcast":true,"broadcast":true,"message":{}})",
+         "item 0: duplicate field broadcast"},
+        {R"({"topic":"a","message":{},"message":{}})", "item 0: duplicate field message"},
+        {R"({"topic":1,"message":{}})", "item 0: topic must be a string"},
+        {R"({"topic":"","message":{}})",
+         "item 0: topic must be 1 to 256 bytes without control characters"},
+        {R"({"topic":")" + long_topic + R"(","message":{}})",
+         "item 0: topic must be 1 to 256 bytes without control characters"},
+        {R"({"topic":"a\nb","message":{}})",
+         "item 0: topic must be 1 to 256 bytes without control characters"},
+        {R"({"topic":"chat.*","message":{}})",
+         "item 0: topic must not contain * or ? (publish to a concrete topic)"},
+        {R"({"topic":"chat?","message":{}})",
+         "item 0: topic must not contain * or ? (publish to a concrete topic)"},
+        {R"({"broadcast":false,"message":{}})", "item 0: broadcast must be true"},
+        {R"({"broadcast":"true","message":{}})", "item 0: broadcast must be true"},
+        {R"({"broadcast":1,"message":{}})", "item 0: broadcast must be true"},
+        {R"({"broadcast":null,"message":{}})", "item 0: broadcast must be true"},
+        {R"({"user":7,"message":{}})", "item 0: user must be a string"},
+        {R"({"user":"","message":{}})", "item 0: user must be 1 to 256 bytes"},
+        {R"({"user":")" + long_user + R"(","message":{}})", "item 0: user must be 1 to 256 bytes"},
+        {R"({"topic":"a"})", "item 0: missing message"},
+        {R"({"topic":"a","message":[]})", "item 0: message must be a JSON object"},
+        {R"({"topic":"a","message":"{}"})", "item 0: message must be a JSON object"},
+        {R"({"topic":"a","message":null})", "item 0: message must be a JSON object"},
+        {R"([{"topic":"a","message":{}},{"user":"u","message":{}},{"broadcast":true,"message":{}},)"
+         R"({"topic":"d","message":1}])",
+         "item 3: message must be a JSON object"},
+    };
+    for (const refusal& r : refusals) {
+      CAPTURE(r.body);
+      items.assign(2, wse_publish_item{});
+      CHECK(!parser.parse(r.body, items));
+      CHECK(parser.error() == r.error);
+      CHECK(items.empty());
+    }
+    // Boundaries that are accepted.
+    REQUIRE(parser.parse(
+        R"({"topic":")" + std::string(wse_topic_bytes_max, 't') + R"(","message":{}})", items));
+    REQUIRE(parser.parse(
+        R"({"user":")" + std::string(wse_publish_user_bytes_max, 'u') + R"(","message":{}})",
+        items));
+    REQUIRE(parser.parse(R"({"user":"u\u0000v","message":{}})", items));
+    CHECK(items[0].key == std::string_view("u\0v", 3));
+    // A good parse clears the previous error.
+    CHECK(parser.error().empty());
+  }
+
+  TEST_CASE("pubsub: publish API item count limit") {
+    wse_publish_parser parser;
+    std::vector<wse_publish_item> items;
+    auto body_of = [](size_t n) {
+      std::string body = "[";
+      for (size_t i = 0; i < n; ++i) {
+        body += i ? "," : "";
+        body += R"({"topic":"t)" + std::to_string(i % 100) + R"(","message":{"t":"x","p":{"seq":)" +
+                std::to_string(i) + "}}}";
+      }
+      return body + "]";
+    };
+    const std::string full = body_of(wse_publish_items_max);
+    REQUIRE(parser.parse(full, items));
+    REQUIRE(items.size() == wse_publish_items_max);
+    CHECK(items.back().key == "t99");
+    CHECK(items.back().message_json == R"({"t":"x","p":{"seq":9999}})");
+    CHECK(!parser.parse(body_of(wse_publish_items_max + 1), items));
+    CHECK(parser.error() == "too many items (max 10000)");
+    CHECK(items.empty());
+  }
+
+  TEST_CASE("pubsub: a publish API body cut at every byte is refused, never a crash") {
+    wse_publish_parser parser;
+    std::vector<wse_publish_item> items;
+    for (const std::string& body :
+         {std::string(R"({"topic":"a\"b","message":{"t":"x","p":{"s":"[{\\"}}})"),
+          std::string(R"([{"user":"u","message":{}},{"broadcast":true,"message":{"a":[1,2]}}])")}) {
+      REQUIRE(parser.parse(body, items));
+      for (size_t cut = 0; cut < body.size(); ++cut) {
+        CAPTURE(cut);
+        CHECK(!parser.parse(std::string_view(body).substr(0, cut), items));
+        CHECK(!parser.error().empty());
+      }
+    }
+  }
+
+  TEST_CASE("pubsub: ?topics= split") {
+    using list = std::vector<std::string>;
+    CHECK(wse_split_topics("") == list{});
+    CHECK(wse_split_topics("a") == list{"a"});
+    CHECK(wse_split_topics("a,b") == list{"a", "b"});
+    CHECK(wse_split_topics(",,a,,b,") == list{"a", "b"});
+    CHECK(wse_split_topics(",") == list{});
+    CHECK(wse_split_topics("b,a,b") == list{"b", "a", "b"});       // order and duplicates kept
+    CHECK(wse_split_topics("chat.*, x") == list{"chat.*", " x"});  // no trimming, no checks
+    size_t over = 99;
+    CHECK(wse_split_topics("a,b", &over).size() == 2);
+    CHECK(over == 0);
+
+    // A comma at every offset of a word splits it there (empty halves dropped).
+    const std::string word = "battle.glob_test";
+    for (size_t at = 0; at <= word.size(); ++at) {
+      const std::string joined = word.substr(0, at) + "," + word.substr(at);
+      list expected;
+      if (at > 0) expected.push_back(word.substr(0, at));
+      if (at < word.size()) expected.push_back(word.substr(at));
+      CAPTURE(joined);
+      CHECK(wse_split_topics(joined) == expected);
+    }
+
+    // More than the maximum: the first wse_subscription_topics_max are kept, the rest counted.
+    std::string value;
+    for (size_t i = 0; i < wse_subscription_topics_max + 3; ++i) {
+      value += 't';  // (not "t" + to_string: GCC 12 warns -Wrestrict on that falsely)
+      value += std::to_string(i);
+      value += ",,";
+    }
+    const list topics = wse_split_topics(value, &over);
+    REQUIRE(topics.size() == wse_subscription_topics_max);
+    CHECK(topics.front() == "t0");
+    CHECK(topics.back() == "t" + std::to_string(wse_subscription_topics_max - 1));
+    CHECK(over == 3);
+    CHECK(wse_split_topics(value).size() == wse_subscription_topics_max);
+  }
+
+  TEST_CASE("pubsub: ?topics= from the upgrade URL, decoded by auth::query_value") {
+    using list = std::vector<std::string>;
+    // query_value percent-decodes (%XX, either case; '+' is a space) before the split, so an
+    // encoded comma separates too; a bad escape is kept as is.
+    const auto value = wsed::auth::query_value(
+        "?format=json&topics=chat.%2A%2Cprice.%3f,a+b,%zz,caf%C3%A9&topics=ignored", "topics");
+    REQUIRE(value.has_value());
+    CHECK(*value == "chat.*,price.?,a b,%zz,caf\xc3\xa9");
+    CHECK(wse_split_topics(*value) == list{"chat.*", "price.?", "a b", "%zz", "caf\xc3\xa9"});
+    CHECK(wsed::auth::query_value("?to%70ics=x,y", "topics") == "x,y");
+    CHECK(!wsed::auth::query_value("?topic=x", "topics").has_value());
+    CHECK(wse_split_topics(wsed::auth::query_value("?topics=", "topics").value()).empty());
+    CHECK(wsed::auth::query_value("?topics=a%2", "topics") == "a%2");
   }
 }
