@@ -128,4 +128,15 @@ bool topic_acl::allows_subscription(std::string_view pattern) const {
   return false;
 }
 
+bool topic_acl::allows_publish(std::string_view topic) const {
+  if (!valid_topic(topic) || has_wildcard(topic)) return false;
+  for (const std::string& d : deny) {
+    if (glob_match(d, topic)) return false;
+  }
+  for (const std::string& p : publish) {
+    if (glob_match(p, topic)) return true;
+  }
+  return false;
+}
+
 }  // namespace wsed::auth

@@ -146,9 +146,10 @@ bool parse_acl(dom::element e, topic_acl& acl) {
   if (e.is_null()) return true;
   dom::object obj;
   if (e.get_object().get(obj)) return false;
-  size_t total = 0;
+  size_t total = 0;  // globs of allow, deny and publish together (acl_globs_max)
   bool seen_allow = false;
   bool seen_deny = false;
+  bool seen_publish = false;
   for (dom::key_value_pair field : obj) {
     if (field.key == "allow") {
       if (seen_allow || !parse_glob_list(field.value, acl.allow, total)) return false;
@@ -156,6 +157,9 @@ bool parse_acl(dom::element e, topic_acl& acl) {
     } else if (field.key == "deny") {
       if (seen_deny || !parse_glob_list(field.value, acl.deny, total)) return false;
       seen_deny = true;
+    } else if (field.key == "publish") {
+      if (seen_publish || !parse_glob_list(field.value, acl.publish, total)) return false;
+      seen_publish = true;
     }
   }
   return true;

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "auth/acl.hpp"
+#include "auth/jwt.hpp"
 #include "auth/token_source.hpp"
 #include "proto/wse_envelope.hpp"
 #include "proto/wse_publish.hpp"
@@ -37,6 +39,26 @@ std::string publish_request(std::string_view payload) {
 
 std::string subscription_request(std::string_view payload) {
   return R"({"c":"WSE","t":"subscription_update","p":)" + std::string(payload) + R"(,"v":1})";
+}
+
+constexpr int64_t now_s = 1'700'000'000;
+const std::string hs_secret(40, 's');
+
+// The identity a verifier gives an HS256 token minted with claims {"sub":"u","exp":..,<extra>}.
+wsed::auth::result<wsed::auth::identity, wsed::auth::verify_error> verify_claims(
+    std::string_view extra) {
+  static const auto verifier = [] {
+    wsed::auth::verifier_config config;
+    config.hmac_secret = hs_secret;
+    auto v = wsed::auth::verifier::build(config);
+    REQUIRE(v.has_value());
+    return *v;
+  }();
+  const std::string claims =
+      R"({"sub":"u","exp":)" + std::to_string(now_s + 60) + "," + std::string(extra) + "}";
+  auto token = wsed::auth::mint(wsed::auth::jwt_alg::hs256, hs_secret, claims);
+  REQUIRE(token.has_value());
+  return verifier->verify(*token, now_s);
 }
 
 bool inside(std::string_view part, std::string_view whole) {
@@ -590,5 +612,109 @@ TEST_SUITE("pubsub") {
     CHECK(!wsed::auth::query_value("?topic=x", "topics").has_value());
     CHECK(wse_split_topics(wsed::auth::query_value("?topics=", "topics").value()).empty());
     CHECK(wsed::auth::query_value("?topics=a%2", "topics") == "a%2");
+  }
+
+  TEST_CASE("pubsub: publish globs of the ACL") {
+    using wsed::auth::topic_acl;
+    topic_acl none;
+    CHECK(!none.allows_publish("chat"));  // no publish list: publishing is off
+    none.allow = {"*"};
+    CHECK(!none.allows_publish("chat"));  // allow is about subscribing, not publishing
+
+    topic_acl acl;
+    acl.publish = {"chat.*", "room.?"};
+    acl.deny = {"chat.admin*", "room.x"};
+    CHECK(acl.unrestricted() == false);
+    CHECK(acl.allows_publish("chat.lobby"));
+    CHECK(acl.allows_publish("chat."));
+    CHECK(!acl.allows_publish("chat"));
+    CHECK(!acl.allows_publish("chat.admin"));  // deny wins
+    CHECK(!acl.allows_publish("chat.admins"));
+    CHECK(acl.allows_publish("room.a"));
+    CHECK(!acl.allows_publish("room.x"));
+    CHECK(!acl.allows_publish("room.ab"));
+    CHECK(!acl.allows_publish("news"));
+    CHECK(!acl.allows_publish(""));
+    CHECK(!acl.allows_publish("chat.a\nb"));
+    CHECK(!acl.allows_publish("chat.*"));  // a glob is not a topic one publishes to
+    CHECK(!acl.allows_publish("chat.?"));
+    // Publish globs do not widen subscriptions.
+    topic_acl publish_only;
+    publish_only.publish = {"chat.*"};
+    CHECK(publish_only.unrestricted());
+    CHECK(publish_only.allows_publish("chat.a"));
+    CHECK(!publish_only.allows_publish("other"));
+    topic_acl everything;
+    everything.publish = {"*"};
+    CHECK(everything.allows_publish("anything.at.all"));
+    CHECK(!everything.allows_publish("tab\there"));
+  }
+
+  TEST_CASE("pubsub: publish lists in minted tokens") {
+    using wsed::auth::verify_error;
+    auto r = verify_claims(
+        R"("wse_topics":{"allow":["chat.*"],"deny":["chat.admin"],"publish":["chat.*"]})");
+    REQUIRE(r.has_value());
+    CHECK(r->acl.publish == std::vector<std::string>{"chat.*"});
+    CHECK(r->acl.allows_publish("chat.lobby"));
+    CHECK(!r->acl.allows_publish("chat.admin"));
+    CHECK(!r->acl.allows_publish("news"));
+
+    r = verify_claims(R"("wse_topics":{"publish":["a","b.?"]})");
+    REQUIRE(r.has_value());
+    CHECK(r->acl.allow.empty());
+    CHECK(r->acl.deny.empty());
+    CHECK(r->acl.unrestricted());
+    CHECK(r->acl.allows_publish("b.1"));
+    CHECK(!r->acl.allows_publish("c"));
+
+    r = verify_claims(R"("wse_topics":{"publish":[]})");
+    REQUIRE(r.has_value());
+    CHECK(!r->acl.allows_publish("a"));
+    r = verify_claims(R"("wse_topics":{"allow":["a"]})");  // no publish list: off
+    REQUIRE(r.has_value());
+    CHECK(r->acl.publish.empty());
+    CHECK(!r->acl.allows_publish("a"));
+    r = verify_claims(R"("other":1)");  // no claim at all: off
+    REQUIRE(r.has_value());
+    CHECK(!r->acl.allows_publish("a"));
+
+    // Refused shapes: the token is bad_acl.
+    for (const std::string& topics :
+         {std::string(R"({"publish":"chat.*"})"), std::string(R"({"publish":{"a":1}})"),
+          std::string(R"({"publish":null})"), std::string(R"({"publish":["a",1]})"),
+          std::string(R"({"publish":[null]})"), std::string(R"({"publish":[""]})"),
+          std::string(R"({"publish":["a\u0007"]})"),
+          std::string(R"({"publish":["a"],"publish":["b"]})"),
+          R"({"publish":[")" + std::string(wsed::auth::acl_glob_bytes_max + 1, 'g') + R"("]})"}) {
+      CAPTURE(topics);
+      const auto bad = verify_claims(R"("wse_topics":)" + topics);
+      REQUIRE(!bad.has_value());
+      CHECK(bad.error() == verify_error::bad_acl);
+    }
+    // acl_globs_max counts allow, deny and publish together.
+    auto globs = [](std::string_view key, size_t n) {
+      std::string list(1, '"');  // (piecewise: GCC 12 warns -Wrestrict on "x" + string)
+      list += key;
+      list += "\":[";
+      for (size_t i = 0; i < n; ++i) {
+        list += i ? ",\"g" : "\"g";
+        list += std::to_string(i);
+        list += '"';
+      }
+      return list + "]";
+    };
+    const size_t third = wsed::auth::acl_globs_max / 3;
+    const size_t rest = wsed::auth::acl_globs_max - 2 * third;
+    const std::string at_max = "{" + globs("allow", third) + "," + globs("deny", third) + "," +
+                               globs("publish", rest) + "}";
+    r = verify_claims(R"("wse_topics":)" + at_max);
+    REQUIRE(r.has_value());
+    CHECK(r->acl.publish.size() == rest);
+    const std::string over = "{" + globs("allow", third) + "," + globs("deny", third) + "," +
+                             globs("publish", rest + 1) + "}";
+    const auto bad = verify_claims(R"("wse_topics":)" + over);
+    REQUIRE(!bad.has_value());
+    CHECK(bad.error() == verify_error::bad_acl);
   }
 }
