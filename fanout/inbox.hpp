@@ -51,12 +51,45 @@ static_assert(sizeof(delivery) == 24 || sizeof(delivery) == 16, "small, copied b
 class mpsc_ring {
  public:
   explicit mpsc_ring(size_t capacity);
-  bool try_push(const delivery& d);
+  bool try_push(const delivery& d) {
+    uint64_t pos = tail_.load(std::memory_order_relaxed);
+    for (;;) {
+      cell& c = cells_[pos & mask_];
+      const uint64_t seq = c.seq.load(std::memory_order_acquire);
+      const int64_t lag = static_cast<int64_t>(seq - pos);
+      if (lag == 0) {
+        if (tail_.compare_exchange_weak(pos, pos + 1, std::memory_order_relaxed)) {
+          c.d = d;
+          c.seq.store(pos + 1, std::memory_order_release);
+          return true;
+        }
+      } else if (lag < 0) {
+        return false;  // the cell still holds the item of the previous lap: full
+      } else {
+        pos = tail_.load(std::memory_order_relaxed);
+      }
+    }
+  }
   // Consumer: pops up to max items in FIFO order into fn(delivery&); returns how many.
   template <class F>
-  size_t drain(size_t max, F&& fn);
+  size_t drain(size_t max, F&& fn) {
+    size_t n = 0;
+    while (n < max) {
+      cell& c = cells_[head_ & mask_];
+      if (c.seq.load(std::memory_order_acquire) != head_ + 1) break;
+      delivery d = c.d;
+      c.seq.store(head_ + mask_ + 1, std::memory_order_release);
+      ++head_;
+      ++n;
+      fn(d);
+    }
+    return n;
+  }
   size_t capacity() const { return mask_ + 1; }
-  bool empty_approx() const;
+  // Consumer: no item ready at the head.
+  bool empty_approx() const {
+    return cells_[head_ & mask_].seq.load(std::memory_order_acquire) != head_ + 1;
+  }
 
  private:
   struct cell {
@@ -74,11 +107,36 @@ class mpsc_ring {
 class spsc_ring {
  public:
   explicit spsc_ring(size_t capacity);
-  bool try_push(const delivery& d);
+  // Producer (one thread).
+  bool try_push(const delivery& d) {
+    const uint64_t tail = tail_.load(std::memory_order_relaxed);
+    if (tail - head_cached_ > mask_) {
+      head_cached_ = head_.load(std::memory_order_acquire);
+      if (tail - head_cached_ > mask_) return false;
+    }
+    cells_[tail & mask_] = d;
+    tail_.store(tail + 1, std::memory_order_release);
+    return true;
+  }
+  // Consumer: pops up to max items in FIFO order into fn(delivery&); returns how many.
   template <class F>
-  size_t drain(size_t max, F&& fn);
+  size_t drain(size_t max, F&& fn) {
+    const uint64_t head = head_.load(std::memory_order_relaxed);
+    if (tail_cached_ - head < max) tail_cached_ = tail_.load(std::memory_order_acquire);
+    uint64_t ready = tail_cached_ - head;
+    if (ready > max) ready = max;
+    for (uint64_t i = 0; i < ready; ++i) {
+      delivery d = cells_[(head + i) & mask_];
+      fn(d);
+    }
+    if (ready != 0) head_.store(head + ready, std::memory_order_release);
+    return static_cast<size_t>(ready);
+  }
   size_t capacity() const { return mask_ + 1; }
-  bool empty_approx() const;
+  // Consumer: no item ready.
+  bool empty_approx() const {
+    return tail_.load(std::memory_order_acquire) == head_.load(std::memory_order_relaxed);
+  }
 
  private:
   std::unique_ptr<delivery[]> cells_;
@@ -89,22 +147,90 @@ class spsc_ring {
   uint64_t tail_cached_ = 0;  // consumer's copy of tail_
 };
 
-// What a shard drains: the ring shape chosen by perf/bench_fanout (see perf/RESULTS.md), a
-// wake hook and counters.
+// What a shard drains: the ring shape chosen by perf/bench_fanout (see perf/RESULTS.md): a mesh
+// of SPSC rings, one per producer index, drained round robin. Plus the wake hook and counters.
 class inbox {
  public:
   using wake_fn = void (*)(void* context);
-  // capacity: items (power of two); producers: how many producer indexes may push (the shards,
-  // plus one per non-shard producer); wake(context) is called by a producer that pushed into an
-  // inbox whose consumer may be asleep.
+  // capacity: items per producer (power of two); producers: how many producer indexes may push
+  // (the shards, plus one per non-shard producer); wake(context) is called by a producer that
+  // pushed into an inbox whose consumer may be asleep.
   inbox(size_t capacity, uint32_t producers, wake_fn wake, void* context);
-  // Producer `producer` (< producers): false when full (counted in full_count()).
-  bool try_push(uint32_t producer, const delivery& d);
-  // Consumer: clears the awake flag, then pops up to max items into fn(delivery&).
+  inbox(const inbox&) = delete;
+  inbox& operator=(const inbox&) = delete;
+
+  // Producer `producer` (< producers; one thread at a time per index): false when full
+  // (counted in full_count()). Wakes the consumer when no wake is pending.
+  bool try_push(uint32_t producer, const delivery& d) {
+    if (!try_push_no_wake(producer, d)) return false;
+    wake_if_needed();
+    return true;
+  }
+  // The same without the wake check, for a producer that pushes several items in one pass and
+  // then calls wake_if_needed() once (one atomic exchange per pass instead of per item).
+  bool try_push_no_wake(uint32_t producer, const delivery& d) {
+    lane& l = *lanes_[producer];
+    if (!l.ring.try_push(d)) {
+      l.full.store(l.full.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+      return false;
+    }
+    l.pushed.store(l.pushed.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    return true;
+  }
+  // Producer, after a successful push: calls wake(context) unless a wake is already pending.
+  void wake_if_needed() {
+    if (!wake_pending_.exchange(true, std::memory_order_seq_cst)) wake_(context_);
+  }
+
+  // Consumer: clears the wake-pending flag, then pops up to max items into fn(delivery&),
+  // taking from each producer's ring in turn (the first ring rotates, so no producer starves).
+  // Returns how many. When it returns max, more may be waiting and no wake will come for them:
+  // drain again (the engine bounds each pass and loops).
   template <class F>
-  size_t drain(size_t max, F&& fn);
-  uint64_t full_count() const { return full_.load(std::memory_order_relaxed); }
-  uint64_t pushed_count() const { return pushed_.load(std::memory_order_relaxed); }
+  size_t drain(size_t max, F&& fn) {
+    wake_pending_.store(false, std::memory_order_seq_cst);
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    const size_t lanes = lanes_.size();
+    size_t n = 0;
+    for (size_t i = 0; i < lanes && n < max; ++i) {
+      size_t index = next_lane_ + i;
+      if (index >= lanes) index -= lanes;
+      n += lanes_[index]->ring.drain(max - n, fn);
+    }
+    if (++next_lane_ >= lanes) next_lane_ = 0;
+    return n;
+  }
+  // Consumer: no item ready in any ring.
+  bool empty_approx() const {
+    for (const auto& l : lanes_) {
+      if (!l->ring.empty_approx()) return false;
+    }
+    return true;
+  }
+
+  uint64_t full_count() const { return sum(&lane::full); }
+  uint64_t pushed_count() const { return sum(&lane::pushed); }
+  uint32_t producers() const { return static_cast<uint32_t>(lanes_.size()); }
+
+ private:
+  // One producer's ring and counters (written by that producer only, read by anyone).
+  struct lane {
+    explicit lane(size_t capacity) : ring(capacity) {}
+    spsc_ring ring;
+    alignas(cache_line_bytes) std::atomic<uint64_t> pushed{0};
+    std::atomic<uint64_t> full{0};
+  };
+  uint64_t sum(std::atomic<uint64_t> lane::*counter) const {
+    uint64_t total = 0;
+    for (const auto& l : lanes_) total += ((*l).*counter).load(std::memory_order_relaxed);
+    return total;
+  }
+
+  std::vector<std::unique_ptr<lane>> lanes_;
+  wake_fn wake_;
+  void* context_;
+  size_t next_lane_ = 0;  // consumer only
+  alignas(cache_line_bytes) std::atomic<bool> wake_pending_{false};
 };
 
 }  // namespace wsed::fanout

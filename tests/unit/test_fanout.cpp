@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "fanout/frame.hpp"
+#include "fanout/inbox.hpp"
 #include "proto/ws.hpp"
 
 using namespace wsed;
@@ -157,4 +158,175 @@ TEST_CASE("fanout: frames released on other threads return to their pool") {
   done.store(true, std::memory_order_release);
   releaser.join();
   CHECK(pool.outstanding() == 0);
+}
+
+namespace {
+
+delivery item(uint32_t producer, uint32_t seq) {
+  delivery d;
+  d.arg = producer;
+  d.arg2 = seq;
+  return d;
+}
+
+// FIFO, full, and many wraparounds of a capacity-8 ring (mpsc_ring or spsc_ring).
+template <class Ring>
+void check_ring_basics() {
+  Ring ring(8);
+  CHECK(ring.capacity() == 8);
+  CHECK(ring.empty_approx());
+  std::vector<uint32_t> got;
+  auto collect = [&got](delivery& d) { got.push_back(d.arg2); };
+  CHECK(ring.drain(64, collect) == 0);
+  for (uint32_t i = 0; i < 8; ++i) CHECK(ring.try_push(item(0, i)));
+  CHECK_FALSE(ring.try_push(item(0, 99)));  // full
+  CHECK_FALSE(ring.empty_approx());
+  CHECK(ring.drain(3, collect) == 3);
+  CHECK(got == std::vector<uint32_t>{0, 1, 2});
+  for (uint32_t i = 8; i < 11; ++i) CHECK(ring.try_push(item(0, i)));
+  CHECK_FALSE(ring.try_push(item(0, 99)));
+  CHECK(ring.drain(64, collect) == 8);
+  for (uint32_t i = 0; i < 11; ++i) CHECK(got[i] == i);
+  CHECK(ring.empty_approx());
+  // Wraparound: the indexes pass the capacity many times, with every fill level.
+  uint32_t next_in = 0, next_out = 0;
+  bool in_order = true;
+  for (int round = 0; round < 1000; ++round) {
+    const uint32_t pushes = static_cast<uint32_t>(round % 9);
+    for (uint32_t i = 0; i < pushes; ++i) {
+      if (!ring.try_push(item(0, next_in))) break;
+      ++next_in;
+    }
+    ring.drain(static_cast<size_t>(round % 5 + 1), [&](delivery& d) {
+      in_order = in_order && d.arg2 == next_out;
+      ++next_out;
+    });
+  }
+  ring.drain(64, [&](delivery& d) {
+    in_order = in_order && d.arg2 == next_out;
+    ++next_out;
+  });
+  CHECK(in_order);
+  CHECK(next_out == next_in);
+  CHECK(next_in > 1000);
+}
+
+// producers threads push items_each items (arg = producer, arg2 = its sequence) with push(p, d),
+// retrying on full; the calling thread drains with drain(fn) and checks that every producer's
+// sequence arrives complete and in order.
+template <class Push, class Drain>
+void check_producers_into_one(uint32_t producers, uint32_t items_each, Push push, Drain drain) {
+  std::vector<std::thread> threads;
+  for (uint32_t p = 0; p < producers; ++p) {
+    threads.emplace_back([p, items_each, &push] {
+      for (uint32_t i = 0; i < items_each; ++i) {
+        for (uint32_t spins = 0; !push(p, item(p, i)); ++spins) {
+          if (spins > 64) std::this_thread::yield();
+        }
+      }
+    });
+  }
+  std::vector<uint32_t> next(producers, 0);
+  uint64_t received = 0, out_of_order = 0, bad_producer = 0;
+  const uint64_t expected = uint64_t{producers} * items_each;
+  for (uint64_t idle = 0; received < expected && idle < 200'000'000;) {
+    const size_t n = drain([&](delivery& d) {
+      ++received;
+      if (d.arg >= producers) {
+        ++bad_producer;
+        return;
+      }
+      if (d.arg2 != next[d.arg]) ++out_of_order;
+      next[d.arg] = d.arg2 + 1;
+    });
+    if (n == 0) {
+      ++idle;
+      std::this_thread::yield();
+    }
+  }
+  for (std::thread& t : threads) t.join();
+  drain([&](delivery&) { ++received; });  // nothing may be left over (no duplicates)
+  CHECK(received == expected);
+  CHECK(out_of_order == 0);
+  CHECK(bad_producer == 0);
+  for (uint32_t p = 0; p < producers; ++p) CHECK(next[p] == items_each);
+}
+
+struct wake_counter {
+  std::atomic<int> calls{0};
+  static void wake(void* context) {
+    static_cast<wake_counter*>(context)->calls.fetch_add(1, std::memory_order_relaxed);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("fanout: mpsc_ring is FIFO, refuses when full, wraps around") {
+  check_ring_basics<mpsc_ring>();
+}
+
+TEST_CASE("fanout: spsc_ring is FIFO, refuses when full, wraps around") {
+  check_ring_basics<spsc_ring>();
+}
+
+TEST_CASE("fanout: mpsc_ring, 4 producers x 200k items into one consumer") {
+  mpsc_ring ring(1024);
+  check_producers_into_one(
+      4, 200'000, [&ring](uint32_t, const delivery& d) { return ring.try_push(d); },
+      [&ring](auto&& fn) { return ring.drain(64, fn); });
+}
+
+TEST_CASE("fanout: inbox, 4 producers x 200k items into one consumer, one wake per drain") {
+  wake_counter wakes;
+  inbox box(1024, 4, &wake_counter::wake, &wakes);
+  uint64_t drains = 0;
+  check_producers_into_one(
+      4, 200'000, [&box](uint32_t p, const delivery& d) { return box.try_push(p, d); },
+      [&box, &drains](auto&& fn) {
+        ++drains;
+        return box.drain(64, fn);
+      });
+  CHECK(box.pushed_count() == 800'000);
+  // A wake needs a drain to clear the flag first: at most one wake per drain (plus the first).
+  CHECK(wakes.calls.load() >= 1);
+  CHECK(static_cast<uint64_t>(wakes.calls.load()) <= drains + 1);
+}
+
+TEST_CASE("fanout: inbox wakes once per drain cycle, counts full pushes") {
+  wake_counter wakes;
+  inbox box(4, 2, &wake_counter::wake, &wakes);
+  CHECK(box.producers() == 2);
+  CHECK(box.empty_approx());
+  for (uint32_t i = 0; i < 4; ++i) CHECK(box.try_push(0, item(0, i)));
+  CHECK(wakes.calls.load() == 1);  // first push woke, the next three did not
+  CHECK_FALSE(box.try_push(0, item(0, 4)));
+  CHECK(box.full_count() == 1);
+  CHECK(box.try_push(1, item(1, 0)));  // the other producer's ring has room
+  CHECK(wakes.calls.load() == 1);
+  CHECK(box.pushed_count() == 5);
+  std::vector<std::pair<uint32_t, uint32_t>> got;
+  auto collect = [&got](delivery& d) { got.emplace_back(d.arg, d.arg2); };
+  CHECK(box.drain(2, collect) == 2);  // bounded: more remain, and no wake will come for them
+  CHECK(box.try_push(1, item(1, 1)));
+  CHECK(wakes.calls.load() == 2);  // the drain cleared the flag: the next push wakes again
+  CHECK(box.try_push(0, item(0, 4)));
+  CHECK(wakes.calls.load() == 2);
+  CHECK(box.drain(64, collect) == 5);
+  CHECK(box.empty_approx());
+  CHECK(box.drain(64, collect) == 0);
+  REQUIRE(got.size() == 7);
+  // Each producer's items in order.
+  std::vector<uint32_t> next(2, 0);
+  for (auto [p, seq] : got) {
+    CHECK(seq == next[p]);
+    next[p] = seq + 1;
+  }
+  CHECK(next == std::vector<uint32_t>{5, 2});
+  // try_push_no_wake + wake_if_needed: one wake for a batch.
+  for (uint32_t i = 0; i < 3; ++i) CHECK(box.try_push_no_wake(1, item(1, 2 + i)));
+  CHECK(wakes.calls.load() == 2);
+  box.wake_if_needed();
+  box.wake_if_needed();
+  CHECK(wakes.calls.load() == 3);
+  CHECK(box.drain(64, collect) == 3);
 }
