@@ -15,6 +15,7 @@
 #include "proto/ws.hpp"
 #include "tools/bench/frames.hpp"
 #include "tools/bench/jwt.hpp"
+#include "tools/bench/ports.hpp"
 #include "tools/bench/stats.hpp"
 
 using namespace wsed::bench;
@@ -205,4 +206,15 @@ TEST_CASE("bench upgrade: request with the cookie, response check") {
         upgrade_status::too_long);
   CHECK(with_query("/wse", "format=msgpack") == "/wse?format=msgpack");
   CHECK(with_query("/wse?a=1", "format=msgpack") == "/wse?a=1&format=msgpack");
+}
+
+TEST_CASE("bench source ports: a source address gets 90% of the even half of the range") {
+  // The default range 32768-60999 has 14,116 even ports: 12,705 per address, so 100,000
+  // connections spread over 8 addresses (not 4, whose even ports run out at ~56K).
+  CHECK(connect_ports_per_address(32768, 60999) == 12705);
+  CHECK((100000 + 12705 - 1) / 12705 == 8);
+  CHECK(connect_ports_per_address(1024, 65535) == 29031);
+  CHECK(connect_ports_per_address(40000, 41999) == 1000);  // small range: the even half, no margin
+  CHECK(connect_ports_per_address(5000, 5000) == 1);
+  CHECK(connect_ports_per_address(6000, 5000) == 1);  // inverted: never 0
 }

@@ -719,7 +719,9 @@ Every table is followed by one line per tier: client CPU (and a warning when the
 server, was saturated), with --server-pid the server's CPU time per message (user and sys, from
 /proc) and RSS per connection, the OS limit when it stopped a tier, and the first error.
 Connections beyond RLIMIT_NOFILE are held in io_uring direct descriptors spread over several rings;
-beyond one source address's ephemeral ports they are spread over 127.0.0.x.
+beyond 90% of the even half of one source address's ephemeral port range (connect() takes even
+ports first; past them each connect scans the whole range and the ramp drops ~6x) they are spread
+over 127.0.0.x.
 Exit code: 0 when no scenario saw an error, 3 otherwise, 1 on a setup failure, 2 on bad flags.
 )";
 

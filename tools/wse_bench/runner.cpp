@@ -12,6 +12,8 @@
 #include <fstream>
 #include <thread>
 
+#include "tools/bench/ports.hpp"
+
 namespace wsed::bench {
 
 namespace {
@@ -91,12 +93,12 @@ uint32_t ring_files_max() {
   return cached;
 }
 
+// See tools/bench/ports.hpp: a source address gets 90% of the even half of the range.
 uint32_t ports_per_source_ip() {
   std::ifstream in("/proc/sys/net/ipv4/ip_local_port_range");
   unsigned low = 32768, high = 60999;
   in >> low >> high;
-  uint32_t n = high > low ? high - low + 1 : 1;
-  return n > 2000 ? n - 1000 : n;  // leave a margin for other programs on the machine
+  return connect_ports_per_address(low, high);
 }
 
 tier_result run_tier(const runner_options& ro, job j, const tier_spec& spec) {
