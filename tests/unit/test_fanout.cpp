@@ -8,12 +8,17 @@
 
 #include <atomic>
 #include <cstring>
+#include <map>
+#include <random>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "auth/acl.hpp"
 #include "fanout/frame.hpp"
 #include "fanout/inbox.hpp"
+#include "fanout/topic_index.hpp"
 #include "proto/ws.hpp"
 
 using namespace wsed;
@@ -329,4 +334,205 @@ TEST_CASE("fanout: inbox wakes once per drain cycle, counts full pushes") {
   box.wake_if_needed();
   CHECK(wakes.calls.load() == 3);
   CHECK(box.drain(64, collect) == 3);
+}
+
+namespace {
+
+// (subscriber, via_glob) pairs for_each delivers, sorted.
+std::vector<std::pair<subscriber_id, bool>> delivered(topic_index& index, std::string_view topic) {
+  std::vector<std::pair<subscriber_id, bool>> out;
+  const size_t calls = index.for_each(
+      topic, [&out](subscriber_id id, bool via_glob) { out.emplace_back(id, via_glob); });
+  CHECK(calls == out.size());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+using got_list = std::vector<std::pair<subscriber_id, bool>>;
+
+}  // namespace
+
+TEST_CASE("fanout: is_glob") {
+  CHECK(is_glob("battle.*"));
+  CHECK(is_glob("a?c"));
+  CHECK_FALSE(is_glob("battle.glob_test"));
+  CHECK_FALSE(is_glob(""));
+}
+
+TEST_CASE("fanout: topic_index exact topics, transitions and idempotent subscribe") {
+  topic_index index;
+  CHECK(index.pattern_count() == 0);
+  CHECK(index.subscribe(3, "room.1") == subscribe_result::added_first);
+  CHECK(index.subscribe(3, "room.1") == subscribe_result::already);
+  CHECK(index.subscribe(7, "room.1") == subscribe_result::added);
+  CHECK(index.subscribe(7, "room.2") == subscribe_result::added_first);
+  CHECK(index.pattern_count() == 2);
+  CHECK(index.subscriptions_of(3) == 1);
+  CHECK(index.subscriptions_of(7) == 2);
+  CHECK(index.subscriptions_of(1000) == 0);
+  CHECK(delivered(index, "room.1") == got_list{{3, false}, {7, false}});
+  CHECK(delivered(index, "room.2") == got_list{{7, false}});
+  CHECK(delivered(index, "room.3").empty());
+  CHECK(index.subscriber_count("room.1") == 2);
+  CHECK(index.unsubscribe(3, "room.2") == unsubscribe_result::not_subscribed);
+  CHECK(index.unsubscribe(3, "nothing") == unsubscribe_result::not_subscribed);
+  CHECK(index.unsubscribe(99, "room.1") == unsubscribe_result::not_subscribed);
+  CHECK(index.unsubscribe(3, "room.1") == unsubscribe_result::removed);
+  CHECK(delivered(index, "room.1") == got_list{{7, false}});
+  CHECK(index.unsubscribe(7, "room.1") == unsubscribe_result::removed_last);
+  CHECK(delivered(index, "room.1").empty());
+  CHECK(index.pattern_count() == 1);
+  CHECK(index.subscribe(3, "room.1") == subscribe_result::added_first);  // again from scratch
+  CHECK(index.pattern_count() == 2);
+}
+
+TEST_CASE("fanout: topic_index globs, overlaps delivered once, via_glob") {
+  topic_index index;
+  CHECK(index.subscribe(1, "battle.*") == subscribe_result::added_first);
+  CHECK(index.subscribe(2, "battle.glob_test") == subscribe_result::added_first);
+  CHECK(index.subscribe(3, "battle.glob_tes?") == subscribe_result::added_first);
+  CHECK(index.subscribe(4, "battle.*") == subscribe_result::added);
+  CHECK(index.subscribe(4, "battle.glob_test") == subscribe_result::added);  // exact + glob
+  CHECK(index.subscribe(5, "battle.*") == subscribe_result::added);
+  CHECK(index.subscribe(5, "*.glob_test") == subscribe_result::added_first);  // two globs
+  CHECK(index.glob_count() == 3);
+  CHECK(index.pattern_count() == 4);
+  CHECK(delivered(index, "battle.glob_test") ==
+        got_list{{1, true}, {2, false}, {3, true}, {4, false}, {5, true}});
+  CHECK(index.subscriber_count("battle.glob_test") == 5);
+  CHECK(delivered(index, "battle.x") == got_list{{1, true}, {4, true}, {5, true}});
+  CHECK(delivered(index, "battle.") == got_list{{1, true}, {4, true}, {5, true}});  // * empty
+  CHECK(delivered(index, "battle").empty());
+  CHECK(delivered(index, "war.glob_test") == got_list{{5, true}});
+  CHECK(delivered(index, "battle.glob_tesX") ==
+        got_list{{1, true}, {3, true}, {4, true}, {5, true}});
+  // Cached lists follow the removal of a glob's last subscriber.
+  CHECK(index.unsubscribe(3, "battle.glob_tes?") == unsubscribe_result::removed_last);
+  CHECK(delivered(index, "battle.glob_tesX") == got_list{{1, true}, {4, true}, {5, true}});
+  CHECK(index.unsubscribe(5, "battle.*") == unsubscribe_result::removed);
+  CHECK(delivered(index, "battle.glob_test") ==
+        got_list{{1, true}, {2, false}, {4, false}, {5, true}});
+  // A glob added later reaches topics already cached.
+  CHECK(index.subscribe(6, "b*") == subscribe_result::added_first);
+  CHECK(delivered(index, "battle.x") == got_list{{1, true}, {4, true}, {6, true}});
+}
+
+TEST_CASE("fanout: topic_index unsubscribe_all cleans everything") {
+  topic_index index;
+  index.subscribe(1, "a");
+  index.subscribe(1, "b");
+  index.subscribe(1, "x.*");
+  index.subscribe(1, "?");
+  index.subscribe(2, "b");
+  index.subscribe(2, "x.*");
+  CHECK(delivered(index, "x.1") == got_list{{1, true}, {2, true}});  // fills the cache
+  CHECK(delivered(index, "b") == got_list{{1, false}, {2, false}});
+  std::map<std::string, bool> removed;
+  index.unsubscribe_all(1, [&removed](std::string_view pattern, bool was_last) {
+    removed.emplace(std::string(pattern), was_last);
+  });
+  CHECK(removed ==
+        std::map<std::string, bool>{{"?", true}, {"a", true}, {"b", false}, {"x.*", false}});
+  CHECK(index.subscriptions_of(1) == 0);
+  CHECK(delivered(index, "x.1") == got_list{{2, true}});
+  CHECK(delivered(index, "b") == got_list{{2, false}});
+  CHECK(delivered(index, "a").empty());
+  removed.clear();
+  index.unsubscribe_all(2, [&removed](std::string_view pattern, bool was_last) {
+    removed.emplace(std::string(pattern), was_last);
+  });
+  CHECK(removed == std::map<std::string, bool>{{"b", true}, {"x.*", true}});
+  CHECK(index.pattern_count() == 0);
+  CHECK(index.glob_count() == 0);
+  CHECK(delivered(index, "x.1").empty());
+  CHECK(delivered(index, "b").empty());
+  index.unsubscribe_all(2, [](std::string_view, bool) { FAIL("nothing left to remove"); });
+  index.unsubscribe_all(500, [](std::string_view, bool) { FAIL("unknown subscriber"); });
+}
+
+TEST_CASE("fanout: topic_index against a brute-force model") {
+  // Random subscribe / unsubscribe / unsubscribe_all / publish over a small alphabet of
+  // topics and patterns; the model is a set of (subscriber, pattern) and auth::glob_match.
+  const std::vector<std::string> topics = {"a", "b", "ab", "a.b", "a.c", "b.c", "abc", ""};
+  const std::vector<std::string> patterns = {"a", "b",   "ab", "a.b", "a.c", "*",   "a*",
+                                             "?", "a.?", "*c", "a?c", "??",  "*.*", "b.c"};
+  constexpr subscriber_id subscribers = 12;
+  for (uint32_t seed = 1; seed <= 20; ++seed) {
+    CAPTURE(seed);
+    std::mt19937 rng(seed);
+    topic_index index;
+    std::set<std::pair<subscriber_id, std::string>> model;
+    auto pattern_subscribers = [&model](const std::string& pattern) {
+      size_t n = 0;
+      for (const auto& [id, p] : model) n += p == pattern;
+      return n;
+    };
+    size_t mismatches = 0;
+    for (int step = 0; step < 3000; ++step) {
+      const int op = static_cast<int>(rng() % 10);
+      const subscriber_id id = rng() % subscribers;
+      const std::string& pattern = patterns[rng() % patterns.size()];
+      if (op < 4) {
+        const bool had = model.count({id, pattern}) != 0;
+        const bool first = pattern_subscribers(pattern) == 0;
+        const subscribe_result r = index.subscribe(id, pattern);
+        model.insert({id, pattern});
+        const subscribe_result want = had     ? subscribe_result::already
+                                      : first ? subscribe_result::added_first
+                                              : subscribe_result::added;
+        mismatches += r != want;
+      } else if (op < 6) {
+        const bool had = model.erase({id, pattern}) != 0;
+        const unsubscribe_result r = index.unsubscribe(id, pattern);
+        const unsubscribe_result want = !had ? unsubscribe_result::not_subscribed
+                                        : pattern_subscribers(pattern)
+                                            ? unsubscribe_result::removed
+                                            : unsubscribe_result::removed_last;
+        mismatches += r != want;
+      } else if (op == 6) {
+        std::map<std::string, bool> got, want;
+        index.unsubscribe_all(
+            id, [&got](std::string_view p, bool last) { got.emplace(std::string(p), last); });
+        for (auto it = model.begin(); it != model.end();) {
+          if (it->first == id) {
+            const std::string p = it->second;
+            it = model.erase(it);
+            want.emplace(p, pattern_subscribers(p) == 0);
+          } else {
+            ++it;
+          }
+        }
+        mismatches += got != want;
+      } else {
+        const std::string& topic = topics[rng() % topics.size()];
+        std::map<subscriber_id, bool> want;  // id -> via_glob
+        for (const auto& [sid, p] : model) {
+          if (!auth::glob_match(p, topic)) continue;
+          const bool glob = is_glob(p);
+          auto [it, inserted] = want.emplace(sid, glob);
+          if (!inserted) it->second = it->second && glob;
+        }
+        std::map<subscriber_id, bool> got;
+        size_t calls = 0;
+        index.for_each(topic, [&](subscriber_id sid, bool via_glob) {
+          ++calls;
+          got[sid] = via_glob;
+        });
+        mismatches += got != want || calls != want.size();
+      }
+      std::set<std::string> distinct;
+      for (const auto& entry : model) distinct.insert(entry.second);
+      mismatches += index.pattern_count() != distinct.size();
+      for (subscriber_id s = 0; s < subscribers; ++s) {
+        size_t n = 0;
+        for (const auto& entry : model) n += entry.first == s;
+        mismatches += index.subscriptions_of(s) != n;
+      }
+      if (mismatches != 0) {
+        INFO("step " << step << " op " << op);
+        REQUIRE(mismatches == 0);
+      }
+    }
+    CHECK(mismatches == 0);
+  }
 }
