@@ -8,8 +8,14 @@
 // (one relaxed load) while no glob is subscribed anywhere. At most 64 shards.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
+#include <functional>
+#include <shared_mutex>
+#include <string>
 #include <string_view>
+#include <unordered_map>
+#include <vector>
 
 namespace wsed::fanout {
 
@@ -26,7 +32,28 @@ class router {
   void remove(uint32_t shard, std::string_view pattern);  // undoes one add
   // Bit i set: shard i has a subscriber whose pattern matches topic.
   uint64_t shards_for(std::string_view topic) const;
-  uint32_t shards() const;
+  uint32_t shards() const { return shards_; }
+
+ private:
+  static constexpr size_t stripes = 8;
+  struct string_hash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  struct alignas(64) stripe {
+    mutable std::shared_mutex mutex;
+    std::unordered_map<std::string, uint64_t, string_hash, std::equal_to<>> masks;
+  };
+  struct glob_interest {
+    std::string pattern;
+    uint64_t mask;
+  };
+
+  uint32_t shards_;
+  stripe stripes_[stripes];
+  mutable std::shared_mutex globs_mutex_;
+  std::vector<glob_interest> globs_;     // under globs_mutex_
+  std::atomic<uint32_t> glob_count_{0};  // globs_.size(), read without the lock
 };
 
 }  // namespace wsed::fanout

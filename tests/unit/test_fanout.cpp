@@ -18,6 +18,7 @@
 #include "auth/acl.hpp"
 #include "fanout/frame.hpp"
 #include "fanout/inbox.hpp"
+#include "fanout/router.hpp"
 #include "fanout/topic_index.hpp"
 #include "proto/ws.hpp"
 
@@ -535,4 +536,71 @@ TEST_CASE("fanout: topic_index against a brute-force model") {
     }
     CHECK(mismatches == 0);
   }
+}
+
+TEST_CASE("fanout: router masks for exact and glob patterns, remove") {
+  router r(4);
+  CHECK(r.shards() == 4);
+  CHECK(r.shards_for("room.1") == 0);
+  r.add(0, "room.1");
+  r.add(2, "room.1");
+  r.add(1, "room.2");
+  CHECK(r.shards_for("room.1") == 0b101);
+  CHECK(r.shards_for("room.2") == 0b010);
+  CHECK(r.shards_for("room.3") == 0);
+  r.add(3, "room.*");
+  r.add(1, "room.?");
+  CHECK(r.shards_for("room.1") == 0b1111);
+  CHECK(r.shards_for("room.22") == 0b1000);
+  CHECK(r.shards_for("hall") == 0);
+  r.remove(3, "room.*");
+  CHECK(r.shards_for("room.22") == 0);
+  CHECK(r.shards_for("room.1") == 0b0111);
+  r.remove(1, "room.?");
+  r.remove(0, "room.1");
+  CHECK(r.shards_for("room.1") == 0b0100);
+  r.remove(2, "room.1");
+  r.remove(2, "room.1");  // not held: nothing changes
+  r.remove(0, "never");
+  CHECK(r.shards_for("room.1") == 0);
+  CHECK(r.shards_for("room.2") == 0b0010);
+  router wide(64);
+  wide.add(63, "x");
+  wide.add(0, "*");
+  CHECK(wide.shards_for("x") == ((uint64_t{1} << 63) | 1));
+  CHECK(wide.shards_for("y") == 1);
+}
+
+TEST_CASE("fanout: router shared by shards adding and removing while publishers read") {
+  constexpr uint32_t shards = 4;
+  router r(shards);
+  r.add(0, "steady");
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> wrong{0};
+  std::vector<std::thread> threads;
+  for (uint32_t shard = 1; shard < shards; ++shard) {
+    threads.emplace_back([&r, shard] {
+      const std::string mine = "t." + std::to_string(shard);
+      for (int i = 0; i < 2000; ++i) {
+        r.add(shard, mine);
+        r.add(shard, "g.*");
+        r.remove(shard, "g.*");
+        r.remove(shard, mine);
+      }
+    });
+  }
+  std::thread publisher([&] {
+    while (!stop.load(std::memory_order_acquire)) {
+      if ((r.shards_for("steady") & 1) == 0) wrong.fetch_add(1);
+      if ((r.shards_for("t.1") & ~uint64_t{0b0010}) != 0) wrong.fetch_add(1);
+      if ((r.shards_for("g.x") & 1) != 0) wrong.fetch_add(1);
+    }
+  });
+  for (std::thread& t : threads) t.join();
+  stop.store(true, std::memory_order_release);
+  publisher.join();
+  CHECK(wrong.load() == 0);
+  CHECK(r.shards_for("steady") == 1);
+  CHECK(r.shards_for("t.1") == 0);
+  CHECK(r.shards_for("g.x") == 0);
 }
