@@ -682,3 +682,298 @@ def supervised(srv, check_exit=True):
 def running(binary, *args, env=None, check_exit=True):
     """wsed started with args (and env), under supervised()."""
     return supervised(wsed_server(binary, *args, env=env), check_exit=check_exit)
+
+
+# ---------------------------------------------------------------------------------------------
+# fan-out helpers (issue 8): many WebSocket clients without a thread each, bulk draining, HTTP
+# keep-alive / pipelining
+# ---------------------------------------------------------------------------------------------
+
+def free_port():
+    """A TCP port on 127.0.0.1 that was free a moment ago (for flags that take ADDR:PORT)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+    finally:
+        s.close()
+
+
+def server_frame(opcode, payload, fin=True):
+    """The bytes of one unmasked (server-to-client) frame."""
+    return frame(opcode, payload, fin=fin, mask=False)
+
+
+def frame_at(buf, off=0):
+    """The server frame starting at buf[off]: (fin, opcode, payload, masked, size in bytes), or
+    None when buf does not hold all of it yet."""
+    total = len(buf) - off
+    if total < 2:
+        return None
+    b0, b1 = buf[off], buf[off + 1]
+    n = b1 & 0x7F
+    h = 2
+    if n == 126:
+        if total < 4:
+            return None
+        n = struct.unpack_from("!H", buf, off + 2)[0]
+        h = 4
+    elif n == 127:
+        if total < 10:
+            return None
+        n = struct.unpack_from("!Q", buf, off + 2)[0]
+        h = 10
+    masked = bool(b1 & 0x80)
+    if masked:
+        h += 4
+    if total < h + n:
+        return None
+    payload = bytes(buf[off + h:off + h + n])
+    if masked:
+        payload = mask_bytes(payload, bytes(buf[off + h - 4:off + h]))
+    return bool(b0 & 0x80), b0 & 0x0F, payload, masked, h + n
+
+
+def split_frames(buf):
+    """Parse server frames from the front of buf: ([(fin, opcode, payload, masked)], bytes used).
+    A trailing incomplete frame is left unparsed."""
+    out = []
+    off = 0
+    while True:
+        f = frame_at(buf, off)
+        if f is None:
+            return out, off
+        out.append(f[:4])
+        off += f[4]
+
+
+class WSClient:
+    """A raw-socket WebSocket client with no reader thread, for tests that hold many connections:
+    frames are read on demand (next_message) or the socket is drained in bulk into self.buf
+    (Drainer). timeout bounds every blocking call. rcvbuf: SO_RCVBUF set before connecting."""
+
+    def __init__(self, port, path="/", extra=b"", rcvbuf=None, timeout=5.0):
+        self.port = port
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(timeout)
+        self.sock.connect((HOST, port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        req, key = handshake_request(port, path=path, extra=extra)
+        self.sock.sendall(req)
+        status, headers, rest = read_response_head(self.sock, timeout)
+        if status != 101:
+            self.sock.close()
+            raise AssertionError("handshake status %r for %s" % (status, path))
+        if headers.get("sec-websocket-accept") != accept_for(key):
+            self.sock.close()
+            raise AssertionError("bad Sec-WebSocket-Accept %r" % headers.get("sec-websocket-accept"))
+        self.buf = bytearray(rest)
+        self.eof = False
+        self.timeout = timeout
+
+    def fileno(self):
+        return self.sock.fileno()
+
+    def recv_some(self, timeout):
+        """One recv into self.buf: True if bytes came, False on timeout or EOF (self.eof set)."""
+        if self.eof:
+            return False
+        r, _, _ = select.select([self.sock], [], [], max(0.0, timeout))
+        if not r:
+            return False
+        try:
+            d = self.sock.recv(1 << 20)
+        except (BlockingIOError, InterruptedError, socket.timeout):
+            return False
+        except OSError:
+            d = b""
+        if not d:
+            self.eof = True
+            return False
+        self.buf += d
+        return True
+
+    def next_frame(self, timeout=None):
+        """The next frame as (fin, opcode, payload), ("eof",) or None on timeout."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            f = frame_at(self.buf)
+            if f is not None:
+                fin, op, payload, masked, size = f
+                del self.buf[:size]
+                if masked:
+                    raise AssertionError("server frame is masked (op=%d)" % op)
+                return fin, op, payload
+            if self.eof:
+                return ("eof",)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self.recv_some(left)
+
+    def next_message(self, timeout=None):
+        """The next data message or control frame: ("text"|"binary", bytes), ("close", code,
+        reason), ("ping"|"pong", bytes), ("eof",), or None on timeout. Reassembles fragments."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        parts, kind = [], None
+        while True:
+            f = self.next_frame(max(0.0, deadline - time.monotonic()))
+            if f is None or f[0] == "eof":
+                return f
+            fin, op, payload = f
+            if op == OP_CLOSE:
+                code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
+                return ("close", code, payload[2:])
+            if op == OP_PING:
+                return ("ping", payload)
+            if op == OP_PONG:
+                return ("pong", payload)
+            if op in (OP_TEXT, OP_BINARY):
+                kind = "text" if op == OP_TEXT else "binary"
+                parts = [payload]
+            else:
+                parts.append(payload)
+            if fin:
+                return (kind, b"".join(parts))
+
+    def send_text(self, data):
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        self.sock.sendall(frame(OP_TEXT, data))
+
+    def send_close(self, code=1000):
+        try:
+            self.sock.sendall(frame(OP_CLOSE, close_payload(code)))
+        except OSError:
+            pass
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def http_request_bytes(method, path, body=None, headers=(), version="HTTP/1.1", content_length=True):
+    """One HTTP request: Host header, Content-Length for a body (unless content_length is false),
+    then the extra headers (list of (name, value))."""
+    if isinstance(body, str):
+        body = body.encode("utf-8")
+    lines = ["%s %s %s" % (method, path, version), "Host: 127.0.0.1"]
+    if body is not None and content_length:
+        lines.append("Content-Length: %d" % len(body))
+    lines += ["%s: %s" % (k, v) for k, v in headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
+
+
+class HttpConn:
+    """One client HTTP connection kept open: send requests (pipelined or not), read the answers in
+    order. read_response() needs Content-Length on answers (absent: reads to EOF)."""
+
+    def __init__(self, port, timeout=10.0):
+        self.sock = connect(port, timeout)
+        self.buf = bytearray()
+        self.eof = False
+        self.timeout = timeout
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def _fill(self, deadline):
+        left = deadline - time.monotonic()
+        if left <= 0 or self.eof:
+            return False
+        self.sock.settimeout(left)
+        try:
+            d = self.sock.recv(1 << 20)
+        except socket.timeout:
+            return False
+        except (ConnectionResetError, BrokenPipeError):
+            d = b""
+        if not d:
+            self.eof = True
+            return False
+        self.buf += d
+        return True
+
+    def read_response(self, timeout=None):
+        """(status, headers dict, body bytes), or None on timeout / EOF before a whole answer."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while b"\r\n\r\n" not in self.buf:
+            if not self._fill(deadline):
+                return None
+        i = self.buf.index(b"\r\n\r\n") + 4
+        status, headers, _, _ = parse_http_response(bytes(self.buf[:i]))
+        if "content-length" in headers:
+            n = int(headers["content-length"])
+            while len(self.buf) < i + n:
+                if not self._fill(deadline):
+                    return None
+        else:
+            while self._fill(deadline):
+                pass
+            if not self.eof:
+                return None
+            n = len(self.buf) - i
+        body = bytes(self.buf[i:i + n])
+        del self.buf[:i + n]
+        return status, headers, body
+
+    def wait_eof(self, timeout=5.0):
+        deadline = time.monotonic() + timeout
+        while not self.eof and self._fill(deadline):
+            pass
+        return self.eof
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class Drainer:
+    """A thread reading every client's socket into its .buf (select, 1 MiB recvs) until stop()
+    or `timeout`, so that many subscribers keep up with the server while the test publishes.
+    wait_all(n) waits until each client holds at least n bytes."""
+
+    def __init__(self, clients, timeout=60.0):
+        self.clients = list(clients)
+        self.deadline = time.monotonic() + timeout
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        live = {c.fileno(): c for c in self.clients if not c.eof}
+        while live and not self._stop.is_set() and time.monotonic() < self.deadline:
+            r, _, _ = select.select(list(live.values()), [], [], 0.05)
+            for c in r:
+                try:
+                    d = c.sock.recv(1 << 20)
+                except (BlockingIOError, InterruptedError, socket.timeout):
+                    continue
+                except OSError:
+                    d = b""
+                if not d:
+                    c.eof = True
+                    del live[c.fileno()]
+                    continue
+                c.buf += d
+
+    def wait_all(self, nbytes, timeout):
+        """True once every client holds nbytes (False on timeout, or a client hit EOF short)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            short = [c for c in self.clients if len(c.buf) < nbytes]
+            if not short:
+                return True
+            if all(c.eof for c in short) or time.monotonic() > deadline or not self.thread.is_alive():
+                return False
+            time.sleep(0.005)
+
+    def stop(self):
+        self._stop.set()
+        self.thread.join(timeout=5)
