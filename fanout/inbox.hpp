@@ -178,7 +178,12 @@ class inbox {
     return true;
   }
   // Producer, after a successful push: calls wake(context) unless a wake is already pending.
+  // The fence orders the push before the flag read (the consumer fences between clearing the
+  // flag and reading the rings), so a producer that sees the flag set knows the consumer will
+  // see its item; only a clear flag costs the exchange (no cache-line ping-pong while set).
   void wake_if_needed() {
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (wake_pending_.load(std::memory_order_relaxed)) return;
     if (!wake_pending_.exchange(true, std::memory_order_seq_cst)) wake_(context_);
   }
 
