@@ -201,10 +201,18 @@ http_parse_status http_request_parser::parse_block(std::span<const char> block) 
       return fail(status);
     ++req.header_count;
   }
-  if (!req.header("Transfer-Encoding").empty()) return fail(501);
-  for (size_t i = 0; i < req.header_count; ++i)
-    if (ascii_iequals(req.headers[i].name, "Content-Length") && req.headers[i].value != "0")
-      return fail(501);
+  if (!req.header("Transfer-Encoding").empty()) return fail(411);
+  for (size_t i = 0; i < req.header_count; ++i) {
+    if (!ascii_iequals(req.headers[i].name, "Content-Length")) continue;
+    std::string_view v = req.headers[i].value;
+    if (v.empty() || v.size() > 18 ||
+        !std::all_of(v.begin(), v.end(), [](char ch) { return ch >= '0' && ch <= '9'; }))
+      return fail(400);
+    int64_t n = 0;
+    for (char ch : v) n = n * 10 + (ch - '0');
+    if (req.content_length >= 0 && req.content_length != n) return fail(400);
+    req.content_length = n;
+  }
   return http_parse_status::complete;
 }
 
@@ -255,8 +263,12 @@ std::string upgrade_response(std::string_view key) {
   return out;
 }
 
+bool http_keep_alive(const http_request& request) {
+  return request.version_minor == 1 && !request.has_token("Connection", "close");
+}
+
 std::string http_response(uint16_t status, std::string_view content_type, std::string_view body,
-                          std::string_view extra_headers) {
+                          std::string_view extra_headers, http_connection connection) {
   std::string out;
   out.reserve(128 + content_type.size() + extra_headers.size() + body.size());
   out += "HTTP/1.1 ";
@@ -271,7 +283,7 @@ std::string http_response(uint16_t status, std::string_view content_type, std::s
   }
   out += "Content-Length: ";
   out += std::to_string(body.size());
-  out += "\r\nConnection: close\r\n";
+  out += connection == http_connection::close ? "\r\nConnection: close\r\n" : "\r\n";
   out += extra_headers;
   out += "\r\n";
   out += body;
@@ -298,6 +310,8 @@ std::string_view http_reason(uint16_t status) {
       return "Method Not Allowed";
     case 408:
       return "Request Timeout";
+    case 411:
+      return "Length Required";
     case 413:
       return "Content Too Large";
     case 426:

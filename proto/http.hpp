@@ -25,11 +25,12 @@ struct http_header {
 };
 
 struct http_request {
-  std::string_view method;    // "GET"
-  std::string_view target;    // "/wse?format=msgpack"
-  std::string_view path;      // "/wse"
-  std::string_view query;     // "format=msgpack" (without '?'; empty when none)
-  uint8_t version_minor = 1;  // HTTP/1.x
+  std::string_view method;      // "GET"
+  std::string_view target;      // "/wse?format=msgpack"
+  std::string_view path;        // "/wse"
+  std::string_view query;       // "format=msgpack" (without '?'; empty when none)
+  uint8_t version_minor = 1;    // HTTP/1.x
+  int64_t content_length = -1;  // Content-Length (-1: absent); the body follows the head
   size_t header_count = 0;
   std::array<http_header, http_header_count_max> headers{};
 
@@ -63,8 +64,9 @@ class http_request_parser {
 
   const http_request& request() const { return request_; }
   size_t consumed() const { return consumed_; }
-  // 400 malformed, 431 header block over the cap or too many headers, 505 not HTTP/1.1,
-  // 501 unsupported request (a body: Content-Length/Transfer-Encoding on GET is refused).
+  // 400 malformed (also a bad or conflicting Content-Length), 431 header block over the cap or
+  // too many headers, 505 not HTTP/1.1, 411 a Transfer-Encoding body (only Content-Length bodies
+  // are read; the caller reads content_length bytes after consumed()).
   uint16_t error_status() const { return error_status_; }
   void reset();
 
@@ -97,10 +99,18 @@ std::array<char, 28> websocket_accept(std::string_view key);
 // "HTTP/1.1 101 Switching Protocols" with Upgrade, Connection and Sec-WebSocket-Accept.
 std::string upgrade_response(std::string_view key);
 
-// A complete response with Content-Length and "Connection: close"; extra_headers is
-// inserted verbatim (each line ending in \r\n), e.g. "Sec-WebSocket-Version: 13\r\n".
+enum class http_connection : uint8_t { close, keep_alive };
+
+// A complete response with Content-Length and "Connection: close" (or, keep_alive, nothing: the
+// HTTP/1.1 default); extra_headers is inserted verbatim (each line ending in \r\n), e.g.
+// "Sec-WebSocket-Version: 13\r\n".
 std::string http_response(uint16_t status, std::string_view content_type, std::string_view body,
-                          std::string_view extra_headers = {});
+                          std::string_view extra_headers = {},
+                          http_connection connection = http_connection::close);
+
+// Whether the connection may carry another request after this one: HTTP/1.1 without
+// "Connection: close".
+bool http_keep_alive(const http_request& request);
 
 std::string_view http_reason(uint16_t status);
 

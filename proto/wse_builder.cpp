@@ -273,7 +273,8 @@ void wse_build_server_ping(std::string& out, int64_t now_ms) {
 
 void wse_build_subscription_reply(std::string& out, std::string_view action,
                                   std::span<const std::string_view> success_topics,
-                                  std::span<const std::string_view> failed_topics) {
+                                  std::span<const std::string_view> failed_topics,
+                                  std::span<const std::string_view> errors) {
   out.append("{\"c\":\"WSE\",\"t\":\"subscription_update\",\"p\":{\"action\":");
   wse_append_json_string(out, action);
   out.append(failed_topics.empty() ? ",\"success\":true" : ",\"success\":false");
@@ -281,7 +282,19 @@ void wse_build_subscription_reply(std::string& out, std::string_view action,
   append_topics(out, success_topics);
   out.append(",\"failed_topics\":");
   append_topics(out, failed_topics);
-  out.append("},\"v\":1}");
+  out.append(",\"errors\":{");
+  bool first = true;
+  for (size_t i = 0; i < failed_topics.size() && i < errors.size(); ++i) {
+    bool seen = false;
+    for (size_t j = 0; j < i && !seen; ++j) seen = failed_topics[j] == failed_topics[i];
+    if (seen) continue;
+    if (!first) out.push_back(',');
+    first = false;
+    wse_append_json_string(out, failed_topics[i]);
+    out.push_back(':');
+    wse_append_json_string(out, errors[i]);
+  }
+  out.append("}},\"v\":1}");
 }
 
 void wse_build_envelope(std::string& out, const wse_envelope_fields& fields) {

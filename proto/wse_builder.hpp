@@ -85,10 +85,13 @@ void wse_build_pong(std::string& out, int64_t client_timestamp_ms, int64_t now_m
 // {"c":"WSE","t":"ping","p":{"server_time":"<ts>"}}
 void wse_build_server_ping(std::string& out, int64_t now_ms);
 // {"c":"WSE","t":"subscription_update","p":{"action":..,"success":<no failed topic>,
-//  "success_topics":[..],"failed_topics":[..]},"v":1}
+//  "success_topics":[..],"failed_topics":[..],"errors":{topic:reason,..}},"v":1}
+// errors[i] is the reason of failed_topics[i] (ACL_DENIED, INVALID_TOPIC, TOO_MANY_TOPICS); a
+// topic failed twice in one request appears once in the map (JSON keys are unique).
 void wse_build_subscription_reply(std::string& out, std::string_view action,
                                   std::span<const std::string_view> success_topics,
-                                  std::span<const std::string_view> failed_topics);
+                                  std::span<const std::string_view> failed_topics,
+                                  std::span<const std::string_view> errors = {});
 void wse_build_envelope(std::string& out, const wse_envelope_fields& fields);
 
 }  // namespace wsed::proto

@@ -374,15 +374,16 @@ TEST_CASE("wse: server_ready, server_hello, error, PONG, ping, subscription byte
   out.clear();
   const std::string_view ok[] = {"a", "b.*"};
   const std::string_view failed[] = {"bad\x01"};
-  wse_build_subscription_reply(out, "subscribe", ok, failed);
+  const std::string_view reasons[] = {"INVALID_TOPIC"};
+  wse_build_subscription_reply(out, "subscribe", ok, failed, reasons);
   CHECK(
       out ==
-      R"({"c":"WSE","t":"subscription_update","p":{"action":"subscribe","success":false,"success_topics":["a","b.*"],"failed_topics":["bad\u0001"]},"v":1})");
+      R"({"c":"WSE","t":"subscription_update","p":{"action":"subscribe","success":false,"success_topics":["a","b.*"],"failed_topics":["bad\u0001"],"errors":{"bad\u0001":"INVALID_TOPIC"}},"v":1})");
   out.clear();
   wse_build_subscription_reply(out, "unsubscribe", ok, {});
   CHECK(
       out ==
-      R"({"c":"WSE","t":"subscription_update","p":{"action":"unsubscribe","success":true,"success_topics":["a","b.*"],"failed_topics":[]},"v":1})");
+      R"({"c":"WSE","t":"subscription_update","p":{"action":"unsubscribe","success":true,"success_topics":["a","b.*"],"failed_topics":[],"errors":{}},"v":1})");
 
   out.clear();
   wse_envelope_fields fields;
