@@ -11,6 +11,8 @@ namespace wsed::engine {
 
 enum class server_mode : uint8_t { echo, wse };
 enum class inbound_policy : uint8_t { drop, log, echo };  // WSE application messages from clients
+// What happens to a message for a connection whose outbound queue is over its cap.
+enum class slow_consumer_policy : uint8_t { disconnect, drop };
 
 struct server_config {
   std::string host = "127.0.0.1";
@@ -25,10 +27,11 @@ struct server_config {
   uint64_t message_bytes_max = 1u << 20;  // larger message: close 1009
   uint32_t fragments_per_message_max = 4096;     // more frames in one message: close 1009
   uint64_t unfinished_bytes_max = 256ull << 20;  // whole process; over it: close 1013
-  uint64_t outbound_bytes_max = 4u << 20;        // per connection queued bytes; over it: close 4509
-  uint32_t shutdown_timeout_ms = 10000;          // SIGTERM: everything closed within this
-  uint32_t linger_timeout_ms = 2000;             // after our close/response: wait this long for EOF
-  uint32_t http_header_bytes_max = 8192;         // header block; over it: 431
+  uint64_t outbound_bytes_max = 1u << 20;        // per connection queued bytes; over it: 4509/drop
+  slow_consumer_policy slow_consumer = slow_consumer_policy::disconnect;
+  uint32_t shutdown_timeout_ms = 10000;   // SIGTERM: everything closed within this
+  uint32_t linger_timeout_ms = 2000;      // after our close/response: wait this long for EOF
+  uint32_t http_header_bytes_max = 8192;  // header block; over it: 431
   // Concurrent connections from one client address (IPv4, or IPv6 /128), whole process; over it
   // HTTP 429 before the upgrade. 0: no cap (the default: behind a proxy or NAT, many users share
   // one address).
@@ -64,6 +67,18 @@ struct server_config {
   // drops in one episode: close 4429.
   uint32_t inbound_rate = 10000;   // messages per second
   uint32_t inbound_burst = 10000;  // bucket size (messages)
+
+  // Fan-out (WSE mode). Subscriptions one connection may hold; more: TOO_MANY_TOPICS.
+  uint32_t topics_per_connection_max = 100;
+  // Deliveries queued into one shard's inbox (power of two); full: backpressure to the publisher.
+  uint32_t inbox_capacity = 65536;
+  // The publish API (POST /api/publish): off without a key file (404). The key is loaded by main.
+  std::string api_key_file;
+  uint64_t api_body_bytes_max = 1u << 20;  // larger Content-Length: 413
+  // When set ("ADDR:PORT"), /metrics, /healthz, /readyz and /api/* are served only there.
+  std::string admin_listen;
+  std::string admin_host;   // parsed from admin_listen
+  uint16_t admin_port = 0;  // parsed from admin_listen (0: any free port)
 };
 
 }  // namespace wsed::engine

@@ -120,7 +120,14 @@ flags_result parse_flags(int argc, char** argv) {
              "Bytes held by partially received messages, whole process; over it: close 1013", 1,
              "256MiB", 1);
   add_parsed(app, "--max-outbound-bytes", c.outbound_bytes_max, parse_size,
-             "Bytes queued to one connection; over it: close 4509 (slow consumer)", 1, "4MiB", 1);
+             "Bytes queued to one connection; a message arriving over it meets --slow-consumer", 1,
+             "1MiB", 1);
+  std::string slow = "disconnect";
+  app.add_option("--slow-consumer", slow,
+                 "A message for a connection over --max-outbound-bytes: disconnect (close 4509) "
+                 "or drop (that whole message is skipped, the connection stays)")
+      ->check(CLI::IsMember({"disconnect", "drop"}))
+      ->capture_default_str();
   add_parsed(app, "--shutdown-timeout", c.shutdown_timeout_ms, parse_duration_ms,
              "On SIGINT/SIGTERM: close 4300 to every client, exit within this", 1, "10s");
   add_parsed(app, "--linger-timeout", c.linger_timeout_ms, parse_duration_ms,
@@ -189,6 +196,28 @@ flags_result parse_flags(int argc, char** argv) {
   app.add_option("--max-connections-per-ip", c.connections_per_ip_max,
                  "Connections at once from one client address; beyond it HTTP 429 (0: no cap)")
       ->capture_default_str();
+  app.add_option("--max-topics-per-connection", c.topics_per_connection_max,
+                 "WSE mode: subscriptions one connection may hold; more: TOO_MANY_TOPICS")
+      ->check(CLI::Range(1u, 1000000u))
+      ->capture_default_str();
+  app.add_option("--inbox-capacity", c.inbox_capacity,
+                 "Deliveries queued into one shard (power of two >= 16); full: the publisher gets "
+                 "503 / SERVER_BUSY")
+      ->check([](const std::string& s) -> std::string {
+        unsigned long v = std::strtoul(s.c_str(), nullptr, 10);
+        return v >= 16 && v <= (1u << 24) && (v & (v - 1)) == 0
+                   ? ""
+                   : "must be a power of two from 16 to 16777216";
+      })
+      ->capture_default_str();
+  app.add_option("--api-key-file", c.api_key_file,
+                 "WSE mode: file holding the publish API key (POST /api/publish with "
+                 "Authorization: Bearer KEY; at least 16 bytes). Without it the API answers 404");
+  add_parsed(app, "--max-api-body", c.api_body_bytes_max, parse_size,
+             "Largest POST /api/publish body; larger: 413", 1, "1MiB", 2);
+  app.add_option("--admin-listen", c.admin_listen,
+                 "ADDR:PORT of a second listener that alone serves /metrics, /healthz, /readyz "
+                 "and /api/* (default: everything on the main port)");
   app.add_flag("--insecure-no-auth", c.insecure_no_auth,
                "WSE mode: no JWT; every connection is user \"anonymous\" (testing only)");
 
@@ -211,6 +240,25 @@ flags_result parse_flags(int argc, char** argv) {
     std::fprintf(stderr, "wsed: --recv-buffer-size: at most 1MiB (see wsed --help)\n");
     result.what = flags_result::action::exit_usage;
   }
+  if (!c.admin_listen.empty()) {
+    size_t colon = c.admin_listen.rfind(':');
+    std::string_view port_text = colon == std::string::npos
+                                     ? std::string_view{}
+                                     : std::string_view(c.admin_listen).substr(colon + 1);
+    uint64_t port = 0;
+    auto [end, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
+    if (colon == std::string::npos || colon == 0 || port_text.empty() || ec != std::errc() ||
+        end != port_text.data() + port_text.size() || port > 65535) {
+      print_flag_error("wsed", "--admin-listen: expected ADDR:PORT, got '" + c.admin_listen + "'");
+      result.what = flags_result::action::exit_usage;
+      return result;
+    }
+    c.admin_host = c.admin_listen.substr(0, colon);
+    if (c.admin_host.size() > 2 && c.admin_host.front() == '[' && c.admin_host.back() == ']')
+      c.admin_host = c.admin_host.substr(1, c.admin_host.size() - 2);
+    c.admin_port = uint16_t(port);
+  }
+  c.slow_consumer = slow == "drop" ? slow_consumer_policy::drop : slow_consumer_policy::disconnect;
   c.mode = mode == "wse" ? server_mode::wse : server_mode::echo;
   c.inbound = inbound == "echo"  ? inbound_policy::echo
               : inbound == "log" ? inbound_policy::log

@@ -28,11 +28,30 @@ const char* name_of(close_reason r) {
 
 const char* name_of(limit_kind l) {
   static constexpr const char* names[] = {
-      "max_connections",       "max_pending_handshakes", "max_message_size", "max_fragments",
-      "max_unfinished_bytes",  "max_outbound_bytes",     "header_bytes",     "file_table",
-      "max_connections_per_ip"};
+      "max_connections",        "max_pending_handshakes",   "max_message_size", "max_fragments",
+      "max_unfinished_bytes",   "max_outbound_bytes",       "header_bytes",     "file_table",
+      "max_connections_per_ip", "max_topics_per_connection"};
   static_assert(std::size(names) == size_t(limit_kind::count_));
   return names[size_t(l)];
+}
+
+const char* name_of(api_result r) {
+  static constexpr const char* names[] = {"ok",     "bad_request",     "unauthorized", "not_found",
+                                          "method", "length_required", "too_large",    "busy"};
+  static_assert(std::size(names) == size_t(api_result::count_));
+  return names[size_t(r)];
+}
+
+const char* name_of(publish_kind k) {
+  static constexpr const char* names[] = {"topic", "broadcast", "user"};
+  static_assert(std::size(names) == size_t(publish_kind::count_));
+  return names[size_t(k)];
+}
+
+const char* name_of(slow_action a) {
+  static constexpr const char* names[] = {"disconnect", "drop"};
+  static_assert(std::size(names) == size_t(slow_action::count_));
+  return names[size_t(a)];
 }
 
 void append_family(std::string& out, size_t shard_count,
@@ -116,6 +135,27 @@ std::string render_prometheus(std::span<const shard_metrics* const> shards) {
          [](const shard_metrics& m) { return m.recv_rearms.get(); });
   labelled<limit_kind>(out, shards, "wsed_limit_hits_total", "Times a limit was hit, by limit.",
                        "limit", &shard_metrics::limit_hits);
+  labelled<api_result>(out, shards, "wsed_api_requests_total",
+                       "HTTP API requests (POST /api/publish), by answer.", "result",
+                       &shard_metrics::api_requests);
+  family(out, shards, "wsed_api_publications_total", "counter",
+         "Publications accepted through the HTTP API.",
+         [](const shard_metrics& m) { return m.api_publications.get(); });
+  labelled<publish_kind>(out, shards, "wsed_fanout_published_total",
+                         "Publications framed on this shard (any source), by target.", "kind",
+                         &shard_metrics::published);
+  family(out, shards, "wsed_fanout_deliveries_total", "counter",
+         "Shared publication frames queued to connections.",
+         [](const shard_metrics& m) { return m.deliveries.get(); });
+  family(out, shards, "wsed_fanout_inbox_full_total", "counter",
+         "Pushes refused by a full shard inbox (backpressure to the publisher).",
+         [](const shard_metrics& m) { return m.inbox_full.get(); });
+  family(out, shards, "wsed_fanout_inbox_drained_total", "counter",
+         "Deliveries taken from this shard's inbox.",
+         [](const shard_metrics& m) { return m.inbox_drained.get(); });
+  labelled<slow_action>(out, shards, "wsed_slow_consumer_total",
+                        "Messages for a connection over --max-outbound-bytes, by what was done.",
+                        "action", &shard_metrics::slow_consumer);
   return out;
 }
 

@@ -55,12 +55,35 @@ enum class limit_kind : uint8_t {
   header_bytes,
   file_table,
   connections_per_ip,
+  max_topics_per_connection,
   count_
 };
+
+// Answers of the HTTP API (POST /api/publish).
+enum class api_result : uint8_t {
+  ok,
+  bad_request,
+  unauthorized,
+  not_found,
+  method,
+  length_required,
+  too_large,
+  busy,
+  count_
+};
+
+// What a publication was addressed to.
+enum class publish_kind : uint8_t { topic, broadcast, user, count_ };
+
+// What the slow-consumer policy did with a message for a connection over its outbound cap.
+enum class slow_action : uint8_t { disconnect, drop, count_ };
 
 const char* name_of(reject_reason r);
 const char* name_of(close_reason r);
 const char* name_of(limit_kind l);
+const char* name_of(api_result r);
+const char* name_of(publish_kind k);
+const char* name_of(slow_action a);
 
 class counter {
  public:
@@ -89,6 +112,14 @@ struct shard_metrics {
   counter stale_completions;
   counter recv_rearms;  // multishot recv re-armed (ENOBUFS or kernel ended it)
   std::array<counter, size_t(limit_kind::count_)> limit_hits;
+  // Fan-out.
+  std::array<counter, size_t(api_result::count_)> api_requests;
+  counter api_publications;                                     // publish API items accepted
+  std::array<counter, size_t(publish_kind::count_)> published;  // made on this shard
+  counter deliveries;     // shared frames queued to connections
+  counter inbox_full;     // pushes into a full inbox (by the producing shard)
+  counter inbox_drained;  // deliveries taken from this shard's inbox
+  std::array<counter, size_t(slow_action::count_)> slow_consumer;
 };
 
 // Renders every shard's counters plus a shard="total" series per family.

@@ -24,6 +24,9 @@ server::server(server_config config, app_handler& app) : config_(std::move(confi
     per_ip_ = std::make_unique<per_ip_table>(config_.connections_per_ip_max);
     shared_.per_ip = per_ip_.get();
   }
+  hub_ = std::make_unique<hub>(config_.workers, config_.inbox_capacity);
+  shared_.fanout = hub_.get();
+  app_.attach(*hub_);
 }
 
 server::~server() {
@@ -45,12 +48,13 @@ void server::start() {
     done_.push_back(std::make_unique<std::atomic<bool>>(false));
   }
   uint16_t port = config_.port;
+  uint16_t admin_port = config_.admin_port;
   for (uint32_t i = 0; i < config_.workers; ++i) {
     std::promise<void> ready;
     std::future<void> ready_future = ready.get_future();
     shard* s = shards_[i].get();
     std::atomic<bool>* done = done_[i].get();
-    threads_.emplace_back([s, done, port, i, cpus, &ready] {
+    threads_.emplace_back([s, done, port, admin_port, i, cpus, &ready] {
       if (cpus > 0) {
         cpu_set_t set;
         CPU_ZERO(&set);
@@ -58,7 +62,7 @@ void server::start() {
         pthread_setaffinity_np(pthread_self(), sizeof set, &set);
       }
       try {
-        s->setup(port);  // on this thread: the ring's single issuer
+        s->setup(port, admin_port);  // on this thread: the ring's single issuer
       } catch (...) {
         ready.set_exception(std::current_exception());
         done->store(true);
@@ -78,6 +82,8 @@ void server::start() {
     if (i == 0) {
       port = shards_[0]->bound_port();  // --port 0: every shard joins the port shard 0 got
       port_ = port;
+      admin_port = shards_[0]->admin_port();
+      admin_port_ = admin_port;
       notes_ = shards_[0]->setup_notes();
     }
   }

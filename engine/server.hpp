@@ -25,6 +25,8 @@ class server {
   // std::runtime_error with a readable message when something cannot be set up.
   void start();
   uint16_t port() const { return port_; }
+  uint16_t admin_port() const { return admin_port_; }  // --admin-listen (0: none)
+  hub& fanout_hub() { return *hub_; }
   uint32_t workers() const { return uint32_t(shards_.size()); }
   const std::string& setup_notes() const { return notes_; }
 
@@ -39,10 +41,12 @@ class server {
   app_handler& app_;
   server_shared shared_;
   std::unique_ptr<per_ip_table> per_ip_;
+  std::unique_ptr<hub> hub_;
   std::vector<std::unique_ptr<shard>> shards_;
   std::vector<std::thread> threads_;
   std::vector<std::unique_ptr<std::atomic<bool>>> done_;
   uint16_t port_ = 0;
+  uint16_t admin_port_ = 0;
   std::string notes_;
 };
 

@@ -25,6 +25,7 @@
 
 #include "engine/assert.hpp"
 #include "engine/demo_page.hpp"
+#include "proto/wse_builder.hpp"
 
 namespace wsed::engine {
 
@@ -126,13 +127,17 @@ shard::~shard() {
   if (buf_ring_) munmap(buf_ring_, buf_ring_bytes_);
   if (buf_base_) munmap(buf_base_, buf_area_bytes_);
   if (listen_fd_ >= 0) ::close(listen_fd_);
-  if (wake_fd_ >= 0) ::close(wake_fd_);
+  if (admin_fd_ >= 0) ::close(admin_fd_);
+  if (wake_fd_ >= 0) {
+    if (shared_.fanout) shared_.fanout->set_wake_fd(index_, -1);
+    ::close(wake_fd_);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Setup
 
-void shard::setup(uint16_t port) {
+void shard::setup(uint16_t port, uint16_t admin_port) {
   // The ring: SINGLE_ISSUER | DEFER_TASKRUN where the kernel has them.
   io_uring_params params{};
   params.flags = IORING_SETUP_CQSIZE | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
@@ -209,15 +214,24 @@ void shard::setup(uint16_t port) {
   io_uring_buf_ring_advance(buf_ring_, int(count));
 
   // The listener: one per shard on the same port; the kernel spreads accepts.
+  listen_fd_ = open_listener(cfg_.host, port, &bound_port_);
+  if (!cfg_.admin_listen.empty())
+    admin_fd_ = open_listener(cfg_.admin_host, admin_port, &admin_port_);
+
+  wake_fd_ = eventfd(0, EFD_CLOEXEC);  // a write blocks only at a counter near 2^64
+  if (wake_fd_ < 0) fail_setup("eventfd", errno);
+  if (shared_.fanout) shared_.fanout->set_wake_fd(index_, wake_fd_);
+}
+
+int shard::open_listener(const std::string& host, uint16_t port, uint16_t* bound_port) {
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
   hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
   addrinfo* res = nullptr;
   std::string port_str = std::to_string(port);
-  int gai = getaddrinfo(cfg_.host.c_str(), port_str.c_str(), &hints, &res);
-  if (gai != 0)
-    throw std::runtime_error("cannot resolve --host " + cfg_.host + ": " + gai_strerror(gai));
+  int gai = getaddrinfo(host.c_str(), port_str.c_str(), &hints, &res);
+  if (gai != 0) throw std::runtime_error("cannot resolve " + host + ": " + gai_strerror(gai));
   int fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     freeaddrinfo(res);
@@ -231,7 +245,7 @@ void shard::setup(uint16_t port) {
     int e = errno;
     freeaddrinfo(res);
     ::close(fd);
-    fail_setup("cannot listen on " + cfg_.host + ":" + port_str, e);
+    fail_setup("cannot listen on " + host + ":" + port_str, e);
   }
   freeaddrinfo(res);
   if (listen(fd, 4096) < 0) {
@@ -242,28 +256,30 @@ void shard::setup(uint16_t port) {
   sockaddr_storage bound{};
   socklen_t len = sizeof bound;
   getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &len);
-  bound_port_ =
+  *bound_port =
       ntohs(bound.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port
                                         : reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
-  listen_fd_ = fd;
-
-  wake_fd_ = eventfd(0, EFD_CLOEXEC);
-  if (wake_fd_ < 0) fail_setup("eventfd", errno);
+  return fd;
 }
 
 // ---------------------------------------------------------------------------------------------
 // The loop
 
 void shard::run() {
+  set_current_shard_index(index_);
   now_ms_ = monotonic_ms();
   arm_accept();
+  if (admin_fd_ >= 0) arm_accept_admin();
   arm_timer();
   arm_wake();
   accepting_ = true;
   for (;;) {
+    drain_inbox();
     flush();
     if (stopping_ && (metrics_.slots_used.get() == 0 || now_ms_ >= stop_deadline_ms_)) break;
-    int r = io_uring_submit_and_wait(&ring_, 1);
+    // With deliveries left over from the last drain (its budget), do not sleep.
+    int r = inbox_backlog_ ? io_uring_submit_and_get_events(&ring_)
+                           : io_uring_submit_and_wait(&ring_, 1);
     if (r < 0 && r != -EINTR && r != -ETIME && r != -EBUSY) {
       std::fprintf(stderr, "wsed: shard %u: io_uring_submit_and_wait: %s\n", index_,
                    std::strerror(-r));
@@ -294,13 +310,20 @@ void shard::dispatch(io_uring_cqe* cqe) {
   uint32_t slot = uint32_t(ud);
   switch (o) {
     case op::accept:
-      on_accept(cqe);
+      on_accept(cqe, false);
+      run_deferred_closes();
+      return;
+    case op::accept_admin:
+      on_accept(cqe, true);
+      run_deferred_closes();
       return;
     case op::timer:
       on_timer();
+      run_deferred_closes();
       return;
     case op::wake:
       on_wake();
+      run_deferred_closes();
       return;
     default:
       break;
@@ -329,14 +352,17 @@ void shard::dispatch(io_uring_cqe* cqe) {
     default:
       ENGINE_ASSERT(false && "unknown op");
   }
+  run_deferred_closes();
 }
 
 // ---------------------------------------------------------------------------------------------
 // Accept
 
-void shard::on_accept(io_uring_cqe* cqe) {
+void shard::on_accept(io_uring_cqe* cqe, bool admin) {
   ip_key peer;
-  if (shared_.per_ip) {
+  if (admin) {
+    if (!(cqe->flags & IORING_CQE_F_MORE) && accepting_) arm_accept_admin();
+  } else if (shared_.per_ip) {
     auto index = uint32_t(cqe->user_data & 0xFFFFFFFF);
     ENGINE_ASSERT(index < accept_addrs_.size());
     if (cqe->res >= 0) peer = ip_key_of(accept_addrs_[index].addr);
@@ -374,7 +400,8 @@ void shard::on_accept(io_uring_cqe* cqe) {
     reject(c, slot, reject_reason::max_connections, 503);
     return;
   }
-  if (shared_.per_ip) {
+  if (admin) c.flags |= flag_admin;
+  if (shared_.per_ip && !admin) {
     if (!shared_.per_ip->try_acquire(peer)) {
       metrics_.limit_hits[size_t(limit_kind::connections_per_ip)].add();
       reject(c, slot, reject_reason::per_ip, 429);
@@ -475,43 +502,100 @@ void shard::on_recv(connection& c, uint32_t slot, io_uring_cqe* cqe) {
 void shard::on_handshake_bytes(connection& c, uint32_t slot, std::span<uint8_t> data) {
   size_t before = c.carry ? c.carry->size : 0;
   byte_buffer::append(c.carry, data.data(), data.size());
-  std::string_view all(reinterpret_cast<const char*>(c.carry->data()), c.carry->size);
-  size_t from = before >= 3 ? before - 3 : 0;
-  if (all.find("\r\n\r\n", from) == std::string_view::npos) {
-    if (all.size() > cfg_.http_header_bytes_max) {
-      metrics_.limit_hits[size_t(limit_kind::header_bytes)].add();
-      reject(c, slot, reject_reason::header_too_large, 431);
+  // Bytes before `before` were searched already, unless they held a complete head whose body
+  // was still arriving: then search from the start (cheap: only the head zone is searched).
+  std::string_view old(reinterpret_cast<const char*>(c.carry->data()), before);
+  size_t scan_from = old.find("\r\n\r\n") != std::string_view::npos ? 0
+                     : before >= 3                                  ? before - 3
+                                                                    : 0;
+  serve_requests(c, slot, scan_from);
+}
+
+// Every complete request in c.carry, in order (HTTP/1.1 pipelining); the bytes of the requests
+// served are dropped once at the end. scan_from: where the first request's end may start.
+bool shard::serve_requests(connection& c, uint32_t slot, size_t scan_from) {
+  size_t used = 0;
+  bool open = true;
+  for (;;) {
+    std::string_view all(reinterpret_cast<const char*>(c.carry->data()) + used,
+                         c.carry->size - used);
+    if (all.empty()) break;
+    // The head must end within --max-header-bytes: only that much is ever searched (a body
+    // arriving after a complete head is not).
+    std::string_view head_zone = all.substr(0, size_t(cfg_.http_header_bytes_max) + 4);
+    size_t from = used == 0 ? std::min(scan_from, head_zone.size()) : 0;
+    if (head_zone.find("\r\n\r\n", from) == std::string_view::npos) {
+      if (all.size() > cfg_.http_header_bytes_max) {
+        metrics_.limit_hits[size_t(limit_kind::header_bytes)].add();
+        reject(c, slot, reject_reason::header_too_large, 431);
+        return false;
+      }
+      break;
     }
-    return;
+    size_t n = 0;
+    open = serve_one(c, slot, all, &n);
+    if (!open || n == 0) break;  // closed / upgraded, or the body is not all here yet
+    used += n;
   }
+  if (open && c.carry && used) {
+    size_t left = c.carry->size - used;
+    if (left == 0) {
+      byte_buffer::release(c.carry);
+    } else {
+      std::memmove(c.carry->data(), c.carry->data() + used, left);
+      c.carry->size = uint32_t(left);
+    }
+  }
+  return open;
+}
+
+// One request at the start of all (whose head is complete). *used: its bytes, head and body (0
+// while the body is still arriving). Returns false once the connection closes or upgraded.
+bool shard::serve_one(connection& c, uint32_t slot, std::string_view all, size_t* used) {
   http_parser_.reset();
   proto::http_parse_status st = http_parser_.feed(std::span<const char>(all.data(), all.size()));
+  const proto::http_request& req = http_parser_.request();
   if (st != proto::http_parse_status::complete) {
     uint16_t status = st == proto::http_parse_status::error ? http_parser_.error_status() : 400;
     if (status == 431) metrics_.limit_hits[size_t(limit_kind::header_bytes)].add();
+    if (status == 411 && req.path.starts_with("/api/")) {
+      metrics_.api_requests[size_t(api_result::length_required)].add();
+      reject_api(c, slot, 411, "Content-Length required (chunked bodies are not read)");
+      return false;
+    }
     reject(c, slot, status == 431 ? reject_reason::header_too_large : reject_reason::bad_request,
            status);
-    return;
+    return false;
   }
-  const proto::http_request& req = http_parser_.request();
+  size_t head = http_parser_.consumed();
   switch (proto::check_upgrade(req)) {
     case proto::upgrade_verdict::ok:
+      if (c.flags & flag_admin) break;  // the admin listener serves HTTP endpoints only
       if (!origin_allowed(req.header("Origin"))) {
         reject(c, slot, reject_reason::origin, 403);
-        return;
+        return false;
       }
-      upgrade(c, slot, req, http_parser_.consumed());
-      return;
+      upgrade(c, slot, req, head, all.size());
+      return false;
     case proto::upgrade_verdict::not_websocket:
-      serve_http(c, slot, req);
-      return;
+      break;
     case proto::upgrade_verdict::version_unsupported:
       reject(c, slot, reject_reason::version, 426, "Sec-WebSocket-Version: 13\r\n");
-      return;
+      return false;
     case proto::upgrade_verdict::bad_request:
       reject(c, slot, reject_reason::bad_request, 400);
-      return;
+      return false;
   }
+  uint64_t body_bytes = req.content_length > 0 ? uint64_t(req.content_length) : 0;
+  if (body_bytes > cfg_.api_body_bytes_max) {
+    metrics_.api_requests[size_t(api_result::too_large)].add();
+    reject_api(c, slot, 413,
+               "body over --max-api-body (" + std::to_string(cfg_.api_body_bytes_max) + " bytes)");
+    return false;
+  }
+  if (all.size() - head < body_bytes) return true;  // wait for the rest of the body
+  *used = head + size_t(body_bytes);
+  return serve_http(c, slot, req, all.substr(head, size_t(body_bytes)));
 }
 
 bool shard::origin_allowed(std::string_view origin) const {
@@ -521,13 +605,31 @@ bool shard::origin_allowed(std::string_view origin) const {
   return false;
 }
 
-void shard::serve_http(connection& c, uint32_t slot, const proto::http_request& req) {
+bool shard::serve_http(connection& c, uint32_t slot, const proto::http_request& req,
+                       std::string_view body) {
+  bool keep_alive = proto::http_keep_alive(req);
+  // With --admin-listen, the endpoints live only there and the main port serves the page.
+  bool admin_here = cfg_.admin_listen.empty() || (c.flags & flag_admin);
+  bool main_here = !(c.flags & flag_admin);
+  bool page = main_here && (req.path == "/" || req.path == "/index.html");
+  bool api = admin_here && req.path.starts_with("/api/");
+  bool known =
+      page ||
+      (admin_here && (req.path == "/healthz" || req.path == "/readyz" || req.path == "/metrics"));
   std::string response;
-  bool page = req.path == "/" || req.path == "/index.html";
-  bool known = page || req.path == "/healthz" || req.path == "/metrics";
-  if (known && req.method != "GET" && req.method != "HEAD") {
-    response =
-        proto::http_response(405, "text/plain", "method not allowed\n", "Allow: GET, HEAD\r\n");
+  auto connection = keep_alive ? proto::http_connection::keep_alive : proto::http_connection::close;
+  if (api) {
+    http_answer answer;
+    if (!app_.on_http(*this, req, body, answer)) {
+      answer.status = 404;
+      answer.content_type = "text/plain";
+      answer.body = "not found\n";
+    }
+    response = proto::http_response(answer.status, answer.content_type, answer.body,
+                                    answer.extra_headers, connection);
+  } else if (known && req.method != "GET" && req.method != "HEAD") {
+    response = proto::http_response(405, "text/plain", "method not allowed\n",
+                                    "Allow: GET, HEAD\r\n", connection);
   } else if (page) {
     // The demo page (engine/demo/index.html): inline script and style only, WebSocket to us.
     static constexpr std::string_view page_headers =
@@ -537,29 +639,53 @@ void shard::serve_http(connection& c, uint32_t slot, const proto::http_request& 
         "Content-Security-Policy: default-src 'none'; script-src 'unsafe-inline'; "
         "style-src 'unsafe-inline'; img-src data:; connect-src 'self' ws: wss:; base-uri 'none'; "
         "form-action 'none'; frame-ancestors 'none'\r\n";
-    response =
-        proto::http_response(200, "text/html; charset=utf-8", demo_page_html(), page_headers);
-  } else if (req.path == "/healthz") {
-    response = proto::http_response(200, "text/plain", stopping_ ? "stopping\n" : "ok\n");
-    if (stopping_) response = proto::http_response(503, "text/plain", "stopping\n");
-  } else if (req.path == "/metrics") {
-    std::string body = render_prometheus(shared_.metrics);
-    app_.render_metrics(body);
-    response = proto::http_response(200, "text/plain; version=0.0.4", body);
+    response = proto::http_response(200, "text/html; charset=utf-8", demo_page_html(), page_headers,
+                                    connection);
+  } else if (admin_here && (req.path == "/healthz" || req.path == "/readyz")) {
+    std::string_view ok = req.path == "/healthz" ? "ok\n" : "ready\n";
+    response = stopping_ ? proto::http_response(503, "text/plain", "stopping\n", {}, connection)
+                         : proto::http_response(200, "text/plain", ok, {}, connection);
+  } else if (known && req.path == "/metrics") {
+    std::string metrics_text = render_prometheus(shared_.metrics);
+    app_.render_metrics(metrics_text);
+    response = proto::http_response(200, "text/plain; version=0.0.4", metrics_text, {}, connection);
   } else {
-    response = proto::http_response(404, "text/plain", "not found\n");
+    response = proto::http_response(404, "text/plain", "not found\n", {}, connection);
   }
   if (req.method == "HEAD") {
     // The same status line and headers (Content-Length included), without the body.
     size_t head_end = response.find("\r\n\r\n");
     if (head_end != std::string::npos) response.resize(head_end + 4);
   }
-  out_of(c).append(chunks_, response.data(), response.size());
-  mark_dirty(c, slot);
-  begin_close(c, slot, close_reason::http_done, 0);
+  answer_http(c, slot, req, std::move(response), keep_alive);
+  return keep_alive && c.state == conn_state::handshake;
 }
 
-void shard::upgrade(connection& c, uint32_t slot, const proto::http_request& req, size_t consumed) {
+void shard::answer_http(connection& c, uint32_t slot, const proto::http_request&,
+                        std::string response, bool keep_alive) {
+  out_of(c).append(chunks_, response.data(), response.size());
+  mark_dirty(c, slot);
+  if (!keep_alive) {
+    begin_close(c, slot, close_reason::http_done, 0);
+    return;
+  }
+  // A kept-alive HTTP connection is no longer a pending handshake; it gets the handshake timeout
+  // again for its next request.
+  if (c.flags & flag_pending) {
+    shared_.pending_handshakes.fetch_sub(1, std::memory_order_relaxed);
+    c.flags &= uint8_t(~flag_pending);
+  }
+  if (c.out && c.out->queued_bytes() > cfg_.outbound_bytes_max) {
+    // A pipelining client that does not read its answers.
+    metrics_.limit_hits[size_t(limit_kind::max_outbound_bytes)].add();
+    begin_close(c, slot, close_reason::slow_consumer, 0);
+    return;
+  }
+  timer_link(c, slot, timer_list::handshake, now_ms_ + cfg_.handshake_timeout_ms);
+}
+
+void shard::upgrade(connection& c, uint32_t slot, const proto::http_request& req, size_t consumed,
+                    size_t available) {
   std::string response = proto::upgrade_response(req.header("Sec-WebSocket-Key"));
   out_of(c).append(chunks_, response.data(), response.size());
   mark_dirty(c, slot);
@@ -575,13 +701,17 @@ void shard::upgrade(connection& c, uint32_t slot, const proto::http_request& req
     timer_unlink(c, slot);
   // The request's views point into the handshake buffer: detach it first, so that an app that
   // closes the connection from on_open (begin_close releases c.carry) leaves them alive.
+  // The request may follow earlier kept-alive requests in the buffer: it ends `available` bytes
+  // before the buffer's end.
   byte_buffer* hs = c.carry;
   c.carry = nullptr;
+  size_t start = hs->size - available;
   app_.on_open(*this, conn_ref{slot, c.generation}, req);
+  run_deferred_closes();
 
   // Bytes after the request (a client may send frames right behind it).
-  if (c.state == conn_state::open && hs->size > consumed) {
-    std::span<uint8_t> rest(hs->data() + consumed, hs->size - consumed);
+  if (c.state == conn_state::open && available > consumed) {
+    std::span<uint8_t> rest(hs->data() + start + consumed, available - consumed);
     on_ws_bytes(c, slot, rest);
   }
   byte_buffer::release(hs);
@@ -697,14 +827,42 @@ send_status shard::send_message(conn_ref ref, ws_opcode opcode, std::span<const 
   if (ref.slot >= slots_touched_) return send_status::dropped;
   connection& c = slot_at(ref.slot);
   if (c.generation != ref.generation || c.state != conn_state::open) return send_status::dropped;
-  if (c.out && c.out->queued_bytes() > cfg_.outbound_bytes_max) {
-    metrics_.limit_hits[size_t(limit_kind::max_outbound_bytes)].add();
-    begin_close(c, ref.slot, close_reason::slow_consumer, proto::close_code::slow_consumer);
-    return send_status::backpressure;
-  }
+  if (c.out && c.out->queued_bytes() > cfg_.outbound_bytes_max) return over_cap(c, ref.slot);
   queue_frame(c, ref.slot, opcode, payload);
   metrics_.messages_out.add();
   return send_status::queued;
+}
+
+send_status shard::send_frame(conn_ref ref, const fanout::frame& f) {
+  if (ref.slot >= slots_touched_) return send_status::dropped;
+  connection& c = slot_at(ref.slot);
+  if (c.generation != ref.generation || c.state != conn_state::open) return send_status::dropped;
+  if (c.out && c.out->queued_bytes() > cfg_.outbound_bytes_max) return over_cap(c, ref.slot);
+  // Copied into the connection's own chunk: one segment per send however many frames a pass
+  // queues (perf/RESULTS.md compares this with referencing the shared frame by iovec).
+  std::span<const uint8_t> wire = f.wire();
+  std::memcpy(out_of(c).reserve(chunks_, wire.size()), wire.data(), wire.size());
+  mark_dirty(c, ref.slot);
+  metrics_.deliveries.add();
+  return send_status::queued;
+}
+
+// A message for a connection whose queue is over --max-outbound-bytes: --slow-consumer decides.
+send_status shard::over_cap(connection& c, uint32_t slot) {
+  metrics_.limit_hits[size_t(limit_kind::max_outbound_bytes)].add();
+  if (cfg_.slow_consumer == slow_consumer_policy::drop) {
+    metrics_.slow_consumer[size_t(slow_action::drop)].add();
+    return send_status::dropped;
+  }
+  metrics_.slow_consumer[size_t(slow_action::disconnect)].add();
+  begin_close(c, slot, close_reason::slow_consumer, proto::close_code::slow_consumer);
+  return send_status::backpressure;
+}
+
+bool shard::is_open(conn_ref ref) const {
+  if (ref.slot >= slots_touched_) return false;
+  const connection& c = slots_[ref.slot];
+  return c.generation == ref.generation && c.state == conn_state::open;
 }
 
 void shard::close(conn_ref ref, uint16_t code, close_reason why) {
@@ -825,6 +983,18 @@ void shard::reject(connection& c, uint32_t slot, reject_reason why, uint16_t sta
   begin_close(c, slot, close_reason::http_done, 0);
 }
 
+// An error answer of the HTTP API (JSON, like its other answers), then close: the body was not
+// read, so the connection cannot carry another request.
+void shard::reject_api(connection& c, uint32_t slot, uint16_t status, std::string_view reason) {
+  std::string body = "{\"error\":";
+  proto::wse_append_json_string(body, reason);
+  body += "}\n";
+  std::string response = proto::http_response(status, "application/json", body);
+  out_of(c).append(chunks_, response.data(), response.size());
+  mark_dirty(c, slot);
+  begin_close(c, slot, close_reason::http_done, 0);
+}
+
 void shard::begin_close(connection& c, uint32_t slot, close_reason why, uint16_t ws_code) {
   if (c.state != conn_state::handshake && c.state != conn_state::open) return;
   if (c.state == conn_state::open) {
@@ -833,7 +1003,10 @@ void shard::begin_close(connection& c, uint32_t slot, close_reason why, uint16_t
           c, slot, ws_code,
           ws_code == proto::close_code::shutdown ? "server shutting down" : std::string_view{});
     metrics_.connections_open.sub();
-    app_.on_close(*this, conn_ref{slot, c.generation});
+    // Never inside the application's own call (it may be walking its subscribers): reported
+    // by run_deferred_closes once the current callback returned.
+    c.flags |= flag_app_close;
+    deferred_closes_.push_back(conn_ref{slot, c.generation});
   }
   if (c.flags & flag_pending) {
     shared_.pending_handshakes.fetch_sub(1, std::memory_order_relaxed);
@@ -895,6 +1068,7 @@ void shard::on_close_op(connection& c, uint32_t slot, op o, int res) {
 
 void shard::maybe_free(connection& c, uint32_t slot) {
   if (c.state != conn_state::finishing || c.ops != 0) return;
+  if (c.flags & flag_app_close) run_deferred_closes();  // before the slot can be reused
   if (c.out) {
     c.out->clear(chunks_);
     release_queue(c);
@@ -909,6 +1083,44 @@ void shard::maybe_free(connection& c, uint32_t slot) {
   ++c.generation;
   metrics_.slots_used.sub();
   free_slots_.push_back(slot);
+}
+
+void shard::run_deferred_closes() {
+  // on_close may close other connections (appending here): index, not iterators.
+  for (size_t i = 0; i < deferred_closes_.size(); ++i) {
+    conn_ref ref = deferred_closes_[i];
+    connection& c = slot_at(ref.slot);
+    if (c.generation != ref.generation || !(c.flags & flag_app_close)) continue;
+    c.flags &= uint8_t(~flag_app_close);
+    app_.on_close(*this, ref);
+  }
+  deferred_closes_.clear();
+}
+
+// The inbox step of the loop pass: deliveries from every producer (other shards, this one, the
+// embedding program's threads), bounded per pass by count and by the bytes they queue, so one
+// pass never grows the outbound queues without limit; the rest waits for the next pass (which
+// then does not sleep).
+void shard::drain_inbox() {
+  if (!shared_.fanout) return;
+  constexpr size_t pass_deliveries_max = 8192;
+  constexpr uint64_t pass_bytes_max = 64ull << 20;
+  uint64_t queued_bytes = 0;
+  size_t taken = 0;
+  fanout::inbox& in = shared_.fanout->inbox(index_);
+  while (taken < pass_deliveries_max && queued_bytes < pass_bytes_max) {
+    size_t n = in.drain(64, [&](fanout::delivery& d) {
+      uint64_t sent_before = metrics_.deliveries.get();
+      app_.on_delivery(*this, d);
+      run_deferred_closes();
+      queued_bytes += (metrics_.deliveries.get() - sent_before) * d.f->wire_bytes;
+      fanout::release(d.f);
+    });
+    if (n == 0) break;
+    taken += n;
+  }
+  inbox_backlog_ = taken >= pass_deliveries_max || queued_bytes >= pass_bytes_max;
+  if (taken) metrics_.inbox_drained.add(taken);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -982,6 +1194,11 @@ void shard::on_wake() {
     io_uring_sqe* sqe = get_sqe();
     io_uring_prep_cancel_fd(sqe, listen_fd_, IORING_ASYNC_CANCEL_ALL);
     io_uring_sqe_set_data64(sqe, pack(op::cancel, 0, no_slot));
+    if (admin_fd_ >= 0) {
+      sqe = get_sqe();
+      io_uring_prep_cancel_fd(sqe, admin_fd_, IORING_ASYNC_CANCEL_ALL);
+      io_uring_sqe_set_data64(sqe, pack(op::cancel, 0, no_slot));
+    }
     for (uint32_t slot = 0; slot < slots_touched_; ++slot) {
       connection& c = slot_at(slot);
       if (c.state == conn_state::open)
@@ -1016,6 +1233,12 @@ void shard::arm_accept() {
   io_uring_sqe* sqe = get_sqe();
   io_uring_prep_multishot_accept_direct(sqe, listen_fd_, nullptr, nullptr, 0);
   io_uring_sqe_set_data64(sqe, pack(op::accept, 0, 0));
+}
+
+void shard::arm_accept_admin() {
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_multishot_accept_direct(sqe, admin_fd_, nullptr, nullptr, 0);
+  io_uring_sqe_set_data64(sqe, pack(op::accept_admin, 0, 0));
 }
 
 void shard::arm_accept_one(uint32_t index) {

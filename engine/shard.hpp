@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "engine/config.hpp"
+#include "engine/hub.hpp"
 #include "engine/metrics.hpp"
 #include "engine/out_queue.hpp"
 #include "engine/per_ip.hpp"
@@ -35,6 +36,7 @@ struct server_shared {
   std::atomic<uint32_t> pending_handshakes{0};  // sockets not yet upgraded
   std::atomic<uint64_t> unfinished_bytes{0};    // bytes held by partially received messages
   per_ip_table* per_ip = nullptr;               // set when --max-connections-per-ip is on
+  hub* fanout = nullptr;                        // the server's fan-out hub (inboxes, router)
 };
 
 // Names one connection of one shard; stale once the slot is reused (generation differs).
@@ -43,10 +45,23 @@ struct conn_ref {
   uint32_t generation;
 };
 
-// What the application sees. Called on the shard's thread, from inside its loop pass.
+// An answer to a plain HTTP request that the application serves (the /api/* endpoints).
+struct http_answer {
+  uint16_t status = 200;
+  std::string content_type = "application/json";
+  std::string body;
+  std::string extra_headers;  // each line ending in \r\n
+};
+
+// What the application sees. Called on the shard's thread, from inside its loop pass. The
+// shard never calls on_close inside another callback of the same application: a close requested
+// while the application runs (or while it walks its subscribers) is reported once that call
+// returned.
 class app_handler {
  public:
   virtual ~app_handler() = default;
+  // Once, by the server, before any shard starts: the fan-out hub every shard drains.
+  virtual void attach(hub&) {}
   // The upgrade request's views are valid only during the call.
   virtual void on_open(shard&, conn_ref, const proto::http_request&) {}
   virtual void on_message(shard& s, conn_ref c, proto::ws_opcode opcode,
@@ -58,6 +73,14 @@ class app_handler {
   // Appends the application's own Prometheus families to GET /metrics. Runs on whichever shard
   // serves the request: read only relaxed atomics.
   virtual void render_metrics(std::string& /*out*/) const {}
+  // A plain HTTP request under /api/ (with its body, Content-Length bytes). false: not served
+  // (the shard answers 404).
+  virtual bool on_http(shard&, const proto::http_request&, std::string_view /*body*/,
+                       http_answer&) {
+    return false;
+  }
+  // One delivery from this shard's inbox; the shard releases d.f when this returns.
+  virtual void on_delivery(shard&, const fanout::delivery&) {}
 };
 
 enum class send_status : uint8_t { queued, backpressure, dropped };
@@ -71,8 +94,9 @@ class shard {
 
   // Startup, on the thread that will run the shard (SINGLE_ISSUER): sets up the ring, the
   // listener (bound to port, or to any port when 0) and the buffers. Throws with a message.
-  void setup(uint16_t port);
+  void setup(uint16_t port, uint16_t admin_port = 0);
   uint16_t bound_port() const { return bound_port_; }
+  uint16_t admin_port() const { return admin_port_; }
   std::string setup_notes() const { return notes_; }
 
   // Runs until stop() was requested and every connection is closed, or the shutdown
@@ -82,19 +106,42 @@ class shard {
   // Any thread: asks the shard to drain (close 4300 to every WebSocket) and stop.
   void request_stop();
 
-  // Sends one data message as a single frame. queued: accepted; backpressure: accepted but the
-  // connection is over its outbound cap and is being closed with 4509; dropped: the connection
-  // is gone or closing.
+  // Sends one data message as a single frame. queued: accepted; backpressure: the connection is
+  // over its outbound cap and is being closed with 4509 (--slow-consumer disconnect); dropped:
+  // the connection is gone or closing, or over its cap with --slow-consumer drop (not sent).
   send_status send_message(conn_ref c, proto::ws_opcode opcode, std::span<const uint8_t> payload);
+  // Queues an already-framed shared frame (a publication, a server ping) to one connection,
+  // under the same outbound cap: over it, --slow-consumer disconnect closes with 4509
+  // (backpressure), drop skips this whole frame (dropped) and the connection stays.
+  send_status send_frame(conn_ref c, const fanout::frame& f);
+  // True while the connection is open (not closing, not a stale ref).
+  bool is_open(conn_ref c) const;
   void close(conn_ref c, uint16_t code, close_reason why = close_reason::app_close);
 
   const shard_metrics& metrics() const { return metrics_; }
   uint32_t index() const { return index_; }
+  hub& fanout_hub() { return *shared_.fanout; }
+  // Counters of this shard that its application bumps (shard thread only).
+  void count_limit(limit_kind k) { metrics_.limit_hits[size_t(k)].add(); }
+  void count_published(publish_kind k) { metrics_.published[size_t(k)].add(); }
+  void count_inbox_full(uint64_t n) { metrics_.inbox_full.add(n); }
+  void count_api(api_result r) { metrics_.api_requests[size_t(r)].add(); }
+  void count_api_publications(uint64_t n) { metrics_.api_publications.add(n); }
   // The loop's monotonic clock (ms), read once per loop pass.
   uint64_t now_ms() const { return now_ms_; }
 
  private:
-  enum class op : uint8_t { accept = 1, recv, send, shutdown, close_fd, cancel, timer, wake };
+  enum class op : uint8_t {
+    accept = 1,
+    recv,
+    send,
+    shutdown,
+    close_fd,
+    cancel,
+    timer,
+    wake,
+    accept_admin
+  };
   enum class conn_state : uint8_t { free, handshake, open, closing, lingering, finishing };
   enum class timer_list : uint8_t { none, handshake, idle, linger, count_ };
   enum ops_flag : uint8_t {
@@ -126,11 +173,13 @@ class shard {
   };
   static_assert(sizeof(connection) <= 96, "a slot is what an idle connection costs");
 
-  static constexpr uint8_t flag_dirty = 1;     // in dirty_: flush() looks at it this pass
-  static constexpr uint8_t flag_counted = 2;   // counted in shared_.connections
-  static constexpr uint8_t flag_pending = 4;   // counted in shared_.pending_handshakes
-  static constexpr uint8_t flag_peer_eof = 8;  // the peer finished sending (recv saw EOF)
-  static constexpr uint8_t flag_per_ip = 16;   // counted in shared_.per_ip (slot_ip_[slot])
+  static constexpr uint8_t flag_dirty = 1;       // in dirty_: flush() looks at it this pass
+  static constexpr uint8_t flag_counted = 2;     // counted in shared_.connections
+  static constexpr uint8_t flag_pending = 4;     // counted in shared_.pending_handshakes
+  static constexpr uint8_t flag_peer_eof = 8;    // the peer finished sending (recv saw EOF)
+  static constexpr uint8_t flag_per_ip = 16;     // counted in shared_.per_ip (slot_ip_[slot])
+  static constexpr uint8_t flag_admin = 32;      // accepted on --admin-listen: HTTP endpoints only
+  static constexpr uint8_t flag_app_close = 64;  // app_.on_close owed (in deferred_closes_)
   static constexpr uint32_t no_slot = UINT32_MAX;
   static constexpr size_t queues_keep_max = 256;  // idle out_queues kept for reuse
 
@@ -141,7 +190,7 @@ class shard {
 
   // The one dispatch switch and its handlers.
   void dispatch(io_uring_cqe* cqe);
-  void on_accept(io_uring_cqe* cqe);
+  void on_accept(io_uring_cqe* cqe, bool admin);
   void on_recv(connection& c, uint32_t slot, io_uring_cqe* cqe);
   void on_send(connection& c, uint32_t slot, int res);
   void on_close_op(connection& c, uint32_t slot, op o, int res);
@@ -150,12 +199,21 @@ class shard {
 
   // Receive paths.
   void on_handshake_bytes(connection& c, uint32_t slot, std::span<uint8_t> data);
+  // Serves every complete request in c.carry (keep-alive, pipelining); false once it closed or
+  // upgraded.
+  bool serve_requests(connection& c, uint32_t slot, size_t scan_from);
+  bool serve_one(connection& c, uint32_t slot, std::string_view all, size_t* used);
+  void answer_http(connection& c, uint32_t slot, const proto::http_request& req,
+                   std::string response, bool keep_alive);
   void on_ws_bytes(connection& c, uint32_t slot, std::span<uint8_t> data);
   size_t parse_frames(connection& c, uint32_t slot, std::span<uint8_t> data);
   bool on_data_event(connection& c, uint32_t slot, const proto::ws_event& ev);
-  void serve_http(connection& c, uint32_t slot, const proto::http_request& req);
+  // Returns true when the connection stays open for another request.
+  bool serve_http(connection& c, uint32_t slot, const proto::http_request& req,
+                  std::string_view body);
   bool origin_allowed(std::string_view origin) const;
-  void upgrade(connection& c, uint32_t slot, const proto::http_request& req, size_t consumed);
+  void upgrade(connection& c, uint32_t slot, const proto::http_request& req, size_t consumed,
+               size_t available);
 
   // Sending and closing.
   out_queue& out_of(connection& c);
@@ -164,11 +222,15 @@ class shard {
                    std::span<const uint8_t> payload);
   void queue_close(connection& c, uint32_t slot, uint16_t code, std::string_view reason);
   void mark_dirty(connection& c, uint32_t slot);
+  send_status over_cap(connection& c, uint32_t slot);
   void flush();
   void flush_one(connection& c, uint32_t slot);
   void begin_close(connection& c, uint32_t slot, close_reason why, uint16_t ws_code);
   void finish(connection& c, uint32_t slot);
   void maybe_free(connection& c, uint32_t slot);
+  void run_deferred_closes();
+  void drain_inbox();
+  void reject_api(connection& c, uint32_t slot, uint16_t status, std::string_view reason);
   void reject(connection& c, uint32_t slot, reject_reason why, uint16_t status,
               std::string_view extra_headers = {});
 
@@ -183,6 +245,8 @@ class shard {
   io_uring_sqe* get_sqe();
   void arm_accept();
   void arm_accept_one(uint32_t index);
+  void arm_accept_admin();
+  int open_listener(const std::string& host, uint16_t port, uint16_t* bound);
   void arm_recv(connection& c, uint32_t slot);
   void arm_timer();
   void arm_wake();
@@ -200,6 +264,8 @@ class shard {
   io_uring ring_{};
   bool ring_ready_ = false;
   int listen_fd_ = -1;
+  int admin_fd_ = -1;  // --admin-listen (every shard listens on it too, SO_REUSEPORT)
+  uint16_t admin_port_ = 0;
   int wake_fd_ = -1;
   uint64_t wake_value_ = 0;
   uint16_t bound_port_ = 0;
@@ -235,6 +301,8 @@ class shard {
   std::vector<ip_key> slot_ip_;
 
   std::vector<uint32_t> dirty_;
+  std::vector<conn_ref> deferred_closes_;  // app_.on_close owed, run after the current callback
+  bool inbox_backlog_ = false;             // the last drain stopped at its budget
   uint64_t now_ms_ = 0;
   uint64_t stop_deadline_ms_ = 0;
   bool accepting_ = false;

@@ -118,6 +118,13 @@ class spsc_ring {
     tail_.store(tail + 1, std::memory_order_release);
     return true;
   }
+  // Producer: true when the next try_push will succeed (only the consumer moves head_, and only
+  // forward, so room seen here stays until this producer pushes).
+  bool has_room() {
+    const uint64_t tail = tail_.load(std::memory_order_relaxed);
+    if (tail - head_cached_ > mask_) head_cached_ = head_.load(std::memory_order_acquire);
+    return tail - head_cached_ <= mask_;
+  }
   // Consumer: pops up to max items in FIFO order into fn(delivery&); returns how many.
   template <class F>
   size_t drain(size_t max, F&& fn) {
@@ -177,6 +184,9 @@ class inbox {
     l.pushed.store(l.pushed.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     return true;
   }
+  // Producer `producer`: true when its next try_push will succeed (so a producer can check every
+  // inbox a publication goes to before pushing it into any: all or nothing).
+  bool has_room(uint32_t producer) { return lanes_[producer]->ring.has_room(); }
   // Producer, after a successful push: calls wake(context) unless a wake is already pending.
   // The fence orders the push before the flag read (the consumer fences between clearing the
   // flag and reading the rings), so a producer that sees the flag set knows the consumer will

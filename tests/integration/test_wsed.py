@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import struct
+import re
 import time
 
 import websockets
@@ -263,8 +264,21 @@ def test_handshake_errors_and_http_endpoints():
         assert body == b"ok\n", "healthz body %r" % body
         _, _, body = expect_status(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", 200, "GET /metrics")
         assert b"wsed_connections_open" in body, "metrics body lacks wsed_connections_open: %r" % body[:300]
-        expect_status(port, b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n", 404, "GET /nope")
-        expect_status(port, b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 405, "POST /healthz")
+        expect_status(port, b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 404, "GET /nope")
+        expect_status(port, b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                      405, "POST /healthz")
+        # HTTP/1.1 keeps the connection for the next request: 404, 405 and 200 on one socket,
+        # pipelined in one send, answered in order, then closed on request.
+        s = H.connect(port)
+        s.sendall(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"
+                  b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+                  b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        raw, eof = H.recv_until_eof(s, 5)
+        s.close()
+        assert eof, "the server did not close after the Connection: close request: %r" % raw[:300]
+        statuses = [int(x) for x in re.findall(rb"HTTP/1\.1 (\d{3}) ", raw)]
+        assert statuses == [404, 405, 200], "pipelined answers %r in %r" % (statuses, raw[:400])
+        assert raw.count(b"Connection: close") == 1, "only the last answer closes: %r" % raw[:400]
         # the server keeps serving: a websocket echo and health check still work
         ws = H.RawWS(port)
         ws.send_frame(OP_TEXT, b"still alive")
