@@ -105,7 +105,7 @@ int gen_token(int argc, char** argv) {
   CLI::App app{"wsed gen-token: print a JWT the server accepts (for testing)", "wsed gen-token"};
   std::string sub, ttl = "1h", secret_file, secret_env = "WSED_JWT_SECRET", alg_name = "HS256";
   std::string issuer, audience, private_key_file, kid;
-  std::vector<std::string> topics;
+  std::vector<std::string> topics, publish;
   app.add_option("--sub", sub, "The user id (sub claim)")->required();
   app.add_option("--ttl", ttl, "Lifetime (1h, 30m, 90s)")->capture_default_str();
   app.add_option("--jwt-secret-file", secret_file, "File holding the HMAC secret");
@@ -119,6 +119,9 @@ int gen_token(int argc, char** argv) {
   app.add_option("--jwt-kid", kid, "kid header");
   app.add_option("--topics", topics,
                  "wse_topics allow globs, comma-separated (default: no wse_topics claim)")
+      ->delimiter(',');
+  app.add_option("--publish", publish,
+                 "wse_topics publish globs: topics the holder may publish to, comma-separated")
       ->delimiter(',');
   app.add_option("--jwt-issuer", issuer, "iss claim");
   app.add_option("--jwt-audience", audience, "aud claim");
@@ -174,13 +177,22 @@ int gen_token(int argc, char** argv) {
     claims += ",\"aud\":";
     proto::wse_append_json_string(claims, audience);
   }
-  if (!topics.empty()) {
-    claims += ",\"wse_topics\":{\"allow\":[";
-    for (size_t i = 0; i < topics.size(); ++i) {
-      if (i) claims += ",";
-      proto::wse_append_json_string(claims, topics[i]);
-    }
-    claims += "]}";
+  if (!topics.empty() || !publish.empty()) {
+    auto list = [&](const char* name, const std::vector<std::string>& globs) {
+      claims += '"';
+      claims += name;
+      claims += "\":[";
+      for (size_t i = 0; i < globs.size(); ++i) {
+        if (i) claims += ",";
+        proto::wse_append_json_string(claims, globs[i]);
+      }
+      claims += "]";
+    };
+    claims += ",\"wse_topics\":{";
+    if (!topics.empty()) list("allow", topics);
+    if (!topics.empty() && !publish.empty()) claims += ",";
+    if (!publish.empty()) list("publish", publish);
+    claims += "}";
   }
   claims += "}";
   auto token = auth::mint(alg, key, claims, kid);
@@ -239,6 +251,21 @@ int main(int argc, char** argv) {
     o.compression_threshold_bytes = c.compression_threshold_bytes;
     o.inbound_rate = c.inbound_rate;
     o.inbound_burst = c.inbound_burst;
+    o.topics_per_connection_max = c.topics_per_connection_max;
+    if (!c.api_key_file.empty()) {
+      auto key = auth::load_hmac_secret_file(c.api_key_file);  // the file's bytes, one \n dropped
+      if (!key) {
+        std::fprintf(stderr, "wsed: --api-key-file %s: %s\n", c.api_key_file.c_str(),
+                     std::string(auth::name_of(key.error())).c_str());
+        return 2;
+      }
+      if (key->size() < 16) {
+        std::fprintf(stderr, "wsed: --api-key-file %s: the key must be at least 16 bytes\n",
+                     c.api_key_file.c_str());
+        return 2;
+      }
+      o.api_key = std::move(*key);
+    }
     if (!c.insecure_no_auth) {
       std::string why;
       o.verifier = build_verifier(c, why);
@@ -278,7 +305,13 @@ int main(int argc, char** argv) {
     if (c.mode == server_mode::wse && c.insecure_no_auth)
       std::fprintf(stderr, "wsed: --insecure-no-auth: every connection is user \"anonymous\"\n");
     std::printf("  demo page: http://%s:%u/   metrics: http://%s:%u/metrics   stop: Ctrl-C\n",
-                c.host.c_str(), srv.port(), c.host.c_str(), srv.port());
+                c.host.c_str(), srv.port(),
+                c.admin_listen.empty() ? c.host.c_str() : c.admin_host.c_str(),
+                c.admin_listen.empty() ? srv.port() : srv.admin_port());
+    if (c.mode == server_mode::wse && !c.api_key_file.empty())
+      std::printf("  publish: POST http://%s:%u/api/publish (Authorization: Bearer <key of %s>)\n",
+                  c.admin_listen.empty() ? c.host.c_str() : c.admin_host.c_str(),
+                  c.admin_listen.empty() ? srv.port() : srv.admin_port(), c.api_key_file.c_str());
     if (c.mode == server_mode::wse && !c.insecure_no_auth)
       std::printf(
           "  token: wsed gen-token --sub YOU (same key settings); send it as cookie %s or "

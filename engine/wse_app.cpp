@@ -3,6 +3,7 @@
 // the inbound token bucket runs on the shard's loop clock.
 #include "engine/wse_app.hpp"
 
+#include <openssl/crypto.h>
 #include <time.h>
 
 #include <algorithm>
@@ -43,6 +44,48 @@ std::array<proto::wse_feature, wse_feature_count> features_of(const wse_app_opti
 
 constexpr std::string_view anonymous_user = "anonymous";
 constexpr uint64_t milli = 1000;  // token bucket unit: a message is 1000 milli-tokens
+
+const char* name_of(subscribe_outcome o) {
+  static constexpr const char* names[] = {"ok", "acl_denied", "invalid_topic", "too_many_topics"};
+  static_assert(std::size(names) == size_t(subscribe_outcome::count_));
+  return names[size_t(o)];
+}
+
+constexpr std::string_view reason_of(subscribe_outcome o) {
+  switch (o) {
+    case subscribe_outcome::acl_denied:
+      return "ACL_DENIED";
+    case subscribe_outcome::invalid_topic:
+      return "INVALID_TOPIC";
+    case subscribe_outcome::too_many_topics:
+      return "TOO_MANY_TOPICS";
+    default:
+      return "OK";
+  }
+}
+
+// A concrete topic a publication may be addressed to (subscriptions may be globs, publications
+// may not).
+bool publish_topic_ok(std::string_view topic) {
+  return !topic.empty() && topic.size() <= proto::wse_topic_bytes_max && auth::valid_topic(topic) &&
+         !fanout::is_glob(topic);
+}
+
+// The topics of a command frame (one per line).
+std::vector<std::string_view> split_lines(std::string_view text) {
+  std::vector<std::string_view> out;
+  while (!text.empty()) {
+    size_t nl = text.find('\n');
+    std::string_view line = text.substr(0, nl);
+    if (!line.empty()) out.push_back(line);
+    if (nl == std::string_view::npos) break;
+    text.remove_prefix(nl + 1);
+  }
+  return out;
+}
+
+constexpr std::string_view command_subscribe = "subscribe";
+constexpr std::string_view command_unsubscribe = "unsubscribe";
 
 const char* name_of(wse_send_format f) {
   static constexpr const char* names[] = {"json", "msgpack", "compressed"};
@@ -125,6 +168,7 @@ void wse_app::on_open(shard& s, conn_ref c, const proto::http_request& request) 
   st.refilled_ms = s.now_ms();
   st.seq = 0;
   st.user_id.clear();
+  st.acl.reset();
   auto format = auth::query_value(request.query, "format");
   st.msgpack = format && proto::ascii_iequals(*format, "msgpack");
 
@@ -148,11 +192,16 @@ void wse_app::on_open(shard& s, conn_ref c, const proto::http_request& request) 
     if (!verified) return refuse(s, c, p, verified.error());
     who = std::move(*verified);
     st.user_id = who->user_id;
+    if (!who->acl.unrestricted() || !who->acl.publish.empty())
+      st.acl = std::make_shared<const auth::topic_acl>(who->acl);
   } else {
     st.user_id = anonymous_user;
   }
   st.authenticated = true;
   p.counts.auth_ok.add();
+  std::vector<uint32_t>& same_user = p.users[st.user_id];
+  st.user_pos = uint32_t(same_user.size());
+  same_user.push_back(c.slot);
 
   int64_t now = wall_ms();
   uuid7(p, now, st.connection_id);
@@ -173,6 +222,18 @@ void wse_app::on_open(shard& s, conn_ref c, const proto::http_request& request) 
   user.user_id = st.user_id;
   user.connection_id = std::string_view(st.connection_id, sizeof st.connection_id);
   user.acl = who ? &who->acl : nullptr;
+
+  // ?topics=a,b: subscribed at connect, answered like a client's subscribe.
+  if (auto listed = auth::query_value(request.query, "topics")) {
+    size_t over = 0;
+    std::vector<std::string> names = proto::wse_split_topics(*listed, &over);
+    std::vector<std::string_view> views(names.begin(), names.end());
+    p.ok_topics.clear();
+    p.failed_topics.clear();
+    p.failed_reasons.clear();
+    apply_subscription(s, c, p, st, true, views);
+    reply_subscription(s, c, p, "subscribe");
+  }
   handler_.on_connect(user, wse_conn{&s, c});
 }
 
@@ -286,9 +347,44 @@ void wse_app::on_json(shard& s, conn_ref c, per_shard& p, conn_state& st, std::s
       send_text(s, c, p.scratch);
       return;
     }
-    case proto::wse_kind::subscription:
-      p.counts.subscriptions.add();  // topic subscriptions come with the fan-out issue
+    case proto::wse_kind::subscription: {
+      p.counts.subscriptions.add();
+      if (!msg.subscription.action_valid || !msg.subscription.topics_is_array) {
+        p.counts.invalid.add();
+        return send_error(s, c, p, "INVALID_MESSAGE",
+                          "subscription_update: p.action must be \"subscribe\" or "
+                          "\"unsubscribe\" and p.topics an array of strings");
+      }
+      std::vector<std::string_view> names;
+      names.reserve(msg.subscription.topic_count);
+      bool subscribing = msg.subscription.action == proto::wse_subscription_action::subscribe;
+      // Invalid names are refused one by one (their reason in the reply), the rest applied.
+      p.ok_topics.clear();
+      p.failed_topics.clear();
+      p.failed_reasons.clear();
+      std::vector<std::string_view> valid;
+      for (const proto::wse_topic& t : msg.subscription.list()) {
+        if (t.valid) {
+          valid.push_back(t.name);
+        } else {
+          p.counts.subscribe[size_t(subscribe_outcome::invalid_topic)].add();
+          p.failed_topics.push_back(t.name);
+          p.failed_reasons.push_back(reason_of(subscribe_outcome::invalid_topic));
+        }
+      }
+      apply_subscription(s, c, p, st, subscribing, valid);
+      if (msg.subscription.topics_over_max) {
+        // Past the 64 topics one request may carry: not named, so reported under one key.
+        p.counts.subscribe[size_t(subscribe_outcome::too_many_topics)].add(
+            msg.subscription.topics_over_max);
+        p.failed_topics.push_back("(more than 64 topics in one request)");
+        p.failed_reasons.push_back(reason_of(subscribe_outcome::too_many_topics));
+      }
+      reply_subscription(s, c, p, msg.subscription.action_name);
       return;
+    }
+    case proto::wse_kind::publish:
+      return on_client_publish(s, c, p, st, msg.publish);
     case proto::wse_kind::application:
       break;
   }
@@ -346,22 +442,346 @@ void wse_app::on_tick(shard& s, uint64_t now_ms) {
   p.next_ping_ms = now_ms + opt_.ping_interval_ms;
   p.scratch.clear();
   proto::wse_build_server_ping(p.scratch, wall_ms());
+  // One shared frame for the whole shard, copied into each connection's queue.
+  fanout::frame* f = hub_ ? hub_->pool(s.index()).make_text({}, p.scratch) : nullptr;
   for (uint32_t slot = 0; slot < p.conns.size(); ++slot) {
     const conn_state& st = p.conns[slot];
     if (!st.live || !st.authenticated) continue;
-    send_text(s, conn_ref{slot, st.generation}, p.scratch);
+    if (f)
+      s.send_frame(conn_ref{slot, st.generation}, *f);
+    else
+      send_text(s, conn_ref{slot, st.generation}, p.scratch);
     p.counts.server_pings.add();
   }
+  if (f) fanout::release(f);
 }
 
 void wse_app::on_close(shard& s, conn_ref c) {
   per_shard& p = part(s);
   if (conn_state* st = state_of(p, c)) {
     bool was_connected = st->authenticated;
+    if (was_connected) leave_all(s, p, c.slot);
     st->live = false;
     st->authenticated = false;
     st->user_id.clear();
+    st->acl.reset();
     if (was_connected) handler_.on_disconnect(wse_conn{&s, c});
+  }
+}
+
+// Every subscription and the user index entry of a closing connection: O(its subscriptions).
+void wse_app::leave_all(shard& s, per_shard& p, uint32_t slot) {
+  conn_state& st = p.conns[slot];
+  p.topics.unsubscribe_all(slot, [&](std::string_view pattern, bool was_last) {
+    p.counts.held.sub();
+    if (was_last && hub_) hub_->router().remove(s.index(), pattern);
+  });
+  auto it = p.users.find(st.user_id);
+  if (it == p.users.end()) return;
+  std::vector<uint32_t>& slots = it->second;
+  ENGINE_ASSERT(st.user_pos < slots.size() && slots[st.user_pos] == slot);
+  uint32_t moved = slots.back();
+  slots[st.user_pos] = moved;
+  p.conns[moved].user_pos = st.user_pos;
+  slots.pop_back();
+  if (slots.empty()) p.users.erase(it);
+}
+
+void wse_app::apply_subscription(shard& s, conn_ref c, per_shard& p, conn_state& st,
+                                 bool subscribing, std::span<const std::string_view> topics) {
+  for (std::string_view topic : topics) {
+    if (!subscribing) {
+      p.counts.unsubscribe.add();
+      fanout::unsubscribe_result r = p.topics.unsubscribe(c.slot, topic);
+      if (r != fanout::unsubscribe_result::not_subscribed) p.counts.held.sub();
+      if (r == fanout::unsubscribe_result::removed_last && hub_)
+        hub_->router().remove(s.index(), topic);
+      p.ok_topics.push_back(topic);
+      continue;
+    }
+    subscribe_outcome outcome = subscribe_outcome::ok;
+    if (topic.empty() || topic.size() > proto::wse_topic_bytes_max || !auth::valid_topic(topic))
+      outcome = subscribe_outcome::invalid_topic;
+    else if (st.acl && !st.acl->allows_subscription(topic))
+      outcome = subscribe_outcome::acl_denied;
+    if (outcome == subscribe_outcome::ok) {
+      fanout::subscribe_result r = p.topics.subscribe(c.slot, topic);
+      if (r != fanout::subscribe_result::already &&
+          p.topics.subscriptions_of(c.slot) > opt_.topics_per_connection_max) {
+        // Over the cap: undone (the router was not told yet).
+        p.topics.unsubscribe(c.slot, topic);
+        outcome = subscribe_outcome::too_many_topics;
+        s.count_limit(limit_kind::max_topics_per_connection);
+      } else if (r != fanout::subscribe_result::already) {
+        p.counts.held.add();
+        if (r == fanout::subscribe_result::added_first && hub_)
+          hub_->router().add(s.index(), topic);
+      }
+    }
+    p.counts.subscribe[size_t(outcome)].add();
+    if (outcome == subscribe_outcome::ok) {
+      p.ok_topics.push_back(topic);
+    } else {
+      p.failed_topics.push_back(topic);
+      p.failed_reasons.push_back(reason_of(outcome));
+    }
+  }
+}
+
+void wse_app::reply_subscription(shard& s, conn_ref c, per_shard& p, std::string_view action) {
+  p.scratch.clear();
+  proto::wse_build_subscription_reply(p.scratch, action, p.ok_topics, p.failed_topics,
+                                      p.failed_reasons);
+  send_text(s, c, p.scratch);
+}
+
+void wse_app::on_client_publish(shard& s, conn_ref c, per_shard& p, conn_state& st,
+                                const proto::wse_publish& pub) {
+  if (!pub.topic_valid || !publish_topic_ok(pub.topic)) {
+    p.counts.publish_invalid.add();
+    return send_error(s, c, p, "INVALID_TOPIC", "publish: p.topic must be a concrete topic");
+  }
+  if (!st.acl || !st.acl->allows_publish(pub.topic)) {
+    p.counts.publish_denied.add();
+    return send_error(s, c, p, "PUBLISH_DENIED",
+                      "the token's wse_topics.publish does not allow this topic");
+  }
+  if (!pub.message_is_object) {
+    p.counts.publish_invalid.add();
+    return send_error(s, c, p, "INVALID_MESSAGE", "publish: p.message must be a JSON object");
+  }
+  // A client must not make other clients see a system message (server_ready, error, a
+  // subscription reply...): category WSE, stated or implied by the type, is the server's alone.
+  proto::wse_message inner;
+  if (p.framer.parse(pub.message_json, inner) != proto::wse_error::none ||
+      (inner.has_category ? inner.category
+                          : proto::category_name(proto::category_of(inner.type))) == "WSE") {
+    p.counts.publish_invalid.add();
+    return send_error(s, c, p, "INVALID_MESSAGE",
+                      "publish: p.message must not be a system (category WSE) message");
+  }
+  switch (route(&s, fanout::delivery_kind::topic, pub.topic, pub.message_json)) {
+    case publish_status::published:
+      p.counts.publish_ok.add();
+      return;
+    case publish_status::busy:
+      p.counts.publish_busy.add();
+      return send_error(s, c, p, "SERVER_BUSY", "a shard's inbox is full: publish again later");
+    case publish_status::invalid:
+      p.counts.publish_invalid.add();
+      return send_error(s, c, p, "INVALID_MESSAGE", "publish: p.message must be a JSON object");
+  }
+}
+
+publish_status wse_app::route(shard* s, fanout::delivery_kind kind, std::string_view key,
+                              std::string_view json) {
+  if (!hub_) return publish_status::busy;
+  // The publication with its "c" (parsed once, on the calling thread).
+  thread_local proto::wse_envelope_parser external_parser;
+  thread_local std::string external_text;
+  per_shard* p = s ? &part(*s) : nullptr;
+  proto::wse_envelope_parser& parser = p ? p->framer : external_parser;
+  std::string& text = p ? p->publication : external_text;
+  text.clear();
+  if (parser.ensure_category(json, text) != proto::wse_error::none) return publish_status::invalid;
+  fanout::frame* f =
+      s ? hub_->pool(s->index()).make_text(key, text) : fanout::make_text_frame(key, text);
+  if (!f) return publish_status::busy;
+  uint32_t producer = s ? s->index() : hub_->external_producer();
+  route_result r = hub_->route(kind, producer, f);
+  fanout::release(f);
+  if (s) {
+    s->count_published(kind == fanout::delivery_kind::topic       ? publish_kind::topic
+                       : kind == fanout::delivery_kind::broadcast ? publish_kind::broadcast
+                                                                  : publish_kind::user);
+    if (r.shards_full) s->count_inbox_full(r.shards_full);
+  }
+  return r.ok() ? publish_status::published : publish_status::busy;
+}
+
+publish_status wse_app::publish(std::string_view topic, std::string_view json) {
+  if (!publish_topic_ok(topic)) return publish_status::invalid;
+  return route(nullptr, fanout::delivery_kind::topic, topic, json);
+}
+
+publish_status wse_app::broadcast(std::string_view json) {
+  return route(nullptr, fanout::delivery_kind::broadcast, {}, json);
+}
+
+publish_status wse_app::send_to_user(std::string_view user_id, std::string_view json) {
+  if (user_id.empty() || user_id.size() > proto::wse_publish_user_bytes_max)
+    return publish_status::invalid;
+  return route(nullptr, fanout::delivery_kind::user, user_id, json);
+}
+
+bool wse_app::command(wse_conn conn, std::string_view name,
+                      std::span<const std::string_view> topics) {
+  if (!hub_ || !conn.owner) return false;
+  std::string lines;
+  for (std::string_view t : topics) {
+    if (t.find('\n') != std::string_view::npos) continue;  // not a topic (control character)
+    lines.append(t);
+    lines.push_back('\n');
+  }
+  fanout::frame* f = fanout::make_text_frame(name, lines);
+  if (!f) return false;
+  fanout::delivery d;
+  d.kind = fanout::delivery_kind::command;
+  d.arg = conn.ref.slot;
+  d.arg2 = conn.ref.generation;
+  d.f = f;
+  uint32_t me = current_shard_index();
+  bool ok =
+      hub_->push(conn.owner->index(), me < hub_->shards() ? me : hub_->external_producer(), d);
+  fanout::release(f);
+  return ok;
+}
+
+bool wse_app::subscribe(wse_conn conn, std::span<const std::string_view> topics) {
+  return command(conn, command_subscribe, topics);
+}
+
+bool wse_app::unsubscribe(wse_conn conn, std::span<const std::string_view> topics) {
+  return command(conn, command_unsubscribe, topics);
+}
+
+uint64_t wse_app::subscription_count() const {
+  uint64_t n = 0;
+  for (const auto& p : shards_) n += p->counts.held.get();
+  return n;
+}
+
+size_t wse_app::local_subscriber_count(shard& s, std::string_view topic) {
+  return part(s).topics.subscriber_count(topic);
+}
+
+namespace {
+
+void json_answer(http_answer& a, uint16_t status, std::string body) {
+  a.status = status;
+  a.content_type = "application/json";
+  a.body = std::move(body);
+  a.body.push_back('\n');
+}
+
+std::string error_json(std::string_view reason) {
+  std::string out = "{\"error\":";
+  proto::wse_append_json_string(out, reason);
+  out.push_back('}');
+  return out;
+}
+
+}  // namespace
+
+bool wse_app::on_http(shard& s, const proto::http_request& request, std::string_view body,
+                      http_answer& answer) {
+  if (request.path != "/api/publish" || opt_.api_key.empty()) return false;  // 404
+  api_publish(s, part(s), request, body, answer);
+  return true;
+}
+
+void wse_app::api_publish(shard& s, per_shard& p, const proto::http_request& request,
+                          std::string_view body, http_answer& answer) {
+  if (request.method != "POST") {
+    s.count_api(api_result::method);
+    answer.extra_headers = "Allow: POST\r\n";
+    return json_answer(answer, 405, error_json("method not allowed: POST"));
+  }
+  std::string_view given = request.header("Authorization");
+  std::string_view key;
+  if (given.size() > 7 && proto::ascii_iequals(given.substr(0, 7), "Bearer "))
+    key = given.substr(7);
+  // Constant time over the key's length: only the length can leak, not its bytes.
+  bool key_ok = key.size() == opt_.api_key.size() &&
+                CRYPTO_memcmp(key.data(), opt_.api_key.data(), key.size()) == 0;
+  if (!key_ok) {
+    s.count_api(api_result::unauthorized);
+    answer.extra_headers = "WWW-Authenticate: Bearer\r\n";
+    return json_answer(answer, 401, error_json("unauthorized"));
+  }
+  if (request.content_length < 0) {
+    s.count_api(api_result::length_required);
+    return json_answer(answer, 411, error_json("Content-Length required"));
+  }
+  if (!p.api_parser.parse(body, p.api_items)) {
+    s.count_api(api_result::bad_request);
+    return json_answer(answer, 400, error_json(p.api_parser.error()));
+  }
+  size_t accepted = 0;
+  for (const proto::wse_publish_item& item : p.api_items) {
+    fanout::delivery_kind kind =
+        item.target == proto::wse_publish_target::topic       ? fanout::delivery_kind::topic
+        : item.target == proto::wse_publish_target::broadcast ? fanout::delivery_kind::broadcast
+                                                              : fanout::delivery_kind::user;
+    publish_status st = route(&s, kind, item.key, item.message_json);
+    if (st == publish_status::invalid) {  // the parser validated it: not expected
+      s.count_api(api_result::bad_request);
+      s.count_api_publications(accepted);
+      return json_answer(
+          answer, 400,
+          "{\"error\":\"item " + std::to_string(accepted) +
+              ": message must be a JSON object\",\"accepted\":" + std::to_string(accepted) + "}");
+    }
+    if (st == publish_status::busy) {
+      s.count_api(api_result::busy);
+      s.count_api_publications(accepted);
+      answer.extra_headers = "Retry-After: 1\r\n";
+      return json_answer(
+          answer, 503, "{\"error\":\"inbox full\",\"accepted\":" + std::to_string(accepted) + "}");
+    }
+    ++accepted;
+  }
+  s.count_api(api_result::ok);
+  s.count_api_publications(accepted);
+  json_answer(answer, 200, "{\"accepted\":" + std::to_string(accepted) + "}");
+}
+
+void wse_app::on_delivery(shard& s, const fanout::delivery& d) {
+  per_shard& p = part(s);
+  const fanout::frame& f = *d.f;
+  switch (d.kind) {
+    case fanout::delivery_kind::topic: {
+      std::string_view topic = f.key();
+      p.topics.for_each(topic, [&](fanout::subscriber_id id, bool via_glob) {
+        const conn_state& st = p.conns[id];
+        // A glob subscription never bypasses a deny: the concrete topic is checked too.
+        if (via_glob && st.acl && !st.acl->allows_topic(topic)) return;
+        s.send_frame(conn_ref{id, st.generation}, f);
+      });
+      return;
+    }
+    case fanout::delivery_kind::broadcast:
+      for (uint32_t slot = 0; slot < p.conns.size(); ++slot) {
+        const conn_state& st = p.conns[slot];
+        if (st.live && st.authenticated) s.send_frame(conn_ref{slot, st.generation}, f);
+      }
+      return;
+    case fanout::delivery_kind::user: {
+      auto it = p.users.find(std::string(f.key()));
+      if (it == p.users.end()) return;
+      for (uint32_t slot : it->second) s.send_frame(conn_ref{slot, p.conns[slot].generation}, f);
+      return;
+    }
+    case fanout::delivery_kind::command: {
+      conn_ref c{d.arg, d.arg2};
+      conn_state* st = state_of(p, c);
+      if (!st || !st->authenticated) return;
+      std::vector<std::string_view> topics = split_lines(f.payload());
+      p.ok_topics.clear();
+      p.failed_topics.clear();
+      p.failed_reasons.clear();
+      if (f.key() == command_subscribe) {
+        apply_subscription(s, c, p, *st, true, topics);
+      } else if (topics.empty()) {
+        p.topics.unsubscribe_all(c.slot, [&](std::string_view pattern, bool was_last) {
+          p.counts.held.sub();
+          if (was_last && hub_) hub_->router().remove(s.index(), pattern);
+        });
+      } else {
+        apply_subscription(s, c, p, *st, false, topics);
+      }
+      return;
+    }
   }
 }
 
@@ -402,6 +822,26 @@ void wse_app::render_metrics(std::string& out) const {
                &wse_counters::server_pings);
   shard_family("wsed_wse_rate_limited_total", "WSE inbound messages dropped over --inbound-rate.",
                &wse_counters::rate_limited);
+  for (size_t o = 0; o < size_t(subscribe_outcome::count_); ++o) {
+    append_family(
+        out, n, [&](size_t i) { return shards_[i]->counts.subscribe[o].get(); },
+        "wsed_wse_subscribe_total", "counter",
+        "Topics of subscribe requests (clients, ?topics=, the server API), by outcome.", "result",
+        name_of(subscribe_outcome(o)), o == 0);
+  }
+  shard_family("wsed_wse_unsubscribe_total", "Topics of unsubscribe requests.",
+               &wse_counters::unsubscribe);
+  const char* publish_help = "Client publish messages, by outcome.";
+  shard_family("wsed_wse_publish_total", publish_help, &wse_counters::publish_ok, "result", "ok");
+  shard_family("wsed_wse_publish_total", publish_help, &wse_counters::publish_denied, "result",
+               "denied", false);
+  shard_family("wsed_wse_publish_total", publish_help, &wse_counters::publish_invalid, "result",
+               "invalid", false);
+  shard_family("wsed_wse_publish_total", publish_help, &wse_counters::publish_busy, "result",
+               "busy", false);
+  append_family(
+      out, n, [&](size_t i) { return shards_[i]->counts.held.get(); }, "wsed_subscriptions",
+      "gauge", "Topic subscriptions held (exact and glob).");
   for (size_t f = 0; f < size_t(wse_send_format::count_); ++f) {
     append_family(
         out, n, [&](size_t i) { return shards_[i]->counts.sends[f].get(); }, "wsed_wse_sends_total",

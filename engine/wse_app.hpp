@@ -27,6 +27,7 @@
 #include <random>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "auth/acl.hpp"
@@ -36,9 +37,11 @@
 #include "engine/config.hpp"
 #include "engine/metrics.hpp"
 #include "engine/shard.hpp"
+#include "fanout/topic_index.hpp"
 #include "proto/wse_builder.hpp"
 #include "proto/wse_envelope.hpp"
 #include "proto/wse_formats.hpp"
+#include "proto/wse_publish.hpp"
 
 namespace wsed::engine {
 
@@ -87,9 +90,21 @@ struct wse_app_options {
   uint32_t shards = 1;                    // the server's worker count (resolved, not 0)
   uint32_t ping_interval_ms = 25000;      // server ping to every connection (0: never)
   uint32_t compression_threshold_bytes = proto::wse_compress_threshold_bytes_default;  // 0: never
-  uint32_t inbound_rate = 10000;   // messages per second per connection (0: unlimited)
-  uint32_t inbound_burst = 10000;  // bucket size
+  uint32_t inbound_rate = 10000;             // messages per second per connection (0: unlimited)
+  uint32_t inbound_burst = 10000;            // bucket size
+  uint32_t topics_per_connection_max = 100;  // subscriptions; more: TOO_MANY_TOPICS
+  std::string api_key;  // POST /api/publish with "Authorization: Bearer <key>"; empty: off (404)
 };
+
+// What a publication call did.
+enum class publish_status : uint8_t {
+  published,  // queued to every shard that has a recipient (maybe none)
+  busy,       // a shard's inbox was full: shards that took it deliver it, the others do not
+  invalid,    // not a JSON object, or a bad topic / user id
+};
+
+// The outcome of one topic in a subscription request.
+enum class subscribe_outcome : uint8_t { ok, acl_denied, invalid_topic, too_many_topics, count_ };
 
 enum class wse_send_format : uint8_t { json, msgpack, compressed, count_ };
 
@@ -101,6 +116,10 @@ struct wse_counters {
   counter pings, pongs, hellos, server_pings, app_messages, invalid, subscriptions, before_auth;
   counter rate_limited;  // inbound messages dropped over the rate
   std::array<counter, size_t(wse_send_format::count_)> sends;
+  std::array<counter, size_t(subscribe_outcome::count_)> subscribe;  // per topic of a request
+  counter unsubscribe;
+  counter publish_ok, publish_denied, publish_invalid, publish_busy;  // client publishes
+  counter held;  // gauge: subscriptions held on this shard
 };
 
 class wse_app final : public app_handler {
@@ -120,12 +139,31 @@ class wse_app final : public app_handler {
   // Counts a key reload attempt (wsed_key_reloads_total), from the thread that did it.
   void count_reload(bool ok);
 
+  // --- Fan-out, callable from any thread (they enqueue for the shards that have recipients).
+  // json is a publication object ({"t":..,"p":..}); "c" is inserted when it has none.
+  publish_status publish(std::string_view topic, std::string_view json);
+  publish_status broadcast(std::string_view json);
+  publish_status send_to_user(std::string_view user_id, std::string_view json);
+  // Subscribes / unsubscribes one connection (no reply frame is sent; the token's ACL and the
+  // topic cap apply as for a client's request). unsubscribe with no topics: every subscription.
+  // False when the connection's shard inbox is full.
+  bool subscribe(wse_conn conn, std::span<const std::string_view> topics);
+  bool unsubscribe(wse_conn conn, std::span<const std::string_view> topics);
+  // Subscriptions held, whole process (relaxed; any thread).
+  uint64_t subscription_count() const;
+  // Connections of this shard a publication on topic would reach (the shard's thread only).
+  size_t local_subscriber_count(shard& s, std::string_view topic);
+
+  void attach(hub& h) override { hub_ = &h; }
   void on_open(shard& s, conn_ref c, const proto::http_request& request) override;
   void on_message(shard& s, conn_ref c, proto::ws_opcode opcode,
                   std::span<const uint8_t> payload) override;
   void on_close(shard& s, conn_ref c) override;
   void on_tick(shard& s, uint64_t now_ms) override;
   void render_metrics(std::string& out) const override;
+  bool on_http(shard& s, const proto::http_request& request, std::string_view body,
+               http_answer& answer) override;
+  void on_delivery(shard& s, const fanout::delivery& d) override;
 
  private:
   struct conn_state {
@@ -138,7 +176,10 @@ class wse_app final : public app_handler {
     uint64_t tokens_milli = 0;  // inbound token bucket, in thousandths of a message
     uint64_t refilled_ms = 0;   // shard loop clock of the last refill
     uint64_t seq = 0;
+    uint32_t user_pos = 0;  // index in per_shard::users[user_id]
     std::string user_id;
+    // The token's topic ACL for the connection's life (null: every topic, publishing refused).
+    std::shared_ptr<const auth::topic_acl> acl;
     char connection_id[proto::wse_uuid_chars] = {};
   };
   struct per_shard {
@@ -149,6 +190,15 @@ class wse_app final : public app_handler {
     std::string decoded;  // inbound binary formats decoded to JSON
     std::mt19937_64 rng;
     std::vector<conn_state> conns;
+    fanout::topic_index topics;                                    // subscriber ids are slots
+    std::unordered_map<std::string, std::vector<uint32_t>> users;  // user id -> slots
+    proto::wse_publish_parser api_parser;
+    std::vector<proto::wse_publish_item> api_items;
+    // Frames publications (ensure_category): its own parser, since the message being published
+    // may be a view into `parser`'s buffers (a client's publish message).
+    proto::wse_envelope_parser framer;
+    std::string publication;  // a publication with its "c"
+    std::vector<std::string_view> ok_topics, failed_topics, failed_reasons;
     wse_counters counts;
     uint64_t next_ping_ms = 0;                       // shard loop clock; 0: not scheduled yet
     std::shared_ptr<const auth::verifier> verifier;  // this shard's copy of verifier_
@@ -171,6 +221,20 @@ class wse_app final : public app_handler {
   // Hands one application message to the handler.
   void deliver(shard& s, conn_ref c, per_shard& p, conn_state& st, std::string_view type,
                bool has_category, std::string_view category, std::string_view payload_json);
+  // Applies one subscribe/unsubscribe to a connection; fills p.ok_topics / failed_*.
+  void apply_subscription(shard& s, conn_ref c, per_shard& p, conn_state& st, bool subscribe,
+                          std::span<const std::string_view> topics);
+  void reply_subscription(shard& s, conn_ref c, per_shard& p, std::string_view action);
+  void on_client_publish(shard& s, conn_ref c, per_shard& p, conn_state& st,
+                         const proto::wse_publish& pub);
+  void leave_all(shard& s, per_shard& p, uint32_t slot);
+  // Frames json (with its "c") once and routes it. On a shard thread (s not null) the frame
+  // comes from that shard's pool.
+  publish_status route(shard* s, fanout::delivery_kind kind, std::string_view key,
+                       std::string_view json);
+  void api_publish(shard& s, per_shard& p, const proto::http_request& request,
+                   std::string_view body, http_answer& answer);
+  bool command(wse_conn conn, std::string_view name, std::span<const std::string_view> topics);
 
   wse_app_options opt_;
   wse_handler& handler_;
@@ -182,6 +246,7 @@ class wse_app final : public app_handler {
   std::shared_ptr<const auth::verifier> verifier_;  // guarded by verifier_mu_
   std::atomic<uint64_t> verifier_version_{1};       // written under verifier_mu_
   auth::token_sources sources_;
+  hub* hub_ = nullptr;  // set by the server (attach) before any shard starts
   std::vector<std::unique_ptr<per_shard>> shards_;  // one per shard, made at construction
   counter reloads_ok_, reloads_failed_;             // written by the reloading thread only
 };

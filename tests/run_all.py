@@ -228,14 +228,18 @@ def main():
         plan.append(("fuzz", lambda: suite_fuzz(args.fuzz_seconds)))
     if args.tsan_build:
         # The cross-thread code: several shards sharing the accepts and the global counters,
+        # the fan-out rings, router and shared frames (unit cases fanout*, the fanout_* tests),
         # /metrics reading every shard, the signal -> stop -> drain -> join path, the SIGHUP
         # verifier swap (main thread stores, shards load) and the per-IP table.
         plan += [("unit[tsan]", lambda: suite_unit(args.tsan_build, "unit[tsan]", sanitizers=True,
-                                                   cases="per_ip*")),
+                                                   cases="per_ip*,fanout*")),
                  ("integration[tsan]", lambda: suite_integration(
             args.tsan_build, "integration[tsan]", sanitizers=True,
             only=("workers_2", "1000_connections", "sigterm", "sigint", "max_connections",
-                  "max_unfinished", "metrics", "sighup_rotation", "per_ip")))]
+                  "max_unfinished", "metrics", "sighup_rotation", "per_ip",
+                  # fan-out across shards: inboxes, router, frames released on another shard
+                  "fanout_100_subscribers", "fanout_user_send", "fanout_client_publish",
+                  "fanout_api_503", "fanout_slow_consumer_disconnect")))]
     results = []
     t0 = time.monotonic()
     for name, fn in plan:
