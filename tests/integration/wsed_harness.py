@@ -935,16 +935,33 @@ class HttpConn:
 
 
 class Drainer:
-    """A thread reading every client's socket into its .buf (select, 1 MiB recvs) until stop()
-    or `timeout`, so that many subscribers keep up with the server while the test publishes.
-    wait_all(n) waits until each client holds at least n bytes."""
+    """A thread reading every client's socket (select, 1 MiB recvs) until stop() or `timeout`,
+    so that many subscribers keep up with the server while the test publishes. By default the
+    bytes go to each client's .buf. With expect (a bytearray the test extends with what must
+    arrive, before publishing it) they are compared as they come and dropped, so that streams of
+    many MiB need no memory: client.got counts the bytes, client.bad holds the first difference
+    (offset, bytes got, bytes expected) or None. wait_all(n) waits until each client has n bytes."""
 
-    def __init__(self, clients, timeout=60.0):
+    def __init__(self, clients, timeout=60.0, expect=None):
         self.clients = list(clients)
+        self.expect = expect
+        for c in self.clients:
+            c.got = len(c.buf)
+            c.bad = None
+            if expect is not None and c.buf:
+                self._check(c, bytes(c.buf))
+                c.buf.clear()
         self.deadline = time.monotonic() + timeout
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
+
+    def _check(self, c, d):
+        off = c.got - len(d)
+        if c.bad is None and self.expect[off:off + len(d)] != d:
+            want = bytes(self.expect[off:off + len(d)])
+            i = next((k for k in range(len(d)) if k >= len(want) or d[k] != want[k]), len(d))
+            c.bad = (off + i, d[max(0, i - 40):i + 80], want[max(0, i - 40):i + 80])
 
     def _run(self):
         live = {c.fileno(): c for c in self.clients if not c.eof}
@@ -961,13 +978,17 @@ class Drainer:
                     c.eof = True
                     del live[c.fileno()]
                     continue
-                c.buf += d
+                c.got += len(d)
+                if self.expect is None:
+                    c.buf += d
+                else:
+                    self._check(c, d)
 
     def wait_all(self, nbytes, timeout):
         """True once every client holds nbytes (False on timeout, or a client hit EOF short)."""
         deadline = time.monotonic() + timeout
         while True:
-            short = [c for c in self.clients if len(c.buf) < nbytes]
+            short = [c for c in self.clients if c.got < nbytes]
             if not short:
                 return True
             if all(c.eof for c in short) or time.monotonic() > deadline or not self.thread.is_alive():
