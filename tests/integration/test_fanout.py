@@ -993,6 +993,78 @@ def test_fanout_api_503_when_inbox_full():
             c.close()
 
 
+def accepted_per_shard(m):
+    return {lab["shard"]: v for lab, v in m.get("wsed_connections_accepted_total", []) if lab.get("shard") != "total"}
+
+
+@limit(60)
+def test_fanout_api_503_is_all_or_nothing_across_shards():
+    """A publication is published on every shard or on none: with --inbox-capacity 16, 16 items
+    for a topic only the other shard has fill that shard's inbox, then an item for a topic both
+    shards have must be refused whole (503, accepted 16), not delivered on the API's own shard."""
+    with fan("--inbox-capacity", "16") as srv:
+        before = open_per_shard(srv.port)
+        by_shard = {"0": [], "1": []}
+        for _ in range(30):
+            c = ws_client(srv.port, "aon")
+            sh, before = shard_of_new_connection(srv.port, before)
+            by_shard[sh].append(c)
+            if by_shard["0"] and by_shard["1"]:
+                break
+        assert by_shard["0"] and by_shard["1"], "30 connections all on one shard"
+        subs = {sh: cs[0] for sh, cs in by_shard.items()}
+        for sh, c in subs.items():
+            subscribe_ok(c, ["only" + sh, "both"])
+        # The API connection's shard: the one whose accepted count grew when it connected (read
+        # over that same connection, so no other connection is counted in between).
+        a0 = accepted_per_shard(metrics(srv.port))
+        api = Api(srv.port)
+        api.conn.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        st, _, body = api.conn.read_response(5)
+        assert st == 200, st
+        a1 = accepted_per_shard(H.parse_metrics(body.decode()))
+        grown = [sh for sh in a1 if a1[sh] > a0.get(sh, 0)]
+        assert len(grown) == 1, (a0, a1)
+        remote = "1" if grown == ["0"] else "0"
+        busy = []
+        expected = {"0": [], "1": []}
+        for r in range(5):
+            items = []
+            for g in range(40):
+                items += [{"topic": "only" + remote, "message": {"t": "x", "p": {"r": r, "g": g, "i": i}}}
+                          for i in range(16)]
+                items.append({"topic": "both", "message": {"t": "y", "p": {"r": r, "g": g}}})
+            st, _, doc = api.post(items)
+            n = len(items)
+            if st == 503:
+                assert doc.get("error") == "inbox full" and isinstance(doc.get("accepted"), int), doc
+                n = doc["accepted"]
+                busy.append(n)
+            else:
+                assert st == 200 and doc == {"accepted": len(items)}, (st, doc)
+            for it in items[:n]:
+                for sh in ("0", "1"):
+                    if it["topic"] in ("only" + sh, "both"):
+                        expected[sh].append(wire(it["message"]))
+            time.sleep(0.05)
+        api.close()
+        assert busy, "no 503 in 5 requests of 680 items with --inbox-capacity 16"
+        barrier = {"t": "end", "p": {}}
+        for _ in range(100):
+            st, _, doc = post_once(srv.port, [{"broadcast": True, "message": barrier}])
+            if st != 503:
+                break
+            time.sleep(0.02)
+        assert st == 200, (st, doc)
+        for sh, c in subs.items():
+            got = until_barrier(c, wire(barrier), timeout=10, what="(shard %s)" % sh)
+            assert got == expected[sh], "shard %s subscriber (API on shard %s, 503 after %r): %s" % (
+                sh, grown[0], busy, describe_list(got, expected[sh]))
+        for cs in by_shard.values():
+            for c in cs:
+                c.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # 9. slow consumers
 # ---------------------------------------------------------------------------------------------
