@@ -196,6 +196,7 @@ class Api:
 
 def answer(r, what="API answer"):
     """(status, headers, parsed JSON body) of an API answer; checks the common headers."""
+    assert r is not None, "%s: no (whole) answer" % what
     status, headers, body = r
     assert headers.get("content-type", "").startswith("application/json"), \
         "%s: %s with Content-Type %r (not application/json): %r" % (what, status, headers.get("content-type"),
@@ -395,6 +396,89 @@ def test_fanout_publication_wire_bytes():
                 next_json(c, 5, "(publication without t)")
         else:
             assert status == 400 and isinstance(doc.get("error"), str), (status, doc)
+        c.close()
+
+
+def test_fanout_json_forms_escapes_and_real_clients():
+    """What backends and clients really send: JSON with spaces and newlines (Python's json.dumps
+    default, pretty-printed), topics written with \\u escapes on one side and raw UTF-8 on the
+    other, quotes and backslashes in topics, lower-case header names, any Content-Type, the WSE
+    client's extra envelope keys and the legacy WSE{ prefix, and curl (Expect: 100-continue for
+    bodies over 1 KiB)."""
+    with fan() as srv:
+        c = ws_client(srv.port)
+        odd = 'q"uo\\te'
+        # The TS client's extra keys (id, ts, seq, pri) are ignored; the legacy prefix works.
+        c.send_text(json.dumps({"c": "WSE", "t": "subscription_update", "id": "0192", "ts": "2026-01-01T00:00:00Z",
+                                "seq": 3, "pri": 5, "p": {"action": "subscribe", "topics": ["caf\u00e9", odd]},
+                                "v": 1}))
+        raw, _ = next_json(c, 5, "(reply with escaped topics)")
+        p = check_reply(raw, "subscribe")
+        assert p["success"] and p["success_topics"] == ["caf\u00e9", odd], p
+        c.send_text(b'WSE{"t":"subscription_update","p":{"action":"subscribe","topics":["legacy"]}}')
+        raw, _ = next_json(c, 5, "(reply to a WSE{ subscription)")
+        assert check_reply(raw, "subscribe")["success_topics"] == ["legacy"], raw
+        messages = [{"t": "spaced", "p": {"n": 1, "s": "a b"}}, {"t": "pretty", "p": {"list": [1, 2]}},
+                    {"t": "odd", "p": {}}, {"t": "legacy", "p": {}}]
+        bodies = [json.dumps([{"topic": "caf\u00e9", "message": messages[0]}]),                 # \u00e9 escaped
+                  json.dumps([{"topic": "caf\u00e9", "message": messages[1]}], indent=2, ensure_ascii=False),
+                  json.dumps({"topic": odd, "message": messages[2]}),
+                  json.dumps({"topic": "legacy", "message": messages[3]})]
+        hc = H.HttpConn(srv.port)
+        for i, body in enumerate(bodies):
+            data = body.encode("utf-8")
+            if i == 0:   # lower-case header names
+                hc.send(b"POST /api/publish HTTP/1.1\r\nhost: x\r\ncontent-type: text/plain\r\n"
+                        b"authorization: Bearer %s\r\ncontent-length: %d\r\n\r\n" % (API_KEY.encode(), len(data))
+                        + data)
+            else:
+                hc.send(publish_request(body, headers=[("Content-Type", "application/x-anything")]))
+            st, _, doc = answer(hc.read_response(5), "body %d" % i)
+            assert st == 200 and doc == {"accepted": 1}, (i, body, st, doc)
+        hc.close()
+        for m in messages:
+            raw, doc = next_json(c, 5, "(publication %s)" % m["t"])
+            assert list(doc)[0] == "c" and doc == dict({"c": "U"}, **m), (raw, m)
+        # curl, with a body over 1 KiB (curl sends Expect: 100-continue for those).
+        big_msg = {"t": "curl", "p": {"s": "z" * 2000}}
+        path = os.path.join(tmpdir(), "body.json")
+        with open(path, "w") as f:
+            json.dump({"topic": "legacy", "message": big_msg}, f)
+        rc, out, err = H.run_cmd(["curl", "-sS", "--max-time", "5", "-H", "Authorization: Bearer " + API_KEY,
+                                  "-H", "Content-Type: application/json", "--data-binary", "@" + path,
+                                  "http://127.0.0.1:%d/api/publish" % srv.port], timeout=10)
+        assert rc == 0 and json.loads(out) == {"accepted": 1}, (rc, out, err)
+        raw, doc = next_json(c, 5, "(the publication sent with curl)")
+        assert doc == dict({"c": "U"}, **big_msg), raw[:100]
+        c.close()
+
+
+def test_fanout_msgpack_connection_gets_text_publications():
+    """A ?format=msgpack connection: its subscription reply may be M: MessagePack (a per-connection
+    send), but topic publications, broadcasts and per-user sends are the shared text frame."""
+    import test_wse_features as WF
+    with fan() as srv:
+        tok = W.token("packer")
+        c = H.WSClient(srv.port, path="/wse?format=msgpack", extra=("Authorization: Bearer %s\r\n" % tok).encode())
+        m = c.next_message(5)
+        assert m is not None and m[0] in ("text", "binary"), m
+        c.send_text(compact({"c": "WSE", "t": "subscription_update", "p": {"action": "subscribe", "topics": ["mp"]},
+                             "v": 1}))
+        m = c.next_message(5)
+        assert m is not None, "no subscription reply"
+        if m[0] == "binary":
+            assert m[1].startswith(b"M:"), m[1][:20]
+            reply = WF.unpackb(m[1][2:])
+        else:
+            reply = json.loads(m[1])
+        assert reply["t"] == "subscription_update" and reply["p"]["success_topics"] == ["mp"], reply
+        msgs = [{"t": "mp", "p": {"n": 1}}, {"t": "all", "p": {"n": 2}}, {"t": "me", "p": {"n": 3}}]
+        st, _, doc = post_once(srv.port, [{"topic": "mp", "message": msgs[0]}, {"broadcast": True, "message": msgs[1]},
+                                          {"user": "packer", "message": msgs[2]}])
+        assert st == 200, (st, doc)
+        for want in msgs:
+            m = c.next_message(5)
+            assert m == ("text", wire(want)), (m, wire(want))
         c.close()
 
 
