@@ -1,5 +1,7 @@
 // tests/unit/test_bench.cpp: the pure parts of wse-bench (tools/bench/): the HDR-style histogram,
-// JWT minting and base64, pre-masked frame templates, the benchmark payloads and the upgrade check.
+// JWT minting and base64, pre-masked frame templates, the benchmark payloads and the upgrade check,
+// the source-port rule, and fanout-broadcast's seq tracking, publish requests, HTTP answers,
+// tick scan and /metrics reading.
 // Owns: test cases only. Thread: the test runner's main thread. Never opens a socket.
 #include <doctest/doctest.h>
 
@@ -13,6 +15,7 @@
 
 #include "proto/http.hpp"
 #include "proto/ws.hpp"
+#include "tools/bench/fanout.hpp"
 #include "tools/bench/frames.hpp"
 #include "tools/bench/jwt.hpp"
 #include "tools/bench/ports.hpp"
@@ -217,4 +220,187 @@ TEST_CASE("bench source ports: a source address gets 90% of the even half of the
   CHECK(connect_ports_per_address(40000, 41999) == 1000);  // small range: the even half, no margin
   CHECK(connect_ports_per_address(5000, 5000) == 1);
   CHECK(connect_ports_per_address(6000, 5000) == 1);  // inverted: never 0
+}
+
+// ---- fanout-broadcast (tools/bench/fanout.hpp) ------------------------------------------------
+
+TEST_CASE("bench fanout seq tracking: in order, gaps, late arrivals, duplicates") {
+  seq_tracker t(0);
+  for (uint64_t s = 0; s < 100; ++s) t.on_seq(s);
+  CHECK(t.unique() == 100);
+  CHECK(t.missing() == 0);
+  CHECK(t.duplicates() == 0);
+  CHECK(t.reorders() == 0);
+  CHECK(t.missing_until(100) == 0);
+  CHECK(t.missing_until(105) == 5);  // the publisher's last 5 never arrived
+
+  t.on_seq(103);  // 100..102 skipped
+  CHECK(t.missing() == 3);
+  t.on_seq(101);  // late: a reorder, no longer missing
+  CHECK(t.reorders() == 1);
+  CHECK(t.missing() == 2);
+  t.on_seq(101);  // again: a duplicate
+  t.on_seq(103);
+  t.on_seq(50);
+  CHECK(t.duplicates() == 3);
+  CHECK(t.unique() == 102);
+  CHECK(t.missing() == 2);
+  CHECK(t.missing_until(104) == 2);
+}
+
+TEST_CASE("bench fanout seq tracking: jumps past the window, old seqs, no known start") {
+  seq_tracker t(0);
+  t.on_seq(0);
+  t.on_seq(5000);  // a jump of more than the window: the window is cleared
+  CHECK(t.missing() == 4999);
+  t.on_seq(4999);  // within the window, not seen: a late arrival
+  CHECK(t.reorders() == 1);
+  CHECK(t.missing() == 4998);
+  t.on_seq(10);  // older than the window: cannot be told, counted as a reorder
+  CHECK(t.reorders() == 2);
+  CHECK(t.duplicates() == 0);
+
+  seq_tracker first_missing(0);
+  first_missing.on_seq(3);  // the publisher starts at 0: 0..2 are gaps
+  CHECK(first_missing.missing() == 3);
+
+  seq_tracker joined;  // the server publishes by itself: the first seq received is the base
+  CHECK(joined.missing_until(10) == 0);
+  joined.on_seq(7000);
+  joined.on_seq(7001);
+  joined.on_seq(7003);
+  CHECK(joined.started());
+  CHECK(joined.unique() == 3);
+  CHECK(joined.missing() == 1);
+  joined.on_seq(6999);  // before the base: not a duplicate, not a gap
+  CHECK(joined.reorders() == 1);
+  CHECK(joined.missing() == 1);
+
+  seq_tracker wrap(0);  // every seq once over many windows: exact, no false duplicates
+  for (uint64_t s = 0; s < 10 * seq_tracker::window; s += 2) wrap.on_seq(s);
+  for (uint64_t s = 10 * seq_tracker::window - 1; s > 9 * seq_tracker::window; s -= 2) {
+    wrap.on_seq(s);
+  }
+  CHECK(wrap.duplicates() == 0);
+  CHECK(wrap.missing() == 10 * seq_tracker::window / 2 - seq_tracker::window / 2);
+}
+
+TEST_CASE("bench fanout payloads: the tick, the publish API request, the WSE messages") {
+  CHECK(
+      fanout_tick_json(5, 1760000000000000) ==
+      R"({"t":"fanout_tick","p":{"seq":5,"ts_us":1760000000000000,"s":"ES","px":5234.75,"q":2}})");
+  std::string body = publish_body("bench_topic", false, 10, 3, 42);
+  CHECK(body.front() == '[');
+  CHECK(body.back() == ']');
+  CHECK(body.find(
+            R"([{"topic":"bench_topic","message":{"t":"fanout_tick","p":{"seq":10,"ts_us":42,)") ==
+        0);
+  CHECK(body.find(R"("seq":12,)") != std::string::npos);
+  CHECK(body.find(R"("seq":13,)") == std::string::npos);
+  CHECK(body.find("}},{\"topic\"") != std::string::npos);  // items comma-separated
+  std::string all = publish_body("ignored", true, 0, 2, 1);
+  CHECK(all.find(R"([{"broadcast":true,"message":{"t":"fanout_tick")") == 0);
+  CHECK(all.find("ignored") == std::string::npos);
+
+  std::string req = publish_request("127.0.0.1:5006", "k3y-0123456789abcdef", body);
+  size_t head_end = req.find("\r\n\r\n");
+  REQUIRE(head_end != std::string::npos);
+  std::string head = req.substr(0, head_end + 4);
+  CHECK(head.rfind("POST /api/publish HTTP/1.1\r\n", 0) == 0);
+  CHECK(head.find("\r\nHost: 127.0.0.1:5006\r\n") != std::string::npos);
+  CHECK(head.find("\r\nAuthorization: Bearer k3y-0123456789abcdef\r\n") != std::string::npos);
+  CHECK(head.find("\r\nContent-Length: " + std::to_string(body.size()) + "\r\n") !=
+        std::string::npos);
+  CHECK(head.find("Connection:") == std::string::npos);  // 1.1: keep-alive by default
+  CHECK(req.substr(head_end + 4) == body);
+
+  CHECK(
+      wse_publish_json("bench_topic", 7, 9) ==
+      R"({"c":"WSE","t":"publish","p":{"topic":"bench_topic","message":{"t":"fanout_tick","p":{"seq":7,"ts_us":9,"s":"ES","px":5234.75,"q":2}}},"v":1})");
+  CHECK(
+      subscribe_json("bench_topic") ==
+      R"({"c":"WSE","t":"subscription_update","p":{"action":"subscribe","topics":["bench_topic"]},"v":1})");
+}
+
+TEST_CASE("bench fanout HTTP answers: pipelined, incomplete, 503 with accepted, refused shapes") {
+  std::string two =
+      "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 17\r\n\r\n"
+      "{\"accepted\":100}\n"
+      "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 35\r\n\r\n"
+      "{\"error\":\"inbox full\",\"accepted\":7}";
+  http_response a = parse_http_response(two);
+  REQUIRE(a.state == http_parse::ok);
+  CHECK(a.status == 200);
+  CHECK(a.body == "{\"accepted\":100}\n");
+  CHECK(json_number_field(a.body, "accepted") == 100);
+  CHECK_FALSE(a.close);
+  http_response b = parse_http_response(std::string_view(two).substr(a.bytes));
+  REQUIRE(b.state == http_parse::ok);
+  CHECK(b.status == 503);
+  CHECK(json_number_field(b.body, "accepted") == 7);
+  CHECK(a.bytes + b.bytes == two.size());
+  // Every cut before the end of the first answer is incomplete, never wrong.
+  for (size_t cut = 0; cut < a.bytes; ++cut) {
+    CHECK(parse_http_response(std::string_view(two).substr(0, cut)).state ==
+          http_parse::incomplete);
+  }
+  CHECK(parse_http_response(std::string_view(two).substr(0, a.bytes)).state == http_parse::ok);
+
+  CHECK(parse_http_response("HTTP/1.1 200 OK\r\n\r\n").state == http_parse::bad);  // no length
+  CHECK(parse_http_response("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").state ==
+        http_parse::bad);
+  CHECK(parse_http_response("SMTP 220 hello\r\nContent-Length: 0\r\n\r\n").state ==
+        http_parse::bad);
+  CHECK(parse_http_response(std::string(20000, 'x'), 16384).state == http_parse::bad);
+  http_response closing = parse_http_response(
+      "HTTP/1.1 401 Unauthorized\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}");
+  CHECK(closing.state == http_parse::ok);
+  CHECK(closing.status == 401);
+  CHECK(closing.close);
+  CHECK(parse_http_response("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n").close);
+  CHECK_FALSE(json_number_field("{\"error\":\"x\"}", "accepted").has_value());
+}
+
+TEST_CASE("bench fanout received ticks: seq and ts_us found by scanning, others refused") {
+  auto t = scan_tick(
+      R"({"c":"U","t":"fanout_tick","p":{"seq":123456,"ts_us":1760000000000001,"s":"ES","px":5234.75,"q":2}})");
+  REQUIRE(t.has_value());
+  CHECK(t->seq == 123456);
+  CHECK(t->ts_us == 1760000000000001);
+  auto spaced = scan_tick(R"({"t": "fanout_tick", "p": {"ts_us": 5, "seq": 9}})");
+  REQUIRE(spaced.has_value());  // spaces after the colons are skipped
+  CHECK(spaced->seq == 9);
+  CHECK(spaced->ts_us == 5);
+  CHECK_FALSE(scan_tick(std::string(64, ' ') + R"({"t":"fanout_tick","p":{"seq":1,"ts_us":1}})"));
+  auto other_order = scan_tick(R"({"t":"fanout_tick","p":{"ts_us": 5,"seq": 9}})");
+  REQUIRE(other_order.has_value());
+  CHECK(other_order->seq == 9);
+  CHECK(other_order->ts_us == 5);
+  CHECK_FALSE(scan_tick(R"({"c":"WSE","t":"subscription_update","p":{"success":true}})"));
+  CHECK_FALSE(scan_tick(R"({"t":"fanout_tick","p":{"seq":1}})"));  // no ts_us
+  CHECK_FALSE(scan_tick(R"({"t":"fanout_tick","p":{"seq":"x","ts_us":1}})"));
+  CHECK_FALSE(scan_tick(""));
+}
+
+TEST_CASE("bench fanout /metrics: a labelled series summed, absent series") {
+  std::string text =
+      "# HELP wsed_slow_consumer_total Messages that met a full queue.\n"
+      "wsed_slow_consumer_total{shard=\"0\",action=\"drop\"} 3\n"
+      "wsed_slow_consumer_total{shard=\"total\",action=\"drop\"} 5\n"
+      "wsed_slow_consumer_total{shard=\"total\",action=\"disconnect\"} 2\n"
+      "wsed_slow_consumer_total_other{shard=\"total\",action=\"drop\"} 100\n"
+      "wsed_fanout_deliveries_total{shard=\"total\"} 1.5e+06\n"
+      "wsed_up 1\n";
+  using two = std::array<std::string_view, 2>;
+  CHECK(metric_value(text, "wsed_slow_consumer_total", two{"shard=\"total\"", "action=\"drop\""}) ==
+        5);
+  CHECK(metric_value(text, "wsed_slow_consumer_total",
+                     two{"shard=\"total\"", "action=\"disconnect\""}) == 2);
+  CHECK(metric_value(text, "wsed_slow_consumer_total",
+                     std::array<std::string_view, 1>{"action=\"drop\""}) ==
+        8);  // summed over shards 0 and total
+  CHECK(metric_value(text, "wsed_fanout_deliveries_total",
+                     std::array<std::string_view, 1>{"shard=\"total\""}) == 1.5e6);
+  CHECK(metric_value(text, "wsed_up", std::array<std::string_view, 0>{}) == 1);
+  CHECK_FALSE(metric_value(text, "wsed_absent", std::array<std::string_view, 0>{}).has_value());
 }
