@@ -1,8 +1,8 @@
-"""wse-bench integration tests: the load generator against the real wsed (echo mode with the raw protocol, WSE mode with the wse protocol).
+"""wse-bench integration tests: the load generator against the real wsed (echo mode with the raw protocol, WSE mode with the wse protocol, fan-out with the publish API).
 
 Run with tests/integration/run_tests.py -k wse_bench (under /usr/bin/python3; PyJWT from Debian's
 python3-jwt checks the minted tokens independently). The wse-bench binary is found next to the wsed
-binary under test: dirname(dirname($WSED_BIN))/tools/wse-bench. Every scenario runs about a second
+binary under test: dirname(dirname($WSED_BIN))/tools/wse-bench, or $WSE_BENCH_BIN. Every scenario runs about a second
 at a small tier; each test bounds its waits and stops the server it started (by PID).
 """
 
@@ -16,7 +16,8 @@ import jwt
 import wsed_harness as H
 
 BIN = os.environ.get("WSED_BIN") or H.wsed_binary("build")
-BENCH = os.path.join(os.path.dirname(os.path.dirname(BIN)), "tools", "wse-bench")
+# WSE_BENCH_BIN: another wse-bench (a wsed from one build tree, the bench from another).
+BENCH = os.environ.get("WSE_BENCH_BIN") or os.path.join(os.path.dirname(os.path.dirname(BIN)), "tools", "wse-bench")
 SAN = os.environ.get("WSED_SANITIZERS") == "1"
 SECRET = "integration-secret-at-least-32-bytes-long"
 limit = H.limit
@@ -88,8 +89,11 @@ def test_wse_bench_help_documents_every_scenario():
     rc, out, _ = run_bench("--help", timeout=10)
     assert rc == 0
     for name in ("connection-storm", "ping-latency", "throughput", "size-matrix", "format-comparison",
-                 "sustained-hold", "connection-limit", "pingpong", "echo", "blast"):
+                 "sustained-hold", "connection-limit", "pingpong", "echo", "blast", "fanout-broadcast",
+                 "broadcast-all"):
         assert "\n" + name in out, name
+    for flag in ("--publisher", "--api-key-file", "--publish-batch", "--publish-rate", "--metrics-port"):
+        assert flag in out, flag
 
 
 @limit(60)
@@ -190,3 +194,99 @@ def test_wse_bench_blast():
     _, t = scenario("blast")
     row = t["rows"][0]
     assert row["sent_msg_per_s"] > 0 and row["recv_msg_per_s"] > 0, row
+
+
+# ---- fanout-broadcast (issue 8): the publish API / a WSE publisher against wsed's fan-out ---------
+# These need a wsed with topics and the publish API (--api-key-file); against an older binary they
+# fail (wsed refuses the flag), as they should.
+
+API_KEY = "integration-api-key-0123456789"
+
+
+def fanout(name, *extra, server_args=(), key=API_KEY):
+    """Run fanout scenario `name` at 100 subscribers for ~1 s against wsed --mode wse --workers 2
+    with an API key file; return (rc, markdown, the test's JSON or None, stderr)."""
+    san = dict(H.SANITIZER_ENV) if SAN else {}
+    with tempfile.TemporaryDirectory() as tmp:
+        server_key = os.path.join(tmp, "server.key")
+        with open(server_key, "w") as f:
+            f.write(API_KEY + "\n")
+        bench_key = os.path.join(tmp, "bench.key")
+        with open(bench_key, "w") as f:
+            f.write(key + "\n")
+        server = H.running(BIN, "--mode", "wse", "--workers", "2", "--jwt-issuer", "wse-bench",
+                           "--jwt-audience", "wse-bench", "--api-key-file", server_key,
+                           *server_args, env=dict(san, WSED_JWT_SECRET=SECRET))
+        with server as srv:
+            path = os.path.join(tmp, "out.json")
+            rc, out, err = run_bench("--protocol", "wse", "--port", srv.port, "--test", name,
+                                     "--secret", SECRET, "--api-key-file", bench_key,
+                                     "--tiers", "100", "--duration", "1", "--threads", "2",
+                                     "--server-pid", srv.proc.pid, "--json", path, *extra,
+                                     timeout=60)
+            doc = None
+            if os.path.exists(path):
+                with open(path) as f:
+                    doc = json.load(f)
+    return rc, out, (doc["tests"][name] if doc else None), err
+
+
+def check_delivered_all(rc, out, t, err):
+    """Every subscriber got every publication the server took, once and in order."""
+    assert rc == 0, "wse-bench exited %s\nstdout: %s\nstderr: %s" % (rc, out[-3000:], err[-2000:])
+    assert t["errors"] == 0, t
+    row = t["rows"][0]
+    assert row["subscribers"] == 100 and row["subscribed"] == 100, row
+    assert row["published_total"] > 0 and row["published"] > 0, row
+    assert row["deliveries_total"] == row["deliveries_expected"] == 100 * row["published_total"], row
+    assert row["gaps"] == 0 and row["duplicates"] == 0 and row["reorders"] == 0, row
+    assert row["subscribers_with_gaps"] == 0 and row["lost_connections"] == 0, row
+    assert row["publisher_error"] == "", row
+    assert row["deliveries_per_s"] > 0 and row["mb_per_s"] > 0, row
+    assert row["latency_ms"]["samples"] > 0 and row["latency_ms"]["p50"] > 0, row
+    assert row["latency_ms"]["p999"] >= row["latency_ms"]["p50"], row
+    # /metrics was read: no slow consumer, and the server queued at least what arrived.
+    assert row["slow_consumer"] is not None, row
+    assert row["slow_consumer"]["drop"] == 0 and row["slow_consumer"]["disconnect"] == 0, row
+    assert row["slow_consumer"]["server_deliveries"] >= row["deliveries_total"], row
+    assert "Deliveries/s" in out and "| 100 |" in out, out
+    return row
+
+
+@limit(90)
+def test_wse_bench_fanout_broadcast_http_api():
+    """Publisher: POST /api/publish, pipelined batches; 100 WSE subscribers of bench_topic."""
+    rc, out, t, err = fanout("fanout-broadcast", "--publish-batch", "50", "--publish-inflight", "4")
+    row = check_delivered_all(rc, out, t, err)
+    assert row["publisher"] == "api" and row["topic"] == "bench_topic", row
+    assert row["publish_sent_total"] == row["published_total"] + row["publish_busy"], row
+
+
+@limit(90)
+def test_wse_bench_fanout_broadcast_at_a_rate_and_broadcast_all():
+    """--publish-rate holds the publication rate; broadcast-all reaches every connection."""
+    rc, out, t, err = fanout("fanout-broadcast", "--publish-rate", "2000", "--publish-batch", "10")
+    row = check_delivered_all(rc, out, t, err)
+    assert 1000 <= row["published_per_s"] <= 2600, row  # 1 s window on a loaded box
+    rc, out, t, err = fanout("broadcast-all", "--publish-rate", "5000")
+    row = check_delivered_all(rc, out, t, err)
+    assert row["broadcast"] is True, row
+
+
+@limit(90)
+def test_wse_bench_fanout_broadcast_wse_publisher():
+    """Publisher: one WSE connection whose token may publish to bench_*."""
+    rc, out, t, err = fanout("fanout-broadcast", "--publisher", "wse",
+                             server_args=("--inbound-rate", "0"))
+    row = check_delivered_all(rc, out, t, err)
+    assert row["publisher"] == "wse", row
+
+
+@limit(60)
+def test_wse_bench_fanout_broadcast_wrong_key_fails():
+    """A refused publisher is an error of the run: exit 3, the 401 in the report."""
+    rc, out, t, err = fanout("fanout-broadcast", key="not-the-key-0123456789")
+    assert rc == 3, (rc, out[-2000:], err[-2000:])
+    row = t["rows"][0]
+    assert "401" in row["publisher_error"] and row["published_total"] == 0, row
+    assert t["errors"] > 0, t

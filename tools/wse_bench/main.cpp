@@ -1,9 +1,10 @@
 // tools/wse_bench/main.cpp: wse-bench, the load generator wsed's performance claims are measured
 // with: the seven scenarios of the reference WSE bench clients (connection-storm, ping-latency,
 // throughput, size-matrix, format-comparison, sustained-hold, connection-limit) and the Go tool's
-// pingpong / echo / blast, over the WSE protocol (JWT cookie, server_ready, client_hello) or plain
-// RFC 6455 against any echo server. Prints markdown tables shaped like seeds/001-004 and writes a
-// JSON document.
+// pingpong / echo / blast, and fanout-broadcast / broadcast-all (subscribers, one publisher: the
+// HTTP API, a WSE connection or the server itself), over the WSE protocol (JWT cookie,
+// server_ready, client_hello) or plain RFC 6455 against any echo server. Prints markdown tables
+// shaped like seeds/001-004 and writes a JSON document.
 //
 // Owns: flags, the scenario sequence and the reports. Thread: the main thread (the load runs on
 // the workers a tier creates). Must never run without a deadline: --duration is capped, every
@@ -14,11 +15,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cinttypes>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <ctime>
+#include <fstream>
 #include <map>
 #include <sstream>
 #include <stdexcept>
@@ -38,7 +41,10 @@ using namespace wsed::bench;
 constexpr double duration_s_max = 300;
 const std::vector<std::string> all_tests = {
     "connection-storm", "ping-latency",     "throughput", "size-matrix", "format-comparison",
-    "sustained-hold",   "connection-limit", "pingpong",   "echo",        "blast"};
+    "sustained-hold",   "connection-limit", "pingpong",   "echo",        "blast",
+    "fanout-broadcast", "broadcast-all"};
+// Run only when named: they need a publisher (an API key, a WSE token, or a server publishing).
+const std::vector<std::string> fanout_tests = {"fanout-broadcast", "broadcast-all"};
 
 struct options {
   std::vector<std::string> tests;
@@ -63,6 +69,17 @@ struct options {
   double ramp_timeout_s = 30;
   bool print_token = false;
   std::string json_path;
+  // fanout-broadcast / broadcast-all
+  std::string publisher = "api";
+  std::string api_key_file;
+  std::string api_key;
+  std::string topic = "bench_topic";
+  uint32_t publish_batch = 100;
+  uint32_t publish_inflight = 8;
+  double publish_rate = 0;
+  uint32_t publish_window = 1000;
+  uint16_t api_port = 0;      // 0: --port
+  uint16_t metrics_port = 0;  // 0: the API port
   runner_options runner;
 };
 
@@ -641,6 +658,167 @@ section go_mode(const context& cx, const std::string& mode) {
   return s;
 }
 
+// The fanout publisher's token: the bench claims plus wse_topics.publish ["bench_*"] (and the
+// topic itself when it does not match that glob).
+std::string publisher_token(const options& o) {
+  std::string claims = bench_claims(o.sub + "-publisher", static_cast<int64_t>(time(nullptr)));
+  std::string globs = "\"bench_*\"";
+  if (o.topic.rfind("bench_", 0) != 0) globs += ",\"" + o.topic + "\"";
+  claims.pop_back();  // the closing brace
+  claims += ",\"wse_topics\":{\"publish\":[" + globs + "]}}";
+  return mint_hs256(o.secret, claims);
+}
+
+sockaddr_in loopback_addr(const job& base, uint16_t port) {
+  sockaddr_in a = base.server;
+  a.sin_port = htons(port);
+  return a;
+}
+
+// fanout-broadcast and broadcast-all: subscribers per tier, one publisher, seq tracking.
+section fanout(const context& cx, bool broadcast) {
+  const options& o = cx.opt;
+  section s;
+  s.name = broadcast ? "broadcast-all" : "fanout-broadcast";
+  publisher_kind kind = o.publisher == "api"   ? publisher_kind::api
+                        : o.publisher == "wse" ? publisher_kind::wse
+                                               : publisher_kind::server;
+  uint16_t api_port = o.api_port != 0 ? o.api_port : o.port;
+  uint16_t metrics_port = o.metrics_port != 0 ? o.metrics_port : api_port;
+  fanout_plan plan;
+  publisher_config& pc = plan.publisher;
+  pc.kind = kind;
+  pc.api = loopback_addr(cx.base, kind == publisher_kind::api ? api_port : o.port);
+  pc.host_header = o.host + ":" + std::to_string(kind == publisher_kind::api ? api_port : o.port);
+  pc.api_key = o.api_key;
+  pc.path = o.path;
+  if (kind == publisher_kind::wse) pc.token = publisher_token(o);
+  pc.topic = o.topic;
+  pc.broadcast = broadcast;
+  pc.batch = o.publish_batch;
+  pc.inflight_max = o.publish_inflight;
+  pc.rate = o.publish_rate;
+  pc.window = kind == publisher_kind::server ? 0 : o.publish_window;
+  plan.metrics = true;
+  plan.metrics_addr = loopback_addr(cx.base, metrics_port);
+  plan.metrics_host = o.host + ":" + std::to_string(metrics_port);
+
+  std::string tick = fanout_tick_json(0, 1760000000000000);
+  std::string who = kind == publisher_kind::api
+                        ? "the HTTP API (POST /api/publish on :" + std::to_string(api_port) + ", " +
+                              std::to_string(o.publish_batch) + " items per request, " +
+                              std::to_string(o.publish_inflight) + " requests in flight)"
+                    : kind == publisher_kind::wse
+                        ? "one WSE connection (publish frames, token with wse_topics.publish)"
+                        : "the server itself (every connection subscribed at connect)";
+  s.markdown =
+      std::string(broadcast ? "Broadcast to every connection" : "Topic `" + o.topic + "`") +
+      ", published by " + who + ", at " +
+      (o.publish_rate > 0 ? si(o.publish_rate) + " publications/s" : "full speed") +
+      "; fanout_tick of ~" + std::to_string(tick.size() + 8) +
+      " B on the wire. Latency: receive time - p.ts_us (CLOCK_REALTIME).\n\n";
+  s.markdown +=
+      "| Subscribers | Published/s | Deliveries/s | MB/s | Gaps | Dups | Reorders | p50 | p99 | "
+      "p99.9 | Slow-consumer drops | Errors |\n"
+      "|-------------|-------------|--------------|------|------|------|----------|-----|-----|"
+      "-------|---------------------|--------|\n";
+  std::string notes;
+  for (uint32_t n : o.tiers) {
+    job j = cx.base;
+    j.load = load_kind::subscribe;
+    j.subscribe_topic =
+        cx.wse && kind != publisher_kind::server && !broadcast ? o.topic : std::string();
+    j.tick_base_known = kind != publisher_kind::server;
+    tier_spec spec{n, 0, warmup_for(o), o.duration_s, false};
+    spec.fanout = &plan;
+    tier_result r = run(cx, j, spec);
+    const fanout_result& f = r.fanout;
+    double w = std::max(1e-9, r.window_s);
+    double deliveries = r.replies / w;
+    double mb = r.reply_bytes / w / 1e6;
+    bool known = kind != publisher_kind::server;
+    double published =
+        known ? f.published / w : deliveries / std::max<uint64_t>(1, f.counts.subscribers);
+    uint64_t lost = n - std::min(n, r.open_at_end);
+    uint64_t errors = r.errors.total() + f.counts.gaps + f.counts.duplicates +
+                      (f.publisher_error.empty() ? 0 : 1) + lost +
+                      (f.subscribed < r.open_after_ramp ? r.open_after_ramp - f.subscribed : 0);
+    std::string slow =
+        f.metrics_read
+            ? commas(static_cast<uint64_t>(f.slow_drop)) +
+                  (f.slow_disconnect > 0
+                       ? " (+" + commas(static_cast<uint64_t>(f.slow_disconnect)) + " disc.)"
+                       : "")
+            : "-";
+    const auto& h = *r.latency;
+    s.markdown += "| " + commas(n) + " | " + (known ? "" : "~") + si(published) + " | " +
+                  si(deliveries) + " | " + fixed(mb, 1) + " | " + commas(f.counts.gaps) + " | " +
+                  commas(f.counts.duplicates) + " | " + commas(f.counts.reorders) + " | " +
+                  ms(h.quantile(0.5)) + " | " + ms(h.quantile(0.99)) + " | " +
+                  ms(h.quantile(0.999)) + " | " + slow + " | " + commas(errors) + " |\n";
+    uint64_t expected = known ? f.published_total * f.counts.subscribers : 0;
+    s.rows.push_back(tier_json(r, r.replies)
+                         .str("publisher", o.publisher)
+                         .boolean("broadcast", broadcast)
+                         .str("topic", broadcast ? "" : o.topic)
+                         .num("publish_rate", o.publish_rate)
+                         .integer("publish_batch", o.publish_batch)
+                         .integer("subscribers", f.counts.subscribers)
+                         .integer("subscribed", f.subscribed)
+                         .num("published_per_s", published)
+                         .boolean("published_per_s_derived", !known)
+                         .num("deliveries_per_s", deliveries)
+                         .num("mb_per_s", mb)
+                         .integer("published", f.published)
+                         .integer("published_total", f.published_total)
+                         .integer("publish_sent_total", f.sent_total)
+                         .integer("publish_busy", f.busy)
+                         .integer("deliveries_total", f.deliveries_total)
+                         .integer("deliveries_expected", expected)
+                         .num("drain_s", f.drain_s)
+                         .integer("gaps", f.counts.gaps)
+                         .integer("subscribers_with_gaps", f.counts.subscribers_with_gaps)
+                         .integer("max_gaps_per_subscriber", f.counts.max_gaps)
+                         .integer("duplicates", f.counts.duplicates)
+                         .integer("reorders", f.counts.reorders)
+                         .integer("lost_connections", lost)
+                         .str("publisher_error", f.publisher_error)
+                         .raw("slow_consumer",
+                              f.metrics_read ? json_obj()
+                                                   .num("drop", f.slow_drop)
+                                                   .num("disconnect", f.slow_disconnect)
+                                                   .num("server_deliveries", f.server_deliveries)
+                                                   .done()
+                                             : "null")
+                         .done());
+    notes += tier_notes(commas(n), r, r.replies);
+    notes += "  - " + commas(f.counts.subscribers) + " subscribers at the end";
+    if (known) {
+      notes += ", " + commas(f.published_total) + " publications taken (" + commas(f.sent_total) +
+               " sent, " + commas(f.busy) + " refused busy), " + commas(f.deliveries_total) +
+               " of " + commas(expected) + " deliveries after a " + fixed(f.drain_s, 2) +
+               " s drain";
+    } else {
+      notes += ", " + commas(f.deliveries_total) + " deliveries";
+    }
+    if (f.counts.gaps) {
+      notes += "; **" + commas(f.counts.gaps) + " seqs missing over " +
+               commas(f.counts.subscribers_with_gaps) + " subscribers (max " +
+               commas(f.counts.max_gaps) + ")**";
+    }
+    if (f.subscribed < r.open_after_ramp) {
+      notes += "; **" + commas(r.open_after_ramp - f.subscribed) +
+               " subscriptions not confirmed within 10 s**";
+    }
+    if (lost) notes += "; **" + commas(lost) + " subscribers lost**";
+    if (!f.publisher_error.empty()) notes += "; **publisher: " + f.publisher_error + "**";
+    notes += "\n";
+    s.errors += errors;
+  }
+  s.markdown += "\n" + notes;
+  return s;
+}
+
 const std::map<std::string, std::string>& scenario_titles() {
   static const std::map<std::string, std::string> t = {
       {"connection-storm", "Connection Storm"},
@@ -652,12 +830,15 @@ const std::map<std::string, std::string>& scenario_titles() {
       {"connection-limit", "Connection Limit"},
       {"pingpong", "Pingpong (strict request/response)"},
       {"echo", "Echo (send and receive concurrently)"},
-      {"blast", "Blast (send only)"}};
+      {"blast", "Blast (send only)"},
+      {"fanout-broadcast", "Fan-out Broadcast (topic)"},
+      {"broadcast-all", "Fan-out Broadcast (every connection)"}};
   return t;
 }
 
 const char* help_text =
-    R"(Scenarios (--test NAME, repeatable or comma-separated; default: all, in this order):
+    R"(Scenarios (--test NAME, repeatable or comma-separated; default: all but the fanout ones, in
+this order):
 
 connection-storm   Per tier, opens N connections as fast as possible, at most --connect-inflight
                    connecting or upgrading at once (500, like the reference's batches of 500).
@@ -714,6 +895,37 @@ blast              (the Go tool's mode) Send only, as fast as possible, --size b
                    Reports sent msg/s. raw: the echoes still come back and are drained and counted
                    (sends bounded by --stream-window-bytes unanswered, so the server never sees a
                    slow consumer); wse: nothing comes back.
+
+fanout-broadcast   (run only when named) Per tier, N subscribers connect (wse: JWT cookie,
+                   server_ready, client_hello) and subscribe to --topic (bench_topic) with
+                   {"c":"WSE","t":"subscription_update","p":{"action":"subscribe","topics":[..]},"v":1};
+                   once every reply confirmed it, one publisher sends fanout_tick messages
+                   {"t":"fanout_tick","p":{"seq":n,"ts_us":<CLOCK_REALTIME us>,"s":"ES","px":5234.75,
+                   "q":2}} with seq dense from 0, for --duration (after a short warm-up):
+                   --publisher api: POST /api/publish on --api-port (default --port) with
+                   Authorization: Bearer <--api-key-file>, HTTP/1.1 keep-alive, --publish-inflight
+                   requests pipelined, JSON array bodies of --publish-batch items (503 inbox full:
+                   the items not accepted are counted, never expected); --publisher wse: one WSE
+                   connection whose token has wse_topics {"publish":["bench_*"]} sends
+                   {"c":"WSE","t":"publish","p":{"topic":..,"message":<tick>},"v":1} frames (the
+                   server needs --inbound-rate 0, or its rate limit drops them: gaps); --publisher
+                   server: the server publishes by itself (every connection subscribed to
+                   bench_topic at connect, one dense p.seq) and the bench only counts: works with
+                   --protocol raw too (no JWT, no WSE handshake, fanout_tick text frames counted),
+                   so any WebSocket server that publishes fanout_tick can be measured.
+                   --publish-rate N publications/s (0: as fast as the server takes them, at most
+                   --publish-window publications ahead of the average subscriber, so the
+                   subscribers, not the server's slow-consumer policy, set the pace).
+                   Reports published/s, deliveries/s, MB/s (payload), per-subscriber gaps (seqs
+                   taken by the server and never received, after a drain of up to 10 s),
+                   duplicates and reorders, end-to-end latency p50/p99/p99.9 (receive time -
+                   ts_us) and the slow-consumer drops (and disconnects) of the server's /metrics
+                   (wsed_slow_consumer_total on --metrics-port, default the API port; "-" when it
+                   cannot be read). Gaps, duplicates, lost subscribers and publisher errors make
+                   the exit code non-zero. Tiers beyond RLIMIT_NOFILE spread over rings as usual.
+
+broadcast-all      fanout-broadcast with {"broadcast":true,"message":<tick>} items (every
+                   connection receives each tick; nobody subscribes). --publisher api or server.
 
 Every table is followed by one line per tier: client CPU (and a warning when the client, not the
 server, was saturated), with --server-pid the server's CPU time per message (user and sys, from
@@ -818,6 +1030,8 @@ int run_all(options opt) {
     if (t == "sustained-hold") sections.push_back(sustained_hold(cx));
     if (t == "connection-limit") sections.push_back(connection_limit(cx));
     if (t == "pingpong" || t == "echo" || t == "blast") sections.push_back(go_mode(cx, t));
+    if (t == "fanout-broadcast") sections.push_back(fanout(cx, false));
+    if (t == "broadcast-all") sections.push_back(fanout(cx, true));
   }
 
   uint64_t errors = 0;
@@ -954,6 +1168,36 @@ int main(int argc, char** argv) {
   app.add_option("--server-pid", opt.runner.server_pid,
                  "server process: CPU time per message and RSS per connection from /proc");
   app.add_option("--json", opt.json_path, "also write the results as JSON to this file");
+  app.add_option("--publisher", opt.publisher,
+                 "fanout: api (POST /api/publish), wse (a WSE connection allowed to publish) or "
+                 "server (the server publishes by itself; the bench only counts)")
+      ->check(CLI::IsMember({"api", "wse", "server"}))
+      ->capture_default_str();
+  app.add_option(
+      "--api-key-file", opt.api_key_file,
+      "fanout, --publisher api: file holding the API key (one trailing newline dropped)");
+  app.add_option("--topic", opt.topic, "fanout: the topic subscribed to and published on")
+      ->capture_default_str();
+  app.add_option("--publish-batch", opt.publish_batch,
+                 "fanout: publications per API request (a JSON array) or per WSE send")
+      ->check(CLI::Range(1u, 10000u))
+      ->capture_default_str();
+  app.add_option("--publish-inflight", opt.publish_inflight,
+                 "fanout, --publisher api: requests in flight on the keep-alive connection")
+      ->check(CLI::Range(1u, 4096u))
+      ->capture_default_str();
+  app.add_option("--publish-rate", opt.publish_rate,
+                 "fanout: publications per second (0: as fast as the server takes them)")
+      ->check(CLI::Range(0.0, 1e9))
+      ->capture_default_str();
+  app.add_option("--publish-window", opt.publish_window,
+                 "fanout: publications the publisher may be ahead of the average subscriber "
+                 "(0: no end-to-end flow control; the server's slow-consumer policy decides)")
+      ->check(CLI::Range(0u, 100000000u))
+      ->capture_default_str();
+  app.add_option("--api-port", opt.api_port, "fanout: port of the HTTP API (default: --port)");
+  app.add_option("--metrics-port", opt.metrics_port,
+                 "fanout: port serving /metrics (slow-consumer drops; default: the API port)");
   try {
     app.parse(argc, argv);
     if (!tiers.empty()) opt.tiers = parse_list(tiers);
@@ -964,6 +1208,49 @@ int main(int argc, char** argv) {
   } catch (const std::exception& e) {
     std::fprintf(stderr, "wse-bench: bad list: %s\n", e.what());
     return 2;
+  }
+  bool fanout_named = false;
+  for (const std::string& t : tests) {
+    fanout_named |= std::find(fanout_tests.begin(), fanout_tests.end(), t) != fanout_tests.end();
+  }
+  if (fanout_named) {
+    bool plain = !opt.topic.empty() && opt.topic.size() <= 256;
+    for (char ch : opt.topic)
+      plain = plain && (std::isalnum(static_cast<unsigned char>(ch)) || ch == '_' || ch == '-' ||
+                        ch == '.' || ch == ':');
+    if (!plain) {
+      std::fprintf(stderr, "wse-bench: --topic must be 1..256 of [A-Za-z0-9_.:-]\n");
+      return 2;
+    }
+    if (opt.protocol == "raw" && opt.publisher != "server") {
+      std::fprintf(stderr,
+                   "wse-bench: fanout with --protocol raw needs --publisher server (raw "
+                   "connections cannot subscribe)\n");
+      return 2;
+    }
+    if (opt.publisher == "wse" &&
+        std::find(tests.begin(), tests.end(), "broadcast-all") != tests.end()) {
+      std::fprintf(stderr,
+                   "wse-bench: broadcast-all needs --publisher api or server (a WSE client "
+                   "publishes to a topic only)\n");
+      return 2;
+    }
+    if (opt.publisher == "api") {
+      if (opt.api_key_file.empty()) {
+        std::fprintf(stderr, "wse-bench: --publisher api needs --api-key-file\n");
+        return 2;
+      }
+      std::ifstream in(opt.api_key_file, std::ios::binary);
+      std::stringstream text;
+      text << in.rdbuf();
+      opt.api_key = text.str();
+      if (!opt.api_key.empty() && opt.api_key.back() == '\n') opt.api_key.pop_back();
+      if (!in || opt.api_key.empty() || opt.api_key.find_first_of("\r\n") != std::string::npos) {
+        std::fprintf(stderr, "wse-bench: cannot read one key line from --api-key-file %s\n",
+                     opt.api_key_file.c_str());
+        return 2;
+      }
+    }
   }
   if (opt.print_token) {
     std::printf("%s\n", mint_hs256(opt.secret, bench_claims(opt.sub, time(nullptr))).c_str());
@@ -989,7 +1276,9 @@ int main(int argc, char** argv) {
   }
   // Order: the canonical one, whatever order the flags gave.
   for (const std::string& t : all_tests) {
-    if (tests.empty() || std::find(tests.begin(), tests.end(), t) != tests.end()) {
+    bool fanout_test = std::find(fanout_tests.begin(), fanout_tests.end(), t) != fanout_tests.end();
+    if ((tests.empty() && !fanout_test) ||
+        std::find(tests.begin(), tests.end(), t) != tests.end()) {
       opt.tests.push_back(t);
     }
   }

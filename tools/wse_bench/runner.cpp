@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <chrono>
 #include <fstream>
+#include <optional>
 #include <thread>
 
 #include "tools/bench/ports.hpp"
@@ -75,6 +76,48 @@ uint32_t sum_open(const std::vector<std::unique_ptr<worker>>& workers) {
   uint32_t n = 0;
   for (auto& w : workers) n += w->counters.open.load(std::memory_order_relaxed);
   return n;
+}
+
+uint32_t sum_subscribed(const std::vector<std::unique_ptr<worker>>& workers) {
+  uint32_t n = 0;
+  for (auto& w : workers) n += w->counters.subscribed.load(std::memory_order_relaxed);
+  return n;
+}
+
+uint64_t sum_replies(const std::vector<std::unique_ptr<worker>>& workers) {
+  uint64_t n = 0;
+  for (auto& w : workers) n += w->counters.replies.load(std::memory_order_relaxed);
+  return n;
+}
+
+// The slow-consumer and delivery counters of the server's /metrics (shard="total").
+struct server_fanout_metrics {
+  double slow_drop = 0, slow_disconnect = 0, deliveries = 0;
+};
+
+std::optional<server_fanout_metrics> read_fanout_metrics(const fanout_plan& f) {
+  auto text = http_get(f.metrics_addr, f.metrics_host, "/metrics");
+  if (!text) return std::nullopt;
+  using labels = std::array<std::string_view, 2>;
+  server_fanout_metrics m;
+  m.slow_drop =
+      metric_value(*text, "wsed_slow_consumer_total", labels{"shard=\"total\"", "action=\"drop\""})
+          .value_or(0);
+  m.slow_disconnect = metric_value(*text, "wsed_slow_consumer_total",
+                                   labels{"shard=\"total\"", "action=\"disconnect\""})
+                          .value_or(0);
+  m.deliveries = metric_value(*text, "wsed_fanout_deliveries_total",
+                              std::array<std::string_view, 1>{"shard=\"total\""})
+                     .value_or(0);
+  return m;
+}
+
+// What the publisher has had taken so far (wse: sent and not refused; final after run()).
+uint64_t published_now(const publisher& p, publisher_kind kind) {
+  if (kind == publisher_kind::api) return p.accepted.load(std::memory_order_relaxed);
+  uint64_t sent = p.sent.load(std::memory_order_relaxed);
+  uint64_t no = p.busy.load(std::memory_order_relaxed) + p.refused.load(std::memory_order_relaxed);
+  return sent > no ? sent - no : 0;
 }
 
 }  // namespace
@@ -190,11 +233,37 @@ tier_result run_tier(const runner_options& ro, job j, const tier_spec& spec) {
       last_open > first_connect ? static_cast<double>(last_open - first_connect) / 1e9 : 0;
   if (spec.hold_s > 0) sleep_s(spec.hold_s);
 
+  // fanout: every open subscriber confirmed, then the publisher starts (seq 0 reaches them all).
+  const fanout_plan* fp = spec.fanout;
+  std::optional<server_fanout_metrics> metrics_before;
+  std::unique_ptr<publisher> pub;
+  std::atomic<bool> pub_stop{false};
+  std::thread pub_thread;
+  if (fp != nullptr) {
+    if (fp->metrics) metrics_before = read_fanout_metrics(*fp);
+    uint64_t until = now_ns() + static_cast<uint64_t>(fp->subscribe_timeout_s * 1e9);
+    while (now_ns() < until && sum_subscribed(workers) < sum_open(workers)) sleep_s(0.002);
+    r.fanout.subscribed = sum_subscribed(workers);
+    if (fp->publisher.kind != publisher_kind::server) {
+      publisher_config pc = fp->publisher;
+      pc.subscribers = std::max<uint64_t>(1, r.fanout.subscribed);
+      pc.delivered = [&workers] { return sum_replies(workers); };
+      pub = std::make_unique<publisher>(pc);
+      if (pub->open(5000)) {
+        pub_thread = std::thread([&] { pub->run(pub_stop, 5000); });
+      } else {
+        r.fanout.publisher_error = pub->error;
+      }
+    }
+  }
+  uint64_t published_before = 0;
+
   bool loaded = j.load != load_kind::none && spec.window_s > 0;
   if (loaded) {
     control.current.store(phase::run, std::memory_order_release);
     if (spec.warmup_s > 0) sleep_s(spec.warmup_s);
     control.measuring.store(true, std::memory_order_relaxed);
+    if (pub) published_before = published_now(*pub, fp->publisher.kind);
     totals before = take(workers, ro.server_pid);
     std::vector<double> threads_start = threads_cpu_s(workers);
     uint64_t end = before.t_ns + static_cast<uint64_t>(spec.window_s * 1e9);
@@ -210,6 +279,7 @@ tier_result run_tier(const runner_options& ro, job j, const tier_spec& spec) {
     r.busiest_thread = busiest(threads_start, threads_cpu_s(workers),
                                static_cast<double>(after.t_ns - before.t_ns) / 1e9);
     control.measuring.store(false, std::memory_order_relaxed);
+    if (pub) r.fanout.published = published_now(*pub, fp->publisher.kind) - published_before;
     r.window_s = static_cast<double>(after.t_ns - before.t_ns) / 1e9;
     r.sent_msgs = after.sent_msgs - before.sent_msgs;
     r.sent_bytes = after.sent_bytes - before.sent_bytes;
@@ -233,6 +303,42 @@ tier_result run_tier(const runner_options& ro, job j, const tier_spec& spec) {
     auto m = process_memory_kib(ro.server_pid);
     if (m) r.server_rss_loaded_kib = m->vm_rss_kib;
   }
+  if (fp != nullptr) {
+    // The publisher stops; the server's answers still owed come in; then the deliveries still on
+    // their way (bounded: until every subscriber has them all, or none arrived for 0.5 s).
+    if (pub_thread.joinable()) {
+      pub_stop.store(true, std::memory_order_release);
+      pub_thread.join();
+      r.fanout.publisher_error = pub->error;
+      r.fanout.published_total = pub->accepted.load();
+      r.fanout.sent_total = pub->sent.load();
+      r.fanout.busy = pub->busy.load();
+      control.ticks_accepted.store(r.fanout.published_total, std::memory_order_release);
+    } else if (fp->publisher.kind != publisher_kind::server) {
+      control.ticks_accepted.store(0, std::memory_order_release);
+    }
+    uint64_t drain_start = now_ns();
+    uint64_t until = drain_start + static_cast<uint64_t>(fp->drain_timeout_s * 1e9);
+    uint64_t last = sum_replies(workers), last_change = now_ns();
+    uint64_t want = r.fanout.published_total * sum_subscribed(workers);
+    while (now_ns() < until) {
+      uint64_t got = sum_replies(workers);
+      if (got != last) last = got, last_change = now_ns();
+      if (fp->publisher.kind != publisher_kind::server && got >= want) break;
+      if (now_ns() - last_change > 500'000'000u) break;
+      sleep_s(0.005);
+    }
+    r.fanout.drain_s = static_cast<double>(now_ns() - drain_start) / 1e9;
+    r.fanout.deliveries_total = sum_replies(workers);
+    if (fp->metrics && metrics_before) {
+      if (auto after = read_fanout_metrics(*fp)) {
+        r.fanout.metrics_read = true;
+        r.fanout.slow_drop = after->slow_drop - metrics_before->slow_drop;
+        r.fanout.slow_disconnect = after->slow_disconnect - metrics_before->slow_disconnect;
+        r.fanout.server_deliveries = after->deliveries - metrics_before->deliveries;
+      }
+    }
+  }
   r.open_at_end = sum_open(workers);
   control.current.store(phase::stop, std::memory_order_release);
   for (auto& t : running) t.join();
@@ -243,6 +349,7 @@ tier_result run_tier(const runner_options& ro, job j, const tier_spec& spec) {
     r.latency->merge(w->latency);
     r.opened += w->counters.opened.load(std::memory_order_relaxed);
     r.failed += w->counters.failed.load(std::memory_order_relaxed);
+    r.fanout.counts.add(w->fanout);
     if (r.fatal.empty()) r.fatal = w->fatal;
   }
   if (r.errors.os_limit != 0) {

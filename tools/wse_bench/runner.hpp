@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "tools/bench/stats.hpp"
+#include "tools/wse_bench/publisher.hpp"
 #include "tools/wse_bench/worker.hpp"
 
 namespace wsed::bench {
@@ -26,12 +27,39 @@ struct runner_options {
   bool loopback = true;
 };
 
+// fanout-broadcast: who publishes, where /metrics is (slow-consumer counters).
+struct fanout_plan {
+  publisher_config publisher;
+  bool metrics = false;  // read /metrics before and after the tier
+  sockaddr_in metrics_addr{};
+  std::string metrics_host;
+  double subscribe_timeout_s = 10;  // every subscription confirmed within this after the ramp
+  double drain_timeout_s = 10;      // deliveries still arriving after the publisher stopped
+};
+
+struct fanout_result {
+  uint32_t subscribed = 0;  // confirmed when the publisher started
+  fanout_counts counts;
+  uint64_t published = 0;        // in the window (publisher: taken by the server)
+  uint64_t published_total = 0;  // whole run (server publishes by itself: 0, unknown)
+  uint64_t sent_total = 0;
+  uint64_t busy = 0;  // 503 / SERVER_BUSY refusals (backpressure, not loss)
+  uint64_t deliveries_total = 0;
+  double drain_s = 0;
+  std::string publisher_error;
+  bool metrics_read = false;
+  double slow_drop = 0;          // wsed_slow_consumer_total{action="drop"} over the tier
+  double slow_disconnect = 0;    // and {action="disconnect"}
+  double server_deliveries = 0;  // wsed_fanout_deliveries_total over the tier
+};
+
 struct tier_spec {
   uint32_t connections = 0;
   double hold_s = 0;        // after the ramp, before any load (connection-limit: stability)
   double warmup_s = 0;      // load before the measuring window
   double window_s = 0;      // measuring window (0: no load phase)
   bool until_done = false;  // end the window once every worker's pings are done
+  const fanout_plan* fanout = nullptr;  // subscribe: start the publisher after the subscriptions
 };
 
 struct tier_result {
@@ -63,6 +91,7 @@ struct tier_result {
   double server_sys_s = 0;
   uint64_t server_rss_before_kib = 0;
   uint64_t server_rss_loaded_kib = 0;
+  fanout_result fanout;
   bool os_limited = false;  // the client's OS (fds, ports, rings), not the server, stopped it
   std::string os_limit_message;
   std::string fatal;

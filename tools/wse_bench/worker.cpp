@@ -92,6 +92,7 @@ void error_counts::add(const error_counts& o) {
   socket_errors += o.socket_errors;
   protocol_errors += o.protocol_errors;
   mismatches += o.mismatches;
+  subscribe_failed += o.subscribe_failed;
   server_pings += o.server_pings;
   other_messages += o.other_messages;
   if (first_detail.empty()) first_detail = o.first_detail;
@@ -122,6 +123,7 @@ void worker::run() {
     return;
   }
   loop();
+  if (job_.load == load_kind::subscribe) finish_fanout();
   // The ring (and with it every socket) is torn down now, on this thread: a tier's connections
   // are gone when join() returns.
   io_uring_queue_exit(&ring_);
@@ -199,6 +201,15 @@ bool worker::setup() {
         ws_opcode::text,
         std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(hello.data()), hello.size()),
         random_key());
+    hello_run_ = hello_frame_.bytes;
+    if (job_.load == load_kind::subscribe && !job_.subscribe_topic.empty()) {
+      std::string sub = subscribe_json(job_.subscribe_topic);
+      masked_frame f = make_masked_frame(
+          ws_opcode::text,
+          std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(sub.data()), sub.size()),
+          hello_frame_.key);
+      hello_run_.insert(hello_run_.end(), f.bytes.begin(), f.bytes.end());
+    }
   }
   limits_.message_bytes_max = 64u << 20;
   return true;
@@ -367,6 +378,12 @@ void worker::wait_and_dispatch() {
   }
   now_ = now_ns();
   measuring_ = control_.measuring.load(std::memory_order_relaxed);
+  if (measuring_ && job_.load == load_kind::subscribe) {
+    timespec ts{};
+    clock_gettime(CLOCK_REALTIME, &ts);
+    wall_us_ =
+        static_cast<uint64_t>(ts.tv_sec) * 1'000'000u + static_cast<uint64_t>(ts.tv_nsec) / 1000;
+  }
   unsigned head = 0, seen = 0;
   recycled_ = 0;
   io_uring_for_each_cqe(&ring_, head, cqe) {
@@ -400,6 +417,7 @@ void worker::publish() {
   counters.open.store(open_, std::memory_order_relaxed);
   counters.opened.store(opened_, std::memory_order_relaxed);
   counters.failed.store(failed_, std::memory_order_relaxed);
+  counters.subscribed.store(subscribed_, std::memory_order_relaxed);
   counters.first_connect_ns.store(first_connect_ns_, std::memory_order_relaxed);
   counters.last_open_ns.store(last_open_ns_, std::memory_order_relaxed);
   if (job_.load == load_kind::ping && job_.pings_per_conn != 0 && started_ &&
@@ -511,6 +529,7 @@ void worker::close_with(uint32_t i, uint64_t& counter, const std::string& what, 
     ++failed_;
   }
   ++dead_;
+  if (c.sub && c.sub->subscribed) --subscribed_;
   c.state = conn_state::closed;
   c.hs.reset();
   counter++;
@@ -566,9 +585,18 @@ void worker::became_open(uint32_t i) {
   ++open_;
   ++opened_;
   last_open_ns_ = now_;
+  if (job_.load == load_kind::subscribe) {
+    std::optional<uint64_t> first;
+    if (job_.tick_base_known) first = 0;
+    c.sub = std::make_unique<subscriber>(first);
+    // No subscribe to send (raw, or the server subscribes at connect): subscribed once open.
+    if (job_.protocol == protocol_mode::raw || job_.subscribe_topic.empty()) {
+      c.sub->subscribed = true;
+      ++subscribed_;
+    }
+  }
   if (job_.protocol == protocol_mode::wse) {
-    start_send(i, hello_frame_.bytes.data(), static_cast<uint32_t>(hello_frame_.bytes.size()), 0,
-               false);
+    start_send(i, hello_run_.data(), static_cast<uint32_t>(hello_run_.size()), 0, false);
     return;
   }
   if (started_) {
@@ -674,6 +702,7 @@ void worker::on_ready_data(uint32_t i, const ws_event& ev) {
 
 void worker::on_data(uint32_t i, const ws_event& ev) {
   conn& c = conns_[i];
+  if (job_.load == load_kind::subscribe) return on_subscriber_data(i, ev);
   if (ev.message_begin) {
     c.message_bytes = 0;
     if (job_.protocol == protocol_mode::raw) {
@@ -802,6 +831,72 @@ void worker::maybe_ping(uint32_t i) {
 void worker::scan_pings() {
   last_scan_ns_ = now_;
   for (uint32_t i = 0; i < conns_.size(); ++i) maybe_ping(i);
+}
+
+}  // namespace wsed::bench
+
+namespace wsed::bench {
+
+// subscribe: a message's head is scanned where it lies when it came in one piece (the common
+// case: no copy), else its first 256 bytes are gathered (seq and ts_us are in the first ~70).
+void worker::on_subscriber_data(uint32_t i, const ws_event& ev) {
+  conn& c = conns_[i];
+  subscriber& s = *c.sub;
+  std::string_view chunk(reinterpret_cast<const char*>(ev.payload.data()), ev.payload.size());
+  if (ev.message_begin) {
+    c.message_bytes = 0;
+    s.partial.clear();
+  }
+  c.message_bytes += chunk.size();
+  if (ev.message_begin && ev.message_end) return on_subscriber_message(i, chunk);
+  constexpr size_t head_max = 256;
+  if (s.partial.size() < head_max) {
+    s.partial.append(chunk.substr(0, head_max - s.partial.size()));
+  }
+  if (ev.message_end) on_subscriber_message(i, s.partial);
+}
+
+void worker::on_subscriber_message(uint32_t i, std::string_view m) {
+  conn& c = conns_[i];
+  subscriber& s = *c.sub;
+  if (std::optional<tick> t = scan_tick(m)) {
+    ++replies_;
+    reply_bytes_ += c.message_bytes;
+    s.ticks.on_seq(t->seq);
+    if (measuring_) latency.record(wall_us_ > t->ts_us ? (wall_us_ - t->ts_us) * 1000 : 0);
+    return;
+  }
+  if (m.find("\"t\":\"subscription_update\"") != std::string_view::npos) {
+    if (m.find("\"success\":true") == std::string_view::npos) {
+      return close_with(i, errors.subscribe_failed,
+                        "subscribe refused: " + std::string(m.substr(0, 300)), 0);
+    }
+    if (!s.subscribed) {
+      s.subscribed = true;
+      ++subscribed_;
+    }
+    return;
+  }
+  errors.other_messages++;
+}
+
+// subscribe: every subscriber open at the end against what the server took (or, when the server
+// publishes by itself, against the seqs between its first and its highest).
+void worker::finish_fanout() {
+  uint64_t accepted = control_.ticks_accepted.load(std::memory_order_acquire);
+  for (const conn& c : conns_) {
+    if (c.state != conn_state::open || !c.sub || !c.sub->subscribed) continue;
+    const seq_tracker& t = c.sub->ticks;
+    uint64_t gaps =
+        accepted != UINT64_MAX ? (accepted > t.unique() ? accepted - t.unique() : 0) : t.missing();
+    fanout.subscribers++;
+    fanout.gaps += gaps;
+    fanout.subscribers_with_gaps += gaps != 0;
+    fanout.max_gaps = std::max(fanout.max_gaps, gaps);
+    fanout.duplicates += t.duplicates();
+    fanout.reorders += t.reorders();
+    fanout.unique += t.unique();
+  }
 }
 
 }  // namespace wsed::bench

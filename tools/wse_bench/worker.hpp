@@ -12,14 +12,17 @@
 #include <liburing.h>
 #include <netinet/in.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "proto/ws.hpp"
+#include "tools/bench/fanout.hpp"
 #include "tools/bench/frames.hpp"
 #include "tools/bench/send_progress.hpp"
 #include "tools/bench/stats.hpp"
@@ -36,7 +39,9 @@ enum class protocol_mode : uint8_t { raw, wse };
 
 // none: connections only (storm, hold, limit); ping: app pings, one in flight, `pings_per_conn`
 // spaced by `ping_interval_ns`; stream: template frames as fast as the window allows.
-enum class load_kind : uint8_t { none, ping, stream };
+// subscribe: fanout-broadcast subscribers: (wse) subscribe to a topic after client_hello, then
+// count fanout_tick messages, their seq (gaps, duplicates, reorders) and latency (now - ts_us).
+enum class load_kind : uint8_t { none, ping, stream, subscribe };
 
 // Read-only description of one tier run, shared by its workers.
 struct job {
@@ -61,6 +66,9 @@ struct job {
   uint32_t pings_per_conn = 0;  // 0: no cap
   uint64_t ping_interval_ns = 0;
   bool ping_stagger = false;  // first ping at a random point of the interval
+  // subscribe
+  std::string subscribe_topic;   // wse: sent after client_hello; empty: the server subscribes
+  bool tick_base_known = false;  // the publisher starts at seq 0 after every subscription
 };
 
 enum class phase : uint32_t { ramp, run, stop };
@@ -68,6 +76,29 @@ enum class phase : uint32_t { ramp, run, stop };
 struct run_control {
   std::atomic<phase> current{phase::ramp};
   std::atomic<bool> measuring{false};  // latency is recorded only while set
+  // subscribe: publications the server took (set before phase::stop; a subscriber open at the
+  // end that received fewer has gaps). UINT64_MAX: unknown (the server publishes by itself).
+  std::atomic<uint64_t> ticks_accepted{UINT64_MAX};
+};
+
+// subscribe: the sequence figures of a worker's subscribers (connections open at the end).
+struct fanout_counts {
+  uint64_t subscribers = 0;  // open at the end with a confirmed subscription
+  uint64_t gaps = 0;         // seqs published and never received, over all of them
+  uint64_t subscribers_with_gaps = 0;
+  uint64_t max_gaps = 0;  // of one subscriber
+  uint64_t duplicates = 0;
+  uint64_t reorders = 0;
+  uint64_t unique = 0;  // distinct seqs received, over all subscribers
+  void add(const fanout_counts& o) {
+    subscribers += o.subscribers;
+    gaps += o.gaps;
+    subscribers_with_gaps += o.subscribers_with_gaps;
+    max_gaps = std::max(max_gaps, o.max_gaps);
+    duplicates += o.duplicates;
+    reorders += o.reorders;
+    unique += o.unique;
+  }
 };
 
 // Counters a worker publishes once per loop pass.
@@ -79,6 +110,7 @@ struct alignas(64) worker_counters {
   std::atomic<uint32_t> open{0};              // connections open now
   std::atomic<uint32_t> opened{0};            // connections that ever completed the handshake
   std::atomic<uint32_t> failed{0};            // connections that never opened
+  std::atomic<uint32_t> subscribed{0};        // subscribe: subscriptions confirmed
   std::atomic<bool> ramp_done{false};         // every connection is open or failed
   std::atomic<bool> load_done{false};         // ping: every live connection sent all its pings
   std::atomic<int> tid{0};                    // the worker thread (its CPU time is in /proc)
@@ -95,6 +127,7 @@ struct error_counts {
   uint64_t socket_errors = 0;     // recv/send errors on an open connection
   uint64_t protocol_errors = 0;   // frames the client parser refused
   uint64_t mismatches = 0;        // a reply of the wrong size or type, or none was expected
+  uint64_t subscribe_failed = 0;  // subscribe: the subscription_update reply said success false
   uint64_t server_pings = 0;      // WebSocket pings received (not an error)
   uint64_t other_messages = 0;    // wse: messages that are not replies (not an error)
   std::string first_detail;
@@ -102,7 +135,7 @@ struct error_counts {
 
   uint64_t total() const {
     return connect_failed + os_limit + handshake_failed + auth_failed + unexpected_close +
-           socket_errors + protocol_errors + mismatches;
+           socket_errors + protocol_errors + mismatches + subscribe_failed;
   }
   void note(const std::string& detail) {
     if (first_detail.empty()) first_detail = detail;
@@ -130,9 +163,10 @@ class worker {
 
   worker_counters counters;
   latency_histogram handshake_latency;  // connect submitted -> 101 (raw) or server_ready (wse)
-  latency_histogram latency;            // send -> reply, while measuring
+  latency_histogram latency;            // send -> reply (subscribe: ts_us -> received), measuring
   error_counts errors;
-  std::string fatal;  // setup failure: the worker did nothing
+  fanout_counts fanout;  // subscribe: filled when the worker stops
+  std::string fatal;     // setup failure: the worker did nothing
 
  private:
   enum class conn_state : uint8_t { idle, connecting, upgrading, awaiting_ready, open, closed };
@@ -144,6 +178,12 @@ class worker {
     std::string message;  // wse: the text message being received before server_ready
   };
   static constexpr unsigned batches_max = 4;
+  struct subscriber {
+    seq_tracker ticks;
+    std::string partial;  // the head of a message that arrived in pieces (at most 256 bytes)
+    bool subscribed = false;
+    explicit subscriber(std::optional<uint64_t> first) : ticks(first) {}
+  };
   struct conn {
     proto::ws_frame_parser parser{proto::ws_role::client};
     uint64_t connect_start_ns = 0;
@@ -162,6 +202,7 @@ class worker {
     bool message_is_reply = false;
     uint8_t carry_bytes = 0;
     std::unique_ptr<handshake> hs;
+    std::unique_ptr<subscriber> sub;  // subscribe only
     std::array<uint8_t, proto::ws_carry_bytes_max> carry{};
   };
   enum class op : uint8_t { connect = 1, hs_send, recv, send };
@@ -190,6 +231,9 @@ class worker {
   size_t parse(uint32_t i, uint8_t* data, size_t length);
   void on_data(uint32_t i, const proto::ws_event& ev);
   void on_ready_data(uint32_t i, const proto::ws_event& ev);
+  void on_subscriber_data(uint32_t i, const proto::ws_event& ev);
+  void on_subscriber_message(uint32_t i, std::string_view m);
+  void finish_fanout();
   void became_open(uint32_t i);
   void on_reply(uint32_t i);
   void start_send(uint32_t i, const uint8_t* data, uint32_t bytes, uint32_t frames, bool replies);
@@ -215,6 +259,7 @@ class worker {
   std::vector<uint8_t> stream_run_;
   uint32_t stream_copies_ = 0;
   masked_frame hello_frame_;
+  std::vector<uint8_t> hello_run_;  // client_hello, then (subscribe, wse) the subscribe frame
   masked_frame ping_frame_;
   std::vector<uint8_t> ping_buffers_;
   size_t expected_reply_bytes_ = 0;  // raw: payload bytes of every echo
@@ -226,11 +271,13 @@ class worker {
   uint32_t failed_ = 0;
   uint32_t finished_ = 0;  // ping: connections that sent all their pings
   uint32_t dead_ = 0;      // connections closed or failed
+  uint32_t subscribed_ = 0;
   uint64_t sent_msgs_ = 0;
   uint64_t sent_bytes_ = 0;
   uint64_t replies_ = 0;
   uint64_t reply_bytes_ = 0;
   uint64_t now_ = 0;
+  uint64_t wall_us_ = 0;  // CLOCK_REALTIME of this pass (subscribe latency), while measuring
   uint64_t first_connect_ns_ = 0;
   uint64_t last_open_ns_ = 0;
   uint64_t last_scan_ns_ = 0;
