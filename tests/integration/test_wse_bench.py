@@ -290,3 +290,95 @@ def test_wse_bench_fanout_broadcast_wrong_key_fails():
     row = t["rows"][0]
     assert "401" in row["publisher_error"] and row["published_total"] == 0, row
     assert t["errors"] > 0, t
+
+
+# ---- --publisher server --protocol raw: any WebSocket server that publishes fanout_tick ----------
+
+def tick_server(rate, skip_every=0):
+    """A python3-websockets server on 127.0.0.1 that sends every connection one dense seq of
+    fanout_tick text frames at `rate`/s (skipping each seq divisible by skip_every when set), like
+    the reference's bench_fanout_server. Returns (port, stop())."""
+    import asyncio
+    import threading
+    import websockets
+
+    conns = set()
+    started = threading.Event()
+    port = []
+    loop = asyncio.new_event_loop()
+    stopping = asyncio.Event()
+
+    async def handler(ws, path=None):
+        conns.add(ws)
+        try:
+            await ws.wait_closed()
+        finally:
+            conns.discard(ws)
+
+    async def main():
+        async with websockets.serve(handler, H.HOST, 0, compression=None) as srv:
+            port.append(srv.sockets[0].getsockname()[1])
+            started.set()
+            seq, t0 = 1, time.monotonic()
+            while not stopping.is_set():
+                due = int((time.monotonic() - t0) * rate)
+                while seq <= due:
+                    if skip_every and seq % skip_every == 0:
+                        seq += 1
+                        continue
+                    msg = '{"c":"U","t":"fanout_tick","p":{"seq":%d,"ts_us":%d,"s":"ES","px":5234.75,"q":2}}' % (
+                        seq, int(time.time() * 1e6))
+                    websockets.broadcast(conns, msg)
+                    seq += 1
+                await asyncio.sleep(0.001)
+
+    thread = threading.Thread(target=lambda: loop.run_until_complete(main()), daemon=True)
+    thread.start()
+    assert started.wait(10), "tick server did not start"
+
+    def stop():
+        loop.call_soon_threadsafe(stopping.set)
+        thread.join(10)
+    return port[0], stop
+
+
+def raw_fanout(skip_every=0):
+    port, stop = tick_server(2000, skip_every)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "out.json")
+            rc, out, err = run_bench("--protocol", "raw", "--publisher", "server", "--path", "/",
+                                     "--port", port, "--test", "fanout-broadcast", "--tiers", "20",
+                                     "--duration", "1", "--threads", "1", "--json", path, timeout=60)
+            with open(path) as f:
+                t = json.load(f)["tests"]["fanout-broadcast"]
+    finally:
+        stop()
+    return rc, out, t, err
+
+
+@limit(60)
+def test_wse_bench_fanout_raw_counts_a_server_that_publishes_by_itself():
+    """--protocol raw --publisher server: no JWT, no WSE handshake, no subscribe; fanout_tick text
+    frames from another WebSocket server counted, seq tracked from the first one received."""
+    rc, out, t, err = raw_fanout()
+    assert rc == 0, (rc, out[-2000:], err[-2000:])
+    row = t["rows"][0]
+    assert row["subscribers"] == 20 and row["publisher"] == "server", row
+    assert row["gaps"] == 0 and row["duplicates"] == 0, row
+    assert row["deliveries_total"] >= 20 * 1000, row  # 2,000/s for >= 1 s, each to 20
+    assert row["published_per_s_derived"] is True and 1000 <= row["published_per_s"] <= 3000, row
+    assert row["latency_ms"]["samples"] > 0, row
+    assert row["slow_consumer"] is None, row  # no wsed /metrics there: not read, not invented
+    assert "~" in out  # the derived publication rate is marked
+
+
+@limit(60)
+def test_wse_bench_fanout_raw_counts_gaps_of_a_lossy_server():
+    """The same server skipping every 50th seq: every subscriber sees the gaps, exit code 3."""
+    rc, out, t, err = raw_fanout(skip_every=50)
+    assert rc == 3, (rc, out[-2000:], err[-2000:])
+    row = t["rows"][0]
+    assert row["gaps"] > 0 and row["subscribers_with_gaps"] == 20, row
+    assert row["duplicates"] == 0, row
+    assert t["errors"] >= row["gaps"], t

@@ -321,10 +321,11 @@ tier_result run_tier(const runner_options& ro, job j, const tier_spec& spec) {
     uint64_t until = drain_start + static_cast<uint64_t>(fp->drain_timeout_s * 1e9);
     uint64_t last = sum_replies(workers), last_change = now_ns();
     uint64_t want = r.fanout.published_total * sum_subscribed(workers);
-    while (now_ns() < until) {
+    // A server that publishes by itself never stops: nothing to drain.
+    while (fp->publisher.kind != publisher_kind::server && now_ns() < until) {
       uint64_t got = sum_replies(workers);
       if (got != last) last = got, last_change = now_ns();
-      if (fp->publisher.kind != publisher_kind::server && got >= want) break;
+      if (got >= want) break;
       if (now_ns() - last_change > 500'000'000u) break;
       sleep_s(0.005);
     }
