@@ -376,6 +376,30 @@ TEST_CASE("bench fanout received ticks: seq and ts_us found by scanning, others 
   REQUIRE(other_order.has_value());
   CHECK(other_order->seq == 9);
   CHECK(other_order->ts_us == 5);
+  // The fixed shapes (a prefix compare) agree with the general scan, cut anywhere.
+  std::string ours =
+      R"({"c":"U","t":"fanout_tick","p":{"seq":42,"ts_us":1760000000000009,"s":"ES","px":5234.75,"q":2}})";
+  std::string plain = R"({"t":"fanout_tick","p":{"seq":43,"ts_us":7,"s":"ES"}})";
+  REQUIRE(wsed::bench::detail::fixed_shape_tick(ours).has_value());
+  CHECK(wsed::bench::detail::fixed_shape_tick(ours)->ts_us == 1760000000000009);
+  REQUIRE(wsed::bench::detail::fixed_shape_tick(plain).has_value());
+  CHECK(wsed::bench::detail::fixed_shape_tick(plain)->seq == 43);
+  CHECK_FALSE(
+      wsed::bench::detail::fixed_shape_tick(R"({"t":"fanout_tick","p":{"ts_us":1,"seq":2}})"));
+  for (const std::string& m : {ours, plain}) {
+    for (size_t cut = 0; cut <= m.size(); ++cut) {
+      std::string_view part(m.data(), cut);
+      auto fast = wsed::bench::detail::fixed_shape_tick(part);
+      if (fast) {  // whenever the fast path answers, the general scan says the same
+        size_t at = part.find("\"fanout_tick\"");
+        REQUIRE(at != std::string_view::npos);
+        auto general = scan_tick(std::string(" ") + std::string(part));  // not the fixed shape
+        REQUIRE(general.has_value());
+        CHECK(general->seq == fast->seq);
+        CHECK(general->ts_us == fast->ts_us);
+      }
+    }
+  }
   CHECK_FALSE(scan_tick(R"({"c":"WSE","t":"subscription_update","p":{"success":true}})"));
   CHECK_FALSE(scan_tick(R"({"t":"fanout_tick","p":{"seq":1}})"));  // no ts_us
   CHECK_FALSE(scan_tick(R"({"t":"fanout_tick","p":{"seq":"x","ts_us":1}})"));

@@ -215,7 +215,45 @@ struct tick {
 // A fanout_tick's seq and ts_us, found by scanning (these are our own frames, or frames shaped
 // like them: "fanout_tick" in the first 64 bytes, then "seq":<digits> and "ts_us":<digits>).
 // nullopt for any other message. No allocation.
+namespace detail {
+
+// The shapes wsed (with the category inserted) and the reference's server put on the wire:
+// {"c":"U","t":"fanout_tick","p":{"seq":N,"ts_us":T,... and {"t":"fanout_tick","p":{"seq":N,...
+// read with two prefix compares and digit loops (a tenth of the cost of the general scan's
+// searches, which were half of the client's CPU at 6M deliveries/s).
+inline std::optional<tick> fixed_shape_tick(std::string_view m) {
+  constexpr std::string_view with_c = R"({"c":"U","t":"fanout_tick","p":{"seq":)";
+  constexpr std::string_view without_c = R"({"t":"fanout_tick","p":{"seq":)";
+  constexpr std::string_view ts_key = R"(,"ts_us":)";
+  size_t at = 0;
+  if (m.substr(0, with_c.size()) == with_c) {
+    at = with_c.size();
+  } else if (m.substr(0, without_c.size()) == without_c) {
+    at = without_c.size();
+  } else {
+    return std::nullopt;
+  }
+  auto digits = [&](uint64_t& out) {
+    size_t start = at;
+    uint64_t v = 0;
+    while (at < m.size() && at - start < 19 && m[at] >= '0' && m[at] <= '9') {
+      v = v * 10 + static_cast<uint64_t>(m[at] - '0');
+      ++at;
+    }
+    out = v;
+    return at != start;
+  };
+  tick t;
+  if (!digits(t.seq) || m.substr(at, ts_key.size()) != ts_key) return std::nullopt;
+  at += ts_key.size();
+  if (!digits(t.ts_us)) return std::nullopt;
+  return t;
+}
+
+}  // namespace detail
+
 inline std::optional<tick> scan_tick(std::string_view m) {
+  if (std::optional<tick> fast = detail::fixed_shape_tick(m)) return fast;
   if (m.substr(0, 64).find("\"fanout_tick\"") == std::string_view::npos) return std::nullopt;
   auto number_after = [&](std::string_view key) -> std::optional<uint64_t> {
     size_t at = m.find(key);
