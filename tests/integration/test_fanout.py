@@ -540,6 +540,39 @@ def test_fanout_subscription_management():
         c.close()
 
 
+def check_accounted(p, asked, what):
+    """Every topic asked for is in success_topics or failed_topics, by its own name, once."""
+    named = p["success_topics"] + p["failed_topics"]
+    assert sorted(named) == sorted(asked), "%s: the reply does not account for each topic by name: %d asked, " \
+        "%d in success_topics, failed_topics %r" % (what, len(asked), len(p["success_topics"]), p["failed_topics"][:5])
+
+
+def test_fanout_many_topics_in_one_request():
+    """The only cap is --max-topics-per-connection (default 100): 80 topics in one subscribe, or
+    70 in ?topics=, are all subscribed; 30 more get 20 in and 10 TOO_MANY_TOPICS, each by name."""
+    with fan() as srv:
+        c = ws_client(srv.port)
+        asked = ["t%d" % i for i in range(80)]
+        p = subscription(c, asked)
+        check_accounted(p, asked, "80 topics in one subscribe")
+        assert p["success"] and p["success_topics"] == asked, \
+            "80 topics under --max-topics-per-connection 100: only %d subscribed, failed %r" % (
+                len(p["success_topics"]), p["failed_topics"][:3])
+        more = ["u%d" % i for i in range(30)]
+        p = subscription(c, more)
+        check_accounted(p, more, "30 more")
+        assert p["success_topics"] == more[:20] and p["errors"] == {t: "TOO_MANY_TOPICS" for t in more[20:]}, p
+        assert total(metrics(srv.port), "wsed_subscriptions") == 100
+        q = ["q%d" % i for i in range(70)]
+        d = ws_client(srv.port, "q", path="/wse?topics=" + ",".join(q))
+        raw, _ = next_json(d, 5, "(reply to 70 topics in ?topics=)")
+        p = check_reply(raw, "subscribe")
+        check_accounted(p, q, "70 topics in ?topics=")
+        assert p["success"] and p["success_topics"] == q, (len(p["success_topics"]), p["failed_topics"][:3])
+        c.close()
+        d.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # 4. ACL
 # ---------------------------------------------------------------------------------------------
@@ -940,6 +973,15 @@ def test_fanout_api_large_bodies():
             for i in range(n):
                 raw, _ = next_json(c, 5, "(item %d of %d)" % (i, n))
                 assert raw == wire(tick(i)), (i, raw)
+        # A request dribbled in 7-byte pieces (head and body split anywhere).
+        req = publish_request([{"topic": "l", "message": tick(-1)}])
+        for i in range(0, len(req), 7):
+            api.conn.send(req[i:i + 7])
+            time.sleep(0.001)
+        st, _, doc = answer(api.conn.read_response(5), "dribbled request")
+        assert st == 200 and doc == {"accepted": 1}, (st, doc)
+        raw, _ = next_json(c, 5, "(the dribbled publication)")
+        assert raw == wire(tick(-1)), raw
         api.close()
         c.close()
 
@@ -978,6 +1020,16 @@ def test_fanout_api_keep_alive_and_pipelining():
             assert r is not None, "pipelined answer %d of 50 missing (after %d)" % (i + 1, i)
             st, _, doc = answer(r)
             assert st == st_want and (doc_want is None or doc == doc_want), (i, st, doc, st_want, doc_want)
+        # 40 requests of about 1.5 KB in one send: their boundaries straddle the receive buffers.
+        reqs = []
+        for i in range(40):
+            msg = {"t": "k", "p": {"s": i, "pad": "p" * (1400 + i)}}
+            published.append(msg)
+            reqs.append(publish_request([{"topic": "k", "message": msg}], API_KEY))
+        c.send(b"".join(reqs))
+        for i in range(40):
+            st, _, doc = answer(c.read_response(10), "pipelined request %d of 40 (1.5 KB each)" % (i + 1))
+            assert st == 200 and doc == {"accepted": 1}, (i, st, doc)
         # Connection: close is honoured; HTTP/1.0 closes.
         c.send(publish_request([{"topic": "k", "message": {"t": "k", "p": {"last": 1}}}], API_KEY,
                                [("Connection", "close")]))
