@@ -2,9 +2,15 @@
 // The demo page (GET /) driven by a real browser: Debian's headless Chromium through playwright-core.
 // Starts the real wsed (--mode wse --inbound echo, port 0), mints tokens with `wsed gen-token`, and
 // uses the page the way a newcomer would: type a token, Connect, Ping, Send; then a cookie-only
-// connection and a forged token (close 4401).
-// Usage: node tests/browser/demo_test.js PATH/TO/wsed   (needs /usr/bin/chromium and
-// tests/node/node_modules: `npm ci` in tests/node).
+// connection, a forged token (close 4401), and the chat: alice and bob (two browser contexts)
+// subscribe to chat.lobby and publish to each other; a token without a publish claim sees
+// PUBLISH_DENIED. The chat case needs a wsed with topics (its --help lists --api-key-file) and
+// is skipped, saying so, without one.
+// Usage: node tests/browser/demo_test.js PATH/TO/wsed [--page FILE] [--screenshot FILE.png]
+//   --page: serve FILE for GET / instead of the embedded page (the server's headers, CSP included,
+//           are kept): tries a page against a binary built from another tree.
+//   --screenshot: saves alice's page after the chat exchange (and carol's denial as FILE-denied.png).
+// Needs /usr/bin/chromium and tests/node/node_modules (`npm ci` in tests/node).
 // Prints "ok - NAME" / "not ok - NAME: why" per check and, last, "N passed, N failed".
 // Exit 0 iff none failed. Bounded: every step has a timeout, the whole run at most 60 s.
 'use strict';
@@ -61,8 +67,8 @@ async function check(name, fn) {
 
 function assert(cond, msg) { if (!cond) throw new Error(msg); }
 
-function genToken(bin, sub, secret) {
-  return execFileSync(bin, ['gen-token', '--sub', sub, '--ttl', '1h'], {
+function genToken(bin, sub, secret, extra = []) {
+  return execFileSync(bin, ['gen-token', '--sub', sub, '--ttl', '1h', ...extra], {
     env: { ...process.env, WSED_JWT_SECRET: secret }, timeout: STEP_MS, encoding: 'utf8',
   }).trim();
 }
@@ -102,10 +108,24 @@ function stopWsed() {
   });
 }
 
+// True when the binary has topics and publishing (issue 8): its --help lists --api-key-file.
+function hasFanout(bin) {
+  const help = execFileSync(bin, ['--help'], { timeout: STEP_MS, encoding: 'utf8' });
+  return help.includes('--api-key-file');
+}
+
+let pageOverride = null;  // --page FILE: its bytes, served for GET / with the server's headers
+
 // A fresh browser context with its page; records page errors and console errors (CSP violations).
 async function openPage(url, cookies) {
   const context = await browser.newContext();
   if (cookies) await context.addCookies(cookies);
+  if (pageOverride) {
+    await context.route(url, async (route) => {
+      const real = await route.fetch();
+      await route.fulfill({ response: real, body: pageOverride });
+    });
+  }
   const page = await context.newPage();
   page.setDefaultTimeout(STEP_MS);
   page.errors = [];
@@ -125,9 +145,154 @@ async function readyMessage(page, userId) {
   return msg;
 }
 
+// Opens the page, connects with token and waits for server_ready naming userId.
+async function connectAs(url, token, userId) {
+  const c = await openPage(url);
+  await c.page.fill('#token', token);
+  await c.page.click('#connect');
+  await readyMessage(c.page, userId);
+  return c;
+}
+
+// Clicks Subscribe or Unsubscribe for the topic field's value and returns the reply shown.
+async function subscription(page, action, topic) {
+  await page.fill('#topic', topic);
+  const before = await page.locator('#log li.in[data-t="subscription_update"]').count();
+  await page.click(action === 'subscribe' ? '#subscribe' : '#unsubscribe');
+  await page.waitForFunction((n) =>
+    document.querySelectorAll('#log li.in[data-t="subscription_update"]').length > n, before);
+  const item = page.locator('#log li.in[data-t="subscription_update"] pre').first();
+  const reply = JSON.parse(await item.textContent());
+  const shown = page.locator('#sub-result');
+  return { reply, text: await shown.textContent(), success: await shown.getAttribute('data-success') };
+}
+
+async function publish(page, text) {
+  await page.fill('#chat-text', text);
+  await page.click('#chat-send');
+}
+
+// Waits until the page's chat list has a line reading exactly want.
+function chatShows(page, want) {
+  return page.waitForFunction((w) =>
+    Array.from(document.querySelectorAll('#chat li')).some((li) => li.textContent === w), want);
+}
+
+function chatLines(page) {
+  return page.$$eval('#chat li', (lis) => lis.map((li) => li.textContent));
+}
+
+function sleep(ms) { return new Promise((r) => setTimeout(r, ms)); }
+
+function parseArgs(argv) {
+  const out = { bin: '', page: '', screenshot: '' };
+  for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === '--page' && i + 1 < argv.length) out.page = argv[++i];
+    else if (argv[i] === '--screenshot' && i + 1 < argv.length) out.screenshot = argv[++i];
+    else if (!out.bin && !argv[i].startsWith('--')) out.bin = argv[i];
+    else return null;
+  }
+  return out.bin ? out : null;
+}
+
+async function chatChecks(base, tokens, screenshot) {
+  let a = null, b = null;
+  const pages = [];
+  const ok = await check('alice and bob connect (two browser contexts)', async () => {
+    a = await connectAs(base, tokens.alice, 'alice');
+    pages.push(a);
+    b = await connectAs(base, tokens.bob, 'bob');
+    pages.push(b);
+  });
+  // The rest needs both pages subscribed: without that, one failure instead of a timeout each.
+  const subscribed = ok && await check('Subscribe to the default topic chat.lobby shows success', async () => {
+    for (const { page } of [a, b]) {
+      assert((await page.inputValue('#topic')) === 'chat.lobby', `default topic "${await page.inputValue('#topic')}"`);
+      const r = await subscription(page, 'subscribe', 'chat.lobby');
+      assert(r.reply.p.success === true && r.reply.p.success_topics.includes('chat.lobby'),
+        `reply ${JSON.stringify(r.reply)}`);
+      assert(r.success === 'true' && /subscribe: ok/.test(r.text) && r.text.includes('chat.lobby'),
+        `shown "${r.text}"`);
+      assert((await page.locator('#held').textContent()) === 'chat.lobby', 'held topics not shown');
+    }
+  });
+  if (subscribed) {
+    await check('alice says "hello bob": bob and alice see "alice: hello bob"', async () => {
+      await publish(a.page, 'hello bob');
+      await chatShows(b.page, 'alice: hello bob');
+      await chatShows(a.page, 'alice: hello bob');
+      assert((await a.page.inputValue('#chat-text')) === '', 'chat input not cleared after publishing');
+      const out = JSON.parse(await a.page.locator('#log li.out[data-t="publish"] pre').first().textContent());
+      assert(out.c === 'WSE' && out.p.topic === 'chat.lobby' && out.p.message.t === 'chat' &&
+        out.p.message.p.text === 'hello bob' && out.p.message.p.from === 'alice', `sent ${JSON.stringify(out)}`);
+      const logged = await b.page.locator('#log li.in[data-t="chat"]').count();
+      assert(logged === 0, `bob's message log has ${logged} chat publications (they belong in the chat)`);
+    });
+    await check('bob answers (Enter in the field): alice sees "bob: hi alice"', async () => {
+      await b.page.fill('#chat-text', 'hi alice');
+      await b.page.press('#chat-text', 'Enter');
+      await chatShows(a.page, 'bob: hi alice');
+      await chatShows(b.page, 'bob: hi alice');
+      const lines = await chatLines(a.page);
+      assert(JSON.stringify(lines) === JSON.stringify(['alice: hello bob', 'bob: hi alice']),
+        `alice's chat ${JSON.stringify(lines)}`);
+    });
+    if (screenshot) {
+      await check(`screenshot saved to ${screenshot}`, () => a.page.screenshot({ path: screenshot, fullPage: true }));
+    }
+    await check('a topic outside the token\'s allow list is listed as failed (ACL_DENIED)', async () => {
+      const r = await subscription(a.page, 'subscribe', 'news.today');
+      assert(r.reply.p.success === false && r.reply.p.failed_topics.includes('news.today'),
+        `reply ${JSON.stringify(r.reply)}`);
+      assert(r.success === 'false' && /failed: news\.today ACL_DENIED/.test(r.text), `shown "${r.text}"`);
+      await a.page.fill('#topic', 'chat.lobby');
+    });
+    await check('after Unsubscribe bob no longer gets chat.lobby', async () => {
+      const r = await subscription(b.page, 'unsubscribe', 'chat.lobby');
+      assert(r.reply.p.success === true && r.success === 'true', `reply ${JSON.stringify(r.reply)}`);
+      assert((await b.page.locator('#held').textContent()) === 'none', 'held topics still listed');
+      await publish(a.page, 'anyone there?');
+      await chatShows(a.page, 'alice: anyone there?');
+      await sleep(300);  // the delivery to bob, were it made, is as quick as the one to alice
+      const lines = await chatLines(b.page);
+      assert(!lines.includes('alice: anyone there?'), `bob got it: ${JSON.stringify(lines)}`);
+    });
+    let c = null;
+    await check('carol (token without a publish claim) sees PUBLISH_DENIED', async () => {
+      c = await connectAs(base, tokens.carol, 'carol');
+      pages.push(c);
+      const r = await subscription(c.page, 'subscribe', 'chat.lobby');
+      assert(r.reply.p.success === true, `carol's subscribe ${JSON.stringify(r.reply)}`);
+      await publish(c.page, 'let me in');
+      const err = c.page.locator('#wse-error[data-code="PUBLISH_DENIED"]');
+      await err.waitFor({ state: 'visible' });
+      assert(/PUBLISH_DENIED/.test(await err.textContent()), `error shown "${await err.textContent()}"`);
+      assert((await c.page.locator('#state').getAttribute('data-state')) === 'open', 'connection not open after the denial');
+      await publish(a.page, 'still here');
+      await chatShows(c.page, 'alice: still here');  // carol reads chat.lobby; her own line never came
+      const lines = await chatLines(a.page);
+      assert(!lines.some((l) => l.includes('let me in')), `denied message delivered: ${JSON.stringify(lines)}`);
+    });
+    if (screenshot && c) {
+      const denied = screenshot.replace(/(\.png)?$/, '-denied.png');
+      await check(`screenshot saved to ${denied}`, () => c.page.screenshot({ path: denied, fullPage: true }));
+    }
+  }
+  await check('chat pages: no page errors or CSP violations', () => {
+    const errs = pages.flatMap((p) => p.page.errors);
+    assert(errs.length === 0, errs.join('; '));
+  });
+  for (const p of pages) await p.context.close().catch(() => {});
+}
+
 (async () => {
-  const bin = process.argv[2];
-  if (!bin) { console.error('usage: node demo_test.js PATH/TO/wsed'); process.exit(2); }
+  const args = parseArgs(process.argv.slice(2));
+  if (!args) {
+    console.error('usage: node demo_test.js PATH/TO/wsed [--page FILE] [--screenshot FILE.png]');
+    process.exit(2);
+  }
+  const bin = args.bin;
+  if (args.page) pageOverride = fs.readFileSync(args.page);
   let chromium;
   const ok = await check('prerequisites (wsed binary, /usr/bin/chromium, playwright-core)', () => {
     assert(fs.existsSync(bin), `no wsed binary at ${bin}`);
@@ -141,6 +306,8 @@ async function readyMessage(page, userId) {
   if (!ok) finish(1);
 
   let port = 0, token = '', cookieToken = '', forged = '';
+  let fanout = false;
+  const chat = { alice: '', bob: '', carol: '' };
   if (!await check('wsed starts and prints its port', async () => { port = await startWsed(bin); })) {
     await stopWsed();
     finish(1);
@@ -151,6 +318,14 @@ async function readyMessage(page, userId) {
     cookieToken = genToken(bin, 'cookie-user', SECRET);
     forged = genToken(bin, 'demo-user', FORGER_SECRET);  // right shape, wrong key
     for (const t of [token, cookieToken, forged]) assert(/^[\w-]+\.[\w-]+\.[\w-]+$/.test(t), `not a JWT: ${t}`);
+    fanout = hasFanout(bin);
+    if (fanout) {
+      const chatClaim = ['--topics', 'chat.*', '--publish', 'chat.*'];
+      chat.alice = genToken(bin, 'alice', SECRET, chatClaim);
+      chat.bob = genToken(bin, 'bob', SECRET, chatClaim);
+      chat.carol = genToken(bin, 'carol', SECRET, ['--topics', 'chat.*']);  // may read, not publish
+      for (const t of Object.values(chat)) assert(/^[\w-]+\.[\w-]+\.[\w-]+$/.test(t), `not a JWT: ${t}`);
+    }
   });
 
   await check('chromium launches (headless)', async () => {
@@ -159,7 +334,10 @@ async function readyMessage(page, userId) {
       headless: true,
       timeout: 2 * STEP_MS,
       args: ['--headless=new', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage',
-        '--disable-background-networking', '--no-first-run'],
+        '--disable-background-networking', '--no-first-run',
+        // A page fulfilled by the test has no address space, so Chromium would block its
+        // WebSocket to 127.0.0.1 as a public page reaching a local one.
+        ...(pageOverride ? ['--disable-features=LocalNetworkAccessChecks'] : [])],
     });
   });
 
@@ -245,6 +423,13 @@ async function readyMessage(page, userId) {
         await c.context.close().catch(() => {});
       }
     });
+
+    // 4. The chat: two users on chat.lobby, then a user whose token may not publish.
+    if (!fanout) {
+      console.log(`# skip chat checks: ${bin} has no topics (its --help lists no --api-key-file)`);
+    } else {
+      await chatChecks(base, chat, args.screenshot);
+    }
 
     await withTimeout(browser.close(), STEP_MS, 'browser close').catch((e) => console.log(`# ${e.message}`));
   }
