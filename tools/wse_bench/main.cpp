@@ -77,9 +77,9 @@ struct options {
   uint32_t publish_batch = 100;
   uint32_t publish_inflight = 8;
   double publish_rate = 0;
-  uint32_t publish_window = 1000;
-  uint16_t api_port = 0;      // 0: --port
-  uint16_t metrics_port = 0;  // 0: the API port
+  int64_t publish_window = -1;  // -1: auto (2M deliveries in flight, 16..1,000 publications)
+  uint16_t api_port = 0;        // 0: --port
+  uint16_t metrics_port = 0;    // 0: the API port
   runner_options runner;
 };
 
@@ -698,7 +698,9 @@ section fanout(const context& cx, bool broadcast) {
   pc.batch = o.publish_batch;
   pc.inflight_max = o.publish_inflight;
   pc.rate = o.publish_rate;
-  pc.window = kind == publisher_kind::server ? 0 : o.publish_window;
+  pc.window = kind == publisher_kind::server || o.publish_window == 0
+                  ? 0
+                  : static_cast<uint64_t>(std::max<int64_t>(0, o.publish_window));
   plan.metrics = true;
   plan.metrics_addr = loopback_addr(cx.base, metrics_port);
   plan.metrics_host = o.host + ":" + std::to_string(metrics_port);
@@ -730,6 +732,9 @@ section fanout(const context& cx, bool broadcast) {
         cx.wse && kind != publisher_kind::server && !broadcast ? o.topic : std::string();
     j.tick_base_known = kind != publisher_kind::server;
     tier_spec spec{n, 0, warmup_for(o), o.duration_s, false};
+    if (o.publish_window < 0 && kind != publisher_kind::server) {  // auto, for this tier
+      plan.publisher.window = std::clamp<uint64_t>(2'000'000 / std::max<uint32_t>(1, n), 16, 1000);
+    }
     spec.fanout = &plan;
     tier_result r = run(cx, j, spec);
     const fanout_result& f = r.fanout;
@@ -763,6 +768,7 @@ section fanout(const context& cx, bool broadcast) {
                          .str("topic", broadcast ? "" : o.topic)
                          .num("publish_rate", o.publish_rate)
                          .integer("publish_batch", o.publish_batch)
+                         .integer("publish_window", plan.publisher.window)
                          .integer("subscribers", f.counts.subscribers)
                          .integer("subscribed", f.subscribed)
                          .num("published_per_s", published)
@@ -914,8 +920,9 @@ fanout-broadcast   (run only when named) Per tier, N subscribers connect (wse: J
                    --protocol raw too (no JWT, no WSE handshake, fanout_tick text frames counted),
                    so any WebSocket server that publishes fanout_tick can be measured.
                    --publish-rate N publications/s (0: as fast as the server takes them, at most
-                   --publish-window publications ahead of the average subscriber, so the
-                   subscribers, not the server's slow-consumer policy, set the pace).
+                   --publish-window publications ahead of the average subscriber, by default
+                   2M/N clamped to 16..1,000, so the subscribers, not the server's slow-consumer
+                   policy, set the pace and no more than ~2M deliveries are in flight).
                    Reports published/s, deliveries/s, MB/s (payload), per-subscriber gaps (seqs
                    taken by the server and never received, after a drain of up to 10 s),
                    duplicates and reorders, end-to-end latency p50/p99/p99.9 (receive time -
@@ -1192,9 +1199,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--publish-window", opt.publish_window,
                  "fanout: publications the publisher may be ahead of the average subscriber "
-                 "(0: no end-to-end flow control; the server's slow-consumer policy decides)")
-      ->check(CLI::Range(0u, 100000000u))
-      ->capture_default_str();
+                 "(default: 2M deliveries in flight, 16..1,000 publications; 0: no end-to-end "
+                 "flow control, the server's slow-consumer policy decides)")
+      ->check(CLI::Range(int64_t{0}, int64_t{100000000}));
   app.add_option("--api-port", opt.api_port, "fanout: port of the HTTP API (default: --port)");
   app.add_option("--metrics-port", opt.metrics_port,
                  "fanout: port serving /metrics (slow-consumer drops; default: the API port)");

@@ -35,6 +35,7 @@ struct fanout_plan {
   std::string metrics_host;
   double subscribe_timeout_s = 10;  // every subscription confirmed within this after the ramp
   double drain_timeout_s = 10;      // deliveries still arriving after the publisher stopped
+                                    // (and at most 3 s without one)
 };
 
 struct fanout_result {
