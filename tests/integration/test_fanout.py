@@ -657,7 +657,15 @@ def test_fanout_user_send_and_broadcast_both_shards():
         assert 2 <= (total(m, "wsed_fanout_published_total", kind="user") or 0) <= 3
         assert total(m, "wsed_fanout_deliveries_total") == len(alice) + len(bob) + 2 * len(everyone), \
             (total(m, "wsed_fanout_deliveries_total"), len(alice), len(bob), len(everyone))
-        for c in everyone:
+        # A user id that JSON escapes (quotes, backslash, non-ASCII written as \\u in the body).
+        odd = 'bob "the" caf\u00e9 \\ \u2603'
+        c = ws_client(srv.port, odd)
+        msg = {"t": "dm", "p": {"odd": True}}
+        st, _, doc = post_once(srv.port, json.dumps([{"user": odd, "message": msg}]))
+        assert st == 200 and doc == {"accepted": 1}, (st, doc)
+        raw, doc = next_json(c, 5, "(send to a user id with escapes)")
+        assert doc == dict({"c": "U"}, **msg), raw
+        for c in everyone + [c]:
             c.close()
 
 
