@@ -203,7 +203,7 @@ def test_wse_bench_blast():
 API_KEY = "integration-api-key-0123456789"
 
 
-def fanout(name, *extra, server_args=(), key=API_KEY):
+def fanout(name, *extra, server_args=(), key=API_KEY, threads=2):
     """Run fanout scenario `name` at 100 subscribers for ~1 s against wsed --mode wse --workers 2
     with an API key file; return (rc, markdown, the test's JSON or None, stderr)."""
     san = dict(H.SANITIZER_ENV) if SAN else {}
@@ -221,7 +221,7 @@ def fanout(name, *extra, server_args=(), key=API_KEY):
             path = os.path.join(tmp, "out.json")
             rc, out, err = run_bench("--protocol", "wse", "--port", srv.port, "--test", name,
                                      "--secret", SECRET, "--api-key-file", bench_key,
-                                     "--tiers", "100", "--duration", "1", "--threads", "2",
+                                     "--tiers", "100", "--duration", "1", "--threads", threads,
                                      "--server-pid", srv.proc.pid, "--json", path, *extra,
                                      timeout=60)
             doc = None
@@ -382,3 +382,19 @@ def test_wse_bench_fanout_raw_counts_gaps_of_a_lossy_server():
     assert row["gaps"] > 0 and row["subscribers_with_gaps"] == 20, row
     assert row["duplicates"] == 0, row
     assert t["errors"] >= row["gaps"], t
+
+
+@limit(90)
+def test_wse_bench_fanout_slow_consumer_drops_are_the_gaps():
+    """No flow control (--publish-window 0) against --slow-consumer drop: the drops wsed counts in
+    /metrics are exactly the seqs the subscribers miss (exit 3: gaps are loss)."""
+    rc, out, t, err = fanout("fanout-broadcast", "--publish-window", "0", threads=1,
+                             server_args=("--slow-consumer", "drop", "--max-outbound-bytes", "16KiB"))
+    row = t["rows"][0]
+    assert row["slow_consumer"] is not None, row
+    drops = row["slow_consumer"]["drop"]
+    assert row["gaps"] == drops and row["slow_consumer"]["disconnect"] == 0, row
+    assert row["lost_connections"] == 0 and row["duplicates"] == 0, row
+    if not SAN:  # a sanitizer build may be slow enough for one client thread to keep up
+        assert drops > 0 and rc == 3, (rc, row)
+    assert rc == (3 if drops else 0), (rc, out[-2000:], err[-2000:])
