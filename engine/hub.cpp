@@ -35,7 +35,7 @@ void hub::set_wake_fd(uint32_t shard, int fd) {
   parts_[shard]->wake_fd.store(fd, std::memory_order_release);
 }
 
-void hub::wake(void* context) {
+void hub::wake_shard(void* context) {
   auto* p = static_cast<part*>(context);
   int fd = p->wake_fd.load(std::memory_order_acquire);
   if (fd < 0) return;  // not set up yet: its first loop pass drains anyway
@@ -57,7 +57,13 @@ bool hub::push(uint32_t target, uint32_t producer, fanout::delivery d) {
   return ok;
 }
 
-route_result hub::route(fanout::delivery_kind kind, uint32_t producer, fanout::frame* f) {
+void hub::wake(uint64_t shards_mask) {
+  for (uint64_t m = shards_mask, i = 0; m; ++i, m >>= 1)
+    if (m & 1) parts_[i]->inbox.wake_if_needed();
+}
+
+route_result hub::route(fanout::delivery_kind kind, uint32_t producer, fanout::frame* f,
+                        uint64_t* wakes) {
   route_result r;
   const uint64_t mask = kind == fanout::delivery_kind::topic
                             ? router_.shards_for(f->key())
@@ -78,8 +84,14 @@ route_result hub::route(fanout::delivery_kind kind, uint32_t producer, fanout::f
   for (uint64_t m = mask, i = 0; m; ++i, m >>= 1) {
     if (!(m & 1)) continue;
     fanout::retain(f);
-    bool ok = parts_[i]->inbox.try_push(producer, d);
+    bool ok = parts_[i]->inbox.try_push_no_wake(producer, d);
     ENGINE_ASSERT(ok);
+    // A shard's own inbox is drained in this loop pass: no wake. Others now, or batched.
+    if (i == producer) continue;
+    if (wakes)
+      *wakes |= uint64_t(1) << i;
+    else
+      parts_[i]->inbox.wake_if_needed();
   }
   return r;
 }

@@ -54,17 +54,23 @@ class hub {
   // A frame addressed by kind: topic -> every shard the router names; broadcast and user -> every
   // shard. All or nothing: when one target's inbox is full, no shard gets it (shards_full > 0).
   // The caller keeps its own reference to f.
-  route_result route(fanout::delivery_kind kind, uint32_t producer, fanout::frame* f);
+  // wakes: when given, the shards to wake are added to it instead of being woken now (a producer
+  // publishing a batch wakes each shard once, with wake(mask)); the producer's own shard is
+  // never woken (it drains its inbox in the current loop pass).
+  route_result route(fanout::delivery_kind kind, uint32_t producer, fanout::frame* f,
+                     uint64_t* wakes = nullptr);
+  void wake(uint64_t shards_mask);
 
  private:
   struct part {
     // The wake context is the part itself (its address is final: parts live on the heap).
-    part(uint32_t capacity, uint32_t producers) : inbox(capacity, producers, &hub::wake, this) {}
+    part(uint32_t capacity, uint32_t producers)
+        : inbox(capacity, producers, &hub::wake_shard, this) {}
     fanout::inbox inbox;
     fanout::frame_pool pool;
     std::atomic<int> wake_fd{-1};
   };
-  static void wake(void* context);
+  static void wake_shard(void* context);
 
   fanout::router router_;
   std::vector<std::unique_ptr<part>> parts_;

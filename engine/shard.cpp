@@ -24,8 +24,6 @@
 #include <string_view>
 
 #include "engine/assert.hpp"
-#include "engine/demo_page.hpp"
-#include "proto/wse_builder.hpp"
 
 namespace wsed::engine {
 
@@ -39,7 +37,8 @@ constexpr unsigned cq_entries = 16384;
 constexpr uint16_t buffer_group = 0;
 constexpr uint32_t slot_reserve = 64;  // slots beyond connections_max, used to answer 503
 constexpr uint32_t tick_ms = 100;
-constexpr size_t buffer_tail_spare = 64;  // after every receive buffer (in-place JSON parsing)
+// After every receive buffer (in-place JSON parsing: see app_handler::on_message).
+constexpr size_t buffer_tail_spare = shard::payload_padding_bytes;
 
 uint64_t monotonic_ms() {
   timespec ts;
@@ -67,14 +66,15 @@ close_reason reason_for_code(uint16_t code) {
 }  // namespace
 
 // Growable bytes owned by one connection: handshake bytes, a split frame header, or the
-// payload of a message that arrived over several receives.
+// payload of a message that arrived over several receives. Its capacity always leaves
+// payload_padding_bytes after the data (handed to the application as padding).
 struct shard::byte_buffer {
   uint32_t size;
   uint32_t capacity;
   uint8_t* data() { return reinterpret_cast<uint8_t*>(this + 1); }
 
   static void append(byte_buffer*& b, const void* bytes, size_t n) {
-    size_t need = (b ? b->size : 0) + n;
+    size_t need = (b ? b->size : 0) + n + payload_padding_bytes;
     ENGINE_ASSERT(need <= UINT32_MAX);
     if (!b || b->capacity < need) {
       size_t cap = std::max<size_t>(need, b ? size_t(b->capacity) * 2 : 256);
@@ -99,7 +99,8 @@ shard::shard(uint32_t index, server_shared& shared, app_handler& app)
       shared_(shared),
       cfg_(*shared.config),
       app_(app),
-      http_parser_(shared.config->http_header_bytes_max) {
+      http_parser_(shared.config->http_header_bytes_max),
+      endpoints_(shared, app) {
   limits_.message_bytes_max = cfg_.message_bytes_max;
   limits_.fragments_per_message_max = cfg_.fragments_per_message_max;
   tick_.tv_sec = 0;
@@ -109,7 +110,7 @@ shard::shard(uint32_t index, server_shared& shared, app_handler& app)
 shard::~shard() {
   // The ring goes first: once it is gone the kernel reads no iovec and writes no buffer of
   // ours, so queues with a send still in flight (shutdown timeout) can be freed.
-  if (ring_ready_) io_uring_queue_exit(&ring_);
+  ring_.exit();
   if (slots_) {
     for (uint32_t i = 0; i < slots_touched_; ++i) {
       connection& c = slots_[i];
@@ -124,8 +125,6 @@ shard::~shard() {
     munmap(slots_, sizeof(connection) * slot_capacity_);
   }
   for (out_queue* q : free_queues_) delete q;
-  if (buf_ring_) munmap(buf_ring_, buf_ring_bytes_);
-  if (buf_base_) munmap(buf_base_, buf_area_bytes_);
   if (listen_fd_ >= 0) ::close(listen_fd_);
   if (admin_fd_ >= 0) ::close(admin_fd_);
   if (wake_fd_ >= 0) {
@@ -139,34 +138,8 @@ shard::~shard() {
 
 void shard::setup(uint16_t port, uint16_t admin_port) {
   // The ring: SINGLE_ISSUER | DEFER_TASKRUN where the kernel has them.
-  io_uring_params params{};
-  params.flags = IORING_SETUP_CQSIZE | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
-  params.cq_entries = cq_entries;
-  int r = io_uring_queue_init_params(ring_entries, &ring_, &params);
-  if (r == -EINVAL) {
-    notes_ += "DEFER_TASKRUN refused by the kernel (" + std::string(std::strerror(-r)) +
-              "); using SINGLE_ISSUER|COOP_TASKRUN. ";
-    params = {};
-    params.flags = IORING_SETUP_CQSIZE | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN;
-    params.cq_entries = cq_entries;
-    r = io_uring_queue_init_params(ring_entries, &ring_, &params);
-  }
-  if (r == -EINVAL) {
-    notes_ += "SINGLE_ISSUER refused too; using a plain ring. ";
-    params = {};
-    params.flags = IORING_SETUP_CQSIZE;
-    params.cq_entries = cq_entries;
-    r = io_uring_queue_init_params(ring_entries, &ring_, &params);
-  }
-  if (r < 0) {
-    if (r == -ENOSYS || r == -EPERM)
-      fail_setup("io_uring is not available on this kernel or is disabled (needs Linux >= 6.0)",
-                 -r);
-    fail_setup("io_uring_queue_init", -r);
-  }
-  ring_ready_ = true;
-  if (!(params.features & IORING_FEAT_NODROP))
-    throw std::runtime_error("io_uring without IORING_FEAT_NODROP: kernel too old (needs >= 6.0)");
+  std::string err = ring_.init(ring_entries, cq_entries, &notes_);
+  if (!err.empty()) throw std::runtime_error(err);
 
   // Direct descriptors: one table entry per slot, capped by RLIMIT_NOFILE (the kernel's cap).
   rlimit rl{};
@@ -174,7 +147,7 @@ void shard::setup(uint16_t port, uint16_t admin_port) {
   uint64_t want = uint64_t(cfg_.connections_max) + slot_reserve;
   uint64_t cap = rl.rlim_cur == RLIM_INFINITY ? want : uint64_t(rl.rlim_cur);
   file_table_size_ = uint32_t(std::min(want, cap));
-  r = io_uring_register_files_sparse(&ring_, file_table_size_);
+  int r = io_uring_register_files_sparse(ring_.get(), file_table_size_);
   if (r < 0) fail_setup("io_uring_register_files_sparse", -r);
   if (file_table_size_ < want)
     notes_ += "direct descriptor table capped at " + std::to_string(file_table_size_) +
@@ -186,32 +159,12 @@ void shard::setup(uint16_t port, uint16_t admin_port) {
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (mem == MAP_FAILED) fail_setup("mmap slots", errno);
   slots_ = static_cast<connection*>(mem);
+  timers_.attach(slots_);
 
   // Provided receive buffers.
-  uint32_t count = cfg_.recv_buffer_count;
-  ENGINE_ASSERT(count > 0 && (count & (count - 1)) == 0 && count <= 32768);
-  buf_ring_bytes_ = sizeof(io_uring_buf) * count;
-  void* ring_mem =
-      mmap(nullptr, buf_ring_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (ring_mem == MAP_FAILED) fail_setup("mmap buffer ring", errno);
-  buf_ring_ = static_cast<io_uring_buf_ring*>(ring_mem);
-  io_uring_buf_ring_init(buf_ring_);
-  io_uring_buf_reg reg{};
-  reg.ring_addr = reinterpret_cast<uint64_t>(buf_ring_);
-  reg.ring_entries = count;
-  reg.bgid = buffer_group;
-  r = io_uring_register_buf_ring(&ring_, &reg, 0);
-  if (r < 0) fail_setup("io_uring_register_buf_ring (needs Linux >= 5.19)", -r);
-  buf_stride_ = uint32_t((cfg_.recv_buffer_bytes + buffer_tail_spare + 63) & ~size_t(63));
-  buf_area_bytes_ = size_t(buf_stride_) * count;
-  void* area =
-      mmap(nullptr, buf_area_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (area == MAP_FAILED) fail_setup("mmap receive buffers", errno);
-  buf_base_ = static_cast<uint8_t*>(area);
-  for (uint32_t i = 0; i < count; ++i)
-    io_uring_buf_ring_add(buf_ring_, buf_base_ + size_t(i) * buf_stride_, cfg_.recv_buffer_bytes,
-                          uint16_t(i), io_uring_buf_ring_mask(count), int(i));
-  io_uring_buf_ring_advance(buf_ring_, int(count));
+  err = bufs_.init(ring_.get(), buffer_group, cfg_.recv_buffer_count, cfg_.recv_buffer_bytes,
+                   buffer_tail_spare);
+  if (!err.empty()) throw std::runtime_error(err);
 
   // The listener: one per shard on the same port; the kernel spreads accepts.
   listen_fd_ = open_listener(cfg_.host, port, &bound_port_);
@@ -278,8 +231,8 @@ void shard::run() {
     flush();
     if (stopping_ && (metrics_.slots_used.get() == 0 || now_ms_ >= stop_deadline_ms_)) break;
     // With deliveries left over from the last drain (its budget), do not sleep.
-    int r = inbox_backlog_ ? io_uring_submit_and_get_events(&ring_)
-                           : io_uring_submit_and_wait(&ring_, 1);
+    int r = inbox_backlog_ ? io_uring_submit_and_get_events(ring_.get())
+                           : io_uring_submit_and_wait(ring_.get(), 1);
     if (r < 0 && r != -EINTR && r != -ETIME && r != -EBUSY) {
       std::fprintf(stderr, "wsed: shard %u: io_uring_submit_and_wait: %s\n", index_,
                    std::strerror(-r));
@@ -289,11 +242,11 @@ void shard::run() {
     unsigned head;
     unsigned seen = 0;
     io_uring_cqe* cqe;
-    io_uring_for_each_cqe(&ring_, head, cqe) {
+    io_uring_for_each_cqe(ring_.get(), head, cqe) {
       dispatch(cqe);
       ++seen;
     }
-    io_uring_cq_advance(&ring_, seen);
+    io_uring_cq_advance(ring_.get(), seen);
   }
 }
 
@@ -305,9 +258,9 @@ void shard::request_stop() {
 
 void shard::dispatch(io_uring_cqe* cqe) {
   uint64_t ud = cqe->user_data;
-  op o = op(ud >> 56);
-  uint32_t gen = uint32_t(ud >> 32) & 0xFFFFFF;
-  uint32_t slot = uint32_t(ud);
+  op o = op(user_data::op(ud));
+  uint32_t gen = user_data::generation(ud);
+  uint32_t slot = user_data::index(ud);
   switch (o) {
     case op::accept:
       on_accept(cqe, false);
@@ -331,7 +284,7 @@ void shard::dispatch(io_uring_cqe* cqe) {
   if (slot == no_slot) return;  // fire-and-forget op (closing a descriptor we never slotted)
   ENGINE_ASSERT(slot < slots_touched_);
   connection& c = slot_at(slot);
-  if ((c.generation & 0xFFFFFF) != gen || c.state == conn_state::free) {
+  if ((c.generation & user_data::generation_mask) != gen || c.state == conn_state::free) {
     metrics_.stale_completions.add();
     if (o == op::recv && (cqe->flags & IORING_CQE_F_BUFFER))
       recycle_buffer(uint16_t(cqe->flags >> IORING_CQE_BUFFER_SHIFT));
@@ -363,7 +316,7 @@ void shard::on_accept(io_uring_cqe* cqe, bool admin) {
   if (admin) {
     if (!(cqe->flags & IORING_CQE_F_MORE) && accepting_) arm_accept_admin();
   } else if (shared_.per_ip) {
-    auto index = uint32_t(cqe->user_data & 0xFFFFFFFF);
+    uint32_t index = user_data::index(cqe->user_data);
     ENGINE_ASSERT(index < accept_addrs_.size());
     if (cqe->res >= 0) peer = ip_key_of(accept_addrs_[index].addr);
     if (accepting_) arm_accept_one(index);
@@ -451,7 +404,7 @@ void shard::on_recv(connection& c, uint32_t slot, io_uring_cqe* cqe) {
   if (res > 0) {
     ENGINE_ASSERT(cqe->flags & IORING_CQE_F_BUFFER);
     uint16_t bid = uint16_t(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
-    std::span<uint8_t> data(buf_base_ + size_t(bid) * buf_stride_, size_t(res));
+    std::span<uint8_t> data(bufs_.at(bid), size_t(res));
     metrics_.bytes_in.add(uint64_t(res));
     switch (c.state) {
       case conn_state::handshake:
@@ -607,58 +560,10 @@ bool shard::origin_allowed(std::string_view origin) const {
 
 bool shard::serve_http(connection& c, uint32_t slot, const proto::http_request& req,
                        std::string_view body) {
-  bool keep_alive = proto::http_keep_alive(req);
-  // With --admin-listen, the endpoints live only there and the main port serves the page.
-  bool admin_here = cfg_.admin_listen.empty() || (c.flags & flag_admin);
-  bool main_here = !(c.flags & flag_admin);
-  bool page = main_here && (req.path == "/" || req.path == "/index.html");
-  bool api = admin_here && req.path.starts_with("/api/");
-  bool known =
-      page ||
-      (admin_here && (req.path == "/healthz" || req.path == "/readyz" || req.path == "/metrics"));
-  std::string response;
-  auto connection = keep_alive ? proto::http_connection::keep_alive : proto::http_connection::close;
-  if (api) {
-    http_answer answer;
-    if (!app_.on_http(*this, req, body, answer)) {
-      answer.status = 404;
-      answer.content_type = "text/plain";
-      answer.body = "not found\n";
-    }
-    response = proto::http_response(answer.status, answer.content_type, answer.body,
-                                    answer.extra_headers, connection);
-  } else if (known && req.method != "GET" && req.method != "HEAD") {
-    response = proto::http_response(405, "text/plain", "method not allowed\n",
-                                    "Allow: GET, HEAD\r\n", connection);
-  } else if (page) {
-    // The demo page (engine/demo/index.html): inline script and style only, WebSocket to us.
-    static constexpr std::string_view page_headers =
-        "Cache-Control: no-cache\r\n"
-        "X-Content-Type-Options: nosniff\r\n"
-        "Referrer-Policy: no-referrer\r\n"
-        "Content-Security-Policy: default-src 'none'; script-src 'unsafe-inline'; "
-        "style-src 'unsafe-inline'; img-src data:; connect-src 'self' ws: wss:; base-uri 'none'; "
-        "form-action 'none'; frame-ancestors 'none'\r\n";
-    response = proto::http_response(200, "text/html; charset=utf-8", demo_page_html(), page_headers,
-                                    connection);
-  } else if (admin_here && (req.path == "/healthz" || req.path == "/readyz")) {
-    std::string_view ok = req.path == "/healthz" ? "ok\n" : "ready\n";
-    response = stopping_ ? proto::http_response(503, "text/plain", "stopping\n", {}, connection)
-                         : proto::http_response(200, "text/plain", ok, {}, connection);
-  } else if (known && req.path == "/metrics") {
-    std::string metrics_text = render_prometheus(shared_.metrics);
-    app_.render_metrics(metrics_text);
-    response = proto::http_response(200, "text/plain; version=0.0.4", metrics_text, {}, connection);
-  } else {
-    response = proto::http_response(404, "text/plain", "not found\n", {}, connection);
-  }
-  if (req.method == "HEAD") {
-    // The same status line and headers (Content-Length included), without the body.
-    size_t head_end = response.find("\r\n\r\n");
-    if (head_end != std::string::npos) response.resize(head_end + 4);
-  }
-  answer_http(c, slot, req, std::move(response), keep_alive);
-  return keep_alive && c.state == conn_state::handshake;
+  http_endpoints::answer a =
+      endpoints_.serve(*this, req, body, (c.flags & flag_admin) != 0, stopping_);
+  answer_http(c, slot, req, std::move(a.response), a.keep_alive);
+  return a.keep_alive && c.state == conn_state::handshake;
 }
 
 void shard::answer_http(connection& c, uint32_t slot, const proto::http_request&,
@@ -986,10 +891,7 @@ void shard::reject(connection& c, uint32_t slot, reject_reason why, uint16_t sta
 // An error answer of the HTTP API (JSON, like its other answers), then close: the body was not
 // read, so the connection cannot carry another request.
 void shard::reject_api(connection& c, uint32_t slot, uint16_t status, std::string_view reason) {
-  std::string body = "{\"error\":";
-  proto::wse_append_json_string(body, reason);
-  body += "}\n";
-  std::string response = proto::http_response(status, "application/json", body);
+  std::string response = http_endpoints::api_error(status, reason);
   out_of(c).append(chunks_, response.data(), response.size());
   mark_dirty(c, slot);
   begin_close(c, slot, close_reason::http_done, 0);
@@ -1124,45 +1026,21 @@ void shard::drain_inbox() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Timers: one FIFO list per timeout kind; every list's durations are constant, so appending at
-// the tail keeps each list ordered by deadline and expiry pops from the head.
+// Timers (engine/timer_lists.hpp)
 
 void shard::timer_link(connection& c, uint32_t slot, timer_list list, uint64_t deadline_ms) {
-  timer_unlink(c, slot);
-  list_head& l = timers_[size_t(list)];
-  c.timer = list;
-  c.deadline_ms = deadline_ms;
-  c.timer_prev = l.tail;
-  c.timer_next = no_slot;
-  if (l.tail != no_slot)
-    slot_at(l.tail).timer_next = slot;
-  else
-    l.head = slot;
-  l.tail = slot;
+  (void)c;
+  timers_.link(slot, list, deadline_ms);
 }
 
 void shard::timer_unlink(connection& c, uint32_t slot) {
-  if (c.timer == timer_list::none) return;
-  list_head& l = timers_[size_t(c.timer)];
-  if (c.timer_prev != no_slot)
-    slot_at(c.timer_prev).timer_next = c.timer_next;
-  else
-    l.head = c.timer_next;
-  if (c.timer_next != no_slot)
-    slot_at(c.timer_next).timer_prev = c.timer_prev;
-  else
-    l.tail = c.timer_prev;
-  (void)slot;
-  c.timer = timer_list::none;
+  (void)c;
+  timers_.unlink(slot);
 }
 
 void shard::expire(timer_list list) {
-  list_head& l = timers_[size_t(list)];
-  while (l.head != no_slot) {
-    uint32_t slot = l.head;
+  for (uint32_t slot; (slot = timers_.pop_expired(list, now_ms_)) != no_slot;) {
     connection& c = slot_at(slot);
-    if (c.deadline_ms > now_ms_) break;
-    timer_unlink(c, slot);
     switch (list) {
       case timer_list::handshake:
         begin_close(c, slot, close_reason::handshake_timeout, 0);
@@ -1215,11 +1093,7 @@ void shard::on_wake() {
 // Ring helpers
 
 io_uring_sqe* shard::get_sqe() {
-  io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
-  if (!sqe) {
-    io_uring_submit(&ring_);
-    sqe = io_uring_get_sqe(&ring_);
-  }
+  io_uring_sqe* sqe = ring_.sqe();
   ENGINE_ASSERT(sqe != nullptr);
   return sqe;
 }
@@ -1274,10 +1148,7 @@ void shard::arm_wake() {
 }
 
 void shard::recycle_buffer(uint16_t bid) {
-  uint32_t count = cfg_.recv_buffer_count;
-  io_uring_buf_ring_add(buf_ring_, buf_base_ + size_t(bid) * buf_stride_, cfg_.recv_buffer_bytes,
-                        bid, io_uring_buf_ring_mask(count), 0);
-  io_uring_buf_ring_advance(buf_ring_, 1);
+  bufs_.recycle(bid);
 }
 
 }  // namespace wsed::engine

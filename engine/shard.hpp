@@ -17,10 +17,13 @@
 #include <vector>
 
 #include "engine/config.hpp"
+#include "engine/http_endpoints.hpp"
 #include "engine/hub.hpp"
 #include "engine/metrics.hpp"
 #include "engine/out_queue.hpp"
 #include "engine/per_ip.hpp"
+#include "engine/ring.hpp"
+#include "engine/timer_lists.hpp"
 #include "proto/http.hpp"
 #include "proto/ws.hpp"
 
@@ -64,6 +67,9 @@ class app_handler {
   virtual void attach(hub&) {}
   // The upgrade request's views are valid only during the call.
   virtual void on_open(shard&, conn_ref, const proto::http_request&) {}
+  // payload is always followed by at least shard::payload_padding_bytes readable bytes (never to
+  // be written): a receive buffer's spare tail or a reassembly buffer's spare capacity, so a
+  // JSON parser that reads past the end (simdjson) parses it in place.
   virtual void on_message(shard& s, conn_ref c, proto::ws_opcode opcode,
                           std::span<const uint8_t> payload) = 0;
   virtual void on_close(shard&, conn_ref) {}
@@ -87,6 +93,9 @@ enum class send_status : uint8_t { queued, backpressure, dropped };
 
 class shard {
  public:
+  // Readable bytes after every payload handed to app_handler::on_message.
+  static constexpr size_t payload_padding_bytes = 64;
+
   shard(uint32_t index, server_shared& shared, app_handler& app);
   ~shard();
   shard(const shard&) = delete;
@@ -183,9 +192,8 @@ class shard {
   static constexpr uint32_t no_slot = UINT32_MAX;
   static constexpr size_t queues_keep_max = 256;  // idle out_queues kept for reuse
 
-  // user_data = op (8 bits) | generation (24 bits) | slot (32 bits)
   static uint64_t pack(op o, uint32_t generation, uint32_t slot) {
-    return (uint64_t(o) << 56) | (uint64_t(generation & 0xFFFFFF) << 32) | slot;
+    return user_data::pack(uint8_t(o), generation, slot);
   }
 
   // The one dispatch switch and its handlers.
@@ -261,8 +269,7 @@ class shard {
   chunk_pool chunks_;
   std::vector<out_queue*> free_queues_;
 
-  io_uring ring_{};
-  bool ring_ready_ = false;
+  uring ring_;
   int listen_fd_ = -1;
   int admin_fd_ = -1;  // --admin-listen (every shard listens on it too, SO_REUSEPORT)
   uint16_t admin_port_ = 0;
@@ -271,12 +278,7 @@ class shard {
   uint16_t bound_port_ = 0;
   std::string notes_;
 
-  // Provided receive buffers (one group per shard).
-  io_uring_buf_ring* buf_ring_ = nullptr;
-  uint8_t* buf_base_ = nullptr;
-  size_t buf_ring_bytes_ = 0;
-  size_t buf_area_bytes_ = 0;
-  uint32_t buf_stride_ = 0;
+  provided_buffers bufs_;  // one buffer group per shard
 
   // Slots: a calloc'd array (pages touched only when used) and a free list.
   connection* slots_ = nullptr;
@@ -285,10 +287,8 @@ class shard {
   std::vector<uint32_t> free_slots_;
   uint32_t file_table_size_ = 0;
 
-  struct list_head {
-    uint32_t head = no_slot, tail = no_slot;
-  };
-  list_head timers_[size_t(timer_list::count_)];
+  timer_lists<connection, timer_list, size_t(timer_list::count_)> timers_;
+  static_assert(decltype(timers_)::none == no_slot);
 
   // With a per-IP cap: single-shot accepts, each with its own address buffer (a multishot
   // accept reports no peer address), and each slot's address.
@@ -310,6 +310,7 @@ class shard {
   bool stopping_ = false;
   __kernel_timespec tick_{};
   proto::http_request_parser http_parser_;  // reused: one request is parsed at a time
+  http_endpoints endpoints_;
 };
 
 }  // namespace wsed::engine

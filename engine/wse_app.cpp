@@ -274,7 +274,8 @@ void wse_app::on_message(shard& s, conn_ref c, proto::ws_opcode opcode,
     return;
   }
   if (!admit(s, c, p, *st)) return;
-  if (opcode == proto::ws_opcode::text) return on_json(s, c, p, *st, as_text(payload));
+  if (opcode == proto::ws_opcode::text)
+    return on_json(s, c, p, *st, as_text(payload), proto::wse_input_padding::padded);
   // Binary: M: + MessagePack, raw MessagePack, or C: + zlib; decoded to JSON text first.
   proto::wse_msgpack_envelope env;
   proto::wse_error err =
@@ -299,7 +300,10 @@ void wse_app::on_message(shard& s, conn_ref c, proto::ws_opcode opcode,
       return deliver(s, c, p, *st, env.type, env.has_category, env.category, payload_json);
     }
   }
-  on_json(s, c, p, *st, p.decoded);
+  // The decoded JSON gets spare capacity (grown once, then kept) so it is parsed in place too.
+  if (p.decoded.capacity() < p.decoded.size() + proto::wse_json_padding_bytes)
+    p.decoded.reserve(p.decoded.size() + proto::wse_json_padding_bytes);
+  on_json(s, c, p, *st, p.decoded, proto::wse_input_padding::padded);
 }
 
 void wse_app::deliver(shard& s, conn_ref c, per_shard& p, conn_state& st, std::string_view type,
@@ -314,9 +318,10 @@ void wse_app::deliver(shard& s, conn_ref c, per_shard& p, conn_state& st, std::s
   handler_.on_message(wse_conn{&s, c}, m);
 }
 
-void wse_app::on_json(shard& s, conn_ref c, per_shard& p, conn_state& st, std::string_view text) {
+void wse_app::on_json(shard& s, conn_ref c, per_shard& p, conn_state& st, std::string_view text,
+                      proto::wse_input_padding padding) {
   proto::wse_message msg;
-  proto::wse_error err = p.parser.parse(text, msg, proto::wse_input_padding::none);
+  proto::wse_error err = p.parser.parse(text, msg, padding);
   if (err != proto::wse_error::none) {
     p.counts.invalid.add();
     return send_error(s, c, p, "INVALID_MESSAGE", proto::to_string(err));
@@ -574,7 +579,7 @@ void wse_app::on_client_publish(shard& s, conn_ref c, per_shard& p, conn_state& 
 }
 
 publish_status wse_app::route(shard* s, fanout::delivery_kind kind, std::string_view key,
-                              std::string_view json) {
+                              std::string_view json, uint64_t* wakes) {
   if (!hub_) return publish_status::busy;
   // The publication with its "c" (parsed once, on the calling thread).
   thread_local proto::wse_envelope_parser external_parser;
@@ -588,7 +593,7 @@ publish_status wse_app::route(shard* s, fanout::delivery_kind kind, std::string_
       s ? hub_->pool(s->index()).make_text(key, text) : fanout::make_text_frame(key, text);
   if (!f) return publish_status::busy;
   uint32_t producer = s ? s->index() : hub_->external_producer();
-  route_result r = hub_->route(kind, producer, f);
+  route_result r = hub_->route(kind, producer, f, wakes);
   fanout::release(f);
   if (s) {
     s->count_published(kind == fanout::delivery_kind::topic       ? publish_kind::topic
@@ -708,12 +713,20 @@ void wse_app::api_publish(shard& s, per_shard& p, const proto::http_request& req
     return json_answer(answer, 400, error_json(p.api_parser.error()));
   }
   size_t accepted = 0;
+  uint64_t wakes = 0;  // each shard woken once for the whole request
+  struct wake_at_exit {
+    hub* h;
+    uint64_t& mask;
+    ~wake_at_exit() {
+      if (h && mask) h->wake(mask);
+    }
+  } waker{hub_, wakes};
   for (const proto::wse_publish_item& item : p.api_items) {
     fanout::delivery_kind kind =
         item.target == proto::wse_publish_target::topic       ? fanout::delivery_kind::topic
         : item.target == proto::wse_publish_target::broadcast ? fanout::delivery_kind::broadcast
                                                               : fanout::delivery_kind::user;
-    publish_status st = route(&s, kind, item.key, item.message_json);
+    publish_status st = route(&s, kind, item.key, item.message_json, &wakes);
     if (st == publish_status::invalid) {  // the parser validated it: not expected
       s.count_api(api_result::bad_request);
       s.count_api_publications(accepted);

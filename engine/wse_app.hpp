@@ -43,6 +43,9 @@
 #include "proto/wse_formats.hpp"
 #include "proto/wse_publish.hpp"
 
+static_assert(wsed::engine::shard::payload_padding_bytes >= wsed::proto::wse_json_padding_bytes,
+              "text messages are parsed in place");
+
 namespace wsed::engine {
 
 // One WSE connection as the application sees it. Valid only on its shard's thread; stale (sends
@@ -217,7 +220,9 @@ class wse_app final : public app_handler {
                   std::string_view message);
   void refuse(shard& s, conn_ref c, per_shard& p, auth::verify_error why);
   bool admit(shard& s, conn_ref c, per_shard& p, conn_state& st);
-  void on_json(shard& s, conn_ref c, per_shard& p, conn_state& st, std::string_view text);
+  // padding: whether wse_json_padding_bytes readable bytes follow text (parsed in place).
+  void on_json(shard& s, conn_ref c, per_shard& p, conn_state& st, std::string_view text,
+               proto::wse_input_padding padding = proto::wse_input_padding::none);
   // Hands one application message to the handler.
   void deliver(shard& s, conn_ref c, per_shard& p, conn_state& st, std::string_view type,
                bool has_category, std::string_view category, std::string_view payload_json);
@@ -231,7 +236,7 @@ class wse_app final : public app_handler {
   // Frames json (with its "c") once and routes it. On a shard thread (s not null) the frame
   // comes from that shard's pool.
   publish_status route(shard* s, fanout::delivery_kind kind, std::string_view key,
-                       std::string_view json);
+                       std::string_view json, uint64_t* wakes = nullptr);
   void api_publish(shard& s, per_shard& p, const proto::http_request& request,
                    std::string_view body, http_answer& answer);
   bool command(wse_conn conn, std::string_view name, std::span<const std::string_view> topics);

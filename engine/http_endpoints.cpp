@@ -1,0 +1,78 @@
+// engine/http_endpoints.cpp: see http_endpoints.hpp. Runs on the serving shard's thread.
+#include "engine/http_endpoints.hpp"
+
+#include "engine/demo_page.hpp"
+#include "engine/metrics.hpp"
+#include "engine/shard.hpp"
+#include "proto/wse_builder.hpp"
+
+namespace wsed::engine {
+
+namespace {
+
+// The demo page (engine/demo/index.html): inline script and style only, WebSocket to us.
+constexpr std::string_view page_headers =
+    "Cache-Control: no-cache\r\n"
+    "X-Content-Type-Options: nosniff\r\n"
+    "Referrer-Policy: no-referrer\r\n"
+    "Content-Security-Policy: default-src 'none'; script-src 'unsafe-inline'; "
+    "style-src 'unsafe-inline'; img-src data:; connect-src 'self' ws: wss:; base-uri 'none'; "
+    "form-action 'none'; frame-ancestors 'none'\r\n";
+
+}  // namespace
+
+std::string http_endpoints::api_error(uint16_t status, std::string_view reason) {
+  std::string body = "{\"error\":";
+  proto::wse_append_json_string(body, reason);
+  body += "}\n";
+  return proto::http_response(status, "application/json", body);
+}
+
+http_endpoints::answer http_endpoints::serve(shard& s, const proto::http_request& req,
+                                             std::string_view body, bool admin_socket,
+                                             bool stopping) {
+  const server_config& cfg = *shared_.config;
+  bool keep_alive = proto::http_keep_alive(req);
+  auto connection = keep_alive ? proto::http_connection::keep_alive : proto::http_connection::close;
+  bool endpoints_here = cfg.admin_listen.empty() || admin_socket;
+  bool page = !admin_socket && (req.path == "/" || req.path == "/index.html");
+  bool health = endpoints_here && (req.path == "/healthz" || req.path == "/readyz");
+  bool metrics = endpoints_here && req.path == "/metrics";
+  bool api = endpoints_here && req.path.starts_with("/api/");
+  bool get = req.method == "GET" || req.method == "HEAD";
+
+  std::string response;
+  if (api) {
+    http_answer a;
+    if (!app_.on_http(s, req, body, a)) {
+      a.status = 404;
+      a.content_type = "text/plain";
+      a.body = "not found\n";
+    }
+    response = proto::http_response(a.status, a.content_type, a.body, a.extra_headers, connection);
+  } else if ((page || health || metrics) && !get) {
+    response = proto::http_response(405, "text/plain", "method not allowed\n",
+                                    "Allow: GET, HEAD\r\n", connection);
+  } else if (page) {
+    response = proto::http_response(200, "text/html; charset=utf-8", demo_page_html(), page_headers,
+                                    connection);
+  } else if (health) {
+    std::string_view ok = req.path == "/healthz" ? "ok\n" : "ready\n";
+    response = stopping ? proto::http_response(503, "text/plain", "stopping\n", {}, connection)
+                        : proto::http_response(200, "text/plain", ok, {}, connection);
+  } else if (metrics) {
+    std::string text = render_prometheus(shared_.metrics);
+    app_.render_metrics(text);
+    response = proto::http_response(200, "text/plain; version=0.0.4", text, {}, connection);
+  } else {
+    response = proto::http_response(404, "text/plain", "not found\n", {}, connection);
+  }
+  if (req.method == "HEAD") {
+    // The same status line and headers (Content-Length included), without the body.
+    size_t head_end = response.find("\r\n\r\n");
+    if (head_end != std::string::npos) response.resize(head_end + 4);
+  }
+  return {std::move(response), keep_alive};
+}
+
+}  // namespace wsed::engine
