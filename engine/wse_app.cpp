@@ -354,6 +354,13 @@ void wse_app::on_json(shard& s, conn_ref c, per_shard& p, conn_state& st, std::s
     }
     case proto::wse_kind::subscription: {
       p.counts.subscriptions.add();
+      if (msg.subscription.topics_over_max) {  // refused whole: never half applied
+        p.counts.invalid.add();
+        return send_error(s, c, p, "INVALID_MESSAGE",
+                          "subscription_update: more than " +
+                              std::to_string(proto::wse_subscription_topics_max) +
+                              " topics in one request");
+      }
       if (!msg.subscription.action_valid || !msg.subscription.topics_is_array) {
         p.counts.invalid.add();
         return send_error(s, c, p, "INVALID_MESSAGE",
@@ -378,13 +385,6 @@ void wse_app::on_json(shard& s, conn_ref c, per_shard& p, conn_state& st, std::s
         }
       }
       apply_subscription(s, c, p, st, subscribing, valid);
-      if (msg.subscription.topics_over_max) {
-        // Past the 64 topics one request may carry: not named, so reported under one key.
-        p.counts.subscribe[size_t(subscribe_outcome::too_many_topics)].add(
-            msg.subscription.topics_over_max);
-        p.failed_topics.push_back("(more than 64 topics in one request)");
-        p.failed_reasons.push_back(reason_of(subscribe_outcome::too_many_topics));
-      }
       reply_subscription(s, c, p, msg.subscription.action_name);
       return;
     }

@@ -172,11 +172,11 @@ void read_subscription(element payload, wse_message& out) {
       continue;
     }
     std::string_view name;
-    if (topic.get_string().get(name)) {
-      sub.topics[sub.topic_count++] = wse_topic{};
-    } else {
-      sub.topics[sub.topic_count++] = wse_topic{name, wse_topic_valid(name)};
-    }
+    if (topic.get_string().get(name))
+      sub.topics.push_back(wse_topic{});
+    else
+      sub.topics.push_back(wse_topic{name, wse_topic_valid(name)});
+    ++sub.topic_count;
   }
 }
 
@@ -208,7 +208,7 @@ void read_publish(element payload, std::string_view payload_json, wse_message& o
 }
 
 void reset(wse_message& out) {
-  // Field by field: the topic array (1.5 KB) is not cleared per message.
+  // Field by field: the topic list keeps its capacity.
   out.kind = wse_kind::application;
   out.type = {};
   out.has_category = false;
@@ -223,6 +223,7 @@ void reset(wse_message& out) {
   out.subscription.action_valid = false;
   out.subscription.topics_is_array = false;
   out.subscription.topic_count = 0;
+  out.subscription.topics.clear();
   out.subscription.topics_over_max = 0;
   out.publish = {};
 }

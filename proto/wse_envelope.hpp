@@ -15,6 +15,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "proto/wse_error.hpp"
 
@@ -23,9 +24,11 @@ namespace wsed::proto {
 // Spare bytes simdjson may read past the end of a message (simdjson::SIMDJSON_PADDING; checked
 // in the .cpp). The engine's receive buffers leave 64 spare bytes after every message.
 inline constexpr size_t wse_json_padding_bytes = 64;
-inline constexpr size_t wse_json_depth_max = 64;           // deeper: wse_error::too_deep
-inline constexpr size_t wse_subscription_topics_max = 64;  // per subscription request
-inline constexpr size_t wse_topic_bytes_max = 256;         // longer topics are refused
+inline constexpr size_t wse_json_depth_max = 64;  // deeper: wse_error::too_deep
+// Topics one subscription request may list (the message size bounds it first in practice; the
+// per-connection cap, --max-topics-per-connection, is the engine's).
+inline constexpr size_t wse_subscription_topics_max = 10000;
+inline constexpr size_t wse_topic_bytes_max = 256;  // longer topics are refused
 
 enum class wse_category : uint8_t { wse, user, snapshot };
 
@@ -81,7 +84,7 @@ struct wse_subscription {
   bool topics_is_array = false;
   size_t topic_count = 0;
   size_t topics_over_max = 0;
-  std::array<wse_topic, wse_subscription_topics_max> topics{};
+  std::vector<wse_topic> topics;  // topic_count entries (kept by the caller's message: reused)
   std::span<const wse_topic> list() const { return {topics.data(), topic_count}; }
 };
 
