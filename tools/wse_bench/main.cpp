@@ -1084,6 +1084,11 @@ int run_all(options opt) {
             .integer("threads", opt.runner.threads)
             .integer("ring_files_max", ring_files_max())
             .integer("server_pid", static_cast<uint64_t>(std::max(0, opt.runner.server_pid)))
+            .str("publisher", opt.publisher)
+            .str("topic", opt.topic)
+            .num("publish_rate", opt.publish_rate)
+            .integer("publish_batch", opt.publish_batch)
+            .integer("publish_inflight", opt.publish_inflight)
             .done()
             .c_str());
     for (size_t k = 0; k < sections.size(); ++k) {
