@@ -57,7 +57,7 @@ uint8_t* out_queue::reserve(chunk_pool& pool, size_t n) {
       uint8_t* p = c->data() + c->size;
       c->size += uint32_t(n);
       tail.length += uint32_t(n);
-      queued_bytes_ += n;
+      grow(n);
       return p;
     }
   }
@@ -68,7 +68,7 @@ uint8_t* out_queue::reserve(chunk_pool& pool, size_t n) {
   out_chunk* c = pool.get(n);
   c->size = uint32_t(n);
   segments_.push_back({c, 0, uint32_t(n)});
-  queued_bytes_ += n;
+  grow(n);
   return c->data();
 }
 
@@ -80,7 +80,7 @@ void out_queue::append(chunk_pool& pool, const void* bytes, size_t n) {
 void out_queue::append_shared(out_chunk* chunk, uint32_t offset, uint32_t length) {
   ++chunk->refs;
   segments_.push_back({chunk, offset, length});
-  queued_bytes_ += length;
+  grow(length);
 }
 
 int out_queue::prepare_send(const iovec** iov, size_t* bytes) {
@@ -104,7 +104,7 @@ int out_queue::prepare_send(const iovec** iov, size_t* bytes) {
 void out_queue::complete_send(chunk_pool& pool, size_t sent) {
   ENGINE_ASSERT(sent <= in_flight_bytes_);
   in_flight_bytes_ = 0;
-  queued_bytes_ -= sent;
+  shrink(sent);
   while (sent > 0) {
     segment& s = segments_[head_];
     if (sent >= s.length) {
@@ -136,7 +136,7 @@ void out_queue::discard(chunk_pool& pool) {
   for (size_t i = head_; i < segments_.size(); ++i) pool.release(segments_[i].chunk);
   segments_.clear();
   head_ = 0;
-  queued_bytes_ = 0;
+  shrink(queued_bytes_);
 }
 
 }  // namespace wsed::engine

@@ -13,6 +13,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "engine/metrics.hpp"
+
 namespace wsed::engine {
 
 // Refcounted bytes. Allocated by chunk_pool; released to it when refs drops to 0.
@@ -48,6 +50,9 @@ class out_queue {
  public:
   static constexpr int iov_max = 64;
 
+  // Every byte this queue gains or loses is also added to / taken from *total (the shard's
+  // gauge of bytes queued to all its connections); null: not counted.
+  void count_into(counter* total) { total_ = total; }
   bool empty() const { return head_ == segments_.size(); }
   uint64_t queued_bytes() const { return queued_bytes_; }
   bool send_in_flight() const { return in_flight_bytes_ != 0; }
@@ -79,6 +84,15 @@ class out_queue {
   std::vector<segment> segments_;
   size_t head_ = 0;
   uint64_t queued_bytes_ = 0;
+  counter* total_ = nullptr;
+  void grow(uint64_t n) {
+    queued_bytes_ += n;
+    if (total_) total_->add(n);
+  }
+  void shrink(uint64_t n) {
+    queued_bytes_ -= n;
+    if (total_) total_->sub(n);
+  }
   uint64_t in_flight_bytes_ = 0;
   msghdr msg_{};
   iovec iov_[iov_max];

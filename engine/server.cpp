@@ -89,6 +89,19 @@ void server::start() {
   }
 }
 
+uint64_t server::outbound_queued_bytes() const {
+  uint64_t n = 0;
+  for (const shard_metrics* m : shared_.metrics) n += m->queued_bytes.get();
+  return n;
+}
+
+uint64_t server::inbox_backlog() const {
+  uint64_t pushed = 0, drained = 0;
+  for (uint32_t i = 0; i < hub_->shards(); ++i) pushed += hub_->inbox(i).pushed_count();
+  for (const shard_metrics* m : shared_.metrics) drained += m->inbox_drained.get();
+  return pushed > drained ? pushed - drained : 0;
+}
+
 void server::stop() {
   for (auto& s : shards_) s->request_stop();
 }

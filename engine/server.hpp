@@ -27,6 +27,11 @@ class server {
   uint16_t port() const { return port_; }
   uint16_t admin_port() const { return admin_port_; }  // --admin-listen (0: none)
   hub& fanout_hub() { return *hub_; }
+  // Bytes queued to every connection and not sent yet (relaxed reads; any thread): a publisher
+  // that paces itself on what the sockets take reads this.
+  uint64_t outbound_queued_bytes() const;
+  // Deliveries pushed into the shards' inboxes and not drained yet (relaxed; any thread).
+  uint64_t inbox_backlog() const;
   uint32_t workers() const { return uint32_t(shards_.size()); }
   const std::string& setup_notes() const { return notes_; }
 

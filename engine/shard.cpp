@@ -723,6 +723,7 @@ out_queue& shard::out_of(connection& c) {
       free_queues_.pop_back();
     } else {
       c.out = new out_queue();
+      c.out->count_into(&metrics_.queued_bytes);
     }
   }
   return *c.out;

@@ -790,3 +790,27 @@ def test_wse_feat_library_example_whoami():
         mp.finish()
         expect_refused(connect(srv, token(secret="another-secret-of-at-least-32-bytes!!")),
                        "AUTH_FAILED")
+
+
+@limit(40)
+def test_wse_feat_library_example_fanout_server():
+    """tools/examples/wse_fanout_server (the reference's bench server on the C++ API): every
+    connection is subscribed to bench_topic at connect and receives the one publisher's
+    fanout_tick messages with a dense p.seq, each once and in order, paced so that readers that
+    keep up are never cut as slow consumers; it stops on SIGTERM with exit 0."""
+    example = os.path.join(os.path.dirname(os.path.dirname(BIN)), "tools", "wse_fanout_server")
+    assert os.path.exists(example), "example not built: %s" % example
+    with H.supervised(H.Server([example, "--port", "0", "--rate", "5000"],
+                               name="wse_fanout_server")) as srv:
+        clients = [H.RawWS(srv.port) for _ in range(20)]
+        assert all(c.wait_for(lambda c=c: len(c.messages()) >= 1001, 20) for c in clients), \
+            "not every client got 1,000 ticks in 20 s: %r" % [len(c.messages()) for c in clients]
+        for i, c in enumerate(clients):
+            docs = [json.loads(body) for kind, body in c.messages()[:1001] if kind == "text"]
+            assert docs[0]["t"] == "server_ready", docs[0]
+            s = [d["p"]["seq"] for d in docs[1:]]
+            assert all(d["t"] == "fanout_tick" for d in docs[1:]), docs[1:3]
+            assert s == list(range(s[0], s[0] + len(s))), "client %d: not dense/in order: %r" % (
+                i, [x for x, y in zip(s, s[1:]) if y != x + 1][:5])
+        for c in clients:
+            c.finish()
