@@ -24,6 +24,7 @@
 #include <string_view>
 
 #include "engine/assert.hpp"
+#include "engine/limits.hpp"
 
 namespace wsed::engine {
 
@@ -32,11 +33,11 @@ using proto::ws_opcode;
 
 namespace {
 
-constexpr unsigned ring_entries = 4096;
-constexpr unsigned cq_entries = 16384;
+using limits::cq_entries;
+using limits::ring_entries;
+using limits::slot_reserve;
+using limits::tick_ms;
 constexpr uint16_t buffer_group = 0;
-constexpr uint32_t slot_reserve = 64;  // slots beyond connections_max, used to answer 503
-constexpr uint32_t tick_ms = 100;
 // After every receive buffer (in-place JSON parsing: see app_handler::on_message).
 constexpr size_t buffer_tail_spare = shard::payload_padding_bytes;
 
@@ -52,11 +53,11 @@ uint64_t monotonic_ms() {
 
 close_reason reason_for_code(uint16_t code) {
   switch (code) {
-    case proto::close_code::invalid_payload:
+    case close_codes::invalid_payload:
       return close_reason::invalid_utf8;
-    case proto::close_code::message_too_big:
+    case close_codes::message_too_big:
       return close_reason::message_too_big;
-    case proto::close_code::try_again_later:
+    case close_codes::try_again_later:
       return close_reason::unfinished_budget;
     default:
       return close_reason::protocol_error;
@@ -664,14 +665,14 @@ size_t shard::parse_frames(connection& c, uint32_t slot, std::span<uint8_t> data
       case ws_event_kind::pong:
         break;
       case ws_event_kind::close: {
-        uint16_t code = ev.close_code == proto::close_code::no_status ? proto::close_code::normal
-                                                                      : ev.close_code;
+        uint16_t code =
+            ev.close_code == proto::close_code::no_status ? close_codes::normal : ev.close_code;
         queue_close(c, slot, code, {});
         begin_close(c, slot, close_reason::client_close, 0);
         return used;
       }
       case ws_event_kind::error:
-        if (ev.close_code == proto::close_code::message_too_big)
+        if (ev.close_code == close_codes::message_too_big)
           metrics_.limit_hits[size_t(limit_kind::max_message_size)].add();
         begin_close(c, slot, reason_for_code(ev.close_code), ev.close_code);
         return used;
@@ -697,7 +698,7 @@ bool shard::on_data_event(connection& c, uint32_t slot, const proto::ws_event& e
       metrics_.limit_hits[size_t(limit_kind::max_unfinished_bytes)].add();
       // Give the bytes back at once: the message is abandoned below.
       shared_.unfinished_bytes.fetch_sub(ev.payload.size(), std::memory_order_relaxed);
-      begin_close(c, slot, close_reason::unfinished_budget, proto::close_code::try_again_later);
+      begin_close(c, slot, close_reason::unfinished_budget, close_codes::try_again_later);
       return false;
     }
     byte_buffer::append(c.assembly, ev.payload.data(), ev.payload.size());
@@ -761,7 +762,7 @@ send_status shard::over_cap(connection& c, uint32_t slot) {
     return send_status::dropped;
   }
   metrics_.slow_consumer[size_t(slow_action::disconnect)].add();
-  begin_close(c, slot, close_reason::slow_consumer, proto::close_code::slow_consumer);
+  begin_close(c, slot, close_reason::slow_consumer, close_codes::slow_consumer);
   return send_status::backpressure;
 }
 
@@ -902,9 +903,8 @@ void shard::begin_close(connection& c, uint32_t slot, close_reason why, uint16_t
   if (c.state != conn_state::handshake && c.state != conn_state::open) return;
   if (c.state == conn_state::open) {
     if (ws_code)
-      queue_close(
-          c, slot, ws_code,
-          ws_code == proto::close_code::shutdown ? "server shutting down" : std::string_view{});
+      queue_close(c, slot, ws_code,
+                  ws_code == close_codes::shutdown ? "server shutting down" : std::string_view{});
     metrics_.connections_open.sub();
     // Never inside the application's own call (it may be walking its subscribers): reported
     // by run_deferred_closes once the current callback returned.
@@ -1006,8 +1006,8 @@ void shard::run_deferred_closes() {
 // then does not sleep).
 void shard::drain_inbox() {
   if (!shared_.fanout) return;
-  constexpr size_t pass_deliveries_max = 8192;
-  constexpr uint64_t pass_bytes_max = 64ull << 20;
+  using limits::pass_deliveries_max;
+  constexpr uint64_t pass_bytes_max = limits::pass_queued_bytes_max;
   uint64_t queued_bytes = 0;
   size_t taken = 0;
   fanout::inbox& in = shared_.fanout->inbox(index_);
@@ -1048,7 +1048,7 @@ void shard::expire(timer_list list) {
         finish(c, slot);  // a socket that never completed its request gets no response
         break;
       case timer_list::idle:
-        begin_close(c, slot, close_reason::idle_timeout, proto::close_code::idle_timeout);
+        begin_close(c, slot, close_reason::idle_timeout, close_codes::idle_timeout);
         break;
       default:
         finish(c, slot);
@@ -1081,7 +1081,7 @@ void shard::on_wake() {
     for (uint32_t slot = 0; slot < slots_touched_; ++slot) {
       connection& c = slot_at(slot);
       if (c.state == conn_state::open)
-        begin_close(c, slot, close_reason::shutdown, proto::close_code::shutdown);
+        begin_close(c, slot, close_reason::shutdown, close_codes::shutdown);
       else if (c.state == conn_state::handshake)
         begin_close(c, slot, close_reason::shutdown, 0);
     }

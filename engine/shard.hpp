@@ -19,6 +19,7 @@
 #include "engine/config.hpp"
 #include "engine/http_endpoints.hpp"
 #include "engine/hub.hpp"
+#include "engine/limits.hpp"
 #include "engine/metrics.hpp"
 #include "engine/out_queue.hpp"
 #include "engine/per_ip.hpp"
@@ -94,7 +95,7 @@ enum class send_status : uint8_t { queued, backpressure, dropped };
 class shard {
  public:
   // Readable bytes after every payload handed to app_handler::on_message.
-  static constexpr size_t payload_padding_bytes = 64;
+  static constexpr size_t payload_padding_bytes = limits::payload_padding_bytes;
 
   shard(uint32_t index, server_shared& shared, app_handler& app);
   ~shard();
@@ -190,7 +191,7 @@ class shard {
   static constexpr uint8_t flag_admin = 32;      // accepted on --admin-listen: HTTP endpoints only
   static constexpr uint8_t flag_app_close = 64;  // app_.on_close owed (in deferred_closes_)
   static constexpr uint32_t no_slot = UINT32_MAX;
-  static constexpr size_t queues_keep_max = 256;  // idle out_queues kept for reuse
+  static constexpr size_t queues_keep_max = limits::queues_keep_max;
 
   static uint64_t pack(op o, uint32_t generation, uint32_t slot) {
     return user_data::pack(uint8_t(o), generation, slot);
@@ -296,7 +297,7 @@ class shard {
     sockaddr_storage addr;
     socklen_t len;
   };
-  static constexpr uint32_t accepts_in_flight = 16;
+  static constexpr uint32_t accepts_in_flight = limits::accepts_in_flight;
   std::vector<accept_addr> accept_addrs_;
   std::vector<ip_key> slot_ip_;
 

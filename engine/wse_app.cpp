@@ -152,7 +152,7 @@ void wse_app::refuse(shard& s, conn_ref c, per_shard& p, auth::verify_error why)
   std::string_view message =
       why == auth::verify_error::no_token ? "Authentication required" : auth::name_of(why);
   send_error(s, c, p, auth::protocol_code_of(why), message);
-  s.close(c, auth::auth_close_code, close_reason::auth_failed);
+  s.close(c, close_codes::unauthorized, close_reason::auth_failed);
 }
 
 void wse_app::on_open(shard& s, conn_ref c, const proto::http_request& request) {
@@ -261,7 +261,8 @@ bool wse_app::admit(shard& s, conn_ref c, per_shard& p, conn_state& st) {
                           "/s (burst " + std::to_string(opt_.inbound_burst) + "): dropped";
     send_error(s, c, p, "RATE_LIMITED", message);
   }
-  if (++st.dropped > opt_.inbound_burst) s.close(c, 4429, close_reason::rate_limited);
+  if (++st.dropped > opt_.inbound_burst)
+    s.close(c, close_codes::rate_limited, close_reason::rate_limited);
   return false;
 }
 
