@@ -72,6 +72,9 @@ struct server_config {
   uint32_t topics_per_connection_max = 100;
   // Deliveries queued into one shard's inbox (power of two); full: backpressure to the publisher.
   uint32_t inbox_capacity = 65536;
+  // Publications at least this large are queued by reference to the shared frame (an iovec);
+  // smaller ones are copied into the connection's own chunk (0: always by reference).
+  uint32_t frame_reference_bytes_min = 4096;
   // The publish API (POST /api/publish): off without a key file (404). The key is loaded by main.
   std::string api_key_file;
   uint64_t api_body_bytes_max = 1u << 20;  // larger Content-Length: 413

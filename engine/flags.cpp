@@ -210,6 +210,10 @@ flags_result parse_flags(int argc, char** argv) {
                    : "must be a power of two from 16 to 16777216";
       })
       ->capture_default_str();
+  add_parsed(app, "--share-frames-from", c.frame_reference_bytes_min, parse_size,
+             "Publications at least this large are sent from the one shared frame (by iovec); "
+             "smaller ones are copied into each connection's queue (0: always shared)",
+             1, "4KiB");
   app.add_option("--api-key-file", c.api_key_file,
                  "WSE mode: file holding the publish API key (POST /api/publish with "
                  "Authorization: Bearer KEY; at least 16 bytes). Without it the API answers 404");

@@ -147,6 +147,9 @@ std::string render_prometheus(std::span<const shard_metrics* const> shards) {
   family(out, shards, "wsed_fanout_deliveries_total", "counter",
          "Shared publication frames queued to connections.",
          [](const shard_metrics& m) { return m.deliveries.get(); });
+  family(out, shards, "wsed_fanout_deliveries_shared_total", "counter",
+         "Of those, queued by reference to the shared frame (--share-frames-from), not copied.",
+         [](const shard_metrics& m) { return m.deliveries_shared.get(); });
   family(out, shards, "wsed_outbound_queued_bytes", "gauge",
          "Bytes queued to this shard's connections and not sent yet.",
          [](const shard_metrics& m) { return m.queued_bytes.get(); });

@@ -116,10 +116,11 @@ struct shard_metrics {
   std::array<counter, size_t(api_result::count_)> api_requests;
   counter api_publications;                                     // publish API items accepted
   std::array<counter, size_t(publish_kind::count_)> published;  // made on this shard
-  counter deliveries;     // shared frames queued to connections
-  counter queued_bytes;   // gauge: bytes in this shard's outbound queues (not yet sent)
-  counter inbox_full;     // pushes into a full inbox (by the producing shard)
-  counter inbox_drained;  // deliveries taken from this shard's inbox
+  counter deliveries;         // shared frames queued to connections
+  counter deliveries_shared;  // of those, queued by reference to the frame (not copied)
+  counter queued_bytes;       // gauge: bytes in this shard's outbound queues (not yet sent)
+  counter inbox_full;         // pushes into a full inbox (by the producing shard)
+  counter inbox_drained;      // deliveries taken from this shard's inbox
   std::array<counter, size_t(slow_action::count_)> slow_consumer;
 };
 

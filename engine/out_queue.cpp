@@ -53,7 +53,7 @@ uint8_t* out_queue::reserve(chunk_pool& pool, size_t n) {
   if (!empty()) {
     segment& tail = segments_.back();
     out_chunk* c = tail.chunk;
-    if (c->refs == 1 && tail.offset + tail.length == c->size && c->capacity - c->size >= n) {
+    if (c && c->refs == 1 && tail.offset + tail.length == c->size && c->capacity - c->size >= n) {
       uint8_t* p = c->data() + c->size;
       c->size += uint32_t(n);
       tail.length += uint32_t(n);
@@ -67,7 +67,7 @@ uint8_t* out_queue::reserve(chunk_pool& pool, size_t n) {
   }
   out_chunk* c = pool.get(n);
   c->size = uint32_t(n);
-  segments_.push_back({c, 0, uint32_t(n)});
+  segments_.push_back({c, nullptr, 0, uint32_t(n)});
   grow(n);
   return c->data();
 }
@@ -79,8 +79,25 @@ void out_queue::append(chunk_pool& pool, const void* bytes, size_t n) {
 
 void out_queue::append_shared(out_chunk* chunk, uint32_t offset, uint32_t length) {
   ++chunk->refs;
-  segments_.push_back({chunk, offset, length});
+  segments_.push_back({chunk, nullptr, offset, length});
   grow(length);
+}
+
+void out_queue::append_frame(fanout::frame* f) {
+  if (head_ > 0 && head_ == segments_.size()) {
+    segments_.clear();
+    head_ = 0;
+  }
+  fanout::retain(f);
+  segments_.push_back({nullptr, f, 0, f->wire_bytes});
+  grow(f->wire_bytes);
+}
+
+void out_queue::release_segment(chunk_pool& pool, const segment& s) {
+  if (s.frame)
+    fanout::release(s.frame);
+  else
+    pool.release(s.chunk);
 }
 
 int out_queue::prepare_send(const iovec** iov, size_t* bytes) {
@@ -89,7 +106,8 @@ int out_queue::prepare_send(const iovec** iov, size_t* bytes) {
   size_t total = 0;
   for (size_t i = head_; i < segments_.size() && n < iov_max; ++i, ++n) {
     const segment& s = segments_[i];
-    iov_[n].iov_base = s.chunk->data() + s.offset;
+    iov_[n].iov_base =
+        const_cast<uint8_t*>(s.frame ? s.frame->wire().data() : s.chunk->data()) + s.offset;
     iov_[n].iov_len = s.length;
     total += s.length;
   }
@@ -109,7 +127,7 @@ void out_queue::complete_send(chunk_pool& pool, size_t sent) {
     segment& s = segments_[head_];
     if (sent >= s.length) {
       sent -= s.length;
-      pool.release(s.chunk);
+      release_segment(pool, s);
       ++head_;
     } else {
       s.offset += uint32_t(sent);
@@ -133,7 +151,7 @@ void out_queue::clear(chunk_pool& pool) {
 
 void out_queue::discard(chunk_pool& pool) {
   in_flight_bytes_ = 0;
-  for (size_t i = head_; i < segments_.size(); ++i) pool.release(segments_[i].chunk);
+  for (size_t i = head_; i < segments_.size(); ++i) release_segment(pool, segments_[i]);
   segments_.clear();
   head_ = 0;
   shrink(queued_bytes_);

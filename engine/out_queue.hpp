@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "engine/metrics.hpp"
+#include "fanout/frame.hpp"
 
 namespace wsed::engine {
 
@@ -63,6 +64,9 @@ class out_queue {
   void append(chunk_pool& pool, const void* bytes, size_t n);
   // References a shared chunk's bytes [offset, offset+length): refs is incremented.
   void append_shared(out_chunk* chunk, uint32_t offset, uint32_t length);
+  // References a cross-shard frame's wire bytes (one fanout::retain; released once sent), sent
+  // by iovec from the frame itself instead of a copy.
+  void append_frame(fanout::frame* f);
 
   // Prepares the iovec array for the next send; returns the iovec count (0: nothing to send).
   // Marks those bytes in flight until complete_send().
@@ -77,10 +81,12 @@ class out_queue {
 
  private:
   struct segment {
-    out_chunk* chunk;
+    out_chunk* chunk;      // our own bytes, or
+    fanout::frame* frame;  // a shared frame's (exactly one of the two is set)
     uint32_t offset;
     uint32_t length;
   };
+  void release_segment(chunk_pool& pool, const segment& s);
   std::vector<segment> segments_;
   size_t head_ = 0;
   uint64_t queued_bytes_ = 0;
