@@ -87,6 +87,15 @@ void server::start() {
       notes_ = shards_[0]->setup_notes();
     }
   }
+  uint64_t capacity = 0;
+  for (auto& sh : shards_) capacity += sh->descriptor_capacity();
+  if (capacity < config_.connections_max)
+    notes_ += "--max-connections " + std::to_string(config_.connections_max) + " exceeds " +
+              std::to_string(config_.workers) + " workers x " +
+              std::to_string(shards_[0]->descriptor_capacity()) +
+              " direct descriptors (RLIMIT_NOFILE): beyond ~" + std::to_string(capacity) +
+              " connections accepted sockets are closed (limit=\"file_table\"); raise "
+              "--workers. ";
 }
 
 uint64_t server::outbound_queued_bytes() const {

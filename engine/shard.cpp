@@ -332,8 +332,12 @@ void shard::on_accept(io_uring_cqe* cqe, bool admin) {
   metrics_.connections_accepted.add();
   uint32_t slot = alloc_slot();
   if (slot == no_slot) {
-    // Not even a reserve slot left to answer 503 with: drop the socket.
-    metrics_.limit_hits[size_t(limit_kind::max_connections)].add();
+    // Not even a reserve slot left to answer 503 with: drop the socket. The slots are as many as
+    // the descriptor table; when RLIMIT_NOFILE capped it below --max-connections, that is the
+    // limit that bit.
+    bool table_cap = uint64_t(file_table_size_) < uint64_t(cfg_.connections_max) + slot_reserve;
+    metrics_.limit_hits[size_t(table_cap ? limit_kind::file_table : limit_kind::max_connections)]
+        .add();
     metrics_.rejected[size_t(reject_reason::max_connections)].add();
     io_uring_sqe* sqe = get_sqe();
     io_uring_prep_close_direct(sqe, unsigned(res));

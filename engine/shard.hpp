@@ -107,6 +107,8 @@ class shard {
   void setup(uint16_t port, uint16_t admin_port = 0);
   uint16_t bound_port() const { return bound_port_; }
   uint16_t admin_port() const { return admin_port_; }
+  // Sockets this shard's ring can hold (its direct-descriptor table, capped by RLIMIT_NOFILE).
+  uint32_t descriptor_capacity() const { return file_table_size_; }
   std::string setup_notes() const { return notes_; }
 
   // Runs until stop() was requested and every connection is closed, or the shutdown

@@ -100,6 +100,7 @@ wse_app::per_shard::per_shard() : rng(std::random_device{}()) {}
 wse_app::wse_app(wse_app_options options, wse_handler& handler)
     : opt_(std::move(options)), handler_(handler), features_(features_of(opt_)) {
   auth_ = opt_.verifier != nullptr;
+  convert_payloads_ = handler_.reads_payload();
   verifier_ = std::move(opt_.verifier);
   sources_.cookie_name = opt_.cookie_name;
   sources_.query = opt_.allow_query_token ? auth::query_token::allowed : auth::query_token::refused;
@@ -279,8 +280,12 @@ void wse_app::on_message(shard& s, conn_ref c, proto::ws_opcode opcode,
     return on_json(s, c, p, *st, as_text(payload), proto::wse_input_padding::padded);
   // Binary: M: + MessagePack, raw MessagePack, or C: + zlib; decoded to JSON text first.
   proto::wse_msgpack_envelope env;
+  // A handler that never reads payloads gets MessagePack validated, not converted (the
+  // envelope is all that is needed to route it); protocol messages are then decoded again below.
+  proto::wse_json_output output =
+      convert_payloads_ ? proto::wse_json_output::full : proto::wse_json_output::envelope_only;
   proto::wse_error err =
-      p.codec.decode_inbound(payload, true, p.decoded, opt_.message_bytes_max, &env);
+      p.codec.decode_inbound(payload, true, p.decoded, opt_.message_bytes_max, &env, output);
   if (err != proto::wse_error::none) {
     p.counts.invalid.add();
     return send_error(s, c, p, "INVALID_MESSAGE", proto::to_string(err));
@@ -301,6 +306,10 @@ void wse_app::on_message(shard& s, conn_ref c, proto::ws_opcode opcode,
       return deliver(s, c, p, *st, env.type, env.has_category, env.category, payload_json);
     }
   }
+  if (output == proto::wse_json_output::envelope_only && p.decoded.empty() &&
+      p.codec.decode_inbound(payload, true, p.decoded, opt_.message_bytes_max) !=
+          proto::wse_error::none)
+    return;  // cannot fail: the same input was just validated
   // The decoded JSON gets spare capacity (grown once, then kept) so it is parsed in place too.
   if (p.decoded.capacity() < p.decoded.size() + proto::wse_json_padding_bytes)
     p.decoded.reserve(p.decoded.size() + proto::wse_json_padding_bytes);

@@ -78,6 +78,9 @@ class wse_handler {
   virtual ~wse_handler() = default;
   virtual void on_connect(const wse_user& /*user*/, wse_conn /*conn*/) {}
   virtual void on_message(wse_conn conn, const wse_app_message& message) = 0;
+  // false: on_message never reads payload_json (it may then be empty for MessagePack input,
+  // which is validated but not converted to JSON). Asked once, at construction of wse_app.
+  virtual bool reads_payload() const { return true; }
   virtual void on_disconnect(wse_conn /*conn*/) {}
   // Every shard timer tick (100 ms), for batching work such as log flushes.
   virtual void on_tick(uint32_t /*shard_index*/) {}
@@ -245,6 +248,7 @@ class wse_app final : public app_handler {
   wse_handler& handler_;
   const std::array<proto::wse_feature, wse_feature_count> features_;  // from the options
   bool auth_ = false;
+  bool convert_payloads_ = true;  // handler_.reads_payload()
   // The current verifier, swapped by set_verifier. Shards keep their own copy and take the lock
   // only when verifier_version_ moved (once per reload), so an upgrade costs one atomic load.
   std::mutex verifier_mu_;

@@ -28,6 +28,8 @@ class wse_inbound final : public wse_handler {
   void attach(wse_app& app) { app_ = &app; }
 
   void on_message(wse_conn conn, const wse_app_message& message) override;
+  // drop counts messages and never reads their payload.
+  bool reads_payload() const override { return policy_ != inbound_policy::drop; }
   void on_tick(uint32_t shard_index) override;
   void render_metrics(std::string& out) const override;
 

@@ -40,6 +40,7 @@ struct json_writer_visitor {
   size_t out_base;
   size_t json_bytes_max;
   wse_msgpack_envelope* envelope = nullptr;  // optional: the top level, as wse_msgpack_envelope
+  bool write = true;                         // false: validate only, out stays untouched
   wse_error error = wse_error::none;
   size_t depth = 0;
   bool in_key = false;
@@ -86,11 +87,13 @@ struct json_writer_visitor {
   }
   bool scalar(std::string_view text) {
     if (in_key) return fail(wse_error::unsupported_type);
+    if (!write) return true;
     out.append(text);
     return check_size();
   }
   bool integer_text(std::string_view digits) {
     if (!in_key) return scalar(digits);
+    if (!write) return true;
     out.push_back('"');
     out.append(digits);
     out.push_back('"');
@@ -100,15 +103,18 @@ struct json_writer_visitor {
   bool visit_nil() { return scalar("null"); }
   bool visit_boolean(bool v) { return scalar(v ? "true" : "false"); }
   bool visit_positive_integer(uint64_t v) {
+    if (!write) return true;
     char digits[24];
     return integer_text({digits, std::to_chars(digits, digits + sizeof digits, v).ptr});
   }
   bool visit_negative_integer(int64_t v) {
+    if (!write) return true;
     char digits[24];
     return integer_text({digits, std::to_chars(digits, digits + sizeof digits, v).ptr});
   }
   template <typename Float>
   bool visit_float(Float v) {
+    if (!write) return scalar({});
     if (!std::isfinite(v)) return scalar("null");
     char digits[40];
     char* end = std::to_chars(digits, digits + sizeof digits - 2, v).ptr;
@@ -124,6 +130,7 @@ struct json_writer_visitor {
   // A str, or a bin holding text; UTF-8 already checked.
   bool text_value(std::string_view text) {
     if (envelope && depth == 1 && top_map) top_string(text);
+    if (!write) return true;
     wse_append_json_string(out, text);
     return check_size();
   }
@@ -144,16 +151,18 @@ struct json_writer_visitor {
       envelope->depth = std::max(envelope->depth, depth);
     }
     first[depth] = true;
+    if (!write) return true;
     out.push_back(bracket);
     return check_size();
   }
   bool next_item() {
-    if (!first[depth]) out.push_back(',');
+    if (!first[depth] && write) out.push_back(',');
     first[depth] = false;
     return true;
   }
   bool close(char bracket) {
     --depth;
+    if (!write) return true;
     out.push_back(bracket);
     return check_size();
   }
@@ -168,7 +177,7 @@ struct json_writer_visitor {
   }
   bool end_map_key() {
     in_key = false;
-    out.push_back(':');
+    if (write) out.push_back(':');
     if (envelope && depth == 1) top_key_done();
     return true;
   }
@@ -261,10 +270,12 @@ wse_inbound_format wse_detect_format(std::span<const uint8_t> message, bool bina
 }
 
 wse_error wse_msgpack_to_json(std::span<const uint8_t> msgpack, std::string& json_out,
-                              size_t json_bytes_max, wse_msgpack_envelope* envelope) {
+                              size_t json_bytes_max, wse_msgpack_envelope* envelope,
+                              wse_json_output output) {
   if (envelope) *envelope = wse_msgpack_envelope{};
   if (msgpack.empty()) return wse_error::empty;
   json_writer_visitor visitor{json_out, json_out.size(), json_bytes_max, envelope};
+  visitor.write = output == wse_json_output::full;
   size_t offset = 0;
   const bool ok = msgpack::parse(reinterpret_cast<const char*>(msgpack.data()), msgpack.size(),
                                  offset, visitor);
@@ -377,7 +388,7 @@ wse_error wse_codec::decompress(std::span<const uint8_t> zlib, std::string& out,
 
 wse_error wse_codec::decode_inbound(std::span<const uint8_t> message, bool binary,
                                     std::string& json_out, size_t json_bytes_max,
-                                    wse_msgpack_envelope* envelope) {
+                                    wse_msgpack_envelope* envelope, wse_json_output output) {
   json_out.clear();
   if (envelope) *envelope = wse_msgpack_envelope{};
   switch (wse_detect_format(message, binary)) {
@@ -387,7 +398,8 @@ wse_error wse_codec::decode_inbound(std::span<const uint8_t> message, bool binar
       return wse_error::none;
     case wse_inbound_format::msgpack:
       if (starts_with(message, 'M', ':')) message = message.subspan(2);
-      return wse_msgpack_to_json(message, json_out, json_bytes_max, envelope);
+      return wse_msgpack_to_json(message, json_out, json_bytes_max, envelope,
+                                 envelope ? output : wse_json_output::full);
     case wse_inbound_format::zlib:
       break;
   }

@@ -49,9 +49,14 @@ wse_inbound_format wse_detect_format(std::span<const uint8_t> message, bool bina
 // envelope (optional): what the decoder saw at the top level on the way, so that an application
 // message needs no second parse of the JSON text (see wse_msgpack_envelope).
 struct wse_msgpack_envelope;
+// full: the JSON text is written. envelope_only: the whole input is validated the same way
+// (types, UTF-8, depth, trailing bytes) and the envelope filled, but nothing is written (its
+// payload span is then empty): for a caller that does not need the payload as JSON.
+enum class wse_json_output : uint8_t { full, envelope_only };
 wse_error wse_msgpack_to_json(std::span<const uint8_t> msgpack, std::string& json_out,
                               size_t json_bytes_max = wse_decompressed_bytes_max_default,
-                              wse_msgpack_envelope* envelope = nullptr);
+                              wse_msgpack_envelope* envelope = nullptr,
+                              wse_json_output output = wse_json_output::full);
 
 // The top level of a MessagePack envelope as the decoder walked it. complete: the value is a map
 // whose "t" is a string and whose t, p, c, id keys each appear at most once; then the fields
@@ -97,9 +102,12 @@ class wse_codec {
   // and zlib (a C: stream may itself hold JSON or msgpack), copies JSON text as it is. With
   // envelope, a message that is MessagePack itself ("M:" or raw, not inside "C:") also fills it
   // (its views then point into message); otherwise envelope->complete stays false.
+  // output: envelope_only applies to a message that is MessagePack itself and given an
+  // envelope (json_out then stays empty); everything else is decoded in full.
   wse_error decode_inbound(std::span<const uint8_t> message, bool binary, std::string& json_out,
                            size_t json_bytes_max = wse_decompressed_bytes_max_default,
-                           wse_msgpack_envelope* envelope = nullptr);
+                           wse_msgpack_envelope* envelope = nullptr,
+                           wse_json_output output = wse_json_output::full);
 
  private:
   struct state;

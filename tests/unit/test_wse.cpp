@@ -459,6 +459,48 @@ TEST_CASE("wse: the MessagePack envelope seen on the way agrees with the JSON pa
   CHECK_FALSE(env.complete);
 }
 
+TEST_CASE("wse: envelope_only decoding validates like a full decode and writes nothing") {
+  wse_codec codec;
+  std::string packed, full, none;
+  const std::string_view cases[] = {
+      R"({"c":"U","t":"chat","id":"x1","p":{"text":"hé","n":[1,-2,3.5,{"t":"inner"}]},"v":1})",
+      R"({"p":[1,2],"t":"x","c":7,"id":{"a":1}})",
+      R"({"t":"a","t":"b"})",
+      R"({"p":{"t":"nested only"}})",
+      R"(["t","a"])",
+  };
+  for (std::string_view json : cases) {
+    packed.clear();
+    REQUIRE(codec.json_to_msgpack(json, packed) == wse_error::none);
+    wse_msgpack_envelope a, b;
+    wse_error ea = codec.decode_inbound(bytes_of(packed), true, full, 1 << 20, &a);
+    wse_error eb = codec.decode_inbound(bytes_of(packed), true, none, 1 << 20, &b,
+                                        wse_json_output::envelope_only);
+    CHECK(ea == eb);
+    CHECK(none.empty());
+    CHECK((a.complete == b.complete && a.type == b.type && a.has_category == b.has_category &&
+           a.category == b.category && a.id == b.id && a.has_payload == b.has_payload &&
+           a.depth == b.depth));
+  }
+  // Refused input is refused the same way: invalid UTF-8 in a nested string, a truncation, an
+  // ext type, trailing bytes.
+  const std::string bad[] = {
+      std::string("\x81\xa1p\x91\xa2\xc3\x28", 7),
+      std::string("\x82\xa1t\xa1x\xa1p\x92\x01", 9),
+      std::string("\x81\xa1t\xd4\x01\x02", 6),
+      std::string("\x81\xa1t\xa1x\x00", 6),
+  };
+  for (const std::string& m : bad) {
+    std::span<const uint8_t> in(reinterpret_cast<const uint8_t*>(m.data()), m.size());
+    wse_msgpack_envelope a, b;
+    wse_error ea = codec.decode_inbound(in, true, full, 1 << 20, &a);
+    wse_error eb =
+        codec.decode_inbound(in, true, none, 1 << 20, &b, wse_json_output::envelope_only);
+    CHECK(ea != wse_error::none);
+    CHECK(ea == eb);
+  }
+}
+
 TEST_CASE("wse: msgpack round trip and decoding rules") {
   wse_codec codec;
   const std::string json =
