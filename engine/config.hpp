@@ -71,7 +71,7 @@ struct server_config {
   // Fan-out (WSE mode). Subscriptions one connection may hold; more: TOO_MANY_TOPICS.
   uint32_t topics_per_connection_max = 100;
   // Deliveries queued into one shard's inbox (power of two); full: backpressure to the publisher.
-  uint32_t inbox_capacity = 65536;
+  uint32_t inbox_capacity = 8192;  // per producer (each shard and one external lane)
   // Publications at least this large are queued by reference to the shared frame (an iovec);
   // smaller ones are copied into the connection's own chunk (0: always by reference).
   uint32_t frame_reference_bytes_min = 4096;

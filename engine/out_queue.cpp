@@ -1,6 +1,7 @@
 // engine/out_queue.cpp: see out_queue.hpp. Shard-local; no locks, no syscalls.
 #include "engine/out_queue.hpp"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -10,17 +11,23 @@
 namespace wsed::engine {
 
 chunk_pool::~chunk_pool() {
+  for (out_chunk* c : tiny_free_) std::free(c);
   for (out_chunk* c : small_free_) std::free(c);
   for (out_chunk* c : standard_free_) std::free(c);
 }
 
 out_chunk* chunk_pool::get(size_t at_least) {
-  uint32_t size_class = at_least <= small_capacity ? 1 : at_least <= standard_capacity ? 2 : 0;
-  uint32_t capacity = size_class == 1   ? small_capacity
+  uint32_t size_class = at_least <= tiny_capacity       ? 3
+                        : at_least <= small_capacity    ? 1
+                        : at_least <= standard_capacity ? 2
+                                                        : 0;
+  uint32_t capacity = size_class == 3   ? tiny_capacity
+                      : size_class == 1 ? small_capacity
                       : size_class == 2 ? standard_capacity
                                         : uint32_t(at_least);
   ENGINE_ASSERT(at_least <= UINT32_MAX);
-  std::vector<out_chunk*>* free_list = size_class == 1   ? &small_free_
+  std::vector<out_chunk*>* free_list = size_class == 3   ? &tiny_free_
+                                       : size_class == 1 ? &small_free_
                                        : size_class == 2 ? &standard_free_
                                                          : nullptr;
   out_chunk* c;
@@ -41,7 +48,9 @@ out_chunk* chunk_pool::get(size_t at_least) {
 void chunk_pool::release(out_chunk* c) {
   ENGINE_ASSERT(c->refs > 0);
   if (--c->refs != 0) return;
-  if (c->pooled == 1 && small_free_.size() < small_keep_max)
+  if (c->pooled == 3 && tiny_free_.size() < tiny_keep_max)
+    tiny_free_.push_back(c);
+  else if (c->pooled == 1 && small_free_.size() < small_keep_max)
     small_free_.push_back(c);
   else if (c->pooled == 2 && standard_free_.size() < standard_keep_max)
     standard_free_.push_back(c);
@@ -65,7 +74,16 @@ uint8_t* out_queue::reserve(chunk_pool& pool, size_t n) {
     segments_.clear();
     head_ = 0;
   }
-  out_chunk* c = pool.get(n);
+  // An idle queue gets the smallest chunk that fits, a queue with something in it a small one,
+  // and one that holds a standard chunk's worth already (frames arriving faster than they are
+  // sent) a standard chunk: a burst coalesces into few iovecs, a mostly idle subscriber holds
+  // only a tiny chunk, and the unused tail of the last chunk never exceeds what is queued.
+  size_t want = n;
+  if (queued_bytes_ >= chunk_pool::standard_capacity)
+    want = std::max<size_t>(n, chunk_pool::standard_capacity);
+  else if (!empty())
+    want = std::max<size_t>(n, chunk_pool::small_capacity);
+  out_chunk* c = pool.get(want);
   c->size = uint32_t(n);
   segments_.push_back({c, nullptr, 0, uint32_t(n)});
   grow(n);
@@ -102,19 +120,30 @@ void out_queue::release_segment(chunk_pool& pool, const segment& s) {
 
 int out_queue::prepare_send(const iovec** iov, size_t* bytes) {
   ENGINE_ASSERT(in_flight_bytes_ == 0);
+  auto base = [](const segment& s) {
+    return const_cast<uint8_t*>(s.frame ? s.frame->wire().data() : s.chunk->data()) + s.offset;
+  };
+  if (segments_.size() - head_ == 1) {
+    const segment& s = segments_[head_];
+    one_ = iovec{base(s), s.length};
+    in_flight_bytes_ = s.length;
+    *iov = &one_;
+    *bytes = s.length;
+    return 1;
+  }
+  if (!vectored_) vectored_ = std::make_unique<vectored>();
   int n = 0;
   size_t total = 0;
   for (size_t i = head_; i < segments_.size() && n < iov_max; ++i, ++n) {
     const segment& s = segments_[i];
-    iov_[n].iov_base =
-        const_cast<uint8_t*>(s.frame ? s.frame->wire().data() : s.chunk->data()) + s.offset;
-    iov_[n].iov_len = s.length;
+    vectored_->iov[n].iov_base = base(s);
+    vectored_->iov[n].iov_len = s.length;
     total += s.length;
   }
   in_flight_bytes_ = total;
-  msg_.msg_iov = iov_;
-  msg_.msg_iovlen = size_t(n);
-  *iov = iov_;
+  vectored_->msg.msg_iov = vectored_->iov;
+  vectored_->msg.msg_iovlen = size_t(n);
+  *iov = vectored_->iov;
   *bytes = total;
   return n;
 }

@@ -11,6 +11,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "engine/metrics.hpp"
@@ -23,18 +24,22 @@ struct out_chunk {
   uint32_t refs;
   uint32_t capacity;
   uint32_t size;    // bytes written so far
-  uint32_t pooled;  // size class: 0 = allocated to size, 1 = small, 2 = standard
+  uint32_t pooled;  // size class: 0 = allocated to size, 1 = small, 2 = standard, 3 = tiny
   uint8_t* data() { return reinterpret_cast<uint8_t*>(this + 1); }
 };
 static_assert(sizeof(out_chunk) == 16);
 
-// Two pooled size classes: small chunks for replies, control frames and handshake responses
-// (so that thousands of concurrent handshakes do not each pin 16 KiB), standard chunks for
-// larger frames; anything bigger is allocated to size and freed when sent.
+// Three pooled size classes: tiny chunks for the first frame queued to an idle connection (one
+// publication reaching 100,000 subscribers costs 100,000 of them at once), small ones for
+// replies, control frames and handshake responses (so that thousands of concurrent handshakes do
+// not each pin 16 KiB), standard chunks for a queue that is already busy; anything bigger is
+// allocated to size and freed when sent.
 class chunk_pool {
  public:
+  static constexpr uint32_t tiny_capacity = 256 - sizeof(out_chunk);
   static constexpr uint32_t small_capacity = 1024 - sizeof(out_chunk);
   static constexpr uint32_t standard_capacity = 16384 - sizeof(out_chunk);
+  static constexpr size_t tiny_keep_max = 8192;    // 2 MiB of tiny chunks kept for reuse
   static constexpr size_t small_keep_max = 1024;   // 1 MiB of small chunks kept for reuse
   static constexpr size_t standard_keep_max = 64;  // 1 MiB of standard chunks kept
 
@@ -43,6 +48,7 @@ class chunk_pool {
   void release(out_chunk* c);
 
  private:
+  std::vector<out_chunk*> tiny_free_;
   std::vector<out_chunk*> small_free_;
   std::vector<out_chunk*> standard_free_;
 };
@@ -77,7 +83,7 @@ class out_queue {
   // Like clear(), also with a send in flight: only once the ring that owned it is gone.
   void discard(chunk_pool& pool);
 
-  msghdr* msg() { return &msg_; }
+  msghdr* msg() { return &vectored_->msg; }
 
  private:
   struct segment {
@@ -100,8 +106,14 @@ class out_queue {
     if (total_) total_->sub(n);
   }
   uint64_t in_flight_bytes_ = 0;
-  msghdr msg_{};
-  iovec iov_[iov_max];
+  // The iovecs of the send in flight: one inline (a single segment goes out as IORING_OP_SEND),
+  // the array for SENDMSG allocated the first time a queue holds several segments, then kept.
+  struct vectored {
+    msghdr msg{};
+    iovec iov[iov_max];
+  };
+  iovec one_{};
+  std::unique_ptr<vectored> vectored_;
 };
 
 }  // namespace wsed::engine
