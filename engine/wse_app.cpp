@@ -331,7 +331,10 @@ void wse_app::deliver(shard& s, conn_ref c, per_shard& p, conn_state& st, std::s
 void wse_app::on_json(shard& s, conn_ref c, per_shard& p, conn_state& st, std::string_view text,
                       proto::wse_input_padding padding) {
   proto::wse_message msg;
-  proto::wse_error err = p.parser.parse(text, msg, padding);
+  proto::wse_error err =
+      p.parser.parse(text, msg, padding,
+                     convert_payloads_ ? proto::wse_payload_text::always
+                                       : proto::wse_payload_text::never_for_application);
   if (err != proto::wse_error::none) {
     p.counts.invalid.add();
     return send_error(s, c, p, "INVALID_MESSAGE", proto::to_string(err));

@@ -263,7 +263,7 @@ wse_envelope_parser::wse_envelope_parser() : state_(std::make_unique<state>()) {
 wse_envelope_parser::~wse_envelope_parser() = default;
 
 wse_error wse_envelope_parser::parse(std::string_view message, wse_message& out,
-                                     wse_input_padding padding) {
+                                     wse_input_padding padding, wse_payload_text payload_text) {
   reset(out);
   const std::string_view json = strip_legacy_prefix(message, out.legacy_prefix_bytes);
   if (json.empty()) return wse_error::empty;
@@ -303,9 +303,15 @@ wse_error wse_envelope_parser::parse(std::string_view message, wse_message& out,
     ++index;
   }
   if (!has_type) return wse_error::missing_type;
-  if (out.has_payload) out.payload_json = json_scan::member_value(json, payload_index);
-
   out.kind = wse_kind_of(out.type);
+  // The exact text of "p" is found by scanning the raw JSON (the DOM keeps no offsets): only
+  // for the kinds that use it, and for application messages unless the caller declines.
+  const bool text_needed =
+      out.kind == wse_kind::publish ||
+      (out.kind == wse_kind::application && payload_text == wse_payload_text::always);
+  if (out.has_payload && text_needed)
+    out.payload_json = json_scan::member_value(json, payload_index);
+
   const bool payload_is_object = out.has_payload && payload.is_object();
   switch (out.kind) {
     case wse_kind::ping:

@@ -128,6 +128,9 @@ struct wse_message {
   wse_publish publish;              // publish
 };
 
+// Whether the parse finds the exact text of "p" for an application message (payload_json).
+enum class wse_payload_text : uint8_t { always, never_for_application };
+
 // Whether the bytes after the message may be read (they are never written).
 enum class wse_input_padding : uint8_t {
   none,    // copy into the parser's padded buffer first
@@ -144,8 +147,12 @@ class wse_envelope_parser {
   // Parses one whole inbound text message (legacy prefixes WSE{ U{ S{ accepted). On error, out
   // is left partly filled and must not be used. Every value in the document is validated
   // (strings, numbers, UTF-8, depth <= wse_json_depth_max), so payload_json is valid JSON.
+  // payload_text: never_for_application leaves payload_json empty for application messages
+  // (and pings, pongs, hellos, subscriptions, which are read from the document), saving the scan
+  // of the raw text that finds it; a publish message always gets it.
   wse_error parse(std::string_view message, wse_message& out,
-                  wse_input_padding padding = wse_input_padding::none);
+                  wse_input_padding padding = wse_input_padding::none,
+                  wse_payload_text payload_text = wse_payload_text::always);
 
   // A publication about to be framed: appends to out the same JSON with "c":"<category_of(t)>"
   // inserted first when it has no top-level "c" (a nested "c" or "t" does not count; no "t", or

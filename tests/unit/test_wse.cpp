@@ -663,3 +663,26 @@ TEST_CASE("wse: inbound format detection") {
   CHECK(codec.decode_inbound(bytes_of(R"({"t":"x"})"), false, json) == wse_error::none);
   CHECK(json == R"({"t":"x"})");
 }
+
+TEST_CASE("wse: the payload text is skipped for application messages on request") {
+  wse_envelope_parser parser;
+  wse_message m;
+  const std::string app = R"({"t":"chat","p":{"x":[1,2,{"y":"}"}]},"c":"U"})";
+  REQUIRE(parser.parse(app, m, wse_input_padding::none, wse_payload_text::never_for_application) ==
+          wse_error::none);
+  CHECK(m.kind == wse_kind::application);
+  CHECK(m.has_payload);
+  CHECK(m.payload_json.empty());
+  CHECK((m.type == "chat" && m.category == "U"));
+  REQUIRE(parser.parse(app, m) == wse_error::none);
+  CHECK(m.payload_json == R"({"x":[1,2,{"y":"}"}]})");
+  // A publish keeps its message text, a ping its timestamp.
+  const std::string pub = R"({"t":"publish","p":{"topic":"a","message":{"t":"x"}}})";
+  REQUIRE(parser.parse(pub, m, wse_input_padding::none, wse_payload_text::never_for_application) ==
+          wse_error::none);
+  CHECK(m.publish.message_json == R"({"t":"x"})");
+  const std::string ping = R"({"t":"ping","p":{"timestamp":42}})";
+  REQUIRE(parser.parse(ping, m, wse_input_padding::none, wse_payload_text::never_for_application) ==
+          wse_error::none);
+  CHECK(m.client_timestamp_ms == 42);
+}
