@@ -47,7 +47,7 @@ constexpr int notsent_lowat_bytes = 2 * stream_run_bytes;
 constexpr size_t ready_message_bytes_max = 16384;
 
 constexpr uint64_t pack(uint8_t o, uint32_t index) {
-  return (uint64_t{o} << 56) | index;
+  return engine::user_data::pack(o, 0, index);
 }
 
 uint64_t now_ns() {
@@ -103,8 +103,7 @@ worker::worker(const job& j, run_control& control, uint32_t first_index, uint32_
     : job_(j), control_(control), first_index_(first_index), conns_(count), cpu_(cpu) {}
 
 worker::~worker() {
-  if (ring_ok_) io_uring_queue_exit(&ring_);  // cancels armed recvs, closes the direct files
-  free(buf_ring_);
+  ring_.exit();  // cancels armed recvs, closes the direct files (before the buffers go)
 }
 
 void worker::run() {
@@ -126,8 +125,7 @@ void worker::run() {
   if (job_.load == load_kind::subscribe) finish_fanout();
   // The ring (and with it every socket) is torn down now, on this thread: a tier's connections
   // are gone when join() returns.
-  io_uring_queue_exit(&ring_);
-  ring_ok_ = false;
+  ring_.exit();
 }
 
 bool worker::fail(const std::string& what, int err) {
@@ -136,38 +134,21 @@ bool worker::fail(const std::string& what, int err) {
 }
 
 bool worker::setup() {
-  io_uring_params params{};
-  params.flags = IORING_SETUP_CQSIZE | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
-  params.cq_entries = cq_entries;
-  int rc = io_uring_queue_init_params(ring_entries, &ring_, &params);
-  if (rc < 0) {
-    params.flags = IORING_SETUP_CQSIZE;
-    rc = io_uring_queue_init_params(ring_entries, &ring_, &params);
+  // The ring and the provided buffers as the shards set them up (engine/ring.hpp). A recv takes
+  // a buffer only when data arrives, so idle sockets hold none.
+  std::string err = ring_.init(ring_entries, cq_entries);
+  if (err.empty())
+    err = bufs_.init(ring_.get(), recv_buffer_group, recv_buffer_count, recv_buffer_bytes, 0);
+  if (!err.empty()) {
+    fatal = err;
+    return false;
   }
-  if (rc < 0) return fail("io_uring_queue_init", -rc);
-  ring_ok_ = true;
-
-  // Provided buffers: a recv takes one only when data arrives, so idle sockets hold none.
-  void* mem = nullptr;
-  if (posix_memalign(&mem, 4096, recv_buffer_count * sizeof(io_uring_buf)) != 0) {
-    return fail("posix_memalign", ENOMEM);
-  }
-  buf_ring_ = static_cast<io_uring_buf_ring*>(mem);
-  buffers_.reset(new uint8_t[size_t{recv_buffer_count} * recv_buffer_bytes]);
-  io_uring_buf_reg reg{};
-  reg.ring_addr = reinterpret_cast<uint64_t>(buf_ring_);
-  reg.ring_entries = recv_buffer_count;
-  reg.bgid = recv_buffer_group;
-  rc = io_uring_register_buf_ring(&ring_, &reg, 0);
-  if (rc < 0) return fail("io_uring_register_buf_ring", -rc);
-  io_uring_buf_ring_init(buf_ring_);
-  for (unsigned i = 0; i < recv_buffer_count; ++i) recycle(static_cast<uint16_t>(i), i);
-  io_uring_buf_ring_advance(buf_ring_, recv_buffer_count);
+  int rc = 0;
 
   // Direct descriptors: sockets live in the ring's sparse table, not in the process's fd table,
   // so RLIMIT_NOFILE bounds a ring's table size, not the connections of the process.
   if (!conns_.empty()) {
-    rc = io_uring_register_files_sparse(&ring_, static_cast<unsigned>(conns_.size()));
+    rc = io_uring_register_files_sparse(ring_.get(), static_cast<unsigned>(conns_.size()));
     if (rc < 0) return fail("io_uring_register_files_sparse", -rc);
   }
 
@@ -216,18 +197,11 @@ bool worker::setup() {
 }
 
 io_uring_sqe* worker::sqe() {
-  io_uring_sqe* s = io_uring_get_sqe(&ring_);
-  if (s == nullptr) {
-    io_uring_submit(&ring_);  // SQ full: flush what is queued, then there is room
-    s = io_uring_get_sqe(&ring_);
-  }
-  return s;
+  return ring_.sqe();  // a full SQ is flushed first
 }
 
 void worker::recycle(uint16_t bid, unsigned offset) {
-  io_uring_buf_ring_add(buf_ring_, buffers_.get() + size_t{bid} * recv_buffer_bytes,
-                        recv_buffer_bytes, bid, io_uring_buf_ring_mask(recv_buffer_count),
-                        static_cast<int>(offset));
+  bufs_.add(bid, offset);
 }
 
 void worker::loop() {
@@ -326,7 +300,7 @@ void worker::open_sockets(uint32_t first, uint32_t n) {
   }
   uint32_t made = static_cast<uint32_t>(fds.size());
   if (made != 0) {
-    int rc = io_uring_register_files_update(&ring_, first, fds.data(), made);
+    int rc = io_uring_register_files_update(ring_.get(), first, fds.data(), made);
     for (int fd : fds) close(fd);  // the direct table holds the sockets now
     if (rc < 0 || static_cast<uint32_t>(rc) != made) {
       refused =
@@ -371,7 +345,7 @@ void worker::wait_and_dispatch() {
   __kernel_timespec ts{};
   ts.tv_nsec = wait_timeout_ns;
   io_uring_cqe* cqe = nullptr;
-  int rc = io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &ts, nullptr);
+  int rc = io_uring_submit_and_wait_timeout(ring_.get(), &cqe, 1, &ts, nullptr);
   if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EBUSY && rc != -EAGAIN) {
     errors.socket_errors++;
     errors.note(std::string("io_uring_submit_and_wait_timeout: ") + std::strerror(-rc));
@@ -386,18 +360,18 @@ void worker::wait_and_dispatch() {
   }
   unsigned head = 0, seen = 0;
   recycled_ = 0;
-  io_uring_for_each_cqe(&ring_, head, cqe) {
+  io_uring_for_each_cqe(ring_.get(), head, cqe) {
     ++seen;
     dispatch(cqe);
   }
-  if (recycled_ != 0) io_uring_buf_ring_advance(buf_ring_, static_cast<int>(recycled_));
-  io_uring_cq_advance(&ring_, seen);
+  if (recycled_ != 0) bufs_.commit(recycled_);
+  io_uring_cq_advance(ring_.get(), seen);
 }
 
 // The one switch over completion kinds.
 void worker::dispatch(const io_uring_cqe* cqe) {
   uint32_t i = static_cast<uint32_t>(cqe->user_data);
-  switch (static_cast<op>(cqe->user_data >> 56)) {
+  switch (static_cast<op>(engine::user_data::op(cqe->user_data))) {
     case op::connect:
       return on_connect(i, cqe->res);
     case op::hs_send:
@@ -496,7 +470,7 @@ void worker::on_recv(uint32_t i, const io_uring_cqe* cqe) {
   if (cqe->flags & IORING_CQE_F_BUFFER) {
     uint16_t bid = static_cast<uint16_t>(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
     if (cqe->res > 0) {
-      on_bytes(i, buffers_.get() + size_t{bid} * recv_buffer_bytes, static_cast<size_t>(cqe->res));
+      on_bytes(i, bufs_.at(bid), static_cast<size_t>(cqe->res));
     }
     recycle(bid, recycled_++);  // every path, errors included
   }

@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/ring.hpp"
 #include "proto/ws.hpp"
 #include "tools/bench/fanout.hpp"
 #include "tools/bench/frames.hpp"
@@ -248,10 +249,8 @@ class worker {
   uint32_t first_index_;
   std::vector<conn> conns_;
   int cpu_;
-  io_uring ring_{};
-  bool ring_ok_ = false;
-  io_uring_buf_ring* buf_ring_ = nullptr;
-  std::unique_ptr<uint8_t[]> buffers_;  // not zeroed: pages are touched only when used
+  engine::uring ring_;
+  engine::provided_buffers bufs_;  // mmap'd: pages are touched only when used
   unsigned recycled_ = 0;
   proto::ws_limits limits_{};
   // Frames: the stream run (copies of one masked frame), client_hello, per-connection pings.
