@@ -43,6 +43,19 @@ CLI::Option* add_parsed(CLI::App& app, const std::string& name, T& field, Parse 
   return opt;
 }
 
+// A CLI11 check: a power of two in [min, max].
+CLI::Validator power_of_two(unsigned long min, unsigned long max) {
+  return CLI::Validator(
+      [min, max](const std::string& s) -> std::string {
+        unsigned long v = std::strtoul(s.c_str(), nullptr, 10);
+        return v >= min && v <= max && (v & (v - 1)) == 0
+                   ? ""
+                   : "must be a power of two from " + std::to_string(min) + " to " +
+                         std::to_string(max);
+      },
+      "POWER_OF_TWO");
+}
+
 }  // namespace
 
 std::optional<uint64_t> parse_size(std::string_view text) {
@@ -137,10 +150,7 @@ flags_result parse_flags(int argc, char** argv) {
              "Largest HTTP request header block; larger: 431", 1, "8KiB", 256);
   app.add_option("--recv-buffers", c.recv_buffer_count,
                  "Provided receive buffers per shard (power of two)")
-      ->check([](const std::string& s) -> std::string {
-        unsigned long v = std::strtoul(s.c_str(), nullptr, 10);
-        return v && v <= 32768 && (v & (v - 1)) == 0 ? "" : "must be a power of two <= 32768";
-      })
+      ->check(power_of_two(1, 32768))
       ->capture_default_str();
   add_parsed(app, "--recv-buffer-size", c.recv_buffer_bytes, parse_size,
              "Bytes of one provided receive buffer", 1, "16KiB", 512);
@@ -201,14 +211,9 @@ flags_result parse_flags(int argc, char** argv) {
       ->check(CLI::Range(1u, 1000000u))
       ->capture_default_str();
   app.add_option("--inbox-capacity", c.inbox_capacity,
-                 "Deliveries queued into one shard (power of two >= 16); full: the publisher gets "
-                 "503 / SERVER_BUSY")
-      ->check([](const std::string& s) -> std::string {
-        unsigned long v = std::strtoul(s.c_str(), nullptr, 10);
-        return v >= 16 && v <= (1u << 24) && (v & (v - 1)) == 0
-                   ? ""
-                   : "must be a power of two from 16 to 16777216";
-      })
+                 "Deliveries queued into one shard from each producer (power of two >= 16); full: "
+                 "the publisher gets 503 / SERVER_BUSY")
+      ->check(power_of_two(16, 1u << 24))
       ->capture_default_str();
   add_parsed(app, "--share-frames-from", c.frame_reference_bytes_min, parse_size,
              "Publications at least this large are sent from the one shared frame (by iovec); "
