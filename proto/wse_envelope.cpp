@@ -304,11 +304,10 @@ wse_error wse_envelope_parser::parse(std::string_view message, wse_message& out,
   }
   if (!has_type) return wse_error::missing_type;
   out.kind = wse_kind_of(out.type);
-  // The exact text of "p" is found by scanning the raw JSON (the DOM keeps no offsets): only
-  // for the kinds that use it, and for application messages unless the caller declines.
+  // The exact text of "p" is found by scanning the raw JSON (the DOM keeps no offsets): always,
+  // unless the caller declines it (then only a publish, which needs its message's text, gets it).
   const bool text_needed =
-      out.kind == wse_kind::publish ||
-      (out.kind == wse_kind::application && payload_text == wse_payload_text::always);
+      out.kind == wse_kind::publish || payload_text == wse_payload_text::always;
   if (out.has_payload && text_needed)
     out.payload_json = json_scan::member_value(json, payload_index);
 

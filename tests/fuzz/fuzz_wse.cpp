@@ -37,7 +37,22 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
   std::string json;
   wse_msgpack_envelope env;
-  if (codec.decode_inbound(message, binary, json, cap, &env) != wse_error::none) return 0;
+  const wse_error decoded = codec.decode_inbound(message, binary, json, cap, &env);
+  // The hand-written check (handlers that never read payloads) decides exactly as msgpack-c,
+  // error for error, and sees the same envelope (the JSON size cap aside: it writes nothing).
+  std::string none;
+  wse_msgpack_envelope checked;
+  const wse_error validated =
+      codec.decode_inbound(message, binary, none, cap, &checked, wse_json_output::envelope_only);
+  if (decoded != wse_error::too_large) {
+    require(validated == decoded);
+    if (decoded == wse_error::none)
+      require(checked.complete == env.complete && checked.type == env.type &&
+              checked.has_category == env.has_category && checked.category == env.category &&
+              checked.id == env.id && checked.has_payload == env.has_payload &&
+              checked.depth == env.depth);
+  }
+  if (decoded != wse_error::none) return 0;
   require(json.size() <= cap);
 
   // The MessagePack fast path (wse_app skips the JSON parse for application messages and pongs

@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include <array>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -685,4 +686,71 @@ TEST_CASE("wse: the payload text is skipped for application messages on request"
   REQUIRE(parser.parse(ping, m, wse_input_padding::none, wse_payload_text::never_for_application) ==
           wse_error::none);
   CHECK(m.client_timestamp_ms == 42);
+}
+
+TEST_CASE("wse: the hand-written MessagePack check agrees with msgpack-c on mutated input") {
+  // Every byte of a few envelopes flipped, truncated at every length, and with random bytes:
+  // the error (or none) and the envelope must be the same in both modes.
+  wse_codec codec;
+  std::string packed, full, none;
+  const std::string_view seeds[] = {
+      R"({"c":"U","t":"chat","id":"x1","p":{"text":"hé","n":[1,-2,3.5,true,null,{"t":"in"}]},"v":1})",
+      R"({"t":"ping","p":{"timestamp":1700000000000,"a":[[],{},"",0.0]}})",
+      R"({"p":[1,[2,[3,[4]]]],"t":"x","c":"S"})",
+  };
+  std::mt19937 rng(7);
+  size_t compared = 0;
+  auto compare = [&](const std::string& m) {
+    std::span<const uint8_t> in(reinterpret_cast<const uint8_t*>(m.data()), m.size());
+    wse_msgpack_envelope a, b;
+    full.clear();
+    none.clear();
+    wse_error ea = wse_msgpack_to_json(in, full, 1 << 20, &a);
+    wse_error eb = wse_msgpack_to_json(in, none, 1 << 20, &b, wse_json_output::envelope_only);
+    REQUIRE(ea == eb);
+    if (ea == wse_error::none) {
+      REQUIRE((a.complete == b.complete && a.type == b.type && a.has_category == b.has_category &&
+               a.category == b.category && a.id == b.id && a.has_payload == b.has_payload &&
+               a.depth == b.depth));
+    }
+    ++compared;
+  };
+  for (std::string_view json : seeds) {
+    packed.clear();
+    REQUIRE(codec.json_to_msgpack(json, packed) == wse_error::none);
+    compare(packed);
+    for (size_t n = 0; n <= packed.size(); ++n) compare(packed.substr(0, n));
+    for (size_t i = 0; i < packed.size(); ++i)
+      for (int bit = 0; bit < 8; ++bit) {
+        std::string m = packed;
+        m[i] = char(uint8_t(m[i]) ^ (1u << bit));
+        compare(m);
+      }
+    for (int round = 0; round < 2000; ++round) {
+      std::string m = packed;
+      int edits = 1 + int(rng() % 4);
+      for (int e = 0; e < edits; ++e) {
+        size_t at = rng() % m.size();
+        switch (rng() % 3) {
+          case 0:
+            m[at] = char(rng());
+            break;
+          case 1:
+            m.insert(m.begin() + long(at), char(rng()));
+            break;
+          default:
+            if (m.size() > 1) m.erase(m.begin() + long(at));
+        }
+      }
+      compare(m);
+    }
+  }
+  // Depth at the cap and one over it, as keys and values.
+  std::string deep(size_t(wse_msgpack_depth_max), '\x91');
+  compare(deep + std::string(1, '\x01'));
+  compare(deep + std::string(1, '\x91') + std::string(1, '\x01'));
+  compare(std::string("\x81\x91\x01\x01", 4));              // an array as a key
+  compare(std::string("\x81\x01\xa1x", 4));                 // an integer key
+  compare(std::string("\x81\xca\x00\x00\x00\x00\x01", 7));  // a float key
+  CHECK(compared > 5000);
 }
