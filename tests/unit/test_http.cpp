@@ -205,10 +205,10 @@ TEST_CASE("http: versions") {
 TEST_CASE("http: Content-Length bodies are read by the caller, other bodies get 411") {
   CHECK(parse("GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").error_status == 411);
   CHECK(parse("POST /x HTTP/1.1\r\nContent-Length: x5\r\n\r\n").error_status == 400);
-  CHECK(parse("POST /x HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n")
-            .error_status == 400);
-  CHECK(parse("POST /x HTTP/1.1\r\nContent-Length: 1234567890123456789\r\n\r\n")
-            .error_status == 400);
+  CHECK(parse("POST /x HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n").error_status ==
+        400);
+  CHECK(parse("POST /x HTTP/1.1\r\nContent-Length: 1234567890123456789\r\n\r\n").error_status ==
+        400);
   const parse_result zero = parse("GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
   CHECK(zero.status == http_parse_status::complete);
 }

@@ -166,8 +166,8 @@ class publisher {
     if (cfg_.kind == publisher_kind::wse) {  // what was sent and not refused was taken
       accepted.store(sent.load() - busy.load() - refused.load(), std::memory_order_release);
       if (!first_refusal_.empty()) {
-        set_error(std::to_string(refused.load()) + " publications refused, the first: " +
-                  first_refusal_);
+        set_error(std::to_string(refused.load()) +
+                  " publications refused, the first: " + first_refusal_);
       }
     }
     done.store(true, std::memory_order_release);
