@@ -198,7 +198,11 @@ inline http_response parse_http_response(std::string_view buf, size_t head_bytes
 
 // The number after "key": in a flat JSON body ({"accepted":N}); nullopt when absent.
 inline std::optional<uint64_t> json_number_field(std::string_view body, std::string_view key) {
-  std::string pattern = "\"" + std::string(key) + "\":";
+  std::string pattern;  // built by appends: "\"" + string(key) trips GCC 12's -Wrestrict
+  pattern.reserve(key.size() + 3);
+  pattern.push_back('"');
+  pattern.append(key);
+  pattern.append("\":");
   size_t at = body.find(pattern);
   if (at == std::string_view::npos) return std::nullopt;
   std::string_view rest = detail::trim(body.substr(at + pattern.size()));
