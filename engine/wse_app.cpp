@@ -43,7 +43,8 @@ std::array<proto::wse_feature, wse_feature_count> features_of(const wse_app_opti
 }
 
 constexpr std::string_view anonymous_user = "anonymous";
-constexpr uint64_t milli = 1000;  // token bucket unit: a message is 1000 milli-tokens
+constexpr size_t acl_shapes_max = 4096;  // distinct ACLs kept for sharing, per shard
+constexpr uint64_t milli = 1000;         // token bucket unit: a message is 1000 milli-tokens
 
 const char* name_of(subscribe_outcome o) {
   static constexpr const char* names[] = {"ok", "acl_denied", "invalid_topic", "too_many_topics"};
@@ -193,8 +194,7 @@ void wse_app::on_open(shard& s, conn_ref c, const proto::http_request& request) 
     if (!verified) return refuse(s, c, p, verified.error());
     who = std::move(*verified);
     st.user_id = who->user_id;
-    if (!who->acl.unrestricted() || !who->acl.publish.empty())
-      st.acl = std::make_shared<const auth::topic_acl>(who->acl);
+    if (!who->acl.unrestricted() || !who->acl.publish.empty()) st.acl = shared_acl(p, who->acl);
   } else {
     st.user_id = anonymous_user;
   }
@@ -451,6 +451,30 @@ send_status wse_app::send(wse_conn conn, std::string_view type, std::string_view
 
 // Every --ping-interval, one server ping to each authenticated connection of this shard: the
 // frame text is built once per pass (the same server_time for all).
+// Connections whose tokens carry the same wse_topics share one ACL (tokens are minted from few
+// shapes): one per distinct shape per shard, dropped once no connection holds it.
+std::shared_ptr<const auth::topic_acl> wse_app::shared_acl(per_shard& p,
+                                                           const auth::topic_acl& acl) {
+  std::string& key = p.acl_key;
+  key.clear();
+  for (const auto* list : {&acl.allow, &acl.deny, &acl.publish}) {
+    for (const std::string& g : *list) {
+      key += g;
+      key.push_back('\n');  // globs hold no control characters
+    }
+    key.push_back('\x01');
+  }
+  auto it = p.acls.find(key);
+  if (it != p.acls.end()) return it->second;
+  if (p.acls.size() >= acl_shapes_max) {  // drop the shapes no connection holds any more
+    std::erase_if(p.acls, [](const auto& kv) { return kv.second.use_count() == 1; });
+    if (p.acls.size() >= acl_shapes_max) return std::make_shared<const auth::topic_acl>(acl);
+  }
+  auto made = std::make_shared<const auth::topic_acl>(acl);
+  p.acls.emplace(key, made);
+  return made;
+}
+
 void wse_app::on_tick(shard& s, uint64_t now_ms) {
   handler_.on_tick(s.index());
   if (opt_.ping_interval_ms == 0) return;

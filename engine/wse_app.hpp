@@ -184,7 +184,8 @@ class wse_app final : public app_handler {
     uint64_t seq = 0;
     uint32_t user_pos = 0;  // index in per_shard::users[user_id]
     std::string user_id;
-    // The token's topic ACL for the connection's life (null: every topic, publishing refused).
+    // The token's topic ACL for the connection's life (null: every topic, publishing refused);
+    // shared with the shard's other connections whose tokens carry the same one.
     std::shared_ptr<const auth::topic_acl> acl;
     char connection_id[proto::wse_uuid_chars] = {};
   };
@@ -198,6 +199,9 @@ class wse_app final : public app_handler {
     std::vector<conn_state> conns;
     fanout::topic_index topics;                                    // subscriber ids are slots
     std::unordered_map<std::string, std::vector<uint32_t>> users;  // user id -> slots
+    // Distinct token ACLs, shared by the connections that carry the same one (shared_acl).
+    std::unordered_map<std::string, std::shared_ptr<const auth::topic_acl>> acls;
+    std::string acl_key;
     proto::wse_publish_parser api_parser;
     std::vector<proto::wse_publish_item> api_items;
     // Frames publications (ensure_category): its own parser, since the message being published
@@ -236,6 +240,7 @@ class wse_app final : public app_handler {
   void on_client_publish(shard& s, conn_ref c, per_shard& p, conn_state& st,
                          const proto::wse_publish& pub);
   void leave_all(shard& s, per_shard& p, uint32_t slot);
+  std::shared_ptr<const auth::topic_acl> shared_acl(per_shard& p, const auth::topic_acl& acl);
   // Frames json (with its "c") once and routes it. On a shard thread (s not null) the frame
   // comes from that shard's pool.
   publish_status route(shard* s, fanout::delivery_kind kind, std::string_view key,
