@@ -28,9 +28,9 @@ const char* name_of(close_reason r) {
 
 const char* name_of(limit_kind l) {
   static constexpr const char* names[] = {
-      "max_connections",        "max_pending_handshakes",   "max_message_size", "max_fragments",
-      "max_unfinished_bytes",   "max_outbound_bytes",       "header_bytes",     "file_table",
-      "max_connections_per_ip", "max_topics_per_connection"};
+      "max_connections",        "max_pending_handshakes",    "max_message_size", "max_fragments",
+      "max_unfinished_bytes",   "max_outbound_bytes",        "header_bytes",     "file_table",
+      "max_connections_per_ip", "max_topics_per_connection", "inbox_pass_budget"};
   static_assert(std::size(names) == size_t(limit_kind::count_));
   return names[size_t(l)];
 }

@@ -56,6 +56,7 @@ enum class limit_kind : uint8_t {
   file_table,
   connections_per_ip,
   max_topics_per_connection,
+  inbox_pass_budget,  // a loop pass stopped draining its inbox at the per-pass budget
   count_
 };
 

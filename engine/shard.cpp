@@ -462,7 +462,10 @@ void shard::on_handshake_bytes(connection& c, uint32_t slot, std::span<uint8_t> 
   byte_buffer::append(c.carry, data.data(), data.size());
   // Bytes before `before` were searched already, unless they held a complete head whose body
   // was still arriving: then search from the start (cheap: only the head zone is searched).
-  std::string_view old(reinterpret_cast<const char*>(c.carry->data()), before);
+  // (Only the head zone is looked at: a head ends within --max-header-bytes, and a 1 MiB body
+  // arriving in 16 KiB pieces must not be rescanned on every piece.)
+  std::string_view old(reinterpret_cast<const char*>(c.carry->data()),
+                       std::min<size_t>(before, size_t(cfg_.http_header_bytes_max) + 4));
   size_t scan_from = old.find("\r\n\r\n") != std::string_view::npos ? 0
                      : before >= 3                                  ? before - 3
                                                                     : 0;
@@ -567,18 +570,14 @@ bool shard::serve_http(connection& c, uint32_t slot, const proto::http_request& 
                        std::string_view body) {
   http_endpoints::answer a =
       endpoints_.serve(*this, req, body, (c.flags & flag_admin) != 0, stopping_);
-  answer_http(c, slot, req, std::move(a.response), a.keep_alive);
+  answer_http(c, slot, a.response, a.keep_alive);
   return a.keep_alive && c.state == conn_state::handshake;
 }
 
-void shard::answer_http(connection& c, uint32_t slot, const proto::http_request&,
-                        std::string response, bool keep_alive) {
+void shard::answer_http(connection& c, uint32_t slot, std::string_view response, bool keep_alive) {
+  if (!keep_alive) return answer_and_close(c, slot, response);
   out_of(c).append(chunks_, response.data(), response.size());
   mark_dirty(c, slot);
-  if (!keep_alive) {
-    begin_close(c, slot, close_reason::http_done, 0);
-    return;
-  }
   // A kept-alive HTTP connection is no longer a pending handshake; it gets the handshake timeout
   // again for its next request.
   if (c.flags & flag_pending) {
@@ -775,12 +774,6 @@ send_status shard::over_cap(connection& c, uint32_t slot) {
   return send_status::backpressure;
 }
 
-bool shard::is_open(conn_ref ref) const {
-  if (ref.slot >= slots_touched_) return false;
-  const connection& c = slots_[ref.slot];
-  return c.generation == ref.generation && c.state == conn_state::open;
-}
-
 void shard::close(conn_ref ref, uint16_t code, close_reason why) {
   if (ref.slot >= slots_touched_) return;
   connection& c = slot_at(ref.slot);
@@ -892,8 +885,14 @@ void shard::on_send(connection& c, uint32_t slot, int res) {
 void shard::reject(connection& c, uint32_t slot, reject_reason why, uint16_t status,
                    std::string_view extra_headers) {
   metrics_.rejected[size_t(why)].add();
-  std::string response = proto::http_response(
-      status, "text/plain", std::string(proto::http_reason(status)) + "\n", extra_headers);
+  answer_and_close(
+      c, slot,
+      proto::http_response(status, "text/plain", std::string(proto::http_reason(status)) + "\n",
+                           extra_headers));
+}
+
+// The last answer on a socket: queued, then the close (flushed first, then the linger).
+void shard::answer_and_close(connection& c, uint32_t slot, std::string_view response) {
   out_of(c).append(chunks_, response.data(), response.size());
   mark_dirty(c, slot);
   begin_close(c, slot, close_reason::http_done, 0);
@@ -902,10 +901,7 @@ void shard::reject(connection& c, uint32_t slot, reject_reason why, uint16_t sta
 // An error answer of the HTTP API (JSON, like its other answers), then close: the body was not
 // read, so the connection cannot carry another request.
 void shard::reject_api(connection& c, uint32_t slot, uint16_t status, std::string_view reason) {
-  std::string response = http_endpoints::api_error(status, reason);
-  out_of(c).append(chunks_, response.data(), response.size());
-  mark_dirty(c, slot);
-  begin_close(c, slot, close_reason::http_done, 0);
+  answer_and_close(c, slot, http_endpoints::api_error(status, reason));
 }
 
 void shard::begin_close(connection& c, uint32_t slot, close_reason why, uint16_t ws_code) {
@@ -1032,6 +1028,7 @@ void shard::drain_inbox() {
     taken += n;
   }
   inbox_backlog_ = taken >= pass_deliveries_max || queued_bytes >= pass_bytes_max;
+  if (inbox_backlog_) metrics_.limit_hits[size_t(limit_kind::inbox_pass_budget)].add();
   if (taken) metrics_.inbox_drained.add(taken);
 }
 

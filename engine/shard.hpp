@@ -126,8 +126,6 @@ class shard {
   // under the same outbound cap: over it, --slow-consumer disconnect closes with 4509
   // (backpressure), drop skips this whole frame (dropped) and the connection stays.
   send_status send_frame(conn_ref c, const fanout::frame& f);
-  // True while the connection is open (not closing, not a stale ref).
-  bool is_open(conn_ref c) const;
   void close(conn_ref c, uint16_t code, close_reason why = close_reason::app_close);
 
   const shard_metrics& metrics() const { return metrics_; }
@@ -214,8 +212,8 @@ class shard {
   // upgraded.
   bool serve_requests(connection& c, uint32_t slot, size_t scan_from);
   bool serve_one(connection& c, uint32_t slot, std::string_view all, size_t* used);
-  void answer_http(connection& c, uint32_t slot, const proto::http_request& req,
-                   std::string response, bool keep_alive);
+  void answer_http(connection& c, uint32_t slot, std::string_view response, bool keep_alive);
+  void answer_and_close(connection& c, uint32_t slot, std::string_view response);
   void on_ws_bytes(connection& c, uint32_t slot, std::span<uint8_t> data);
   size_t parse_frames(connection& c, uint32_t slot, std::span<uint8_t> data);
   bool on_data_event(connection& c, uint32_t slot, const proto::ws_event& ev);

@@ -511,13 +511,19 @@ void wse_app::on_close(shard& s, conn_ref c) {
   }
 }
 
-// Every subscription and the user index entry of a closing connection: O(its subscriptions).
-void wse_app::leave_all(shard& s, per_shard& p, uint32_t slot) {
-  conn_state& st = p.conns[slot];
+// Every subscription of a connection (the router told of patterns left without a local
+// subscriber): O(its subscriptions).
+void wse_app::drop_subscriptions(shard& s, per_shard& p, uint32_t slot) {
   p.topics.unsubscribe_all(slot, [&](std::string_view pattern, bool was_last) {
     p.counts.held.sub();
     if (was_last && hub_) hub_->router().remove(s.index(), pattern);
   });
+}
+
+// Every subscription and the user index entry of a closing connection: O(its subscriptions).
+void wse_app::leave_all(shard& s, per_shard& p, uint32_t slot) {
+  conn_state& st = p.conns[slot];
+  drop_subscriptions(s, p, slot);
   auto it = p.users.find(st.user_id);
   if (it == p.users.end()) return;
   std::vector<uint32_t>& slots = it->second;
@@ -823,10 +829,7 @@ void wse_app::on_delivery(shard& s, const fanout::delivery& d) {
       if (f.key() == command_subscribe) {
         apply_subscription(s, c, p, *st, true, topics);
       } else if (topics.empty()) {
-        p.topics.unsubscribe_all(c.slot, [&](std::string_view pattern, bool was_last) {
-          p.counts.held.sub();
-          if (was_last && hub_) hub_->router().remove(s.index(), pattern);
-        });
+        drop_subscriptions(s, p, c.slot);
       } else {
         apply_subscription(s, c, p, *st, false, topics);
       }

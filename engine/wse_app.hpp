@@ -240,6 +240,7 @@ class wse_app final : public app_handler {
   void on_client_publish(shard& s, conn_ref c, per_shard& p, conn_state& st,
                          const proto::wse_publish& pub);
   void leave_all(shard& s, per_shard& p, uint32_t slot);
+  void drop_subscriptions(shard& s, per_shard& p, uint32_t slot);
   std::shared_ptr<const auth::topic_acl> shared_acl(per_shard& p, const auth::topic_acl& acl);
   // Frames json (with its "c") once and routes it. On a shard thread (s not null) the frame
   // comes from that shard's pool.
