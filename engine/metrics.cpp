@@ -127,6 +127,9 @@ std::string render_prometheus(std::span<const shard_metrics* const> shards) {
          [](const shard_metrics& m) { return m.bytes_in.get(); });
   family(out, shards, "wsed_bytes_out_total", "counter", "Bytes sent to sockets.",
          [](const shard_metrics& m) { return m.bytes_out.get(); });
+  family(out, shards, "wsed_sends_total", "counter",
+         "Send operations submitted (bytes out per send: how well queued messages coalesce).",
+         [](const shard_metrics& m) { return m.sends.get(); });
   family(out, shards, "wsed_stale_completions_total", "counter",
          "Completions for a connection slot that was already reused (dropped).",
          [](const shard_metrics& m) { return m.stale_completions.get(); });

@@ -111,6 +111,17 @@ void out_queue::append_frame(fanout::frame* f) {
   grow(f->wire_bytes);
 }
 
+void out_queue::prepend_frame(fanout::frame* f, uint32_t offset) {
+  ENGINE_ASSERT(in_flight_bytes_ == 0 && offset < f->wire_bytes);
+  fanout::retain(f);
+  segment s{nullptr, f, offset, f->wire_bytes - offset};
+  if (head_ > 0)
+    segments_[--head_] = s;
+  else
+    segments_.insert(segments_.begin(), s);
+  grow(s.length);
+}
+
 void out_queue::release_segment(chunk_pool& pool, const segment& s) {
   if (s.frame)
     fanout::release(s.frame);

@@ -73,6 +73,9 @@ class out_queue {
   // References a cross-shard frame's wire bytes (one fanout::retain; released once sent), sent
   // by iovec from the frame itself instead of a copy.
   void append_frame(fanout::frame* f);
+  // Puts the rest of a frame, from byte `offset` of its wire bytes, before everything queued
+  // (the unsent part of a send made outside this queue); no send may be in flight.
+  void prepend_frame(fanout::frame* f, uint32_t offset);
 
   // Prepares the iovec array for the next send; returns the iovec count (0: nothing to send).
   // Marks those bytes in flight until complete_send().

@@ -104,6 +104,8 @@ shard::shard(uint32_t index, server_shared& shared, app_handler& app)
       endpoints_(shared, app) {
   limits_.message_bytes_max = cfg_.message_bytes_max;
   limits_.fragments_per_message_max = cfg_.fragments_per_message_max;
+  hold_send_bytes_ =
+      std::min<uint64_t>(limits::backlog_send_bytes_min, cfg_.outbound_bytes_max / 2);
   tick_.tv_sec = 0;
   tick_.tv_nsec = long(tick_ms) * 1000000;
 }
@@ -119,6 +121,7 @@ shard::~shard() {
         c.out->discard(chunks_);
         delete c.out;
       }
+      if (c.direct) fanout::release(c.direct);
       byte_buffer::release(c.carry);
       byte_buffer::release(c.assembly);
       c.~connection();
@@ -453,7 +456,7 @@ void shard::on_recv(connection& c, uint32_t slot, io_uring_cqe* cqe) {
   if (c.state == conn_state::handshake || c.state == conn_state::open) begin_close(c, slot, why, 0);
   // A half-closed peer may still read: flush what is queued (an HTTP response, our close
   // frame) and close then; after an error there is nobody to flush to.
-  bool queued = (c.out && !c.out->empty()) || (c.ops & send_pending);
+  bool queued = (c.out && !c.out->empty()) || c.direct || (c.ops & send_pending);
   if (res < 0 || !queued) finish(c, slot);
 }
 
@@ -730,7 +733,23 @@ out_queue& shard::out_of(connection& c) {
       c.out->count_into(&metrics_.queued_bytes);
     }
   }
+  // A direct frame not yet sent goes first, into the queue, so that bytes keep their order.
+  if (c.direct && !(c.ops & send_pending)) {
+    fanout::frame* f = take_direct(c);
+    if (f->wire_bytes >= cfg_.frame_reference_bytes_min)
+      c.out->append_frame(f);
+    else
+      c.out->append(chunks_, f->wire().data(), f->wire_bytes);
+    fanout::release(f);
+  }
   return *c.out;
+}
+
+fanout::frame* shard::take_direct(connection& c) {
+  fanout::frame* f = c.direct;
+  c.direct = nullptr;
+  metrics_.queued_bytes.sub(f->wire_bytes);
+  return f;
 }
 
 send_status shard::send_message(conn_ref ref, ws_opcode opcode, std::span<const uint8_t> payload) {
@@ -751,7 +770,13 @@ send_status shard::send_frame(conn_ref ref, const fanout::frame& f) {
   // Small frames are copied into the connection's own chunk (many frames, one iovec); large
   // ones are referenced (one iovec each, no copy): --share-frames-from, measured in RESULTS.md.
   std::span<const uint8_t> wire = f.wire();
-  if (wire.size() >= cfg_.frame_reference_bytes_min) {
+  if (!c.direct && !(c.ops & send_pending) && (!c.out || c.out->empty())) {
+    // Nothing queued: sent from the frame itself.
+    fanout::retain(const_cast<fanout::frame*>(&f));
+    c.direct = const_cast<fanout::frame*>(&f);
+    metrics_.queued_bytes.add(f.wire_bytes);
+    metrics_.deliveries_shared.add();
+  } else if (wire.size() >= cfg_.frame_reference_bytes_min) {
     out_of(c).append_frame(const_cast<fanout::frame*>(&f));
     metrics_.deliveries_shared.add();
   } else {
@@ -811,19 +836,39 @@ void shard::mark_dirty(connection& c, uint32_t slot) {
 }
 
 void shard::flush() {
+  // While the inbox has a backlog (the last drain stopped at its budget), an open connection
+  // whose queue is still short waits for the next pass: each send costs the kernel about the
+  // same whatever its size, so fewer, larger sends carry more deliveries per second.
+  const bool hold = inbox_backlog_;
+  held_.clear();
   // flush_one may mark other connections dirty (never this list's own entries twice).
   for (size_t i = 0; i < dirty_.size(); ++i) {
     uint32_t slot = dirty_[i];
     connection& c = slot_at(slot);
+    if (hold && c.state == conn_state::open && !(c.ops & send_pending) && c.out != nullptr &&
+        c.out->queued_bytes() < hold_send_bytes_) {
+      held_.push_back(slot);  // stays flagged dirty
+      continue;
+    }
     c.flags &= uint8_t(~flag_dirty);
     if (c.state != conn_state::free) flush_one(c, slot);
   }
-  dirty_.clear();
+  dirty_.swap(held_);
 }
 
 void shard::flush_one(connection& c, uint32_t slot) {
   if (c.ops & send_pending) return;  // on_send continues
   if (c.state == conn_state::finishing) return;
+  if (c.direct) {
+    io_uring_sqe* sqe = get_sqe();
+    io_uring_prep_send(sqe, c.file_index, c.direct->wire().data(), c.direct->wire_bytes,
+                       MSG_NOSIGNAL);
+    sqe->flags |= IOSQE_FIXED_FILE;
+    io_uring_sqe_set_data64(sqe, pack(op::send, c.generation, slot));
+    c.ops |= send_pending;
+    metrics_.sends.add();
+    return;
+  }
   if (c.out && !c.out->empty()) {
     const iovec* iov;
     size_t bytes;
@@ -836,6 +881,7 @@ void shard::flush_one(connection& c, uint32_t slot) {
     sqe->flags |= IOSQE_FIXED_FILE;
     io_uring_sqe_set_data64(sqe, pack(op::send, c.generation, slot));
     c.ops |= send_pending;
+    metrics_.sends.add();
     return;
   }
   if (c.state == conn_state::closing && (c.flags & flag_peer_eof)) {
@@ -856,8 +902,16 @@ void shard::flush_one(connection& c, uint32_t slot) {
 
 void shard::on_send(connection& c, uint32_t slot, int res) {
   c.ops &= uint8_t(~send_pending);
+  if (c.direct) {
+    // The send in flight was the direct frame's: what it left unsent goes before the queue.
+    fanout::frame* f = take_direct(c);
+    if (res >= 0 && uint32_t(res) < f->wire_bytes && c.state != conn_state::finishing)
+      out_of(c).prepend_frame(f, uint32_t(res));
+    fanout::release(f);
+  } else if (c.out) {
+    c.out->complete_send(chunks_, res < 0 ? 0 : size_t(res));
+  }
   if (res < 0) {
-    c.out->complete_send(chunks_, 0);
     if (c.state == conn_state::handshake || c.state == conn_state::open)
       begin_close(c, slot, close_reason::peer_reset, 0);
     finish(c, slot);
@@ -865,13 +919,12 @@ void shard::on_send(connection& c, uint32_t slot, int res) {
     return;
   }
   metrics_.bytes_out.add(uint64_t(res));
-  c.out->complete_send(chunks_, size_t(res));
   if (c.state == conn_state::finishing) {
     maybe_free(c, slot);
     return;
   }
-  if (c.out->empty()) {
-    release_queue(c);
+  if (!c.out || c.out->empty()) {
+    if (c.out) release_queue(c);
     if (c.state == conn_state::closing) mark_dirty(c, slot);
     return;
   }
@@ -981,6 +1034,7 @@ void shard::maybe_free(connection& c, uint32_t slot) {
     c.out->clear(chunks_);
     release_queue(c);
   }
+  if (c.direct) fanout::release(take_direct(c));
   byte_buffer::release(c.carry);
   byte_buffer::release(c.assembly);
   if (c.flags & flag_counted) shared_.connections.fetch_sub(1, std::memory_order_relaxed);

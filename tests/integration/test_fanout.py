@@ -1353,6 +1353,41 @@ def test_fanout_slow_consumer_drop_keeps_connection_whole_frames():
 
 
 @limit(60)
+def test_fanout_direct_send_partial_then_queue_in_order():
+    """A publication to a connection with nothing queued is sent from the shared frame itself
+    (no queue). Here that first send is a 6 MB frame (past the kernel's send buffer, 4 MiB at most) to a
+    client with a 4 KiB receive buffer,
+    so the kernel takes only part of it; 50 small publications queue behind it, then a ping. The
+    client, reading only now, gets all of it byte for byte in order, and the server's queued-bytes
+    gauge returns to 0 once the client has read everything."""
+    pad = "x" * 6_000_000
+    with fan("--max-api-body", "8MiB", "--max-outbound-bytes", "16MiB", "--compression-threshold", "0") as srv:
+        c = ws_client(srv.port, "reader", rcvbuf=4096)
+        subscribe_ok(c, ["direct"])
+        first = {"t": "big", "p": {"seq": 0, "pad": pad}}
+        small = [{"t": "tick", "p": {"seq": i}} for i in range(1, 51)]
+        st, _, doc = post_once(srv.port, [{"topic": "direct", "message": first}])
+        assert st == 200 and doc == {"accepted": 1}, (st, doc)
+        time.sleep(0.2)   # the direct send is in the kernel, partly taken
+        st, _, doc = post_once(srv.port, [{"topic": "direct", "message": m} for m in small])
+        assert st == 200 and doc == {"accepted": 50}, (st, doc)
+        m = metrics(srv.port)
+        assert (total(m, "wsed_outbound_queued_bytes") or 0) > 0, "nothing left queued behind a 4 KiB receive buffer"
+        got = []
+        for _ in range(51):
+            msg = c.next_message(10)
+            assert msg and msg[0] == "text", "message %d: %r" % (len(got), msg and msg[:1])
+            got.append(msg[1])
+        assert got == [wire(first)] + [wire(x) for x in small], "frames out of order or altered"
+        ping_pong(c, 7)
+        deadline = time.time() + 5
+        while time.time() < deadline and total(metrics(srv.port), "wsed_outbound_queued_bytes"):
+            time.sleep(0.05)
+        assert total(metrics(srv.port), "wsed_outbound_queued_bytes") == 0
+        c.close()
+
+
+@limit(60)
 def test_fanout_churn_while_publishing():
     """While the API publishes 8,000 ticks: connections come, subscribe, read a little and go
     (half of them with a TCP reset), three never read, twenty stay. Each newcomer's stream is

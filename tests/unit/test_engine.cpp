@@ -15,6 +15,7 @@
 #include "engine/metrics.hpp"
 #include "engine/out_queue.hpp"
 #include "engine/per_ip.hpp"
+#include "fanout/frame.hpp"
 
 using namespace wsed::engine;
 
@@ -120,6 +121,24 @@ TEST_CASE("out_queue: more segments than one send's iovecs go out over several s
   CHECK(got.size() == size_t(out_queue::iov_max));
   got += sent_bytes(q, pool, 1u << 20);
   CHECK(got == expect);
+  CHECK(q.empty());
+}
+
+TEST_CASE("out_queue: the unsent rest of a frame goes before what was queued meanwhile") {
+  chunk_pool pool;
+  out_queue q;
+  wsed::fanout::frame* f = wsed::fanout::make_text_frame("t", "0123456789");  // 2-byte header + 10
+  q.append(pool, "next", 4);  // queued while the frame was in flight elsewhere
+  q.prepend_frame(f, 5);      // the kernel took 5 of its 12 bytes
+  CHECK(f->refs.load() == 2);
+  CHECK(q.queued_bytes() == 7 + 4);
+  wsed::fanout::release(f);                // the sender's reference
+  CHECK(sent_bytes(q, pool, 3) == "345");  // header 2 bytes + "012" were sent
+  wsed::fanout::frame* g = wsed::fanout::make_text_frame("t", "ab");
+  q.prepend_frame(g, 3);  // a partly consumed head: inserted before it
+  wsed::fanout::release(g);
+  std::string rest = sent_bytes(q, pool, 100);
+  CHECK(rest == "b6789next");  // g's last byte, then f's rest, then the queue
   CHECK(q.empty());
 }
 

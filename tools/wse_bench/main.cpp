@@ -77,7 +77,7 @@ struct options {
   uint32_t publish_batch = 100;
   uint32_t publish_inflight = 8;
   double publish_rate = 0;
-  int64_t publish_window = -1;  // -1: auto (2M deliveries in flight, 16..1,000 publications)
+  int64_t publish_window = -1;  // -1: auto (8M deliveries in flight, 16..1,000 publications)
   uint16_t api_port = 0;        // 0: --port
   uint16_t metrics_port = 0;    // 0: the API port
   runner_options runner;
@@ -733,7 +733,7 @@ section fanout(const context& cx, bool broadcast) {
     j.tick_base_known = kind != publisher_kind::server;
     tier_spec spec{n, 0, warmup_for(o), o.duration_s, false};
     if (o.publish_window < 0 && kind != publisher_kind::server) {  // auto, for this tier
-      plan.publisher.window = std::clamp<uint64_t>(2'000'000 / std::max<uint32_t>(1, n), 16, 1000);
+      plan.publisher.window = std::clamp<uint64_t>(8'000'000 / std::max<uint32_t>(1, n), 16, 1000);
     }
     spec.fanout = &plan;
     tier_result r = run(cx, j, spec);
@@ -921,8 +921,9 @@ fanout-broadcast   (run only when named) Per tier, N subscribers connect (wse: J
                    so any WebSocket server that publishes fanout_tick can be measured.
                    --publish-rate N publications/s (0: as fast as the server takes them, at most
                    --publish-window publications ahead of the average subscriber, by default
-                   2M/N clamped to 16..1,000, so the subscribers, not the server's slow-consumer
-                   policy, set the pace and no more than ~2M deliveries are in flight).
+                   8M/N clamped to 16..1,000, so the subscribers, not the server's slow-consumer
+                   policy, set the pace and no more than ~8M deliveries are in flight; fewer
+                   starve the server's coalescing at 10,000 subscribers).
                    Reports published/s, deliveries/s, MB/s (payload), per-subscriber gaps (seqs
                    taken by the server and never received, after a drain of up to 10 s),
                    duplicates and reorders, end-to-end latency p50/p99/p99.9 (receive time -
@@ -1204,7 +1205,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--publish-window", opt.publish_window,
                  "fanout: publications the publisher may be ahead of the average subscriber "
-                 "(default: 2M deliveries in flight, 16..1,000 publications; 0: no end-to-end "
+                 "(default: 8M deliveries in flight, 16..1,000 publications; 0: no end-to-end "
                  "flow control, the server's slow-consumer policy decides)")
       ->check(CLI::Range(int64_t{0}, int64_t{100000000}));
   app.add_option("--api-port", opt.api_port, "fanout: port of the HTTP API (default: --port)");
