@@ -94,8 +94,8 @@ void server::start() {
               std::to_string(config_.workers) + " workers x " +
               std::to_string(shards_[0]->descriptor_capacity()) +
               " direct descriptors (RLIMIT_NOFILE): beyond ~" + std::to_string(capacity) +
-              " connections accepted sockets are closed (limit=\"file_table\"); raise "
-              "--workers. ";
+              " connections new ones get 503 (limit=\"file_table\"); raise --workers or "
+              "RLIMIT_NOFILE. ";
 }
 
 uint64_t server::outbound_queued_bytes() const {

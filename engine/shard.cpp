@@ -153,6 +153,7 @@ void shard::setup(uint16_t port, uint16_t admin_port) {
   file_table_size_ = uint32_t(std::min(want, cap));
   int r = io_uring_register_files_sparse(ring_.get(), file_table_size_);
   if (r < 0) fail_setup("io_uring_register_files_sparse", -r);
+  table_capped_ = file_table_size_ < want && file_table_size_ > 2 * slot_reserve;
   if (file_table_size_ < want)
     notes_ += "direct descriptor table capped at " + std::to_string(file_table_size_) +
               " by RLIMIT_NOFILE. ";
@@ -371,6 +372,14 @@ void shard::on_accept(io_uring_cqe* cqe, bool admin) {
     if (slot >= slot_ip_.size()) slot_ip_.resize(std::max<size_t>(slot + 1, slot_ip_.size() * 2));
     slot_ip_[slot] = peer;
     c.flags |= flag_per_ip;
+  }
+  // RLIMIT_NOFILE capped this shard's descriptor table below what --max-connections needs: its
+  // last slot_reserve entries answer 503 (a full table would make the kernel close accepted
+  // sockets unanswered).
+  if (table_capped_ && metrics_.slots_used.get() > file_table_size_ - slot_reserve) {
+    metrics_.limit_hits[size_t(limit_kind::file_table)].add();
+    reject(c, slot, reject_reason::max_connections, 503);
+    return;
   }
   if (shared_.connections.fetch_add(1, std::memory_order_relaxed) >= cfg_.connections_max) {
     shared_.connections.fetch_sub(1, std::memory_order_relaxed);

@@ -108,7 +108,10 @@ class shard {
   uint16_t bound_port() const { return bound_port_; }
   uint16_t admin_port() const { return admin_port_; }
   // Sockets this shard's ring can hold (its direct-descriptor table, capped by RLIMIT_NOFILE).
-  uint32_t descriptor_capacity() const { return file_table_size_; }
+  // Connections this shard admits before its descriptor table's reserve answers 503.
+  uint32_t descriptor_capacity() const {
+    return table_capped_ ? file_table_size_ - limits::slot_reserve : file_table_size_;
+  }
   std::string setup_notes() const { return notes_; }
 
   // Runs until stop() was requested and every connection is closed, or the shutdown
@@ -293,6 +296,7 @@ class shard {
   uint32_t slots_touched_ = 0;  // slots [0, slots_touched_) have been constructed
   std::vector<uint32_t> free_slots_;
   uint32_t file_table_size_ = 0;
+  bool table_capped_ = false;  // below --max-connections + slot_reserve: the reserve answers 503
 
   timer_lists<connection, timer_list, size_t(timer_list::count_)> timers_;
   static_assert(decltype(timers_)::none == no_slot);

@@ -668,6 +668,50 @@ def test_max_connections_503():
         assert v and v >= 1, "wsed_connections_rejected_total{reason=max_connections} = %s" % v
 
 
+@limit(60)
+def test_descriptor_table_full_answers_503():
+    """Under RLIMIT_NOFILE 200 (prlimit) the shard's direct descriptor table has 200 entries, below
+    --max-connections: wsed says so at startup, admits 136 connections and answers the next ones
+    503 from its 64 reserve entries (counted limit="file_table") instead of letting the kernel
+    close accepted sockets; the admitted ones keep working and a freed entry admits again."""
+    argv = ["prlimit", "--nofile=200:200", "--", BIN, "--host", H.HOST, "--port", "0", "--mode", "echo",
+            "--workers", "1", "--max-connections", "1000"]
+    with H.supervised(H.Server(argv, env=H.SANITIZER_ENV if SAN else None, name="wsed")) as srv:
+        conns = [H.RawWS(srv.port) for _ in range(136)]
+        assert "capped at 200 by RLIMIT_NOFILE" in srv.stderr_text(), "no startup note about the capped table"
+        for _ in range(3):
+            raw, eof = H.raw_request(srv.port, H.handshake_request(srv.port)[0], timeout=5)
+            st, _, _, _ = H.parse_http_response(raw)
+            assert st == 503 and eof, "upgrade past the table's 136 usable entries: %r" % raw[:200]
+        for c in conns[::17]:
+            c.send_frame(OP_TEXT, b"still")
+        assert all(c.wait_messages(1, 5) for c in conns[::17]), "an admitted connection stopped echoing"
+        for c in conns[:4]:
+            c.finish()
+        hits = wait_until(lambda: _metric_or_none(srv.port, "wsed_limit_hits_total", limit="file_table",
+                                                  shard="total"), 5, 0.1)
+        assert hits and hits >= 3, "limit_hits{file_table} = %s" % hits
+        w = wait_until(lambda: _try_raw(srv.port), 5, 0.1)
+        assert w, "no upgrade admitted after a connection closed"
+        w.finish()
+        for c in conns[4:]:
+            c.finish()
+
+
+def _metric_or_none(port, name, **labels):
+    try:   # GET /metrics is itself a connection: 503 while the table is still full
+        return metric(port, name, **labels)
+    except AssertionError:
+        return None
+
+
+def _try_raw(port):
+    try:
+        return H.RawWS(port)
+    except AssertionError:
+        return None
+
+
 @limit(30)
 def test_idle_timeout_closes_4408():
     with wsed("--mode", "echo", "--idle-timeout", "1s") as srv:
