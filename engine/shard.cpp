@@ -104,6 +104,7 @@ shard::shard(uint32_t index, server_shared& shared, app_handler& app)
       endpoints_(shared, app) {
   limits_.message_bytes_max = cfg_.message_bytes_max;
   limits_.fragments_per_message_max = cfg_.fragments_per_message_max;
+  limits_.text_utf8_by_application = app_.validates_text_utf8();
   hold_send_bytes_ =
       std::min<uint64_t>(limits::backlog_send_bytes_min, cfg_.outbound_bytes_max / 2);
   tick_.tv_sec = 0;
@@ -702,9 +703,12 @@ size_t shard::parse_frames(connection& c, uint32_t slot, std::span<uint8_t> data
 bool shard::on_data_event(connection& c, uint32_t slot, const proto::ws_event& ev) {
   if (ev.message_begin && ev.message_end && !c.assembly) {
     metrics_.messages_in.add();
+    payload_utf8_unchecked_ = ev.utf8_unchecked;
     app_.on_message(*this, conn_ref{slot, c.generation}, ev.message_opcode, ev.payload);
+    payload_utf8_unchecked_ = false;
     return c.state == conn_state::open;
   }
+  ENGINE_ASSERT(!ev.utf8_unchecked);  // only ever set on a whole message
   if (!ev.payload.empty() || !c.assembly) {
     uint64_t total =
         shared_.unfinished_bytes.fetch_add(ev.payload.size(), std::memory_order_relaxed) +

@@ -73,6 +73,11 @@ class app_handler {
   // JSON parser that reads past the end (simdjson) parses it in place.
   virtual void on_message(shard& s, conn_ref c, proto::ws_opcode opcode,
                           std::span<const uint8_t> payload) = 0;
+  // true: a text message that arrives whole reaches on_message without the shard's UTF-8 check
+  // (shard::payload_utf8_unchecked() says so during the call), because the application
+  // validates every text message itself (simdjson does, in its first stage) and closes 1007
+  // (shard::close with close_reason::invalid_utf8) on invalid UTF-8.
+  virtual bool validates_text_utf8() const { return false; }
   virtual void on_close(shard&, conn_ref) {}
   // Every timer tick of the shard (100 ms), with the shard's loop clock; for periodic work
   // such as server pings. Must stay cheap: it runs inside the loop pass.
@@ -130,6 +135,9 @@ class shard {
   // (backpressure), drop skips this whole frame (dropped) and the connection stays.
   send_status send_frame(conn_ref c, const fanout::frame& f);
   void close(conn_ref c, uint16_t code, close_reason why = close_reason::app_close);
+  // During app_handler::on_message: the text payload was not UTF-8 checked by the shard
+  // (validates_text_utf8).
+  bool payload_utf8_unchecked() const { return payload_utf8_unchecked_; }
 
   const shard_metrics& metrics() const { return metrics_; }
   uint32_t index() const { return index_; }
@@ -296,6 +304,7 @@ class shard {
   uint32_t slots_touched_ = 0;  // slots [0, slots_touched_) have been constructed
   std::vector<uint32_t> free_slots_;
   uint32_t file_table_size_ = 0;
+  bool payload_utf8_unchecked_ = false;  // during on_message (validates_text_utf8)
   bool table_capped_ = false;  // below --max-connections + slot_reserve: the reserve answers 503
 
   timer_lists<connection, timer_list, size_t(timer_list::count_)> timers_;

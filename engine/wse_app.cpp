@@ -273,9 +273,10 @@ void wse_app::on_message(shard& s, conn_ref c, proto::ws_opcode opcode,
   conn_state* st = state_of(p, c);
   if (!st || !st->authenticated) {
     p.counts.before_auth.add();
+    utf8_or_close(s, c, payload);
     return;
   }
-  if (!admit(s, c, p, *st)) return;
+  if (!admit(s, c, p, *st)) return (void)utf8_or_close(s, c, payload);
   if (opcode == proto::ws_opcode::text)
     return on_json(s, c, p, *st, as_text(payload), proto::wse_input_padding::padded);
   // Binary: M: + MessagePack, raw MessagePack, or C: + zlib; decoded to JSON text first.
@@ -316,6 +317,12 @@ void wse_app::on_message(shard& s, conn_ref c, proto::ws_opcode opcode,
   on_json(s, c, p, *st, p.decoded, proto::wse_input_padding::padded);
 }
 
+bool wse_app::utf8_or_close(shard& s, conn_ref c, std::span<const uint8_t> text) {
+  if (!s.payload_utf8_unchecked() || proto::valid_utf8(text)) return true;
+  s.close(c, proto::close_code::invalid_payload, close_reason::invalid_utf8);
+  return false;
+}
+
 void wse_app::deliver(shard& s, conn_ref c, per_shard& p, conn_state& st, std::string_view type,
                       bool has_category, std::string_view category, std::string_view payload_json) {
   p.counts.app_messages.add();
@@ -336,6 +343,9 @@ void wse_app::on_json(shard& s, conn_ref c, per_shard& p, conn_state& st, std::s
                      convert_payloads_ ? proto::wse_payload_text::always
                                        : proto::wse_payload_text::never_for_application);
   if (err != proto::wse_error::none) {
+    // simdjson refused it: for a text message the shard left unchecked, invalid UTF-8 is the
+    // WebSocket's 1007, not an application error.
+    if (err == proto::wse_error::malformed_json && !utf8_or_close(s, c, as_bytes(text))) return;
     p.counts.invalid.add();
     return send_error(s, c, p, "INVALID_MESSAGE", proto::to_string(err));
   }

@@ -165,6 +165,7 @@ class wse_app final : public app_handler {
   void on_message(shard& s, conn_ref c, proto::ws_opcode opcode,
                   std::span<const uint8_t> payload) override;
   void on_close(shard& s, conn_ref c) override;
+  bool validates_text_utf8() const override { return true; }  // simdjson's stage 1
   void on_tick(shard& s, uint64_t now_ms) override;
   void render_metrics(std::string& out) const override;
   bool on_http(shard& s, const proto::http_request& request, std::string_view body,
@@ -223,6 +224,9 @@ class wse_app final : public app_handler {
   conn_state* state_of(per_shard& p, conn_ref c);
   void uuid7(per_shard& p, int64_t now_ms, char (&out)[proto::wse_uuid_chars]);
   void send_text(shard& s, conn_ref c, std::string_view text);
+  // A text message the shard left unchecked (validates_text_utf8) that is not UTF-8: close 1007
+  // and false. Otherwise (checked, or valid) true.
+  bool utf8_or_close(shard& s, conn_ref c, std::span<const uint8_t> text);
   void send_error(shard& s, conn_ref c, per_shard& p, std::string_view code,
                   std::string_view message);
   void refuse(shard& s, conn_ref c, per_shard& p, auth::verify_error why);

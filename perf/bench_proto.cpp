@@ -65,9 +65,11 @@ void set_time_per_frame(benchmark::State& state, size_t frames) {
 
 // ---- our parser ----
 
-void parse_ours(benchmark::State& state, std::vector<uint8_t> stream, size_t frames) {
+void parse_ours(benchmark::State& state, std::vector<uint8_t> stream, size_t frames,
+                bool utf8_by_application = false) {
   ws_frame_parser parser;
-  const ws_limits limits;
+  ws_limits limits;
+  limits.text_utf8_by_application = utf8_by_application;
   size_t messages = 0;
   for (auto _ : state) {
     std::span<uint8_t> in(stream);
@@ -161,6 +163,10 @@ constexpr size_t binary_frames = 16;  // 256 KiB
 void BM_ws_parse_text194_ours(benchmark::State& state) {
   parse_ours(state, client_stream(ws_opcode::text, json_194(), text_frames), text_frames);
 }
+// WSE mode: whole text messages are left to the JSON parser's own UTF-8 check.
+void BM_ws_parse_text194_ours_app_utf8(benchmark::State& state) {
+  parse_ours(state, client_stream(ws_opcode::text, json_194(), text_frames), text_frames, true);
+}
 void BM_ws_parse_text194_wslay(benchmark::State& state) {
   parse_wslay(state, client_stream(ws_opcode::text, json_194(), text_frames), text_frames);
 }
@@ -172,6 +178,7 @@ void BM_ws_parse_binary16k_wslay(benchmark::State& state) {
 }
 // Interleaved in registration order so that noise hits both sides alike.
 BENCHMARK(BM_ws_parse_text194_ours);
+BENCHMARK(BM_ws_parse_text194_ours_app_utf8);
 BENCHMARK(BM_ws_parse_text194_wslay);
 BENCHMARK(BM_ws_parse_binary16k_ours);
 BENCHMARK(BM_ws_parse_binary16k_wslay);

@@ -212,7 +212,12 @@ ws_event ws_frame_parser::next(std::span<uint8_t> input, const ws_limits& limits
   event.consumed = header_bytes + chunk;
   event.payload = input.first(chunk);
   if (role_ == ws_role::server) unmask(event.payload.data(), chunk, mask_key_, mask_offset_);
-  const bool text = message_opcode_ == static_cast<uint8_t>(ws_opcode::text);
+  bool text = message_opcode_ == static_cast<uint8_t>(ws_opcode::text);
+  if (text && limits.text_utf8_by_application && event.message_begin && frame_fin_ &&
+      chunk == payload_remaining_) {
+    event.utf8_unchecked = true;  // the whole message, in this input: the application checks
+    text = false;
+  }
   if (text && !utf8_.feed(std::span<const uint8_t>(event.payload.data(), chunk)))
     return fail(close_code::invalid_payload);
   payload_remaining_ -= chunk;

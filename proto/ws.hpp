@@ -57,6 +57,10 @@ enum class ws_role : uint8_t {
 struct ws_limits {
   uint64_t message_bytes_max = 1u << 20;      // over it: error 1009 (checked at each frame header)
   uint32_t fragments_per_message_max = 4096;  // over it: error 1009
+  // A text message that arrives whole (one frame, its payload in one input) is not UTF-8
+  // checked here: the application validates it anyway (a JSON parser) and must close 1007 on
+  // invalid UTF-8 itself (ws_event::utf8_unchecked). Fragmented or split text is checked here.
+  bool text_utf8_by_application = false;
 };
 
 enum class ws_event_kind : uint8_t {
@@ -72,10 +76,11 @@ struct ws_event {
   ws_event_kind kind = ws_event_kind::need_more;
   ws_opcode message_opcode = ws_opcode::continuation;  // data: text or binary
   bool message_begin = false;                          // data: first chunk of a message
-  bool message_end = false;    // data: last chunk of a message (FIN frame complete)
-  uint16_t close_code = 0;     // close: received code; error: code to send
-  size_t consumed = 0;         // input bytes used by this event
-  std::span<uint8_t> payload;  // unmasked, pointing into the input
+  bool message_end = false;     // data: last chunk of a message (FIN frame complete)
+  bool utf8_unchecked = false;  // data: a whole text message left to the application (ws_limits)
+  uint16_t close_code = 0;      // close: received code; error: code to send
+  size_t consumed = 0;          // input bytes used by this event
+  std::span<uint8_t> payload;   // unmasked, pointing into the input
 };
 
 inline constexpr size_t ws_header_bytes_max = 14;

@@ -4,7 +4,9 @@
 // The stream is parsed whole and split the way the engine feeds it (unconsumed tail kept and
 // put in front of the next receive); both must see the same events, and the parser's contract
 // must hold: need_more consumes nothing and leaves less than ws_carry_bytes_max, data events
-// consume something, errors repeat. Built by tools/fuzz.sh with clang -fsanitize=fuzzer.
+// consume something, errors repeat. With text_utf8_by_application (WSE mode) the transcript must
+// not change when the "application" checks the messages the parser left unchecked (whole ones
+// only) and closes 1007 on invalid UTF-8. Built by tools/fuzz.sh with clang -fsanitize=fuzzer.
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -22,8 +24,9 @@ void require(bool ok) {
 }
 
 // Feeds chunks; returns a transcript of the events.
-std::string run(const uint8_t* data, size_t size, size_t chunk) {
+std::string run(const uint8_t* data, size_t size, size_t chunk, bool utf8_by_application) {
   ws_limits limits;
+  limits.text_utf8_by_application = utf8_by_application;
   limits.message_bytes_max = 1 << 16;
   limits.fragments_per_message_max = 64;
   ws_frame_parser parser(ws_role::server);
@@ -51,6 +54,15 @@ std::string run(const uint8_t* data, size_t size, size_t chunk) {
         // Only complete messages go into the transcript: where an error cuts a message, how
         // much of it was delivered before depends on the split (fail fast), by design.
         require(ev.consumed > 0);
+        if (ev.utf8_unchecked) {
+          require(utf8_by_application && ev.message_begin && ev.message_end &&
+                  ev.message_opcode == ws_opcode::text);
+          if (!valid_utf8(std::span<const uint8_t>(ev.payload.data(), ev.payload.size()))) {
+            out += "E1007";  // what the application answers
+            done = true;
+            break;
+          }
+        }
         if (ev.message_begin) message = "[" + std::to_string(int(ev.message_opcode));
         message.append(reinterpret_cast<const char*>(ev.payload.data()), ev.payload.size());
         if (ev.message_end) out += message + "]";
@@ -80,9 +92,13 @@ std::string run(const uint8_t* data, size_t size, size_t chunk) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 1) return 0;
   size_t chunk = size_t(data[0] % 17) + 1;
-  std::vector<uint8_t> a(data + 1, data + size), b = a;  // the parser unmasks in place
-  std::string whole = run(a.data(), a.size(), a.size() ? a.size() : 1);
-  std::string split = run(b.data(), b.size(), chunk);
-  require(whole == split);
+  const std::vector<uint8_t> input(data + 1, data + size);
+  std::string transcripts[4];
+  for (int i = 0; i < 4; ++i) {
+    std::vector<uint8_t> copy = input;  // the parser unmasks in place
+    const size_t n = i % 2 == 0 ? (copy.empty() ? 1 : copy.size()) : chunk;
+    transcripts[i] = run(copy.data(), copy.size(), n, i >= 2);
+  }
+  for (int i = 1; i < 4; ++i) require(transcripts[i] == transcripts[0]);
   return 0;
 }

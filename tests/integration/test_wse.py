@@ -250,6 +250,34 @@ def test_wse_invalid_message_keeps_connection():
         ws.finish()
 
 
+def test_wse_invalid_utf8_text_closes_1007():
+    """A text message that arrives whole is UTF-8 checked by the JSON parser (the shard skips its
+    own pass in WSE mode): invalid UTF-8 is still the WebSocket's 1007, whether it looks like JSON,
+    is not JSON at all, or comes in fragments (checked by the shard); valid multi-byte text is
+    served."""
+    cases = [
+        ("invalid UTF-8 in a JSON string", [H.frame(OP_TEXT, b'{"t":"chat","p":{"x":"\xff"}}')]),
+        ("invalid UTF-8, not JSON", [H.frame(OP_TEXT, b"\xc3(")]),
+        ("a surrogate in the type", [H.frame(OP_TEXT, b'{"t":"\xed\xa0\x80","p":{}}')]),
+        ("fragmented", [H.frame(OP_TEXT, b'{"t":"chat","p":{"x":"', fin=False),
+                        H.frame(0, b'\xf4\x90\x80\x80"}}')]),
+    ]
+    with wse() as srv:
+        for what, frames in cases:
+            ws = connect(srv, token())
+            next_text(ws, 1)
+            ws.send_frame(OP_TEXT, '{"t":"ping","p":{"timestamp":9,"x":"é€𝄞"}}'.encode())
+            assert json.loads(next_text(ws, 2))["t"] == "PONG", what
+            ws.sock.sendall(b"".join(frames))
+            assert ws.wait_close(5), "%s: no close" % what
+            assert ws.close_code() == 1007, "%s: close %r" % (what, ws.close_code())
+            ws.finish()
+        m, _ = H.get_metrics(srv.port)
+        closed = H.metric_value(m, "wsed_connections_closed_total", reason="invalid_utf8", shard="total")
+        assert closed == len(cases), closed
+        expect_ready(srv, token(), "alice")   # and the server is fine
+
+
 def test_wse_auth_refusals():
     with wse() as srv:
         expect_refused(connect(srv, None), "AUTH_REQUIRED")
