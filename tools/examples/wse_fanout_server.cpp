@@ -61,12 +61,15 @@ uint64_t monotonic_ns() {
   return uint64_t(ts.tv_sec) * 1000000000 + uint64_t(ts.tv_nsec);
 }
 
-// Bytes that may wait in the outbound queues per subscription before the publisher pauses: well
-// under --max-outbound-bytes, so a reader that keeps up is never cut as a slow consumer.
-constexpr uint64_t backlog_per_subscriber_bytes = 64 << 10;
+// Bytes that may wait in the outbound queues per subscription before the publisher pauses: a
+// quarter of --max-outbound-bytes (1 MiB), so a reader that keeps up is never cut as a slow
+// consumer, and four times the shards' 64 KiB send threshold under a backlog.
+constexpr uint64_t backlog_per_subscriber_bytes = 256 << 10;
 // Publications waiting in the shards' inboxes before the publisher pauses (each becomes one
-// frame per subscriber once drained).
-constexpr uint64_t inbox_backlog_max = 64;
+// frame per subscriber once drained). 64 starved the shards' coalescing: 4.6M / 3.1M / 3.1M
+// deliveries/s at 100 / 1,000 / 10,000 subscribers against 9.8-10.7M / 7.5-9.0M / 3.5-6.0M
+// (perf/RESULTS.md).
+constexpr uint64_t inbox_backlog_max = 1024;
 
 // Publishes until stop; returns the publications made (seq 0 .. n-1). "As fast as the server
 // takes them": when the bytes queued to the sockets exceed the backlog, it waits for them.
