@@ -19,9 +19,12 @@ namespace wsed::engine {
 namespace limits {
 
 // The ring of each shard.
-inline constexpr unsigned ring_entries = 4096;     // submission queue
-inline constexpr unsigned cq_entries = 16384;      // completion queue
-inline constexpr uint32_t slot_reserve = 64;       // slots beyond --max-connections, to answer 503
+inline constexpr unsigned ring_entries = 4096;  // submission queue
+inline constexpr unsigned cq_entries = 16384;   // completion queue
+inline constexpr uint32_t slot_reserve = 64;    // slots beyond --max-connections, to answer 503
+// A descriptor table that RLIMIT_NOFILE capped below --max-connections keeps 1/32 of itself (at
+// least slot_reserve) to answer 503: 625 of 20,000.
+inline constexpr uint32_t table_reserve_div = 32;
 inline constexpr uint32_t tick_ms = 100;           // the shard timer: timeouts, server pings
 inline constexpr uint32_t accepts_in_flight = 16;  // single-shot accepts with a per-IP cap
 inline constexpr size_t queues_keep_max = 256;     // idle out_queues kept for reuse, per shard
@@ -45,6 +48,9 @@ static_assert(cq_entries >= 2 * ring_entries, "multishot completions outnumber s
 static_assert(payload_padding_bytes >= proto::wse_json_padding_bytes,
               "text messages are parsed in place by simdjson");
 static_assert(pass_deliveries_max >= 64, "a pass drains at least one batch");
+static_assert(accepts_in_flight <= 32, "one bit each in shard::accepts_armed_");
+static_assert(slot_reserve / 2 >= accepts_in_flight,
+              "accepts in flight when a capped table pauses them land in its reserve");
 
 }  // namespace limits
 

@@ -127,6 +127,10 @@ std::string render_prometheus(std::span<const shard_metrics* const> shards) {
          [](const shard_metrics& m) { return m.bytes_in.get(); });
   family(out, shards, "wsed_bytes_out_total", "counter", "Bytes sent to sockets.",
          [](const shard_metrics& m) { return m.bytes_out.get(); });
+  family(out, shards, "wsed_accept_pauses_total", "counter",
+         "Times a shard stopped accepting because its descriptor table (capped by RLIMIT_NOFILE) "
+         "was nearly full; connections wait in the listen queue meanwhile.",
+         [](const shard_metrics& m) { return m.accept_pauses.get(); });
   family(out, shards, "wsed_sends_total", "counter",
          "Send operations submitted (bytes out per send: how well queued messages coalesce).",
          [](const shard_metrics& m) { return m.sends.get(); });

@@ -110,7 +110,8 @@ struct shard_metrics {
   counter messages_out;
   counter bytes_in;
   counter bytes_out;
-  counter sends;  // send operations submitted (bytes_out / sends: bytes per send)
+  counter accept_pauses;  // accepts paused: the shard's (capped) descriptor table nearly full
+  counter sends;          // send operations submitted (bytes_out / sends: bytes per send)
   counter stale_completions;
   counter recv_rearms;  // multishot recv re-armed (ENOBUFS or kernel ended it)
   std::array<counter, size_t(limit_kind::count_)> limit_hits;

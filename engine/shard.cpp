@@ -154,7 +154,10 @@ void shard::setup(uint16_t port, uint16_t admin_port) {
   file_table_size_ = uint32_t(std::min(want, cap));
   int r = io_uring_register_files_sparse(ring_.get(), file_table_size_);
   if (r < 0) fail_setup("io_uring_register_files_sparse", -r);
-  table_capped_ = file_table_size_ < want && file_table_size_ > 2 * slot_reserve;
+  // A capped table keeps a reserve to answer 503 with: a storm past it holds each entry for a
+  // round trip (the answer, the client's close), so it scales with the table.
+  table_reserve_ = std::max<uint32_t>(slot_reserve, file_table_size_ / limits::table_reserve_div);
+  table_capped_ = file_table_size_ < want && file_table_size_ > 2 * table_reserve_;
   if (file_table_size_ < want)
     notes_ += "direct descriptor table capped at " + std::to_string(file_table_size_) +
               " by RLIMIT_NOFILE. ";
@@ -321,11 +324,12 @@ void shard::on_accept(io_uring_cqe* cqe, bool admin) {
   ip_key peer;
   if (admin) {
     if (!(cqe->flags & IORING_CQE_F_MORE) && accepting_) arm_accept_admin();
-  } else if (shared_.per_ip) {
+  } else if (single_accepts()) {
     uint32_t index = user_data::index(cqe->user_data);
     ENGINE_ASSERT(index < accept_addrs_.size());
+    accepts_armed_ &= ~(1u << index);
     if (cqe->res >= 0) peer = ip_key_of(accept_addrs_[index].addr);
-    if (accepting_) arm_accept_one(index);
+    if (accepting_ && !accept_paused_) arm_accept_one(index);
   } else if (!(cqe->flags & IORING_CQE_F_MORE) && accepting_) {
     arm_accept();
   }
@@ -352,6 +356,11 @@ void shard::on_accept(io_uring_cqe* cqe, bool admin) {
   connection& c = slot_at(slot);
   c.file_index = res;
   c.state = conn_state::handshake;
+  // Half of a capped table's reserve used: stop accepting until entries free up, so that new
+  // connections wait in the listen queue instead of being closed by the kernel on a full table.
+  if (table_capped_ && !admin && !accept_paused_ &&
+      metrics_.slots_used.get() + 1 >= file_table_size_ - table_reserve_ / 2)
+    pause_accepts();
   c.ops = 0;
   c.flags = 0;
   c.parser = proto::ws_frame_parser(proto::ws_role::server);
@@ -375,9 +384,9 @@ void shard::on_accept(io_uring_cqe* cqe, bool admin) {
     c.flags |= flag_per_ip;
   }
   // RLIMIT_NOFILE capped this shard's descriptor table below what --max-connections needs: its
-  // last slot_reserve entries answer 503 (a full table would make the kernel close accepted
+  // last table_reserve_ entries answer 503 (a full table would make the kernel close accepted
   // sockets unanswered).
-  if (table_capped_ && metrics_.slots_used.get() > file_table_size_ - slot_reserve) {
+  if (table_capped_ && metrics_.slots_used.get() > file_table_size_ - table_reserve_) {
     metrics_.limit_hits[size_t(limit_kind::file_table)].add();
     reject(c, slot, reject_reason::max_connections, 503);
     return;
@@ -1058,6 +1067,9 @@ void shard::maybe_free(connection& c, uint32_t slot) {
   ++c.generation;
   metrics_.slots_used.sub();
   free_slots_.push_back(slot);
+  if (accept_paused_ && accepting_ &&
+      metrics_.slots_used.get() + table_reserve_ / 8 < file_table_size_ - table_reserve_ / 2)
+    resume_accepts();
 }
 
 void shard::run_deferred_closes() {
@@ -1173,14 +1185,27 @@ io_uring_sqe* shard::get_sqe() {
 }
 
 void shard::arm_accept() {
-  if (shared_.per_ip) {
+  if (single_accepts()) {
     accept_addrs_.resize(accepts_in_flight);
-    for (uint32_t i = 0; i < accepts_in_flight; ++i) arm_accept_one(i);
+    for (uint32_t i = 0; i < accepts_in_flight; ++i)
+      if (!(accepts_armed_ & (1u << i))) arm_accept_one(i);
     return;
   }
   io_uring_sqe* sqe = get_sqe();
   io_uring_prep_multishot_accept_direct(sqe, listen_fd_, nullptr, nullptr, 0);
   io_uring_sqe_set_data64(sqe, pack(op::accept, 0, 0));
+}
+
+// Single-shot accepts (single_accepts()) are simply not re-armed: the few in flight complete
+// into the reserve, and nothing is cancelled (a cancelled accept could drop a connection).
+void shard::pause_accepts() {
+  accept_paused_ = true;
+  metrics_.accept_pauses.add();
+}
+
+void shard::resume_accepts() {
+  accept_paused_ = false;
+  arm_accept();
 }
 
 void shard::arm_accept_admin() {
@@ -1198,6 +1223,7 @@ void shard::arm_accept_one(uint32_t index) {
   io_uring_prep_accept_direct(sqe, listen_fd_, reinterpret_cast<sockaddr*>(&a.addr), &a.len, 0,
                               IORING_FILE_INDEX_ALLOC - 1);
   io_uring_sqe_set_data64(sqe, pack(op::accept, 0, index));
+  accepts_armed_ |= 1u << index;
 }
 
 void shard::arm_recv(connection& c, uint32_t slot) {

@@ -115,7 +115,7 @@ class shard {
   // Sockets this shard's ring can hold (its direct-descriptor table, capped by RLIMIT_NOFILE).
   // Connections this shard admits before its descriptor table's reserve answers 503.
   uint32_t descriptor_capacity() const {
-    return table_capped_ ? file_table_size_ - limits::slot_reserve : file_table_size_;
+    return table_capped_ ? file_table_size_ - table_reserve_ : file_table_size_;
   }
   std::string setup_notes() const { return notes_; }
 
@@ -272,6 +272,11 @@ class shard {
   void arm_accept();
   void arm_accept_one(uint32_t index);
   void arm_accept_admin();
+  // With a per-IP cap (peer addresses) or a capped descriptor table (pausable), the listener
+  // has accepts_in_flight single-shot accepts instead of one multishot accept.
+  bool single_accepts() const { return shared_.per_ip || table_capped_; }
+  void pause_accepts();   // stops re-arming the listener's accepts (a capped table nearly full)
+  void resume_accepts();  // re-arms them, once an eighth of the reserve is free again
   int open_listener(const std::string& host, uint16_t port, uint16_t* bound);
   void arm_recv(connection& c, uint32_t slot);
   void arm_timer();
@@ -305,7 +310,10 @@ class shard {
   std::vector<uint32_t> free_slots_;
   uint32_t file_table_size_ = 0;
   bool payload_utf8_unchecked_ = false;  // during on_message (validates_text_utf8)
-  bool table_capped_ = false;  // below --max-connections + slot_reserve: the reserve answers 503
+  bool table_capped_ = false;   // below --max-connections + slot_reserve: the reserve answers 503
+  uint32_t table_reserve_ = 0;  // entries of a capped table kept for 503 answers
+  bool accept_paused_ = false;  // the listener's accepts not re-armed until entries free up
+  uint32_t accepts_armed_ = 0;  // single-shot accepts in flight, one bit per accept_addrs_ index
 
   timer_lists<connection, timer_list, size_t(timer_list::count_)> timers_;
   static_assert(decltype(timers_)::none == no_slot);
