@@ -15,6 +15,7 @@
 # timing code are not in the figure:
 #
 #   parse-text194    (default) 320 masked 194-byte JSON text frames: parse + unmask + UTF-8 check
+#   parse-text194-app-utf8  the same in WSE mode (whole text messages left to simdjson's check)
 #   parse-binary16k  16 masked 16 KiB binary frames: parse + unmask
 #   wslay-text194    the same 320 text frames through wslay's event API (the reference)
 #   utf8-mixed       one UTF-8 validation of 1 KiB of mixed 1-4-byte text
@@ -52,6 +53,7 @@ if [ "$runs" -gt 5 ]; then runs=5; fi
 
 case "$scenario" in
   parse-text194)   filter='^BM_ws_parse_text194_ours$';   toggle='*parse_ours*';  messages=320; what="194-byte masked text frame" ;;
+  parse-text194-app-utf8) filter='^BM_ws_parse_text194_ours_app_utf8$'; toggle='*parse_ours*'; messages=320; what="194-byte masked text frame, UTF-8 left to the application" ;;
   parse-binary16k) filter='^BM_ws_parse_binary16k_ours$'; toggle='*parse_ours*';  messages=16;  what="16 KiB masked binary frame" ;;
   wslay-text194)   filter='^BM_ws_parse_text194_wslay$';  toggle='*parse_wslay*'; messages=320; what="194-byte masked text frame (wslay)" ;;
   utf8-mixed)      filter='^BM_utf8_mixed_1k$';           toggle='*utf8_bench*';  messages=1;   what="1 KiB mixed UTF-8 validation" ;;
