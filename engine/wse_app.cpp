@@ -398,7 +398,10 @@ void wse_app::on_json(shard& s, conn_ref c, per_shard& p, conn_state& st, std::s
       p.failed_topics.clear();
       p.failed_reasons.clear();
       std::vector<std::string_view> valid;
+      const bool dedupe = msg.subscription.topic_count > 1;  // each topic answered once
+      if (dedupe) p.seen_topics.clear();
       for (const proto::wse_topic& t : msg.subscription.list()) {
+        if (dedupe && !p.seen_topics.insert(t.name).second) continue;
         if (t.valid) {
           valid.push_back(t.name);
         } else {
@@ -547,7 +550,12 @@ void wse_app::leave_all(shard& s, per_shard& p, uint32_t slot) {
 
 void wse_app::apply_subscription(shard& s, conn_ref c, per_shard& p, conn_state& st,
                                  bool subscribing, std::span<const std::string_view> topics) {
+  // A topic named twice in one request is answered once (the reply's errors map is a JSON
+  // object: one key per topic).
+  const bool dedupe = topics.size() > 1;
+  if (dedupe) p.seen_topics.clear();
   for (std::string_view topic : topics) {
+    if (dedupe && !p.seen_topics.insert(topic).second) continue;
     if (!subscribing) {
       p.counts.unsubscribe.add();
       fanout::unsubscribe_result r = p.topics.unsubscribe(c.slot, topic);

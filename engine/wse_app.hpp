@@ -28,6 +28,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "auth/acl.hpp"
@@ -210,6 +211,7 @@ class wse_app final : public app_handler {
     proto::wse_envelope_parser framer;
     std::string publication;  // a publication with its "c"
     std::vector<std::string_view> ok_topics, failed_topics, failed_reasons;
+    std::unordered_set<std::string_view> seen_topics;  // of the request being applied
     wse_counters counts;
     uint64_t next_ping_ms = 0;                       // shard loop clock; 0: not scheduled yet
     std::shared_ptr<const auth::verifier> verifier;  // this shard's copy of verifier_
