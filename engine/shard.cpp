@@ -156,8 +156,11 @@ void shard::setup(uint16_t port, uint16_t admin_port) {
   if (r < 0) fail_setup("io_uring_register_files_sparse", -r);
   // A capped table keeps a reserve to answer 503 with: a storm past it holds each entry for a
   // round trip (the answer, the client's close), so it scales with the table.
-  table_reserve_ = std::max<uint32_t>(slot_reserve, file_table_size_ / limits::table_reserve_div);
-  table_capped_ = file_table_size_ < want && file_table_size_ > 2 * table_reserve_;
+  table_capped_ = file_table_size_ < want;
+  table_reserve_ =
+      std::min(std::max<uint32_t>(slot_reserve, file_table_size_ / limits::table_reserve_div),
+               file_table_size_ / 2);
+  accept_pause_at_ = file_table_size_ - table_reserve_ / 2;
   if (file_table_size_ < want)
     notes_ += "direct descriptor table capped at " + std::to_string(file_table_size_) +
               " by RLIMIT_NOFILE. ";
@@ -344,8 +347,8 @@ void shard::on_accept(io_uring_cqe* cqe, bool admin) {
     // Not even a reserve slot left to answer 503 with: drop the socket. The slots are as many as
     // the descriptor table; when RLIMIT_NOFILE capped it below --max-connections, that is the
     // limit that bit.
-    bool table_cap = uint64_t(file_table_size_) < uint64_t(cfg_.connections_max) + slot_reserve;
-    metrics_.limit_hits[size_t(table_cap ? limit_kind::file_table : limit_kind::max_connections)]
+    metrics_
+        .limit_hits[size_t(table_capped_ ? limit_kind::file_table : limit_kind::max_connections)]
         .add();
     metrics_.rejected[size_t(reject_reason::max_connections)].add();
     io_uring_sqe* sqe = get_sqe();
@@ -356,17 +359,16 @@ void shard::on_accept(io_uring_cqe* cqe, bool admin) {
   connection& c = slot_at(slot);
   c.file_index = res;
   c.state = conn_state::handshake;
-  // Half of a capped table's reserve used: stop accepting until entries free up, so that new
-  // connections wait in the listen queue instead of being closed by the kernel on a full table.
-  if (table_capped_ && !admin && !accept_paused_ &&
-      metrics_.slots_used.get() + 1 >= file_table_size_ - table_reserve_ / 2)
-    pause_accepts();
   c.ops = 0;
   c.flags = 0;
   c.parser = proto::ws_frame_parser(proto::ws_role::server);
   metrics_.slots_used.add();
+  // Half of a capped table's reserve used: stop accepting until entries free up, so that new
+  // connections wait in the listen queue instead of being closed by the kernel on a full table.
+  if (table_capped_ && !accept_paused_ && metrics_.slots_used.get() >= accept_pause_at_)
+    pause_accepts();
   arm_recv(c, slot);
-  timer_link(c, slot, timer_list::handshake, now_ms_ + cfg_.handshake_timeout_ms);
+  timers_.link(slot, timer_list::handshake, now_ms_ + cfg_.handshake_timeout_ms);
 
   if (stopping_) {
     reject(c, slot, reject_reason::max_connections, 503);
@@ -439,7 +441,7 @@ void shard::on_recv(connection& c, uint32_t slot, io_uring_cqe* cqe) {
         break;
       case conn_state::open:
         if (c.timer == timer_list::idle)
-          timer_link(c, slot, timer_list::idle, now_ms_ + cfg_.idle_timeout_ms);
+          timers_.link(slot, timer_list::idle, now_ms_ + cfg_.idle_timeout_ms);
         on_ws_bytes(c, slot, data);
         break;
       default:
@@ -612,7 +614,7 @@ void shard::answer_http(connection& c, uint32_t slot, std::string_view response,
     begin_close(c, slot, close_reason::slow_consumer, 0);
     return;
   }
-  timer_link(c, slot, timer_list::handshake, now_ms_ + cfg_.handshake_timeout_ms);
+  timers_.link(slot, timer_list::handshake, now_ms_ + cfg_.handshake_timeout_ms);
 }
 
 void shard::upgrade(connection& c, uint32_t slot, const proto::http_request& req, size_t consumed,
@@ -627,9 +629,9 @@ void shard::upgrade(connection& c, uint32_t slot, const proto::http_request& req
   c.state = conn_state::open;
   metrics_.connections_open.add();
   if (cfg_.idle_timeout_ms)
-    timer_link(c, slot, timer_list::idle, now_ms_ + cfg_.idle_timeout_ms);
+    timers_.link(slot, timer_list::idle, now_ms_ + cfg_.idle_timeout_ms);
   else
-    timer_unlink(c, slot);
+    timers_.unlink(slot);
   // The request's views point into the handshake buffer: detach it first, so that an app that
   // closes the connection from on_open (begin_close releases c.carry) leaves them alive.
   // The request may follow earlier kept-alive requests in the buffer: it ends `available` bytes
@@ -758,13 +760,21 @@ out_queue& shard::out_of(connection& c) {
   // A direct frame not yet sent goes first, into the queue, so that bytes keep their order.
   if (c.direct && !(c.ops & send_pending)) {
     fanout::frame* f = take_direct(c);
-    if (f->wire_bytes >= cfg_.frame_reference_bytes_min)
-      c.out->append_frame(f);
-    else
-      c.out->append(chunks_, f->wire().data(), f->wire_bytes);
+    queue_shared(*c.out, f);
     fanout::release(f);
   }
   return *c.out;
+}
+
+// Small frames are copied into the queue's own chunk (many frames, one iovec); large ones are
+// referenced (one iovec each, no copy): --share-frames-from, measured in RESULTS.md.
+void shard::queue_shared(out_queue& q, fanout::frame* f) {
+  if (f->wire_bytes >= cfg_.frame_reference_bytes_min) {
+    q.append_frame(f);
+    metrics_.deliveries_shared.add();
+  } else {
+    q.append(chunks_, f->wire().data(), f->wire_bytes);
+  }
 }
 
 fanout::frame* shard::take_direct(connection& c) {
@@ -789,20 +799,15 @@ send_status shard::send_frame(conn_ref ref, const fanout::frame& f) {
   connection& c = slot_at(ref.slot);
   if (c.generation != ref.generation || c.state != conn_state::open) return send_status::dropped;
   if (c.out && c.out->queued_bytes() > cfg_.outbound_bytes_max) return over_cap(c, ref.slot);
-  // Small frames are copied into the connection's own chunk (many frames, one iovec); large
-  // ones are referenced (one iovec each, no copy): --share-frames-from, measured in RESULTS.md.
-  std::span<const uint8_t> wire = f.wire();
+  auto* frame = const_cast<fanout::frame*>(&f);  // only its refcount changes
   if (!c.direct && !(c.ops & send_pending) && (!c.out || c.out->empty())) {
     // Nothing queued: sent from the frame itself.
-    fanout::retain(const_cast<fanout::frame*>(&f));
-    c.direct = const_cast<fanout::frame*>(&f);
+    fanout::retain(frame);
+    c.direct = frame;
     metrics_.queued_bytes.add(f.wire_bytes);
     metrics_.deliveries_shared.add();
-  } else if (wire.size() >= cfg_.frame_reference_bytes_min) {
-    out_of(c).append_frame(const_cast<fanout::frame*>(&f));
-    metrics_.deliveries_shared.add();
   } else {
-    std::memcpy(out_of(c).reserve(chunks_, wire.size()), wire.data(), wire.size());
+    queue_shared(out_of(c), frame);
   }
   mark_dirty(c, ref.slot);
   metrics_.deliveries.add();
@@ -881,25 +886,19 @@ void shard::flush() {
 void shard::flush_one(connection& c, uint32_t slot) {
   if (c.ops & send_pending) return;  // on_send continues
   if (c.state == conn_state::finishing) return;
-  if (c.direct) {
+  if (c.direct || (c.out && !c.out->empty())) {
     io_uring_sqe* sqe = get_sqe();
-    io_uring_prep_send(sqe, c.file_index, c.direct->wire().data(), c.direct->wire_bytes,
-                       MSG_NOSIGNAL);
-    sqe->flags |= IOSQE_FIXED_FILE;
-    io_uring_sqe_set_data64(sqe, pack(op::send, c.generation, slot));
-    c.ops |= send_pending;
-    metrics_.sends.add();
-    return;
-  }
-  if (c.out && !c.out->empty()) {
-    const iovec* iov;
-    size_t bytes;
-    int n = c.out->prepare_send(&iov, &bytes);
-    io_uring_sqe* sqe = get_sqe();
-    if (n == 1)
-      io_uring_prep_send(sqe, c.file_index, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL);
-    else
-      io_uring_prep_sendmsg(sqe, c.file_index, c.out->msg(), MSG_NOSIGNAL);
+    if (c.direct) {
+      io_uring_prep_send(sqe, c.file_index, c.direct->wire().data(), c.direct->wire_bytes,
+                         MSG_NOSIGNAL);
+    } else {
+      const iovec* iov;
+      size_t bytes;
+      if (c.out->prepare_send(&iov, &bytes) == 1)
+        io_uring_prep_send(sqe, c.file_index, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL);
+      else
+        io_uring_prep_sendmsg(sqe, c.file_index, c.out->msg(), MSG_NOSIGNAL);
+    }
     sqe->flags |= IOSQE_FIXED_FILE;
     io_uring_sqe_set_data64(sqe, pack(op::send, c.generation, slot));
     c.ops |= send_pending;
@@ -1005,7 +1004,7 @@ void shard::begin_close(connection& c, uint32_t slot, close_reason why, uint16_t
   byte_buffer::release(c.carry);
   uint64_t deadline = now_ms_ + cfg_.linger_timeout_ms;
   if (stopping_) deadline = std::min(deadline, stop_deadline_ms_);
-  timer_link(c, slot, timer_list::linger, deadline);
+  timers_.link(slot, timer_list::linger, deadline);
   mark_dirty(c, slot);
 }
 
@@ -1014,7 +1013,7 @@ void shard::finish(connection& c, uint32_t slot) {
   if (c.state == conn_state::handshake || c.state == conn_state::open)
     begin_close(c, slot, close_reason::internal_error, 0);
   c.state = conn_state::finishing;
-  timer_unlink(c, slot);
+  timers_.unlink(slot);
   if (c.ops & (recv_armed | send_pending)) {
     // Every op on the socket: the multishot recv, and a send that a peer which never reads
     // would otherwise keep pending (and the slot with it) forever.
@@ -1068,7 +1067,7 @@ void shard::maybe_free(connection& c, uint32_t slot) {
   metrics_.slots_used.sub();
   free_slots_.push_back(slot);
   if (accept_paused_ && accepting_ &&
-      metrics_.slots_used.get() + table_reserve_ / 8 < file_table_size_ - table_reserve_ / 2)
+      metrics_.slots_used.get() + table_reserve_ / 8 < accept_pause_at_)
     resume_accepts();
 }
 
@@ -1114,16 +1113,6 @@ void shard::drain_inbox() {
 // ---------------------------------------------------------------------------------------------
 // Timers (engine/timer_lists.hpp)
 
-void shard::timer_link(connection& c, uint32_t slot, timer_list list, uint64_t deadline_ms) {
-  (void)c;
-  timers_.link(slot, list, deadline_ms);
-}
-
-void shard::timer_unlink(connection& c, uint32_t slot) {
-  (void)c;
-  timers_.unlink(slot);
-}
-
 void shard::expire(timer_list list) {
   for (uint32_t slot; (slot = timers_.pop_expired(list, now_ms_)) != no_slot;) {
     connection& c = slot_at(slot);
@@ -1155,12 +1144,10 @@ void shard::on_wake() {
     stopping_ = true;
     stop_deadline_ms_ = now_ms_ + cfg_.shutdown_timeout_ms;
     accepting_ = false;
-    io_uring_sqe* sqe = get_sqe();
-    io_uring_prep_cancel_fd(sqe, listen_fd_, IORING_ASYNC_CANCEL_ALL);
-    io_uring_sqe_set_data64(sqe, pack(op::cancel, 0, no_slot));
-    if (admin_fd_ >= 0) {
-      sqe = get_sqe();
-      io_uring_prep_cancel_fd(sqe, admin_fd_, IORING_ASYNC_CANCEL_ALL);
+    for (int fd : {listen_fd_, admin_fd_}) {
+      if (fd < 0) continue;
+      io_uring_sqe* sqe = get_sqe();
+      io_uring_prep_cancel_fd(sqe, fd, IORING_ASYNC_CANCEL_ALL);
       io_uring_sqe_set_data64(sqe, pack(op::cancel, 0, no_slot));
     }
     for (uint32_t slot = 0; slot < slots_touched_; ++slot) {

@@ -243,6 +243,7 @@ class shard {
   // Sending and closing.
   out_queue& out_of(connection& c);
   fanout::frame* take_direct(connection& c);  // clears c.direct; the caller owns its reference
+  void queue_shared(out_queue& q, fanout::frame* f);  // copied or referenced (its own reference)
   void release_queue(connection& c);
   void queue_frame(connection& c, uint32_t slot, proto::ws_opcode opcode,
                    std::span<const uint8_t> payload);
@@ -263,8 +264,6 @@ class shard {
   // Slots and timers.
   uint32_t alloc_slot();
   connection& slot_at(uint32_t slot) { return slots_[slot]; }
-  void timer_link(connection& c, uint32_t slot, timer_list list, uint64_t deadline_ms);
-  void timer_unlink(connection& c, uint32_t slot);
   void expire(timer_list list);
 
   // Ring helpers.
@@ -310,10 +309,11 @@ class shard {
   std::vector<uint32_t> free_slots_;
   uint32_t file_table_size_ = 0;
   bool payload_utf8_unchecked_ = false;  // during on_message (validates_text_utf8)
-  bool table_capped_ = false;   // below --max-connections + slot_reserve: the reserve answers 503
-  uint32_t table_reserve_ = 0;  // entries of a capped table kept for 503 answers
-  bool accept_paused_ = false;  // the listener's accepts not re-armed until entries free up
-  uint32_t accepts_armed_ = 0;  // single-shot accepts in flight, one bit per accept_addrs_ index
+  bool table_capped_ = false;     // below --max-connections + slot_reserve: the reserve answers 503
+  uint32_t table_reserve_ = 0;    // entries of a capped table kept for 503 answers (<= half)
+  uint32_t accept_pause_at_ = 0;  // slots in use at which a capped table pauses its accepts
+  bool accept_paused_ = false;    // the listener's accepts not re-armed until entries free up
+  uint32_t accepts_armed_ = 0;    // single-shot accepts in flight, one bit per accept_addrs_ index
 
   timer_lists<connection, timer_list, size_t(timer_list::count_)> timers_;
   static_assert(decltype(timers_)::none == no_slot);

@@ -65,13 +65,6 @@ constexpr std::string_view reason_of(subscribe_outcome o) {
   }
 }
 
-// A concrete topic a publication may be addressed to (subscriptions may be globs, publications
-// may not).
-bool publish_topic_ok(std::string_view topic) {
-  return !topic.empty() && topic.size() <= proto::wse_topic_bytes_max && auth::valid_topic(topic) &&
-         !fanout::is_glob(topic);
-}
-
 // The topics of a command frame (one per line).
 std::vector<std::string_view> split_lines(std::string_view text) {
   std::vector<std::string_view> out;
@@ -229,9 +222,6 @@ void wse_app::on_open(shard& s, conn_ref c, const proto::http_request& request) 
     size_t over = 0;
     std::vector<std::string> names = proto::wse_split_topics(*listed, &over);
     std::vector<std::string_view> views(names.begin(), names.end());
-    p.ok_topics.clear();
-    p.failed_topics.clear();
-    p.failed_reasons.clear();
     apply_subscription(s, c, p, st, true, views);
     reply_subscription(s, c, p, "subscribe");
   }
@@ -390,27 +380,13 @@ void wse_app::on_json(shard& s, conn_ref c, per_shard& p, conn_state& st, std::s
                           "subscription_update: p.action must be \"subscribe\" or "
                           "\"unsubscribe\" and p.topics an array of strings");
       }
+      // Invalid names (a non-string element has an empty one) are refused one by one by
+      // apply_subscription, with their reason in the reply; the rest are applied.
       std::vector<std::string_view> names;
       names.reserve(msg.subscription.topic_count);
+      for (const proto::wse_topic& t : msg.subscription.list()) names.push_back(t.name);
       bool subscribing = msg.subscription.action == proto::wse_subscription_action::subscribe;
-      // Invalid names are refused one by one (their reason in the reply), the rest applied.
-      p.ok_topics.clear();
-      p.failed_topics.clear();
-      p.failed_reasons.clear();
-      std::vector<std::string_view> valid;
-      const bool dedupe = msg.subscription.topic_count > 1;  // each topic answered once
-      if (dedupe) p.seen_topics.clear();
-      for (const proto::wse_topic& t : msg.subscription.list()) {
-        if (dedupe && !p.seen_topics.insert(t.name).second) continue;
-        if (t.valid) {
-          valid.push_back(t.name);
-        } else {
-          p.counts.subscribe[size_t(subscribe_outcome::invalid_topic)].add();
-          p.failed_topics.push_back(t.name);
-          p.failed_reasons.push_back(reason_of(subscribe_outcome::invalid_topic));
-        }
-      }
-      apply_subscription(s, c, p, st, subscribing, valid);
+      apply_subscription(s, c, p, st, subscribing, names);
       reply_subscription(s, c, p, msg.subscription.action_name);
       return;
     }
@@ -550,12 +526,24 @@ void wse_app::leave_all(shard& s, per_shard& p, uint32_t slot) {
 
 void wse_app::apply_subscription(shard& s, conn_ref c, per_shard& p, conn_state& st,
                                  bool subscribing, std::span<const std::string_view> topics) {
+  p.ok_topics.clear();
+  p.failed_topics.clear();
+  p.failed_reasons.clear();
+  auto refuse = [&](std::string_view topic, subscribe_outcome why) {
+    p.counts.subscribe[size_t(why)].add();
+    p.failed_topics.push_back(topic);
+    p.failed_reasons.push_back(reason_of(why));
+  };
   // A topic named twice in one request is answered once (the reply's errors map is a JSON
   // object: one key per topic).
   const bool dedupe = topics.size() > 1;
   if (dedupe) p.seen_topics.clear();
   for (std::string_view topic : topics) {
     if (dedupe && !p.seen_topics.insert(topic).second) continue;
+    if (!proto::wse_topic_valid(topic)) {
+      refuse(topic, subscribe_outcome::invalid_topic);
+      continue;
+    }
     if (!subscribing) {
       p.counts.unsubscribe.add();
       fanout::unsubscribe_result r = p.topics.unsubscribe(c.slot, topic);
@@ -565,32 +553,24 @@ void wse_app::apply_subscription(shard& s, conn_ref c, per_shard& p, conn_state&
       p.ok_topics.push_back(topic);
       continue;
     }
-    subscribe_outcome outcome = subscribe_outcome::ok;
-    if (topic.empty() || topic.size() > proto::wse_topic_bytes_max || !auth::valid_topic(topic))
-      outcome = subscribe_outcome::invalid_topic;
-    else if (st.acl && !st.acl->allows_subscription(topic))
-      outcome = subscribe_outcome::acl_denied;
-    if (outcome == subscribe_outcome::ok) {
-      fanout::subscribe_result r = p.topics.subscribe(c.slot, topic);
-      if (r != fanout::subscribe_result::already &&
-          p.topics.subscriptions_of(c.slot) > opt_.topics_per_connection_max) {
+    if (st.acl && !st.acl->allows_subscription(topic)) {
+      refuse(topic, subscribe_outcome::acl_denied);
+      continue;
+    }
+    fanout::subscribe_result r = p.topics.subscribe(c.slot, topic);
+    if (r != fanout::subscribe_result::already) {
+      if (p.topics.subscriptions_of(c.slot) > opt_.topics_per_connection_max) {
         // Over the cap: undone (the router was not told yet).
         p.topics.unsubscribe(c.slot, topic);
-        outcome = subscribe_outcome::too_many_topics;
         s.count_limit(limit_kind::max_topics_per_connection);
-      } else if (r != fanout::subscribe_result::already) {
-        p.counts.held.add();
-        if (r == fanout::subscribe_result::added_first && hub_)
-          hub_->router().add(s.index(), topic);
+        refuse(topic, subscribe_outcome::too_many_topics);
+        continue;
       }
+      p.counts.held.add();
+      if (r == fanout::subscribe_result::added_first && hub_) hub_->router().add(s.index(), topic);
     }
-    p.counts.subscribe[size_t(outcome)].add();
-    if (outcome == subscribe_outcome::ok) {
-      p.ok_topics.push_back(topic);
-    } else {
-      p.failed_topics.push_back(topic);
-      p.failed_reasons.push_back(reason_of(outcome));
-    }
+    p.counts.subscribe[size_t(subscribe_outcome::ok)].add();
+    p.ok_topics.push_back(topic);
   }
 }
 
@@ -603,7 +583,7 @@ void wse_app::reply_subscription(shard& s, conn_ref c, per_shard& p, std::string
 
 void wse_app::on_client_publish(shard& s, conn_ref c, per_shard& p, conn_state& st,
                                 const proto::wse_publish& pub) {
-  if (!pub.topic_valid || !publish_topic_ok(pub.topic)) {
+  if (!pub.topic_valid) {  // proto::wse_publish_topic_valid: concrete, not a glob
     p.counts.publish_invalid.add();
     return send_error(s, c, p, "INVALID_TOPIC", "publish: p.topic must be a concrete topic");
   }
@@ -666,7 +646,7 @@ publish_status wse_app::route(shard* s, fanout::delivery_kind kind, std::string_
 }
 
 publish_status wse_app::publish(std::string_view topic, std::string_view json) {
-  if (!publish_topic_ok(topic)) return publish_status::invalid;
+  if (!proto::wse_publish_topic_valid(topic)) return publish_status::invalid;
   return route(nullptr, fanout::delivery_kind::topic, topic, json);
 }
 
@@ -831,7 +811,7 @@ void wse_app::on_delivery(shard& s, const fanout::delivery& d) {
       }
       return;
     case fanout::delivery_kind::user: {
-      auto it = p.users.find(std::string(f.key()));
+      auto it = p.users.find(f.key());
       if (it == p.users.end()) return;
       for (uint32_t slot : it->second) s.send_frame(conn_ref{slot, p.conns[slot].generation}, f);
       return;
@@ -841,9 +821,6 @@ void wse_app::on_delivery(shard& s, const fanout::delivery& d) {
       conn_state* st = state_of(p, c);
       if (!st || !st->authenticated) return;
       std::vector<std::string_view> topics = split_lines(f.payload());
-      p.ok_topics.clear();
-      p.failed_topics.clear();
-      p.failed_reasons.clear();
       if (f.key() == command_subscribe) {
         apply_subscription(s, c, p, *st, true, topics);
       } else if (topics.empty()) {

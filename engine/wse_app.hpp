@@ -38,6 +38,7 @@
 #include "engine/config.hpp"
 #include "engine/metrics.hpp"
 #include "engine/shard.hpp"
+#include "fanout/string_map.hpp"
 #include "fanout/topic_index.hpp"
 #include "proto/wse_builder.hpp"
 #include "proto/wse_envelope.hpp"
@@ -199,8 +200,8 @@ class wse_app final : public app_handler {
     std::string decoded;  // inbound binary formats decoded to JSON
     std::mt19937_64 rng;
     std::vector<conn_state> conns;
-    fanout::topic_index topics;                                    // subscriber ids are slots
-    std::unordered_map<std::string, std::vector<uint32_t>> users;  // user id -> slots
+    fanout::topic_index topics;                       // subscriber ids are slots
+    fanout::string_map<std::vector<uint32_t>> users;  // user id -> slots
     // Distinct token ACLs, shared by the connections that carry the same one (shared_acl).
     std::unordered_map<std::string, std::shared_ptr<const auth::topic_acl>> acls;
     std::string acl_key;

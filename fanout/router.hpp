@@ -17,6 +17,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "fanout/string_map.hpp"
+
 namespace wsed::fanout {
 
 inline constexpr uint32_t router_shards_max = 64;
@@ -36,13 +38,9 @@ class router {
 
  private:
   static constexpr size_t stripes = 8;
-  struct string_hash {
-    using is_transparent = void;
-    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
-  };
   struct alignas(64) stripe {
     mutable std::shared_mutex mutex;
-    std::unordered_map<std::string, uint64_t, string_hash, std::equal_to<>> masks;
+    string_map<uint64_t> masks;
   };
   struct glob_interest {
     std::string pattern;

@@ -18,6 +18,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "fanout/string_map.hpp"
+
 namespace wsed::fanout {
 
 using subscriber_id = uint32_t;
@@ -127,13 +129,6 @@ class topic_index {
     uint32_t position_in_globs = 0;  // glob entries: index in globs_
     std::vector<member> members;
   };
-  struct string_hash {
-    using is_transparent = void;
-    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
-  };
-  template <class V>
-  using string_map = std::unordered_map<std::string, V, string_hash, std::equal_to<>>;
-
   const entry* find_exact(std::string_view topic) const;
   // The glob entries matching topic, from the cache or computed (and cached).
   const std::vector<entry*>* globs_matching(std::string_view topic);
