@@ -368,9 +368,16 @@ def test_fanout_glob_overlap_each_publication_once():
         assert total(m, "wsed_connections_open") == 0 and total(m, "wsed_subscriptions") == 0, \
             (total(m, "wsed_connections_open"), total(m, "wsed_subscriptions"))
         delivered = total(m, "wsed_fanout_deliveries_total")
-        status, _, doc = post_once(srv.port, items)
+        # A barrier on another topic, to a fresh subscriber, after the publications: once it
+        # arrived, the shards have handled them, and only the barrier was delivered.
+        z = ws_client(srv.port, "z")
+        subscribe_ok(z, ["unrelated"])
+        barrier = {"t": "barrier", "p": {"tag": "after close"}}
+        status, _, doc = post_once(srv.port, items + [{"topic": "unrelated", "message": barrier}])
         assert status == 200, (status, doc)
-        assert total(metrics(srv.port), "wsed_fanout_deliveries_total") == delivered
+        assert until_barrier(z, wire(barrier), what="after close") == []
+        assert total(metrics(srv.port), "wsed_fanout_deliveries_total") == delivered + 1
+        z.close()
 
 
 def test_fanout_publication_wire_bytes():
@@ -396,6 +403,7 @@ def test_fanout_publication_wire_bytes():
         # A message without "t": whatever it becomes, it must arrive as valid JSON.
         status, _, doc = post_once(srv.port, [{"topic": "w", "message": {}}, {"topic": "w", "message": {"p": {}}}])
         if status == 200:
+            assert doc == {"accepted": 2}, doc
             for _ in range(doc["accepted"]):
                 next_json(c, 5, "(publication without t)")
         else:
@@ -1430,7 +1438,7 @@ def test_fanout_churn_while_publishing():
 
         t = threading.Thread(target=publisher, daemon=True)
         t.start()
-        cycles = 0
+        cycles = fed = 0
         while t.is_alive() and cycles < 200:
             c = ws_client(srv.port, "churn%d" % cycles)
             subscribe_ok(c, ["churn", "other"])
@@ -1442,6 +1450,7 @@ def test_fanout_churn_while_publishing():
                 seqs.append(json.loads(m[1])["p"]["seq"])
             assert seqs == list(range(seqs[0], seqs[0] + len(seqs))) if seqs else True, \
                 "newcomer %d: not contiguous %r" % (cycles, seqs)
+            fed += bool(seqs)
             if cycles % 2:
                 c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             else:
@@ -1450,6 +1459,7 @@ def test_fanout_churn_while_publishing():
             cycles += 1
         t.join(30)
         assert not t.is_alive(), "publisher did not finish"
+        assert fed >= 1, "none of %d newcomers got a tick while the publisher ran" % cycles
         assert not errors, errors[0]
         expected = [wire(tick(n)) for n in range(n_batches * batch)]
         drainer.wait_all(len(frames_of(expected)), 20)

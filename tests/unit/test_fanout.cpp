@@ -320,11 +320,12 @@ TEST_CASE("fanout: inbox consumer that sleeps until woken never misses an item")
       }
     });
   }
-  uint64_t received = 0, lost_wakes = 0, sleeps = 0;
+  uint64_t received = 0, lost_wakes = 0, sleeps = 0, drains = 0;
   std::vector<uint32_t> next(producers, 0);
   uint64_t out_of_order = 0;
   while (received < uint64_t{producers} * items_each && lost_wakes < 10) {
     const uint64_t token = w.wakes.load(std::memory_order_acquire);
+    ++drains;
     const size_t n = box.drain(64, [&](delivery& d) {
       out_of_order += d.arg2 != next[d.arg];
       next[d.arg] = d.arg2 + 1;
@@ -346,7 +347,8 @@ TEST_CASE("fanout: inbox consumer that sleeps until woken never misses an item")
   CHECK(received == uint64_t{producers} * items_each);
   CHECK(out_of_order == 0);
   CHECK(sleeps > 0);
-  CHECK(w.wakes.load() <= sleeps + received);
+  // A wake needs a drain to clear the flag first: at most one wake per drain (plus the first).
+  CHECK(w.wakes.load() <= drains + 1);
 }
 
 TEST_CASE("fanout: inbox wakes once per drain cycle, counts full pushes") {
