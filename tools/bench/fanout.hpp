@@ -18,6 +18,8 @@
 #include <string>
 #include <string_view>
 
+#include "proto/http.hpp"
+
 namespace wsed::bench {
 
 // ---- payloads and requests ------------------------------------------------------------------
@@ -111,18 +113,6 @@ struct http_response {
 
 namespace detail {
 
-inline char lower(char c) {
-  return c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c;
-}
-
-inline bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (lower(a[i]) != lower(b[i])) return false;
-  }
-  return true;
-}
-
 inline std::string_view trim(std::string_view v) {
   while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
   while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
@@ -156,7 +146,7 @@ inline http_response parse_http_response(std::string_view buf, size_t head_bytes
     return r;
   }
   auto code = detail::leading_number(status_line.substr(9, 3));
-  if (!code || *code < 100 || *code > 999) {
+  if (!code || *code < 100) {  // three digits at most
     r.state = http_parse::bad;
     return r;
   }
@@ -171,17 +161,17 @@ inline http_response parse_http_response(std::string_view buf, size_t head_bytes
     if (colon == std::string_view::npos) continue;
     std::string_view name = detail::trim(line.substr(0, colon));
     std::string_view value = detail::trim(line.substr(colon + 1));
-    if (detail::iequals(name, "content-length")) {
+    if (proto::ascii_iequals(name, "content-length")) {
       length = detail::leading_number(value);
       if (!length || *length > (64u << 20)) {
         r.state = http_parse::bad;
         return r;
       }
-    } else if (detail::iequals(name, "transfer-encoding")) {
+    } else if (proto::ascii_iequals(name, "transfer-encoding")) {
       r.state = http_parse::bad;
       return r;
-    } else if (detail::iequals(name, "connection")) {
-      r.close = detail::iequals(value, "close");
+    } else if (proto::ascii_iequals(name, "connection")) {
+      r.close = proto::ascii_iequals(value, "close");
     }
   }
   if (!length) {

@@ -29,6 +29,7 @@
 #include "auth/keys.hpp"
 #include "engine/server.hpp"
 #include "engine/wse_app.hpp"
+#include "tools/bench/fanout.hpp"
 
 namespace {
 
@@ -93,8 +94,8 @@ uint64_t publish_ticks(engine::server& srv, engine::wse_app& app, uint64_t rate,
       usleep(20);
       continue;
     }
-    tick = "{\"t\":\"fanout_tick\",\"p\":{\"seq\":" + std::to_string(seq) +
-           ",\"ts_us\":" + std::to_string(wall_us()) + ",\"s\":\"ES\",\"px\":5234.75,\"q\":2}}";
+    tick.clear();
+    bench::append_fanout_tick(tick, seq, wall_us());
     if (app.publish(bench_topic, tick) == engine::publish_status::busy) {
       ++*busy_retries;
       usleep(50);  // an inbox is full: let the shards drain, then the same seq again

@@ -701,7 +701,6 @@ section fanout(const context& cx, bool broadcast) {
   pc.window = kind == publisher_kind::server || o.publish_window == 0
                   ? 0
                   : static_cast<uint64_t>(std::max<int64_t>(0, o.publish_window));
-  plan.metrics = true;
   plan.metrics_addr = loopback_addr(cx.base, metrics_port);
   plan.metrics_host = o.host + ":" + std::to_string(metrics_port);
 

@@ -170,7 +170,6 @@ class publisher {
                   " publications refused, the first: " + first_refusal_);
       }
     }
-    done.store(true, std::memory_order_release);
   }
 
   // Publications the server took (api: from the answers; wse: sent and not refused, final once
@@ -180,7 +179,6 @@ class publisher {
   std::atomic<uint64_t> busy{0};
   std::atomic<uint64_t> refused{0};
   std::atomic<uint64_t> responses{0};
-  std::atomic<bool> done{false};
   std::string error;  // set by the publisher thread; read after join
 
  private:
@@ -211,9 +209,12 @@ class publisher {
   }
 
   void queue_api() {
+    // due() reads every worker's counters and the clock: once per call, not per request.
+    uint64_t budget = due();
     while (pending_.size() < cfg_.inflight_max && out_.size() - out_sent_ < (4u << 20)) {
-      uint64_t n = std::min<uint64_t>(due(), cfg_.batch);
+      uint64_t n = std::min<uint64_t>(budget, cfg_.batch);
       if (n == 0) return;
+      budget -= n;
       std::string body = publish_body(cfg_.topic, cfg_.broadcast, next_seq_,
                                       static_cast<uint32_t>(n), wall_us_now());
       out_ += publish_request(cfg_.host_header, cfg_.api_key, body);

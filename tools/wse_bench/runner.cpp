@@ -240,7 +240,7 @@ tier_result run_tier(const runner_options& ro, job j, const tier_spec& spec) {
   std::atomic<bool> pub_stop{false};
   std::thread pub_thread;
   if (fp != nullptr) {
-    if (fp->metrics) metrics_before = read_fanout_metrics(*fp);
+    metrics_before = read_fanout_metrics(*fp);
     uint64_t until = now_ns() + static_cast<uint64_t>(fp->subscribe_timeout_s * 1e9);
     while (now_ns() < until && sum_subscribed(workers) < sum_open(workers)) sleep_s(0.002);
     r.fanout.subscribed = sum_subscribed(workers);
@@ -333,7 +333,7 @@ tier_result run_tier(const runner_options& ro, job j, const tier_spec& spec) {
     }
     r.fanout.drain_s = static_cast<double>(now_ns() - drain_start) / 1e9;
     r.fanout.deliveries_total = sum_replies(workers);
-    if (fp->metrics && metrics_before) {
+    if (metrics_before) {
       if (auto after = read_fanout_metrics(*fp)) {
         r.fanout.metrics_read = true;
         r.fanout.slow_drop = after->slow_drop - metrics_before->slow_drop;

@@ -30,7 +30,6 @@ struct runner_options {
 // fanout-broadcast: who publishes, where /metrics is (slow-consumer counters).
 struct fanout_plan {
   publisher_config publisher;
-  bool metrics = false;  // read /metrics before and after the tier
   sockaddr_in metrics_addr{};
   std::string metrics_host;
   double subscribe_timeout_s = 10;  // every subscription confirmed within this after the ramp

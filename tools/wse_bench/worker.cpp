@@ -869,7 +869,6 @@ void worker::finish_fanout() {
     fanout.max_gaps = std::max(fanout.max_gaps, gaps);
     fanout.duplicates += t.duplicates();
     fanout.reorders += t.reorders();
-    fanout.unique += t.unique();
   }
 }
 

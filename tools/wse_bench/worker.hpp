@@ -90,7 +90,6 @@ struct fanout_counts {
   uint64_t max_gaps = 0;  // of one subscriber
   uint64_t duplicates = 0;
   uint64_t reorders = 0;
-  uint64_t unique = 0;  // distinct seqs received, over all subscribers
   void add(const fanout_counts& o) {
     subscribers += o.subscribers;
     gaps += o.gaps;
@@ -98,7 +97,6 @@ struct fanout_counts {
     max_gaps = std::max(max_gaps, o.max_gaps);
     duplicates += o.duplicates;
     reorders += o.reorders;
-    unique += o.unique;
   }
 };
 
