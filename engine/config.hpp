@@ -10,7 +10,8 @@
 namespace wsed::engine {
 
 enum class server_mode : uint8_t { echo, wse };
-enum class inbound_policy : uint8_t { drop, log, echo };  // WSE application messages from clients
+// WSE application messages from clients (redis: XADD to the <prefix>inbound stream).
+enum class inbound_policy : uint8_t { drop, log, echo, redis };
 // What happens to a message for a connection whose outbound queue is over its cap.
 enum class slow_consumer_policy : uint8_t { disconnect, drop };
 
@@ -82,6 +83,14 @@ struct server_config {
   std::string admin_listen;
   std::string admin_host;   // parsed from admin_listen
   uint16_t admin_port = 0;  // parsed from admin_listen (0: any free port)
+
+  // Scale-out through Redis (engine/redis_bridge). Empty URL: this process alone.
+  std::string redis_url;  // redis://[user:pass@]host:port[/db] or unix:///path[?db=N]
+  std::string redis_prefix = "wse:";
+  bool redis_pattern_mode = false;  // one PSUBSCRIBE <prefix>* instead of per-topic SUBSCRIBE
+  uint64_t redis_buffer_bytes = 16ull << 20;  // publications held while Redis is away
+  uint64_t redis_stream_maxlen = 100000;      // --inbound redis: XADD MAXLEN ~ N
+  uint32_t redis_reconnect_max_ms = 10000;    // backoff cap (jittered, doubling from 100 ms)
 };
 
 }  // namespace wsed::engine

@@ -1,6 +1,8 @@
 // engine/flags.cpp: see flags.hpp. Every limit of server_config has a flag here.
 #include "engine/flags.hpp"
 
+#include "engine/redis_names.hpp"
+
 #include <CLI/CLI.hpp>
 #include <charconv>
 #include <cstdio>
@@ -187,8 +189,9 @@ flags_result parse_flags(int argc, char** argv) {
   std::string inbound = "drop";
   app.add_option("--inbound", inbound,
                  "WSE mode: application messages from clients: drop (count them), log (one JSON "
-                 "line each on stdout) or echo (back to the sender)")
-      ->check(CLI::IsMember({"drop", "log", "echo"}))
+                 "line each on stdout), echo (back to the sender) or redis (XADD to the stream "
+                 "<prefix>inbound, with connect and disconnect events; needs --redis-url)")
+      ->check(CLI::IsMember({"drop", "log", "echo", "redis"}))
       ->capture_default_str();
   add_parsed(app, "--ping-interval", c.ping_interval_ms, parse_duration_ms,
              "WSE mode: the server pings every connection this often (0: never)", 1, "25s");
@@ -227,6 +230,30 @@ flags_result parse_flags(int argc, char** argv) {
   app.add_option("--admin-listen", c.admin_listen,
                  "ADDR:PORT of a second listener that alone serves /metrics, /healthz, /readyz "
                  "and /api/* (default: everything on the main port)");
+  app.add_option("--redis-url", c.redis_url,
+                 "WSE mode: share topics with other wsed instances through this Redis: "
+                 "redis://[user:pass@]host:port[/db] or unix:///path (default: none)");
+  app.add_option("--redis-prefix", c.redis_prefix,
+                 "Redis channel prefix: topic T is channel <prefix>T (also <prefix>@broadcast, "
+                 "<prefix>@user:ID, <prefix>@node:INSTANCE, stream <prefix>inbound)")
+      ->capture_default_str();
+  std::string redis_subscribe = "exact";
+  app.add_option("--redis-subscribe", redis_subscribe,
+                 "exact: SUBSCRIBE each topic with a local subscriber (PSUBSCRIBE for globs); "
+                 "pattern: one PSUBSCRIBE <prefix>* and filter here")
+      ->check(CLI::IsMember({"exact", "pattern"}))
+      ->capture_default_str();
+  add_parsed(app, "--redis-buffer", c.redis_buffer_bytes, parse_size,
+             "Publications held while Redis is unreachable; beyond it they are dropped and "
+             "counted (wsed_redis_publications_total)",
+             1, "16MiB", 0);
+  app.add_option("--redis-stream-maxlen", c.redis_stream_maxlen,
+                 "--inbound redis: entries the stream keeps (XADD MAXLEN ~ N)")
+      ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 40))
+      ->capture_default_str();
+  add_parsed(app, "--redis-reconnect-max", c.redis_reconnect_max_ms, parse_duration_ms,
+             "Longest wait between reconnection attempts (jittered, doubling from 100ms)", 1, "10s",
+             100);
   app.add_flag("--insecure-no-auth", c.insecure_no_auth,
                "WSE mode: no JWT; every connection is user \"anonymous\" (testing only)");
 
@@ -269,9 +296,35 @@ flags_result parse_flags(int argc, char** argv) {
   }
   c.slow_consumer = slow == "drop" ? slow_consumer_policy::drop : slow_consumer_policy::disconnect;
   c.mode = mode == "wse" ? server_mode::wse : server_mode::echo;
-  c.inbound = inbound == "echo"  ? inbound_policy::echo
-              : inbound == "log" ? inbound_policy::log
-                                 : inbound_policy::drop;
+  c.inbound = inbound == "echo"    ? inbound_policy::echo
+              : inbound == "log"   ? inbound_policy::log
+              : inbound == "redis" ? inbound_policy::redis
+                                   : inbound_policy::drop;
+  c.redis_pattern_mode = redis_subscribe == "pattern";
+  if (c.inbound == inbound_policy::redis && c.redis_url.empty()) {
+    print_flag_error("wsed", "--inbound redis needs --redis-url");
+    result.what = flags_result::action::exit_usage;
+    return result;
+  }
+  if (!c.redis_url.empty()) {
+    redis::endpoint e;
+    std::string why;
+    if (!redis::parse_endpoint(c.redis_url, e, why)) {
+      print_flag_error("wsed", "--redis-url: " + why);
+      result.what = flags_result::action::exit_usage;
+      return result;
+    }
+    if (c.mode != server_mode::wse) {
+      print_flag_error("wsed", "--redis-url needs --mode wse");
+      result.what = flags_result::action::exit_usage;
+      return result;
+    }
+  }
+  if (c.redis_prefix.empty() || c.redis_prefix.size() > 200) {
+    print_flag_error("wsed", "--redis-prefix: 1 to 200 bytes");
+    result.what = flags_result::action::exit_usage;
+    return result;
+  }
   return result;
 }
 

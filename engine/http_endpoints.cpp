@@ -57,9 +57,16 @@ http_endpoints::answer http_endpoints::serve(shard& s, const proto::http_request
     response = proto::http_response(200, "text/html; charset=utf-8", demo_page_html(), page_headers,
                                     connection);
   } else if (health) {
-    std::string_view ok = req.path == "/healthz" ? "ok\n" : "ready\n";
-    response = stopping ? proto::http_response(503, "text/plain", "stopping\n", {}, connection)
-                        : proto::http_response(200, "text/plain", ok, {}, connection);
+    bool readyz = req.path == "/readyz";
+    if (stopping) {
+      response = proto::http_response(503, "text/plain", "stopping\n", {}, connection);
+    } else if (readyz && !app_.ready()) {
+      response = proto::http_response(503, "text/plain", "not ready: redis subscriptions pending\n",
+                                      {}, connection);
+    } else {
+      response =
+          proto::http_response(200, "text/plain", readyz ? "ready\n" : "ok\n", {}, connection);
+    }
   } else if (metrics) {
     std::string text = render_prometheus(shared_.metrics);
     app_.render_metrics(text);

@@ -12,12 +12,14 @@
 #include <exception>
 #include <memory>
 #include <optional>
+#include <random>
 #include <string>
 #include <vector>
 
 #include "auth/jwt.hpp"
 #include "auth/keys.hpp"
 #include "engine/flags.hpp"
+#include "engine/redis_bridge.hpp"
 #include "engine/server.hpp"
 #include "engine/wse_app.hpp"
 #include "engine/wse_inbound.hpp"
@@ -292,6 +294,32 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);  // inherited by the shard threads
 
   server srv(flags.config, *app);
+  // Scale-out: the bridge reads the router the server made and is stopped after the shards
+  // (they publish into it), so it is declared after srv and destroyed first.
+  std::unique_ptr<redis_bridge> bridge;
+  std::string redis_where;  // host:port or socket path (never the password)
+  if (wse && !c.redis_url.empty()) {
+    redis_bridge_options ro;
+    std::string why;
+    redis::parse_endpoint(c.redis_url, ro.endpoint, why);  // validated by parse_flags
+    ro.prefix = c.redis_prefix;
+    ro.pattern_mode = c.redis_pattern_mode;
+    ro.buffer_bytes_max = c.redis_buffer_bytes;
+    ro.producers = c.workers;
+    ro.inbound_stream = c.inbound == inbound_policy::redis;
+    ro.stream_maxlen = c.redis_stream_maxlen;
+    ro.reconnect_max_ms = c.redis_reconnect_max_ms;
+    ro.quiet = c.quiet;
+    std::random_device rd;
+    char id[9];
+    std::snprintf(id, sizeof id, "%08x", unsigned(rd()));
+    ro.instance_id = id;
+    redis_where = ro.endpoint.text();
+    bridge = std::make_unique<redis_bridge>(std::move(ro), srv.fanout_hub().router(), *wse);
+    wse->set_bridge(bridge.get());
+    if (inbound) inbound->set_bridge(bridge.get());
+    bridge->start();
+  }
   try {
     srv.start();
   } catch (const std::exception& e) {
@@ -308,6 +336,9 @@ int main(int argc, char** argv) {
                 c.host.c_str(), srv.port(),
                 c.admin_listen.empty() ? c.host.c_str() : c.admin_host.c_str(),
                 c.admin_listen.empty() ? srv.port() : srv.admin_port());
+    if (bridge)
+      std::printf("  redis: %s (prefix %s, instance %s)\n", redis_where.c_str(),
+                  c.redis_prefix.c_str(), bridge->instance_id().c_str());
     if (c.mode == server_mode::wse && !c.api_key_file.empty())
       std::printf("  publish: POST http://%s:%u/api/publish (Authorization: Bearer <key of %s>)\n",
                   c.admin_listen.empty() ? c.host.c_str() : c.admin_host.c_str(),
@@ -339,5 +370,6 @@ int main(int argc, char** argv) {
   if (!c.quiet) std::fprintf(stderr, "wsed: shutting down (close 4300 to every client)\n");
   srv.stop();
   srv.join();
+  if (bridge) bridge->stop();
   return 0;
 }

@@ -826,11 +826,11 @@ send_status shard::over_cap(connection& c, uint32_t slot) {
   return send_status::backpressure;
 }
 
-void shard::close(conn_ref ref, uint16_t code, close_reason why) {
+void shard::close(conn_ref ref, uint16_t code, close_reason why, std::string_view reason) {
   if (ref.slot >= slots_touched_) return;
   connection& c = slot_at(ref.slot);
   if (c.generation != ref.generation) return;
-  begin_close(c, ref.slot, why, code);
+  begin_close(c, ref.slot, why, code, reason);
 }
 
 void shard::release_queue(connection& c) {
@@ -978,12 +978,15 @@ void shard::reject_api(connection& c, uint32_t slot, uint16_t status, std::strin
   answer_and_close(c, slot, http_endpoints::api_error(status, reason));
 }
 
-void shard::begin_close(connection& c, uint32_t slot, close_reason why, uint16_t ws_code) {
+void shard::begin_close(connection& c, uint32_t slot, close_reason why, uint16_t ws_code,
+                        std::string_view reason) {
   if (c.state != conn_state::handshake && c.state != conn_state::open) return;
   if (c.state == conn_state::open) {
     if (ws_code)
       queue_close(c, slot, ws_code,
-                  ws_code == close_codes::shutdown ? "server shutting down" : std::string_view{});
+                  !reason.empty()                    ? reason
+                  : ws_code == close_codes::shutdown ? "server shutting down"
+                                                     : std::string_view{});
     metrics_.connections_open.sub();
     // Never inside the application's own call (it may be walking its subscribers): reported
     // by run_deferred_closes once the current callback returned.

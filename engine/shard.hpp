@@ -93,6 +93,9 @@ class app_handler {
   }
   // One delivery from this shard's inbox; the shard releases d.f when this returns.
   virtual void on_delivery(shard&, const fanout::delivery&) {}
+  // /readyz: false answers 503 (the Redis bridge has not confirmed its subscriptions). Any
+  // shard's thread: read atomics only.
+  virtual bool ready() const { return true; }
 };
 
 enum class send_status : uint8_t { queued, backpressure, dropped };
@@ -134,7 +137,9 @@ class shard {
   // under the same outbound cap: over it, --slow-consumer disconnect closes with 4509
   // (backpressure), drop skips this whole frame (dropped) and the connection stays.
   send_status send_frame(conn_ref c, const fanout::frame& f);
-  void close(conn_ref c, uint16_t code, close_reason why = close_reason::app_close);
+  // reason: the close frame's text (at most 123 bytes; cut there).
+  void close(conn_ref c, uint16_t code, close_reason why = close_reason::app_close,
+             std::string_view reason = {});
   // During app_handler::on_message: the text payload was not UTF-8 checked by the shard
   // (validates_text_utf8).
   bool payload_utf8_unchecked() const { return payload_utf8_unchecked_; }
@@ -252,7 +257,8 @@ class shard {
   send_status over_cap(connection& c, uint32_t slot);
   void flush();
   void flush_one(connection& c, uint32_t slot);
-  void begin_close(connection& c, uint32_t slot, close_reason why, uint16_t ws_code);
+  void begin_close(connection& c, uint32_t slot, close_reason why, uint16_t ws_code,
+                   std::string_view reason = {});
   void finish(connection& c, uint32_t slot);
   void maybe_free(connection& c, uint32_t slot);
   void run_deferred_closes();

@@ -8,7 +8,9 @@
 
 #include <algorithm>
 #include <array>
+#include <charconv>
 #include <cstdio>
+#include <cstring>
 #include <optional>
 #include <string_view>
 
@@ -80,6 +82,8 @@ std::vector<std::string_view> split_lines(std::string_view text) {
 
 constexpr std::string_view command_subscribe = "subscribe";
 constexpr std::string_view command_unsubscribe = "unsubscribe";
+constexpr std::string_view command_send = "send";
+constexpr std::string_view command_disconnect = "disconnect";
 
 const char* name_of(wse_send_format f) {
   static constexpr const char* names[] = {"json", "msgpack", "compressed"};
@@ -196,9 +200,15 @@ void wse_app::on_open(shard& s, conn_ref c, const proto::http_request& request) 
   std::vector<uint32_t>& same_user = p.users[st.user_id];
   st.user_pos = uint32_t(same_user.size());
   same_user.push_back(c.slot);
+  if (same_user.size() == 1 && hub_)
+    interest(hub_->router().add_user(s.index(), st.user_id), redis_interest::user, st.user_id);
 
   int64_t now = wall_ms();
   uuid7(p, now, st.connection_id);
+  if (instance_id_.size() == 8) {  // the id's last 8 hex digits name this instance
+    std::memcpy(st.connection_id + sizeof st.connection_id - 8, instance_id_.data(), 8);
+  }
+  directory_add(s.index(), c, std::string_view(st.connection_id, sizeof st.connection_id));
   char message_id[proto::wse_uuid_chars];
   uuid7(p, now, message_id);
   proto::wse_server_ready ready;
@@ -491,12 +501,15 @@ void wse_app::on_close(shard& s, conn_ref c) {
   per_shard& p = part(s);
   if (conn_state* st = state_of(p, c)) {
     bool was_connected = st->authenticated;
-    if (was_connected) leave_all(s, p, c.slot);
+    if (was_connected) {
+      leave_all(s, p, c.slot);
+      directory_remove(std::string_view(st->connection_id, sizeof st->connection_id));
+      handler_.on_disconnect(wse_conn{&s, c});  // ids_of still answers during the call
+    }
     st->live = false;
     st->authenticated = false;
     st->user_id.clear();
     st->acl.reset();
-    if (was_connected) handler_.on_disconnect(wse_conn{&s, c});
   }
 }
 
@@ -505,7 +518,8 @@ void wse_app::on_close(shard& s, conn_ref c) {
 void wse_app::drop_subscriptions(shard& s, per_shard& p, uint32_t slot) {
   p.topics.unsubscribe_all(slot, [&](std::string_view pattern, bool was_last) {
     p.counts.held.sub();
-    if (was_last && hub_) hub_->router().remove(s.index(), pattern);
+    if (was_last && hub_)
+      interest(hub_->router().remove(s.index(), pattern), redis_interest::pattern, pattern);
   });
 }
 
@@ -521,7 +535,10 @@ void wse_app::leave_all(shard& s, per_shard& p, uint32_t slot) {
   slots[st.user_pos] = moved;
   p.conns[moved].user_pos = st.user_pos;
   slots.pop_back();
-  if (slots.empty()) p.users.erase(it);
+  if (!slots.empty()) return;
+  if (hub_)
+    interest(hub_->router().remove_user(s.index(), st.user_id), redis_interest::user, st.user_id);
+  p.users.erase(it);
 }
 
 void wse_app::apply_subscription(shard& s, conn_ref c, per_shard& p, conn_state& st,
@@ -549,7 +566,7 @@ void wse_app::apply_subscription(shard& s, conn_ref c, per_shard& p, conn_state&
       fanout::unsubscribe_result r = p.topics.unsubscribe(c.slot, topic);
       if (r != fanout::unsubscribe_result::not_subscribed) p.counts.held.sub();
       if (r == fanout::unsubscribe_result::removed_last && hub_)
-        hub_->router().remove(s.index(), topic);
+        interest(hub_->router().remove(s.index(), topic), redis_interest::pattern, topic);
       p.ok_topics.push_back(topic);
       continue;
     }
@@ -567,7 +584,8 @@ void wse_app::apply_subscription(shard& s, conn_ref c, per_shard& p, conn_state&
         continue;
       }
       p.counts.held.add();
-      if (r == fanout::subscribe_result::added_first && hub_) hub_->router().add(s.index(), topic);
+      if (r == fanout::subscribe_result::added_first && hub_)
+        interest(hub_->router().add(s.index(), topic), redis_interest::pattern, topic);
     }
     p.counts.subscribe[size_t(subscribe_outcome::ok)].add();
     p.ok_topics.push_back(topic);
@@ -620,7 +638,7 @@ void wse_app::on_client_publish(shard& s, conn_ref c, per_shard& p, conn_state& 
 }
 
 publish_status wse_app::route(shard* s, fanout::delivery_kind kind, std::string_view key,
-                              std::string_view json, uint64_t* wakes) {
+                              std::string_view json, uint64_t* wakes, bool from_redis) {
   if (!hub_) return publish_status::busy;
   // The publication with its "c" (parsed once, on the calling thread).
   thread_local proto::wse_envelope_parser external_parser;
@@ -635,6 +653,9 @@ publish_status wse_app::route(shard* s, fanout::delivery_kind kind, std::string_
   if (!f) return publish_status::busy;
   uint32_t producer = s ? s->index() : hub_->external_producer();
   route_result r = hub_->route(kind, producer, f, wakes);
+  // Other instances get it through Redis once every local shard took it (a busy answer makes
+  // the producer publish again: nothing may have gone out then).
+  if (bridge_ && !from_redis && r.ok()) bridge_->publish(producer, kind, f);
   fanout::release(f);
   if (s) {
     s->count_published(kind == fanout::delivery_kind::topic       ? publish_kind::topic
@@ -701,6 +722,153 @@ size_t wse_app::local_subscriber_count(shard& s, std::string_view topic) {
   return part(s).topics.subscriber_count(topic);
 }
 
+void wse_app::set_bridge(redis_bridge* bridge) {
+  bridge_ = bridge;
+  if (bridge) set_instance_id(bridge->instance_id());
+}
+
+void wse_app::set_instance_id(std::string_view id8) {
+  instance_id_ = id8.size() == 8 ? std::string(id8) : std::string();
+}
+
+wse_app::ids wse_app::ids_of(wse_conn conn) {
+  if (!conn.owner) return {};
+  conn_state* st = state_of(part(*conn.owner), conn.ref);
+  if (!st) return {};
+  return {st->user_id, std::string_view(st->connection_id, sizeof st->connection_id)};
+}
+
+bool wse_app::ready() const {
+  return !bridge_ || bridge_->ready();
+}
+
+void wse_app::directory_add(uint32_t shard_index, conn_ref c, std::string_view connection_id) {
+  directory_stripe& d = directory_[fanout::string_hash{}(connection_id) % directory_stripes];
+  std::lock_guard lock(d.mu);
+  d.map[std::string(connection_id)] = conn_location{shard_index, c.slot, c.generation};
+}
+
+void wse_app::directory_remove(std::string_view connection_id) {
+  directory_stripe& d = directory_[fanout::string_hash{}(connection_id) % directory_stripes];
+  std::lock_guard lock(d.mu);
+  auto it = d.map.find(std::string(connection_id));
+  if (it != d.map.end()) d.map.erase(it);
+}
+
+redis_sink::status wse_app::remote_publication(fanout::delivery_kind kind, std::string_view key,
+                                               std::string_view json, uint64_t* wakes) {
+  if (kind == fanout::delivery_kind::topic && !proto::wse_publish_topic_valid(key))
+    return redis_sink::status::invalid;
+  if (kind == fanout::delivery_kind::user &&
+      (key.empty() || key.size() > proto::wse_publish_user_bytes_max))
+    return redis_sink::status::invalid;
+  switch (route(nullptr, kind, key, json, wakes, true)) {
+    case publish_status::published:
+      return redis_sink::status::delivered;
+    case publish_status::busy:
+      return redis_sink::status::busy;
+    case publish_status::invalid:
+      break;
+  }
+  return redis_sink::status::invalid;
+}
+
+void wse_app::wake(uint64_t shards_mask) {
+  if (hub_) hub_->wake(shards_mask);
+}
+
+redis_sink::command_status wse_app::remote_command(std::string_view json) {
+  std::string detail;
+  switch (run_command(json, detail)) {
+    case command_result::ok:
+      return command_status::ok;
+    case command_result::invalid:
+      return command_status::invalid;
+    case command_result::busy:
+      return command_status::busy;
+    default:
+      return command_status::unknown;  // not here (a routed id is never routed twice)
+  }
+}
+
+wse_app::command_result wse_app::run_command(std::string_view json, std::string& detail) {
+  thread_local proto::wse_command_parser parser;
+  thread_local proto::wse_envelope_parser framer;
+  thread_local std::string text;
+  proto::wse_command cmd;
+  if (!parser.parse(json, cmd)) {
+    detail = parser.error();
+    return command_result::invalid;
+  }
+  std::string_view id = cmd.connection_id;
+  conn_location where{};
+  bool found = false;
+  {
+    directory_stripe& d = directory_[fanout::string_hash{}(id) % directory_stripes];
+    std::lock_guard lock(d.mu);
+    auto it = d.map.find(std::string(id));
+    if (it != d.map.end()) {
+      where = it->second;
+      found = true;
+    }
+  }
+  if (!found) {
+    // Another instance's connection (its id ends with that instance's id): route it there.
+    std::string_view tag = id.size() == proto::wse_uuid_chars ? id.substr(id.size() - 8) : "";
+    if (bridge_ && tag.size() == 8 && tag != instance_id_ &&
+        tag.find_first_not_of("0123456789abcdef") == std::string_view::npos) {
+      detail = std::string(tag);
+      return bridge_->route_command(tag, json) ? command_result::routed
+                                               : command_result::unavailable;
+    }
+    detail = "unknown connection";
+    return command_result::unknown;
+  }
+  if (!hub_) return command_result::unavailable;
+  std::string_view name;
+  std::string arg;
+  switch (cmd.op) {
+    case proto::wse_command_op::send:
+      name = command_send;
+      text.clear();
+      if (framer.ensure_category(cmd.message_json, text) != proto::wse_error::none) {
+        detail = "message must be a JSON object";
+        return command_result::invalid;
+      }
+      arg = text;
+      break;
+    case proto::wse_command_op::disconnect:
+      name = command_disconnect;
+      arg = std::to_string(cmd.code);
+      arg.push_back('\n');
+      arg.append(cmd.reason);
+      break;
+    case proto::wse_command_op::subscribe:
+    case proto::wse_command_op::unsubscribe:
+      name = cmd.op == proto::wse_command_op::subscribe ? command_subscribe : command_unsubscribe;
+      for (std::string_view t : cmd.topics) {
+        arg.append(t);
+        arg.push_back('\n');
+      }
+      break;
+  }
+  fanout::frame* f = fanout::make_text_frame(name, arg);
+  if (!f) return command_result::busy;
+  fanout::delivery d;
+  d.kind = fanout::delivery_kind::command;
+  d.arg = where.slot;
+  d.arg2 = where.generation;
+  d.f = f;
+  uint32_t me = current_shard_index();
+  bool ok = hub_->push(where.shard, me < hub_->shards() ? me : hub_->external_producer(), d);
+  fanout::release(f);
+  if (!ok) {
+    detail = "the connection's shard is busy";
+    return command_result::busy;
+  }
+  return command_result::ok;
+}
+
 namespace {
 
 void json_answer(http_answer& a, uint16_t status, std::string body) {
@@ -721,17 +889,25 @@ std::string error_json(std::string_view reason) {
 
 bool wse_app::on_http(shard& s, const proto::http_request& request, std::string_view body,
                       http_answer& answer) {
-  if (request.path != "/api/publish" || opt_.api_key.empty()) return false;  // 404
-  api_publish(s, part(s), request, body, answer);
-  return true;
+  if (opt_.api_key.empty()) return false;  // 404
+  if (request.path == "/api/publish") {
+    api_publish(s, part(s), request, body, answer);
+    return true;
+  }
+  if (request.path == "/api/command") {
+    api_command(s, request, body, answer);
+    return true;
+  }
+  return false;
 }
 
-void wse_app::api_publish(shard& s, per_shard& p, const proto::http_request& request,
-                          std::string_view body, http_answer& answer) {
+// The method, key and length checks of every API endpoint; false: answered.
+bool wse_app::api_key_ok(shard& s, const proto::http_request& request, http_answer& answer) {
   if (request.method != "POST") {
     s.count_api(api_result::method);
     answer.extra_headers = "Allow: POST\r\n";
-    return json_answer(answer, 405, error_json("method not allowed: POST"));
+    json_answer(answer, 405, error_json("method not allowed: POST"));
+    return false;
   }
   std::string_view given = request.header("Authorization");
   std::string_view key;
@@ -743,12 +919,49 @@ void wse_app::api_publish(shard& s, per_shard& p, const proto::http_request& req
   if (!key_ok) {
     s.count_api(api_result::unauthorized);
     answer.extra_headers = "WWW-Authenticate: Bearer\r\n";
-    return json_answer(answer, 401, error_json("unauthorized"));
+    json_answer(answer, 401, error_json("unauthorized"));
+    return false;
   }
   if (request.content_length < 0) {
     s.count_api(api_result::length_required);
-    return json_answer(answer, 411, error_json("Content-Length required"));
+    json_answer(answer, 411, error_json("Content-Length required"));
+    return false;
   }
+  return true;
+}
+
+void wse_app::api_command(shard& s, const proto::http_request& request, std::string_view body,
+                          http_answer& answer) {
+  if (!api_key_ok(s, request, answer)) return;
+  std::string detail;
+  switch (run_command(body, detail)) {
+    case command_result::ok:
+      s.count_api(api_result::ok);
+      return json_answer(answer, 200, "{\"result\":\"ok\"}");
+    case command_result::routed: {
+      s.count_api(api_result::ok);
+      std::string out = "{\"result\":\"routed\",\"instance\":";
+      proto::wse_append_json_string(out, detail);
+      out.push_back('}');
+      return json_answer(answer, 202, std::move(out));
+    }
+    case command_result::unknown:
+      s.count_api(api_result::not_found);
+      return json_answer(answer, 404, error_json("unknown connection"));
+    case command_result::invalid:
+      s.count_api(api_result::bad_request);
+      return json_answer(answer, 400, error_json(detail));
+    case command_result::unavailable:
+    case command_result::busy:
+      s.count_api(api_result::busy);
+      answer.extra_headers = "Retry-After: 1\r\n";
+      return json_answer(answer, 503, error_json(detail.empty() ? "redis unavailable" : detail));
+  }
+}
+
+void wse_app::api_publish(shard& s, per_shard& p, const proto::http_request& request,
+                          std::string_view body, http_answer& answer) {
+  if (!api_key_ok(s, request, answer)) return;
   if (!p.api_parser.parse(body, p.api_items)) {
     s.count_api(api_result::bad_request);
     return json_answer(answer, 400, error_json(p.api_parser.error()));
@@ -820,6 +1033,19 @@ void wse_app::on_delivery(shard& s, const fanout::delivery& d) {
       conn_ref c{d.arg, d.arg2};
       conn_state* st = state_of(p, c);
       if (!st || !st->authenticated) return;
+      if (f.key() == command_send) {
+        s.send_frame(c, f);
+        return;
+      }
+      if (f.key() == command_disconnect) {
+        uint32_t code = 1000;
+        std::string_view arg = f.payload();
+        size_t nl = arg.find('\n');
+        std::from_chars(arg.data(), arg.data() + std::min(nl, arg.size()), code);
+        s.close(c, uint16_t(code), close_reason::app_close,
+                nl == std::string_view::npos ? std::string_view{} : arg.substr(nl + 1));
+        return;
+      }
       std::vector<std::string_view> topics = split_lines(f.payload());
       if (f.key() == command_subscribe) {
         apply_subscription(s, c, p, *st, true, topics);
@@ -834,6 +1060,7 @@ void wse_app::on_delivery(shard& s, const fanout::delivery& d) {
 }
 
 void wse_app::render_metrics(std::string& out) const {
+  if (bridge_) bridge_->render_metrics(out);
   size_t n = shards_.size();
   auto shard_family = [&](const char* name, const char* help, counter wse_counters::*field,
                           const char* label = nullptr, const char* value = nullptr,

@@ -37,10 +37,12 @@
 #include "engine/assert.hpp"
 #include "engine/config.hpp"
 #include "engine/metrics.hpp"
+#include "engine/redis_bridge.hpp"
 #include "engine/shard.hpp"
 #include "fanout/string_map.hpp"
 #include "fanout/topic_index.hpp"
 #include "proto/wse_builder.hpp"
+#include "proto/wse_command.hpp"
 #include "proto/wse_envelope.hpp"
 #include "proto/wse_formats.hpp"
 #include "proto/wse_publish.hpp"
@@ -130,7 +132,7 @@ struct wse_counters {
   counter held;  // gauge: subscriptions held on this shard
 };
 
-class wse_app final : public app_handler {
+class wse_app final : public app_handler, public redis_sink {
  public:
   wse_app(wse_app_options options, wse_handler& handler);
   ~wse_app() override;
@@ -161,6 +163,31 @@ class wse_app final : public app_handler {
   uint64_t subscription_count() const;
   // Connections of this shard a publication on topic would reach (the shard's thread only).
   size_t local_subscriber_count(shard& s, std::string_view topic);
+
+  // --- Scale-out (engine/redis_bridge). Set before the server starts; null: this process alone.
+  // Local publications are then also handed to the bridge, interest changes reported to it,
+  // and /readyz waits for it. The instance id (8 hex digits) ends every connection id.
+  void set_bridge(redis_bridge* bridge);
+  // Without a bridge too: connection ids end with this id (commands of the HTTP API).
+  void set_instance_id(std::string_view id8);
+  // Who a connection is, during a handler callback (on_disconnect included). Views valid
+  // during the callback.
+  struct ids {
+    std::string_view user_id, connection_id;
+  };
+  ids ids_of(wse_conn conn);
+
+  // A command (proto/wse_command.hpp) from the HTTP API or from Redis: queued for the
+  // connection when it is on this instance, published to its instance's channel otherwise.
+  enum class command_result : uint8_t { ok, routed, unknown, invalid, unavailable, busy };
+  command_result run_command(std::string_view json, std::string& detail);
+
+  bool ready() const override;
+  // redis_sink: the bridge thread hands over what it received.
+  redis_sink::status remote_publication(fanout::delivery_kind kind, std::string_view key,
+                                        std::string_view json, uint64_t* wakes) override;
+  command_status remote_command(std::string_view json) override;
+  void wake(uint64_t shards_mask) override;
 
   void attach(hub& h) override { hub_ = &h; }
   void on_open(shard& s, conn_ref c, const proto::http_request& request) override;
@@ -251,8 +278,18 @@ class wse_app final : public app_handler {
   std::shared_ptr<const auth::topic_acl> shared_acl(per_shard& p, const auth::topic_acl& acl);
   // Frames json (with its "c") once and routes it. On a shard thread (s not null) the frame
   // comes from that shard's pool.
+  // from_redis: received from the bridge (not handed back to it).
   publish_status route(shard* s, fanout::delivery_kind kind, std::string_view key,
-                       std::string_view json, uint64_t* wakes = nullptr);
+                       std::string_view json, uint64_t* wakes = nullptr, bool from_redis = false);
+  void api_command(shard& s, const proto::http_request& request, std::string_view body,
+                   http_answer& answer);
+  bool api_key_ok(shard& s, const proto::http_request& request, http_answer& answer);
+  // The router's interest changed for the whole process: tell the bridge.
+  void interest(bool changed, redis_interest kind, std::string_view key) {
+    if (changed && bridge_) bridge_->interest_changed(kind, key);
+  }
+  void directory_add(uint32_t shard, conn_ref c, std::string_view connection_id);
+  void directory_remove(std::string_view connection_id);
   void api_publish(shard& s, per_shard& p, const proto::http_request& request,
                    std::string_view body, http_answer& answer);
   bool command(wse_conn conn, std::string_view name, std::span<const std::string_view> topics);
@@ -271,6 +308,19 @@ class wse_app final : public app_handler {
   hub* hub_ = nullptr;  // set by the server (attach) before any shard starts
   std::vector<std::unique_ptr<per_shard>> shards_;  // one per shard, made at construction
   counter reloads_ok_, reloads_failed_;             // written by the reloading thread only
+
+  redis_bridge* bridge_ = nullptr;
+  std::string instance_id_;  // 8 hex digits; empty: connection ids stay fully random
+  // Connection id -> where it lives (commands); striped, touched once per connect / close.
+  struct conn_location {
+    uint32_t shard, slot, generation;
+  };
+  struct alignas(64) directory_stripe {
+    std::mutex mu;
+    std::unordered_map<std::string, conn_location> map;
+  };
+  static constexpr size_t directory_stripes = 16;
+  std::array<directory_stripe, directory_stripes> directory_;
 };
 
 }  // namespace wsed::engine

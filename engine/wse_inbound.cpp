@@ -45,7 +45,29 @@ void wse_inbound::on_message(wse_conn conn, const wse_app_message& m) {
       p.echoed.add();
       if (app_) app_->send(conn, m.type, m.payload_json, m.category);
       return;
+    case inbound_policy::redis:
+      if (!bridge_) return p.dropped.add();
+      if (bridge_->add_inbound(
+              conn.owner->index(),
+              {"event", "message", "connection_id", m.connection_id, "user_id", m.user_id, "t",
+               m.type, "c", m.category, "p",
+               m.payload_json.empty() ? std::string_view("null") : m.payload_json}))
+        p.streamed.add();
+      return;
   }
+}
+
+void wse_inbound::on_connect(const wse_user& user, wse_conn conn) {
+  if (policy_ != inbound_policy::redis || !bridge_) return;
+  bridge_->add_inbound(conn.owner->index(), {"event", "connect", "connection_id",
+                                             user.connection_id, "user_id", user.user_id});
+}
+
+void wse_inbound::on_disconnect(wse_conn conn) {
+  if (policy_ != inbound_policy::redis || !bridge_ || !app_) return;
+  wse_app::ids who = app_->ids_of(conn);
+  bridge_->add_inbound(conn.owner->index(), {"event", "disconnect", "connection_id",
+                                             who.connection_id, "user_id", who.user_id});
 }
 
 void wse_inbound::on_tick(uint32_t shard_index) {
@@ -65,7 +87,8 @@ void wse_inbound::render_metrics(std::string& out) const {
     counter per_shard::*field;
   } actions[] = {{"dropped", &per_shard::dropped},
                  {"logged", &per_shard::logged},
-                 {"echoed", &per_shard::echoed}};
+                 {"echoed", &per_shard::echoed},
+                 {"streamed", &per_shard::streamed}};
   bool first = true;
   for (const auto& a : actions) {
     append_family(

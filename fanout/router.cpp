@@ -19,55 +19,103 @@ router::router(uint32_t shards) : shards_(shards) {
 
 router::~router() = default;
 
-void router::add(uint32_t shard, std::string_view pattern) {
-  FANOUT_ASSERT(shard < shards_);
-  const uint64_t bit = uint64_t{1} << shard;
-  if (is_glob(pattern)) {
-    std::unique_lock lock(globs_mutex_);
-    for (glob_interest& g : globs_) {
-      if (g.pattern == pattern) {
-        g.mask |= bit;
-        return;
-      }
-    }
-    globs_.push_back({std::string(pattern), bit});
-    glob_count_.store(static_cast<uint32_t>(globs_.size()), std::memory_order_release);
-    return;
-  }
-  const size_t hash = string_hash{}(pattern);
-  stripe& s = stripes_[hash % stripes];
-  std::unique_lock lock(s.mutex);
-  auto it = s.masks.find(pattern);
-  if (it == s.masks.end()) {
-    s.masks.emplace(std::string(pattern), bit);
-  } else {
-    it->second |= bit;
-  }
+namespace {
+
+// Users share the exact maps with topics under a first byte no topic can hold.
+constexpr char user_mark = '\x01';
+
+std::string user_key(std::string_view user) {
+  std::string k(1, user_mark);
+  k.append(user);
+  return k;
 }
 
-void router::remove(uint32_t shard, std::string_view pattern) {
+}  // namespace
+
+bool router::add_exact(uint64_t bit, std::string_view key) {
+  stripe& s = stripes_[string_hash{}(key) % stripes];
+  std::unique_lock lock(s.mutex);
+  auto it = s.masks.find(key);
+  if (it == s.masks.end()) {
+    s.masks.emplace(std::string(key), bit);
+    return true;
+  }
+  bool first = it->second == 0;
+  it->second |= bit;
+  return first;
+}
+
+bool router::remove_exact(uint64_t bit, std::string_view key) {
+  stripe& s = stripes_[string_hash{}(key) % stripes];
+  std::unique_lock lock(s.mutex);
+  auto it = s.masks.find(key);
+  if (it == s.masks.end() || (it->second & bit) == 0) return false;
+  it->second &= ~bit;
+  if (it->second != 0) return false;
+  s.masks.erase(it);
+  return true;
+}
+
+bool router::wants_exact(std::string_view key) const {
+  const stripe& s = stripes_[string_hash{}(key) % stripes];
+  std::shared_lock lock(s.mutex);
+  return s.masks.find(key) != s.masks.end();
+}
+
+bool router::add(uint32_t shard, std::string_view pattern) {
   FANOUT_ASSERT(shard < shards_);
   const uint64_t bit = uint64_t{1} << shard;
-  if (is_glob(pattern)) {
-    std::unique_lock lock(globs_mutex_);
-    for (size_t i = 0; i < globs_.size(); ++i) {
-      if (globs_[i].pattern != pattern) continue;
-      globs_[i].mask &= ~bit;
-      if (globs_[i].mask == 0) {
-        globs_[i] = std::move(globs_.back());
-        globs_.pop_back();
-        glob_count_.store(static_cast<uint32_t>(globs_.size()), std::memory_order_release);
-      }
-      return;
+  if (!is_glob(pattern)) return add_exact(bit, pattern);
+  std::unique_lock lock(globs_mutex_);
+  for (glob_interest& g : globs_) {
+    if (g.pattern == pattern) {
+      g.mask |= bit;
+      return false;
     }
-    return;
   }
-  stripe& s = stripes_[string_hash{}(pattern) % stripes];
-  std::unique_lock lock(s.mutex);
-  auto it = s.masks.find(pattern);
-  if (it == s.masks.end()) return;
-  it->second &= ~bit;
-  if (it->second == 0) s.masks.erase(it);
+  globs_.push_back({std::string(pattern), bit});
+  glob_count_.store(static_cast<uint32_t>(globs_.size()), std::memory_order_release);
+  return true;
+}
+
+bool router::remove(uint32_t shard, std::string_view pattern) {
+  FANOUT_ASSERT(shard < shards_);
+  const uint64_t bit = uint64_t{1} << shard;
+  if (!is_glob(pattern)) return remove_exact(bit, pattern);
+  std::unique_lock lock(globs_mutex_);
+  for (size_t i = 0; i < globs_.size(); ++i) {
+    if (globs_[i].pattern != pattern) continue;
+    globs_[i].mask &= ~bit;
+    if (globs_[i].mask != 0) return false;
+    globs_[i] = std::move(globs_.back());
+    globs_.pop_back();
+    glob_count_.store(static_cast<uint32_t>(globs_.size()), std::memory_order_release);
+    return true;
+  }
+  return false;
+}
+
+bool router::add_user(uint32_t shard, std::string_view user) {
+  FANOUT_ASSERT(shard < shards_);
+  return add_exact(uint64_t{1} << shard, user_key(user));
+}
+
+bool router::remove_user(uint32_t shard, std::string_view user) {
+  FANOUT_ASSERT(shard < shards_);
+  return remove_exact(uint64_t{1} << shard, user_key(user));
+}
+
+bool router::wants(std::string_view pattern) const {
+  if (!is_glob(pattern)) return wants_exact(pattern);
+  std::shared_lock lock(globs_mutex_);
+  for (const glob_interest& g : globs_) {
+    if (g.pattern == pattern) return true;
+  }
+  return false;
+}
+
+bool router::wants_user(std::string_view user) const {
+  return wants_exact(user_key(user));
 }
 
 uint64_t router::shards_for(std::string_view topic) const {

@@ -30,8 +30,16 @@ class router {
   router(const router&) = delete;
   router& operator=(const router&) = delete;
 
-  void add(uint32_t shard, std::string_view pattern);     // pattern may be a glob
-  void remove(uint32_t shard, std::string_view pattern);  // undoes one add
+  // pattern may be a glob. True when the process had no shard interested before (add) or has
+  // none left (remove): what the Redis bridge subscribes / unsubscribes on.
+  bool add(uint32_t shard, std::string_view pattern);
+  bool remove(uint32_t shard, std::string_view pattern);  // undoes one add
+  // The same for a user id (per-user sends), kept apart from topics.
+  bool add_user(uint32_t shard, std::string_view user);
+  bool remove_user(uint32_t shard, std::string_view user);
+  // Whether any shard holds this pattern (exactly as added) / this user.
+  bool wants(std::string_view pattern) const;
+  bool wants_user(std::string_view user) const;
   // Bit i set: shard i has a subscriber whose pattern matches topic.
   uint64_t shards_for(std::string_view topic) const;
   uint32_t shards() const { return shards_; }
@@ -46,6 +54,10 @@ class router {
     std::string pattern;
     uint64_t mask;
   };
+
+  bool add_exact(uint64_t bit, std::string_view key);
+  bool remove_exact(uint64_t bit, std::string_view key);
+  bool wants_exact(std::string_view key) const;
 
   uint32_t shards_;
   stripe stripes_[stripes];

@@ -1,0 +1,169 @@
+// engine/redis_bridge.hpp: the process's one link to Redis, so several wsed instances share
+// topics (README "Scaling out through Redis"; DESIGN.md section 6).
+//
+// One thread with its own poll loop and two connections to Redis: S (subscriber: SUBSCRIBE /
+// PSUBSCRIBE as local interest changes, receives the publications of every instance and
+// backend) and P (commands: PUBLISH pipelined, XADD of the inbound stream, command routing).
+// hiredis's reader parses every reply; the sockets, the loop and the (trivial) command
+// formatting are ours: Debian's hiredis 0.14 async API keeps a callback per channel and asserts
+// on replies it does not know (SSUBSCRIBE, needed for a cluster).
+//
+// Owns: the sockets, the subscription state, the held publications, the echo filter, the
+// counters. Thread: publish / interest_changed / route_command / add_inbound from any thread
+// (a bounded ring per producer, small mutex-guarded queues for the rare ones); ready() and
+// render_metrics from any thread (atomics); everything else on the bridge thread. Received
+// publications go to the sink (wse_app) on the bridge thread, which frames them once for the
+// whole process and routes them to the shards. Never blocks a shard: a full ring or buffer is
+// a counted drop, never a wait.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "engine/metrics.hpp"
+#include "engine/redis_names.hpp"
+#include "fanout/inbox.hpp"
+#include "fanout/router.hpp"
+
+struct redisReply;  // hiredis
+
+namespace wsed::engine {
+
+// What the bridge hands the application (wse_app) on the bridge thread.
+class redis_sink {
+ public:
+  enum class status : uint8_t { delivered, busy, invalid };
+  virtual ~redis_sink() = default;
+  // A publication from Redis: frame it and route it to the local shards (not back to Redis).
+  // wakes: the shards to wake, added to (the bridge wakes them once per batch).
+  virtual status remote_publication(fanout::delivery_kind kind, std::string_view key,
+                                    std::string_view json, uint64_t* wakes) = 0;
+  // A command for one of this instance's connections (JSON, README "Commands").
+  enum class command_status : uint8_t { ok, unknown, invalid, busy };
+  virtual command_status remote_command(std::string_view json) = 0;
+  virtual void wake(uint64_t shards_mask) = 0;
+};
+
+struct redis_bridge_options {
+  redis::endpoint endpoint;
+  std::string prefix = "wse:";
+  bool pattern_mode = false;  // one PSUBSCRIBE <prefix>* instead of per-topic subscriptions
+  uint64_t buffer_bytes_max = 16ull << 20;  // publications held while Redis is unreachable
+  uint32_t producers = 1;                   // shards; one more lane for other threads
+  uint32_t ring_capacity = 8192;            // per producer lane (power of two)
+  std::string instance_id;                  // 8 lowercase hex digits
+  bool inbound_stream = false;              // --inbound redis
+  uint64_t stream_maxlen = 100000;          // XADD MAXLEN ~ N
+  uint64_t inbound_bytes_max = 4ull << 20;  // per producer lane of stream entries waiting
+  uint32_t reconnect_min_ms = 100;
+  uint32_t reconnect_max_ms = 10000;
+  bool quiet = false;
+};
+
+// Interest kinds the shards report (topic_index / user index first-and-last changes).
+enum class redis_interest : uint8_t { pattern, user };
+
+class redis_bridge {
+ public:
+  redis_bridge(redis_bridge_options options, const fanout::router& router, redis_sink& sink);
+  ~redis_bridge();  // stops and joins
+  redis_bridge(const redis_bridge&) = delete;
+  redis_bridge& operator=(const redis_bridge&) = delete;
+
+  void start();
+  void stop();
+
+  // Any thread. A local publication (kind topic / broadcast / user) to PUBLISH; the bridge takes
+  // its own reference to f. producer: the calling shard's index, or options.producers for any
+  // other thread. False (and counted): the ring is full.
+  bool publish(uint32_t producer, fanout::delivery_kind kind, fanout::frame* f);
+  // Any thread: the process gained or lost its first / last subscriber of a pattern (or user).
+  void interest_changed(redis_interest kind, std::string_view key);
+  // Any thread: publishes a command (JSON) on instance `instance`'s channel. False: Redis is
+  // not connected (the caller answers 503).
+  bool route_command(std::string_view instance, std::string_view json);
+  // Any thread (a shard): one inbound-stream entry (--inbound redis), fields as name/value
+  // pairs. False (and counted): that producer's lane is over inbound_bytes_max.
+  bool add_inbound(uint32_t producer, std::initializer_list<std::string_view> fields);
+
+  bool ready() const { return ready_.load(std::memory_order_acquire); }
+  bool connected() const { return up_.load(std::memory_order_relaxed); }
+  const std::string& instance_id() const { return opt_.instance_id; }
+  const std::string& prefix() const { return opt_.prefix; }
+  void render_metrics(std::string& out) const;
+
+  // Written by the bridge thread, except the two multi-writer ones (atomic adds).
+  struct counters {
+    counter connects, disconnects;
+    counter published, dropped_buffer, lost, buffered_total;
+    std::atomic<uint64_t> dropped_ring{0};  // any producer
+    counter received_delivered, received_own, received_duplicate, received_invalid, received_busy;
+    counter commands_ok, commands_unknown, commands_invalid, commands_routed;
+    counter inbound_added, inbound_error, inbound_lost;
+    std::atomic<uint64_t> inbound_dropped{0};  // any producer
+    counter subscribe_commands;
+    counter buffered, subscriptions;  // gauges
+  };
+  const counters& stats() const { return c_; }
+
+ private:
+  struct impl;
+  struct connection;
+  static void wake_hook(void* context);
+  void wake();
+  // The bridge thread's steps (redis_bridge.cpp).
+  void run();
+  void connect(connection& c);
+  void connected(connection& c);
+  void became_ready(connection& c);
+  void disconnect(connection& c, const std::string& why);
+  void schedule_retry(connection& c);
+  void flush_subscriptions();
+  void apply_interest();
+  void take_publications();
+  void write_publications();
+  void write_commands();
+  void send_fence();
+  uint32_t expected_copies(std::string_view channel);
+  bool on_message(std::string_view channel, std::string_view payload);
+  bool deliver(fanout::delivery_kind kind, std::string_view key, std::string_view json);
+  bool on_s_reply(const ::redisReply* r);
+  void on_p_reply(const ::redisReply* r);
+  void read_replies(connection& c, bool readable);
+  void write_out(connection& c);
+  void update_ready();
+
+  redis_bridge_options opt_;
+  const fanout::router& router_;
+  redis_sink& sink_;
+  fanout::inbox ring_;      // publications from the shards (one lane each) and other threads
+  std::mutex external_mu_;  // one external producer at a time on the last lane
+  int wake_fd_ = -1;
+  std::atomic<bool> wake_pending_{false};
+  std::atomic<bool> stop_{false};
+  std::atomic<bool> ready_{false};
+  std::atomic<bool> up_{false};
+
+  // Rare inputs, swapped out whole by the bridge thread.
+  std::mutex mu_;
+  std::vector<std::pair<redis_interest, std::string>> dirty_;  // under mu_
+  std::vector<std::pair<std::string, std::string>> commands_;  // under mu_: instance, json
+  struct alignas(64) inbound_lane {
+    std::mutex mu;
+    std::string resp;  // formatted XADD commands
+    uint32_t count = 0;
+  };
+  std::vector<std::unique_ptr<inbound_lane>> inbound_;
+
+  counters c_;
+  std::unique_ptr<impl> impl_;  // the bridge thread's state
+  std::thread thread_;
+};
+
+}  // namespace wsed::engine

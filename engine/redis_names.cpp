@@ -1,0 +1,376 @@
+// engine/redis_names.cpp: Redis URL parsing, channel names, RESP formatting, Redis's glob
+// matcher, key slots and the echo filter (see redis_names.hpp).
+#include "engine/redis_names.hpp"
+
+#include <netdb.h>
+#include <sys/un.h>
+
+#include <charconv>
+#include <cstring>
+#include <functional>
+
+namespace wsed::engine::redis {
+
+std::string endpoint::text() const {
+  return unix_socket ? path : host + ":" + std::to_string(port);
+}
+
+namespace {
+
+int hex_value(char ch) {
+  if (ch >= '0' && ch <= '9') return ch - '0';
+  if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
+  if (ch >= 'A' && ch <= 'F') return ch - 'A' + 10;
+  return -1;
+}
+
+bool percent_decode(std::string_view in, std::string& out) {
+  out.clear();
+  for (size_t i = 0; i < in.size(); ++i) {
+    if (in[i] != '%') {
+      out.push_back(in[i]);
+      continue;
+    }
+    if (i + 2 >= in.size()) return false;
+    int hi = hex_value(in[i + 1]), lo = hex_value(in[i + 2]);
+    if (hi < 0 || lo < 0) return false;
+    out.push_back(char(hi * 16 + lo));
+    i += 2;
+  }
+  return true;
+}
+
+bool parse_number(std::string_view s, uint64_t max, uint64_t& out) {
+  if (s.empty()) return false;
+  auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
+  return ec == std::errc() && end == s.data() + s.size() && out <= max;
+}
+
+bool resolve(endpoint& e, std::string& why) {
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICSERV;
+  addrinfo* found = nullptr;
+  std::string host = e.host;
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']')
+    host = host.substr(1, host.size() - 2);
+  std::string service = std::to_string(e.port);
+  int rc = getaddrinfo(host.c_str(), service.c_str(), &hints, &found);
+  if (rc != 0 || !found) {
+    why = "cannot resolve " + e.host + ": " + gai_strerror(rc);
+    return false;
+  }
+  std::memcpy(&e.address, found->ai_addr, found->ai_addrlen);
+  e.address_bytes = found->ai_addrlen;
+  freeaddrinfo(found);
+  return true;
+}
+
+}  // namespace
+
+bool parse_endpoint(std::string_view url, endpoint& out, std::string& why) {
+  out = endpoint{};
+  why.clear();
+  constexpr std::string_view tcp = "redis://", unix_scheme = "unix://";
+  if (url.starts_with(unix_scheme)) {
+    std::string_view rest = url.substr(unix_scheme.size());
+    size_t q = rest.find('?');
+    std::string_view path = rest.substr(0, q);
+    if (path.empty() || path.front() != '/') {
+      why = "unix:// needs an absolute socket path (unix:///run/redis.sock)";
+      return false;
+    }
+    if (q != std::string_view::npos) {
+      std::string_view query = rest.substr(q + 1);
+      uint64_t db = 0;
+      if (!query.starts_with("db=") || !parse_number(query.substr(3), 65535, db)) {
+        why = "unix://: the only query is ?db=N";
+        return false;
+      }
+      out.db = uint32_t(db);
+    }
+    sockaddr_un sun{};
+    if (path.size() >= sizeof sun.sun_path) {
+      why = "unix socket path too long";
+      return false;
+    }
+    sun.sun_family = AF_UNIX;
+    std::memcpy(sun.sun_path, path.data(), path.size());
+    out.unix_socket = true;
+    out.path = std::string(path);
+    std::memcpy(&out.address, &sun, sizeof sun);
+    out.address_bytes = socklen_t(sizeof sun);
+    return true;
+  }
+  if (url.starts_with("rediss://")) {
+    why =
+        "rediss:// (TLS) is not supported; use redis:// on a trusted network or a local TLS proxy";
+    return false;
+  }
+  if (!url.starts_with(tcp)) {
+    why = "expected redis://[user:pass@]host:port[/db] or unix:///path";
+    return false;
+  }
+  std::string_view rest = url.substr(tcp.size());
+  size_t at = rest.rfind('@');
+  if (at != std::string_view::npos) {
+    std::string_view creds = rest.substr(0, at);
+    rest = rest.substr(at + 1);
+    size_t colon = creds.find(':');
+    std::string_view user =
+        colon == std::string_view::npos ? std::string_view{} : creds.substr(0, colon);
+    std::string_view pass = colon == std::string_view::npos ? creds : creds.substr(colon + 1);
+    if (!percent_decode(user, out.user) || !percent_decode(pass, out.password)) {
+      why = "bad percent-escape in the credentials";
+      return false;
+    }
+  }
+  size_t slash = rest.find('/');
+  std::string_view hostport = rest.substr(0, slash);
+  if (slash != std::string_view::npos) {
+    uint64_t db = 0;
+    std::string_view d = rest.substr(slash + 1);
+    if (!d.empty() && !parse_number(d, 65535, db)) {
+      why = "the database after / must be a number";
+      return false;
+    }
+    out.db = uint32_t(db);
+  }
+  size_t colon = hostport.rfind(':');
+  if (hostport.starts_with("[")) {  // [v6]:port
+    size_t close = hostport.find(']');
+    if (close == std::string_view::npos) {
+      why = "unterminated [IPv6 address]";
+      return false;
+    }
+    colon = close + 1 < hostport.size() && hostport[close + 1] == ':' ? close + 1
+                                                                      : std::string_view::npos;
+    out.host = std::string(hostport.substr(0, close + 1));
+  } else {
+    out.host = std::string(hostport.substr(0, colon));
+  }
+  if (out.host.empty()) {
+    why = "missing host";
+    return false;
+  }
+  if (colon != std::string_view::npos) {
+    uint64_t port = 0;
+    if (!parse_number(hostport.substr(colon + 1), 65535, port) || port == 0) {
+      why = "the port must be a number from 1 to 65535";
+      return false;
+    }
+    out.port = uint16_t(port);
+  }
+  return resolve(out, why);
+}
+
+bool parse_cluster(std::string_view list, std::vector<endpoint>& out, std::string& why) {
+  out.clear();
+  while (!list.empty()) {
+    size_t comma = list.find(',');
+    std::string_view item = list.substr(0, comma);
+    list = comma == std::string_view::npos ? std::string_view{} : list.substr(comma + 1);
+    if (item.empty()) continue;
+    endpoint e;
+    std::string url =
+        item.starts_with("redis://") ? std::string(item) : "redis://" + std::string(item);
+    if (!parse_endpoint(url, e, why)) {
+      why = std::string(item) + ": " + why;
+      return false;
+    }
+    out.push_back(std::move(e));
+  }
+  if (out.empty()) {
+    why = "expected host:port,host:port,...";
+    return false;
+  }
+  return true;
+}
+
+void append_topic_channel(std::string& out, std::string_view prefix, std::string_view topic) {
+  out.append(prefix);
+  if (!topic.empty() && topic.front() == '@') out.push_back('@');
+  out.append(topic);
+}
+
+namespace {
+
+void append_escaped(std::string& out, std::string_view literal) {
+  for (char ch : literal) {
+    if (ch == '[' || ch == ']' || ch == '\\' || ch == '*' || ch == '?') out.push_back('\\');
+    out.push_back(ch);
+  }
+}
+
+}  // namespace
+
+std::string pattern_for_glob(std::string_view prefix, std::string_view glob) {
+  std::string out;
+  append_escaped(out, prefix);
+  if (!glob.empty() && glob.front() == '@') out.append("@");
+  for (char ch : glob) {
+    if (ch == '[' || ch == ']' || ch == '\\') out.push_back('\\');
+    out.push_back(ch);
+  }
+  return out;
+}
+
+channel_kind parse_channel(std::string_view channel, std::string_view prefix, std::string& key) {
+  key.clear();
+  if (!channel.starts_with(prefix)) return channel_kind::unknown;
+  std::string_view rest = channel.substr(prefix.size());
+  if (rest.empty()) return channel_kind::unknown;
+  if (rest.front() != '@') {
+    key.assign(rest);
+    return channel_kind::topic;
+  }
+  if (rest.starts_with("@@")) {
+    key.assign(rest.substr(1));
+    return channel_kind::topic;
+  }
+  if (rest == broadcast_name) return channel_kind::broadcast;
+  if (rest.starts_with(user_name) && rest.size() > user_name.size()) {
+    key.assign(rest.substr(user_name.size()));
+    return channel_kind::user;
+  }
+  if (rest.starts_with(node_name) && rest.size() > node_name.size()) {
+    key.assign(rest.substr(node_name.size()));
+    return channel_kind::command;
+  }
+  return channel_kind::unknown;
+}
+
+bool glob_match(std::string_view p, std::string_view s) {
+  // Iterative with one backtrack point for the last `*` (linear for our patterns).
+  size_t pi = 0, si = 0, star_p = std::string_view::npos, star_s = 0;
+  auto match_one = [&](size_t& i, char ch) -> bool {  // p[i] is not '*'; advances i past it
+    char c = p[i];
+    if (c == '?') {
+      ++i;
+      return true;
+    }
+    if (c == '\\' && i + 1 < p.size()) {
+      i += 2;
+      return p[i - 1] == ch;
+    }
+    if (c == '[') {
+      size_t j = i + 1;
+      bool negate = j < p.size() && p[j] == '^';
+      if (negate) ++j;
+      bool hit = false;
+      while (j < p.size() && p[j] != ']') {
+        if (p[j] == '\\' && j + 1 < p.size()) {
+          if (p[j + 1] == ch) hit = true;
+          j += 2;
+        } else if (j + 2 < p.size() && p[j + 1] == '-' && p[j + 2] != ']') {
+          char lo = p[j], hi = p[j + 2];
+          if (lo > hi) std::swap(lo, hi);
+          if (ch >= lo && ch <= hi) hit = true;
+          j += 3;
+        } else {
+          if (p[j] == ch) hit = true;
+          ++j;
+        }
+      }
+      i = j < p.size() ? j + 1 : j;
+      return negate ? !hit : hit;
+    }
+    ++i;
+    return c == ch;
+  };
+  while (si < s.size()) {
+    if (pi < p.size() && p[pi] == '*') {
+      while (pi < p.size() && p[pi] == '*') ++pi;
+      if (pi == p.size()) return true;
+      star_p = pi;
+      star_s = si;
+      continue;
+    }
+    size_t next = pi;
+    if (pi < p.size() && match_one(next, s[si])) {
+      pi = next;
+      ++si;
+      continue;
+    }
+    if (star_p == std::string_view::npos) return false;
+    pi = star_p;
+    si = ++star_s;
+  }
+  while (pi < p.size() && p[pi] == '*') ++pi;
+  return pi == p.size();
+}
+
+uint16_t key_slot(std::string_view key) {
+  size_t open = key.find('{');
+  if (open != std::string_view::npos) {
+    size_t close = key.find('}', open + 1);
+    if (close != std::string_view::npos && close > open + 1)
+      key = key.substr(open + 1, close - open - 1);
+  }
+  uint16_t crc = 0;  // CRC16-XMODEM (CCITT polynomial 0x1021, initial 0), as Redis Cluster
+  for (char ch : key) {
+    crc ^= uint16_t(uint8_t(ch)) << 8;
+    for (int b = 0; b < 8; ++b)
+      crc = (crc & 0x8000) ? uint16_t((crc << 1) ^ 0x1021) : uint16_t(crc << 1);
+  }
+  return crc & 16383;
+}
+
+namespace {
+
+template <class Range>
+void append_args(std::string& out, const Range& args, size_t n) {
+  out.push_back('*');
+  out.append(std::to_string(n));
+  out.append("\r\n");
+  for (std::string_view a : args) {
+    out.push_back('$');
+    out.append(std::to_string(a.size()));
+    out.append("\r\n");
+    out.append(a);
+    out.append("\r\n");
+  }
+}
+
+}  // namespace
+
+void append_command(std::string& out, std::initializer_list<std::string_view> args) {
+  append_args(out, args, args.size());
+}
+
+void append_command(std::string& out, const std::vector<std::string_view>& args) {
+  append_args(out, args, args.size());
+}
+
+uint64_t fingerprint(std::string_view channel, std::string_view payload) {
+  uint64_t a = std::hash<std::string_view>{}(channel);
+  uint64_t b = std::hash<std::string_view>{}(payload);
+  return a * 0x9E3779B97F4A7C15ull ^ (b + 0x632BE59BD9B4E019ull + (a << 6) + (a >> 2));
+}
+
+void echo_filter::record(uint64_t fp, uint64_t seq) {
+  order_.push_back({fp, seq});
+  ++counts_[fp];
+}
+
+bool echo_filter::consume(uint64_t fp) {
+  auto it = counts_.find(fp);
+  if (it == counts_.end()) return false;
+  if (--it->second == 0) counts_.erase(it);
+  return true;
+}
+
+void echo_filter::expire_through(uint64_t seq) {
+  while (!order_.empty() && order_.front().seq <= seq) {
+    auto it = counts_.find(order_.front().fp);
+    if (it != counts_.end() && --it->second == 0) counts_.erase(it);
+    order_.pop_front();
+  }
+}
+
+void echo_filter::clear() {
+  order_.clear();
+  counts_.clear();
+}
+
+}  // namespace wsed::engine::redis

@@ -1,0 +1,100 @@
+// engine/redis_names.hpp: the pure parts of the Redis bridge: the --redis-url / --redis-cluster
+// syntax, how topics, globs, broadcasts, users and instances map to Redis channel names
+// (README "Scaling out through Redis"), RESP command formatting, Redis's own glob matcher (to
+// count how many of our subscriptions one publication arrives through), the cluster key slot,
+// and the echo filter that keeps an instance from delivering its own publications twice.
+//
+// Owns: nothing global. Thread: any (echo_filter: its owner, the bridge thread). No I/O, no
+// clock; parse_redis_endpoint resolves a host name with getaddrinfo (startup only).
+#pragma once
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <cstdint>
+#include <deque>
+#include <initializer_list>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+namespace wsed::engine::redis {
+
+// Where one Redis server listens, with the credentials to use there.
+struct endpoint {
+  bool unix_socket = false;
+  std::string host;  // as written (TCP)
+  uint16_t port = 6379;
+  std::string path;  // unix_socket
+  std::string user;  // AUTH user pass (Redis 6 ACL); empty: AUTH pass
+  std::string password;
+  uint32_t db = 0;  // SELECT (not with a cluster)
+  sockaddr_storage address{};
+  socklen_t address_bytes = 0;
+  std::string text() const;  // host:port or the socket path, for messages (no password)
+};
+
+// redis://[user:pass@]host:port[/db], rediss:// refused (no TLS here), unix:///path[?db=N].
+// Percent-escapes in user and password are decoded. The host is resolved once (numeric
+// service); false with *why set when the URL is not one of those or does not resolve.
+bool parse_endpoint(std::string_view url, endpoint& out, std::string& why);
+// host:port,host:port,... (each may also be a redis:// URL with credentials).
+bool parse_cluster(std::string_view list, std::vector<endpoint>& out, std::string& why);
+
+// What a channel (with the prefix already removed) carries.
+enum class channel_kind : uint8_t { topic, broadcast, user, command, unknown };
+
+// Topic `chat` -> `<prefix>chat`; a topic beginning with `@` is written `<prefix>@@...`, so the
+// `@` names below never collide with a topic.
+void append_topic_channel(std::string& out, std::string_view prefix, std::string_view topic);
+inline constexpr std::string_view broadcast_name = "@broadcast";
+inline constexpr std::string_view user_name = "@user:";  // + user id
+inline constexpr std::string_view node_name = "@node:";  // + instance id
+// A glob (`*`, `?` as auth::glob_match) -> the PSUBSCRIBE pattern: the prefix and the literal
+// bytes escaped for Redis's matcher (`[`, `]`, `\`, and `*`/`?` in the prefix).
+std::string pattern_for_glob(std::string_view prefix, std::string_view glob);
+// Parses a channel name received from Redis; key is the topic (unescaped), user id or instance.
+channel_kind parse_channel(std::string_view channel, std::string_view prefix, std::string& key);
+
+// Redis's stringmatchlen (`*`, `?`, `[...]` with `^` and ranges, `\` escapes), case-sensitive.
+bool glob_match(std::string_view pattern, std::string_view text);
+
+// The cluster key slot of a channel (CRC16-XMODEM mod 16384, with the {hash tag} rule).
+uint16_t key_slot(std::string_view key);
+
+// Appends one RESP command (an array of bulk strings).
+void append_command(std::string& out, std::initializer_list<std::string_view> args);
+void append_command(std::string& out, const std::vector<std::string_view>& args);
+
+// The 64-bit fingerprint of one publication (channel and payload) the echo filter compares.
+uint64_t fingerprint(std::string_view channel, std::string_view payload);
+
+// An instance publishes on one connection (P) and receives on another (S). Its own publications
+// come back on S when S is subscribed to their channel at the moment Redis runs the PUBLISH; it
+// has delivered them locally already. Every PUBLISH written is recorded with a sequence number;
+// an arriving message whose fingerprint is recorded is our own and consumed. A fence (a PING on
+// S written after P's reply to publication n arrived) proves every echo of publications <= n has
+// been received when its pong arrives: Redis ran those PUBLISHes before it read the PING, and
+// queued their messages to S before the pong. Records up to n are then expired. Identical
+// payloads from another publisher in the same window are counted right: one of the two is
+// consumed, the other delivered, and the local delivery makes up the pair.
+class echo_filter {
+ public:
+  void record(uint64_t fp, uint64_t seq);
+  bool consume(uint64_t fp);          // true: our own echo (counted once)
+  void expire_through(uint64_t seq);  // a fence covering publications <= seq completed
+  void clear();
+  size_t pending() const { return order_.size(); }
+  bool empty() const { return counts_.empty(); }
+
+ private:
+  struct rec {
+    uint64_t fp, seq;
+  };
+  std::deque<rec> order_;
+  std::unordered_map<uint64_t, uint32_t> counts_;
+};
+
+}  // namespace wsed::engine::redis
