@@ -86,6 +86,7 @@ struct server_config {
 
   // Scale-out through Redis (engine/redis_bridge). Empty URL: this process alone.
   std::string redis_url;  // redis://[user:pass@]host:port[/db] or unix:///path[?db=N]
+  std::string redis_cluster;  // host:port,... seeds of a Redis Cluster (sharded pub/sub)
   std::string redis_prefix = "wse:";
   bool redis_pattern_mode = false;  // one PSUBSCRIBE <prefix>* instead of per-topic SUBSCRIBE
   uint64_t redis_buffer_bytes = 16ull << 20;  // publications held while Redis is away

@@ -233,6 +233,9 @@ flags_result parse_flags(int argc, char** argv) {
   app.add_option("--redis-url", c.redis_url,
                  "WSE mode: share topics with other wsed instances through this Redis: "
                  "redis://[user:pass@]host:port[/db] or unix:///path (default: none)");
+  app.add_option("--redis-cluster", c.redis_cluster,
+                 "WSE mode: the same through a Redis Cluster (7+), sharded pub/sub: seed nodes "
+                 "host:port,host:port,... (the slot map is read from them and followed)");
   app.add_option("--redis-prefix", c.redis_prefix,
                  "Redis channel prefix: topic T is channel <prefix>T (also <prefix>@broadcast, "
                  "<prefix>@user:ID, <prefix>@node:INSTANCE, stream <prefix>inbound)")
@@ -243,7 +246,7 @@ flags_result parse_flags(int argc, char** argv) {
                  "pattern: one PSUBSCRIBE <prefix>* and filter here")
       ->check(CLI::IsMember({"exact", "pattern"}))
       ->capture_default_str();
-  add_parsed(app, "--redis-buffer", c.redis_buffer_bytes, parse_size,
+  add_parsed(app, "--redis-buffer-bytes", c.redis_buffer_bytes, parse_size,
              "Publications held while Redis is unreachable; beyond it they are dropped and "
              "counted (wsed_redis_publications_total)",
              1, "16MiB", 0);
@@ -301,30 +304,31 @@ flags_result parse_flags(int argc, char** argv) {
               : inbound == "redis" ? inbound_policy::redis
                                    : inbound_policy::drop;
   c.redis_pattern_mode = redis_subscribe == "pattern";
-  if (c.inbound == inbound_policy::redis && c.redis_url.empty()) {
-    print_flag_error("wsed", "--inbound redis needs --redis-url");
+  auto usage = [&](const std::string& text) {
+    print_flag_error("wsed", text);
     result.what = flags_result::action::exit_usage;
     return result;
-  }
+  };
+  bool redis = !c.redis_url.empty() || !c.redis_cluster.empty();
+  if (c.inbound == inbound_policy::redis && !redis)
+    return usage("--inbound redis needs --redis-url or --redis-cluster");
+  if (!c.redis_url.empty() && !c.redis_cluster.empty())
+    return usage("--redis-url and --redis-cluster: give one of them");
+  if (redis && c.mode != server_mode::wse)
+    return usage("--redis-url / --redis-cluster need --mode wse");
+  if (!c.redis_cluster.empty() && c.redis_pattern_mode)
+    return usage("--redis-subscribe pattern: a cluster's sharded pub/sub has no patterns");
+  std::string why;
   if (!c.redis_url.empty()) {
     redis::endpoint e;
-    std::string why;
-    if (!redis::parse_endpoint(c.redis_url, e, why)) {
-      print_flag_error("wsed", "--redis-url: " + why);
-      result.what = flags_result::action::exit_usage;
-      return result;
-    }
-    if (c.mode != server_mode::wse) {
-      print_flag_error("wsed", "--redis-url needs --mode wse");
-      result.what = flags_result::action::exit_usage;
-      return result;
-    }
+    if (!redis::parse_endpoint(c.redis_url, e, why)) return usage("--redis-url: " + why);
   }
-  if (c.redis_prefix.empty() || c.redis_prefix.size() > 200) {
-    print_flag_error("wsed", "--redis-prefix: 1 to 200 bytes");
-    result.what = flags_result::action::exit_usage;
-    return result;
+  if (!c.redis_cluster.empty()) {
+    std::vector<redis::endpoint> seeds;
+    if (!redis::parse_cluster(c.redis_cluster, seeds, why)) return usage("--redis-cluster: " + why);
   }
+  if (c.redis_prefix.empty() || c.redis_prefix.size() > 200)
+    return usage("--redis-prefix: 1 to 200 bytes");
   return result;
 }
 

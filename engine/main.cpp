@@ -298,10 +298,13 @@ int main(int argc, char** argv) {
   // (they publish into it), so it is declared after srv and destroyed first.
   std::unique_ptr<redis_bridge> bridge;
   std::string redis_where;  // host:port or socket path (never the password)
-  if (wse && !c.redis_url.empty()) {
+  if (wse && (!c.redis_url.empty() || !c.redis_cluster.empty())) {
     redis_bridge_options ro;
     std::string why;
-    redis::parse_endpoint(c.redis_url, ro.endpoint, why);  // validated by parse_flags
+    if (!c.redis_url.empty())  // both validated by parse_flags
+      redis::parse_endpoint(c.redis_url, ro.endpoint, why);
+    else
+      redis::parse_cluster(c.redis_cluster, ro.cluster, why);
     ro.prefix = c.redis_prefix;
     ro.pattern_mode = c.redis_pattern_mode;
     ro.buffer_bytes_max = c.redis_buffer_bytes;
@@ -314,7 +317,7 @@ int main(int argc, char** argv) {
     char id[9];
     std::snprintf(id, sizeof id, "%08x", unsigned(rd()));
     ro.instance_id = id;
-    redis_where = ro.endpoint.text();
+    redis_where = ro.cluster.empty() ? ro.endpoint.text() : "cluster " + c.redis_cluster;
     bridge = std::make_unique<redis_bridge>(std::move(ro), srv.fanout_hub().router(), *wse);
     wse->set_bridge(bridge.get());
     if (inbound) inbound->set_bridge(bridge.get());

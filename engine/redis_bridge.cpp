@@ -1,13 +1,15 @@
 // engine/redis_bridge.cpp: the Redis bridge thread (see redis_bridge.hpp).
 //
-// Owns: the two sockets (S subscriber, P publisher), their hiredis readers and output buffers,
-// the subscription sets, the held publications, the echo filter. Thread: the bridge thread,
-// except the producer entry points at the top (any thread; they only push and wake).
+// Owns: per Redis node (one for --redis-url, one per master of a cluster) the two sockets (S
+// subscriber, P publisher), their hiredis readers and output buffers, the subscriptions asked
+// of that node and confirmed by it, its echo filter and fences; process-wide, the wanted
+// channels, the held publications and the cluster's slot map. Thread: the bridge thread, except
+// the producer entry points (any thread; they only push and wake).
 //
 // One loop iteration: take the wake, drain the producers' ring into the held queue, apply
-// interest changes, move held publications, commands and stream entries to P, send a fence on
-// S, poll both sockets (and the wake eventfd), read and dispatch replies, write, reconnect when
-// due, publish readiness.
+// interest changes, move held publications, commands and stream entries to their node's P, send
+// fences on S, poll every socket (and the wake eventfd), read and dispatch replies, write,
+// reconnect when due, refresh the cluster's slot map when due, publish readiness.
 #include "engine/redis_bridge.hpp"
 
 #include <fcntl.h>
@@ -18,11 +20,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <deque>
 #include <random>
+#include <unordered_map>
 #include <unordered_set>
 
 #include "fanout/topic_index.hpp"
@@ -39,7 +43,7 @@ uint64_t now_ms() {
 
 // Replies P and S expect, in order (runs of one kind are merged: a pipelined burst of PUBLISH
 // is one entry).
-enum class tag : uint8_t { auth, select, publish, xadd, command };
+enum class tag : uint8_t { auth, select, publish, xadd, command, slots };
 struct tag_run {
   tag t;
   uint32_t n;
@@ -47,10 +51,12 @@ struct tag_run {
 
 constexpr size_t read_chunk_bytes = 64 * 1024;
 constexpr size_t out_pending_max = 1u << 20;  // P: stop moving publications past this
-constexpr size_t subscribe_batch = 256;       // channels per SUBSCRIBE command
+constexpr size_t subscribe_batch = 256;       // channels per SUBSCRIBE command (one Redis)
 constexpr size_t echo_records_max = 1u << 20;
 constexpr uint32_t drain_batch = 4096;
-constexpr uint64_t fence_hold_ms = 500;  // after P died: its last commands may still run
+constexpr uint64_t fence_hold_ms = 500;         // after P died: its last commands may still run
+constexpr uint64_t topology_refresh_ms = 5000;  // cluster: CLUSTER SLOTS this often
+constexpr uint16_t cluster_slots = 16384;
 
 std::string_view str_of(const redisReply* r) {
   return r && (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS ||
@@ -59,10 +65,21 @@ std::string_view str_of(const redisReply* r) {
              : std::string_view{};
 }
 
+// Errors that mean "ask the cluster where this slot lives now".
+bool is_redirect(std::string_view error) {
+  return error.starts_with("MOVED") || error.starts_with("ASK") ||
+         error.starts_with("CLUSTERDOWN") || error.starts_with("TRYAGAIN");
+}
+
+void log_line(bool quiet, const std::string& text) {
+  if (!quiet) std::fprintf(stderr, "wsed: redis: %s\n", text.c_str());
+}
+
 }  // namespace
 
 struct redis_bridge::connection {
-  explicit connection(const char* n) : name(n) {}
+  connection(node* n, const char* what) : owner(n), name(what) {}
+  node* owner;
   const char* name;
   int fd = -1;
   enum class state : uint8_t { down, connecting, handshake, ready } st = state::down;
@@ -73,8 +90,8 @@ struct redis_bridge::connection {
   uint32_t handshake_left = 0;
   uint32_t failures = 0;
   uint64_t retry_at = 0;
-  bool was_ready = false;  // for the log: announce the recovery once
 
+  bool ready() const { return st == state::ready; }
   size_t pending_out() const { return out.size() - out_off; }
   void push_tag(tag t, uint32_t n = 1) {
     if (!tags.empty() && tags.back().t == t) {
@@ -91,15 +108,44 @@ struct redis_bridge::connection {
   }
 };
 
-struct redis_bridge::impl {
-  connection s{"subscriber"}, p{"publisher"};
-  // Subscriptions, by their Redis names: wanted (from the router), requested on the current S
-  // connection, and confirmed (updated by the confirmations, in stream order with the messages).
-  std::unordered_set<std::string> want_channels, want_patterns;
+// One Redis server: the whole of it (--redis-url), or one master of a cluster.
+struct redis_bridge::node {
+  explicit node(redis::endpoint e) : ep(std::move(e)), name(ep.text()) {}
+  redis::endpoint ep;
+  std::string name;
+  connection s{this, "subscriber"}, p{this, "publisher"};
+  bool active = true;  // a master in the slot map (or a seed while the map is unknown)
+  // Subscriptions by their Redis names: asked of this node's current S connection, and
+  // confirmed (updated by the confirmations, in stream order with the messages).
   std::unordered_set<std::string> requested_channels, requested_patterns;
   std::unordered_set<std::string> confirmed_channels, confirmed_patterns;
-  uint64_t inflight = 0;  // confirmations still to come on S
-  std::vector<std::string_view> sub_batch, unsub_batch, psub_batch, punsub_batch;
+  // Confirmations still to come, in the order they will come (subscribe-family replies are
+  // ordered): verb kind and name. Its size is what /readyz waits for.
+  struct op {
+    bool subscribe, glob;
+    std::string name;
+  };
+  std::deque<op> ops;
+  std::vector<std::string> sub, unsub, psub, punsub;  // batched until flush_subscriptions
+  // Echo filter and fences (see redis_names.hpp).
+  redis::echo_filter echo;
+  uint64_t written_seq = 0, acked_seq = 0, fenced_seq = 0, fence_target = 0;
+  bool fence_out = false;
+  uint64_t fence_hold_until = 0;
+  // Consecutive copies of one publication (an exact and a glob subscription both matching).
+  uint64_t last_fp = 0;
+  uint32_t dup_left = 0;
+};
+
+struct redis_bridge::impl {
+  bool cluster = false;
+  std::vector<std::unique_ptr<node>> nodes;
+  std::vector<int32_t> slots;  // cluster: slot -> index in nodes (-1: unknown)
+  bool topology_known = false;
+  bool slots_query_out = false;
+  uint64_t next_refresh_at = 0;
+  // Everything wanted, by Redis name (channels, and patterns for one Redis).
+  std::unordered_set<std::string> want_channels, want_patterns;
 
   struct held_pub {
     fanout::delivery_kind kind;
@@ -107,15 +153,6 @@ struct redis_bridge::impl {
   };
   std::deque<held_pub> held;
   uint64_t held_bytes = 0;
-
-  redis::echo_filter echo;
-  uint64_t written_seq = 0, acked_seq = 0, fenced_seq = 0, fence_target = 0;
-  bool fence_out = false;
-  uint64_t fence_hold_until = 0;
-
-  // Consecutive copies of one publication (an exact and a glob subscription both matching).
-  uint64_t last_fp = 0;
-  uint32_t dup_left = 0;
 
   // A received publication the shards' inboxes could not take yet (retried; S not read).
   bool pending = false;
@@ -144,9 +181,18 @@ redis_bridge::redis_bridge(redis_bridge_options options, const fanout::router& r
   for (uint32_t i = 0; i <= opt_.producers; ++i)
     inbound_.push_back(std::make_unique<inbound_lane>());
   impl& m = *impl_;
+  m.cluster = !opt_.cluster.empty();
+  if (m.cluster) {
+    opt_.pattern_mode = false;  // sharded pub/sub has no pattern subscriptions
+    m.slots.assign(cluster_slots, -1);
+    for (const redis::endpoint& e : opt_.cluster) m.nodes.push_back(std::make_unique<node>(e));
+  } else {
+    m.nodes.push_back(std::make_unique<node>(opt_.endpoint));
+    m.topology_known = true;
+  }
   if (opt_.pattern_mode) {
-    m.want_patterns.insert(redis::pattern_for_glob(opt_.prefix, "*"));
     // "*" covers the @ channels too (topics beginning with @, broadcasts, users, this node).
+    m.want_patterns.insert(redis::pattern_for_glob(opt_.prefix, "*"));
   } else {
     m.want_channels.insert(opt_.prefix + std::string(redis::broadcast_name));
     m.want_channels.insert(opt_.prefix + std::string(redis::node_name) + opt_.instance_id);
@@ -158,9 +204,11 @@ redis_bridge::~redis_bridge() {
   impl& m = *impl_;
   for (auto& h : m.held) fanout::release(h.f);
   ring_.drain(~size_t{0}, [](fanout::delivery& d) { fanout::release(d.f); });
-  for (connection* c : {&m.s, &m.p}) {
-    if (c->fd >= 0) close(c->fd);
-    if (c->reader) redisReaderFree(c->reader);
+  for (auto& n : m.nodes) {
+    for (connection* c : {&n->s, &n->p}) {
+      if (c->fd >= 0) close(c->fd);
+      if (c->reader) redisReaderFree(c->reader);
+    }
   }
   if (wake_fd_ >= 0) close(wake_fd_);
 }
@@ -251,13 +299,23 @@ void redis_bridge::stop() {
 
 // ---- the bridge thread -------------------------------------------------------------------
 
-namespace {
-
-void log_line(bool quiet, const std::string& text) {
-  if (!quiet) std::fprintf(stderr, "wsed: redis: %s\n", text.c_str());
+// The node a channel or key lives on: the one Redis, or the master owning its slot (null while
+// the cluster's slot map does not name one).
+redis_bridge::node* redis_bridge::owner_of(std::string_view key) {
+  impl& m = *impl_;
+  if (!m.cluster) return m.nodes[0].get();
+  int32_t i = m.slots[redis::key_slot(key)];
+  return i < 0 ? nullptr : m.nodes[size_t(i)].get();
 }
 
-}  // namespace
+bool redis_bridge::all_publishers_ready() const {
+  const impl& m = *impl_;
+  if (!m.topology_known) return false;
+  for (const auto& n : m.nodes) {
+    if (n->active && !n->p.ready()) return false;
+  }
+  return true;
+}
 
 void redis_bridge::schedule_retry(connection& c) {
   impl& m = *impl_;
@@ -272,7 +330,8 @@ void redis_bridge::schedule_retry(connection& c) {
 
 void redis_bridge::disconnect(connection& c, const std::string& why) {
   impl& m = *impl_;
-  bool was_up = c.st == connection::state::ready;
+  node& n = *c.owner;
+  bool was_up = c.ready();
   if (c.fd >= 0) close(c.fd);
   c.fd = -1;
   if (c.reader) redisReaderFree(c.reader);
@@ -281,40 +340,47 @@ void redis_bridge::disconnect(connection& c, const std::string& why) {
   c.out_off = 0;
   c.handshake_left = 0;
   if (was_up) c_.disconnects.add();
-  if (&c == &m.p) {
+  if (&c == &n.p) {
     for (const tag_run& r : c.tags) {
       if (r.t == tag::publish) {
         c_.lost.add(r.n);
       } else if (r.t == tag::xadd) {
         c_.inbound_lost.add(r.n);
+      } else if (r.t == tag::slots) {
+        m.slots_query_out = false;
       }
     }
     // Its last commands may still run after the close: no fence proves their echoes for a while.
-    m.acked_seq = m.written_seq;
-    m.fence_hold_until = now_ms() + fence_hold_ms;
+    n.acked_seq = n.written_seq;
+    n.fence_hold_until = now_ms() + fence_hold_ms;
   } else {
-    m.requested_channels.clear();
-    m.requested_patterns.clear();
-    m.confirmed_channels.clear();
-    m.confirmed_patterns.clear();
-    m.inflight = 0;
-    m.fence_out = false;
-    m.dup_left = 0;
-    c_.subscriptions.sub(c_.subscriptions.get());
+    n.requested_channels.clear();
+    n.requested_patterns.clear();
+    c_.subscriptions.sub(n.confirmed_channels.size() + n.confirmed_patterns.size());
+    n.confirmed_channels.clear();
+    n.confirmed_patterns.clear();
+    n.ops.clear();
+    n.sub.clear();
+    n.unsub.clear();
+    n.psub.clear();
+    n.punsub.clear();
+    n.fence_out = false;
+    n.dup_left = 0;
   }
   c.tags.clear();
   c.st = connection::state::down;
   up_.store(false, std::memory_order_release);
-  if (was_up || !m.logged_down) {
-    log_line(opt_.quiet, std::string(c.name) + " connection to " + opt_.endpoint.text() +
-                             " lost: " + why + "; reconnecting with backoff");
+  if (n.active && (was_up || !m.logged_down)) {
+    log_line(opt_.quiet, std::string(c.name) + " connection to " + n.name + " lost: " + why +
+                             "; reconnecting with backoff");
     m.logged_down = true;
   }
+  if (m.cluster && was_up) m.next_refresh_at = 0;  // a failover moves slots: ask again soon
   schedule_retry(c);
 }
 
 void redis_bridge::connect(connection& c) {
-  const redis::endpoint& e = opt_.endpoint;
+  const redis::endpoint& e = c.owner->ep;
   int fd = socket(e.address.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return disconnect(c, std::string("socket: ") + std::strerror(errno));
   if (!e.unix_socket) {
@@ -335,7 +401,7 @@ void redis_bridge::connected(connection& c) {
   impl& m = *impl_;
   c.reader = redisReaderCreate();
   c.st = connection::state::handshake;
-  const redis::endpoint& e = opt_.endpoint;
+  const redis::endpoint& e = c.owner->ep;
   if (!e.password.empty()) {
     if (e.user.empty()) {
       redis::append_command(c.out, {"AUTH", e.password});
@@ -345,7 +411,7 @@ void redis_bridge::connected(connection& c) {
     c.push_tag(tag::auth);
     ++c.handshake_left;
   }
-  if (&c == &m.p && e.db != 0) {
+  if (!m.cluster && &c == &c.owner->p && e.db != 0) {
     std::string db = std::to_string(e.db);
     redis::append_command(c.out, {"SELECT", db});
     c.push_tag(tag::select);
@@ -356,57 +422,82 @@ void redis_bridge::connected(connection& c) {
 
 void redis_bridge::became_ready(connection& c) {
   impl& m = *impl_;
+  node& n = *c.owner;
   c.st = connection::state::ready;
   c.failures = 0;
   c_.connects.add();
-  if (&c == &m.s) {
-    // Everything wanted, again (a new connection holds no subscription).
+  if (&c == &n.s) {
+    // Everything wanted that lives here, again (a new connection holds no subscription).
     for (const std::string& ch : m.want_channels) {
-      m.requested_channels.insert(ch);
-      m.sub_batch.push_back(ch);
+      if (owner_of(ch) == &n) subscribe_on(n, ch, false);
     }
-    for (const std::string& pat : m.want_patterns) {
-      m.requested_patterns.insert(pat);
-      m.psub_batch.push_back(pat);
+    if (!m.cluster) {
+      for (const std::string& pat : m.want_patterns) subscribe_on(n, pat, true);
     }
-    flush_subscriptions();
+    flush_subscriptions(n);
+  } else if (m.cluster && !m.slots_query_out) {
+    m.next_refresh_at = 0;  // the first P up asks for the slot map
   }
-  if (m.s.st == connection::state::ready && m.p.st == connection::state::ready) {
-    up_.store(true, std::memory_order_release);
-    if (m.logged_down) {
-      log_line(opt_.quiet, "connected to " + opt_.endpoint.text());
-      m.logged_down = false;
-    }
+  if (m.logged_down) {
+    log_line(opt_.quiet, std::string(c.name) + " connected to " + n.name);
+    m.logged_down = false;
   }
 }
 
-void redis_bridge::flush_subscriptions() {
+void redis_bridge::subscribe_on(node& n, const std::string& name, bool glob) {
+  auto& requested = glob ? n.requested_patterns : n.requested_channels;
+  if (!n.s.ready() || !requested.insert(name).second) return;
+  (glob ? n.psub : n.sub).push_back(name);
+}
+
+void redis_bridge::unsubscribe_on(node& n, const std::string& name, bool glob) {
+  auto& requested = glob ? n.requested_patterns : n.requested_channels;
+  if (!requested.erase(name) || !n.s.ready()) return;
+  (glob ? n.punsub : n.unsub).push_back(name);
+}
+
+void redis_bridge::flush_subscriptions(node& n) {
   impl& m = *impl_;
-  connection& s = m.s;
-  auto emit = [&](std::vector<std::string_view>& names, std::string_view verb) {
-    for (size_t i = 0; i < names.size(); i += subscribe_batch) {
-      size_t n = std::min(subscribe_batch, names.size() - i);
-      std::vector<std::string_view> args;
-      args.reserve(n + 1);
+  auto emit = [&](std::vector<std::string>& names, bool subscribe, bool glob) {
+    std::string_view verb = m.cluster ? (subscribe ? "SSUBSCRIBE" : "SUNSUBSCRIBE")
+                            : glob    ? (subscribe ? "PSUBSCRIBE" : "PUNSUBSCRIBE")
+                                      : (subscribe ? "SUBSCRIBE" : "UNSUBSCRIBE");
+    // A cluster takes one slot per SSUBSCRIBE: one channel each.
+    size_t batch = m.cluster ? 1 : subscribe_batch;
+    std::vector<std::string_view> args;
+    for (size_t i = 0; i < names.size(); i += batch) {
+      size_t k = std::min(batch, names.size() - i);
+      args.clear();
       args.push_back(verb);
-      args.insert(args.end(), names.begin() + long(i), names.begin() + long(i + n));
-      redis::append_command(s.out, args);
-      m.inflight += n;
+      for (size_t j = i; j < i + k; ++j) {
+        args.push_back(names[j]);
+        n.ops.push_back({subscribe, glob, names[j]});
+      }
+      redis::append_command(n.s.out, args);
       c_.subscribe_commands.add();
     }
     names.clear();
   };
-  if (s.st != connection::state::ready) {
-    m.sub_batch.clear();
-    m.unsub_batch.clear();
-    m.psub_batch.clear();
-    m.punsub_batch.clear();
-    return;
+  emit(n.sub, true, false);
+  emit(n.psub, true, true);
+  emit(n.unsub, false, false);
+  emit(n.punsub, false, true);
+}
+
+// Every wanted channel asked of its owner and of no other node (after the slot map changed).
+void redis_bridge::reconcile_all() {
+  impl& m = *impl_;
+  for (auto& n : m.nodes) {
+    std::vector<std::string> moved;
+    for (const std::string& ch : n->requested_channels) {
+      if (!m.want_channels.count(ch) || owner_of(ch) != n.get()) moved.push_back(ch);
+    }
+    for (const std::string& ch : moved) unsubscribe_on(*n, ch, false);
   }
-  emit(m.sub_batch, "SUBSCRIBE");
-  emit(m.psub_batch, "PSUBSCRIBE");
-  emit(m.unsub_batch, "UNSUBSCRIBE");
-  emit(m.punsub_batch, "PUNSUBSCRIBE");
+  for (const std::string& ch : m.want_channels) {
+    if (node* o = owner_of(ch)) subscribe_on(*o, ch, false);
+  }
+  for (auto& n : m.nodes) flush_subscriptions(*n);
 }
 
 // Interest changes reported by the shards: compare with the router (the truth, whatever order
@@ -418,12 +509,9 @@ void redis_bridge::apply_interest() {
     m.dirty.swap(dirty_);
   }
   if (m.dirty.empty()) return;
-  bool s_ready = m.s.st == connection::state::ready;
-  // The views in the batches point into the want / requested sets' nodes, which stay put until
-  // flush_subscriptions below has copied them (erasures happen after it).
-  std::vector<std::string> unsubscribed_channels, unsubscribed_patterns;
   for (auto& [kind, key] : m.dirty) {
     bool glob = kind == redis_interest::pattern && fanout::is_glob(key);
+    if (glob && m.cluster) continue;  // sharded pub/sub has no patterns: local publications only
     bool wanted = kind == redis_interest::user ? router_.wants_user(key) : router_.wants(key);
     std::string name;
     if (kind == redis_interest::user) {
@@ -433,33 +521,22 @@ void redis_bridge::apply_interest() {
     } else {
       redis::append_topic_channel(name, opt_.prefix, key);
     }
-    auto& want = glob ? m.want_patterns : m.want_channels;
-    auto& requested = glob ? m.requested_patterns : m.requested_channels;
+    node* o = glob ? m.nodes[0].get() : owner_of(name);
     if (wanted) {
-      auto [it, fresh] = want.insert(name);
-      if (s_ready && !requested.count(name)) {
-        auto r = requested.insert(name).first;
-        (glob ? m.psub_batch : m.sub_batch).push_back(*r);
-      }
-      (void)it;
-      (void)fresh;
+      (glob ? m.want_patterns : m.want_channels).insert(name);
+      if (o) subscribe_on(*o, name, glob);
     } else {
-      want.erase(name);
-      if (s_ready && requested.count(name))
-        (glob ? unsubscribed_patterns : unsubscribed_channels).push_back(std::move(name));
+      (glob ? m.want_patterns : m.want_channels).erase(name);
+      for (auto& n : m.nodes) unsubscribe_on(*n, name, glob);
     }
   }
   m.dirty.clear();
-  for (const std::string& n : unsubscribed_channels) m.unsub_batch.push_back(n);
-  for (const std::string& n : unsubscribed_patterns) m.punsub_batch.push_back(n);
-  flush_subscriptions();
-  for (const std::string& n : unsubscribed_channels) m.requested_channels.erase(n);
-  for (const std::string& n : unsubscribed_patterns) m.requested_patterns.erase(n);
+  for (auto& n : m.nodes) flush_subscriptions(*n);
 }
 
 void redis_bridge::take_publications() {
   impl& m = *impl_;
-  bool p_ready = m.p.st == connection::state::ready;
+  bool p_ready = all_publishers_ready();
   ring_.drain(drain_batch, [&](fanout::delivery& d) {
     uint64_t bytes = d.f->payload().size() + d.f->key().size() + 64;
     if (m.held_bytes + bytes > opt_.buffer_bytes_max) {
@@ -467,23 +544,17 @@ void redis_bridge::take_publications() {
       fanout::release(d.f);
       return;
     }
-    if (!p_ready || !m.held.empty()) {
-      if (!p_ready) c_.buffered_total.add();
-    }
+    if (!p_ready) c_.buffered_total.add();
     m.held.push_back({d.kind, d.f});
     m.held_bytes += bytes;
   });
-  c_.buffered.sub(c_.buffered.get());
-  c_.buffered.add(m.held.size());
 }
 
 void redis_bridge::write_publications() {
   impl& m = *impl_;
-  connection& p = m.p;
-  if (p.st != connection::state::ready) return;
-  while (!m.held.empty() && p.pending_out() < out_pending_max) {
+  std::string_view verb = m.cluster ? "SPUBLISH" : "PUBLISH";
+  while (!m.held.empty()) {
     impl::held_pub h = m.held.front();
-    m.held.pop_front();
     m.channel.clear();
     switch (h.kind) {
       case fanout::delivery_kind::topic:
@@ -496,14 +567,18 @@ void redis_bridge::write_publications() {
         m.channel.append(opt_.prefix).append(redis::user_name).append(h.f->key());
         break;
     }
+    node* n = owner_of(m.channel);
+    // In order: the first that cannot go yet holds the rest back.
+    if (!n || !n->p.ready() || n->p.pending_out() >= out_pending_max) break;
+    m.held.pop_front();
     std::string_view payload = h.f->payload();
-    redis::append_command(p.out, {"PUBLISH", m.channel, payload});
-    p.push_tag(tag::publish);
-    ++m.written_seq;
+    redis::append_command(n->p.out, {verb, m.channel, payload});
+    n->p.push_tag(tag::publish);
+    ++n->written_seq;
     // Recorded even while S is down: a PUBLISH written now may run after S resubscribed.
-    m.echo.record(redis::fingerprint(m.channel, payload), m.written_seq);
-    if (m.echo.pending() > echo_records_max)
-      m.echo.expire_through(m.written_seq - echo_records_max);
+    n->echo.record(redis::fingerprint(m.channel, payload), n->written_seq);
+    if (n->echo.pending() > echo_records_max)
+      n->echo.expire_through(n->written_seq - echo_records_max);
     m.held_bytes -= payload.size() + h.f->key().size() + 64;
     fanout::release(h.f);
   }
@@ -513,81 +588,160 @@ void redis_bridge::write_publications() {
 
 void redis_bridge::write_commands() {
   impl& m = *impl_;
-  connection& p = m.p;
   {
     std::lock_guard lock(mu_);
     m.commands.swap(commands_);
   }
+  std::string_view verb = m.cluster ? "SPUBLISH" : "PUBLISH";
   for (auto& [instance, json] : m.commands) {
-    if (p.st != connection::state::ready) {
-      c_.commands_unknown.add();  // could not be routed (the caller was told 202 before)
+    std::string channel = opt_.prefix + std::string(redis::node_name) + instance;
+    node* n = owner_of(channel);
+    if (!n || !n->p.ready()) {
+      c_.commands_unknown.add();  // could not be routed after all (the caller was told 202)
       continue;
     }
-    std::string channel = opt_.prefix + std::string(redis::node_name) + instance;
-    redis::append_command(p.out, {"PUBLISH", channel, json});
-    p.push_tag(tag::command);
+    redis::append_command(n->p.out, {verb, channel, json});
+    n->p.push_tag(tag::command);
   }
   m.commands.clear();
   if (!opt_.inbound_stream) return;
   // Stream entries wait in their lanes while Redis is away (add_inbound refuses, and counts,
   // what would overfill a lane).
-  if (p.st != connection::state::ready) return;
+  node* n = owner_of(opt_.prefix + "inbound");
+  if (!n || !n->p.ready()) return;
   for (auto& lane : inbound_) {
-    uint32_t n;
+    uint32_t count;
     {
       std::lock_guard lock(lane->mu);
       if (lane->count == 0) continue;
       m.inbound_resp.swap(lane->resp);
-      n = lane->count;
+      count = lane->count;
       lane->count = 0;
     }
-    p.out.append(m.inbound_resp);
-    p.push_tag(tag::xadd, n);
+    n->p.out.append(m.inbound_resp);
+    n->p.push_tag(tag::xadd, count);
     m.inbound_resp.clear();
   }
 }
 
-void redis_bridge::send_fence() {
+void redis_bridge::send_fences() {
   impl& m = *impl_;
-  if (m.fence_out || m.s.st != connection::state::ready || m.acked_seq <= m.fenced_seq) return;
-  if (m.fence_hold_until && now_ms() < m.fence_hold_until) return;
-  m.fence_hold_until = 0;
-  redis::append_command(m.s.out, {"PING"});
-  m.fence_out = true;
-  m.fence_target = m.acked_seq;
+  uint64_t now = 0;
+  for (auto& np : m.nodes) {
+    node& n = *np;
+    if (n.fence_out || !n.s.ready() || n.acked_seq <= n.fenced_seq) continue;
+    if (n.fence_hold_until) {
+      if (!now) now = now_ms();
+      if (now < n.fence_hold_until) continue;
+      n.fence_hold_until = 0;
+    }
+    redis::append_command(n.s.out, {"PING"});
+    n.fence_out = true;
+    n.fence_target = n.acked_seq;
+  }
 }
 
-uint32_t redis_bridge::expected_copies(std::string_view channel) {
+// Cluster: CLUSTER SLOTS on a ready publisher connection, at start, every few seconds, and soon
+// after a redirect or a lost connection.
+void redis_bridge::refresh_topology(uint64_t now) {
   impl& m = *impl_;
-  if (m.confirmed_patterns.empty()) return 1;
-  uint32_t n = 0;
-  if (!m.confirmed_channels.empty()) {
-    m.scratch.assign(channel);
-    n += uint32_t(m.confirmed_channels.count(m.scratch));
+  if (!m.cluster || m.slots_query_out || now < m.next_refresh_at) return;
+  for (auto& n : m.nodes) {
+    if (!n->p.ready()) continue;
+    redis::append_command(n->p.out, {"CLUSTER", "SLOTS"});
+    n->p.push_tag(tag::slots);
+    m.slots_query_out = true;
+    m.next_refresh_at = now + topology_refresh_ms;
+    return;
   }
-  for (const std::string& pat : m.confirmed_patterns) n += redis::glob_match(pat, channel) ? 1 : 0;
-  return n ? n : 1;
+}
+
+void redis_bridge::apply_topology(const redisReply* r) {
+  impl& m = *impl_;
+  m.slots_query_out = false;
+  if (r->type != REDIS_REPLY_ARRAY || r->elements == 0) return;
+  std::vector<int32_t> slots(cluster_slots, -1);
+  std::vector<bool> master(m.nodes.size(), false);
+  for (size_t i = 0; i < r->elements; ++i) {
+    const redisReply* range = r->element[i];
+    if (range->type != REDIS_REPLY_ARRAY || range->elements < 3) continue;
+    const redisReply* who = range->element[2];
+    if (range->element[0]->type != REDIS_REPLY_INTEGER ||
+        range->element[1]->type != REDIS_REPLY_INTEGER || who->type != REDIS_REPLY_ARRAY ||
+        who->elements < 2 || who->element[1]->type != REDIS_REPLY_INTEGER)
+      continue;
+    long long first = range->element[0]->integer, last = range->element[1]->integer;
+    if (first < 0 || last >= cluster_slots || first > last) continue;
+    redis::endpoint e = opt_.cluster.front();  // the seeds' credentials
+    std::string_view host = str_of(who->element[0]);
+    if (!host.empty() && host != "?") e.host = std::string(host);
+    e.port = uint16_t(who->element[1]->integer);
+    std::string name = e.text();
+    size_t index = 0;
+    while (index < m.nodes.size() && m.nodes[index]->name != name) ++index;
+    if (index == m.nodes.size()) {
+      std::string why;
+      if (!redis::resolve(e, why)) {
+        log_line(opt_.quiet, "cluster node " + name + ": " + why);
+        continue;
+      }
+      m.nodes.push_back(std::make_unique<node>(e));
+      master.push_back(false);
+      log_line(opt_.quiet, "cluster node " + name + " joins");
+    }
+    master[index] = true;
+    for (long long sl = first; sl <= last; ++sl) slots[size_t(sl)] = int32_t(index);
+  }
+  bool changed = slots != m.slots;
+  m.slots = std::move(slots);
+  m.topology_known = true;
+  for (size_t i = 0; i < m.nodes.size(); ++i) {
+    node& n = *m.nodes[i];
+    n.active = master[i];
+    if (!n.active) {  // no slot any more (or a seed that is not a master): let it go
+      for (connection* c : {&n.s, &n.p}) {
+        if (c->st != connection::state::down) disconnect(*c, "not a master in the slot map");
+        c->retry_at = UINT64_MAX;
+      }
+    } else {
+      for (connection* c : {&n.s, &n.p}) {
+        if (c->st == connection::state::down && c->retry_at == UINT64_MAX) c->retry_at = 0;
+      }
+    }
+  }
+  if (changed) reconcile_all();
+}
+
+uint32_t redis_bridge::expected_copies(node& n, std::string_view channel) {
+  impl& m = *impl_;
+  if (n.confirmed_patterns.empty()) return 1;
+  uint32_t copies = 0;
+  if (!n.confirmed_channels.empty()) {
+    m.scratch.assign(channel);
+    copies += uint32_t(n.confirmed_channels.count(m.scratch));
+  }
+  for (const std::string& pat : n.confirmed_patterns)
+    copies += redis::glob_match(pat, channel) ? 1 : 0;
+  return copies ? copies : 1;
 }
 
 // One publication as it arrived on S. False: the shards could not take it yet (kept pending).
-bool redis_bridge::on_message(std::string_view channel, std::string_view payload) {
+bool redis_bridge::on_message(node& n, std::string_view channel, std::string_view payload) {
   impl& m = *impl_;
   uint64_t fp = redis::fingerprint(channel, payload);
-  if (m.dup_left > 0 && fp == m.last_fp) {
-    --m.dup_left;
+  if (n.dup_left > 0 && fp == n.last_fp) {
+    --n.dup_left;
     c_.received_duplicate.add();
     return true;
   }
-  m.last_fp = fp;
-  uint32_t copies = expected_copies(channel);
-  m.dup_left = copies - 1;
-  if (!m.echo.empty() && m.echo.consume(fp)) {
+  n.last_fp = fp;
+  n.dup_left = expected_copies(n, channel) - 1;
+  if (!n.echo.empty() && n.echo.consume(fp)) {
     c_.received_own.add();
     return true;
   }
-  redis::channel_kind kind = redis::parse_channel(channel, opt_.prefix, m.key);
   fanout::delivery_kind dk;
-  switch (kind) {
+  switch (redis::parse_channel(channel, opt_.prefix, m.key)) {
     case redis::channel_kind::topic:
       dk = fanout::delivery_kind::topic;
       break;
@@ -603,12 +757,10 @@ bool redis_bridge::on_message(std::string_view channel, std::string_view payload
         case redis_sink::command_status::ok:
           c_.commands_ok.add();
           break;
-        case redis_sink::command_status::unknown:
-          c_.commands_unknown.add();
-          break;
         case redis_sink::command_status::invalid:
           c_.commands_invalid.add();
           break;
+        case redis_sink::command_status::unknown:
         case redis_sink::command_status::busy:
           c_.commands_unknown.add();
           break;
@@ -646,86 +798,105 @@ bool redis_bridge::deliver(fanout::delivery_kind kind, std::string_view key,
 }
 
 // Replies on S: confirmations, messages, the fence's pong, the AUTH answer.
-bool redis_bridge::on_s_reply(const redisReply* r) {
+bool redis_bridge::on_s_reply(node& n, const redisReply* r) {
   impl& m = *impl_;
   if (r->type == REDIS_REPLY_ERROR) {
-    disconnect(m.s, "error: " + std::string(str_of(r)));
+    std::string_view err = str_of(r);
+    tag t;
+    if (n.s.st == connection::state::handshake && n.s.pop_tag(t)) {
+      disconnect(n.s, "AUTH refused: " + std::string(err));
+      return false;
+    }
+    if (is_redirect(err) && !n.ops.empty()) {  // the slot moved: ask the cluster again
+      node::op o = std::move(n.ops.front());
+      n.ops.pop_front();
+      if (o.subscribe) n.requested_channels.erase(o.name);
+      m.next_refresh_at = 0;
+      return true;
+    }
+    disconnect(n.s, "error: " + std::string(err));
     return false;
   }
   if (r->type == REDIS_REPLY_STATUS) {
     std::string_view st = str_of(r);
     if (st == "PONG") {  // a fence while not subscribed to anything
-      m.fence_out = false;
-      m.fenced_seq = m.fence_target;
-      m.echo.expire_through(m.fence_target);
+      n.fence_out = false;
+      n.fenced_seq = n.fence_target;
+      n.echo.expire_through(n.fence_target);
       return true;
     }
     tag t;
-    if (m.s.pop_tag(t) && m.s.st == connection::state::handshake && --m.s.handshake_left == 0)
-      became_ready(m.s);
+    if (n.s.pop_tag(t) && n.s.st == connection::state::handshake && --n.s.handshake_left == 0)
+      became_ready(n.s);
     return true;
   }
   if (r->type != REDIS_REPLY_ARRAY || r->elements < 2) return true;
   std::string_view kind = str_of(r->element[0]);
-  if (kind == "message" && r->elements == 3) {
-    return on_message(str_of(r->element[1]), str_of(r->element[2]));
+  if ((kind == "message" || kind == "smessage") && r->elements == 3)
+    return on_message(n, str_of(r->element[1]), str_of(r->element[2]));
+  if (kind == "pmessage" && r->elements == 4)
+    return on_message(n, str_of(r->element[2]), str_of(r->element[3]));
+  if (kind == "pong") {
+    n.fence_out = false;
+    n.fenced_seq = n.fence_target;
+    n.echo.expire_through(n.fence_target);
+    return true;
   }
-  if (kind == "pmessage" && r->elements == 4) {
-    return on_message(str_of(r->element[2]), str_of(r->element[3]));
-  }
+  bool subscribe = kind == "subscribe" || kind == "psubscribe" || kind == "ssubscribe";
+  bool glob = kind == "psubscribe" || kind == "punsubscribe";
+  if (!subscribe && kind != "unsubscribe" && kind != "punsubscribe" && kind != "sunsubscribe")
+    return true;
   std::string name(str_of(r->element[1]));
-  if (kind == "subscribe") {
-    if (m.inflight) --m.inflight;
-    if (m.confirmed_channels.insert(name).second) c_.subscriptions.add();
-  } else if (kind == "psubscribe") {
-    if (m.inflight) --m.inflight;
-    if (m.confirmed_patterns.insert(name).second) c_.subscriptions.add();
-  } else if (kind == "unsubscribe") {
-    if (m.inflight) --m.inflight;
-    if (m.confirmed_channels.erase(name)) c_.subscriptions.sub();
-  } else if (kind == "punsubscribe") {
-    if (m.inflight) --m.inflight;
-    if (m.confirmed_patterns.erase(name)) c_.subscriptions.sub();
-  } else if (kind == "pong") {
-    m.fence_out = false;
-    m.fenced_seq = m.fence_target;
-    m.echo.expire_through(m.fence_target);
+  bool ours = !n.ops.empty() && n.ops.front().subscribe == subscribe &&
+              n.ops.front().glob == glob && n.ops.front().name == name;
+  if (ours) n.ops.pop_front();
+  auto& confirmed = glob ? n.confirmed_patterns : n.confirmed_channels;
+  if (subscribe) {
+    if (confirmed.insert(name).second) c_.subscriptions.add();
+  } else {
+    if (confirmed.erase(name)) c_.subscriptions.sub();
+    if (!ours && n.requested_channels.erase(name)) {
+      // Redis dropped it (a cluster slot moved away): resubscribe where the slot lives now.
+      m.next_refresh_at = 0;
+      if (node* o = owner_of(name); o && o != &n) subscribe_on(*o, name, false);
+    }
   }
   return true;
 }
 
-void redis_bridge::on_p_reply(const redisReply* r) {
+void redis_bridge::on_p_reply(node& n, const redisReply* r) {
   impl& m = *impl_;
   tag t;
-  if (!m.p.pop_tag(t)) return;  // not expected: ignore
+  if (!n.p.pop_tag(t)) return;  // not expected: ignore
   bool error = r->type == REDIS_REPLY_ERROR;
+  if (error && is_redirect(str_of(r))) m.next_refresh_at = 0;
   switch (t) {
     case tag::auth:
     case tag::select:
       if (error) {
-        disconnect(m.p, std::string(t == tag::auth ? "AUTH" : "SELECT") +
+        disconnect(n.p, std::string(t == tag::auth ? "AUTH" : "SELECT") +
                             " refused: " + std::string(str_of(r)));
         return;
       }
-      if (m.p.st == connection::state::handshake && --m.p.handshake_left == 0) became_ready(m.p);
+      if (n.p.st == connection::state::handshake && --n.p.handshake_left == 0) became_ready(n.p);
       return;
     case tag::publish:
-      ++m.acked_seq;
-      if (error) {
-        c_.lost.add();
-      } else {
-        c_.published.add();
-      }
+      ++n.acked_seq;
+      (error ? c_.lost : c_.published).add();
       return;
     case tag::xadd:
-      if (error) {
-        c_.inbound_error.add();
-      } else {
-        c_.inbound_added.add();
-      }
+      (error ? c_.inbound_error : c_.inbound_added).add();
       return;
     case tag::command:
       if (!error) c_.commands_routed.add();
+      return;
+    case tag::slots:
+      if (error) {
+        m.slots_query_out = false;
+        log_line(opt_.quiet, "CLUSTER SLOTS refused by " + n.name + ": " + std::string(str_of(r)));
+        return;
+      }
+      apply_topology(r);
       return;
   }
 }
@@ -734,17 +905,18 @@ void redis_bridge::on_p_reply(const redisReply* r) {
 // every complete reply.
 void redis_bridge::read_replies(connection& c, bool readable) {
   impl& m = *impl_;
-  bool is_s = &c == &m.s;
+  node& n = *c.owner;
+  bool is_s = &c == &n.s;
   if (readable && !(is_s && m.pending)) {
     for (int rounds = 0; rounds < 16; ++rounds) {
-      ssize_t n = recv(c.fd, m.read_buf.data(), m.read_buf.size(), 0);
-      if (n > 0) {
-        if (redisReaderFeed(c.reader, m.read_buf.data(), size_t(n)) != REDIS_OK)
+      ssize_t got = recv(c.fd, m.read_buf.data(), m.read_buf.size(), 0);
+      if (got > 0) {
+        if (redisReaderFeed(c.reader, m.read_buf.data(), size_t(got)) != REDIS_OK)
           return disconnect(c, "reader: out of memory");
-        if (size_t(n) < m.read_buf.size()) break;
+        if (size_t(got) < m.read_buf.size()) break;
         continue;
       }
-      if (n == 0) return disconnect(c, "closed by the server");
+      if (got == 0) return disconnect(c, "closed by the server");
       if (errno == EAGAIN || errno == EWOULDBLOCK) break;
       if (errno == EINTR) continue;
       return disconnect(c, std::string("recv: ") + std::strerror(errno));
@@ -757,27 +929,27 @@ void redis_bridge::read_replies(connection& c, bool readable) {
       return disconnect(c, "protocol error: " + why);
     }
     if (!reply) break;
+    const auto* r = static_cast<const redisReply*>(reply);
+    bool go = true;
     if (is_s) {
-      bool go = on_s_reply(static_cast<const redisReply*>(reply));
-      freeReplyObject(reply);
-      if (!go || c.fd < 0) break;
+      go = on_s_reply(n, r);
     } else {
-      on_p_reply(static_cast<const redisReply*>(reply));
-      freeReplyObject(reply);
-      if (c.fd < 0) break;
+      on_p_reply(n, r);
     }
+    freeReplyObject(reply);
+    if (!go || c.fd < 0) break;
   }
 }
 
 void redis_bridge::write_out(connection& c) {
   while (c.pending_out() > 0) {
-    ssize_t n = send(c.fd, c.out.data() + c.out_off, c.pending_out(), MSG_NOSIGNAL);
-    if (n > 0) {
-      c.out_off += size_t(n);
+    ssize_t sent = send(c.fd, c.out.data() + c.out_off, c.pending_out(), MSG_NOSIGNAL);
+    if (sent > 0) {
+      c.out_off += size_t(sent);
       continue;
     }
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
-    if (n < 0 && errno == EINTR) continue;
+    if (sent < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+    if (sent < 0 && errno == EINTR) continue;
     return disconnect(c, std::string("send: ") + std::strerror(errno));
   }
   if (c.out_off == c.out.size()) {
@@ -789,82 +961,102 @@ void redis_bridge::write_out(connection& c) {
   }
 }
 
+// Ready: the slot map is known and every active node's connections are up with no
+// confirmation outstanding (so every wanted subscription is in place).
 void redis_bridge::update_ready() {
   impl& m = *impl_;
-  bool r =
-      m.s.st == connection::state::ready && m.p.st == connection::state::ready && m.inflight == 0;
+  bool r = m.topology_known;
+  bool up = m.topology_known;
+  for (const auto& n : m.nodes) {
+    if (!n->active) continue;
+    if (!n->s.ready() || !n->p.ready()) up = false;
+    if (!n->s.ready() || !n->p.ready() || !n->ops.empty()) r = false;
+  }
+  up_.store(up, std::memory_order_release);
   std::lock_guard lock(mu_);
   ready_.store(r && dirty_.empty(), std::memory_order_release);
 }
 
 void redis_bridge::run() {
   impl& m = *impl_;
-  log_line(opt_.quiet, "connecting to " + opt_.endpoint.text() + " (prefix " + opt_.prefix +
-                           ", instance " + opt_.instance_id + ")");
+  std::string where =
+      m.cluster ? "cluster " + m.nodes[0]->name + " (" + std::to_string(m.nodes.size()) + " seeds)"
+                : m.nodes[0]->name;
+  log_line(opt_.quiet, "connecting to " + where + " (prefix " + opt_.prefix + ", instance " +
+                           opt_.instance_id + ")");
   m.logged_down = true;  // announce the first success
+  std::vector<pollfd> fds;
+  std::vector<connection*> polled;
   while (!stop_.load(std::memory_order_acquire)) {
     uint64_t now = now_ms();
-    for (connection* c : {&m.s, &m.p}) {
-      if (c->st == connection::state::down && now >= c->retry_at) connect(*c);
+    for (auto& n : m.nodes) {
+      if (!n->active) continue;
+      for (connection* c : {&n->s, &n->p}) {
+        if (c->st == connection::state::down && now >= c->retry_at) connect(*c);
+      }
     }
     wake_pending_.store(false, std::memory_order_release);
     take_publications();
     apply_interest();
     write_publications();
     write_commands();
-    send_fence();
+    send_fences();
+    refresh_topology(now);
     if (m.pending && now >= m.pending_retry_at) {
       if (deliver(m.pending_kind, m.pending_key, m.pending_json)) m.pending = false;
     }
 
-    pollfd fds[3];
-    fds[0] = {wake_fd_, POLLIN, 0};
-    nfds_t n = 1;
-    int s_index = -1, p_index = -1;
-    for (connection* c : {&m.s, &m.p}) {
-      if (c->fd < 0) continue;
-      short ev = 0;
-      if (c->st == connection::state::connecting || c->pending_out() > 0) ev |= POLLOUT;
-      if (c->st != connection::state::connecting && !(c == &m.s && m.pending)) ev |= POLLIN;
-      (c == &m.s ? s_index : p_index) = int(n);
-      fds[n++] = {c->fd, ev, 0};
-    }
+    fds.clear();
+    polled.clear();
+    fds.push_back({wake_fd_, POLLIN, 0});
+    polled.push_back(nullptr);
     int timeout = 1000;
-    for (connection* c : {&m.s, &m.p}) {
-      if (c->st == connection::state::down)
-        timeout = std::min<int>(timeout, int(c->retry_at > now ? c->retry_at - now : 0));
+    for (auto& n : m.nodes) {
+      for (connection* c : {&n->s, &n->p}) {
+        if (c->st == connection::state::down) {
+          if (n->active && c->retry_at != UINT64_MAX)
+            timeout = std::min<int>(timeout, int(c->retry_at > now ? c->retry_at - now : 0));
+          continue;
+        }
+        short ev = 0;
+        if (c->st == connection::state::connecting || c->pending_out() > 0) ev |= POLLOUT;
+        if (c->st != connection::state::connecting && !(c == &n->s && m.pending)) ev |= POLLIN;
+        fds.push_back({c->fd, ev, 0});
+        polled.push_back(c);
+      }
+      if (n->fence_hold_until) timeout = std::min(timeout, 50);
     }
+    if (m.cluster && !m.slots_query_out)
+      timeout = std::min<int>(timeout, int(m.next_refresh_at > now ? m.next_refresh_at - now : 0));
     if (m.pending) timeout = std::min(timeout, 1);
-    if (m.fence_hold_until) timeout = std::min(timeout, 50);
-    if (m.held.size() && m.p.st == connection::state::ready && m.p.pending_out() < out_pending_max)
-      timeout = 0;
+    if (!m.held.empty() && all_publishers_ready()) timeout = std::min(timeout, 1);
     if (!ring_.empty_approx()) timeout = 0;
-    int rc = poll(fds, n, timeout);
+    int rc = poll(fds.data(), nfds_t(fds.size()), timeout);
     if (rc < 0 && errno != EINTR) break;
     if (fds[0].revents & POLLIN) {
       uint64_t v;
       [[maybe_unused]] ssize_t r = read(wake_fd_, &v, sizeof v);
     }
-    for (connection* c : {&m.s, &m.p}) {
-      int i = c == &m.s ? s_index : p_index;
-      if (i < 0 || c->fd < 0) continue;
+    for (size_t i = 1; i < fds.size(); ++i) {
+      connection& c = *polled[i];
+      if (c.fd < 0 || c.fd != fds[i].fd) continue;
       short re = fds[i].revents;
-      if (c->st == connection::state::connecting) {
+      if (c.st == connection::state::connecting) {
         if (!(re & (POLLOUT | POLLERR | POLLHUP))) continue;
         int err = 0;
         socklen_t len = sizeof err;
-        getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+        getsockopt(c.fd, SOL_SOCKET, SO_ERROR, &err, &len);
         if (err != 0) {
-          disconnect(*c, std::string("connect: ") + std::strerror(err));
+          disconnect(c, std::string("connect: ") + std::strerror(err));
           continue;
         }
-        connected(*c);
-        write_out(*c);
+        connected(c);
+        write_out(c);
         continue;
       }
-      if (re & (POLLIN | POLLERR | POLLHUP)) read_replies(*c, true);
-      if (c->fd >= 0 && c == &m.s && !m.pending) read_replies(*c, false);  // left in the reader
-      if (c->fd >= 0 && c->pending_out() > 0) write_out(*c);
+      if (re & (POLLIN | POLLERR | POLLHUP)) read_replies(c, true);
+      if (c.fd >= 0 && &c == &c.owner->s && !m.pending) read_replies(c, false);  // buffered
+      if (c.fd >= 0 && c.pending_out() > 0) write_out(c);
     }
     if (m.wakes) {
       sink_.wake(m.wakes);

@@ -51,7 +51,9 @@ class redis_sink {
 };
 
 struct redis_bridge_options {
-  redis::endpoint endpoint;
+  redis::endpoint endpoint;               // one Redis (--redis-url)
+  std::vector<redis::endpoint> cluster;  // or the seeds of a Redis Cluster (--redis-cluster):
+                                         // sharded pub/sub (SSUBSCRIBE / SPUBLISH) by key slot
   std::string prefix = "wse:";
   bool pattern_mode = false;  // one PSUBSCRIBE <prefix>* instead of per-topic subscriptions
   uint64_t buffer_bytes_max = 16ull << 20;  // publications held while Redis is unreachable
@@ -117,24 +119,32 @@ class redis_bridge {
   struct connection;
   static void wake_hook(void* context);
   void wake();
+  struct node;
   // The bridge thread's steps (redis_bridge.cpp).
   void run();
+  node* owner_of(std::string_view key);
+  bool all_publishers_ready() const;
   void connect(connection& c);
   void connected(connection& c);
   void became_ready(connection& c);
   void disconnect(connection& c, const std::string& why);
   void schedule_retry(connection& c);
-  void flush_subscriptions();
+  void subscribe_on(node& n, const std::string& name, bool glob);
+  void unsubscribe_on(node& n, const std::string& name, bool glob);
+  void flush_subscriptions(node& n);
+  void reconcile_all();
   void apply_interest();
   void take_publications();
   void write_publications();
   void write_commands();
-  void send_fence();
-  uint32_t expected_copies(std::string_view channel);
-  bool on_message(std::string_view channel, std::string_view payload);
+  void send_fences();
+  void refresh_topology(uint64_t now);
+  void apply_topology(const ::redisReply* r);
+  uint32_t expected_copies(node& n, std::string_view channel);
+  bool on_message(node& n, std::string_view channel, std::string_view payload);
   bool deliver(fanout::delivery_kind kind, std::string_view key, std::string_view json);
-  bool on_s_reply(const ::redisReply* r);
-  void on_p_reply(const ::redisReply* r);
+  bool on_s_reply(node& n, const ::redisReply* r);
+  void on_p_reply(node& n, const ::redisReply* r);
   void read_replies(connection& c, bool readable);
   void write_out(connection& c);
   void update_ready();

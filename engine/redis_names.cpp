@@ -46,6 +46,8 @@ bool parse_number(std::string_view s, uint64_t max, uint64_t& out) {
   return ec == std::errc() && end == s.data() + s.size() && out <= max;
 }
 
+}  // namespace
+
 bool resolve(endpoint& e, std::string& why) {
   addrinfo hints{};
   hints.ai_socktype = SOCK_STREAM;
@@ -65,8 +67,6 @@ bool resolve(endpoint& e, std::string& why) {
   freeaddrinfo(found);
   return true;
 }
-
-}  // namespace
 
 bool parse_endpoint(std::string_view url, endpoint& out, std::string& why) {
   out = endpoint{};

@@ -40,6 +40,8 @@ struct endpoint {
 // Percent-escapes in user and password are decoded. The host is resolved once (numeric
 // service); false with *why set when the URL is not one of those or does not resolve.
 bool parse_endpoint(std::string_view url, endpoint& out, std::string& why);
+// Resolves e.host:e.port into e.address (numeric service).
+bool resolve(endpoint& e, std::string& why);
 // host:port,host:port,... (each may also be a redis:// URL with credentials).
 bool parse_cluster(std::string_view list, std::vector<endpoint>& out, std::string& why);
 
