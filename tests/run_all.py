@@ -229,6 +229,7 @@ def main():
     if args.tsan_build:
         # The cross-thread code: several shards sharing the accepts and the global counters,
         # the fan-out rings, router and shared frames (unit cases fanout*, the fanout_* tests),
+        # the Redis bridge (redis_* tests),
         # /metrics reading every shard, the signal -> stop -> drain -> join path, the SIGHUP
         # verifier swap (main thread stores, shards load) and the per-IP table.
         plan += [("unit[tsan]", lambda: suite_unit(args.tsan_build, "unit[tsan]", sanitizers=True,
@@ -239,7 +240,12 @@ def main():
                   "max_unfinished", "metrics", "sighup_rotation", "per_ip",
                   # fan-out across shards: inboxes, router, frames released on another shard
                   "fanout_100_subscribers", "fanout_user_send", "fanout_client_publish",
-                  "fanout_api_503", "fanout_slow_consumer_disconnect")))]
+                  "fanout_api_503", "fanout_slow_consumer_disconnect",
+                  # the Redis bridge thread: its rings, interest reports, command routing, the
+                  # stream lanes, frames made on it and released on the shards
+                  "redis_two_instances", "redis_glob_across_instances_once_exact",
+                  "redis_inbound_stream_messages", "redis_commands_route",
+                  "redis_killed_and_restarted", "redis_cluster_two_instances")))]
     results = []
     t0 = time.monotonic()
     for name, fn in plan:
