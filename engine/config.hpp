@@ -85,13 +85,14 @@ struct server_config {
   uint16_t admin_port = 0;  // parsed from admin_listen (0: any free port)
 
   // Scale-out through Redis (engine/redis_bridge). Empty URL: this process alone.
-  std::string redis_url;  // redis://[user:pass@]host:port[/db] or unix:///path[?db=N]
+  std::string redis_url;      // redis://[user:pass@]host:port[/db] or unix:///path[?db=N]
   std::string redis_cluster;  // host:port,... seeds of a Redis Cluster (sharded pub/sub)
   std::string redis_prefix = "wse:";
   bool redis_pattern_mode = false;  // one PSUBSCRIBE <prefix>* instead of per-topic SUBSCRIBE
-  uint64_t redis_buffer_bytes = 16ull << 20;  // publications held while Redis is away
-  uint64_t redis_stream_maxlen = 100000;      // --inbound redis: XADD MAXLEN ~ N
-  uint32_t redis_reconnect_max_ms = 10000;    // backoff cap (jittered, doubling from 100 ms)
+  uint64_t redis_buffer_bytes = 16ull << 20;        // publications held while Redis is away
+  uint64_t redis_stream_maxlen = 100000;            // --inbound redis: XADD MAXLEN ~ N
+  uint64_t redis_stream_buffer_bytes = 4ull << 20;  // stream entries waiting, per shard
+  uint32_t redis_reconnect_max_ms = 10000;          // backoff cap (jittered, doubling from 100 ms)
 };
 
 }  // namespace wsed::engine

@@ -254,6 +254,10 @@ flags_result parse_flags(int argc, char** argv) {
                  "--inbound redis: entries the stream keeps (XADD MAXLEN ~ N)")
       ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 40))
       ->capture_default_str();
+  add_parsed(app, "--redis-stream-buffer-bytes", c.redis_stream_buffer_bytes, parse_size,
+             "--inbound redis: stream entries one shard may have waiting for Redis; beyond it "
+             "dropped and counted (wsed_redis_inbound_total)",
+             1, "4MiB", 4096);
   add_parsed(app, "--redis-reconnect-max", c.redis_reconnect_max_ms, parse_duration_ms,
              "Longest wait between reconnection attempts (jittered, doubling from 100ms)", 1, "10s",
              100);

@@ -311,6 +311,8 @@ int main(int argc, char** argv) {
     ro.producers = c.workers;
     ro.inbound_stream = c.inbound == inbound_policy::redis;
     ro.stream_maxlen = c.redis_stream_maxlen;
+    ro.inbound_bytes_max = c.redis_stream_buffer_bytes;
+    ro.ring_capacity = c.inbox_capacity;
     ro.reconnect_max_ms = c.redis_reconnect_max_ms;
     ro.quiet = c.quiet;
     std::random_device rd;
