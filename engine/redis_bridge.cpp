@@ -56,6 +56,7 @@ constexpr size_t echo_records_max = 1u << 20;
 constexpr uint32_t drain_batch = 4096;
 constexpr uint64_t fence_hold_ms = 500;         // after P died: its last commands may still run
 constexpr uint64_t topology_refresh_ms = 5000;  // cluster: CLUSTER SLOTS this often
+constexpr uint64_t redirect_refresh_ms = 100;   // and this soon after a redirect (not a spin)
 constexpr uint16_t cluster_slots = 16384;
 
 std::string_view str_of(const redisReply* r) {
@@ -692,7 +693,6 @@ void redis_bridge::apply_topology(const redisReply* r) {
     master[index] = true;
     for (long long sl = first; sl <= last; ++sl) slots[size_t(sl)] = int32_t(index);
   }
-  bool changed = slots != m.slots;
   m.slots = std::move(slots);
   m.topology_known = true;
   for (size_t i = 0; i < m.nodes.size(); ++i) {
@@ -709,7 +709,9 @@ void redis_bridge::apply_topology(const redisReply* r) {
       }
     }
   }
-  if (changed) reconcile_all();
+  // Also when nothing changed: a channel refused with MOVED by a master still importing its
+  // slot is requested from no node until a later map names that master again.
+  reconcile_all();
 }
 
 uint32_t redis_bridge::expected_copies(node& n, std::string_view channel) {
@@ -811,7 +813,7 @@ bool redis_bridge::on_s_reply(node& n, const redisReply* r) {
       node::op o = std::move(n.ops.front());
       n.ops.pop_front();
       if (o.subscribe) n.requested_channels.erase(o.name);
-      m.next_refresh_at = 0;
+      m.next_refresh_at = std::min(m.next_refresh_at, now_ms() + redirect_refresh_ms);
       return true;
     }
     disconnect(n.s, "error: " + std::string(err));
@@ -857,7 +859,7 @@ bool redis_bridge::on_s_reply(node& n, const redisReply* r) {
     if (confirmed.erase(name)) c_.subscriptions.sub();
     if (!ours && n.requested_channels.erase(name)) {
       // Redis dropped it (a cluster slot moved away): resubscribe where the slot lives now.
-      m.next_refresh_at = 0;
+      m.next_refresh_at = std::min(m.next_refresh_at, now_ms() + redirect_refresh_ms);
       if (node* o = owner_of(name); o && o != &n) subscribe_on(*o, name, false);
     }
   }
@@ -869,7 +871,8 @@ void redis_bridge::on_p_reply(node& n, const redisReply* r) {
   tag t;
   if (!n.p.pop_tag(t)) return;  // not expected: ignore
   bool error = r->type == REDIS_REPLY_ERROR;
-  if (error && is_redirect(str_of(r))) m.next_refresh_at = 0;
+  if (error && is_redirect(str_of(r)))
+    m.next_refresh_at = std::min(m.next_refresh_at, now_ms() + redirect_refresh_ms);
   switch (t) {
     case tag::auth:
     case tag::select:

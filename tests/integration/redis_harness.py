@@ -418,3 +418,47 @@ class RedisCluster:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# moving a slot between masters (test_redis_cluster_slot_moves_and_delivery_follows)
+# ---------------------------------------------------------------------------------------------
+
+def node_id(node):
+    """A cluster node's id (CLUSTER MYID) as str."""
+    r = node.command("CLUSTER", "MYID")
+    return r.decode() if isinstance(r, bytes) else str(r)
+
+
+def slot_owner_port(node, slot):
+    """The port of the master that `node`'s CLUSTER SLOTS names for slot (None if none)."""
+    for start, end, master, *_ in node.command("CLUSTER", "SLOTS"):
+        if start <= slot <= end:
+            return master[1]
+    return None
+
+
+def move_slot(cluster, slot, src, dst, timeout=10.0, source_first=False, pause=0.0):
+    """Moves an empty slot from master src to master dst with the manual steps: SETSLOT IMPORTING
+    on dst, SETSLOT MIGRATING on src, then SETSLOT NODE dst on dst, src and the other masters
+    (source_first: on src first, then, `pause` seconds later, on dst and the others: the order in
+    which a subscriber asking src is sent to a dst that still refuses with MOVED); returns once
+    every node's CLUSTER SLOTS names dst (bounded)."""
+    src_id, dst_id = node_id(src), node_id(dst)
+    assert dst.command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id) == "OK"
+    assert src.command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id) == "OK"
+    assert src.command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0, "slot %d holds keys" % slot
+    others = [n for n in cluster.nodes if n is not src and n is not dst]
+    order = [src, dst] + others if source_first else [dst, src] + others
+    for i, n in enumerate(order):
+        assert n.command("CLUSTER", "SETSLOT", slot, "NODE", dst_id) == "OK"
+        if source_first and i == 0 and pause:
+            time.sleep(pause)
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = [slot_owner_port(n, slot) for n in cluster.nodes]
+        if all(p == dst.port for p in seen):
+            return
+        assert time.monotonic() < deadline, "slot %d: owners seen %r after %.0fs, wanted :%d" % (
+            slot, seen, timeout, dst.port)
+        time.sleep(0.05)
