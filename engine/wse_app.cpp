@@ -200,7 +200,8 @@ void wse_app::on_open(shard& s, conn_ref c, const proto::http_request& request) 
   std::vector<uint32_t>& same_user = p.users[st.user_id];
   st.user_pos = uint32_t(same_user.size());
   same_user.push_back(c.slot);
-  if (same_user.size() == 1 && hub_)
+  // Users are routed only by the bridge (a per-user send goes to every shard otherwise).
+  if (same_user.size() == 1 && hub_ && bridge_)
     interest(hub_->router().add_user(s.index(), st.user_id), redis_interest::user, st.user_id);
 
   int64_t now = wall_ms();
@@ -536,7 +537,7 @@ void wse_app::leave_all(shard& s, per_shard& p, uint32_t slot) {
   p.conns[moved].user_pos = st.user_pos;
   slots.pop_back();
   if (!slots.empty()) return;
-  if (hub_)
+  if (hub_ && bridge_)
     interest(hub_->router().remove_user(s.index(), st.user_id), redis_interest::user, st.user_id);
   p.users.erase(it);
 }
@@ -743,12 +744,14 @@ bool wse_app::ready() const {
 }
 
 void wse_app::directory_add(uint32_t shard_index, conn_ref c, std::string_view connection_id) {
+  if (!bridge_ && opt_.api_key.empty()) return;  // no command can name a connection
   directory_stripe& d = directory_[fanout::string_hash{}(connection_id) % directory_stripes];
   std::lock_guard lock(d.mu);
   d.map[std::string(connection_id)] = conn_location{shard_index, c.slot, c.generation};
 }
 
 void wse_app::directory_remove(std::string_view connection_id) {
+  if (!bridge_ && opt_.api_key.empty()) return;
   directory_stripe& d = directory_[fanout::string_hash{}(connection_id) % directory_stripes];
   std::lock_guard lock(d.mu);
   auto it = d.map.find(std::string(connection_id));
