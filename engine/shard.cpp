@@ -1017,15 +1017,22 @@ void shard::finish(connection& c, uint32_t slot) {
     begin_close(c, slot, close_reason::internal_error, 0);
   c.state = conn_state::finishing;
   timers_.unlink(slot);
-  if (c.ops & (recv_armed | send_pending)) {
-    // Every op on the socket: the multishot recv, and a send that a peer which never reads
-    // would otherwise keep pending (and the slot with it) forever.
+  if (c.ops & (recv_armed | send_pending | shutdown_pending)) {
+    // Every op on the socket: the multishot recv, a send that a peer which never reads would
+    // otherwise keep pending (and the slot with it) forever, a shutdown not started yet.
     io_uring_sqe* sqe = get_sqe();
     io_uring_prep_cancel_fd(sqe, c.file_index,
                             IORING_ASYNC_CANCEL_ALL | IORING_ASYNC_CANCEL_FD_FIXED);
     io_uring_sqe_set_data64(sqe, pack(op::cancel, c.generation, slot));
     c.ops |= cancel_pending;
   }
+  // A shutdown runs in io-wq and looks the fixed file up only when it runs: closed now, the
+  // descriptor index could already hold the next accepted socket, and the shutdown would
+  // half-close that one. The close waits for the shutdown's completion (on_close_op).
+  if (!(c.ops & shutdown_pending)) close_file(c, slot);
+}
+
+void shard::close_file(connection& c, uint32_t slot) {
   io_uring_sqe* sqe = get_sqe();
   io_uring_prep_close_direct(sqe, unsigned(c.file_index));
   io_uring_sqe_set_data64(sqe, pack(op::close_fd, c.generation, slot));
@@ -1037,7 +1044,11 @@ void shard::on_close_op(connection& c, uint32_t slot, op o, int res) {
   switch (o) {
     case op::shutdown:
       c.ops &= uint8_t(~shutdown_pending);
-      if (res < 0 && c.state == conn_state::lingering) finish(c, slot);
+      if (c.state == conn_state::finishing) {
+        close_file(c, slot);  // finish() waited for this shutdown
+      } else if (res < 0 && c.state == conn_state::lingering) {
+        finish(c, slot);
+      }
       break;
     case op::cancel:
       c.ops &= uint8_t(~cancel_pending);

@@ -257,6 +257,7 @@ class shard {
   send_status over_cap(connection& c, uint32_t slot);
   void flush();
   void flush_one(connection& c, uint32_t slot);
+  void close_file(connection& c, uint32_t slot);  // close_direct of the descriptor
   void begin_close(connection& c, uint32_t slot, close_reason why, uint16_t ws_code,
                    std::string_view reason = {});
   void finish(connection& c, uint32_t slot);

@@ -12,6 +12,7 @@ import signal
 import socket
 import struct
 import re
+import select
 import time
 
 import websockets
@@ -915,3 +916,31 @@ def test_garbage_and_abrupt_disconnects_leave_server_healthy():
         assert wait_until(lambda: metric(port, "wsed_connections_open", shard="total") == 0, 10), \
             "wsed_connections_open{total} stays at %s after every client went away" % metric(
                 port, "wsed_connections_open", shard="total")
+
+
+@limit(60)
+def test_a_lingering_close_never_half_closes_the_next_connection():
+    """A client that closes as soon as it has a whole `Connection: close` answer (before wsed's
+    FIN) makes wsed finish that socket while its SHUT_WR may still be queued; the next accepted
+    socket can take the same direct-descriptor index, and must not be the one half-closed: a new
+    connection never sees EOF before it sent anything."""
+    req = b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    with wsed("--mode", "echo", "--workers", "1", "--idle-timeout", "0") as srv:
+        bad = []
+        for attempt in range(300):
+            a = H.connect(srv.port)
+            a.sendall(req)
+            data = b""
+            while b"\r\n\r\n" not in data or len(data) < data.index(b"\r\n\r\n") + 4 + len(b"ready\n"):
+                chunk = a.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            assert data.startswith(b"HTTP/1.1 200"), data[:100]
+            a.close()  # before the server's FIN
+            b = H.connect(srv.port)
+            readable, _, _ = select.select([b], [], [], 0.05)
+            if readable:
+                bad.append((attempt, b.recv(100)))
+            b.close()
+        assert not bad, "%d of 300 new connections were readable before sending anything: %r" % (len(bad), bad[:3])
