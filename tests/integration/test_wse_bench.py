@@ -421,3 +421,62 @@ def test_wse_bench_fanout_against_the_example_server():
                 row = json.load(f)["tests"]["fanout-broadcast"]["rows"][0]
         assert row["subscribers"] == 100 and row["gaps"] == 0 and row["duplicates"] == 0, row
         assert row["deliveries_per_s"] > 0 and row["latency_ms"]["samples"] > 0, row
+
+
+# ---- fanout-multi (issue 9): two wsed instances joined through a real redis-server ------------
+
+def fanout_multi(*extra):
+    """fanout-multi at 100 subscribers for ~1 s: two wsed --workers 1 on one Redis (started here
+    on a free port), subscribers alternating A / B; returns (rc, markdown, the test's JSON, stderr)."""
+    import redis_harness as R
+    san = dict(H.SANITIZER_ENV) if SAN else {}
+    with tempfile.TemporaryDirectory() as tmp, R.RedisServer() as redis:
+        key = os.path.join(tmp, "api.key")
+        with open(key, "w") as f:
+            f.write(API_KEY + "\n")
+        args = ("--mode", "wse", "--workers", "1", "--jwt-issuer", "wse-bench", "--jwt-audience", "wse-bench",
+                "--api-key-file", key, "--redis-url", redis.url())
+        env = dict(san, WSED_JWT_SECRET=SECRET)
+        with H.running(BIN, *args, env=env) as a, H.running(BIN, *args, env=env) as b:
+            path = os.path.join(tmp, "out.json")
+            rc, out, err = run_bench("--protocol", "wse", "--port", a.port, "--port-b", b.port,
+                                     "--test", "fanout-multi", "--secret", SECRET, "--api-key-file", key,
+                                     "--redis-url", redis.url(), "--tiers", "100", "--duration", "1",
+                                     "--threads", "2", "--json", path, *extra, timeout=90)
+            doc = None
+            if os.path.exists(path):
+                with open(path) as f:
+                    doc = json.load(f)
+    return rc, out, (doc["tests"]["fanout-multi"] if doc else None), err
+
+
+def check_multi(rc, out, t, err):
+    assert rc == 0, "wse-bench exited %s\nstdout: %s\nstderr: %s" % (rc, out[-3000:], err[-2000:])
+    row = t["rows"][0]
+    assert row["subscribers"] == 100 and row["subscribed"] == 100, row
+    assert row["published_total"] > 0, row
+    assert row["deliveries_total"] == row["deliveries_expected"] == 100 * row["published_total"], row
+    assert row["gaps"] == 0 and row["duplicates"] == 0 and row["reorders"] == 0, row
+    sides = {s["instance"]: s for s in row["sides"]}
+    assert set(sides) == {"A", "B"}, row["sides"]
+    for name, side in sides.items():  # half of the subscribers on each instance, each got everything
+        assert side["connections"] == 50, side
+        assert side["deliveries_total"] == side["deliveries_expected"] == 50 * row["published_total"], (name, side)
+        assert side["counts"]["gaps"] == 0 and side["counts"]["duplicates"] == 0, (name, side)
+        assert side["latency_ms"]["samples"] > 0, (name, side)
+    assert "| 100 | B (50) |" in out and "| 100 | **all** |" in out, out
+    return row
+
+
+@limit(120)
+def test_wse_bench_fanout_multi_api_publisher_on_a():
+    """The publisher posts to A; B's subscribers get every publication through Redis, once."""
+    row = check_multi(*fanout_multi())
+    assert row["publisher"] == "api", row
+
+
+@limit(120)
+def test_wse_bench_fanout_multi_redis_publisher():
+    """The publisher PUBLISHes straight into Redis (a backend): both instances deliver it all."""
+    row = check_multi(*fanout_multi("--publisher", "redis"))
+    assert row["publisher"] == "redis", row

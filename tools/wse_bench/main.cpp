@@ -1,8 +1,9 @@
 // tools/wse_bench/main.cpp: wse-bench, the load generator wsed's performance claims are measured
 // with: the seven scenarios of the reference WSE bench clients (connection-storm, ping-latency,
 // throughput, size-matrix, format-comparison, sustained-hold, connection-limit) and the Go tool's
-// pingpong / echo / blast, and fanout-broadcast / broadcast-all (subscribers, one publisher: the
-// HTTP API, a WSE connection or the server itself), over the WSE protocol (JWT cookie,
+// pingpong / echo / blast, and fanout-broadcast / broadcast-all / fanout-multi (subscribers on one
+// server or two, one publisher: the HTTP API, a WSE connection, Redis or the server itself), over
+// the WSE protocol (JWT cookie,
 // server_ready, client_hello) or plain RFC 6455 against any echo server. Prints markdown tables
 // shaped like seeds/001-004 and writes a JSON document.
 //
@@ -40,11 +41,12 @@ using namespace wsed::bench;
 
 constexpr double duration_s_max = 300;
 const std::vector<std::string> all_tests = {
-    "connection-storm", "ping-latency",     "throughput", "size-matrix", "format-comparison",
-    "sustained-hold",   "connection-limit", "pingpong",   "echo",        "blast",
-    "fanout-broadcast", "broadcast-all"};
-// Run only when named: they need a publisher (an API key, a WSE token, or a server publishing).
-const std::vector<std::string> fanout_tests = {"fanout-broadcast", "broadcast-all"};
+    "connection-storm", "ping-latency",     "throughput",  "size-matrix", "format-comparison",
+    "sustained-hold",   "connection-limit", "pingpong",    "echo",        "blast",
+    "fanout-broadcast", "broadcast-all",    "fanout-multi"};
+// Run only when named: they need a publisher (an API key, a WSE token, Redis, or a server
+// publishing).
+const std::vector<std::string> fanout_tests = {"fanout-broadcast", "broadcast-all", "fanout-multi"};
 
 struct options {
   std::vector<std::string> tests;
@@ -80,6 +82,10 @@ struct options {
   int64_t publish_window = -1;  // -1: auto (8M deliveries in flight, 16..1,000 publications)
   uint16_t api_port = 0;        // 0: --port
   uint16_t metrics_port = 0;    // 0: the API port
+  uint16_t metrics_port_b = 0;  // 0: --port-b
+  std::string redis_url;        // --publisher redis (and the subscribed-in-Redis check)
+  std::string redis_prefix = "wse:";
+  sockaddr_in redis_addr{};  // parsed from redis_url
   runner_options runner;
 };
 
@@ -675,21 +681,102 @@ sockaddr_in loopback_addr(const job& base, uint16_t port) {
   return a;
 }
 
-// fanout-broadcast and broadcast-all: subscribers per tier, one publisher, seq tracking.
-section fanout(const context& cx, bool broadcast) {
+// The number of distinct servers the subscribers are on (1 when --port-b is --port).
+uint32_t instances(const options& o) {
+  return o.port2 != 0 && o.port2 != o.port ? 2 : 1;
+}
+
+std::string latency_cells(const latency_histogram& h) {
+  return ms(h.quantile(0.5)) + " | " + ms(h.quantile(0.99)) + " | " + ms(h.quantile(0.999));
+}
+
+std::string slow_cell(const server_figures& f) {
+  if (!f.metrics_read) return "-";
+  return commas(static_cast<uint64_t>(f.slow_drop)) +
+         (f.slow_disconnect > 0
+              ? " (+" + commas(static_cast<uint64_t>(f.slow_disconnect)) + " disc.)"
+              : "");
+}
+
+std::string counts_json(const fanout_counts& c) {
+  return json_obj()
+      .integer("subscribers", c.subscribers)
+      .integer("gaps", c.gaps)
+      .integer("subscribers_with_gaps", c.subscribers_with_gaps)
+      .integer("max_gaps_per_subscriber", c.max_gaps)
+      .integer("duplicates", c.duplicates)
+      .integer("reorders", c.reorders)
+      .done();
+}
+
+std::string redis_bridge_json(const redis_bridge_figures& b) {
+  if (!b.read) return "null";
+  return json_obj()
+      .num("published", b.published)
+      .num("dropped_buffer_full", b.dropped_buffer_full)
+      .num("dropped_ring_full", b.dropped_ring_full)
+      .num("lost", b.lost)
+      .num("received_delivered", b.delivered)
+      .num("received_own", b.own)
+      .num("received_duplicate", b.duplicate)
+      .num("received_invalid", b.invalid)
+      .num("received_busy_retry", b.busy_retry)
+      .done();
+}
+
+std::string server_json(const server_figures& f) {
+  if (!f.metrics_read) return "null";
+  return json_obj()
+      .num("slow_drop", f.slow_drop)
+      .num("slow_disconnect", f.slow_disconnect)
+      .num("server_deliveries", f.deliveries)
+      .raw("redis", redis_bridge_json(f.redis))
+      .done();
+}
+
+// One instance's Redis bridge over the tier, for the notes.
+std::string redis_bridge_note(const std::string& who, const redis_bridge_figures& b) {
+  auto n = [](double v) { return commas(static_cast<uint64_t>(std::max(0.0, v))); };
+  std::string s = "  - " + who + " Redis bridge: published " + n(b.published);
+  double dropped = b.dropped_buffer_full + b.dropped_ring_full + b.lost;
+  if (dropped > 0) {
+    s += " (**dropped: buffer full " + n(b.dropped_buffer_full) + ", ring full " +
+         n(b.dropped_ring_full) + ", lost " + n(b.lost) + "**)";
+  }
+  s += "; received: delivered " + n(b.delivered) + ", own echo " + n(b.own);
+  if (b.duplicate > 0) s += ", duplicate " + n(b.duplicate);
+  if (b.invalid > 0) s += ", **invalid " + n(b.invalid) + "**";
+  if (b.busy_retry > 0) s += ", busy retries " + n(b.busy_retry);
+  return s + "\n";
+}
+
+enum class fanout_mode : uint8_t { topic, broadcast, multi };
+
+// fanout-broadcast, broadcast-all and fanout-multi: subscribers per tier, one publisher, seq
+// tracking. With two servers (--port-b; fanout-multi needs it) the subscribers alternate between
+// A (--port) and B, and every tier is reported for A's, B's and all subscribers.
+section fanout(const context& cx, fanout_mode mode) {
   const options& o = cx.opt;
+  const bool broadcast = mode == fanout_mode::broadcast;
+  const bool two = cx.base.two_servers;
   section s;
-  s.name = broadcast ? "broadcast-all" : "fanout-broadcast";
-  publisher_kind kind = o.publisher == "api"   ? publisher_kind::api
-                        : o.publisher == "wse" ? publisher_kind::wse
-                                               : publisher_kind::server;
+  s.name = mode == fanout_mode::broadcast ? "broadcast-all"
+           : mode == fanout_mode::multi   ? "fanout-multi"
+                                          : "fanout-broadcast";
+  publisher_kind kind = o.publisher == "api"     ? publisher_kind::api
+                        : o.publisher == "wse"   ? publisher_kind::wse
+                        : o.publisher == "redis" ? publisher_kind::redis
+                                                 : publisher_kind::server;
   uint16_t api_port = o.api_port != 0 ? o.api_port : o.port;
   uint16_t metrics_port = o.metrics_port != 0 ? o.metrics_port : api_port;
+  uint16_t metrics_port_b = o.metrics_port_b != 0 ? o.metrics_port_b : o.port2;
+  std::string channel = o.redis_prefix + (broadcast ? std::string("@broadcast") : o.topic);
   fanout_plan plan;
   publisher_config& pc = plan.publisher;
   pc.kind = kind;
-  pc.api = loopback_addr(cx.base, kind == publisher_kind::api ? api_port : o.port);
-  pc.host_header = o.host + ":" + std::to_string(kind == publisher_kind::api ? api_port : o.port);
+  uint16_t pub_port = kind == publisher_kind::api ? api_port : o.port;
+  pc.api = kind == publisher_kind::redis ? o.redis_addr : loopback_addr(cx.base, pub_port);
+  pc.host_header = o.host + ":" + std::to_string(pub_port);
   pc.api_key = o.api_key;
   pc.path = o.path;
   if (kind == publisher_kind::wse) pc.token = publisher_token(o);
@@ -701,8 +788,21 @@ section fanout(const context& cx, bool broadcast) {
   pc.window = kind == publisher_kind::server || o.publish_window == 0
                   ? 0
                   : static_cast<uint64_t>(std::max<int64_t>(0, o.publish_window));
-  plan.metrics_addr = loopback_addr(cx.base, metrics_port);
-  plan.metrics_host = o.host + ":" + std::to_string(metrics_port);
+  pc.channel = channel;
+  pc.receivers_wanted = instances(o);
+  plan.metrics.push_back(
+      {loopback_addr(cx.base, metrics_port), o.host + ":" + std::to_string(metrics_port)});
+  if (two && instances(o) == 2) {
+    plan.metrics.push_back(
+        {loopback_addr(cx.base, metrics_port_b), o.host + ":" + std::to_string(metrics_port_b)});
+  }
+  if (kind != publisher_kind::server) plan.ready = plan.metrics;
+  if (!o.redis_url.empty() && kind != publisher_kind::server) {
+    plan.redis_wait = true;
+    plan.redis_addr = o.redis_addr;
+    plan.redis_channel = channel;
+    plan.redis_receivers_wanted = instances(o);
+  }
 
   std::string tick = fanout_tick_json(0, 1760000000000000);
   std::string who = kind == publisher_kind::api
@@ -710,7 +810,12 @@ section fanout(const context& cx, bool broadcast) {
                               std::to_string(o.publish_batch) + " items per request, " +
                               std::to_string(o.publish_inflight) + " requests in flight)"
                     : kind == publisher_kind::wse
-                        ? "one WSE connection (publish frames, token with wse_topics.publish)"
+                        ? "one WSE connection to :" + std::to_string(o.port) +
+                              " (publish frames, token with wse_topics.publish)"
+                    : kind == publisher_kind::redis
+                        ? "Redis directly (PUBLISH " + channel + " on " + o.redis_url + ", " +
+                              std::to_string(o.publish_batch) + " commands per pipelined batch, " +
+                              std::to_string(o.publish_inflight) + " batches in flight)"
                         : "the server itself (every connection subscribed at connect)";
   s.markdown =
       std::string(broadcast ? "Broadcast to every connection" : "Topic `" + o.topic + "`") +
@@ -718,11 +823,29 @@ section fanout(const context& cx, bool broadcast) {
       (o.publish_rate > 0 ? si(o.publish_rate) + " publications/s" : "full speed") +
       "; fanout_tick of ~" + std::to_string(tick.size() + 8) +
       " B on the wire. Latency: receive time - p.ts_us (CLOCK_REALTIME).\n\n";
-  s.markdown +=
-      "| Subscribers | Published/s | Deliveries/s | MB/s | Gaps | Dups | Reorders | p50 | p99 | "
-      "p99.9 | Slow-consumer drops | Errors |\n"
-      "|-------------|-------------|--------------|------|------|------|----------|-----|-----|"
-      "-------|---------------------|--------|\n";
+  if (two) {
+    s.markdown +=
+        "Subscribers alternate: even-numbered on A (" + o.host + ":" + std::to_string(o.port) +
+        "), odd-numbered on B (" + o.host + ":" + std::to_string(o.port2) + ")" +
+        (instances(o) == 1 ? " (the same server: one instance)" : "") +
+        ". The publisher starts once every subscription is confirmed, every server " +
+        "answers /readyz with 200" +
+        (plan.redis_wait
+             ? " and Redis counts " + std::to_string(instances(o)) + " subscriber(s) of " + channel
+             : std::string()) +
+        ". Rows per tier: A's subscribers, B's, all.\n\n";
+    s.markdown +=
+        "| Subscribers | On | Published/s | Deliveries/s | MB/s | Gaps | Dups | Reorders | p50 | "
+        "p99 | p99.9 | Slow-consumer drops | Errors |\n"
+        "|-------------|----|-------------|--------------|------|------|------|----------|-----|"
+        "-----|-------|---------------------|--------|\n";
+  } else {
+    s.markdown +=
+        "| Subscribers | Published/s | Deliveries/s | MB/s | Gaps | Dups | Reorders | p50 | p99 | "
+        "p99.9 | Slow-consumer drops | Errors |\n"
+        "|-------------|-------------|--------------|------|------|------|----------|-----|-----|"
+        "-------|---------------------|--------|\n";
+  }
   std::string notes;
   for (uint32_t n : o.tiers) {
     job j = cx.base;
@@ -745,57 +868,110 @@ section fanout(const context& cx, bool broadcast) {
         known ? f.published / w : deliveries / std::max<uint64_t>(1, f.counts.subscribers);
     uint64_t lost = n - std::min(n, r.open_at_end);
     uint64_t errors = r.errors.total() + f.counts.gaps + f.counts.duplicates +
-                      (f.publisher_error.empty() ? 0 : 1) + lost +
+                      (f.publisher_error.empty() ? 0 : 1) + (f.ready_error.empty() ? 0 : 1) + lost +
                       (f.subscribed < r.open_after_ramp ? r.open_after_ramp - f.subscribed : 0);
-    std::string slow =
-        f.metrics_read
-            ? commas(static_cast<uint64_t>(f.slow_drop)) +
-                  (f.slow_disconnect > 0
-                       ? " (+" + commas(static_cast<uint64_t>(f.slow_disconnect)) + " disc.)"
-                       : "")
-            : "-";
+    server_figures all_servers;
+    all_servers.metrics_read = f.metrics_read;
+    all_servers.slow_drop = f.slow_drop;
+    all_servers.slow_disconnect = f.slow_disconnect;
+    std::string pub_cell = (known ? "" : "~") + si(published);
     const auto& h = *r.latency;
-    s.markdown += "| " + commas(n) + " | " + (known ? "" : "~") + si(published) + " | " +
-                  si(deliveries) + " | " + fixed(mb, 1) + " | " + commas(f.counts.gaps) + " | " +
-                  commas(f.counts.duplicates) + " | " + commas(f.counts.reorders) + " | " +
-                  ms(h.quantile(0.5)) + " | " + ms(h.quantile(0.99)) + " | " +
-                  ms(h.quantile(0.999)) + " | " + slow + " | " + commas(errors) + " |\n";
+    if (two) {
+      for (int side = 0; side < 2; ++side) {
+        const side_figures& sf = r.sides[side];
+        // One instance: its /metrics are the whole's, shown on the "all" row only.
+        const server_figures none;
+        const server_figures& sv = static_cast<size_t>(side) < f.servers.size() && instances(o) == 2
+                                       ? f.servers[side]
+                                       : none;
+        uint64_t side_lost =
+            sf.connections - std::min<uint64_t>(sf.connections, sf.counts.subscribers);
+        s.markdown += "| " + commas(n) + " | " + (side == 0 ? "A" : "B") + " (" +
+                      commas(sf.connections) + ") | " + pub_cell + " | " + si(sf.replies / w) +
+                      " | " + fixed(sf.reply_bytes / w / 1e6, 1) + " | " + commas(sf.counts.gaps) +
+                      " | " + commas(sf.counts.duplicates) + " | " + commas(sf.counts.reorders) +
+                      " | " + latency_cells(*sf.latency) + " | " + slow_cell(sv) + " | " +
+                      commas(sf.counts.gaps + sf.counts.duplicates + side_lost) + " |\n";
+      }
+      s.markdown += "| " + commas(n) + " | **all** | " + pub_cell + " | **" + si(deliveries) +
+                    "** | " + fixed(mb, 1) + " | " + commas(f.counts.gaps) + " | " +
+                    commas(f.counts.duplicates) + " | " + commas(f.counts.reorders) + " | " +
+                    latency_cells(h) + " | " + slow_cell(all_servers) + " | " + commas(errors) +
+                    " |\n";
+    } else {
+      s.markdown += "| " + commas(n) + " | " + pub_cell + " | " + si(deliveries) + " | " +
+                    fixed(mb, 1) + " | " + commas(f.counts.gaps) + " | " +
+                    commas(f.counts.duplicates) + " | " + commas(f.counts.reorders) + " | " +
+                    latency_cells(h) + " | " + slow_cell(all_servers) + " | " + commas(errors) +
+                    " |\n";
+    }
     uint64_t expected = known ? f.published_total * f.counts.subscribers : 0;
-    s.rows.push_back(tier_json(r, r.replies)
-                         .str("publisher", o.publisher)
-                         .boolean("broadcast", broadcast)
-                         .str("topic", broadcast ? "" : o.topic)
-                         .num("publish_rate", o.publish_rate)
-                         .integer("publish_batch", o.publish_batch)
-                         .integer("publish_window", plan.publisher.window)
-                         .integer("subscribers", f.counts.subscribers)
-                         .integer("subscribed", f.subscribed)
-                         .num("published_per_s", published)
-                         .boolean("published_per_s_derived", !known)
-                         .num("deliveries_per_s", deliveries)
-                         .num("mb_per_s", mb)
-                         .integer("published", f.published)
-                         .integer("published_total", f.published_total)
-                         .integer("publish_sent_total", f.sent_total)
-                         .integer("publish_busy", f.busy)
-                         .integer("deliveries_total", f.deliveries_total)
-                         .integer("deliveries_expected", expected)
-                         .num("drain_s", f.drain_s)
-                         .integer("gaps", f.counts.gaps)
-                         .integer("subscribers_with_gaps", f.counts.subscribers_with_gaps)
-                         .integer("max_gaps_per_subscriber", f.counts.max_gaps)
-                         .integer("duplicates", f.counts.duplicates)
-                         .integer("reorders", f.counts.reorders)
-                         .integer("lost_connections", lost)
-                         .str("publisher_error", f.publisher_error)
-                         .raw("slow_consumer",
-                              f.metrics_read ? json_obj()
+    json_obj row = tier_json(r, r.replies);
+    row.str("publisher", o.publisher)
+        .boolean("broadcast", broadcast)
+        .str("topic", broadcast ? "" : o.topic)
+        .num("publish_rate", o.publish_rate)
+        .integer("publish_batch", o.publish_batch)
+        .integer("publish_window", plan.publisher.window)
+        .integer("subscribers", f.counts.subscribers)
+        .integer("subscribed", f.subscribed)
+        .num("published_per_s", published)
+        .boolean("published_per_s_derived", !known)
+        .num("deliveries_per_s", deliveries)
+        .num("mb_per_s", mb)
+        .integer("published", f.published)
+        .integer("published_total", f.published_total)
+        .integer("publish_sent_total", f.sent_total)
+        .integer("publish_busy", f.busy)
+        .integer("deliveries_total", f.deliveries_total)
+        .integer("deliveries_expected", expected)
+        .num("drain_s", f.drain_s)
+        .num("ready_s", f.ready_s)
+        .str("ready_error", f.ready_error)
+        .integer("gaps", f.counts.gaps)
+        .integer("subscribers_with_gaps", f.counts.subscribers_with_gaps)
+        .integer("max_gaps_per_subscriber", f.counts.max_gaps)
+        .integer("duplicates", f.counts.duplicates)
+        .integer("reorders", f.counts.reorders)
+        .integer("lost_connections", lost)
+        .integer("errors", errors)
+        .str("publisher_error", f.publisher_error)
+        .raw("slow_consumer", f.metrics_read ? json_obj()
                                                    .num("drop", f.slow_drop)
                                                    .num("disconnect", f.slow_disconnect)
                                                    .num("server_deliveries", f.server_deliveries)
                                                    .done()
-                                             : "null")
-                         .done());
+                                             : "null");
+    if (kind == publisher_kind::redis) {
+      row.integer("redis_short_receivers", f.short_receivers)
+          .integer("redis_min_receivers", f.min_receivers == UINT64_MAX ? 0 : f.min_receivers);
+    }
+    std::string servers;
+    for (const server_figures& sv : f.servers) {
+      servers += (servers.empty() ? "" : ", ") + server_json(sv);
+    }
+    row.raw("servers", "[" + servers + "]");
+    if (two) {
+      std::string sides;
+      for (int side = 0; side < 2; ++side) {
+        const side_figures& sf = r.sides[side];
+        sides += std::string(side ? ", " : "") +
+                 json_obj()
+                     .str("instance", side == 0 ? "A" : "B")
+                     .integer("port", side == 0 ? o.port : o.port2)
+                     .integer("connections", sf.connections)
+                     .num("deliveries_per_s", sf.replies / w)
+                     .num("mb_per_s", sf.reply_bytes / w / 1e6)
+                     .integer("deliveries_total", sf.deliveries_total)
+                     .integer("deliveries_expected",
+                              known ? f.published_total * sf.counts.subscribers : 0)
+                     .raw("counts", counts_json(sf.counts))
+                     .raw("latency_ms", latency_json(*sf.latency))
+                     .done();
+      }
+      row.raw("sides", "[" + sides + "]");
+    }
+    s.rows.push_back(row.done());
     notes += tier_notes(commas(n), r, r.replies);
     notes += "  - " + commas(f.counts.subscribers) + " subscribers at the end";
     if (known) {
@@ -806,6 +982,14 @@ section fanout(const context& cx, bool broadcast) {
     } else {
       notes += ", " + commas(f.deliveries_total) + " deliveries";
     }
+    if (two) {
+      for (int side = 0; side < 2; ++side) {
+        const side_figures& sf = r.sides[side];
+        notes += std::string(side == 0 ? " (A: " : ", B: ") + commas(sf.deliveries_total) + " of " +
+                 commas(known ? f.published_total * sf.counts.subscribers : 0) +
+                 (side == 1 ? ")" : "");
+      }
+    }
     if (f.counts.gaps) {
       notes += "; **" + commas(f.counts.gaps) + " seqs missing over " +
                commas(f.counts.subscribers_with_gaps) + " subscribers (max " +
@@ -815,9 +999,20 @@ section fanout(const context& cx, bool broadcast) {
       notes += "; **" + commas(r.open_after_ramp - f.subscribed) +
                " subscriptions not confirmed within 10 s**";
     }
+    if (!f.ready_error.empty()) notes += "; **not ready before publishing: " + f.ready_error + "**";
     if (lost) notes += "; **" + commas(lost) + " subscribers lost**";
     if (!f.publisher_error.empty()) notes += "; **publisher: " + f.publisher_error + "**";
+    if (kind == publisher_kind::redis && f.short_receivers != 0) {
+      notes += "; **" + commas(f.short_receivers) + " PUBLISH answers counted fewer than " +
+               std::to_string(instances(o)) + " receivers (fewest " + commas(f.min_receivers) +
+               ")**";
+    }
     notes += "\n";
+    for (size_t k = 0; k < f.servers.size(); ++k) {
+      if (!f.servers[k].redis.read) continue;
+      std::string who = f.servers.size() == 1 ? "the server's" : k == 0 ? "A's" : "B's";
+      notes += redis_bridge_note(who, f.servers[k].redis);
+    }
     s.errors += errors;
   }
   s.markdown += "\n" + notes;
@@ -837,7 +1032,8 @@ const std::map<std::string, std::string>& scenario_titles() {
       {"echo", "Echo (send and receive concurrently)"},
       {"blast", "Blast (send only)"},
       {"fanout-broadcast", "Fan-out Broadcast (topic)"},
-      {"broadcast-all", "Fan-out Broadcast (every connection)"}};
+      {"broadcast-all", "Fan-out Broadcast (every connection)"},
+      {"fanout-multi", "Multi-instance Fan-out (two servers, one topic)"}};
   return t;
 }
 
@@ -932,7 +1128,29 @@ fanout-broadcast   (run only when named) Per tier, N subscribers connect (wse: J
                    the exit code non-zero. Tiers beyond RLIMIT_NOFILE spread over rings as usual.
 
 broadcast-all      fanout-broadcast with {"broadcast":true,"message":<tick>} items (every
-                   connection receives each tick; nobody subscribes). --publisher api or server.
+                   connection receives each tick; nobody subscribes). --publisher api, redis
+                   (PUBLISH <prefix>@broadcast) or server.
+
+fanout-multi       (run only when named) fanout-broadcast over two server instances bridged by
+                   Redis: instance A at --port, instance B at --port-b. The subscribers of each
+                   tier alternate: even-numbered on A, odd on B (--port-b equal to --port: all on
+                   one instance, to test the bench). One publisher for both: --publisher api
+                   (POST /api/publish on A; A delivers locally and relays through Redis to B),
+                   wse (a WSE connection to A) or redis (PUBLISH <--redis-prefix><--topic> <tick>
+                   straight into --redis-url, --publish-batch commands per pipelined batch,
+                   --publish-inflight batches in flight; each answer's receiver count is checked
+                   against the number of instances). Before publishing, after every subscription
+                   is confirmed: A and B answer GET /readyz with 200 and, with --redis-url, Redis
+                   counts one subscriber per instance on the channel (PUBSUB NUMSUB, or CLIENT
+                   LIST psub= for pattern subscriptions), so seq 0 reaches every subscriber (and,
+                   before each tier, the previous tier's subscriptions are gone from Redis).
+                   Reports per tier three rows, A's subscribers,
+                   B's and all: deliveries/s, published/s, MB/s, gaps, duplicates, reorders,
+                   latency p50/p99/p99.9 and each instance's slow-consumer drops; then each
+                   instance's Redis bridge counters (wsed_redis_publications_total,
+                   wsed_redis_received_total) over the tier. Gaps or duplicates on either
+                   instance make the exit code non-zero. (--port-b also splits the other
+                   scenarios' connections; the fanout ones then report A and B apart.)
 
 Every table is followed by one line per tier: client CPU (and a warning when the client, not the
 server, was saturated), with --server-pid the server's CPU time per message (user and sys, from
@@ -995,6 +1213,33 @@ std::vector<int> parse_cpu_list(const std::string& text) {
   return cpus;
 }
 
+// redis://HOST:PORT[/DB] with HOST an IPv4 address in 127.0.0.0/8 or localhost (the database does
+// not matter to PUBLISH). Empty: the address; otherwise why not.
+std::string parse_redis_url(const std::string& url, sockaddr_in& out) {
+  const std::string scheme = "redis://";
+  if (url.rfind(scheme, 0) != 0) return "must start with redis://";
+  std::string rest = url.substr(scheme.size());
+  if (rest.find('@') != std::string::npos) return "credentials are not supported";
+  rest = rest.substr(0, rest.find('/'));
+  size_t colon = rest.rfind(':');
+  std::string host = colon == std::string::npos ? rest : rest.substr(0, colon);
+  std::string port = colon == std::string::npos ? "6379" : rest.substr(colon + 1);
+  if (host == "localhost") host = "127.0.0.1";
+  out = sockaddr_in{};
+  out.sin_family = AF_INET;
+  if (inet_pton(AF_INET, host.c_str(), &out.sin_addr) != 1) return "host is not an IPv4 address";
+  if ((ntohl(out.sin_addr.s_addr) >> 24) != 127) return "host must be in 127.0.0.0/8";
+  size_t used = 0;
+  unsigned long p = 0;
+  try {
+    p = std::stoul(port, &used);
+  } catch (const std::exception&) {
+  }
+  if (used == 0 || used != port.size() || p == 0 || p > 65535) return "bad port";
+  out.sin_port = htons(static_cast<uint16_t>(p));
+  return "";
+}
+
 int run_all(options opt) {
   context cx;
   cx.opt = opt;
@@ -1018,6 +1263,7 @@ int run_all(options opt) {
   }
   b.path = opt.path;
   b.host_header = opt.host + ":" + std::to_string(opt.port);
+  b.host_header2 = opt.host + ":" + std::to_string(opt.port2);
   b.secret = opt.secret;
   b.token_now_s = static_cast<int64_t>(time(nullptr));
   if (cx.wse && !opt.token_per_connection) {
@@ -1037,8 +1283,9 @@ int run_all(options opt) {
     if (t == "sustained-hold") sections.push_back(sustained_hold(cx));
     if (t == "connection-limit") sections.push_back(connection_limit(cx));
     if (t == "pingpong" || t == "echo" || t == "blast") sections.push_back(go_mode(cx, t));
-    if (t == "fanout-broadcast") sections.push_back(fanout(cx, false));
-    if (t == "broadcast-all") sections.push_back(fanout(cx, true));
+    if (t == "fanout-broadcast") sections.push_back(fanout(cx, fanout_mode::topic));
+    if (t == "broadcast-all") sections.push_back(fanout(cx, fanout_mode::broadcast));
+    if (t == "fanout-multi") sections.push_back(fanout(cx, fanout_mode::multi));
   }
 
   uint64_t errors = 0;
@@ -1085,6 +1332,8 @@ int run_all(options opt) {
             .integer("ring_files_max", ring_files_max())
             .integer("server_pid", static_cast<uint64_t>(std::max(0, opt.runner.server_pid)))
             .str("publisher", opt.publisher)
+            .str("redis_url", opt.redis_url)
+            .str("redis_prefix", opt.redis_prefix)
             .str("topic", opt.topic)
             .num("publish_rate", opt.publish_rate)
             .integer("publish_batch", opt.publish_batch)
@@ -1124,7 +1373,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--host", opt.host, "server IPv4 address (127.0.0.0/8)")->capture_default_str();
   app.add_option("--port", opt.port, "server port")->capture_default_str();
-  app.add_option("--port2", opt.port2, "second server port: odd-numbered connections go there");
+  app.add_option("--port-b,--port2", opt.port2,
+                 "second server (instance B) port: odd-numbered connections go there "
+                 "(fanout-multi needs it)");
   app.add_option("--path", opt.path, "request target of the upgrade")->capture_default_str();
   app.add_option("--secret", opt.secret, "HS256 secret for the JWT (wse)")->capture_default_str();
   app.add_option("--sub", opt.sub, "JWT sub claim of the shared token")->capture_default_str();
@@ -1181,9 +1432,10 @@ int main(int argc, char** argv) {
                  "server process: CPU time per message and RSS per connection from /proc");
   app.add_option("--json", opt.json_path, "also write the results as JSON to this file");
   app.add_option("--publisher", opt.publisher,
-                 "fanout: api (POST /api/publish), wse (a WSE connection allowed to publish) or "
-                 "server (the server publishes by itself; the bench only counts)")
-      ->check(CLI::IsMember({"api", "wse", "server"}))
+                 "fanout: api (POST /api/publish), wse (a WSE connection allowed to publish), "
+                 "redis (PUBLISH into --redis-url) or server (the server publishes by itself; "
+                 "the bench only counts)")
+      ->check(CLI::IsMember({"api", "wse", "redis", "server"}))
       ->capture_default_str();
   app.add_option(
       "--api-key-file", opt.api_key_file,
@@ -1210,6 +1462,14 @@ int main(int argc, char** argv) {
   app.add_option("--api-port", opt.api_port, "fanout: port of the HTTP API (default: --port)");
   app.add_option("--metrics-port", opt.metrics_port,
                  "fanout: port serving /metrics (slow-consumer drops; default: the API port)");
+  app.add_option("--metrics-port-b", opt.metrics_port_b,
+                 "fanout, two servers: port serving B's /metrics and /readyz (default: --port-b)");
+  app.add_option("--redis-url", opt.redis_url,
+                 "fanout: redis://127.x.x.x:PORT: --publisher redis publishes there, and any "
+                 "publisher waits until Redis counts every instance subscribed to the channel");
+  app.add_option("--redis-prefix", opt.redis_prefix,
+                 "fanout: the servers' Redis channel prefix (channel = prefix + topic)")
+      ->capture_default_str();
   try {
     app.parse(argc, argv);
     if (!tiers.empty()) opt.tiers = parse_list(tiers);
@@ -1246,6 +1506,28 @@ int main(int argc, char** argv) {
                    "wse-bench: broadcast-all needs --publisher api or server (a WSE client "
                    "publishes to a topic only)\n");
       return 2;
+    }
+    bool multi = std::find(tests.begin(), tests.end(), "fanout-multi") != tests.end();
+    if (multi && opt.port2 == 0) {
+      std::fprintf(stderr, "wse-bench: fanout-multi needs --port-b (instance B)\n");
+      return 2;
+    }
+    if (multi && opt.publisher == "server") {
+      std::fprintf(stderr,
+                   "wse-bench: fanout-multi needs --publisher api, wse or redis (one publisher "
+                   "for both instances)\n");
+      return 2;
+    }
+    if (opt.publisher == "redis" && opt.redis_url.empty()) {
+      std::fprintf(stderr, "wse-bench: --publisher redis needs --redis-url\n");
+      return 2;
+    }
+    if (!opt.redis_url.empty()) {
+      std::string why = parse_redis_url(opt.redis_url, opt.redis_addr);
+      if (!why.empty()) {
+        std::fprintf(stderr, "wse-bench: --redis-url %s: %s\n", opt.redis_url.c_str(), why.c_str());
+        return 2;
+      }
     }
     if (opt.publisher == "api") {
       if (opt.api_key_file.empty()) {

@@ -1,16 +1,21 @@
 // tools/wse_bench/publisher.hpp: the fanout-broadcast publisher of wse-bench, on a thread of its
 // own: fanout_tick publications with a dense seq from 0, over the HTTP API (POST /api/publish,
 // keep-alive, pipelined, JSON array bodies of --publish-batch items, a bounded number of requests
-// in flight) or over one WSE connection allowed to publish (a publish frame per tick). Either at
+// in flight), over one WSE connection allowed to publish (a publish frame per tick), or straight
+// into Redis (PUBLISH <prefix><topic> <tick>, --publish-batch commands per pipelined batch, a
+// bounded number of batches in flight; the answers read with hiredis's reply reader). Either at
 // --publish-rate publications/s or, at 0, as fast as the server takes them. Also the one-shot
-// GET /metrics the scenario reads slow-consumer counters with.
+// GET /metrics the scenario reads slow-consumer counters with, and the PUBSUB query that tells
+// when every instance has subscribed in Redis.
 //
 // Owns: its socket and buffers; publishes its counters as atomics the main thread reads. Thread:
 // the publisher thread (started and joined by run_tier). Must never block without a timeout
 // (every wait is a poll of at most a few ms, the stop flag is checked each pass), never send
 // past its in-flight bound, and never publish after stop.
-// Header-only so that it needs no build-file change (included by runner.cpp only).
+// Header-only (included by runner.cpp only); links hiredis (the reply reader).
 #pragma once
+
+#include <hiredis/hiredis.h>
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -21,14 +26,18 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <ctime>
 #include <deque>
 #include <functional>
+#include <initializer_list>
+#include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "proto/http.hpp"
@@ -39,11 +48,12 @@
 
 namespace wsed::bench {
 
-enum class publisher_kind : uint8_t { api, wse, server };
+enum class publisher_kind : uint8_t { api, wse, server, redis };
 
 struct publisher_config {
   publisher_kind kind = publisher_kind::api;
-  sockaddr_in api{};        // api: the HTTP API's address; wse: the WebSocket server's
+  sockaddr_in api{};        // api: the HTTP API's address; wse: the WebSocket server's; redis:
+                            // the Redis server's
   std::string host_header;  // Host: of the requests / the upgrade
   std::string api_key;      // api: the bearer key
   std::string path = "/wse";
@@ -60,6 +70,8 @@ struct publisher_config {
   uint64_t window = 0;
   std::function<uint64_t()> delivered;  // deliveries received by the bench's subscribers so far
   uint64_t subscribers = 1;
+  std::string channel;            // redis: <prefix><topic> (or <prefix>@broadcast)
+  uint64_t receivers_wanted = 0;  // redis: PUBLISH answers below this are counted (0: none)
 };
 
 inline uint64_t wall_us_now() {
@@ -102,6 +114,10 @@ inline int connect_with_timeout(const sockaddr_in& addr, int timeout_ms, std::st
 }
 
 // GET path on addr (Connection: close), the body of a 200 within timeout_ms; nullopt otherwise.
+// After the answer it waits (at most 200 ms more) for the server's close, so the server has closed
+// this connection before the caller opens the next: closing first, right after the answer, made
+// wsed shut down the connection accepted next in about 1 of 12 tries (its FIN arrives before any
+// request is sent; the requests are still read and executed, their answers never come).
 inline std::optional<std::string> http_get(const sockaddr_in& addr, const std::string& host_header,
                                            const std::string& path, int timeout_ms = 2000) {
   std::string why;
@@ -113,6 +129,7 @@ inline std::optional<std::string> http_get(const sockaddr_in& addr, const std::s
   size_t sent = 0;
   uint64_t deadline = mono_ns_now() + static_cast<uint64_t>(timeout_ms) * 1'000'000u;
   std::optional<std::string> out;
+  bool answered = false;  // the whole answer is in: waiting for the close
   while (mono_ns_now() < deadline) {
     pollfd p{fd, static_cast<short>(POLLIN | (sent < req.size() ? POLLOUT : 0)), 0};
     if (poll(&p, 1, 10) <= 0) continue;
@@ -124,15 +141,132 @@ inline std::optional<std::string> http_get(const sockaddr_in& addr, const std::s
       char buf[65536];
       ssize_t n = recv(fd, buf, sizeof buf, 0);
       if (n > 0) in.append(buf, static_cast<size_t>(n));
+      if (answered) {
+        if (n == 0 || (n < 0 && errno != EAGAIN)) break;  // the server's close
+        continue;
+      }
       http_response r = parse_http_response(in, 1 << 20);
       if (r.state == http_parse::ok) {
         if (r.status == 200) out = std::string(r.body);
-        break;
+        if (!r.close || n == 0) break;
+        answered = true;
+        deadline = std::min(deadline, mono_ns_now() + 200'000'000u);
+        continue;
       }
       if (r.state == http_parse::bad || n == 0 || (n < 0 && errno != EAGAIN)) break;
     }
   }
   close(fd);
+  return out;
+}
+
+// One command in RESP (an array of bulk strings), appended to out.
+inline void append_resp(std::string& out, std::initializer_list<std::string_view> args) {
+  out += '*';
+  out += std::to_string(args.size());
+  out += "\r\n";
+  for (std::string_view a : args) {
+    out += '$';
+    out += std::to_string(a.size());
+    out += "\r\n";
+    out += a;
+    out += "\r\n";
+  }
+}
+
+// Owns one hiredis reply reader (RESP parser; no I/O).
+class resp_reader {
+ public:
+  resp_reader() : r_(redisReaderCreate()) {}
+  ~resp_reader() {
+    if (r_ != nullptr) redisReaderFree(r_);
+  }
+  resp_reader(const resp_reader&) = delete;
+  resp_reader& operator=(const resp_reader&) = delete;
+  bool feed(const char* data, size_t n) { return r_ && redisReaderFeed(r_, data, n) == REDIS_OK; }
+  // The next whole reply (nullptr: none yet, or `bad` set on a protocol error). Free with
+  // freeReplyObject (reply_ptr does).
+  struct reply_free {
+    void operator()(redisReply* r) const { freeReplyObject(r); }
+  };
+  using reply_ptr = std::unique_ptr<redisReply, reply_free>;
+  reply_ptr next() {
+    void* out = nullptr;
+    if (r_ == nullptr || redisReaderGetReply(r_, &out) != REDIS_OK) {
+      bad = true;
+      return nullptr;
+    }
+    return reply_ptr(static_cast<redisReply*>(out));
+  }
+  bool bad = false;
+
+ private:
+  redisReader* r_;
+};
+
+// Sends `request` (RESP commands) to Redis and returns the `replies` answers within timeout_ms;
+// empty on any failure. For the few PUBSUB queries of a run, not the publishing.
+inline std::vector<resp_reader::reply_ptr> redis_query(const sockaddr_in& addr,
+                                                       const std::string& request, size_t replies,
+                                                       int timeout_ms = 2000) {
+  std::vector<resp_reader::reply_ptr> out;
+  std::string why;
+  int fd = connect_with_timeout(addr, timeout_ms, why);
+  if (fd < 0) return out;
+  resp_reader reader;
+  size_t sent = 0;
+  uint64_t deadline = mono_ns_now() + static_cast<uint64_t>(timeout_ms) * 1'000'000u;
+  while (mono_ns_now() < deadline && out.size() < replies && !reader.bad) {
+    pollfd p{fd, static_cast<short>(POLLIN | (sent < request.size() ? POLLOUT : 0)), 0};
+    if (poll(&p, 1, 10) <= 0) continue;
+    if (sent < request.size() && (p.revents & POLLOUT)) {
+      ssize_t n = send(fd, request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
+      if (n > 0) sent += static_cast<size_t>(n);
+    }
+    if (!(p.revents & (POLLIN | POLLHUP | POLLERR))) continue;
+    char buf[4096];
+    ssize_t n = recv(fd, buf, sizeof buf, 0);
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) break;
+    if (n < 0 || !reader.feed(buf, static_cast<size_t>(n))) continue;
+    while (out.size() < replies) {
+      resp_reader::reply_ptr r = reader.next();
+      if (!r) break;
+      out.push_back(std::move(r));
+    }
+  }
+  close(fd);
+  if (out.size() < replies) out.clear();
+  return out;
+}
+
+// Redis's subscribers of `channel` (PUBSUB NUMSUB) and its clients with a pattern subscription
+// (CLIENT LIST's psub=; PUBSUB NUMPAT counts distinct patterns, one for two instances that both
+// subscribe <prefix>*): a PUBLISH on the channel reaches at most one per subscribed instance.
+// nullopt: Redis did not answer.
+struct redis_subscribers {
+  uint64_t channel = 0;
+  uint64_t pattern_clients = 0;
+};
+
+inline std::optional<redis_subscribers> redis_receivers(const sockaddr_in& addr,
+                                                        std::string_view channel) {
+  std::string req;
+  append_resp(req, {"PUBSUB", "NUMSUB", channel});
+  append_resp(req, {"CLIENT", "LIST"});
+  auto r = redis_query(addr, req, 2);
+  if (r.size() != 2 || r[0]->type != REDIS_REPLY_ARRAY || r[0]->elements != 2 ||
+      r[0]->element[1]->type != REDIS_REPLY_INTEGER ||
+      (r[1]->type != REDIS_REPLY_STRING && r[1]->type != REDIS_REPLY_STATUS)) {
+    return std::nullopt;
+  }
+  redis_subscribers out;
+  out.channel = static_cast<uint64_t>(std::max<long long>(0, r[0]->element[1]->integer));
+  std::string_view list(r[1]->str, r[1]->len);
+  for (size_t at = list.find(" psub="); at != std::string_view::npos;
+       at = list.find(" psub=", at + 1)) {
+    size_t digits = at + 6;
+    if (digits < list.size() && list[digits] >= '1' && list[digits] <= '9') ++out.pattern_clients;
+  }
   return out;
 }
 
@@ -163,6 +297,9 @@ class publisher {
     if (cfg_.kind == publisher_kind::api && !pending_.empty() && error.empty()) {
       set_error(std::to_string(pending_.size()) + " publish requests unanswered after the drain");
     }
+    if (cfg_.kind == publisher_kind::redis && !pending_.empty() && error.empty()) {
+      set_error(std::to_string(pending_.size()) + " PUBLISH batches unanswered after the drain");
+    }
     if (cfg_.kind == publisher_kind::wse) {  // what was sent and not refused was taken
       accepted.store(sent.load() - busy.load() - refused.load(), std::memory_order_release);
       if (!first_refusal_.empty()) {
@@ -179,6 +316,9 @@ class publisher {
   std::atomic<uint64_t> busy{0};
   std::atomic<uint64_t> refused{0};
   std::atomic<uint64_t> responses{0};
+  // redis: PUBLISH answers that counted fewer receivers than receivers_wanted, and the fewest.
+  std::atomic<uint64_t> short_receivers{0};
+  std::atomic<uint64_t> min_receivers{UINT64_MAX};
   std::string error;  // set by the publisher thread; read after join
 
  private:
@@ -188,7 +328,9 @@ class publisher {
   }
 
   bool drained() const {
-    if (cfg_.kind == publisher_kind::api) return pending_.empty();
+    if (cfg_.kind == publisher_kind::api || cfg_.kind == publisher_kind::redis) {
+      return pending_.empty();
+    }
     return out_.size() == out_sent_;  // wse: everything handed to the kernel (errors come soon)
   }
 
@@ -224,6 +366,60 @@ class publisher {
     }
   }
 
+  // redis: batches of PUBLISH commands, pipelined like the API's requests (pending_: the
+  // commands of each batch not answered yet).
+  void queue_redis() {
+    uint64_t budget = due();
+    while (pending_.size() < cfg_.inflight_max && out_.size() - out_sent_ < (4u << 20)) {
+      uint64_t n = std::min<uint64_t>(budget, cfg_.batch);
+      if (n == 0) return;
+      budget -= n;
+      uint64_t ts = wall_us_now();
+      for (uint64_t k = 0; k < n; ++k) {
+        tick_.clear();
+        append_fanout_tick(tick_, next_seq_ + k, ts);
+        append_resp(out_, {"PUBLISH", cfg_.channel, tick_});
+      }
+      pending_.push_back(static_cast<uint32_t>(n));
+      next_seq_ += n;
+      sent.fetch_add(n, std::memory_order_relaxed);
+    }
+  }
+
+  void parse_redis_answers(const char* data, size_t n) {
+    if (!reader_.feed(data, n)) {
+      set_error("Redis reply reader refused the input");
+      return;
+    }
+    for (;;) {
+      resp_reader::reply_ptr r = reader_.next();
+      if (reader_.bad) {
+        set_error("unreadable Redis answer");
+        return;
+      }
+      if (!r) return;
+      if (pending_.empty()) {
+        set_error("a Redis answer nobody asked for");
+        return;
+      }
+      if (--pending_.front() == 0) pending_.pop_front();
+      responses.fetch_add(1, std::memory_order_relaxed);
+      if (r->type != REDIS_REPLY_INTEGER) {
+        refused.fetch_add(1, std::memory_order_relaxed);
+        set_error("PUBLISH answered " + (r->type == REDIS_REPLY_ERROR
+                                             ? std::string(r->str, r->len)
+                                             : "type " + std::to_string(r->type)));
+        return;
+      }
+      accepted.fetch_add(1, std::memory_order_relaxed);
+      uint64_t got = static_cast<uint64_t>(std::max<long long>(0, r->integer));
+      if (got < min_receivers.load(std::memory_order_relaxed)) {
+        min_receivers.store(got, std::memory_order_relaxed);
+      }
+      if (got < cfg_.receivers_wanted) short_receivers.fetch_add(1, std::memory_order_relaxed);
+    }
+  }
+
   void queue_wse() {
     // Frames go out as fast as the socket takes them: at most one batch queued unsent.
     if (out_.size() - out_sent_ > 0) return;
@@ -248,6 +444,7 @@ class publisher {
     if (publishing) {
       if (cfg_.kind == publisher_kind::api) queue_api();
       if (cfg_.kind == publisher_kind::wse) queue_wse();
+      if (cfg_.kind == publisher_kind::redis) queue_redis();
     }
     pollfd p{fd_, static_cast<short>(POLLIN | (out_sent_ < out_.size() ? POLLOUT : 0)), 0};
     if (poll(&p, 1, 1) < 0 && errno != EINTR) {
@@ -261,7 +458,7 @@ class publisher {
         set_error(std::string("send: ") + std::strerror(errno));
         return;
       }
-      if (cfg_.kind == publisher_kind::api && out_sent_ == out_.size()) {
+      if (cfg_.kind != publisher_kind::wse && out_sent_ == out_.size()) {
         out_.clear();
         out_sent_ = 0;
       }
@@ -274,8 +471,9 @@ class publisher {
     for (int k = 0; k < 16; ++k) {
       ssize_t n = recv(fd_, buf, sizeof buf, 0);
       if (n == 0) {
-        set_error(cfg_.kind == publisher_kind::api ? "the API closed the connection"
-                                                   : "the server closed the publisher");
+        set_error(cfg_.kind == publisher_kind::api     ? "the API closed the connection"
+                  : cfg_.kind == publisher_kind::redis ? "Redis closed the connection"
+                                                       : "the server closed the publisher");
         return;
       }
       if (n < 0) {
@@ -286,6 +484,8 @@ class publisher {
       if (cfg_.kind == publisher_kind::api) {
         in_.append(buf, static_cast<size_t>(n));
         parse_api_answers();
+      } else if (cfg_.kind == publisher_kind::redis) {
+        parse_redis_answers(buf, static_cast<size_t>(n));
       } else {
         parse_frames(reinterpret_cast<uint8_t*>(buf), static_cast<size_t>(n));
       }
@@ -454,7 +654,10 @@ class publisher {
   size_t out_sent_ = 0;
   uint64_t bytes_sent_ = 0;
   std::string in_;                // api: answers received, not parsed yet
-  std::deque<uint32_t> pending_;  // api: items of each request not answered yet
+  std::deque<uint32_t> pending_;  // api: items of each request not answered yet; redis: commands
+                                  // of each batch
+  resp_reader reader_;            // redis: the answers
+  std::string tick_;              // redis: the tick being framed
   proto::ws_frame_parser parser_{proto::ws_role::client};
   std::vector<uint8_t> carry_;  // wse: bytes received, not parsed yet
   std::string message_;

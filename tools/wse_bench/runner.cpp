@@ -31,6 +31,7 @@ void sleep_s(double s) {
 
 struct totals {
   uint64_t sent_msgs = 0, sent_bytes = 0, replies = 0, reply_bytes = 0;
+  uint64_t replies_b = 0, reply_bytes_b = 0;
   uint64_t t_ns = 0;
   cpu_seconds client{};
   cpu_seconds server{};
@@ -44,6 +45,8 @@ totals take(const std::vector<std::unique_ptr<worker>>& workers, int server_pid)
     t.sent_bytes += w->counters.sent_bytes.load(std::memory_order_relaxed);
     t.replies += w->counters.replies.load(std::memory_order_relaxed);
     t.reply_bytes += w->counters.reply_bytes.load(std::memory_order_relaxed);
+    t.replies_b += w->counters.replies_b.load(std::memory_order_relaxed);
+    t.reply_bytes_b += w->counters.reply_bytes_b.load(std::memory_order_relaxed);
   }
   t.client = own_cpu_seconds();
   if (server_pid > 0) t.server = process_cpu_seconds(server_pid).value_or(cpu_seconds{});
@@ -90,16 +93,23 @@ uint64_t sum_replies(const std::vector<std::unique_ptr<worker>>& workers) {
   return n;
 }
 
-// The slow-consumer and delivery counters of the server's /metrics (shard="total").
-struct server_fanout_metrics {
-  double slow_drop = 0, slow_disconnect = 0, deliveries = 0;
-};
+// A counter of the Redis bridge: its shard="total" line when it has one, else the sum of its
+// lines with `label` (the bridge is one per process: its series may have no shard label).
+std::optional<double> bridge_value(std::string_view text, std::string_view name,
+                                   std::string_view label) {
+  if (auto v = metric_value(text, name, std::array<std::string_view, 2>{label, "shard=\"total\""}))
+    return v;
+  return metric_value(text, name, std::array<std::string_view, 1>{label});
+}
 
-std::optional<server_fanout_metrics> read_fanout_metrics(const fanout_plan& f) {
-  auto text = http_get(f.metrics_addr, f.metrics_host, "/metrics");
+// The slow-consumer and delivery counters of one server's /metrics (shard="total"), and its Redis
+// bridge's (absolute values: the tier takes differences).
+std::optional<server_figures> read_server_metrics(const http_endpoint& e) {
+  auto text = http_get(e.addr, e.host, "/metrics");
   if (!text) return std::nullopt;
   using labels = std::array<std::string_view, 2>;
-  server_fanout_metrics m;
+  server_figures m;
+  m.metrics_read = true;
   m.slow_drop =
       metric_value(*text, "wsed_slow_consumer_total", labels{"shard=\"total\"", "action=\"drop\""})
           .value_or(0);
@@ -109,12 +119,111 @@ std::optional<server_fanout_metrics> read_fanout_metrics(const fanout_plan& f) {
   m.deliveries = metric_value(*text, "wsed_fanout_deliveries_total",
                               std::array<std::string_view, 1>{"shard=\"total\""})
                      .value_or(0);
+  redis_bridge_figures& r = m.redis;
+  const char* pub = "wsed_redis_publications_total";
+  const char* rec = "wsed_redis_received_total";
+  std::pair<double*, std::optional<double>> fields[] = {
+      {&r.published, bridge_value(*text, pub, "result=\"published\"")},
+      {&r.dropped_buffer_full, bridge_value(*text, pub, "result=\"dropped_buffer_full\"")},
+      {&r.dropped_ring_full, bridge_value(*text, pub, "result=\"dropped_ring_full\"")},
+      {&r.lost, bridge_value(*text, pub, "result=\"lost\"")},
+      {&r.delivered, bridge_value(*text, rec, "result=\"delivered\"")},
+      {&r.own, bridge_value(*text, rec, "result=\"own\"")},
+      {&r.duplicate, bridge_value(*text, rec, "result=\"duplicate\"")},
+      {&r.invalid, bridge_value(*text, rec, "result=\"invalid\"")},
+      {&r.busy_retry, bridge_value(*text, rec, "result=\"busy_retry\"")}};
+  for (auto& [field, value] : fields) {
+    r.read |= value.has_value();
+    *field = value.value_or(0);
+  }
   return m;
+}
+
+std::vector<std::optional<server_figures>> read_fanout_metrics(const fanout_plan& f) {
+  std::vector<std::optional<server_figures>> v;
+  for (const http_endpoint& e : f.metrics) v.push_back(read_server_metrics(e));
+  return v;
+}
+
+// after - before, per server and summed into r (servers whose /metrics failed either time: not
+// read).
+void fanout_metrics_delta(const std::vector<std::optional<server_figures>>& before,
+                          const std::vector<std::optional<server_figures>>& after,
+                          fanout_result& r) {
+  for (size_t k = 0; k < before.size() && k < after.size(); ++k) {
+    server_figures d;
+    if (before[k] && after[k]) {
+      const server_figures &b = *before[k], &a = *after[k];
+      d.metrics_read = true;
+      d.slow_drop = a.slow_drop - b.slow_drop;
+      d.slow_disconnect = a.slow_disconnect - b.slow_disconnect;
+      d.deliveries = a.deliveries - b.deliveries;
+      d.redis.read = a.redis.read;
+      d.redis.published = a.redis.published - b.redis.published;
+      d.redis.dropped_buffer_full = a.redis.dropped_buffer_full - b.redis.dropped_buffer_full;
+      d.redis.dropped_ring_full = a.redis.dropped_ring_full - b.redis.dropped_ring_full;
+      d.redis.lost = a.redis.lost - b.redis.lost;
+      d.redis.delivered = a.redis.delivered - b.redis.delivered;
+      d.redis.own = a.redis.own - b.redis.own;
+      d.redis.duplicate = a.redis.duplicate - b.redis.duplicate;
+      d.redis.invalid = a.redis.invalid - b.redis.invalid;
+      d.redis.busy_retry = a.redis.busy_retry - b.redis.busy_retry;
+      r.metrics_read = true;
+      r.slow_drop += d.slow_drop;
+      r.slow_disconnect += d.slow_disconnect;
+      r.server_deliveries += d.deliveries;
+    }
+    r.servers.push_back(d);
+  }
+}
+
+// Before the publisher: every server ready (GET /readyz answers 200) and, when asked, Redis counts
+// the subscribers wanted on the channel (its own plus the clients with pattern subscriptions).
+// Bounded by `until`; what did not pass is returned.
+std::string wait_ready(const fanout_plan& f, uint64_t until) {
+  std::string missing;
+  for (const http_endpoint& e : f.ready) {
+    while (!http_get(e.addr, e.host, "/readyz", 1000) && now_ns() < until) sleep_s(0.01);
+    if (!http_get(e.addr, e.host, "/readyz", 1000)) {
+      missing += (missing.empty() ? "" : "; ") + e.host + " /readyz not 200";
+    }
+  }
+  if (f.redis_wait) {
+    std::optional<uint64_t> n;
+    for (;;) {
+      auto r = redis_receivers(f.redis_addr, f.redis_channel);
+      n = r ? std::optional<uint64_t>(r->channel + r->pattern_clients) : std::nullopt;
+      if ((n && *n >= f.redis_receivers_wanted) || now_ns() >= until) break;
+      sleep_s(0.01);
+    }
+    if (!n || *n < f.redis_receivers_wanted) {
+      missing += (missing.empty() ? "" : "; ") + std::string("Redis: ") +
+                 (n ? std::to_string(*n) : std::string("no answer")) + " subscribers of " +
+                 f.redis_channel + " (want " + std::to_string(f.redis_receivers_wanted) + ")";
+    }
+  }
+  return missing;
+}
+
+// Before a tier's ramp: the previous tier's subscriptions gone from Redis (exact subscriptions:
+// the channel's subscriber count back to 0), so the check after the ramp cannot pass on an
+// instance's old subscription that its unsubscribe is about to end. Bounded (3 s: another
+// subscriber of the channel, or patterns only, and it just goes on).
+void wait_redis_unsubscribed(const fanout_plan& f) {
+  if (!f.redis_wait) return;
+  uint64_t until = now_ns() + 3'000'000'000u;
+  for (;;) {
+    auto r = redis_receivers(f.redis_addr, f.redis_channel);
+    if (!r || r->channel == 0 || now_ns() >= until) return;
+    sleep_s(0.01);
+  }
 }
 
 // What the publisher has had taken so far (wse: sent and not refused; final after run()).
 uint64_t published_now(const publisher& p, publisher_kind kind) {
-  if (kind == publisher_kind::api) return p.accepted.load(std::memory_order_relaxed);
+  if (kind == publisher_kind::api || kind == publisher_kind::redis) {
+    return p.accepted.load(std::memory_order_relaxed);
+  }
   uint64_t sent = p.sent.load(std::memory_order_relaxed);
   uint64_t no = p.busy.load(std::memory_order_relaxed) + p.refused.load(std::memory_order_relaxed);
   return sent > no ? sent - no : 0;
@@ -190,6 +299,7 @@ tier_result run_tier(const runner_options& ro, job j, const tier_spec& spec) {
     if (m) r.server_rss_before_kib = m->vm_rss_kib;
   }
 
+  if (spec.fanout != nullptr) wait_redis_unsubscribed(*spec.fanout);
   run_control control;
   std::vector<std::unique_ptr<worker>> workers;
   uint32_t first = 0;
@@ -198,6 +308,10 @@ tier_result run_tier(const runner_options& ro, job j, const tier_spec& spec) {
     int cpu = ro.cpus.empty() ? -1 : ro.cpus[t % ro.cpus.size()];
     workers.push_back(std::make_unique<worker>(j, control, first, share, cpu));
     first += share;
+  }
+  if (j.two_servers) {
+    r.sides[1].connections = r.target / 2;  // the odd-numbered ones
+    r.sides[0].connections = r.target - r.sides[1].connections;
   }
   cpu_seconds cpu_before = own_cpu_seconds();
   uint64_t ramp_start = now_ns();
@@ -235,7 +349,7 @@ tier_result run_tier(const runner_options& ro, job j, const tier_spec& spec) {
 
   // fanout: every open subscriber confirmed, then the publisher starts (seq 0 reaches them all).
   const fanout_plan* fp = spec.fanout;
-  std::optional<server_fanout_metrics> metrics_before;
+  std::vector<std::optional<server_figures>> metrics_before;
   std::unique_ptr<publisher> pub;
   std::atomic<bool> pub_stop{false};
   std::thread pub_thread;
@@ -244,6 +358,10 @@ tier_result run_tier(const runner_options& ro, job j, const tier_spec& spec) {
     uint64_t until = now_ns() + static_cast<uint64_t>(fp->subscribe_timeout_s * 1e9);
     while (now_ns() < until && sum_subscribed(workers) < sum_open(workers)) sleep_s(0.002);
     r.fanout.subscribed = sum_subscribed(workers);
+    uint64_t ready_start = now_ns();
+    r.fanout.ready_error =
+        wait_ready(*fp, ready_start + static_cast<uint64_t>(fp->subscribe_timeout_s * 1e9));
+    r.fanout.ready_s = static_cast<double>(now_ns() - ready_start) / 1e9;
     if (fp->publisher.kind != publisher_kind::server) {
       publisher_config pc = fp->publisher;
       pc.subscribers = std::max<uint64_t>(1, r.fanout.subscribed);
@@ -285,6 +403,10 @@ tier_result run_tier(const runner_options& ro, job j, const tier_spec& spec) {
     r.sent_bytes = after.sent_bytes - before.sent_bytes;
     r.replies = after.replies - before.replies;
     r.reply_bytes = after.reply_bytes - before.reply_bytes;
+    r.sides[1].replies = after.replies_b - before.replies_b;
+    r.sides[1].reply_bytes = after.reply_bytes_b - before.reply_bytes_b;
+    r.sides[0].replies = r.replies - r.sides[1].replies;
+    r.sides[0].reply_bytes = r.reply_bytes - r.sides[1].reply_bytes;
     r.client_user_s = after.client.user - before.client.user;
     r.client_sys_s = after.client.sys - before.client.sys;
     r.server_user_s = after.server.user - before.server.user;
@@ -313,6 +435,8 @@ tier_result run_tier(const runner_options& ro, job j, const tier_spec& spec) {
       r.fanout.published_total = pub->accepted.load();
       r.fanout.sent_total = pub->sent.load();
       r.fanout.busy = pub->busy.load();
+      r.fanout.short_receivers = pub->short_receivers.load();
+      r.fanout.min_receivers = pub->min_receivers.load();
       control.ticks_accepted.store(r.fanout.published_total, std::memory_order_release);
     } else if (fp->publisher.kind != publisher_kind::server) {
       control.ticks_accepted.store(0, std::memory_order_release);
@@ -333,14 +457,11 @@ tier_result run_tier(const runner_options& ro, job j, const tier_spec& spec) {
     }
     r.fanout.drain_s = static_cast<double>(now_ns() - drain_start) / 1e9;
     r.fanout.deliveries_total = sum_replies(workers);
-    if (metrics_before) {
-      if (auto after = read_fanout_metrics(*fp)) {
-        r.fanout.metrics_read = true;
-        r.fanout.slow_drop = after->slow_drop - metrics_before->slow_drop;
-        r.fanout.slow_disconnect = after->slow_disconnect - metrics_before->slow_disconnect;
-        r.fanout.server_deliveries = after->deliveries - metrics_before->deliveries;
-      }
+    for (auto& w : workers) {
+      r.sides[1].deliveries_total += w->counters.replies_b.load(std::memory_order_relaxed);
     }
+    r.sides[0].deliveries_total = r.fanout.deliveries_total - r.sides[1].deliveries_total;
+    fanout_metrics_delta(metrics_before, read_fanout_metrics(*fp), r.fanout);
   }
   r.open_at_end = sum_open(workers);
   control.current.store(phase::stop, std::memory_order_release);
@@ -350,9 +471,15 @@ tier_result run_tier(const runner_options& ro, job j, const tier_spec& spec) {
     r.errors.add(w->errors);
     r.handshake_latency->merge(w->handshake_latency);
     r.latency->merge(w->latency);
+    r.latency->merge(w->latency_b);
+    r.sides[0].latency->merge(w->latency);
+    r.sides[1].latency->merge(w->latency_b);
+    r.sides[0].counts.add(w->fanout);
+    r.sides[1].counts.add(w->fanout_b);
     r.opened += w->counters.opened.load(std::memory_order_relaxed);
     r.failed += w->counters.failed.load(std::memory_order_relaxed);
     r.fanout.counts.add(w->fanout);
+    r.fanout.counts.add(w->fanout_b);
     if (r.fatal.empty()) r.fatal = w->fatal;
   }
   if (r.errors.os_limit != 0) {

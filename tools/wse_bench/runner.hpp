@@ -6,6 +6,7 @@
 // Must never wait without a deadline: the ramp, the hold and the window are all bounded.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -27,14 +28,44 @@ struct runner_options {
   bool loopback = true;
 };
 
+// An HTTP endpoint of a server: its address and the Host: of requests to it.
+struct http_endpoint {
+  sockaddr_in addr{};
+  std::string host;
+};
+
 // fanout-broadcast: who publishes, where /metrics is (slow-consumer counters).
 struct fanout_plan {
   publisher_config publisher;
-  sockaddr_in metrics_addr{};
-  std::string metrics_host;
+  // /metrics of each server (fanout-multi: A, then B); slow-consumer and Redis bridge counters.
+  std::vector<http_endpoint> metrics;
+  // Before publishing: each of these answers GET /readyz with 200 (wsed with Redis: every wanted
+  // subscription confirmed by Redis) ...
+  std::vector<http_endpoint> ready;
+  // ... and, when redis_wait is set, Redis counts at least redis_receivers_wanted subscribers of
+  // redis_channel (PUBSUB NUMSUB, plus the clients with a pattern subscription: each instance has
+  // subscribed), so seq 0 reaches all.
+  bool redis_wait = false;
+  sockaddr_in redis_addr{};
+  std::string redis_channel;
+  uint64_t redis_receivers_wanted = 0;
   double subscribe_timeout_s = 10;  // every subscription confirmed within this after the ramp
   double drain_timeout_s = 10;      // deliveries still arriving after the publisher stopped
                                     // (and at most 3 s without one)
+};
+
+// The Redis bridge counters of one wsed instance over a tier (deltas of its /metrics).
+struct redis_bridge_figures {
+  bool read = false;  // false: no /metrics, or no wsed_redis_* series (no bridge)
+  double published = 0, dropped_buffer_full = 0, dropped_ring_full = 0, lost = 0;
+  double delivered = 0, own = 0, duplicate = 0, invalid = 0, busy_retry = 0;
+};
+
+// The slow-consumer counters of one server over a tier.
+struct server_figures {
+  bool metrics_read = false;
+  double slow_drop = 0, slow_disconnect = 0, deliveries = 0;
+  redis_bridge_figures redis;
 };
 
 struct fanout_result {
@@ -48,9 +79,25 @@ struct fanout_result {
   double drain_s = 0;
   std::string publisher_error;
   bool metrics_read = false;
-  double slow_drop = 0;          // wsed_slow_consumer_total{action="drop"} over the tier
-  double slow_disconnect = 0;    // and {action="disconnect"}
-  double server_deliveries = 0;  // wsed_fanout_deliveries_total over the tier
+  double slow_drop = 0;                 // wsed_slow_consumer_total{action="drop"} over the tier
+  double slow_disconnect = 0;           // and {action="disconnect"}
+  double server_deliveries = 0;         // wsed_fanout_deliveries_total over the tier
+  std::vector<server_figures> servers;  // per plan.metrics endpoint (the sums above: all of them)
+  double ready_s = 0;            // waiting for /readyz and Redis's subscribers before publishing
+  std::string ready_error;       // empty: every readiness check passed
+  uint64_t short_receivers = 0;  // redis publisher: answers below the receivers wanted
+  uint64_t min_receivers = UINT64_MAX;  // and the fewest receivers one PUBLISH reached
+};
+
+// With two servers (job.two_servers), the figures of each one's connections: [0] server A
+// (even-numbered connections), [1] server B (odd-numbered).
+struct side_figures {
+  uint32_t connections = 0;  // of the tier's target
+  uint64_t replies = 0;      // in the window
+  uint64_t reply_bytes = 0;
+  uint64_t deliveries_total = 0;  // whole run, after the drain
+  std::unique_ptr<latency_histogram> latency = std::make_unique<latency_histogram>();
+  fanout_counts counts;
 };
 
 struct tier_spec {
@@ -92,6 +139,7 @@ struct tier_result {
   uint64_t server_rss_before_kib = 0;
   uint64_t server_rss_loaded_kib = 0;
   fanout_result fanout;
+  std::array<side_figures, 2> sides;  // job.two_servers only
   bool os_limited = false;  // the client's OS (fds, ports, rings), not the server, stopped it
   std::string os_limit_message;
   std::string fatal;

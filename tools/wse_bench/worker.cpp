@@ -315,8 +315,8 @@ void worker::open_sockets(uint32_t first, uint32_t n) {
     c.connect_start_ns = now_;
     if (first_connect_ns_ == 0) first_connect_ns_ = now_;
     io_uring_sqe* s = sqe();
-    const sockaddr_in& to =
-        job_.two_servers && ((first_index_ + i) & 1) != 0 ? job_.server2 : job_.server;
+    c.on_b = job_.two_servers && ((first_index_ + i) & 1) != 0;
+    const sockaddr_in& to = c.on_b ? job_.server2 : job_.server;
     io_uring_prep_connect(s, static_cast<int>(i), reinterpret_cast<const sockaddr*>(&to),
                           sizeof to);
     s->flags |= IOSQE_FIXED_FILE;
@@ -388,6 +388,8 @@ void worker::publish() {
   counters.sent_bytes.store(sent_bytes_, std::memory_order_relaxed);
   counters.replies.store(replies_, std::memory_order_relaxed);
   counters.reply_bytes.store(reply_bytes_, std::memory_order_relaxed);
+  counters.replies_b.store(replies_b_, std::memory_order_relaxed);
+  counters.reply_bytes_b.store(reply_bytes_b_, std::memory_order_relaxed);
   counters.open.store(open_, std::memory_order_relaxed);
   counters.opened.store(opened_, std::memory_order_relaxed);
   counters.failed.store(failed_, std::memory_order_relaxed);
@@ -433,7 +435,8 @@ void worker::on_connect(uint32_t i, int res) {
             : mint_hs256(job_.secret, bench_claims("bench-user-" + std::to_string(first_index_ + i),
                                                    job_.token_now_s));
   }
-  c.hs->request = upgrade_request(job_.path, job_.host_header, key, token);
+  c.hs->request =
+      upgrade_request(job_.path, c.on_b ? job_.host_header2 : job_.host_header, key, token);
   arm_recv(i);
   send_handshake(i);
 }
@@ -837,7 +840,13 @@ void worker::on_subscriber_message(uint32_t i, std::string_view m) {
     ++replies_;
     reply_bytes_ += c.message_bytes;
     s.ticks.on_seq(t->seq);
-    if (measuring_) latency.record(wall_us_ > t->ts_us ? (wall_us_ - t->ts_us) * 1000 : 0);
+    if (c.on_b) {
+      ++replies_b_;
+      reply_bytes_b_ += c.message_bytes;
+    }
+    if (measuring_) {
+      (c.on_b ? latency_b : latency).record(wall_us_ > t->ts_us ? (wall_us_ - t->ts_us) * 1000 : 0);
+    }
     return;
   }
   if (m.find("\"t\":\"subscription_update\"") != std::string_view::npos) {
@@ -863,12 +872,13 @@ void worker::finish_fanout() {
     const seq_tracker& t = c.sub->ticks;
     uint64_t gaps =
         accepted != UINT64_MAX ? (accepted > t.unique() ? accepted - t.unique() : 0) : t.missing();
-    fanout.subscribers++;
-    fanout.gaps += gaps;
-    fanout.subscribers_with_gaps += gaps != 0;
-    fanout.max_gaps = std::max(fanout.max_gaps, gaps);
-    fanout.duplicates += t.duplicates();
-    fanout.reorders += t.reorders();
+    fanout_counts& f = c.on_b ? fanout_b : fanout;
+    f.subscribers++;
+    f.gaps += gaps;
+    f.subscribers_with_gaps += gaps != 0;
+    f.max_gaps = std::max(f.max_gaps, gaps);
+    f.duplicates += t.duplicates();
+    f.reorders += t.reorders();
   }
 }
 

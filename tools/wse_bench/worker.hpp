@@ -48,11 +48,12 @@ enum class load_kind : uint8_t { none, ping, stream, subscribe };
 struct job {
   protocol_mode protocol = protocol_mode::raw;
   sockaddr_in server{};
-  sockaddr_in server2{};  // --port2: odd-numbered connections go here
+  sockaddr_in server2{};  // --port2 / --port-b: odd-numbered connections go here (server B)
   bool two_servers = false;
   std::string path = "/";
   std::string host_header;
-  std::string token;  // wse: shared token; empty: mint one per connection from secret
+  std::string host_header2;  // two_servers: the Host of B's upgrades
+  std::string token;         // wse: shared token; empty: mint one per connection from secret
   std::string secret;
   int64_t token_now_s = 0;
   uint32_t source_ips = 1;          // > 1: bind connection n to 127.0.0.(1 + n % source_ips)
@@ -102,10 +103,12 @@ struct fanout_counts {
 
 // Counters a worker publishes once per loop pass.
 struct alignas(64) worker_counters {
-  std::atomic<uint64_t> sent_msgs{0};         // messages whose every byte the kernel accepted
-  std::atomic<uint64_t> sent_bytes{0};        // wire bytes handed to the kernel
-  std::atomic<uint64_t> replies{0};           // echoes (raw) or PONGs (wse) received
-  std::atomic<uint64_t> reply_bytes{0};       // payload bytes of those
+  std::atomic<uint64_t> sent_msgs{0};    // messages whose every byte the kernel accepted
+  std::atomic<uint64_t> sent_bytes{0};   // wire bytes handed to the kernel
+  std::atomic<uint64_t> replies{0};      // echoes (raw) or PONGs (wse) received
+  std::atomic<uint64_t> reply_bytes{0};  // payload bytes of those
+  std::atomic<uint64_t> replies_b{0};    // two_servers, subscribe: of those, on server B
+  std::atomic<uint64_t> reply_bytes_b{0};
   std::atomic<uint32_t> open{0};              // connections open now
   std::atomic<uint32_t> opened{0};            // connections that ever completed the handshake
   std::atomic<uint32_t> failed{0};            // connections that never opened
@@ -163,9 +166,11 @@ class worker {
   worker_counters counters;
   latency_histogram handshake_latency;  // connect submitted -> 101 (raw) or server_ready (wse)
   latency_histogram latency;            // send -> reply (subscribe: ts_us -> received), measuring
+  latency_histogram latency_b;          // two_servers, subscribe: B's subscribers (not in latency)
   error_counts errors;
-  fanout_counts fanout;  // subscribe: filled when the worker stops
-  std::string fatal;     // setup failure: the worker did nothing
+  fanout_counts fanout;    // subscribe: filled when the worker stops (two_servers: A's only)
+  fanout_counts fanout_b;  // two_servers, subscribe: B's subscribers
+  std::string fatal;       // setup failure: the worker did nothing
 
  private:
   enum class conn_state : uint8_t { idle, connecting, upgrading, awaiting_ready, open, closed };
@@ -199,6 +204,7 @@ class worker {
     bool send_busy = false;   // a send SQE is in flight (true from queue to its CQE)
     bool recv_armed = false;  // a multishot recv is armed (true until a CQE without F_MORE)
     bool message_is_reply = false;
+    bool on_b = false;  // two_servers: connected to server B
     uint8_t carry_bytes = 0;
     std::unique_ptr<handshake> hs;
     std::unique_ptr<subscriber> sub;  // subscribe only
@@ -273,6 +279,8 @@ class worker {
   uint64_t sent_bytes_ = 0;
   uint64_t replies_ = 0;
   uint64_t reply_bytes_ = 0;
+  uint64_t replies_b_ = 0;
+  uint64_t reply_bytes_b_ = 0;
   uint64_t now_ = 0;
   uint64_t wall_us_ = 0;  // CLOCK_REALTIME of this pass (subscribe latency), while measuring
   uint64_t first_connect_ns_ = 0;
