@@ -225,14 +225,15 @@ void redis_bridge::wake() {
   if (!wake_pending_.exchange(true, std::memory_order_acq_rel)) wake_hook(this);
 }
 
-bool redis_bridge::publish(uint32_t producer, fanout::delivery_kind kind, fanout::frame* f) {
+bool redis_bridge::publish(uint32_t producer, fanout::delivery_kind kind, fanout::frame* f,
+                           bool wake) {
   fanout::delivery d;
   d.kind = kind;
   d.f = f;
   fanout::retain(f);
   bool ok;
   if (producer < opt_.producers) {
-    ok = ring_.try_push(producer, d);
+    ok = wake ? ring_.try_push(producer, d) : ring_.try_push_no_wake(producer, d);
   } else {
     std::lock_guard lock(external_mu_);
     ok = ring_.try_push(opt_.producers, d);

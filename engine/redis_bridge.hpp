@@ -51,7 +51,7 @@ class redis_sink {
 };
 
 struct redis_bridge_options {
-  redis::endpoint endpoint;               // one Redis (--redis-url)
+  redis::endpoint endpoint;              // one Redis (--redis-url)
   std::vector<redis::endpoint> cluster;  // or the seeds of a Redis Cluster (--redis-cluster):
                                          // sharded pub/sub (SSUBSCRIBE / SPUBLISH) by key slot
   std::string prefix = "wse:";
@@ -84,7 +84,9 @@ class redis_bridge {
   // Any thread. A local publication (kind topic / broadcast / user) to PUBLISH; the bridge takes
   // its own reference to f. producer: the calling shard's index, or options.producers for any
   // other thread. False (and counted): the ring is full.
-  bool publish(uint32_t producer, fanout::delivery_kind kind, fanout::frame* f);
+  // wake false: the caller publishes a batch and calls wake_publisher() once after it.
+  bool publish(uint32_t producer, fanout::delivery_kind kind, fanout::frame* f, bool wake = true);
+  void wake_publisher() { ring_.wake_if_needed(); }
   // Any thread: the process gained or lost its first / last subscriber of a pattern (or user).
   void interest_changed(redis_interest kind, std::string_view key);
   // Any thread: publishes a command (JSON) on instance `instance`'s channel. False: Redis is

@@ -5,6 +5,7 @@
 #include <netdb.h>
 #include <sys/un.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cstring>
 #include <functional>
@@ -348,29 +349,83 @@ uint64_t fingerprint(std::string_view channel, std::string_view payload) {
   return a * 0x9E3779B97F4A7C15ull ^ (b + 0x632BE59BD9B4E019ull + (a << 6) + (a >> 2));
 }
 
+namespace {
+
+uint64_t stored(uint64_t fp) {
+  return fp ? fp : 1;
+}
+
+}  // namespace
+
+echo_filter::slot* echo_filter::find(uint64_t fp) {
+  fp = stored(fp);
+  const size_t mask = slots_.size() - 1;
+  for (size_t i = fp & mask;; i = (i + 1) & mask) {
+    if (slots_[i].fp == fp) return &slots_[i];
+    if (slots_[i].fp == 0) return nullptr;
+  }
+}
+
+void echo_filter::add(uint64_t fp) {
+  if ((used_ + 1) * 2 > slots_.size()) {  // grow at half full
+    std::vector<slot> old(slots_.size() * 2);
+    old.swap(slots_);
+    used_ = 0;
+    for (const slot& s : old) {
+      for (uint32_t k = 0; k < s.count; ++k) add(s.fp);
+    }
+  }
+  fp = stored(fp);
+  const size_t mask = slots_.size() - 1;
+  size_t i = fp & mask;
+  while (slots_[i].fp != 0 && slots_[i].fp != fp) i = (i + 1) & mask;
+  if (slots_[i].fp == 0) {
+    slots_[i].fp = fp;
+    ++used_;
+  }
+  ++slots_[i].count;
+}
+
+void echo_filter::drop(slot* s) {
+  if (--s->count > 0) return;
+  // Backward-shift deletion: move later members of the probe run into the hole.
+  const size_t mask = slots_.size() - 1;
+  size_t hole = size_t(s - slots_.data());
+  for (size_t i = (hole + 1) & mask; slots_[i].fp != 0; i = (i + 1) & mask) {
+    size_t home = slots_[i].fp & mask;
+    // The member at i may move to the hole when its home is not in (hole, i].
+    bool stays = hole <= i ? (home > hole && home <= i) : (home > hole || home <= i);
+    if (stays) continue;
+    slots_[hole] = slots_[i];
+    hole = i;
+  }
+  slots_[hole] = slot{};
+  --used_;
+}
+
 void echo_filter::record(uint64_t fp, uint64_t seq) {
   order_.push_back({fp, seq});
-  ++counts_[fp];
+  add(fp);
 }
 
 bool echo_filter::consume(uint64_t fp) {
-  auto it = counts_.find(fp);
-  if (it == counts_.end()) return false;
-  if (--it->second == 0) counts_.erase(it);
+  slot* s = find(fp);
+  if (!s) return false;
+  drop(s);
   return true;
 }
 
 void echo_filter::expire_through(uint64_t seq) {
   while (!order_.empty() && order_.front().seq <= seq) {
-    auto it = counts_.find(order_.front().fp);
-    if (it != counts_.end() && --it->second == 0) counts_.erase(it);
+    if (slot* s = find(order_.front().fp)) drop(s);
     order_.pop_front();
   }
 }
 
 void echo_filter::clear() {
   order_.clear();
-  counts_.clear();
+  std::fill(slots_.begin(), slots_.end(), slot{});
+  used_ = 0;
 }
 
 }  // namespace wsed::engine::redis

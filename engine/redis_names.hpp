@@ -89,14 +89,23 @@ class echo_filter {
   void expire_through(uint64_t seq);  // a fence covering publications <= seq completed
   void clear();
   size_t pending() const { return order_.size(); }
-  bool empty() const { return counts_.empty(); }
+  bool empty() const { return used_ == 0; }
 
  private:
   struct rec {
     uint64_t fp, seq;
   };
+  struct slot {
+    uint64_t fp = 0;  // 0: empty (a fingerprint of 0 is stored as 1)
+    uint32_t count = 0;
+  };
+  // Open addressing, linear probing, erase by backward shift: no allocation per publication.
+  slot* find(uint64_t fp);
+  void add(uint64_t fp);
+  void drop(slot* s);  // one count less; the slot is emptied at 0
   std::deque<rec> order_;
-  std::unordered_map<uint64_t, uint32_t> counts_;
+  std::vector<slot> slots_ = std::vector<slot>(1024);
+  size_t used_ = 0;  // slots holding a fingerprint
 };
 
 }  // namespace wsed::engine::redis

@@ -656,7 +656,8 @@ publish_status wse_app::route(shard* s, fanout::delivery_kind kind, std::string_
   route_result r = hub_->route(kind, producer, f, wakes);
   // Other instances get it through Redis once every local shard took it (a busy answer makes
   // the producer publish again: nothing may have gone out then).
-  if (bridge_ && !from_redis && r.ok()) bridge_->publish(producer, kind, f);
+  // A batch (wakes given) wakes the bridge once at its end, as it wakes the shards.
+  if (bridge_ && !from_redis && r.ok()) bridge_->publish(producer, kind, f, wakes == nullptr);
   fanout::release(f);
   if (s) {
     s->count_published(kind == fanout::delivery_kind::topic       ? publish_kind::topic
@@ -973,11 +974,13 @@ void wse_app::api_publish(shard& s, per_shard& p, const proto::http_request& req
   uint64_t wakes = 0;  // each shard woken once for the whole request
   struct wake_at_exit {
     hub* h;
+    redis_bridge* bridge;
     uint64_t& mask;
     ~wake_at_exit() {
       if (h && mask) h->wake(mask);
+      if (bridge) bridge->wake_publisher();
     }
-  } waker{hub_, wakes};
+  } waker{hub_, bridge_, wakes};
   for (const proto::wse_publish_item& item : p.api_items) {
     fanout::delivery_kind kind =
         item.target == proto::wse_publish_target::topic       ? fanout::delivery_kind::topic

@@ -10,7 +10,8 @@
 # 3 when one did, 2 when something is missing, 1 when a server did not start.
 #
 # Environment: DURATION (3 s per measurement), PUBLISHER (api | redis | wse: a WSE connection to
-# A; the single-instance run always uses api), WORKERS (1, per wsed),
+# A; the single-instance run always uses api), WORKERS (1, per wsed of A and B), SINGLE_WORKERS
+# (WORKERS; 2 gives the single instance as many shards as A and B together),
 # SERVER_CPUS (0,1: taskset of every server, as perf/fan.sh pins wsed), BENCH_CPUS (unset:
 # the bench is not pinned, as in perf/fan.sh), BENCH_THREADS (2), BENCH_ARGS (more wse-bench
 # flags), WSED_ARGS (more flags for all three wsed), OUT (a directory for the outputs; default a
@@ -25,6 +26,7 @@ TIERS=${1:-10,100,1000,10000}
 DURATION=${DURATION:-3}
 PUBLISHER=${PUBLISHER:-api}
 WORKERS=${WORKERS:-1}
+SINGLE_WORKERS=${SINGLE_WORKERS:-$WORKERS}
 SERVER_CPUS=${SERVER_CPUS:-0,1}
 BENCH_THREADS=${BENCH_THREADS:-2}
 NO_REDIS=${NO_REDIS:-0}
@@ -76,7 +78,9 @@ start_wsed() {
   local name=$1 log=$OUT/wsed-$1.out
   shift
   # shellcheck disable=SC2086  # WSED_ARGS: several flags, split on purpose
-  WSED_JWT_SECRET=$SECRET taskset -c "$SERVER_CPUS" "$WSED" --port 0 --workers "$WORKERS" \
+  local workers=$WORKERS
+  [ "$name" = S ] && workers=$SINGLE_WORKERS
+  WSED_JWT_SECRET=$SECRET taskset -c "$SERVER_CPUS" "$WSED" --port 0 --workers "$workers" \
     --jwt-issuer wse-bench --jwt-audience wse-bench --api-key-file "$KEY" --idle-timeout 0 \
     --inbound-rate 0 "$@" ${WSED_ARGS:-} > "$log" 2> "$OUT/wsed-$name.err" &
   PID=$!
@@ -118,19 +122,27 @@ if [ "$NO_REDIS" != 1 ]; then
   start_wsed A "${REDIS_ARGS[@]}"
   PORT_A=$PORT PID_A=$PID
   start_wsed B "${REDIS_ARGS[@]}"
-  PORT_B=$PORT
+  PORT_B=$PORT PID_B=$PID
 else
   start_wsed A
-  PORT_A=$PORT PID_A=$PID PORT_B=$PORT
+  PORT_A=$PORT PID_A=$PID PORT_B=$PORT PID_B=$PID RPID=$PID
   echo "NO_REDIS=1: A and B are the same wsed (every subscriber on one instance)"
 fi
 start_wsed S
 PORT_S=$PORT PID_S=$PID
 
-# One tier of one scenario: wse-bench under a time bound; its rc in $OUT/NAME.rc.
+# CPU ticks (user + system, every thread) a process used so far.
+cpu_ticks() {
+  awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+
+# One tier of one scenario: wse-bench under a time bound; its rc in $OUT/NAME.rc, and the CPU
+# ticks Redis, A, B and S used during it in $OUT/NAME.cpu.
 bench() {
   local name=$1
   shift
+  local before=() after=() p
+  for p in "$RPID" "$PID_A" "$PID_B" "$PID_S"; do before+=("$(cpu_ticks "$p")"); done
   local pin=()
   [ -n "${BENCH_CPUS:-}" ] && pin=(taskset -c "$BENCH_CPUS")
   # shellcheck disable=SC2086  # BENCH_ARGS: several flags, split on purpose
@@ -138,6 +150,8 @@ bench() {
     --api-key-file "$KEY" --json "$OUT/$name.json" "$@" ${BENCH_ARGS:-} \
     > "$OUT/$name.md" 2> "$OUT/$name.err"
   echo $? > "$OUT/$name.rc"
+  for p in "$RPID" "$PID_A" "$PID_B" "$PID_S"; do after+=("$(cpu_ticks "$p")"); done
+  echo "$(getconf CLK_TCK) $((after[0] - before[0])) $((after[1] - before[1])) $((after[2] - before[2])) $((after[3] - before[3]))" > "$OUT/$name.cpu"
 }
 
 IFS=, read -r -a tier_list <<< "$TIERS"
@@ -228,6 +242,26 @@ for n in tiers:
         int(n), si(s["deliveries_per_s"]), si(m["deliveries_per_s"]), split, ratio,
         si(m["published_per_s"]), si(s["published_per_s"]), m["gaps"], m["duplicates"],
         s["gaps"], s["duplicates"], lat(m.get("latency_ms")), lat(s.get("latency_ms"))))
+
+def cpu(name):
+    try:
+        tck, *ticks = [int(x) for x in open(os.path.join(out, name + ".cpu")).read().split()]
+    except (OSError, ValueError):
+        return None
+    return [t / tck for t in ticks]  # seconds: redis, A, B, S
+
+print("\n## CPU per publication (whole run, ramp included: user + system of every thread)\n")
+print("| Subscribers | multi: Redis µs/pub | multi: A µs/pub | multi: B µs/pub | multi: A + B + Redis | single: wsed µs/pub |")
+print("|---|---|---|---|---|---|")
+for n in tiers:
+    m, _ = load("multi-" + n)
+    s, _ = load("single-" + n)
+    cm, cs = cpu("multi-" + n), cpu("single-" + n)
+    if not (m and s and cm and cs and m["published_total"] and s["published_total"]):
+        continue
+    pm, ps = m["published_total"], s["published_total"]
+    r, a, b = (x / pm * 1e6 for x in cm[:3])
+    print("| {:,} | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {:.2f} |".format(int(n), r, a, b, r + a + b, cs[3] / ps * 1e6))
 print("\nwse-bench exit codes: " + ", ".join(
     "%s %s" % (name, open(os.path.join(out, name + ".rc")).read().strip())
     for n in tiers for name in ("multi-" + n, "single-" + n)

@@ -4,8 +4,10 @@
 #include <doctest/doctest.h>
 #include <hiredis/hiredis.h>
 
+#include <deque>
 #include <random>
 #include <string>
+#include <unordered_map>
 
 #include "auth/acl.hpp"
 #include "engine/redis_names.hpp"
@@ -35,10 +37,10 @@ TEST_CASE("redis: URLs parse into endpoints or refuse with a reason") {
   CHECK(e.unix_socket);
   CHECK(e.path == "/run/redis.sock");
   CHECK(e.db == 2);
-  for (const char* bad : {"http://x", "redis://127.0.0.1:notaport", "redis://127.0.0.1:99999",
-                          "redis://127.0.0.1:0", "redis://", "redis://:pw@", "unix://relative",
-                          "rediss://127.0.0.1:6379", "redis://127.0.0.1:6379/x",
-                          "redis://a%zz:b@127.0.0.1"}) {
+  for (const char* bad :
+       {"http://x", "redis://127.0.0.1:notaport", "redis://127.0.0.1:99999", "redis://127.0.0.1:0",
+        "redis://", "redis://:pw@", "unix://relative", "rediss://127.0.0.1:6379",
+        "redis://127.0.0.1:6379/x", "redis://a%zz:b@127.0.0.1"}) {
     CAPTURE(bad);
     CHECK_FALSE(parse_endpoint(bad, e, why));
     CHECK_FALSE(why.empty());
@@ -172,8 +174,7 @@ TEST_CASE("redis: the echo filter consumes our own publications once and expires
 TEST_CASE("wse_command: ops, fields and refusals") {
   wsed::proto::wse_command_parser p;
   wsed::proto::wse_command c;
-  REQUIRE(p.parse(R"({"op":"send","connection_id":"abc","message":{"t":"x","p":{"a":[1,2]}}})",
-                  c));
+  REQUIRE(p.parse(R"({"op":"send","connection_id":"abc","message":{"t":"x","p":{"a":[1,2]}}})", c));
   CHECK(c.op == wsed::proto::wse_command_op::send);
   CHECK(c.connection_id == "abc");
   CHECK(c.message_json == R"({"t":"x","p":{"a":[1,2]}})");
@@ -184,15 +185,14 @@ TEST_CASE("wse_command: ops, fields and refusals") {
   CHECK(c.topics.size() == 2);
   REQUIRE(p.parse(R"({"op":"unsubscribe","connection_id":"abc"})", c));
   CHECK(c.topics.empty());
-  for (const char* bad :
-       {"", "[]", "{}", R"({"op":"send","connection_id":"abc"})",
-        R"({"op":"jump","connection_id":"abc"})", R"({"op":"send","message":{}})",
-        R"({"op":"send","connection_id":"abc","message":[1]})",
-        R"({"op":"disconnect","connection_id":"abc","code":1006})",
-        R"({"op":"disconnect","connection_id":"abc","code":"x"})",
-        R"({"op":"subscribe","connection_id":"abc"})",
-        R"({"op":"subscribe","connection_id":"abc","topics":[1]})",
-        R"({"op":"subscribe","connection_id":"abc","topics":["a\nb"]})"}) {
+  for (const char* bad : {"", "[]", "{}", R"({"op":"send","connection_id":"abc"})",
+                          R"({"op":"jump","connection_id":"abc"})", R"({"op":"send","message":{}})",
+                          R"({"op":"send","connection_id":"abc","message":[1]})",
+                          R"({"op":"disconnect","connection_id":"abc","code":1006})",
+                          R"({"op":"disconnect","connection_id":"abc","code":"x"})",
+                          R"({"op":"subscribe","connection_id":"abc"})",
+                          R"({"op":"subscribe","connection_id":"abc","topics":[1]})",
+                          R"({"op":"subscribe","connection_id":"abc","topics":["a\nb"]})"}) {
     CAPTURE(bad);
     CHECK_FALSE(p.parse(bad, c));
     CHECK_FALSE(p.error().empty());
@@ -219,4 +219,57 @@ TEST_CASE("router: reports the process's first and last interest, users apart fr
   CHECK(r.shards_for("a*b") == 0);
   CHECK(r.remove_user(0, "a*b"));
   CHECK_FALSE(r.wants_user("a*b"));
+}
+
+TEST_CASE("redis: the echo filter's table agrees with a model under collisions and growth") {
+  // Fingerprints crowded onto few home slots (multiples of 1024 share one), duplicates, a zero,
+  // and enough live ones to grow the table several times.
+  std::mt19937_64 rng(9);
+  echo_filter f;
+  std::unordered_map<uint64_t, uint32_t> model;
+  std::deque<std::pair<uint64_t, uint64_t>> order;
+  uint64_t seq = 0;
+  size_t max_live = 0;
+  for (int round = 0; round < 200000; ++round) {
+    uint64_t fp =
+        (rng() % 3 == 0) ? 0 : (rng() % 64) * 1024 + rng() % 4 + (rng() % 2) * (uint64_t(1) << 40);
+    if (round > 150000) fp = rng() % 20000 * 1024;  // many live fingerprints: growth
+    const uint64_t key = fp ? fp : 1;               // the table stores a 0 as 1 (2^-64 aliasing)
+    switch (rng() % 4) {
+      case 0:
+      case 1:
+        f.record(fp, ++seq);
+        ++model[key];
+        order.push_back({key, seq});
+        break;
+      case 2: {
+        bool want = model.count(key) > 0;
+        CHECK(f.consume(fp) == want);
+        if (want && --model[key] == 0) model.erase(key);
+        break;
+      }
+      default: {
+        if (rng() % 64 != 0) break;  // rare: records pile up, the table grows
+        uint64_t upto = seq - std::min<uint64_t>(seq, rng() % 20000);
+        f.expire_through(upto);
+        while (!order.empty() && order.front().second <= upto) {
+          auto it = model.find(order.front().first);
+          if (it != model.end() && --it->second == 0) model.erase(it);
+          order.pop_front();
+        }
+        break;
+      }
+    }
+    if (round % 997 == 0) {
+      CHECK(f.empty() == model.empty());
+      CHECK(f.pending() == order.size());
+    }
+    max_live = std::max(max_live, model.size());
+  }
+  CHECK(max_live > 2000);  // grew past its first 1,024 slots
+  for (auto& [fp, n] : model) {
+    for (uint32_t k = 0; k < n; ++k) CHECK(f.consume(fp));
+    CHECK_FALSE(f.consume(fp));
+  }
+  CHECK(f.empty());
 }
