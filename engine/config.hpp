@@ -93,6 +93,7 @@ struct server_config {
   uint64_t redis_stream_maxlen = 100000;            // --inbound redis: XADD MAXLEN ~ N
   uint64_t redis_stream_buffer_bytes = 4ull << 20;  // stream entries waiting, per shard
   uint32_t redis_reconnect_max_ms = 10000;          // backoff cap (jittered, doubling from 100 ms)
+  uint32_t redis_timeout_ms = 5000;  // connect / handshake / silence (pinged at half) limit
 };
 
 }  // namespace wsed::engine

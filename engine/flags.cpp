@@ -258,6 +258,10 @@ flags_result parse_flags(int argc, char** argv) {
              "--inbound redis: stream entries one shard may have waiting for Redis; beyond it "
              "dropped and counted (wsed_redis_inbound_total)",
              1, "4MiB", 4096);
+  add_parsed(app, "--redis-timeout", c.redis_timeout_ms, parse_duration_ms,
+             "A connection to Redis that connects, authenticates or answers a ping no faster is "
+             "given up and reconnected (wsed_redis_disconnects_total)",
+             1, "5s", 200);
   add_parsed(app, "--redis-reconnect-max", c.redis_reconnect_max_ms, parse_duration_ms,
              "Longest wait between reconnection attempts (jittered, doubling from 100ms)", 1, "10s",
              100);

@@ -314,6 +314,7 @@ int main(int argc, char** argv) {
     ro.inbound_bytes_max = c.redis_stream_buffer_bytes;
     ro.ring_capacity = c.inbox_capacity;
     ro.reconnect_max_ms = c.redis_reconnect_max_ms;
+    ro.timeout_ms = c.redis_timeout_ms;
     ro.quiet = c.quiet;
     std::random_device rd;
     char id[9];

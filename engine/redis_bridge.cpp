@@ -43,7 +43,7 @@ uint64_t now_ms() {
 
 // Replies P and S expect, in order (runs of one kind are merged: a pipelined burst of PUBLISH
 // is one entry).
-enum class tag : uint8_t { auth, select, publish, xadd, command, slots };
+enum class tag : uint8_t { auth, select, publish, xadd, command, slots, ping };
 struct tag_run {
   tag t;
   uint32_t n;
@@ -91,6 +91,9 @@ struct redis_bridge::connection {
   uint32_t handshake_left = 0;
   uint32_t failures = 0;
   uint64_t retry_at = 0;
+  uint64_t since_ms = 0;       // when the current connect started
+  uint64_t last_reply_ms = 0;  // the last reply read (liveness)
+  bool keepalive_out = false;  // P: a PING of ours not answered yet
 
   bool ready() const { return st == state::ready; }
   size_t pending_out() const { return out.size() - out_off; }
@@ -143,6 +146,9 @@ struct redis_bridge::impl {
   std::vector<std::unique_ptr<node>> nodes;
   std::vector<int32_t> slots;  // cluster: slot -> index in nodes (-1: unknown)
   bool topology_known = false;
+  // Cluster: a wanted channel is asked of no node right now (its slot has no master, or a
+  // master refused it with a redirect): not ready until a slot map places it again.
+  bool unplaced = false;
   bool slots_query_out = false;
   uint64_t next_refresh_at = 0;
   // Everything wanted, by Redis name (channels, and patterns for one Redis).
@@ -390,6 +396,9 @@ void redis_bridge::connect(connection& c) {
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   }
   c.fd = fd;
+  c.since_ms = now_ms();
+  c.last_reply_ms = c.since_ms;
+  c.keepalive_out = false;
   int rc = ::connect(fd, reinterpret_cast<const sockaddr*>(&e.address), e.address_bytes);
   if (rc == 0) return connected(c);
   if (errno == EINPROGRESS) {
@@ -426,7 +435,6 @@ void redis_bridge::became_ready(connection& c) {
   impl& m = *impl_;
   node& n = *c.owner;
   c.st = connection::state::ready;
-  c.failures = 0;
   c_.connects.add();
   if (&c == &n.s) {
     // Everything wanted that lives here, again (a new connection holds no subscription).
@@ -446,15 +454,31 @@ void redis_bridge::became_ready(connection& c) {
   }
 }
 
+namespace {
+
+// Removes name from a batch not sent yet; true when it was there.
+bool unqueue(std::vector<std::string>& batch, const std::string& name) {
+  auto it = std::find(batch.begin(), batch.end(), name);
+  if (it == batch.end()) return false;
+  batch.erase(it);
+  return true;
+}
+
+}  // namespace
+
+// The batches are sent subscribes first: an unsubscribe still waiting in its batch is taken
+// back instead of being sent after the new subscribe (which would leave the channel off).
 void redis_bridge::subscribe_on(node& n, const std::string& name, bool glob) {
   auto& requested = glob ? n.requested_patterns : n.requested_channels;
   if (!n.s.ready() || !requested.insert(name).second) return;
+  if (unqueue(glob ? n.punsub : n.unsub, name)) return;  // still subscribed at Redis
   (glob ? n.psub : n.sub).push_back(name);
 }
 
 void redis_bridge::unsubscribe_on(node& n, const std::string& name, bool glob) {
   auto& requested = glob ? n.requested_patterns : n.requested_channels;
   if (!requested.erase(name) || !n.s.ready()) return;
+  if (unqueue(glob ? n.psub : n.sub, name)) return;  // never sent
   (glob ? n.punsub : n.unsub).push_back(name);
 }
 
@@ -496,8 +520,13 @@ void redis_bridge::reconcile_all() {
     }
     for (const std::string& ch : moved) unsubscribe_on(*n, ch, false);
   }
+  m.unplaced = false;
   for (const std::string& ch : m.want_channels) {
-    if (node* o = owner_of(ch)) subscribe_on(*o, ch, false);
+    if (node* o = owner_of(ch)) {
+      subscribe_on(*o, ch, false);
+    } else {
+      m.unplaced = true;
+    }
   }
   for (auto& n : m.nodes) flush_subscriptions(*n);
 }
@@ -599,7 +628,7 @@ void redis_bridge::write_commands() {
     std::string channel = opt_.prefix + std::string(redis::node_name) + instance;
     node* n = owner_of(channel);
     if (!n || !n->p.ready()) {
-      c_.commands_unknown.add();  // could not be routed after all (the caller was told 202)
+      c_.commands_unroutable.add();  // Redis went away after the caller was told 202
       continue;
     }
     redis::append_command(n->p.out, {verb, channel, json});
@@ -610,7 +639,7 @@ void redis_bridge::write_commands() {
   // Stream entries wait in their lanes while Redis is away (add_inbound refuses, and counts,
   // what would overfill a lane).
   node* n = owner_of(opt_.prefix + "inbound");
-  if (!n || !n->p.ready()) return;
+  if (!n || !n->p.ready() || n->p.pending_out() >= out_pending_max) return;
   for (auto& lane : inbound_) {
     uint32_t count;
     {
@@ -631,12 +660,12 @@ void redis_bridge::send_fences() {
   uint64_t now = 0;
   for (auto& np : m.nodes) {
     node& n = *np;
-    if (n.fence_out || !n.s.ready() || n.acked_seq <= n.fenced_seq) continue;
-    if (n.fence_hold_until) {
+    if (n.fence_hold_until) {  // cleared once over, fence or not (it shortens the poll)
       if (!now) now = now_ms();
       if (now < n.fence_hold_until) continue;
       n.fence_hold_until = 0;
     }
+    if (n.fence_out || !n.s.ready() || n.acked_seq <= n.fenced_seq) continue;
     redis::append_command(n.s.out, {"PING"});
     n.fence_out = true;
     n.fence_target = n.acked_seq;
@@ -656,9 +685,10 @@ void redis_bridge::refresh_topology(uint64_t now) {
     m.next_refresh_at = now + topology_refresh_ms;
     return;
   }
+  m.next_refresh_at = now + redirect_refresh_ms;  // no publisher connection up: look again soon
 }
 
-void redis_bridge::apply_topology(const redisReply* r) {
+void redis_bridge::apply_topology(node& answering, const redisReply* r) {
   impl& m = *impl_;
   m.slots_query_out = false;
   if (r->type != REDIS_REPLY_ARRAY || r->elements == 0) return;
@@ -676,7 +706,8 @@ void redis_bridge::apply_topology(const redisReply* r) {
     if (first < 0 || last >= cluster_slots || first > last) continue;
     redis::endpoint e = opt_.cluster.front();  // the seeds' credentials
     std::string_view host = str_of(who->element[0]);
-    if (!host.empty() && host != "?") e.host = std::string(host);
+    // An empty host means "the address you reached me at" (the node that answered).
+    e.host = !host.empty() && host != "?" ? std::string(host) : answering.ep.host;
     e.port = uint16_t(who->element[1]->integer);
     std::string name = e.text();
     size_t index = 0;
@@ -813,7 +844,10 @@ bool redis_bridge::on_s_reply(node& n, const redisReply* r) {
     if (is_redirect(err) && !n.ops.empty()) {  // the slot moved: ask the cluster again
       node::op o = std::move(n.ops.front());
       n.ops.pop_front();
-      if (o.subscribe) n.requested_channels.erase(o.name);
+      if (o.subscribe) {
+        n.requested_channels.erase(o.name);
+        m.unplaced = true;
+      }
       m.next_refresh_at = std::min(m.next_refresh_at, now_ms() + redirect_refresh_ms);
       return true;
     }
@@ -860,8 +894,12 @@ bool redis_bridge::on_s_reply(node& n, const redisReply* r) {
     if (confirmed.erase(name)) c_.subscriptions.sub();
     if (!ours && n.requested_channels.erase(name)) {
       // Redis dropped it (a cluster slot moved away): resubscribe where the slot lives now.
+      m.unplaced = true;
       m.next_refresh_at = std::min(m.next_refresh_at, now_ms() + redirect_refresh_ms);
-      if (node* o = owner_of(name); o && o != &n) subscribe_on(*o, name, false);
+      if (node* o = owner_of(name); o && o != &n) {
+        subscribe_on(*o, name, false);
+        flush_subscriptions(*o);
+      }
     }
   }
   return true;
@@ -894,13 +932,16 @@ void redis_bridge::on_p_reply(node& n, const redisReply* r) {
     case tag::command:
       if (!error) c_.commands_routed.add();
       return;
+    case tag::ping:
+      n.p.keepalive_out = false;
+      return;
     case tag::slots:
       if (error) {
         m.slots_query_out = false;
         log_line(opt_.quiet, "CLUSTER SLOTS refused by " + n.name + ": " + std::string(str_of(r)));
         return;
       }
-      apply_topology(r);
+      apply_topology(n, r);
       return;
   }
 }
@@ -933,6 +974,8 @@ void redis_bridge::read_replies(connection& c, bool readable) {
       return disconnect(c, "protocol error: " + why);
     }
     if (!reply) break;
+    c.failures = 0;  // Redis answered: the backoff starts over (not at a mere TCP connect)
+    c.last_reply_ms = now_ms();
     const auto* r = static_cast<const redisReply*>(reply);
     bool go = true;
     if (is_s) {
@@ -965,11 +1008,50 @@ void redis_bridge::write_out(connection& c) {
   }
 }
 
+// A connect or handshake that takes longer than --redis-timeout, or a connection that has read
+// nothing for that long although it was pinged halfway through, is given up (a Redis that went
+// silent: a partition, a dead host) and reconnected; /readyz turns 503 meanwhile.
+void redis_bridge::check_liveness(uint64_t now) {
+  impl& m = *impl_;
+  const uint64_t limit = opt_.timeout_ms;
+  for (auto& np : m.nodes) {
+    node& n = *np;
+    for (connection* c : {&n.s, &n.p}) {
+      if (c->st == connection::state::down) continue;
+      if (c->st != connection::state::ready) {
+        if (now - c->since_ms > limit)
+          disconnect(*c, "no answer within the timeout (--redis-timeout)");
+        continue;
+      }
+      bool is_s = c == &n.s;
+      if (is_s && m.pending) {  // we stopped reading S ourselves
+        c->last_reply_ms = now;
+        continue;
+      }
+      uint64_t quiet = now - c->last_reply_ms;
+      if (quiet > limit) {
+        disconnect(*c, "no reply for " + std::to_string(limit) + " ms (--redis-timeout)");
+        continue;
+      }
+      if (quiet < limit / 2) continue;
+      if (is_s && !n.fence_out) {  // a fence that expires nothing new doubles as a keepalive
+        redis::append_command(n.s.out, {"PING"});
+        n.fence_out = true;
+        n.fence_target = n.fenced_seq;
+      } else if (!is_s && !c->keepalive_out) {
+        redis::append_command(c->out, {"PING"});
+        c->push_tag(tag::ping);
+        c->keepalive_out = true;
+      }
+    }
+  }
+}
+
 // Ready: the slot map is known and every active node's connections are up with no
 // confirmation outstanding (so every wanted subscription is in place).
 void redis_bridge::update_ready() {
   impl& m = *impl_;
-  bool r = m.topology_known;
+  bool r = m.topology_known && !m.unplaced;
   bool up = m.topology_known;
   for (const auto& n : m.nodes) {
     if (!n->active) continue;
@@ -1006,6 +1088,7 @@ void redis_bridge::run() {
     write_commands();
     send_fences();
     refresh_topology(now);
+    check_liveness(now);
     if (m.pending && now >= m.pending_retry_at) {
       if (deliver(m.pending_kind, m.pending_key, m.pending_json)) m.pending = false;
     }
@@ -1014,7 +1097,7 @@ void redis_bridge::run() {
     polled.clear();
     fds.push_back({wake_fd_, POLLIN, 0});
     polled.push_back(nullptr);
-    int timeout = 1000;
+    int timeout = int(std::min<uint64_t>(1000, std::max<uint64_t>(opt_.timeout_ms / 4, 10)));
     for (auto& n : m.nodes) {
       for (connection* c : {&n->s, &n->p}) {
         if (c->st == connection::state::down) {
@@ -1024,7 +1107,9 @@ void redis_bridge::run() {
         }
         short ev = 0;
         if (c->st == connection::state::connecting || c->pending_out() > 0) ev |= POLLOUT;
-        if (c->st != connection::state::connecting && !(c == &n->s && m.pending)) ev |= POLLIN;
+        bool paused = c == &n->s && m.pending;  // not read until the shards take the pending one
+        if (c->st != connection::state::connecting && !paused) ev |= POLLIN;
+        if (paused && !ev) continue;  // a hang-up would wake poll at once, over and over
         fds.push_back({c->fd, ev, 0});
         polled.push_back(c);
       }
@@ -1036,7 +1121,10 @@ void redis_bridge::run() {
     if (!m.held.empty() && all_publishers_ready()) timeout = std::min(timeout, 1);
     if (!ring_.empty_approx()) timeout = 0;
     int rc = poll(fds.data(), nfds_t(fds.size()), timeout);
-    if (rc < 0 && errno != EINTR) break;
+    if (rc < 0 && errno != EINTR) {
+      log_line(false, std::string("poll failed, the bridge stops: ") + std::strerror(errno));
+      break;
+    }
     if (fds[0].revents & POLLIN) {
       uint64_t v;
       [[maybe_unused]] ssize_t r = read(wake_fd_, &v, sizeof v);
@@ -1134,8 +1222,10 @@ void redis_bridge::render_metrics(std::string& out) const {
   line(cmd, "counter", cmd_help, c_.commands_ok.get(), "result", "ok");
   line(cmd, "counter", cmd_help, c_.commands_unknown.get(), "result", "unknown", false);
   line(cmd, "counter", cmd_help, c_.commands_invalid.get(), "result", "invalid", false);
-  line("wsed_redis_commands_routed_total", "counter",
-       "Commands published to another instance's channel.", c_.commands_routed.get());
+  const char* routed = "wsed_redis_commands_routed_total";
+  const char* routed_help = "Commands for another instance's connection, by outcome.";
+  line(routed, "counter", routed_help, c_.commands_routed.get(), "result", "published");
+  line(routed, "counter", routed_help, c_.commands_unroutable.get(), "result", "unroutable", false);
   const char* in = "wsed_redis_inbound_total";
   const char* in_help = "Inbound stream entries (--inbound redis), by outcome.";
   line(in, "counter", in_help, c_.inbound_added.get(), "result", "added");

@@ -63,6 +63,7 @@ struct redis_bridge_options {
   bool inbound_stream = false;              // --inbound redis
   uint64_t stream_maxlen = 100000;          // XADD MAXLEN ~ N
   uint64_t inbound_bytes_max = 4ull << 20;  // per producer lane of stream entries waiting
+  uint32_t timeout_ms = 5000;  // connect, handshake, and silence (pinged at half) before giving up
   uint32_t reconnect_min_ms = 100;
   uint32_t reconnect_max_ms = 10000;
   bool quiet = false;
@@ -108,7 +109,7 @@ class redis_bridge {
     counter published, dropped_buffer, lost, buffered_total;
     std::atomic<uint64_t> dropped_ring{0};  // any producer
     counter received_delivered, received_own, received_duplicate, received_invalid, received_busy;
-    counter commands_ok, commands_unknown, commands_invalid, commands_routed;
+    counter commands_ok, commands_unknown, commands_invalid, commands_routed, commands_unroutable;
     counter inbound_added, inbound_error, inbound_lost;
     std::atomic<uint64_t> inbound_dropped{0};  // any producer
     counter subscribe_commands;
@@ -141,7 +142,7 @@ class redis_bridge {
   void write_commands();
   void send_fences();
   void refresh_topology(uint64_t now);
-  void apply_topology(const ::redisReply* r);
+  void apply_topology(node& answering, const ::redisReply* r);
   uint32_t expected_copies(node& n, std::string_view channel);
   bool on_message(node& n, std::string_view channel, std::string_view payload);
   bool deliver(fanout::delivery_kind kind, std::string_view key, std::string_view json);
@@ -149,6 +150,7 @@ class redis_bridge {
   void on_p_reply(node& n, const ::redisReply* r);
   void read_replies(connection& c, bool readable);
   void write_out(connection& c);
+  void check_liveness(uint64_t now);
   void update_ready();
 
   redis_bridge_options opt_;

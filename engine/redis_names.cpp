@@ -371,8 +371,13 @@ void echo_filter::add(uint64_t fp) {
     std::vector<slot> old(slots_.size() * 2);
     old.swap(slots_);
     used_ = 0;
+    const size_t mask = slots_.size() - 1;
     for (const slot& s : old) {
-      for (uint32_t k = 0; k < s.count; ++k) add(s.fp);
+      if (s.fp == 0) continue;
+      size_t i = s.fp & mask;
+      while (slots_[i].fp != 0) i = (i + 1) & mask;
+      slots_[i] = s;
+      ++used_;
     }
   }
   fp = stored(fp);
@@ -383,11 +388,10 @@ void echo_filter::add(uint64_t fp) {
     slots_[i].fp = fp;
     ++used_;
   }
-  ++slots_[i].count;
+  ++slots_[i].live;
 }
 
-void echo_filter::drop(slot* s) {
-  if (--s->count > 0) return;
+void echo_filter::erase(slot* s) {
   // Backward-shift deletion: move later members of the probe run into the hole.
   const size_t mask = slots_.size() - 1;
   size_t hole = size_t(s - slots_.data());
@@ -410,14 +414,22 @@ void echo_filter::record(uint64_t fp, uint64_t seq) {
 
 bool echo_filter::consume(uint64_t fp) {
   slot* s = find(fp);
-  if (!s) return false;
-  drop(s);
+  if (!s || s->live == 0) return false;
+  --s->live;
+  ++s->credit;
   return true;
 }
 
 void echo_filter::expire_through(uint64_t seq) {
   while (!order_.empty() && order_.front().seq <= seq) {
-    if (slot* s = find(order_.front().fp)) drop(s);
+    if (slot* s = find(order_.front().fp)) {
+      if (s->credit > 0) {
+        --s->credit;  // this record's echo came (the oldest records are credited first)
+      } else if (s->live > 0) {
+        --s->live;  // it never will
+      }
+      if (s->live == 0 && s->credit == 0) erase(s);
+    }
     order_.pop_front();
   }
 }

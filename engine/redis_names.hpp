@@ -79,9 +79,13 @@ uint64_t fingerprint(std::string_view channel, std::string_view payload);
 // an arriving message whose fingerprint is recorded is our own and consumed. A fence (a PING on
 // S written after P's reply to publication n arrived) proves every echo of publications <= n has
 // been received when its pong arrives: Redis ran those PUBLISHes before it read the PING, and
-// queued their messages to S before the pong. Records up to n are then expired. Identical
-// payloads from another publisher in the same window are counted right: one of the two is
-// consumed, the other delivered, and the local delivery makes up the pair.
+// queued their messages to S before the pong. Records up to n are then expired. Records of one
+// fingerprint (the same payload on the same channel, published again and again) come back in
+// the order they were written, so an echo is credited to the oldest live record of its
+// fingerprint: expiring a record that was credited pays the credit back, expiring one that was
+// not takes it off the live count. Identical payloads from another publisher in the same window
+// are counted right: one of the two is consumed, the other delivered, and the local delivery
+// makes up the pair.
 class echo_filter {
  public:
   void record(uint64_t fp, uint64_t seq);
@@ -96,13 +100,14 @@ class echo_filter {
     uint64_t fp, seq;
   };
   struct slot {
-    uint64_t fp = 0;  // 0: empty (a fingerprint of 0 is stored as 1)
-    uint32_t count = 0;
+    uint64_t fp = 0;      // 0: empty (a fingerprint of 0 is stored as 1)
+    uint32_t live = 0;    // records not echoed yet (as far as the credits tell)
+    uint32_t credit = 0;  // echoes consumed, owed by the oldest unexpired records
   };
   // Open addressing, linear probing, erase by backward shift: no allocation per publication.
   slot* find(uint64_t fp);
   void add(uint64_t fp);
-  void drop(slot* s);  // one count less; the slot is emptied at 0
+  void erase(slot* s);  // empties the slot (backward shift)
   std::deque<rec> order_;
   std::vector<slot> slots_ = std::vector<slot>(1024);
   size_t used_ = 0;  // slots holding a fingerprint

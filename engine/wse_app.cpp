@@ -783,7 +783,7 @@ void wse_app::wake(uint64_t shards_mask) {
 
 redis_sink::command_status wse_app::remote_command(std::string_view json) {
   std::string detail;
-  switch (run_command(json, detail)) {
+  switch (run_command(json, detail, true)) {
     case command_result::ok:
       return command_status::ok;
     case command_result::invalid:
@@ -791,11 +791,12 @@ redis_sink::command_status wse_app::remote_command(std::string_view json) {
     case command_result::busy:
       return command_status::busy;
     default:
-      return command_status::unknown;  // not here (a routed id is never routed twice)
+      return command_status::unknown;  // not here
   }
 }
 
-wse_app::command_result wse_app::run_command(std::string_view json, std::string& detail) {
+wse_app::command_result wse_app::run_command(std::string_view json, std::string& detail,
+                                             bool from_redis) {
   thread_local proto::wse_command_parser parser;
   thread_local proto::wse_envelope_parser framer;
   thread_local std::string text;
@@ -819,11 +820,16 @@ wse_app::command_result wse_app::run_command(std::string_view json, std::string&
   if (!found) {
     // Another instance's connection (its id ends with that instance's id): route it there.
     std::string_view tag = id.size() == proto::wse_uuid_chars ? id.substr(id.size() - 8) : "";
-    if (bridge_ && tag.size() == 8 && tag != instance_id_ &&
+    // Not when it came through Redis already: it was sent to this instance's channel, so the
+    // id is unknown here whatever it ends with (no second hop).
+    if (bridge_ && !from_redis && tag.size() == 8 && tag != instance_id_ &&
         tag.find_first_not_of("0123456789abcdef") == std::string_view::npos) {
+      if (!bridge_->route_command(tag, json)) {
+        detail = "redis unavailable";
+        return command_result::unavailable;
+      }
       detail = std::string(tag);
-      return bridge_->route_command(tag, json) ? command_result::routed
-                                               : command_result::unavailable;
+      return command_result::routed;
     }
     detail = "unknown connection";
     return command_result::unknown;

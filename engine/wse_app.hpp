@@ -180,7 +180,8 @@ class wse_app final : public app_handler, public redis_sink {
   // A command (proto/wse_command.hpp) from the HTTP API or from Redis: queued for the
   // connection when it is on this instance, published to its instance's channel otherwise.
   enum class command_result : uint8_t { ok, routed, unknown, invalid, unavailable, busy };
-  command_result run_command(std::string_view json, std::string& detail);
+  // from_redis: it arrived on this instance's channel (never routed on).
+  command_result run_command(std::string_view json, std::string& detail, bool from_redis = false);
 
   bool ready() const override;
   // redis_sink: the bridge thread hands over what it received.

@@ -21,6 +21,7 @@ import json
 import os
 import re
 import select
+import signal
 import threading
 import time
 
@@ -1500,3 +1501,81 @@ def test_redis_cluster_slot_moved_source_first_is_resubscribed():
             msgs = collect(c, lambda g: any(m["t"] == "sp" for m in g), 10, "cluster, after the move")
             assert [m for m in msgs if m["t"] == "sp"] == [{"c": "U", "t": "sp", "p": {"n": 1}}], msgs
             close_all([c])
+
+
+@limit(60)
+def test_redis_one_payload_again_and_again_is_delivered_once_each():
+    """One instance publishes the very same bytes 3,000 times (a typing indicator), pipelined:
+    its echoes come back while later copies are still being written and fenced, and each of its
+    subscribers must get exactly 3,000 (B's too); none may be taken for an echo twice."""
+    n = 3000
+    with R.RedisServer() as redis, instances(redis) as (a, b):
+        subs = [client(a, "ra%d" % i, ["typing"]) for i in range(3)] + [client(b, "rb%d" % i, ["typing"]) for i in range(3)]
+        settle(api_sender(a, "typing"), [c for c in subs if c.srv is b], subs, what="typing from A")
+        drainer = H.Drainer(subs, 50)
+        api = F.Api(a.port)
+        for _ in range(n // 100):
+            st, _, doc = api.post([{"topic": "typing", "message": {"t": "typing", "p": {}}}] * 100)
+            assert st == 200 and doc == {"accepted": 100}, (st, doc)
+        st, _, doc = api.post({"topic": "typing", "message": {"t": "end", "p": {}}})
+        assert st == 200, (st, doc)
+        api.close()
+        one = len(H.server_frame(H.OP_TEXT, wire({"t": "typing", "p": {}})))
+        end = len(H.server_frame(H.OP_TEXT, wire({"t": "end", "p": {}})))
+        drainer.wait_all(n * one + end, 20)
+        drainer.stop()
+        for c in subs:
+            frames, _ = H.split_frames(bytes(c.buf))
+            docs = [json.loads(f[2]) for f in frames]
+            assert docs and docs[-1]["t"] == "end", "%s: no end after %d" % (c.user, len(docs))
+            got = sum(1 for d in docs if d["t"] == "typing")
+            assert got == n, "%s (on %s) got %d of %d identical publications" % (
+                c.user, "A" if c.srv is a else "B", got, n)
+        close_all(subs)
+
+
+@limit(60)
+def test_redis_silent_redis_is_detected_and_recovered():
+    """A Redis that stops answering (SIGSTOP: the process is there, its sockets accept nothing
+    more) is given up after --redis-timeout: /readyz 503 and a disconnect counted; local
+    delivery keeps working; once it answers again (SIGCONT) the instance is ready again."""
+    with R.RedisServer() as redis, instances(redis, extra=("--redis-timeout", "1s")) as (a, b):
+        sa = client(a, "sa", ["quiet"])
+        wait_readyz([a, b], 200, 10, "before the stop")
+        d0 = rmetric(metrics(a), "wsed_redis_disconnects_total")
+        os.kill(redis.proc.pid, signal.SIGSTOP)
+        try:
+            wait_readyz([a, b], 503, 10, "with Redis stopped")
+            m = metrics(a)
+            assert rmetric(m, "wsed_redis_disconnects_total") > d0, redis_lines(m)
+            assert rmetric(m, "wsed_redis_up") == 0, redis_lines(m)
+            st, _, doc = F.post_once(a.port, {"topic": "quiet", "message": {"t": "local", "p": {}}})
+            assert st == 200, (st, doc)
+            raw, got = next_doc(sa, 5, "local delivery with Redis stopped")
+            assert got["t"] == "local", got
+        finally:
+            os.kill(redis.proc.pid, signal.SIGCONT)
+        wait_readyz([a, b], 200, 20, "after Redis answers again")
+        close_all([sa])
+
+
+@limit(30)
+def test_redis_cluster_unreachable_does_not_spin():
+    """--redis-cluster seeds where nothing listens: wsed starts, /readyz 503, and its bridge
+    waits on its backoff instead of spinning (a few tenths of a second of CPU in 3 s at most,
+    where a busy loop takes all 3)."""
+    ports = [H.free_port() for _ in range(3)]
+    with H.running(BIN, "--mode", "wse", "--workers", "1", "--ping-interval", "0", "--api-key-file", F.key_file(),
+                   "--redis-cluster", ",".join("127.0.0.1:%d" % p for p in ports), env=W.env()) as a:
+        assert readyz(a.port) == 503
+        time.sleep(0.5)
+
+        def cpu_s():
+            with open("/proc/%d/stat" % a.proc.pid) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        c0 = cpu_s()
+        time.sleep(3)
+        used = cpu_s() - c0
+        assert used < 0.6, "wsed used %.2f s of CPU in 3 s with the cluster unreachable" % used
+        assert readyz(a.port) == 503
