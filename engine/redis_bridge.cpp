@@ -428,7 +428,11 @@ void redis_bridge::connected(connection& c) {
     c.push_tag(tag::select);
     ++c.handshake_left;
   }
-  if (c.handshake_left == 0) became_ready(c);
+  // Ready only once Redis answered: a listening socket whose server does not run (stopped,
+  // hung) still completes the TCP handshake.
+  redis::append_command(c.out, {"PING"});
+  c.push_tag(tag::ping);
+  ++c.handshake_left;
 }
 
 void redis_bridge::became_ready(connection& c) {
@@ -855,16 +859,16 @@ bool redis_bridge::on_s_reply(node& n, const redisReply* r) {
     return false;
   }
   if (r->type == REDIS_REPLY_STATUS) {
-    std::string_view st = str_of(r);
-    if (st == "PONG") {  // a fence while not subscribed to anything
+    tag t;
+    if (n.s.st == connection::state::handshake) {  // AUTH's OK, the handshake PING's PONG
+      if (n.s.pop_tag(t) && --n.s.handshake_left == 0) became_ready(n.s);
+      return true;
+    }
+    if (str_of(r) == "PONG") {  // a fence while not subscribed to anything
       n.fence_out = false;
       n.fenced_seq = n.fence_target;
       n.echo.expire_through(n.fence_target);
-      return true;
     }
-    tag t;
-    if (n.s.pop_tag(t) && n.s.st == connection::state::handshake && --n.s.handshake_left == 0)
-      became_ready(n.s);
     return true;
   }
   if (r->type != REDIS_REPLY_ARRAY || r->elements < 2) return true;
@@ -933,6 +937,11 @@ void redis_bridge::on_p_reply(node& n, const redisReply* r) {
       if (!error) c_.commands_routed.add();
       return;
     case tag::ping:
+      if (n.p.st == connection::state::handshake) {
+        if (error) return disconnect(n.p, "PING refused: " + std::string(str_of(r)));
+        if (--n.p.handshake_left == 0) became_ready(n.p);
+        return;
+      }
       n.p.keepalive_out = false;
       return;
     case tag::slots:

@@ -245,7 +245,8 @@ def main():
                   # stream lanes, frames made on it and released on the shards
                   "redis_two_instances", "redis_glob_across_instances_once_exact",
                   "redis_inbound_stream_messages", "redis_commands_route",
-                  "redis_killed_and_restarted", "redis_cluster_two_instances")))]
+                  "redis_killed_and_restarted", "redis_cluster_two_instances", "redis_silent_redis",
+                  "redis_one_payload_again")))]
     results = []
     t0 = time.monotonic()
     for name, fn in plan:
