@@ -1,8 +1,6 @@
 // engine/flags.cpp: see flags.hpp. Every limit of server_config has a flag here.
 #include "engine/flags.hpp"
 
-#include "engine/redis_names.hpp"
-
 #include <CLI/CLI.hpp>
 #include <charconv>
 #include <cstdio>
@@ -327,14 +325,10 @@ flags_result parse_flags(int argc, char** argv) {
   if (!c.redis_cluster.empty() && c.redis_pattern_mode)
     return usage("--redis-subscribe pattern: a cluster's sharded pub/sub has no patterns");
   std::string why;
-  if (!c.redis_url.empty()) {
-    redis::endpoint e;
-    if (!redis::parse_endpoint(c.redis_url, e, why)) return usage("--redis-url: " + why);
-  }
-  if (!c.redis_cluster.empty()) {
-    std::vector<redis::endpoint> seeds;
-    if (!redis::parse_cluster(c.redis_cluster, seeds, why)) return usage("--redis-cluster: " + why);
-  }
+  if (!c.redis_url.empty() && !redis::parse_endpoint(c.redis_url, result.redis_endpoint, why))
+    return usage("--redis-url: " + why);
+  if (!c.redis_cluster.empty() && !redis::parse_cluster(c.redis_cluster, result.redis_cluster, why))
+    return usage("--redis-cluster: " + why);
   if (c.redis_prefix.empty() || c.redis_prefix.size() > 200)
     return usage("--redis-prefix: 1 to 200 bytes");
   return result;

@@ -6,8 +6,10 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "engine/config.hpp"
+#include "engine/redis_names.hpp"
 
 namespace wsed::engine {
 
@@ -19,6 +21,9 @@ std::optional<uint64_t> parse_duration_ms(std::string_view text);
 struct flags_result {
   enum class action : uint8_t { run, exit_ok, exit_usage } what = action::run;
   server_config config;
+  // --redis-url / --redis-cluster, parsed and resolved (the bridge connects there).
+  redis::endpoint redis_endpoint;
+  std::vector<redis::endpoint> redis_cluster;
 };
 
 // Parses argv. On --help/--version prints them (exit_ok); on a bad flag prints one line to

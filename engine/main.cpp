@@ -300,11 +300,8 @@ int main(int argc, char** argv) {
   std::string redis_where;  // host:port or socket path (never the password)
   if (wse && (!c.redis_url.empty() || !c.redis_cluster.empty())) {
     redis_bridge_options ro;
-    std::string why;
-    if (!c.redis_url.empty())  // both validated by parse_flags
-      redis::parse_endpoint(c.redis_url, ro.endpoint, why);
-    else
-      redis::parse_cluster(c.redis_cluster, ro.cluster, why);
+    ro.endpoint = flags.redis_endpoint;  // parsed and resolved by parse_flags
+    ro.cluster = flags.redis_cluster;
     ro.prefix = c.redis_prefix;
     ro.pattern_mode = c.redis_pattern_mode;
     ro.buffer_bytes_max = c.redis_buffer_bytes;

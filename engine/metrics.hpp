@@ -94,6 +94,7 @@ class counter {
   void sub(uint64_t n = 1) {
     v_.store(v_.load(std::memory_order_relaxed) - n, std::memory_order_relaxed);
   }
+  void set(uint64_t v) { v_.store(v, std::memory_order_relaxed); }  // a gauge's one writer
   uint64_t get() const { return v_.load(std::memory_order_relaxed); }
 
  private:

@@ -27,8 +27,8 @@
 #include <deque>
 #include <random>
 #include <unordered_map>
-#include <unordered_set>
 
+#include "fanout/string_map.hpp"
 #include "fanout/topic_index.hpp"
 
 namespace wsed::engine {
@@ -58,6 +58,11 @@ constexpr uint64_t fence_hold_ms = 500;         // after P died: its last comman
 constexpr uint64_t topology_refresh_ms = 5000;  // cluster: CLUSTER SLOTS this often
 constexpr uint64_t redirect_refresh_ms = 100;   // and this soon after a redirect (not a spin)
 constexpr uint16_t cluster_slots = 16384;
+
+// What a held publication counts against --redis-buffer-bytes: its bytes and the command's.
+uint64_t held_cost(const fanout::frame& f) {
+  return f.payload().size() + f.key().size() + 64;
+}
 
 std::string_view str_of(const redisReply* r) {
   return r && (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS ||
@@ -121,16 +126,18 @@ struct redis_bridge::node {
   bool active = true;  // a master in the slot map (or a seed while the map is unknown)
   // Subscriptions by their Redis names: asked of this node's current S connection, and
   // confirmed (updated by the confirmations, in stream order with the messages).
-  std::unordered_set<std::string> requested_channels, requested_patterns;
-  std::unordered_set<std::string> confirmed_channels, confirmed_patterns;
-  // Confirmations still to come, in the order they will come (subscribe-family replies are
-  // ordered): verb kind and name. Its size is what /readyz waits for.
+  fanout::string_set requested_channels, requested_patterns;
+  fanout::string_set confirmed_channels, confirmed_patterns;
+  // One (un)subscription of one name. `pending`: asked, not written yet, in the order asked
+  // (flush_subscriptions writes runs of one verb as one command); `ops`: written, its
+  // confirmation still to come (subscribe-family replies come in order). ops.size() is what
+  // /readyz waits for.
   struct op {
     bool subscribe, glob;
     std::string name;
   };
+  std::vector<op> pending;
   std::deque<op> ops;
-  std::vector<std::string> sub, unsub, psub, punsub;  // batched until flush_subscriptions
   // Echo filter and fences (see redis_names.hpp).
   redis::echo_filter echo;
   uint64_t written_seq = 0, acked_seq = 0, fenced_seq = 0, fence_target = 0;
@@ -152,7 +159,7 @@ struct redis_bridge::impl {
   bool slots_query_out = false;
   uint64_t next_refresh_at = 0;
   // Everything wanted, by Redis name (channels, and patterns for one Redis).
-  std::unordered_set<std::string> want_channels, want_patterns;
+  fanout::string_set want_channels, want_patterns;
 
   struct held_pub {
     fanout::delivery_kind kind;
@@ -169,7 +176,7 @@ struct redis_bridge::impl {
   uint64_t wakes = 0;  // shards to wake after this batch of received publications
 
   std::mt19937 rng{std::random_device{}()};
-  std::string channel, key, scratch;
+  std::string channel, key;
   std::vector<char> read_buf = std::vector<char>(read_chunk_bytes);
   std::vector<std::pair<redis_interest, std::string>> dirty;
   std::vector<std::pair<std::string, std::string>> commands;
@@ -185,6 +192,12 @@ redis_bridge::redis_bridge(redis_bridge_options options, const fanout::router& r
       ring_(opt_.ring_capacity, opt_.producers + 1, &redis_bridge::wake_hook, this),
       impl_(std::make_unique<impl>()) {
   wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  stream_key_ = opt_.prefix + "inbound";
+  std::string maxlen = std::to_string(opt_.stream_maxlen);
+  for (std::string_view a :
+       {std::string_view("XADD"), std::string_view(stream_key_), std::string_view("MAXLEN"),
+        std::string_view("~"), std::string_view(maxlen), std::string_view("*")})
+    redis::append_bulk(xadd_head_, a);
   for (uint32_t i = 0; i <= opt_.producers; ++i)
     inbound_.push_back(std::make_unique<inbound_lane>());
   impl& m = *impl_;
@@ -201,8 +214,13 @@ redis_bridge::redis_bridge(redis_bridge_options options, const fanout::router& r
     // "*" covers the @ channels too (topics beginning with @, broadcasts, users, this node).
     m.want_patterns.insert(redis::pattern_for_glob(opt_.prefix, "*"));
   } else {
-    m.want_channels.insert(opt_.prefix + std::string(redis::broadcast_name));
-    m.want_channels.insert(opt_.prefix + std::string(redis::node_name) + opt_.instance_id);
+    for (auto [kind, key] :
+         {std::pair{redis::channel_kind::broadcast, std::string_view{}},
+          std::pair{redis::channel_kind::command, std::string_view(opt_.instance_id)}}) {
+      std::string name;
+      redis::append_channel(name, opt_.prefix, kind, key);
+      m.want_channels.insert(std::move(name));
+    }
   }
 }
 
@@ -265,7 +283,11 @@ bool redis_bridge::route_command(std::string_view instance, std::string_view jso
   if (!up_.load(std::memory_order_acquire)) return false;
   {
     std::lock_guard lock(mu_);
-    if (commands_.size() >= 65536) return false;
+    // The bridge takes the whole queue every pass: it is this full only when Redis stalls.
+    if (commands_.size() >= commands_queued_max) {
+      c_.commands_queue_full.fetch_add(1, std::memory_order_relaxed);
+      return false;
+    }
     commands_.emplace_back(std::string(instance), std::string(json));
   }
   wake();
@@ -280,14 +302,10 @@ bool redis_bridge::add_inbound(uint32_t producer, std::initializer_list<std::str
       c_.inbound_dropped.fetch_add(1, std::memory_order_relaxed);
       return false;
     }
-    // XADD <prefix>inbound MAXLEN ~ N * field value ...
-    std::vector<std::string_view> args;
-    args.reserve(6 + fields.size());
-    std::string stream = opt_.prefix + "inbound";
-    std::string maxlen = std::to_string(opt_.stream_maxlen);
-    args.insert(args.end(), {"XADD", stream, "MAXLEN", "~", maxlen, "*"});
-    args.insert(args.end(), fields.begin(), fields.end());
-    redis::append_command(l.resp, args);
+    // XADD <prefix>inbound MAXLEN ~ N * field value ...: the head is formatted once.
+    redis::append_array_header(l.resp, xadd_head_args + fields.size());
+    l.resp.append(xadd_head_);
+    for (std::string_view f : fields) redis::append_bulk(l.resp, f);
     ++l.count;
   }
   wake();
@@ -368,10 +386,7 @@ void redis_bridge::disconnect(connection& c, const std::string& why) {
     n.confirmed_channels.clear();
     n.confirmed_patterns.clear();
     n.ops.clear();
-    n.sub.clear();
-    n.unsub.clear();
-    n.psub.clear();
-    n.punsub.clear();
+    n.pending.clear();
     n.fence_out = false;
     n.dup_left = 0;
   }
@@ -458,60 +473,39 @@ void redis_bridge::became_ready(connection& c) {
   }
 }
 
-namespace {
-
-// Removes name from a batch not sent yet; true when it was there.
-bool unqueue(std::vector<std::string>& batch, const std::string& name) {
-  auto it = std::find(batch.begin(), batch.end(), name);
-  if (it == batch.end()) return false;
-  batch.erase(it);
-  return true;
-}
-
-}  // namespace
-
-// The batches are sent subscribes first: an unsubscribe still waiting in its batch is taken
-// back instead of being sent after the new subscribe (which would leave the channel off).
 void redis_bridge::subscribe_on(node& n, const std::string& name, bool glob) {
   auto& requested = glob ? n.requested_patterns : n.requested_channels;
-  if (!n.s.ready() || !requested.insert(name).second) return;
-  if (unqueue(glob ? n.punsub : n.unsub, name)) return;  // still subscribed at Redis
-  (glob ? n.psub : n.sub).push_back(name);
+  if (n.s.ready() && requested.insert(name).second) n.pending.push_back({true, glob, name});
 }
 
 void redis_bridge::unsubscribe_on(node& n, const std::string& name, bool glob) {
   auto& requested = glob ? n.requested_patterns : n.requested_channels;
-  if (!requested.erase(name) || !n.s.ready()) return;
-  if (unqueue(glob ? n.psub : n.sub, name)) return;  // never sent
-  (glob ? n.punsub : n.unsub).push_back(name);
+  if (requested.erase(name) && n.s.ready()) n.pending.push_back({false, glob, name});
 }
 
+// Writes what was asked, in the order asked (an unsubscribe then a resubscribe of one channel
+// stay in that order): each run of one verb is one command, of at most subscribe_batch names
+// (a cluster takes one slot per SSUBSCRIBE: one name each).
 void redis_bridge::flush_subscriptions(node& n) {
   impl& m = *impl_;
-  auto emit = [&](std::vector<std::string>& names, bool subscribe, bool glob) {
-    std::string_view verb = m.cluster ? (subscribe ? "SSUBSCRIBE" : "SUNSUBSCRIBE")
-                            : glob    ? (subscribe ? "PSUBSCRIBE" : "PUNSUBSCRIBE")
-                                      : (subscribe ? "SUBSCRIBE" : "UNSUBSCRIBE");
-    // A cluster takes one slot per SSUBSCRIBE: one channel each.
-    size_t batch = m.cluster ? 1 : subscribe_batch;
-    std::vector<std::string_view> args;
-    for (size_t i = 0; i < names.size(); i += batch) {
-      size_t k = std::min(batch, names.size() - i);
-      args.clear();
-      args.push_back(verb);
-      for (size_t j = i; j < i + k; ++j) {
-        args.push_back(names[j]);
-        n.ops.push_back({subscribe, glob, names[j]});
-      }
-      redis::append_command(n.s.out, args);
-      c_.subscribe_commands.add();
-    }
-    names.clear();
-  };
-  emit(n.sub, true, false);
-  emit(n.psub, true, true);
-  emit(n.unsub, false, false);
-  emit(n.punsub, false, true);
+  const size_t batch = m.cluster ? 1 : subscribe_batch;
+  std::vector<std::string_view> args;
+  for (size_t i = 0; i < n.pending.size();) {
+    const node::op& first = n.pending[i];
+    std::string_view verb = m.cluster    ? (first.subscribe ? "SSUBSCRIBE" : "SUNSUBSCRIBE")
+                            : first.glob ? (first.subscribe ? "PSUBSCRIBE" : "PUNSUBSCRIBE")
+                                         : (first.subscribe ? "SUBSCRIBE" : "UNSUBSCRIBE");
+    args.assign(1, verb);
+    size_t j = i;
+    while (j < n.pending.size() && j - i < batch && n.pending[j].subscribe == first.subscribe &&
+           n.pending[j].glob == first.glob)
+      args.push_back(n.pending[j++].name);
+    redis::append_command(n.s.out, args);
+    c_.subscribe_commands.add();
+    i = j;
+  }
+  for (node::op& o : n.pending) n.ops.push_back(std::move(o));
+  n.pending.clear();
 }
 
 // Every wanted channel asked of its owner and of no other node (after the slot map changed).
@@ -549,12 +543,13 @@ void redis_bridge::apply_interest() {
     if (glob && m.cluster) continue;  // sharded pub/sub has no patterns: local publications only
     bool wanted = kind == redis_interest::user ? router_.wants_user(key) : router_.wants(key);
     std::string name;
-    if (kind == redis_interest::user) {
-      name = opt_.prefix + std::string(redis::user_name) + key;
-    } else if (glob) {
+    if (glob) {
       name = redis::pattern_for_glob(opt_.prefix, key);
     } else {
-      redis::append_topic_channel(name, opt_.prefix, key);
+      redis::append_channel(
+          name, opt_.prefix,
+          kind == redis_interest::user ? redis::channel_kind::user : redis::channel_kind::topic,
+          key);
     }
     node* o = glob ? m.nodes[0].get() : owner_of(name);
     if (wanted) {
@@ -573,7 +568,7 @@ void redis_bridge::take_publications() {
   impl& m = *impl_;
   bool p_ready = all_publishers_ready();
   ring_.drain(drain_batch, [&](fanout::delivery& d) {
-    uint64_t bytes = d.f->payload().size() + d.f->key().size() + 64;
+    uint64_t bytes = held_cost(*d.f);
     if (m.held_bytes + bytes > opt_.buffer_bytes_max) {
       c_.dropped_buffer.add();
       fanout::release(d.f);
@@ -591,17 +586,12 @@ void redis_bridge::write_publications() {
   while (!m.held.empty()) {
     impl::held_pub h = m.held.front();
     m.channel.clear();
-    switch (h.kind) {
-      case fanout::delivery_kind::topic:
-        redis::append_topic_channel(m.channel, opt_.prefix, h.f->key());
-        break;
-      case fanout::delivery_kind::broadcast:
-        m.channel.append(opt_.prefix).append(redis::broadcast_name);
-        break;
-      default:
-        m.channel.append(opt_.prefix).append(redis::user_name).append(h.f->key());
-        break;
-    }
+    redis::append_channel(m.channel, opt_.prefix,
+                          h.kind == fanout::delivery_kind::topic ? redis::channel_kind::topic
+                          : h.kind == fanout::delivery_kind::broadcast
+                              ? redis::channel_kind::broadcast
+                              : redis::channel_kind::user,
+                          h.f->key());
     node* n = owner_of(m.channel);
     // In order: the first that cannot go yet holds the rest back.
     if (!n || !n->p.ready() || n->p.pending_out() >= out_pending_max) break;
@@ -614,11 +604,10 @@ void redis_bridge::write_publications() {
     n->echo.record(redis::fingerprint(m.channel, payload), n->written_seq);
     if (n->echo.pending() > echo_records_max)
       n->echo.expire_through(n->written_seq - echo_records_max);
-    m.held_bytes -= payload.size() + h.f->key().size() + 64;
+    m.held_bytes -= held_cost(*h.f);
     fanout::release(h.f);
   }
-  c_.buffered.sub(c_.buffered.get());
-  c_.buffered.add(m.held.size());
+  c_.buffered.set(m.held.size());
 }
 
 void redis_bridge::write_commands() {
@@ -629,7 +618,8 @@ void redis_bridge::write_commands() {
   }
   std::string_view verb = m.cluster ? "SPUBLISH" : "PUBLISH";
   for (auto& [instance, json] : m.commands) {
-    std::string channel = opt_.prefix + std::string(redis::node_name) + instance;
+    std::string channel;
+    redis::append_channel(channel, opt_.prefix, redis::channel_kind::command, instance);
     node* n = owner_of(channel);
     if (!n || !n->p.ready()) {
       c_.commands_unroutable.add();  // Redis went away after the caller was told 202
@@ -642,7 +632,7 @@ void redis_bridge::write_commands() {
   if (!opt_.inbound_stream) return;
   // Stream entries wait in their lanes while Redis is away (add_inbound refuses, and counts,
   // what would overfill a lane).
-  node* n = owner_of(opt_.prefix + "inbound");
+  node* n = owner_of(stream_key_);
   if (!n || !n->p.ready() || n->p.pending_out() >= out_pending_max) return;
   for (auto& lane : inbound_) {
     uint32_t count;
@@ -751,13 +741,9 @@ void redis_bridge::apply_topology(node& answering, const redisReply* r) {
 }
 
 uint32_t redis_bridge::expected_copies(node& n, std::string_view channel) {
-  impl& m = *impl_;
   if (n.confirmed_patterns.empty()) return 1;
   uint32_t copies = 0;
-  if (!n.confirmed_channels.empty()) {
-    m.scratch.assign(channel);
-    copies += uint32_t(n.confirmed_channels.count(m.scratch));
-  }
+  if (n.confirmed_channels.find(channel) != n.confirmed_channels.end()) ++copies;
   for (const std::string& pat : n.confirmed_patterns)
     copies += redis::glob_match(pat, channel) ? 1 : 0;
   return copies ? copies : 1;
@@ -799,8 +785,10 @@ bool redis_bridge::on_message(node& n, std::string_view channel, std::string_vie
           c_.commands_invalid.add();
           break;
         case redis_sink::command_status::unknown:
-        case redis_sink::command_status::busy:
           c_.commands_unknown.add();
+          break;
+        case redis_sink::command_status::busy:
+          c_.commands_busy.add();
           break;
       }
       return true;
@@ -838,13 +826,9 @@ bool redis_bridge::deliver(fanout::delivery_kind kind, std::string_view key,
 // Replies on S: confirmations, messages, the fence's pong, the AUTH answer.
 bool redis_bridge::on_s_reply(node& n, const redisReply* r) {
   impl& m = *impl_;
+  if (n.s.st == connection::state::handshake) return handshake_reply(n.s, r);
   if (r->type == REDIS_REPLY_ERROR) {
     std::string_view err = str_of(r);
-    tag t;
-    if (n.s.st == connection::state::handshake && n.s.pop_tag(t)) {
-      disconnect(n.s, "AUTH refused: " + std::string(err));
-      return false;
-    }
     if (is_redirect(err) && !n.ops.empty()) {  // the slot moved: ask the cluster again
       node::op o = std::move(n.ops.front());
       n.ops.pop_front();
@@ -859,16 +843,7 @@ bool redis_bridge::on_s_reply(node& n, const redisReply* r) {
     return false;
   }
   if (r->type == REDIS_REPLY_STATUS) {
-    tag t;
-    if (n.s.st == connection::state::handshake) {  // AUTH's OK, the handshake PING's PONG
-      if (n.s.pop_tag(t) && --n.s.handshake_left == 0) became_ready(n.s);
-      return true;
-    }
-    if (str_of(r) == "PONG") {  // a fence while not subscribed to anything
-      n.fence_out = false;
-      n.fenced_seq = n.fence_target;
-      n.echo.expire_through(n.fence_target);
-    }
+    if (str_of(r) == "PONG") complete_fence(n);  // a fence while not subscribed to anything
     return true;
   }
   if (r->type != REDIS_REPLY_ARRAY || r->elements < 2) return true;
@@ -878,9 +853,7 @@ bool redis_bridge::on_s_reply(node& n, const redisReply* r) {
   if (kind == "pmessage" && r->elements == 4)
     return on_message(n, str_of(r->element[2]), str_of(r->element[3]));
   if (kind == "pong") {
-    n.fence_out = false;
-    n.fenced_seq = n.fence_target;
-    n.echo.expire_through(n.fence_target);
+    complete_fence(n);
     return true;
   }
   bool subscribe = kind == "subscribe" || kind == "psubscribe" || kind == "ssubscribe";
@@ -909,8 +882,33 @@ bool redis_bridge::on_s_reply(node& n, const redisReply* r) {
   return true;
 }
 
+// The fence's pong: every echo of the publications it covers has been read.
+void redis_bridge::complete_fence(node& n) {
+  n.fence_out = false;
+  n.fenced_seq = n.fence_target;
+  n.echo.expire_through(n.fence_target);
+}
+
+// A reply to AUTH, SELECT or the PING of a connection's handshake (S or P); false: refused,
+// the connection is dropped.
+bool redis_bridge::handshake_reply(connection& c, const redisReply* r) {
+  tag t = tag::ping;
+  c.pop_tag(t);
+  if (r->type == REDIS_REPLY_ERROR) {
+    const char* what = t == tag::auth ? "AUTH" : t == tag::select ? "SELECT" : "PING";
+    disconnect(c, std::string(what) + " refused: " + std::string(str_of(r)));
+    return false;
+  }
+  if (--c.handshake_left == 0) became_ready(c);
+  return true;
+}
+
 void redis_bridge::on_p_reply(node& n, const redisReply* r) {
   impl& m = *impl_;
+  if (n.p.st == connection::state::handshake) {
+    handshake_reply(n.p, r);
+    return;
+  }
   tag t;
   if (!n.p.pop_tag(t)) return;  // not expected: ignore
   bool error = r->type == REDIS_REPLY_ERROR;
@@ -919,13 +917,7 @@ void redis_bridge::on_p_reply(node& n, const redisReply* r) {
   switch (t) {
     case tag::auth:
     case tag::select:
-      if (error) {
-        disconnect(n.p, std::string(t == tag::auth ? "AUTH" : "SELECT") +
-                            " refused: " + std::string(str_of(r)));
-        return;
-      }
-      if (n.p.st == connection::state::handshake && --n.p.handshake_left == 0) became_ready(n.p);
-      return;
+      return;  // only in the handshake
     case tag::publish:
       ++n.acked_seq;
       (error ? c_.lost : c_.published).add();
@@ -937,11 +929,6 @@ void redis_bridge::on_p_reply(node& n, const redisReply* r) {
       if (!error) c_.commands_routed.add();
       return;
     case tag::ping:
-      if (n.p.st == connection::state::handshake) {
-        if (error) return disconnect(n.p, "PING refused: " + std::string(str_of(r)));
-        if (--n.p.handshake_left == 0) became_ready(n.p);
-        return;
-      }
       n.p.keepalive_out = false;
       return;
     case tag::slots:
@@ -1231,10 +1218,13 @@ void redis_bridge::render_metrics(std::string& out) const {
   line(cmd, "counter", cmd_help, c_.commands_ok.get(), "result", "ok");
   line(cmd, "counter", cmd_help, c_.commands_unknown.get(), "result", "unknown", false);
   line(cmd, "counter", cmd_help, c_.commands_invalid.get(), "result", "invalid", false);
+  line(cmd, "counter", cmd_help, c_.commands_busy.get(), "result", "busy", false);
   const char* routed = "wsed_redis_commands_routed_total";
   const char* routed_help = "Commands for another instance's connection, by outcome.";
   line(routed, "counter", routed_help, c_.commands_routed.get(), "result", "published");
   line(routed, "counter", routed_help, c_.commands_unroutable.get(), "result", "unroutable", false);
+  line(routed, "counter", routed_help, c_.commands_queue_full.load(std::memory_order_relaxed),
+       "result", "queue_full", false);
   const char* in = "wsed_redis_inbound_total";
   const char* in_help = "Inbound stream entries (--inbound redis), by outcome.";
   line(in, "counter", in_help, c_.inbound_added.get(), "result", "added");

@@ -109,7 +109,9 @@ class redis_bridge {
     counter published, dropped_buffer, lost, buffered_total;
     std::atomic<uint64_t> dropped_ring{0};  // any producer
     counter received_delivered, received_own, received_duplicate, received_invalid, received_busy;
-    counter commands_ok, commands_unknown, commands_invalid, commands_routed, commands_unroutable;
+    counter commands_ok, commands_unknown, commands_invalid, commands_busy, commands_routed,
+        commands_unroutable;
+    std::atomic<uint64_t> commands_queue_full{0};  // any thread (route_command)
     counter inbound_added, inbound_error, inbound_lost;
     std::atomic<uint64_t> inbound_dropped{0};  // any producer
     counter subscribe_commands;
@@ -147,6 +149,8 @@ class redis_bridge {
   bool on_message(node& n, std::string_view channel, std::string_view payload);
   bool deliver(fanout::delivery_kind kind, std::string_view key, std::string_view json);
   bool on_s_reply(node& n, const ::redisReply* r);
+  bool handshake_reply(connection& c, const ::redisReply* r);
+  void complete_fence(node& n);
   void on_p_reply(node& n, const ::redisReply* r);
   void read_replies(connection& c, bool readable);
   void write_out(connection& c);
@@ -159,6 +163,10 @@ class redis_bridge {
   fanout::inbox ring_;      // publications from the shards (one lane each) and other threads
   std::mutex external_mu_;  // one external producer at a time on the last lane
   int wake_fd_ = -1;
+  std::string stream_key_;  // <prefix>inbound
+  std::string xadd_head_;   // the bulk strings XADD <stream> MAXLEN ~ N *, formatted once
+  static constexpr size_t xadd_head_args = 6;
+  static constexpr size_t commands_queued_max = 65536;  // route_command between two passes
   std::atomic<bool> wake_pending_{false};
   std::atomic<bool> stop_{false};
   std::atomic<bool> ready_{false};

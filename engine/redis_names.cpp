@@ -194,11 +194,31 @@ void append_topic_channel(std::string& out, std::string_view prefix, std::string
   out.append(topic);
 }
 
+void append_channel(std::string& out, std::string_view prefix, channel_kind kind,
+                    std::string_view key) {
+  switch (kind) {
+    case channel_kind::topic:
+      return append_topic_channel(out, prefix, key);
+    case channel_kind::broadcast:
+      out.append(prefix).append(broadcast_name);
+      return;
+    case channel_kind::user:
+      out.append(prefix).append(user_name).append(key);
+      return;
+    case channel_kind::command:
+      out.append(prefix).append(node_name).append(key);
+      return;
+    case channel_kind::unknown:
+      return;
+  }
+}
+
 namespace {
 
-void append_escaped(std::string& out, std::string_view literal) {
-  for (char ch : literal) {
-    if (ch == '[' || ch == ']' || ch == '\\' || ch == '*' || ch == '?') out.push_back('\\');
+// Backslash before every byte of text that is one of specials (Redis's matcher escapes).
+void append_escaped(std::string& out, std::string_view text, std::string_view specials) {
+  for (char ch : text) {
+    if (specials.find(ch) != std::string_view::npos) out.push_back('\\');
     out.push_back(ch);
   }
 }
@@ -207,12 +227,9 @@ void append_escaped(std::string& out, std::string_view literal) {
 
 std::string pattern_for_glob(std::string_view prefix, std::string_view glob) {
   std::string out;
-  append_escaped(out, prefix);
+  append_escaped(out, prefix, "[]\\*?");  // the prefix is literal
   if (!glob.empty() && glob.front() == '@') out.append("@");
-  for (char ch : glob) {
-    if (ch == '[' || ch == ']' || ch == '\\') out.push_back('\\');
-    out.push_back(ch);
-  }
+  append_escaped(out, glob, "[]\\");  // the glob keeps its * and ?
   return out;
 }
 
@@ -319,28 +336,35 @@ uint16_t key_slot(std::string_view key) {
 
 namespace {
 
-template <class Range>
-void append_args(std::string& out, const Range& args, size_t n) {
-  out.push_back('*');
-  out.append(std::to_string(n));
+void append_length(std::string& out, char type, size_t n) {
+  char digits[24];
+  auto [end, ec] = std::to_chars(digits, digits + sizeof digits, n);
+  (void)ec;  // 24 bytes hold any size_t
+  out.push_back(type);
+  out.append(digits, end);
   out.append("\r\n");
-  for (std::string_view a : args) {
-    out.push_back('$');
-    out.append(std::to_string(a.size()));
-    out.append("\r\n");
-    out.append(a);
-    out.append("\r\n");
-  }
 }
 
 }  // namespace
 
+void append_array_header(std::string& out, size_t n) {
+  append_length(out, '*', n);
+}
+
+void append_bulk(std::string& out, std::string_view arg) {
+  append_length(out, '$', arg.size());
+  out.append(arg);
+  out.append("\r\n");
+}
+
 void append_command(std::string& out, std::initializer_list<std::string_view> args) {
-  append_args(out, args, args.size());
+  append_array_header(out, args.size());
+  for (std::string_view a : args) append_bulk(out, a);
 }
 
 void append_command(std::string& out, const std::vector<std::string_view>& args) {
-  append_args(out, args, args.size());
+  append_array_header(out, args.size());
+  for (std::string_view a : args) append_bulk(out, a);
 }
 
 uint64_t fingerprint(std::string_view channel, std::string_view payload) {

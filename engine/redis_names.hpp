@@ -54,6 +54,10 @@ void append_topic_channel(std::string& out, std::string_view prefix, std::string
 inline constexpr std::string_view broadcast_name = "@broadcast";
 inline constexpr std::string_view user_name = "@user:";  // + user id
 inline constexpr std::string_view node_name = "@node:";  // + instance id
+// The channel of a kind and its key (a topic, a user id, an instance id; none for a
+// broadcast): the inverse of parse_channel.
+void append_channel(std::string& out, std::string_view prefix, channel_kind kind,
+                    std::string_view key);
 // A glob (`*`, `?` as auth::glob_match) -> the PSUBSCRIBE pattern: the prefix and the literal
 // bytes escaped for Redis's matcher (`[`, `]`, `\`, and `*`/`?` in the prefix).
 std::string pattern_for_glob(std::string_view prefix, std::string_view glob);
@@ -66,9 +70,12 @@ bool glob_match(std::string_view pattern, std::string_view text);
 // The cluster key slot of a channel (CRC16-XMODEM mod 16384, with the {hash tag} rule).
 uint16_t key_slot(std::string_view key);
 
-// Appends one RESP command (an array of bulk strings).
+// Appends one RESP command (an array of bulk strings), or its pieces: the array header for n
+// strings, then each bulk string.
 void append_command(std::string& out, std::initializer_list<std::string_view> args);
 void append_command(std::string& out, const std::vector<std::string_view>& args);
+void append_array_header(std::string& out, size_t n);
+void append_bulk(std::string& out, std::string_view arg);
 
 // The 64-bit fingerprint of one publication (channel and payload) the echo filter compares.
 uint64_t fingerprint(std::string_view channel, std::string_view payload);

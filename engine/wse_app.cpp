@@ -683,27 +683,40 @@ publish_status wse_app::send_to_user(std::string_view user_id, std::string_view 
   return route(nullptr, fanout::delivery_kind::user, user_id, json);
 }
 
-bool wse_app::command(wse_conn conn, std::string_view name,
-                      std::span<const std::string_view> topics) {
-  if (!hub_ || !conn.owner) return false;
+namespace {
+
+// Topics one per line: the argument of a subscribe / unsubscribe command frame.
+std::string topic_lines(std::span<const std::string_view> topics) {
   std::string lines;
   for (std::string_view t : topics) {
     if (t.find('\n') != std::string_view::npos) continue;  // not a topic (control character)
     lines.append(t);
     lines.push_back('\n');
   }
-  fanout::frame* f = fanout::make_text_frame(name, lines);
+  return lines;
+}
+
+}  // namespace
+
+bool wse_app::push_command(uint32_t shard_index, conn_ref c, std::string_view name,
+                           std::string_view arg) {
+  if (!hub_) return false;
+  fanout::frame* f = fanout::make_text_frame(name, arg);
   if (!f) return false;
   fanout::delivery d;
   d.kind = fanout::delivery_kind::command;
-  d.arg = conn.ref.slot;
-  d.arg2 = conn.ref.generation;
+  d.arg = c.slot;
+  d.arg2 = c.generation;
   d.f = f;
   uint32_t me = current_shard_index();
-  bool ok =
-      hub_->push(conn.owner->index(), me < hub_->shards() ? me : hub_->external_producer(), d);
+  bool ok = hub_->push(shard_index, me < hub_->shards() ? me : hub_->external_producer(), d);
   fanout::release(f);
   return ok;
+}
+
+bool wse_app::command(wse_conn conn, std::string_view name,
+                      std::span<const std::string_view> topics) {
+  return conn.owner && push_command(conn.owner->index(), conn.ref, name, topic_lines(topics));
 }
 
 bool wse_app::subscribe(wse_conn conn, std::span<const std::string_view> topics) {
@@ -748,15 +761,15 @@ void wse_app::directory_add(uint32_t shard_index, conn_ref c, std::string_view c
   if (!bridge_ && opt_.api_key.empty()) return;  // no command can name a connection
   directory_stripe& d = directory_[fanout::string_hash{}(connection_id) % directory_stripes];
   std::lock_guard lock(d.mu);
-  d.map[std::string(connection_id)] = conn_location{shard_index, c.slot, c.generation};
+  d.map.insert_or_assign(std::string(connection_id),
+                         conn_location{shard_index, c.slot, c.generation});
 }
 
 void wse_app::directory_remove(std::string_view connection_id) {
   if (!bridge_ && opt_.api_key.empty()) return;
   directory_stripe& d = directory_[fanout::string_hash{}(connection_id) % directory_stripes];
   std::lock_guard lock(d.mu);
-  auto it = d.map.find(std::string(connection_id));
-  if (it != d.map.end()) d.map.erase(it);
+  if (auto it = d.map.find(connection_id); it != d.map.end()) d.map.erase(it);
 }
 
 redis_sink::status wse_app::remote_publication(fanout::delivery_kind kind, std::string_view key,
@@ -811,8 +824,7 @@ wse_app::command_result wse_app::run_command(std::string_view json, std::string&
   {
     directory_stripe& d = directory_[fanout::string_hash{}(id) % directory_stripes];
     std::lock_guard lock(d.mu);
-    auto it = d.map.find(std::string(id));
-    if (it != d.map.end()) {
+    if (auto it = d.map.find(id); it != d.map.end()) {
       where = it->second;
       found = true;
     }
@@ -825,7 +837,7 @@ wse_app::command_result wse_app::run_command(std::string_view json, std::string&
     if (bridge_ && !from_redis && tag.size() == 8 && tag != instance_id_ &&
         tag.find_first_not_of("0123456789abcdef") == std::string_view::npos) {
       if (!bridge_->route_command(tag, json)) {
-        detail = "redis unavailable";
+        detail = "redis unavailable (or its command queue full)";
         return command_result::unavailable;
       }
       detail = std::string(tag);
@@ -834,7 +846,6 @@ wse_app::command_result wse_app::run_command(std::string_view json, std::string&
     detail = "unknown connection";
     return command_result::unknown;
   }
-  if (!hub_) return command_result::unavailable;
   std::string_view name;
   std::string arg;
   switch (cmd.op) {
@@ -856,23 +867,10 @@ wse_app::command_result wse_app::run_command(std::string_view json, std::string&
     case proto::wse_command_op::subscribe:
     case proto::wse_command_op::unsubscribe:
       name = cmd.op == proto::wse_command_op::subscribe ? command_subscribe : command_unsubscribe;
-      for (std::string_view t : cmd.topics) {
-        arg.append(t);
-        arg.push_back('\n');
-      }
+      arg = topic_lines(cmd.topics);
       break;
   }
-  fanout::frame* f = fanout::make_text_frame(name, arg);
-  if (!f) return command_result::busy;
-  fanout::delivery d;
-  d.kind = fanout::delivery_kind::command;
-  d.arg = where.slot;
-  d.arg2 = where.generation;
-  d.f = f;
-  uint32_t me = current_shard_index();
-  bool ok = hub_->push(where.shard, me < hub_->shards() ? me : hub_->external_producer(), d);
-  fanout::release(f);
-  if (!ok) {
+  if (!push_command(where.shard, conn_ref{where.slot, where.generation}, name, arg)) {
     detail = "the connection's shard is busy";
     return command_result::busy;
   }

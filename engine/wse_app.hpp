@@ -294,6 +294,9 @@ class wse_app final : public app_handler, public redis_sink {
   void api_publish(shard& s, per_shard& p, const proto::http_request& request,
                    std::string_view body, http_answer& answer);
   bool command(wse_conn conn, std::string_view name, std::span<const std::string_view> topics);
+  // One command delivery (name, argument) for connection c of shard shard_index; false: that
+  // shard's inbox is full.
+  bool push_command(uint32_t shard_index, conn_ref c, std::string_view name, std::string_view arg);
 
   wse_app_options opt_;
   wse_handler& handler_;
@@ -318,7 +321,7 @@ class wse_app final : public app_handler, public redis_sink {
   };
   struct alignas(64) directory_stripe {
     std::mutex mu;
-    std::unordered_map<std::string, conn_location> map;
+    fanout::string_map<conn_location> map;
   };
   static constexpr size_t directory_stripes = 16;
   std::array<directory_stripe, directory_stripes> directory_;

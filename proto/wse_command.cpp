@@ -6,6 +6,9 @@
 
 #include <simdjson.h>
 
+#include <iterator>
+
+#include "proto/ws.hpp"
 #include "proto/wse_envelope.hpp"
 #include "proto/wse_json_scan.hpp"
 
@@ -38,8 +41,19 @@ bool wse_command_parser::parse(std::string_view text, wse_command& out) {
   if (root.get_object().get(object)) return fail("the command must be a JSON object");
   bool seen_op = false, seen_message = false;
   size_t index = 0, message_index = 0;
+  static constexpr std::string_view known[] = {"op",   "connection_id", "message",
+                                               "code", "reason",        "topics"};
+  unsigned seen = 0;  // bit i: known[i] was given (a field named twice is refused)
   for (const auto field : object) {
     const std::string_view key = field.key;
+    for (unsigned i = 0; i < std::size(known); ++i) {
+      if (key != known[i]) continue;
+      if (seen & (1u << i)) {
+        error = "duplicate field " + std::string(key);
+        return false;
+      }
+      seen |= 1u << i;
+    }
     if (key == "op") {
       std::string_view op;
       if (field.value.get_string().get(op)) return fail("op must be a string");
@@ -70,7 +84,8 @@ bool wse_command_parser::parse(std::string_view text, wse_command& out) {
       out.code = uint16_t(code);
     } else if (key == "reason") {
       if (field.value.get_string().get(out.reason)) return fail("reason must be a string");
-      if (out.reason.size() > 123) return fail("reason must be at most 123 bytes");
+      if (out.reason.size() > ws_control_payload_max - 2)  // a close frame's room
+        return fail("reason must be at most 123 bytes");
     } else if (key == "topics") {
       simdjson::dom::array topics;
       if (field.value.get_array().get(topics)) return fail("topics must be an array of strings");

@@ -34,7 +34,8 @@ class wse_command_parser {
   ~wse_command_parser();
   wse_command_parser(const wse_command_parser&) = delete;
   wse_command_parser& operator=(const wse_command_parser&) = delete;
-  // false: error() says why ("op must be one of send, disconnect, subscribe, unsubscribe", ...).
+  // false: error() says why ("op must be one of send, disconnect, subscribe, unsubscribe",
+  // "duplicate field code", ...). Unknown fields are ignored.
   bool parse(std::string_view text, wse_command& out);
   std::string_view error() const;
 

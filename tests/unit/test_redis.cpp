@@ -100,19 +100,30 @@ TEST_CASE("redis: glob patterns escape the prefix and Redis's own specials") {
 }
 
 TEST_CASE("redis: glob_match follows Redis's stringmatchlen") {
-  CHECK(glob_match("*", ""));
-  CHECK(glob_match("h?llo", "hello"));
-  CHECK(glob_match("h*llo", "heeeello"));
-  CHECK(glob_match("h[ae]llo", "hallo"));
-  CHECK_FALSE(glob_match("h[ae]llo", "hillo"));
-  CHECK(glob_match("h[^e]llo", "hallo"));
-  CHECK_FALSE(glob_match("h[^e]llo", "hello"));
-  CHECK(glob_match("h[a-b]llo", "hbllo"));
-  CHECK(glob_match("a\\*b", "a*b"));
-  CHECK_FALSE(glob_match("a\\*b", "axb"));
-  CHECK(glob_match("wse:*", "wse:@broadcast"));
-  CHECK_FALSE(glob_match("wse:?", "wse:ab"));
-  CHECK(glob_match("*a*b*c*", "xxaxxbxxcxx"));
+  struct {
+    const char* pattern;
+    const char* text;
+    bool match;
+  } const cases[] = {
+      {"*", "", true},
+      {"h?llo", "hello", true},
+      {"h*llo", "heeeello", true},
+      {"h[ae]llo", "hallo", true},
+      {"h[ae]llo", "hillo", false},
+      {"h[^e]llo", "hallo", true},
+      {"h[^e]llo", "hello", false},
+      {"h[a-b]llo", "hbllo", true},
+      {"a\\*b", "a*b", true},
+      {"a\\*b", "axb", false},
+      {"wse:*", "wse:@broadcast", true},
+      {"wse:?", "wse:ab", false},
+      {"*a*b*c*", "xxaxxbxxcxx", true},
+  };
+  for (const auto& c : cases) {
+    CAPTURE(c.pattern);
+    CAPTURE(c.text);
+    CHECK(glob_match(c.pattern, c.text) == c.match);
+  }
 }
 
 TEST_CASE("redis: key slots are Redis Cluster's (CRC16 mod 16384, hash tags)") {
@@ -120,7 +131,9 @@ TEST_CASE("redis: key slots are Redis Cluster's (CRC16 mod 16384, hash tags)") {
   CHECK(key_slot("bar") == 5061);
   CHECK(key_slot("123456789") == (0x31C3 & 16383));
   CHECK(key_slot("{user1000}.following") == key_slot("user1000"));
-  CHECK(key_slot("foo{}{bar}") == key_slot("foo{}{bar}"));
+  // An empty first tag: the whole key is hashed, not the later {bar} (CRC16 of "foo{}{bar}").
+  CHECK(key_slot("foo{}{bar}") == 8363);
+  CHECK(key_slot("foo{}{bar}") != key_slot("bar"));
   CHECK(key_slot("{}x") != key_slot(""));  // empty tag: the whole key
 }
 
@@ -242,11 +255,19 @@ TEST_CASE("wse_command: ops, fields and refusals") {
                           R"({"op":"disconnect","connection_id":"abc","code":"x"})",
                           R"({"op":"subscribe","connection_id":"abc"})",
                           R"({"op":"subscribe","connection_id":"abc","topics":[1]})",
-                          R"({"op":"subscribe","connection_id":"abc","topics":["a\nb"]})"}) {
+                          R"({"op":"subscribe","connection_id":"abc","topics":["a\nb"]})",
+                          R"({"op":"send","op":"disconnect","connection_id":"abc"})"}) {
     CAPTURE(bad);
     CHECK_FALSE(p.parse(bad, c));
     CHECK_FALSE(p.error().empty());
   }
+  CHECK_FALSE(p.parse(R"({"op":"send","op":"disconnect","connection_id":"abc"})", c));
+  CHECK(p.error() == "duplicate field op");
+  std::string reason(123, 'x');  // a close frame's room, exactly
+  REQUIRE(p.parse(R"({"op":"disconnect","connection_id":"abc","reason":")" + reason + "\"}", c));
+  CHECK(c.reason.size() == 123);
+  CHECK_FALSE(
+      p.parse(R"({"op":"disconnect","connection_id":"abc","reason":")" + reason + "x\"}", c));
 }
 
 TEST_CASE("router: reports the process's first and last interest, users apart from topics") {
