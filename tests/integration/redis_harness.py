@@ -7,7 +7,7 @@ Stdlib only (runs under /usr/bin/python3). Provides:
   * RedisCluster - three cluster-enabled masters joined with `redis-cli --cluster create`, up once
                    every node says cluster_state:ok; node_for(key) names the master of a key's slot.
   * Resp         - a small RESP2 client over a socket: command(*args) -> the parsed reply,
-                   subscribe()/psubscribe()/ssubscribe() and next_push() for pub/sub messages.
+                   subscribe() and next_push() for pub/sub messages.
 Everything is bounded in time; only 127.0.0.1 is ever contacted. Processes started here are also
 killed at exit (wsed_harness's leftover list), and run_tests.py kills a test's process group.
 """
@@ -131,32 +131,23 @@ class Resp:
         return r
 
     # -- pub/sub --
-    def _sub(self, verb, names, timeout):
-        self.send(verb, *names)
-        want = verb.lower().encode()
+    def subscribe(self, *channels, timeout=None):
+        """SUBSCRIBE channels; returns once Redis confirmed each one."""
+        self.send("SUBSCRIBE", *channels)
         confirmed = 0
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        while confirmed < len(names):
+        while confirmed < len(channels):
             r = self._reply(deadline)
             if isinstance(r, RedisError):
                 raise r
-            if isinstance(r, list) and r and r[0] == want:
+            if isinstance(r, list) and r and r[0] == b"subscribe":
                 confirmed += 1
             else:
                 self.pushes.append(r)
 
-    def subscribe(self, *channels, timeout=None):
-        self._sub("SUBSCRIBE", channels, timeout)
-
-    def psubscribe(self, *patterns, timeout=None):
-        self._sub("PSUBSCRIBE", patterns, timeout)
-
-    def ssubscribe(self, *channels, timeout=None):
-        self._sub("SSUBSCRIBE", channels, timeout)
-
     def next_push(self, timeout=None):
-        """The next pub/sub message as (channel bytes, payload bytes) (pmessage: the channel,
-        not the pattern), or None when nothing came within the timeout."""
+        """The next pub/sub message as (channel bytes, payload bytes), or None when nothing came
+        within the timeout."""
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while True:
             if self.pushes:
@@ -166,11 +157,8 @@ class Resp:
                     r = self._reply(deadline)
                 except socket.timeout:
                     return None
-            if isinstance(r, list) and r:
-                if r[0] in (b"message", b"smessage") and len(r) == 3:
-                    return r[1], r[2]
-                if r[0] == b"pmessage" and len(r) == 4:
-                    return r[2], r[3]
+            if isinstance(r, list) and len(r) == 3 and r[0] == b"message":
+                return r[1], r[2]
 
 
 def entry_fields(flat):
@@ -229,8 +217,7 @@ class RedisServer:
                                          cwd=self.dir)
         finally:
             log.close()
-        with H._live_lock:
-            H._live.add(self.proc)
+        H.track(self.proc)
         deadline = time.monotonic() + self.startup_timeout
         while not _ping(self.port, password=self.password):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -244,33 +231,17 @@ class RedisServer:
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
 
-    def _reap(self):
-        with H._live_lock:
-            H._live.discard(self.proc)
-
     def stop(self, timeout=10.0):
         """SIGTERM by PID, wait, SIGKILL. Returns the exit code."""
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            try:
-                self.proc.send_signal(signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        self._reap()
+        H.stop_process(self.proc, timeout)
         return self.proc.returncode
 
     def kill(self):
         """A hard kill (SIGKILL by PID): open connections are reset, nothing is flushed."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
-        self._reap()
+        if self.proc is not None:
+            H.stop_process(self.proc, 5, signal.SIGKILL)
 
     def restart(self):
         """Start again on the same port (after stop() or kill())."""
@@ -403,11 +374,9 @@ class RedisCluster:
     def node_for(self, key):
         """The RedisServer owning key's slot (from CLUSTER SLOTS on the first node)."""
         slot = self.keyslot(key)
-        for start, end, master, *_ in self.nodes[0].command("CLUSTER", "SLOTS"):
-            if start <= slot <= end:
-                port = master[1]
-                return next(n for n in self.nodes if n.port == port)
-        raise AssertionError("no node serves slot %d" % slot)
+        port = slot_owner_port(self.nodes[0], slot)
+        assert port is not None, "no node serves slot %d" % slot
+        return next(n for n in self.nodes if n.port == port)
 
     def stop(self):
         for n in self.nodes:

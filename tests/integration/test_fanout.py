@@ -198,6 +198,14 @@ class Api:
         self.conn.close()
 
 
+def post_batches(api, items, batch):
+    """POSTs items through api (an Api) in requests of `batch` items; each is accepted whole."""
+    for r in range(0, len(items), batch):
+        chunk = items[r:r + batch]
+        status, _, doc = api.post(chunk)
+        assert status == 200 and doc == {"accepted": len(chunk)}, (r // batch, status, doc)
+
+
 def answer(r, what="API answer"):
     """(status, headers, parsed JSON body) of an API answer; checks the common headers."""
     assert r is not None, "%s: no (whole) answer" % what
@@ -213,14 +221,14 @@ def answer(r, what="API answer"):
     return status, headers, doc
 
 
-def post_once(port, items, key=API_KEY, headers=()):
+def post_once(port, items, key=API_KEY, headers=(), path="/api/publish"):
     c = H.HttpConn(port, timeout=10)
     try:
-        req = publish_request(items, key, headers)
+        req = publish_request(items, key, headers, path)
         c.send(req)
         r = c.read_response()
-        assert r is not None, "no answer to a POST /api/publish of %d bytes" % len(req)
-        return answer(r, "POST /api/publish of %d bytes" % len(req))
+        assert r is not None, "no answer to a POST %s of %d bytes" % (path, len(req))
+        return answer(r, "POST %s of %d bytes" % (path, len(req)))
     finally:
         c.close()
 
@@ -288,10 +296,7 @@ def test_fanout_100_subscribers_two_shards_every_seq_once_in_order():
         drainer = H.Drainer(subs, 75)
         api = Api(srv.port)
         t0 = time.monotonic()
-        for r in range(n_pubs // batch):
-            items = [{"topic": "ticks", "message": tick(n)} for n in range(r * batch, (r + 1) * batch)]
-            status, _, doc = api.post(items)
-            assert status == 200 and doc == {"accepted": batch}, (r, status, doc)
+        post_batches(api, [{"topic": "ticks", "message": tick(n)} for n in range(n_pubs)], batch)
         t_pub = time.monotonic() - t0
         drainer.wait_all(want, 60)
         t_all = time.monotonic() - t0

@@ -203,17 +203,29 @@ def test_wse_bench_blast():
 API_KEY = "integration-api-key-0123456789"
 
 
+def key_file(tmp, name, key):
+    """A key file tmp/name holding key (and a newline); returns its path."""
+    path = os.path.join(tmp, name)
+    with open(path, "w") as f:
+        f.write(key + "\n")
+    return path
+
+
+def bench_test(path, name):
+    """Test `name` of the --json report at path, or None when wse-bench wrote none."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)["tests"][name]
+
+
 def fanout(name, *extra, server_args=(), key=API_KEY, threads=2):
     """Run fanout scenario `name` at 100 subscribers for ~1 s against wsed --mode wse --workers 2
     with an API key file; return (rc, markdown, the test's JSON or None, stderr)."""
     san = dict(H.SANITIZER_ENV) if SAN else {}
     with tempfile.TemporaryDirectory() as tmp:
-        server_key = os.path.join(tmp, "server.key")
-        with open(server_key, "w") as f:
-            f.write(API_KEY + "\n")
-        bench_key = os.path.join(tmp, "bench.key")
-        with open(bench_key, "w") as f:
-            f.write(key + "\n")
+        server_key = key_file(tmp, "server.key", API_KEY)
+        bench_key = key_file(tmp, "bench.key", key)
         server = H.running(BIN, "--mode", "wse", "--workers", "2", "--jwt-issuer", "wse-bench",
                            "--jwt-audience", "wse-bench", "--api-key-file", server_key,
                            *server_args, env=dict(san, WSED_JWT_SECRET=SECRET))
@@ -224,11 +236,8 @@ def fanout(name, *extra, server_args=(), key=API_KEY, threads=2):
                                      "--tiers", "100", "--duration", "1", "--threads", threads,
                                      "--server-pid", srv.proc.pid, "--json", path, *extra,
                                      timeout=60)
-            doc = None
-            if os.path.exists(path):
-                with open(path) as f:
-                    doc = json.load(f)
-    return rc, out, (doc["tests"][name] if doc else None), err
+            test = bench_test(path, name)
+    return rc, out, test, err
 
 
 def check_delivered_all(rc, out, t, err):
@@ -431,9 +440,7 @@ def fanout_multi(*extra):
     import redis_harness as R
     san = dict(H.SANITIZER_ENV) if SAN else {}
     with tempfile.TemporaryDirectory() as tmp, R.RedisServer() as redis:
-        key = os.path.join(tmp, "api.key")
-        with open(key, "w") as f:
-            f.write(API_KEY + "\n")
+        key = key_file(tmp, "api.key", API_KEY)
         args = ("--mode", "wse", "--workers", "1", "--jwt-issuer", "wse-bench", "--jwt-audience", "wse-bench",
                 "--api-key-file", key, "--redis-url", redis.url())
         env = dict(san, WSED_JWT_SECRET=SECRET)
@@ -443,11 +450,8 @@ def fanout_multi(*extra):
                                      "--test", "fanout-multi", "--secret", SECRET, "--api-key-file", key,
                                      "--redis-url", redis.url(), "--tiers", "100", "--duration", "1",
                                      "--threads", "2", "--json", path, *extra, timeout=90)
-            doc = None
-            if os.path.exists(path):
-                with open(path) as f:
-                    doc = json.load(f)
-    return rc, out, (doc["tests"]["fanout-multi"] if doc else None), err
+            test = bench_test(path, "fanout-multi")
+    return rc, out, test, err
 
 
 def check_multi(rc, out, t, err):

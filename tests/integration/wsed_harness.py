@@ -66,6 +66,35 @@ def _kill_leftovers():
 atexit.register(_kill_leftovers)
 
 
+def track(proc):
+    """Adds proc to the processes killed at exit if still running."""
+    with _live_lock:
+        _live.add(proc)
+
+
+def stop_process(proc, timeout, sig=signal.SIGTERM):
+    """Stop proc by PID: sig, wait up to timeout, SIGKILL (then wait up to 5 s); drops it from
+    the leftover list. Returns True when it had to be SIGKILLed."""
+    killed = False
+    if proc.poll() is None:
+        try:
+            proc.send_signal(sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+            killed = True
+    with _live_lock:
+        _live.discard(proc)
+    return killed
+
+
 def wsed_binary(build_dir="build"):
     b = build_dir if os.path.isabs(build_dir) else os.path.join(REPO, build_dir)
     return os.path.join(b, "engine", "wsed")
@@ -114,8 +143,7 @@ class Server:
     def start(self):
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, env=self.env, cwd=REPO)
-        with _live_lock:
-            _live.add(self.proc)
+        track(self.proc)
         for fn in (self._read_stdout, self._read_stderr):
             t = threading.Thread(target=fn, daemon=True)
             t.start()
@@ -152,24 +180,10 @@ class Server:
         """Stop by PID: signal, wait up to timeout, SIGKILL. Returns the exit code."""
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            try:
-                self.proc.send_signal(sig)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                try:
-                    self.proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    pass
-                self.killed = True
+        if stop_process(self.proc, timeout, sig):
+            self.killed = True
         self.returncode = self.proc.returncode
         self._join()
-        with _live_lock:
-            _live.discard(self.proc)
         return self.returncode
 
     def stderr_text(self):
