@@ -19,7 +19,7 @@
 # to test the bench itself).
 #
 # Every process is started here, stopped by its PID on every exit path, and every wait is
-# bounded (each wse-bench run by `timeout`).
+# bounded (each wse-bench run by `timeout`, BENCH_TIMEOUT seconds: 180).
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TIERS=${1:-10,100,1000,10000}
@@ -30,6 +30,7 @@ SINGLE_WORKERS=${SINGLE_WORKERS:-$WORKERS}
 SERVER_CPUS=${SERVER_CPUS:-0,1}
 BENCH_THREADS=${BENCH_THREADS:-2}
 NO_REDIS=${NO_REDIS:-0}
+BENCH_TIMEOUT=${BENCH_TIMEOUT:-180}
 OUT=${OUT:-$(mktemp -d /tmp/fanout-multi.XXXXXX)}
 WSED=$ROOT/build/engine/wsed
 BENCH=$ROOT/build/tools/wse-bench
@@ -146,10 +147,14 @@ bench() {
   local pin=()
   [ -n "${BENCH_CPUS:-}" ] && pin=(taskset -c "$BENCH_CPUS")
   # shellcheck disable=SC2086  # BENCH_ARGS: several flags, split on purpose
-  timeout 180 "${pin[@]}" "$BENCH" --duration "$DURATION" --threads "$BENCH_THREADS" \
+  timeout "$BENCH_TIMEOUT" "${pin[@]}" "$BENCH" --duration "$DURATION" --threads "$BENCH_THREADS" \
     --api-key-file "$KEY" --json "$OUT/$name.json" "$@" ${BENCH_ARGS:-} \
     > "$OUT/$name.md" 2> "$OUT/$name.err"
-  echo $? > "$OUT/$name.rc"
+  local rc=$?
+  echo "$rc" > "$OUT/$name.rc"
+  if [ "$rc" = 124 ]; then
+    echo "fanout_multi.sh: $name: wse-bench still running after BENCH_TIMEOUT=$BENCH_TIMEOUT s, stopped" >&2
+  fi
   for p in "$RPID" "$PID_A" "$PID_B" "$PID_S"; do after+=("$(cpu_ticks "$p")"); done
   echo "$(getconf CLK_TCK) $((after[0] - before[0])) $((after[1] - before[1])) $((after[2] - before[2])) $((after[3] - before[3]))" > "$OUT/$name.cpu"
 }
@@ -205,24 +210,22 @@ def lat(l):
     return "%.2f / %.2f / %.2f ms" % (l["p50"], l["p99"], l["p999"]) if l else "-"
 
 what = "A and B = one plain wsed (NO_REDIS=1)" if no_redis == "1" else "two wsed --workers 1 bridged by Redis"
-print("\n## fanout-multi (%s, publisher %s)\n" % (what, publisher))
-print("| Subscribers | On | Published/s | Deliveries/s | MB/s | Gaps | Dups | Reorders | p50 | p99 | p99.9 | Slow-consumer drops | Errors |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-notes = []
-for n in tiers:
-    rows, tier_notes = table("multi-" + n)
-    print("\n".join(rows) if rows else "| %s | (no result: see %s/multi-%s.err) |" % (n, out, n))
-    notes += tier_notes
-print("\n" + "\n".join(notes))
-print("\n## fanout-broadcast (one wsed, no Redis, publisher api)\n")
-print("| Subscribers | Published/s | Deliveries/s | MB/s | Gaps | Dups | Reorders | p50 | p99 | p99.9 | Slow-consumer drops | Errors |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-notes = []
-for n in tiers:
-    rows, tier_notes = table("single-" + n)
-    print("\n".join(rows) if rows else "| %s | (no result: see %s/single-%s.err) |" % (n, out, n))
-    notes += tier_notes
-print("\n" + "\n".join(notes))
+def scenario(title, prefix, columns):
+    """One scenario's wse-bench tables, every tier's rows under one header, then their notes."""
+    print("\n## %s\n" % title)
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    notes = []
+    for n in tiers:
+        rows, tier_notes = table(prefix + n)
+        print("\n".join(rows) if rows else "| %s | (no result: see %s/%s%s.err) |" % (n, out, prefix, n))
+        notes += tier_notes
+    print("\n" + "\n".join(notes))
+
+COLUMNS = ["Published/s", "Deliveries/s", "MB/s", "Gaps", "Dups", "Reorders", "p50", "p99", "p99.9",
+           "Slow-consumer drops", "Errors"]
+scenario("fanout-multi (%s, publisher %s)" % (what, publisher), "multi-", ["Subscribers", "On"] + COLUMNS)
+scenario("fanout-broadcast (one wsed, no Redis, publisher api)", "single-", ["Subscribers"] + COLUMNS)
 
 print("\n## multi / single\n")
 print("| Subscribers | Single deliveries/s | Multi deliveries/s (A + B) | Ratio | Multi published/s | Single published/s | Multi gaps/dups | Single gaps/dups | Multi p50/p99/p99.9 | Single p50/p99/p99.9 |")

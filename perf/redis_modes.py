@@ -17,22 +17,22 @@ started here and stopped by PID; everything is bounded in time.
 import argparse
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib as B  # noqa: E402
 
+# The tests' stdlib harness: free ports, raw HTTP, /metrics parsing, a raw WebSocket client.
+sys.path.insert(0, os.path.join(B.REPO, "tests", "integration"))
+import wsed_harness as H  # noqa: E402
+
 PAYLOAD = '{"t":"tick","p":{"n":1,"s":"ES","px":5234.75}}'
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def redis_cli(port, *args, timeout=30):
@@ -51,73 +51,40 @@ def redis_info(port, section):
 
 
 def http_get(port, path):
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body.decode("utf-8", "replace")
+    """(status, body text) of GET path."""
+    status, _, _, body = H.http_get(port, path)
+    return status, body.decode("utf-8", "replace")
 
 
-def metric(text, name, label=None):
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        if label is None and line.startswith(name + " "):
-            return float(line.split()[-1])
-        if label and line.startswith(name + "{") and label in line and 'shard="total"' in line or (
-                label and line.startswith(name + "{" + label + "}")):
-            return float(line.split()[-1])
-    return 0.0
+def metric(text, name, **labels):
+    """The series of `name` with these labels in a /metrics text (summed; 0 when absent)."""
+    return H.metric_value(H.parse_metrics(text), name, **labels) or 0.0
 
 
 class Subscriber:
     """One raw WebSocket client (no auth: the wsed runs --insecure-no-auth) that subscribes to
-    the given topics in requests of 1,000 and then reads and discards everything."""
+    the given topics in requests of 1,000 and then reads and discards everything (no parsing:
+    the client must cost the shared CPUs as little as it can)."""
 
     def __init__(self, port):
-        import base64
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall((f"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                           f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            buf += self.sock.recv(4096)
-        assert buf.startswith(b"HTTP/1.1 101"), buf[:100]
-
-    def send_text(self, text):
-        import struct
-        data = text.encode()
-        mask = os.urandom(4)
-        n = len(data)
-        if n < 126:
-            head = struct.pack("!BB", 0x81, 0x80 | n)
-        elif n < 65536:
-            head = struct.pack("!BBH", 0x81, 0x80 | 126, n)
-        else:
-            head = struct.pack("!BBQ", 0x81, 0x80 | 127, n)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
-        self.sock.sendall(head + mask + masked)
+        self.ws = H.WSClient(port, timeout=10)
+        self.running = False
+        self.thread = None
 
     def subscribe(self, topics):
         for i in range(0, len(topics), 1000):
-            self.send_text(json.dumps({"t": "subscription_update",
-                                       "p": {"action": "subscribe", "topics": topics[i:i + 1000]}}))
+            self.ws.send_text(json.dumps({"t": "subscription_update",
+                                          "p": {"action": "subscribe", "topics": topics[i:i + 1000]}}))
 
     def start_draining(self):
-        import threading
-        self.sock.settimeout(0.5)
+        sock = self.ws.sock
+        sock.settimeout(0.5)
         self.running = True
 
         def drain():
             while self.running:
                 try:
-                    if not self.sock.recv(1 << 20):
+                    if not sock.recv(1 << 20):
                         return
                 except socket.timeout:
                     continue
@@ -128,13 +95,14 @@ class Subscriber:
 
     def close(self):
         self.running = False
-        self.thread.join(timeout=2)
-        self.sock.close()
+        if self.thread:
+            self.thread.join(timeout=2)
+        self.ws.close()
 
 
 def one_run(build, mode, k, n, share):
     tmp = tempfile.mkdtemp(prefix="wsed-redis-modes-")
-    rport = free_port()
+    rport = H.free_port()
     redis = subprocess.Popen(["taskset", "-c", "0", "redis-server", "--port", str(rport), "--bind", "127.0.0.1",
                               "--save", "", "--appendonly", "no", "--daemonize", "no",
                               "--client-output-buffer-limit", "pubsub 0 0 0"],
@@ -147,7 +115,9 @@ def one_run(build, mode, k, n, share):
                 break
         except subprocess.CalledProcessError:
             pass
-        assert time.monotonic() < deadline, "redis-server did not start"
+        if redis.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"redis-server on port {rport} did not answer PING within 10 s "
+                               f"(exit status {redis.poll()})")
         time.sleep(0.05)
     mem0 = int(redis_info(rport, "memory")["used_memory"])
     wsed, port = B.start_server("wsed", [os.path.join(build, "engine", "wsed"), "--port", "0", "--workers", "1",
@@ -159,7 +129,8 @@ def one_run(build, mode, k, n, share):
     try:
         deadline = time.monotonic() + 30
         while http_get(port, "/readyz")[0] != 200:
-            assert time.monotonic() < deadline, "wsed not ready"
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"wsed (port {port}) not ready (/readyz) within 30 s of its start")
             time.sleep(0.02)
         sub = Subscriber(port)
         topics = ["t:%012d" % i for i in range(k)]
@@ -169,12 +140,17 @@ def one_run(build, mode, k, n, share):
         # Ready again once every SUBSCRIBE is confirmed (pattern mode: at once). The first poll
         # waits until Redis confirmed all k + 3 channels (the topics, @broadcast, this instance's
         # @node: channel and the client's @user:anonymous).
+        def confirmed():
+            if http_get(port, "/readyz")[0] != 200:
+                return False
+            return mode == "pattern" or metric(http_get(port, "/metrics")[1],
+                                               "wsed_redis_subscriptions") >= k + 3
+
         deadline = time.monotonic() + 120
-        while True:
-            st, body = http_get(port, "/metrics")
-            if http_get(port, "/readyz")[0] == 200 and (mode == "pattern" or metric(body, "wsed_redis_subscriptions") >= k + 3):
-                break
-            assert time.monotonic() < deadline, "subscriptions not confirmed"
+        while not confirmed():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{mode}, {k:,} topics: Redis did not confirm the subscriptions "
+                                   f"within 120 s (wsed_redis_subscriptions below {k + 3})")
             time.sleep(0.01)
         ready_s = time.monotonic() - t0
         mem = int(redis_info(rport, "memory")["used_memory"]) - mem0
@@ -186,11 +162,14 @@ def one_run(build, mode, k, n, share):
                                 "-P", "64", "-r", str(space), "-q", "--csv",
                                 "PUBLISH", "wse:t:__rand_int__", PAYLOAD],
                                capture_output=True, text=True, timeout=300)
+        if bench.returncode != 0:
+            raise RuntimeError(f"redis-benchmark exited {bench.returncode}: {bench.stderr.strip()[:300]}")
         # Until wsed has taken everything Redis sent it: its received count stands still.
         last, still_since, deadline = -1.0, time.monotonic(), time.monotonic() + 60
         while time.monotonic() < deadline:
             _, body = http_get(port, "/metrics")
-            seen = sum(metric(body, "wsed_redis_received_total", 'result="%s"' % r) for r in ("delivered", "own", "duplicate", "invalid"))
+            seen = sum(metric(body, "wsed_redis_received_total", result=r)
+                       for r in ("delivered", "own", "duplicate", "invalid"))
             if seen != last:
                 last, still_since = seen, time.monotonic()
             elif time.monotonic() - still_since > 0.5:
@@ -206,10 +185,10 @@ def one_run(build, mode, k, n, share):
                 rps = float(parts[1])
         r_cpu = sum(float(cpu_r1[x]) - float(cpu_r0[x]) for x in ("used_cpu_user", "used_cpu_sys"))
         w_cpu = sum(cpu_w1) - sum(cpu_w0)
-        got = metric(m1, "wsed_redis_received_total", 'result="delivered"') - metric(
-            m0, "wsed_redis_received_total", 'result="delivered"')
-        deliveries = metric(m1, "wsed_fanout_deliveries_total", 'shard="total"') - metric(
-            m0, "wsed_fanout_deliveries_total", 'shard="total"')
+        got = (metric(m1, "wsed_redis_received_total", result="delivered")
+               - metric(m0, "wsed_redis_received_total", result="delivered"))
+        deliveries = (metric(m1, "wsed_fanout_deliveries_total", shard="total")
+                      - metric(m0, "wsed_fanout_deliveries_total", shard="total"))
         if os.environ.get("REDIS_MODES_DEBUG"):
             B.log("\n".join(l for l in m1.splitlines() if l.startswith("wsed_redis") or "inbox" in l or "slow" in l))
         sub.close()
@@ -219,6 +198,7 @@ def one_run(build, mode, k, n, share):
     finally:
         B.stop(wsed)
         B.stop(redis)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main():
@@ -230,6 +210,13 @@ def main():
                     help="share of the publications for topics this instance carries")
     ap.add_argument("--rounds", type=int, default=1)
     args = ap.parse_args()
+    wsed = os.path.join(args.build, "engine", "wsed")
+    missing = [t for t in ("redis-server", "redis-cli", "redis-benchmark", "taskset") if not shutil.which(t)]
+    if not os.access(wsed, os.X_OK):
+        missing.append(wsed + " (ninja -C build)")
+    if missing:
+        print("redis_modes.py: missing: " + ", ".join(missing), file=sys.stderr)
+        return 2
     B.install_handlers()
     rows = []
     for k in [int(x) for x in args.topics.split(",")]:
@@ -247,4 +234,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

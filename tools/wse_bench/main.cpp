@@ -79,11 +79,12 @@ struct options {
   uint32_t publish_batch = 100;
   uint32_t publish_inflight = 8;
   double publish_rate = 0;
-  int64_t publish_window = -1;  // -1: auto (8M deliveries in flight, 16..1,000 publications)
-  uint16_t api_port = 0;        // 0: --port
-  uint16_t metrics_port = 0;    // 0: the API port
-  uint16_t metrics_port_b = 0;  // 0: --port-b
-  std::string redis_url;        // --publisher redis (and the subscribed-in-Redis check)
+  int64_t publish_window = -1;      // -1: auto (8M deliveries in flight, 16..1,000 publications)
+  uint16_t api_port = 0;            // 0: --port
+  uint16_t metrics_port = 0;        // 0: the API port
+  uint16_t metrics_port_b = 0;      // 0: --port-b
+  double subscribe_timeout_s = 10;  // after the ramp: subscriptions confirmed, then servers ready
+  std::string redis_url;            // --publisher redis (and the subscribed-in-Redis check)
   std::string redis_prefix = "wse:";
   sockaddr_in redis_addr{};  // parsed from redis_url
   runner_options runner;
@@ -711,17 +712,9 @@ std::string counts_json(const fanout_counts& c) {
 
 std::string redis_bridge_json(const redis_bridge_figures& b) {
   if (!b.read) return "null";
-  return json_obj()
-      .num("published", b.published)
-      .num("dropped_buffer_full", b.dropped_buffer_full)
-      .num("dropped_ring_full", b.dropped_ring_full)
-      .num("lost", b.lost)
-      .num("received_delivered", b.delivered)
-      .num("received_own", b.own)
-      .num("received_duplicate", b.duplicate)
-      .num("received_invalid", b.invalid)
-      .num("received_busy_retry", b.busy_retry)
-      .done();
+  json_obj o;
+  for (const redis_bridge_counter& c : redis_bridge_counters) o.num(c.json, b.*c.field);
+  return o.done();
 }
 
 std::string server_json(const server_figures& f) {
@@ -772,6 +765,7 @@ section fanout(const context& cx, fanout_mode mode) {
   uint16_t metrics_port_b = o.metrics_port_b != 0 ? o.metrics_port_b : o.port2;
   std::string channel = o.redis_prefix + (broadcast ? std::string("@broadcast") : o.topic);
   fanout_plan plan;
+  plan.subscribe_timeout_s = o.subscribe_timeout_s;
   publisher_config& pc = plan.publisher;
   pc.kind = kind;
   uint16_t pub_port = kind == publisher_kind::api ? api_port : o.port;
@@ -834,18 +828,13 @@ section fanout(const context& cx, fanout_mode mode) {
              ? " and Redis counts " + std::to_string(instances(o)) + " subscriber(s) of " + channel
              : std::string()) +
         ". Rows per tier: A's subscribers, B's, all.\n\n";
-    s.markdown +=
-        "| Subscribers | On | Published/s | Deliveries/s | MB/s | Gaps | Dups | Reorders | p50 | "
-        "p99 | p99.9 | Slow-consumer drops | Errors |\n"
-        "|-------------|----|-------------|--------------|------|------|------|----------|-----|"
-        "-----|-------|---------------------|--------|\n";
-  } else {
-    s.markdown +=
-        "| Subscribers | Published/s | Deliveries/s | MB/s | Gaps | Dups | Reorders | p50 | p99 | "
-        "p99.9 | Slow-consumer drops | Errors |\n"
-        "|-------------|-------------|--------------|------|------|------|----------|-----|-----|"
-        "-------|---------------------|--------|\n";
   }
+  s.markdown += std::string("| Subscribers |") + (two ? " On |" : "") +
+                " Published/s | Deliveries/s | MB/s | Gaps | Dups | Reorders | p50 | p99 | p99.9 | "
+                "Slow-consumer drops | Errors |\n|-------------|" +
+                (two ? "----|" : "") +
+                "-------------|--------------|------|------|------|----------|-----|-----|-------|"
+                "---------------------|--------|\n";
   std::string notes;
   for (uint32_t n : o.tiers) {
     job j = cx.base;
@@ -870,12 +859,14 @@ section fanout(const context& cx, fanout_mode mode) {
     uint64_t errors = r.errors.total() + f.counts.gaps + f.counts.duplicates +
                       (f.publisher_error.empty() ? 0 : 1) + (f.ready_error.empty() ? 0 : 1) + lost +
                       (f.subscribed < r.open_after_ramp ? r.open_after_ramp - f.subscribed : 0);
-    server_figures all_servers;
-    all_servers.metrics_read = f.metrics_read;
-    all_servers.slow_drop = f.slow_drop;
-    all_servers.slow_disconnect = f.slow_disconnect;
     std::string pub_cell = (known ? "" : "~") + si(published);
-    const auto& h = *r.latency;
+    // A row from "Published/s" on (the same for A's, B's, all and one server's).
+    auto cells = [&](const std::string& delivered, double mb_s, const fanout_counts& c,
+                     const latency_histogram& lat, const server_figures& sv, uint64_t errs) {
+      return pub_cell + " | " + delivered + " | " + fixed(mb_s, 1) + " | " + commas(c.gaps) +
+             " | " + commas(c.duplicates) + " | " + commas(c.reorders) + " | " +
+             latency_cells(lat) + " | " + slow_cell(sv) + " | " + commas(errs) + " |\n";
+    };
     if (two) {
       for (int side = 0; side < 2; ++side) {
         const side_figures& sf = r.sides[side];
@@ -887,25 +878,22 @@ section fanout(const context& cx, fanout_mode mode) {
         uint64_t side_lost =
             sf.connections - std::min<uint64_t>(sf.connections, sf.counts.subscribers);
         s.markdown += "| " + commas(n) + " | " + (side == 0 ? "A" : "B") + " (" +
-                      commas(sf.connections) + ") | " + pub_cell + " | " + si(sf.replies / w) +
-                      " | " + fixed(sf.reply_bytes / w / 1e6, 1) + " | " + commas(sf.counts.gaps) +
-                      " | " + commas(sf.counts.duplicates) + " | " + commas(sf.counts.reorders) +
-                      " | " + latency_cells(*sf.latency) + " | " + slow_cell(sv) + " | " +
-                      commas(sf.counts.gaps + sf.counts.duplicates + side_lost) + " |\n";
+                      commas(sf.connections) + ") | " +
+                      cells(si(sf.replies / w), sf.reply_bytes / w / 1e6, sf.counts, *sf.latency,
+                            sv, sf.counts.gaps + sf.counts.duplicates + side_lost);
       }
-      s.markdown += "| " + commas(n) + " | **all** | " + pub_cell + " | **" + si(deliveries) +
-                    "** | " + fixed(mb, 1) + " | " + commas(f.counts.gaps) + " | " +
-                    commas(f.counts.duplicates) + " | " + commas(f.counts.reorders) + " | " +
-                    latency_cells(h) + " | " + slow_cell(all_servers) + " | " + commas(errors) +
-                    " |\n";
+      s.markdown +=
+          "| " + commas(n) + " | **all** | " +
+          cells("**" + si(deliveries) + "**", mb, f.counts, *r.latency, f.servers_total, errors);
     } else {
-      s.markdown += "| " + commas(n) + " | " + pub_cell + " | " + si(deliveries) + " | " +
-                    fixed(mb, 1) + " | " + commas(f.counts.gaps) + " | " +
-                    commas(f.counts.duplicates) + " | " + commas(f.counts.reorders) + " | " +
-                    latency_cells(h) + " | " + slow_cell(all_servers) + " | " + commas(errors) +
-                    " |\n";
+      s.markdown += "| " + commas(n) + " | " +
+                    cells(si(deliveries), mb, f.counts, *r.latency, f.servers_total, errors);
     }
-    uint64_t expected = known ? f.published_total * f.counts.subscribers : 0;
+    // Every subscriber open at the end gets every publication the server took.
+    auto expected_for = [&](const fanout_counts& c) -> uint64_t {
+      return known ? f.published_total * c.subscribers : 0;
+    };
+    uint64_t expected = expected_for(f.counts);
     json_obj row = tier_json(r, r.replies);
     row.str("publisher", o.publisher)
         .boolean("broadcast", broadcast)
@@ -936,12 +924,13 @@ section fanout(const context& cx, fanout_mode mode) {
         .integer("lost_connections", lost)
         .integer("errors", errors)
         .str("publisher_error", f.publisher_error)
-        .raw("slow_consumer", f.metrics_read ? json_obj()
-                                                   .num("drop", f.slow_drop)
-                                                   .num("disconnect", f.slow_disconnect)
-                                                   .num("server_deliveries", f.server_deliveries)
-                                                   .done()
-                                             : "null");
+        .raw("slow_consumer", f.servers_total.metrics_read
+                                  ? json_obj()
+                                        .num("drop", f.servers_total.slow_drop)
+                                        .num("disconnect", f.servers_total.slow_disconnect)
+                                        .num("server_deliveries", f.servers_total.deliveries)
+                                        .done()
+                                  : "null");
     if (kind == publisher_kind::redis) {
       row.integer("redis_short_receivers", f.short_receivers)
           .integer("redis_min_receivers", f.min_receivers == UINT64_MAX ? 0 : f.min_receivers);
@@ -963,8 +952,7 @@ section fanout(const context& cx, fanout_mode mode) {
                      .num("deliveries_per_s", sf.replies / w)
                      .num("mb_per_s", sf.reply_bytes / w / 1e6)
                      .integer("deliveries_total", sf.deliveries_total)
-                     .integer("deliveries_expected",
-                              known ? f.published_total * sf.counts.subscribers : 0)
+                     .integer("deliveries_expected", expected_for(sf.counts))
                      .raw("counts", counts_json(sf.counts))
                      .raw("latency_ms", latency_json(*sf.latency))
                      .done();
@@ -986,8 +974,7 @@ section fanout(const context& cx, fanout_mode mode) {
       for (int side = 0; side < 2; ++side) {
         const side_figures& sf = r.sides[side];
         notes += std::string(side == 0 ? " (A: " : ", B: ") + commas(sf.deliveries_total) + " of " +
-                 commas(known ? f.published_total * sf.counts.subscribers : 0) +
-                 (side == 1 ? ")" : "");
+                 commas(expected_for(sf.counts)) + (side == 1 ? ")" : "");
       }
     }
     if (f.counts.gaps) {
@@ -997,7 +984,10 @@ section fanout(const context& cx, fanout_mode mode) {
     }
     if (f.subscribed < r.open_after_ramp) {
       notes += "; **" + commas(r.open_after_ramp - f.subscribed) +
-               " subscriptions not confirmed within 10 s**";
+               " subscriptions not confirmed within " +
+               fixed(o.subscribe_timeout_s,
+                     o.subscribe_timeout_s == std::floor(o.subscribe_timeout_s) ? 0 : 1) +
+               " s (--subscribe-timeout)**";
     }
     if (!f.ready_error.empty()) notes += "; **not ready before publishing: " + f.ready_error + "**";
     if (lost) notes += "; **" + commas(lost) + " subscribers lost**";
@@ -1467,6 +1457,11 @@ int main(int argc, char** argv) {
   app.add_option("--redis-url", opt.redis_url,
                  "fanout: redis://127.x.x.x:PORT: --publisher redis publishes there, and any "
                  "publisher waits until Redis counts every instance subscribed to the channel");
+  app.add_option("--subscribe-timeout", opt.subscribe_timeout_s,
+                 "fanout: seconds after the ramp for every subscription to be confirmed, and "
+                 "again for every server's /readyz (and Redis's subscriber count)")
+      ->check(CLI::Range(0.1, 3600.0))
+      ->capture_default_str();
   app.add_option("--redis-prefix", opt.redis_prefix,
                  "fanout: the servers' Redis channel prefix (channel = prefix + topic)")
       ->capture_default_str();

@@ -160,18 +160,20 @@ inline std::optional<std::string> http_get(const sockaddr_in& addr, const std::s
   return out;
 }
 
-// One command in RESP (an array of bulk strings), appended to out.
+// RESP: one bulk string, and one command (an array of bulk strings), appended to out.
+inline void append_bulk(std::string& out, std::string_view a) {
+  out += '$';
+  out += std::to_string(a.size());
+  out += "\r\n";
+  out += a;
+  out += "\r\n";
+}
+
 inline void append_resp(std::string& out, std::initializer_list<std::string_view> args) {
   out += '*';
   out += std::to_string(args.size());
   out += "\r\n";
-  for (std::string_view a : args) {
-    out += '$';
-    out += std::to_string(a.size());
-    out += "\r\n";
-    out += a;
-    out += "\r\n";
-  }
+  for (std::string_view a : args) append_bulk(out, a);
 }
 
 // Owns one hiredis reply reader (RESP parser; no I/O).
@@ -272,6 +274,9 @@ inline std::optional<redis_subscribers> redis_receivers(const sockaddr_in& addr,
 
 class publisher {
  public:
+  // api, redis: no more batches are queued while this many bytes are still unsent.
+  static constexpr size_t out_unsent_max = 4u << 20;
+
   explicit publisher(publisher_config cfg) : cfg_(std::move(cfg)) {}
   publisher(const publisher&) = delete;
   publisher& operator=(const publisher&) = delete;
@@ -294,11 +299,10 @@ class publisher {
     while (!stop.load(std::memory_order_acquire) && error.empty()) pass(true);
     uint64_t deadline = mono_ns_now() + static_cast<uint64_t>(drain_ms) * 1'000'000u;
     while (error.empty() && mono_ns_now() < deadline && !drained()) pass(false);
-    if (cfg_.kind == publisher_kind::api && !pending_.empty() && error.empty()) {
-      set_error(std::to_string(pending_.size()) + " publish requests unanswered after the drain");
-    }
-    if (cfg_.kind == publisher_kind::redis && !pending_.empty() && error.empty()) {
-      set_error(std::to_string(pending_.size()) + " PUBLISH batches unanswered after the drain");
+    if (!pending_.empty() && error.empty()) {  // api, redis
+      set_error(std::to_string(pending_.size()) +
+                (cfg_.kind == publisher_kind::api ? " publish requests" : " PUBLISH batches") +
+                " unanswered after the drain");
     }
     if (cfg_.kind == publisher_kind::wse) {  // what was sent and not refused was taken
       accepted.store(sent.load() - busy.load() - refused.load(), std::memory_order_release);
@@ -350,35 +354,23 @@ class publisher {
     return n;
   }
 
-  void queue_api() {
-    // due() reads every worker's counters and the clock: once per call, not per request.
+  // api and redis: pipelined batches of up to --publish-batch publications (one POST of a JSON
+  // array, or that many PUBLISH commands), at most inflight_max unanswered and out_unsent_max
+  // bytes unsent (pending_: the publications of each batch not answered yet).
+  void queue_batches() {
+    // due() reads every worker's counters and the clock: once per call, not per batch.
     uint64_t budget = due();
-    while (pending_.size() < cfg_.inflight_max && out_.size() - out_sent_ < (4u << 20)) {
-      uint64_t n = std::min<uint64_t>(budget, cfg_.batch);
-      if (n == 0) return;
-      budget -= n;
-      std::string body = publish_body(cfg_.topic, cfg_.broadcast, next_seq_,
-                                      static_cast<uint32_t>(n), wall_us_now());
-      out_ += publish_request(cfg_.host_header, cfg_.api_key, body);
-      pending_.push_back(static_cast<uint32_t>(n));
-      next_seq_ += n;
-      sent.fetch_add(n, std::memory_order_relaxed);
-    }
-  }
-
-  // redis: batches of PUBLISH commands, pipelined like the API's requests (pending_: the
-  // commands of each batch not answered yet).
-  void queue_redis() {
-    uint64_t budget = due();
-    while (pending_.size() < cfg_.inflight_max && out_.size() - out_sent_ < (4u << 20)) {
+    while (pending_.size() < cfg_.inflight_max && out_.size() - out_sent_ < out_unsent_max) {
       uint64_t n = std::min<uint64_t>(budget, cfg_.batch);
       if (n == 0) return;
       budget -= n;
       uint64_t ts = wall_us_now();
-      for (uint64_t k = 0; k < n; ++k) {
-        tick_.clear();
-        append_fanout_tick(tick_, next_seq_ + k, ts);
-        append_resp(out_, {"PUBLISH", cfg_.channel, tick_});
+      if (cfg_.kind == publisher_kind::api) {
+        out_ += publish_request(
+            cfg_.host_header, cfg_.api_key,
+            publish_body(cfg_.topic, cfg_.broadcast, next_seq_, static_cast<uint32_t>(n), ts));
+      } else {
+        for (uint64_t k = 0; k < n; ++k) append_publish(next_seq_ + k, ts);
       }
       pending_.push_back(static_cast<uint32_t>(n));
       next_seq_ += n;
@@ -386,38 +378,57 @@ class publisher {
     }
   }
 
+  // redis: one PUBLISH <channel> <tick> in RESP; all but the tick is the same for every command
+  // (publish_head_, built once).
+  void append_publish(uint64_t seq, uint64_t ts) {
+    if (publish_head_.empty()) {
+      publish_head_ = "*3\r\n";
+      append_bulk(publish_head_, "PUBLISH");
+      append_bulk(publish_head_, cfg_.channel);
+    }
+    tick_.clear();
+    append_fanout_tick(tick_, seq, ts);
+    out_ += publish_head_;
+    append_bulk(out_, tick_);
+  }
+
+  // redis: the answers of one read. The counters are added once per read, not per answer.
   void parse_redis_answers(const char* data, size_t n) {
     if (!reader_.feed(data, n)) {
       set_error("Redis reply reader refused the input");
       return;
     }
+    uint64_t answers = 0, taken = 0, short_answers = 0;
+    uint64_t fewest = min_receivers.load(std::memory_order_relaxed);
     for (;;) {
       resp_reader::reply_ptr r = reader_.next();
       if (reader_.bad) {
         set_error("unreadable Redis answer");
-        return;
+        break;
       }
-      if (!r) return;
+      if (!r) break;
       if (pending_.empty()) {
         set_error("a Redis answer nobody asked for");
-        return;
+        break;
       }
       if (--pending_.front() == 0) pending_.pop_front();
-      responses.fetch_add(1, std::memory_order_relaxed);
+      ++answers;
       if (r->type != REDIS_REPLY_INTEGER) {
         refused.fetch_add(1, std::memory_order_relaxed);
         set_error("PUBLISH answered " + (r->type == REDIS_REPLY_ERROR
                                              ? std::string(r->str, r->len)
                                              : "type " + std::to_string(r->type)));
-        return;
+        break;
       }
-      accepted.fetch_add(1, std::memory_order_relaxed);
+      ++taken;
       uint64_t got = static_cast<uint64_t>(std::max<long long>(0, r->integer));
-      if (got < min_receivers.load(std::memory_order_relaxed)) {
-        min_receivers.store(got, std::memory_order_relaxed);
-      }
-      if (got < cfg_.receivers_wanted) short_receivers.fetch_add(1, std::memory_order_relaxed);
+      fewest = std::min(fewest, got);
+      short_answers += got < cfg_.receivers_wanted;
     }
+    responses.fetch_add(answers, std::memory_order_relaxed);
+    accepted.fetch_add(taken, std::memory_order_relaxed);
+    short_receivers.fetch_add(short_answers, std::memory_order_relaxed);
+    min_receivers.store(fewest, std::memory_order_relaxed);
   }
 
   void queue_wse() {
@@ -442,9 +453,11 @@ class publisher {
   // One pass: queue what is due, send, read answers; waits at most 1 ms.
   void pass(bool publishing) {
     if (publishing) {
-      if (cfg_.kind == publisher_kind::api) queue_api();
-      if (cfg_.kind == publisher_kind::wse) queue_wse();
-      if (cfg_.kind == publisher_kind::redis) queue_redis();
+      if (cfg_.kind == publisher_kind::wse) {
+        queue_wse();
+      } else {
+        queue_batches();  // api, redis
+      }
     }
     pollfd p{fd_, static_cast<short>(POLLIN | (out_sent_ < out_.size() ? POLLOUT : 0)), 0};
     if (poll(&p, 1, 1) < 0 && errno != EINTR) {
@@ -658,6 +671,7 @@ class publisher {
                                   // of each batch
   resp_reader reader_;            // redis: the answers
   std::string tick_;              // redis: the tick being framed
+  std::string publish_head_;      // redis: "*3 $7 PUBLISH $n <channel>" in RESP
   proto::ws_frame_parser parser_{proto::ws_role::client};
   std::vector<uint8_t> carry_;  // wse: bytes received, not parsed yet
   std::string message_;

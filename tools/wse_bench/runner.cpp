@@ -119,22 +119,10 @@ std::optional<server_figures> read_server_metrics(const http_endpoint& e) {
   m.deliveries = metric_value(*text, "wsed_fanout_deliveries_total",
                               std::array<std::string_view, 1>{"shard=\"total\""})
                      .value_or(0);
-  redis_bridge_figures& r = m.redis;
-  const char* pub = "wsed_redis_publications_total";
-  const char* rec = "wsed_redis_received_total";
-  std::pair<double*, std::optional<double>> fields[] = {
-      {&r.published, bridge_value(*text, pub, "result=\"published\"")},
-      {&r.dropped_buffer_full, bridge_value(*text, pub, "result=\"dropped_buffer_full\"")},
-      {&r.dropped_ring_full, bridge_value(*text, pub, "result=\"dropped_ring_full\"")},
-      {&r.lost, bridge_value(*text, pub, "result=\"lost\"")},
-      {&r.delivered, bridge_value(*text, rec, "result=\"delivered\"")},
-      {&r.own, bridge_value(*text, rec, "result=\"own\"")},
-      {&r.duplicate, bridge_value(*text, rec, "result=\"duplicate\"")},
-      {&r.invalid, bridge_value(*text, rec, "result=\"invalid\"")},
-      {&r.busy_retry, bridge_value(*text, rec, "result=\"busy_retry\"")}};
-  for (auto& [field, value] : fields) {
-    r.read |= value.has_value();
-    *field = value.value_or(0);
+  for (const redis_bridge_counter& c : redis_bridge_counters) {
+    std::optional<double> v = bridge_value(*text, c.metric, c.label);
+    m.redis.read |= v.has_value();
+    m.redis.*c.field = v.value_or(0);
   }
   return m;
 }
@@ -159,19 +147,14 @@ void fanout_metrics_delta(const std::vector<std::optional<server_figures>>& befo
       d.slow_disconnect = a.slow_disconnect - b.slow_disconnect;
       d.deliveries = a.deliveries - b.deliveries;
       d.redis.read = a.redis.read;
-      d.redis.published = a.redis.published - b.redis.published;
-      d.redis.dropped_buffer_full = a.redis.dropped_buffer_full - b.redis.dropped_buffer_full;
-      d.redis.dropped_ring_full = a.redis.dropped_ring_full - b.redis.dropped_ring_full;
-      d.redis.lost = a.redis.lost - b.redis.lost;
-      d.redis.delivered = a.redis.delivered - b.redis.delivered;
-      d.redis.own = a.redis.own - b.redis.own;
-      d.redis.duplicate = a.redis.duplicate - b.redis.duplicate;
-      d.redis.invalid = a.redis.invalid - b.redis.invalid;
-      d.redis.busy_retry = a.redis.busy_retry - b.redis.busy_retry;
-      r.metrics_read = true;
-      r.slow_drop += d.slow_drop;
-      r.slow_disconnect += d.slow_disconnect;
-      r.server_deliveries += d.deliveries;
+      for (const redis_bridge_counter& c : redis_bridge_counters) {
+        d.redis.*c.field = a.redis.*c.field - b.redis.*c.field;
+      }
+      server_figures& sum = r.servers_total;
+      sum.metrics_read = true;
+      sum.slow_drop += d.slow_drop;
+      sum.slow_disconnect += d.slow_disconnect;
+      sum.deliveries += d.deliveries;
     }
     r.servers.push_back(d);
   }
@@ -183,10 +166,13 @@ void fanout_metrics_delta(const std::vector<std::optional<server_figures>>& befo
 std::string wait_ready(const fanout_plan& f, uint64_t until) {
   std::string missing;
   for (const http_endpoint& e : f.ready) {
-    while (!http_get(e.addr, e.host, "/readyz", 1000) && now_ns() < until) sleep_s(0.01);
-    if (!http_get(e.addr, e.host, "/readyz", 1000)) {
-      missing += (missing.empty() ? "" : "; ") + e.host + " /readyz not 200";
+    bool ready = false;
+    for (;;) {
+      ready = http_get(e.addr, e.host, "/readyz", 1000).has_value();
+      if (ready || now_ns() >= until) break;
+      sleep_s(0.01);
     }
+    if (!ready) missing += (missing.empty() ? "" : "; ") + e.host + " /readyz not 200";
   }
   if (f.redis_wait) {
     std::optional<uint64_t> n;

@@ -61,10 +61,39 @@ struct redis_bridge_figures {
   double delivered = 0, own = 0, duplicate = 0, invalid = 0, busy_retry = 0;
 };
 
+// Each counter of redis_bridge_figures: its series in /metrics (metric{label}) and its key in
+// the JSON. Read, differenced and written from this one list.
+struct redis_bridge_counter {
+  const char* metric;
+  const char* label;  // result="..."
+  const char* json;
+  double redis_bridge_figures::*field;
+};
+inline constexpr redis_bridge_counter redis_bridge_counters[] = {
+    {"wsed_redis_publications_total", "result=\"published\"", "published",
+     &redis_bridge_figures::published},
+    {"wsed_redis_publications_total", "result=\"dropped_buffer_full\"", "dropped_buffer_full",
+     &redis_bridge_figures::dropped_buffer_full},
+    {"wsed_redis_publications_total", "result=\"dropped_ring_full\"", "dropped_ring_full",
+     &redis_bridge_figures::dropped_ring_full},
+    {"wsed_redis_publications_total", "result=\"lost\"", "lost", &redis_bridge_figures::lost},
+    {"wsed_redis_received_total", "result=\"delivered\"", "received_delivered",
+     &redis_bridge_figures::delivered},
+    {"wsed_redis_received_total", "result=\"own\"", "received_own", &redis_bridge_figures::own},
+    {"wsed_redis_received_total", "result=\"duplicate\"", "received_duplicate",
+     &redis_bridge_figures::duplicate},
+    {"wsed_redis_received_total", "result=\"invalid\"", "received_invalid",
+     &redis_bridge_figures::invalid},
+    {"wsed_redis_received_total", "result=\"busy_retry\"", "received_busy_retry",
+     &redis_bridge_figures::busy_retry},
+};
+
 // The slow-consumer counters of one server over a tier.
 struct server_figures {
   bool metrics_read = false;
-  double slow_drop = 0, slow_disconnect = 0, deliveries = 0;
+  double slow_drop = 0;        // wsed_slow_consumer_total{action="drop"}
+  double slow_disconnect = 0;  // and {action="disconnect"}
+  double deliveries = 0;       // wsed_fanout_deliveries_total
   redis_bridge_figures redis;
 };
 
@@ -78,11 +107,9 @@ struct fanout_result {
   uint64_t deliveries_total = 0;
   double drain_s = 0;
   std::string publisher_error;
-  bool metrics_read = false;
-  double slow_drop = 0;                 // wsed_slow_consumer_total{action="drop"} over the tier
-  double slow_disconnect = 0;           // and {action="disconnect"}
-  double server_deliveries = 0;         // wsed_fanout_deliveries_total over the tier
-  std::vector<server_figures> servers;  // per plan.metrics endpoint (the sums above: all of them)
+  std::vector<server_figures> servers;  // per plan.metrics endpoint, over the tier
+  // Their slow-consumer and delivery counters summed (metrics_read: any server's were read).
+  server_figures servers_total;
   double ready_s = 0;            // waiting for /readyz and Redis's subscribers before publishing
   std::string ready_error;       // empty: every readiness check passed
   uint64_t short_receivers = 0;  // redis publisher: answers below the receivers wanted

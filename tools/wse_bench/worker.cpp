@@ -386,10 +386,12 @@ void worker::dispatch(const io_uring_cqe* cqe) {
 void worker::publish() {
   counters.sent_msgs.store(sent_msgs_, std::memory_order_relaxed);
   counters.sent_bytes.store(sent_bytes_, std::memory_order_relaxed);
-  counters.replies.store(replies_, std::memory_order_relaxed);
-  counters.reply_bytes.store(reply_bytes_, std::memory_order_relaxed);
-  counters.replies_b.store(replies_b_, std::memory_order_relaxed);
-  counters.reply_bytes_b.store(reply_bytes_b_, std::memory_order_relaxed);
+  // The subscribers' ticks are counted per side; summed here, once per pass.
+  counters.replies.store(replies_ + side_ticks_[0] + side_ticks_[1], std::memory_order_relaxed);
+  counters.reply_bytes.store(reply_bytes_ + side_tick_bytes_[0] + side_tick_bytes_[1],
+                             std::memory_order_relaxed);
+  counters.replies_b.store(side_ticks_[1], std::memory_order_relaxed);
+  counters.reply_bytes_b.store(side_tick_bytes_[1], std::memory_order_relaxed);
   counters.open.store(open_, std::memory_order_relaxed);
   counters.opened.store(opened_, std::memory_order_relaxed);
   counters.failed.store(failed_, std::memory_order_relaxed);
@@ -837,13 +839,9 @@ void worker::on_subscriber_message(uint32_t i, std::string_view m) {
   conn& c = conns_[i];
   subscriber& s = *c.sub;
   if (std::optional<tick> t = scan_tick(m)) {
-    ++replies_;
-    reply_bytes_ += c.message_bytes;
+    ++side_ticks_[c.on_b];
+    side_tick_bytes_[c.on_b] += c.message_bytes;
     s.ticks.on_seq(t->seq);
-    if (c.on_b) {
-      ++replies_b_;
-      reply_bytes_b_ += c.message_bytes;
-    }
     if (measuring_) {
       (c.on_b ? latency_b : latency).record(wall_us_ > t->ts_us ? (wall_us_ - t->ts_us) * 1000 : 0);
     }

@@ -277,10 +277,10 @@ class worker {
   uint32_t subscribed_ = 0;
   uint64_t sent_msgs_ = 0;
   uint64_t sent_bytes_ = 0;
-  uint64_t replies_ = 0;
+  uint64_t replies_ = 0;  // echoes and PONGs (the subscribers' ticks: side_ticks_)
   uint64_t reply_bytes_ = 0;
-  uint64_t replies_b_ = 0;
-  uint64_t reply_bytes_b_ = 0;
+  uint64_t side_ticks_[2] = {0, 0};  // subscribe: ticks received on A (or the one server), on B
+  uint64_t side_tick_bytes_[2] = {0, 0};
   uint64_t now_ = 0;
   uint64_t wall_us_ = 0;  // CLOCK_REALTIME of this pass (subscribe latency), while measuring
   uint64_t first_connect_ns_ = 0;
