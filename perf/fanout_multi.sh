@@ -14,7 +14,8 @@
 # (WORKERS; 2 gives the single instance as many shards as A and B together),
 # SERVER_CPUS (0,1: taskset of every server, as perf/fan.sh pins wsed), BENCH_CPUS (unset:
 # the bench is not pinned, as in perf/fan.sh), BENCH_THREADS (2), BENCH_ARGS (more wse-bench
-# flags), WSED_ARGS (more flags for all three wsed), OUT (a directory for the outputs; default a
+# flags), WSED (the wsed binary; default build/engine/wsed), WSED_ARGS (more flags for all
+# three wsed), OUT (a directory for the outputs; default a
 # new one under /tmp), NO_REDIS=1 (no Redis: fanout-multi with A and B both on one plain wsed,
 # to test the bench itself).
 #
@@ -32,7 +33,7 @@ BENCH_THREADS=${BENCH_THREADS:-2}
 NO_REDIS=${NO_REDIS:-0}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-180}
 OUT=${OUT:-$(mktemp -d /tmp/fanout-multi.XXXXXX)}
-WSED=$ROOT/build/engine/wsed
+WSED=${WSED:-$ROOT/build/engine/wsed}
 BENCH=$ROOT/build/tools/wse-bench
 KEY=$ROOT/build/perf-api.key
 SECRET=bench-secret-key-for-testing-only
