@@ -94,6 +94,21 @@ struct server_config {
   uint64_t redis_stream_buffer_bytes = 4ull << 20;  // stream entries waiting, per shard
   uint32_t redis_reconnect_max_ms = 10000;          // backoff cap (jittered, doubling from 100 ms)
   uint32_t redis_timeout_ms = 5000;  // connect / handshake / silence (pinged at half) limit
+
+  // Recovery (engine/recovery, PROTOCOL.md "Recovery"): per recoverable topic the last
+  // recovery_buffer publications, stamped with tp/e/o; with Redis the sequence and the history
+  // live in Redis (one sequencer per topic for every instance).
+  bool recovery = false;
+  std::string recovery_topics = "*";   // globs (comma-separated) of recoverable topics
+  uint32_t recovery_buffer = 128;      // publications kept per topic (power of two, >= 16)
+  uint32_t recovery_ttl_ms = 300000;   // a topic's history expires this long after its last write
+  uint32_t recovery_max_replay = 500;  // a larger backlog is not recovered (never truncated)
+  uint64_t recovery_memory_bytes = 256ull << 20;  // process budget; least recently written evicted
+
+  // Presence (PROTOCOL.md "Presence").
+  bool presence = false;
+  uint32_t presence_max_data_bytes = 4096;  // a member's data (a JSON object)
+  uint32_t presence_max_members = 100000;   // users per topic
 };
 
 }  // namespace wsed::engine

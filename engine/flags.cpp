@@ -263,6 +263,37 @@ flags_result parse_flags(int argc, char** argv) {
   add_parsed(app, "--redis-reconnect-max", c.redis_reconnect_max_ms, parse_duration_ms,
              "Longest wait between reconnection attempts (jittered, doubling from 100ms)", 1, "10s",
              100);
+  app.add_flag("--recovery", c.recovery,
+               "WSE mode: keep each recoverable topic's last publications, stamped tp/e/o, so a "
+               "client that reconnects gets what it missed (with Redis: sequenced in Redis)");
+  app.add_option("--recovery-topics", c.recovery_topics,
+                 "Comma-separated globs of the recoverable topics; the others stay on the plain "
+                 "path")
+      ->capture_default_str();
+  app.add_option("--recovery-buffer", c.recovery_buffer,
+                 "Publications kept per recoverable topic (a power of two, at least 16)")
+      ->check(power_of_two(16, 1u << 20))
+      ->capture_default_str();
+  add_parsed(app, "--recovery-ttl", c.recovery_ttl_ms, parse_duration_ms,
+             "A topic's history is dropped this long after its last publication (a new epoch "
+             "then)",
+             1, "300s", 1000);
+  app.add_option("--recovery-max-replay", c.recovery_max_replay,
+                 "Most publications one topic replays; a larger backlog is not recovered")
+      ->check(CLI::Range(uint32_t{1}, uint32_t{1} << 20))
+      ->capture_default_str();
+  add_parsed(app, "--recovery-memory", c.recovery_memory_bytes, parse_size,
+             "Bytes of history the process keeps; past it the least recently written topics "
+             "are dropped (wsed_recovery_evictions_total)",
+             1, "256MiB", 4096);
+  app.add_flag("--presence", c.presence,
+               "WSE mode: presence (who is in a topic): join/leave/update events and queries");
+  add_parsed(app, "--presence-max-data", c.presence_max_data_bytes, parse_size,
+             "Largest presence data (a JSON object) of one member; larger: PRESENCE_DATA_TOO_LARGE",
+             1, "4096", 2);
+  app.add_option("--presence-max-members", c.presence_max_members,
+                 "Users one topic's presence holds; more: PRESENCE_FULL (0: unlimited)")
+      ->capture_default_str();
   app.add_flag("--insecure-no-auth", c.insecure_no_auth,
                "WSE mode: no JWT; every connection is user \"anonymous\" (testing only)");
 
@@ -331,6 +362,8 @@ flags_result parse_flags(int argc, char** argv) {
     return usage("--redis-cluster: " + why);
   if (c.redis_prefix.empty() || c.redis_prefix.size() > 200)
     return usage("--redis-prefix: 1 to 200 bytes");
+  if ((c.recovery || c.presence) && c.mode != server_mode::wse)
+    return usage("--recovery / --presence need --mode wse");
   return result;
 }
 

@@ -254,6 +254,17 @@ int main(int argc, char** argv) {
     o.inbound_rate = c.inbound_rate;
     o.inbound_burst = c.inbound_burst;
     o.topics_per_connection_max = c.topics_per_connection_max;
+    o.recovery = c.recovery;
+    o.recovery_limits.buffer = c.recovery_buffer;
+    o.recovery_limits.ttl_ms = c.recovery_ttl_ms;
+    o.recovery_limits.max_replay = c.recovery_max_replay;
+    o.recovery_limits.memory_bytes = c.recovery_memory_bytes;
+    o.recovery_topics.clear();
+    for (size_t at = 0; at <= c.recovery_topics.size();) {
+      size_t comma = std::min(c.recovery_topics.find(',', at), c.recovery_topics.size());
+      if (comma > at) o.recovery_topics.push_back(c.recovery_topics.substr(at, comma - at));
+      at = comma + 1;
+    }
     if (!c.api_key_file.empty()) {
       auto key = auth::load_hmac_secret_file(c.api_key_file);  // the file's bytes, one \n dropped
       if (!key) {
@@ -313,6 +324,10 @@ int main(int argc, char** argv) {
     ro.reconnect_max_ms = c.redis_reconnect_max_ms;
     ro.timeout_ms = c.redis_timeout_ms;
     ro.quiet = c.quiet;
+    ro.recovery = c.recovery;
+    ro.recovery_buffer = c.recovery_buffer;
+    ro.recovery_ttl_ms = c.recovery_ttl_ms;
+    ro.recovery_max_replay = c.recovery_max_replay;
     std::random_device rd;
     char id[9];
     std::snprintf(id, sizeof id, "%08x", unsigned(rd()));

@@ -22,6 +22,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <charconv>
 #include <cstdio>
 #include <cstring>
 #include <deque>
@@ -30,6 +31,7 @@
 
 #include "fanout/string_map.hpp"
 #include "fanout/topic_index.hpp"
+#include "proto/wse_builder.hpp"
 
 namespace wsed::engine {
 
@@ -43,7 +45,19 @@ uint64_t now_ms() {
 
 // Replies P and S expect, in order (runs of one kind are merged: a pipelined burst of PUBLISH
 // is one entry).
-enum class tag : uint8_t { auth, select, publish, xadd, command, slots, ping };
+enum class tag : uint8_t {
+  auth,
+  select,
+  publish,
+  xadd,
+  command,
+  slots,
+  ping,
+  script_sequence,  // SCRIPT LOAD (recovery), in the handshake
+  script_history,
+  sequence,  // EVALSHA of the sequence script: a recoverable publication
+  history,   // EVALSHA of the history script: a recovering subscriber's fetch
+};
 struct tag_run {
   tag t;
   uint32_t n;
@@ -146,6 +160,7 @@ struct redis_bridge::node {
   // Consecutive copies of one publication (an exact and a glob subscription both matching).
   uint64_t last_fp = 0;
   uint32_t dup_left = 0;
+  std::deque<redis_history_request> fetch_out;  // written on P, answers to come in order
 };
 
 struct redis_bridge::impl {
@@ -164,6 +179,7 @@ struct redis_bridge::impl {
   struct held_pub {
     fanout::delivery_kind kind;
     fanout::frame* f;
+    bool sequenced;  // through the sequence script (recovery)
   };
   std::deque<held_pub> held;
   uint64_t held_bytes = 0;
@@ -182,6 +198,12 @@ struct redis_bridge::impl {
   std::vector<std::pair<std::string, std::string>> commands;
   std::string inbound_resp;
   bool logged_down = false;
+  // Recovery: the scripts' SHA1s (from SCRIPT LOAD), histories waiting for their channel's
+  // subscription, scratch.
+  std::string sequence_sha, history_sha;
+  std::vector<redis_history_request> fetch_wait;
+  std::string meta, log, topic_json, rest, epoch, number, ttl, buffer, replay_max;
+  std::string all_pattern;  // pattern mode: the one pattern
 };
 
 redis_bridge::redis_bridge(redis_bridge_options options, const fanout::router& router,
@@ -210,6 +232,10 @@ redis_bridge::redis_bridge(redis_bridge_options options, const fanout::router& r
     m.nodes.push_back(std::make_unique<node>(opt_.endpoint));
     m.topology_known = true;
   }
+  m.buffer = std::to_string(opt_.recovery_buffer);
+  m.ttl = std::to_string(opt_.recovery_ttl_ms);
+  m.replay_max = std::to_string(opt_.recovery_max_replay);
+  m.all_pattern = redis::pattern_for_glob(opt_.prefix, "*");
   if (opt_.pattern_mode) {
     // "*" covers the @ channels too (topics beginning with @, broadcasts, users, this node).
     m.want_patterns.insert(redis::pattern_for_glob(opt_.prefix, "*"));
@@ -250,9 +276,10 @@ void redis_bridge::wake() {
 }
 
 bool redis_bridge::publish(uint32_t producer, fanout::delivery_kind kind, fanout::frame* f,
-                           bool wake) {
+                           bool wake, bool sequenced) {
   fanout::delivery d;
   d.kind = kind;
+  d.arg = sequenced ? 1 : 0;
   d.f = f;
   fanout::retain(f);
   bool ok;
@@ -289,6 +316,17 @@ bool redis_bridge::route_command(std::string_view instance, std::string_view jso
       return false;
     }
     commands_.emplace_back(std::string(instance), std::string(json));
+  }
+  wake();
+  return true;
+}
+
+bool redis_bridge::fetch_history(redis_history_request request) {
+  {
+    std::lock_guard lock(mu_);
+    if (fetches_.size() >= fetches_queued_max) return false;
+    request.asked_ms = now_ms();
+    fetches_.push_back(std::move(request));
   }
   wake();
   return true;
@@ -370,11 +408,17 @@ void redis_bridge::disconnect(connection& c, const std::string& why) {
     for (const tag_run& r : c.tags) {
       if (r.t == tag::publish) {
         c_.lost.add(r.n);
+      } else if (r.t == tag::sequence) {
+        c_.lost.add(r.n);
       } else if (r.t == tag::xadd) {
         c_.inbound_lost.add(r.n);
       } else if (r.t == tag::slots) {
         m.slots_query_out = false;
       }
+    }
+    while (!n.fetch_out.empty()) {  // unanswered: the subscribers get "not recovered"
+      answer_unanswered(n.fetch_out.front());
+      n.fetch_out.pop_front();
     }
     // Its last commands may still run after the close: no fence proves their echoes for a while.
     n.acked_seq = n.written_seq;
@@ -389,6 +433,7 @@ void redis_bridge::disconnect(connection& c, const std::string& why) {
     n.pending.clear();
     n.fence_out = false;
     n.dup_left = 0;
+    if (opt_.recovery && was_up) sink_.history_lost({});  // the live stream has a hole
   }
   c.tags.clear();
   c.st = connection::state::down;
@@ -442,6 +487,13 @@ void redis_bridge::connected(connection& c) {
     redis::append_command(c.out, {"SELECT", db});
     c.push_tag(tag::select);
     ++c.handshake_left;
+  }
+  if (opt_.recovery && &c == &c.owner->p) {  // the scripts, on every new publisher connection
+    redis::append_command(c.out, {"SCRIPT", "LOAD", redis::sequence_script});
+    c.push_tag(tag::script_sequence);
+    redis::append_command(c.out, {"SCRIPT", "LOAD", redis::history_script});
+    c.push_tag(tag::script_history);
+    c.handshake_left += 2;
   }
   // Ready only once Redis answered: a listening socket whose server does not run (stopped,
   // hung) still completes the TCP handshake.
@@ -575,7 +627,7 @@ void redis_bridge::take_publications() {
       return;
     }
     if (!p_ready) c_.buffered_total.add();
-    m.held.push_back({d.kind, d.f});
+    m.held.push_back({d.kind, d.f, d.arg != 0});
     m.held_bytes += bytes;
   });
 }
@@ -597,6 +649,12 @@ void redis_bridge::write_publications() {
     if (!n || !n->p.ready() || n->p.pending_out() >= out_pending_max) break;
     m.held.pop_front();
     std::string_view payload = h.f->payload();
+    if (h.sequenced) {
+      write_sequenced(*n, h.f->key(), payload);
+      m.held_bytes -= held_cost(*h.f);
+      fanout::release(h.f);
+      continue;
+    }
     redis::append_command(n->p.out, {verb, m.channel, payload});
     n->p.push_tag(tag::publish);
     ++n->written_seq;
@@ -608,6 +666,101 @@ void redis_bridge::write_publications() {
     fanout::release(h.f);
   }
   c_.buffered.set(m.held.size());
+}
+
+void redis_bridge::answer_unanswered(redis_history_request& request) {
+  c_.history_failed.add();
+  sink_.history(request, redis_history_answer{});
+}
+
+// Histories whose channel subscription is confirmed go out (EVALSHA history on the channel's
+// node); those waiting longer than --redis-timeout are answered "not recovered".
+void redis_bridge::write_fetches(uint64_t now) {
+  impl& m = *impl_;
+  {
+    std::lock_guard lock(mu_);
+    for (auto& f : fetches_) m.fetch_wait.push_back(std::move(f));
+    fetches_.clear();
+  }
+  size_t kept = 0;
+  for (size_t i = 0; i < m.fetch_wait.size(); ++i) {
+    redis_history_request& f = m.fetch_wait[i];
+    m.channel.clear();
+    redis::append_channel(m.channel, opt_.prefix, redis::channel_kind::topic, f.topic);
+    node* n = owner_of(m.channel);
+    bool subscribed =
+        n && (opt_.pattern_mode
+                  ? n->confirmed_patterns.find(m.all_pattern) != n->confirmed_patterns.end()
+                  : n->confirmed_channels.find(m.channel) != n->confirmed_channels.end());
+    if (subscribed && n->p.ready() && !m.history_sha.empty()) {
+      redis::recovery_keys(opt_.prefix, m.channel, m.meta, m.log);
+      m.number = f.has_offset ? std::to_string(f.offset) : std::string("-1");
+      redis::append_command(
+          n->p.out, {"EVALSHA", m.history_sha, "2", m.meta, m.log,
+                     f.epoch.empty() ? std::string_view("-") : f.epoch, m.number, m.replay_max});
+      n->p.push_tag(tag::history);
+      n->fetch_out.push_back(std::move(f));
+      continue;
+    }
+    if (now >= f.asked_ms + opt_.timeout_ms) {
+      answer_unanswered(f);
+      continue;
+    }
+    if (kept != i) m.fetch_wait[kept] = std::move(f);
+    ++kept;
+  }
+  m.fetch_wait.resize(kept);
+}
+
+void redis_bridge::on_history_reply(node& n, const redisReply* r) {
+  if (n.fetch_out.empty()) return;
+  redis_history_request f = std::move(n.fetch_out.front());
+  n.fetch_out.pop_front();
+  if (r->type != REDIS_REPLY_ARRAY) {
+    if (r->type == REDIS_REPLY_ERROR && str_of(r).starts_with("NOSCRIPT"))
+      disconnect(n.p, "the history script was flushed");
+    return answer_unanswered(f);
+  }
+  redis_history_answer a;
+  a.answered = true;
+  if (r->elements >= 3) {
+    std::string_view e = str_of(r->element[0]);
+    uint32_t epoch = 0;
+    auto [end, ec] = std::from_chars(e.data(), e.data() + e.size(), epoch, 16);
+    if (e.size() != 8 || ec != std::errc() || end != e.data() + e.size() ||
+        r->element[1]->type != REDIS_REPLY_INTEGER || r->element[1]->integer < 1 ||
+        r->element[2]->type != REDIS_REPLY_INTEGER)
+      return answer_unanswered(f);
+    a.has_history = true;
+    a.epoch = epoch;
+    a.next = uint64_t(r->element[1]->integer);
+    a.recovered = r->element[2]->integer == 1;
+    for (size_t i = 3; i < r->elements; ++i) a.messages.push_back(str_of(r->element[i]));
+  }
+  c_.history_answered.add();
+  sink_.history(f, a);
+}
+
+// EVALSHA sequence: Redis stamps the publication with the topic's next offset, keeps it and
+// publishes it (no echo record: this instance delivers it when it comes back, like every other).
+void redis_bridge::write_sequenced(node& n, std::string_view topic, std::string_view payload) {
+  impl& m = *impl_;
+  redis::recovery_keys(opt_.prefix, m.channel, m.meta, m.log);
+  m.topic_json.clear();
+  proto::wse_append_json_string(m.topic_json, topic);
+  m.rest.clear();
+  if (payload.size() > 2) {
+    m.rest.push_back(',');
+    m.rest.append(payload.substr(1));
+  } else {
+    m.rest.push_back('}');
+  }
+  char epoch[9];
+  std::snprintf(epoch, sizeof epoch, "%08x", uint32_t(m.rng()));
+  redis::append_command(
+      n.p.out, {"EVALSHA", m.sequence_sha, "2", m.meta, m.log, m.channel, m.topic_json, m.rest,
+                std::string_view(epoch, 8), m.buffer, m.ttl, m.cluster ? "SPUBLISH" : "PUBLISH"});
+  n.p.push_tag(tag::sequence);
 }
 
 void redis_bridge::write_commands() {
@@ -868,7 +1021,12 @@ bool redis_bridge::on_s_reply(node& n, const redisReply* r) {
   if (subscribe) {
     if (confirmed.insert(name).second) c_.subscriptions.add();
   } else {
-    if (confirmed.erase(name)) c_.subscriptions.sub();
+    if (confirmed.erase(name)) {
+      c_.subscriptions.sub();
+      if (opt_.recovery && !glob &&
+          redis::parse_channel(name, opt_.prefix, m.key) == redis::channel_kind::topic)
+        sink_.history_lost(m.key);
+    }
     if (!ours && n.requested_channels.erase(name)) {
       // Redis dropped it (a cluster slot moved away): resubscribe where the slot lives now.
       m.unplaced = true;
@@ -895,10 +1053,15 @@ bool redis_bridge::handshake_reply(connection& c, const redisReply* r) {
   tag t = tag::ping;
   c.pop_tag(t);
   if (r->type == REDIS_REPLY_ERROR) {
-    const char* what = t == tag::auth ? "AUTH" : t == tag::select ? "SELECT" : "PING";
+    const char* what = t == tag::auth     ? "AUTH"
+                       : t == tag::select ? "SELECT"
+                       : t == tag::ping   ? "PING"
+                                          : "SCRIPT LOAD";
     disconnect(c, std::string(what) + " refused: " + std::string(str_of(r)));
     return false;
   }
+  if (t == tag::script_sequence) impl_->sequence_sha = std::string(str_of(r));
+  if (t == tag::script_history) impl_->history_sha = std::string(str_of(r));
   if (--c.handshake_left == 0) became_ready(c);
   return true;
 }
@@ -917,7 +1080,17 @@ void redis_bridge::on_p_reply(node& n, const redisReply* r) {
   switch (t) {
     case tag::auth:
     case tag::select:
+    case tag::script_sequence:
+    case tag::script_history:
       return;  // only in the handshake
+    case tag::sequence:
+      (error ? c_.lost : c_.published).add();
+      if (!error) c_.sequenced.add();
+      if (error && str_of(r).starts_with("NOSCRIPT"))  // flushed: the new connection reloads
+        disconnect(n.p, "the sequence script was flushed");
+      return;
+    case tag::history:
+      return on_history_reply(n, r);
     case tag::publish:
       ++n.acked_seq;
       (error ? c_.lost : c_.published).add();
@@ -1082,6 +1255,7 @@ void redis_bridge::run() {
     apply_interest();
     write_publications();
     write_commands();
+    if (opt_.recovery) write_fetches(now);
     send_fences();
     refresh_topology(now);
     check_liveness(now);
@@ -1197,6 +1371,15 @@ void redis_bridge::render_metrics(std::string& out) const {
   line(pub, "counter", pub_help, c_.dropped_ring.load(std::memory_order_relaxed), "result",
        "dropped_ring_full", false);
   line(pub, "counter", pub_help, c_.lost.get(), "result", "lost", false);
+  if (opt_.recovery) {
+    line("wsed_redis_sequenced_total", "counter",
+         "Recoverable publications Redis stamped and kept (of those published).",
+         c_.sequenced.get());
+    const char* h = "wsed_redis_histories_total";
+    const char* h_help = "Histories read from Redis for recovering subscribers, by result.";
+    line(h, "counter", h_help, c_.history_answered.get(), "result", "answered");
+    line(h, "counter", h_help, c_.history_failed.get(), "result", "failed", false);
+  }
   line("wsed_redis_buffered_total", "counter",
        "Publications that waited in the buffer while Redis was unreachable.",
        c_.buffered_total.get());

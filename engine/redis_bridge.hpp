@@ -35,6 +35,28 @@ struct redisReply;  // hiredis
 
 namespace wsed::engine {
 
+// A recovering subscriber's request for one topic's history (--recovery with Redis), answered
+// through redis_sink::history.
+struct redis_history_request {
+  uint32_t shard = 0, slot = 0, generation = 0;  // who asked
+  uint64_t request = 0;                          // the asker's id of the subscribe request
+  uint32_t index = 0;                            // the topic's place in that request
+  std::string topic;
+  std::string epoch;  // 8 hex digits, or empty: the client gave none
+  bool has_offset = false;
+  uint64_t offset = 0;    // the last offset the client received
+  uint64_t asked_ms = 0;  // set by the bridge
+};
+
+struct redis_history_answer {
+  bool answered = false;  // false: Redis did not answer within --redis-timeout (or went away)
+  bool has_history = false;
+  uint32_t epoch = 0;
+  uint64_t next = 0;  // the topic's next offset
+  bool recovered = false;
+  std::vector<std::string_view> messages;  // the stamped payloads to replay, in order
+};
+
 // What the bridge hands the application (wse_app) on the bridge thread.
 class redis_sink {
  public:
@@ -47,6 +69,12 @@ class redis_sink {
   // A command for one of this instance's connections (JSON, README "Commands").
   enum class command_status : uint8_t { ok, unknown, invalid, busy };
   virtual command_status remote_command(std::string_view json) = 0;
+  // The answer to fetch_history (views valid during the call).
+  virtual void history(const redis_history_request& request,
+                       const redis_history_answer& answer) = 0;
+  // The live stream of a topic's channel (empty: of every channel) was interrupted: whatever
+  // this instance cached of its history may have a hole now.
+  virtual void history_lost(std::string_view topic) = 0;
   virtual void wake(uint64_t shards_mask) = 0;
 };
 
@@ -67,6 +95,12 @@ struct redis_bridge_options {
   uint32_t reconnect_min_ms = 100;
   uint32_t reconnect_max_ms = 10000;
   bool quiet = false;
+  // --recovery: recoverable publications are sequenced by a script in Redis (publish with
+  // sequenced = true); histories are read back for recovering subscribers.
+  bool recovery = false;
+  uint32_t recovery_buffer = 128;
+  uint64_t recovery_ttl_ms = 300000;
+  uint32_t recovery_max_replay = 500;
 };
 
 // Interest kinds the shards report (topic_index / user index first-and-last changes).
@@ -86,7 +120,16 @@ class redis_bridge {
   // its own reference to f. producer: the calling shard's index, or options.producers for any
   // other thread. False (and counted): the ring is full.
   // wake false: the caller publishes a batch and calls wake_publisher() once after it.
-  bool publish(uint32_t producer, fanout::delivery_kind kind, fanout::frame* f, bool wake = true);
+  // sequenced (a topic publication, with options.recovery): Redis's sequence script stamps it,
+  // keeps it in the topic's history and publishes it; every instance, this one included,
+  // delivers it when it comes back (one sequencer per topic for the whole cluster).
+  bool publish(uint32_t producer, fanout::delivery_kind kind, fanout::frame* f, bool wake = true,
+               bool sequenced = false);
+  // Any thread: reads a topic's history for a recovering subscriber once this instance's
+  // subscription to the topic's channel is confirmed (so nothing falls between the history and
+  // the live stream); the answer comes through redis_sink::history on the bridge thread.
+  // False: too many requests waiting.
+  bool fetch_history(redis_history_request request);
   void wake_publisher() { ring_.wake_if_needed(); }
   // Any thread: the process gained or lost its first / last subscriber of a pattern (or user).
   void interest_changed(redis_interest kind, std::string_view key);
@@ -115,6 +158,8 @@ class redis_bridge {
     counter inbound_added, inbound_error, inbound_lost;
     std::atomic<uint64_t> inbound_dropped{0};  // any producer
     counter subscribe_commands;
+    counter sequenced;  // --recovery: publications Redis stamped (counted published too)
+    counter history_answered, history_failed;
     counter buffered, subscriptions;  // gauges
   };
   const counters& stats() const { return c_; }
@@ -142,6 +187,10 @@ class redis_bridge {
   void take_publications();
   void write_publications();
   void write_commands();
+  void write_fetches(uint64_t now);
+  void write_sequenced(node& n, std::string_view topic, std::string_view payload);
+  void answer_unanswered(redis_history_request& request);
+  void on_history_reply(node& n, const ::redisReply* r);
   void send_fences();
   void refresh_topology(uint64_t now);
   void apply_topology(node& answering, const ::redisReply* r);
@@ -176,6 +225,8 @@ class redis_bridge {
   std::mutex mu_;
   std::vector<std::pair<redis_interest, std::string>> dirty_;  // under mu_
   std::vector<std::pair<std::string, std::string>> commands_;  // under mu_: instance, json
+  std::vector<redis_history_request> fetches_;                 // under mu_
+  static constexpr size_t fetches_queued_max = 65536;
   struct alignas(64) inbound_lane {
     std::mutex mu;
     std::string resp;  // formatted XADD commands

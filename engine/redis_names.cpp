@@ -336,6 +336,79 @@ uint16_t key_slot(std::string_view key) {
 
 namespace {
 
+// slot -> the shortest decimal string whose key slot it is (built once).
+const std::vector<std::string>& slot_tags() {
+  static const std::vector<std::string> tags = [] {
+    std::vector<std::string> t(16384);
+    size_t left = t.size();
+    for (uint64_t i = 0; left > 0; ++i) {
+      std::string s = std::to_string(i);
+      std::string& cell = t[key_slot(s)];
+      if (cell.empty()) {
+        cell = std::move(s);
+        --left;
+      }
+    }
+    return t;
+  }();
+  return tags;
+}
+
+}  // namespace
+
+void recovery_keys(std::string_view prefix, std::string_view channel, std::string& meta,
+                   std::string& log) {
+  meta.clear();
+  meta.append(prefix);
+  meta.push_back('{');
+  meta.append(slot_tags()[key_slot(channel)]);
+  meta.append("}r:");
+  meta.append(channel);
+  log = meta;
+  meta.push_back('m');
+  log.push_back('l');
+}
+
+const std::string_view sequence_script = R"lua(
+local e = redis.call('HGET', KEYS[1], 'e')
+local o
+if not e then
+  e = ARGV[4]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', e, 'n', 1)
+  o = 0
+else
+  o = redis.call('HINCRBY', KEYS[1], 'n', 1) - 1
+end
+local msg = '{"tp":' .. ARGV[2] .. ',"e":"' .. e .. '","o":' .. string.format('%d', o) .. ARGV[3]
+redis.call('RPUSH', KEYS[2], msg)
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[5]), -1)
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+redis.call('PEXPIRE', KEYS[2], ARGV[6])
+redis.call(ARGV[7], ARGV[1], msg)
+return o
+)lua";
+
+const std::string_view history_script = R"lua(
+local e = redis.call('HGET', KEYS[1], 'e')
+if not e then return {} end
+local n = tonumber(redis.call('HGET', KEYS[1], 'n'))
+local at = tonumber(ARGV[2])
+local len = redis.call('LLEN', KEYS[2])
+if ARGV[1] ~= e or at == nil or at >= n or at + 1 < n - len or n - 1 - at > tonumber(ARGV[3]) then
+  return {e, n, 0}
+end
+local backlog = n - 1 - at
+local out = {e, n, 1}
+if backlog > 0 then
+  local msgs = redis.call('LRANGE', KEYS[2], len - backlog, -1)
+  for i = 1, #msgs do out[#out + 1] = msgs[i] end
+end
+return out
+)lua";
+
+namespace {
+
 void append_length(std::string& out, char type, size_t n) {
   char digits[24];
   auto [end, ec] = std::to_chars(digits, digits + sizeof digits, n);

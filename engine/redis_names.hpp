@@ -70,6 +70,24 @@ bool glob_match(std::string_view pattern, std::string_view text);
 // The cluster key slot of a channel (CRC16-XMODEM mod 16384, with the {hash tag} rule).
 uint16_t key_slot(std::string_view key);
 
+// Recovery (--recovery with Redis): the keys of one topic's sequence, a hash (e: the epoch as 8
+// hex digits, n: the next offset), and of its history, a list of the stamped payloads (the last
+// --recovery-buffer), both in the cluster slot of the topic's channel so one script may touch
+// them and publish on it: "<prefix>{<tag>}r:<channel>" + "m" / "l", where <tag> is a short
+// string of that slot (so a channel holding braces of its own is placed right too).
+void recovery_keys(std::string_view prefix, std::string_view channel, std::string& meta,
+                   std::string& log);
+// The scripts (EVALSHA after SCRIPT LOAD on every publisher connection).
+// sequence: KEYS meta, log; ARGV channel, topic as a JSON string, the publication after its
+// opening brace prefixed with "," (or "}" for {}), the epoch for a new history, buffer, TTL ms,
+// PUBLISH | SPUBLISH. Takes the next offset (a new epoch when the history is gone), keeps the
+// stamped payload, publishes it, returns the offset.
+// history: KEYS meta, log; ARGV epoch, offset (the last the client has), most to replay. Returns
+// [] (no history), [epoch, next, 0] (not recoverable from there) or [epoch, next, 1,
+// payload...] (every later payload, in order: recovered).
+extern const std::string_view sequence_script;
+extern const std::string_view history_script;
+
 // Appends one RESP command (an array of bulk strings), or its pieces: the array header for n
 // strings, then each bulk string.
 void append_command(std::string& out, std::initializer_list<std::string_view> args);

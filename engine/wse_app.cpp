@@ -14,9 +14,29 @@
 #include <optional>
 #include <string_view>
 
+#include "auth/acl.hpp"
+
 namespace wsed::engine {
 
 namespace {
+
+recovery_position position_in(const proto::wse_subscription& sub, std::string_view topic) {
+  recovery_position at;
+  if (const proto::wse_recovery_position* pos = sub.position_of(topic)) {
+    at.has_epoch = pos->has_epoch;
+    at.epoch = pos->epoch;
+    at.has_offset = pos->has_offset;
+    at.offset = pos->offset;
+  }
+  return at;
+}
+
+// The recovery store's clock (TTL): monotonic.
+uint64_t mono_ms() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return uint64_t(ts.tv_sec) * 1000 + uint64_t(ts.tv_nsec) / 1000000;
+}
 
 int64_t wall_ms() {
   timespec ts{};
@@ -40,7 +60,7 @@ std::array<proto::wse_feature, wse_feature_count> features_of(const wse_app_opti
       {"compression", o.compression_threshold_bytes > 0},
       {"encryption", false},
       {"priority_queue", false},
-      {"recovery", false},
+      {"recovery", o.recovery},
   }};
 }
 
@@ -84,6 +104,36 @@ constexpr std::string_view command_subscribe = "subscribe";
 constexpr std::string_view command_unsubscribe = "unsubscribe";
 constexpr std::string_view command_send = "send";
 constexpr std::string_view command_disconnect = "disconnect";
+constexpr std::string_view command_history = "history";  // a history from Redis (recovery)
+// A recovering request whose histories Redis has not answered by then is answered without.
+constexpr uint64_t history_wait_max_ms = 15000;
+
+// The history answer's bytes in a command frame: numbers one per line, then each message as
+// its length on a line and its bytes.
+std::string history_blob(const redis_history_request& q, const redis_history_answer& a) {
+  std::string out;
+  for (uint64_t v :
+       {q.request, uint64_t(q.index), uint64_t(a.answered), uint64_t(a.has_history),
+        uint64_t(a.epoch), a.next, uint64_t(a.recovered), uint64_t(a.messages.size())}) {
+    out.append(std::to_string(v));
+    out.push_back('\n');
+  }
+  for (std::string_view m : a.messages) {
+    out.append(std::to_string(m.size()));
+    out.push_back('\n');
+    out.append(m);
+  }
+  return out;
+}
+
+bool read_number(std::string_view& text, uint64_t& v) {
+  size_t nl = text.find('\n');
+  if (nl == std::string_view::npos) return false;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + nl, v);
+  if (ec != std::errc() || end != text.data() + nl) return false;
+  text.remove_prefix(nl + 1);
+  return true;
+}
 
 const char* name_of(wse_send_format f) {
   static constexpr const char* names[] = {"json", "msgpack", "compressed"};
@@ -104,6 +154,18 @@ wse_app::wse_app(wse_app_options options, wse_handler& handler)
   sources_.query = opt_.allow_query_token ? auth::query_token::allowed : auth::query_token::refused;
   shards_.resize(std::max<uint32_t>(opt_.shards, 1));
   for (auto& p : shards_) p = std::make_unique<per_shard>();
+  if (opt_.recovery) {
+    recovery_ = std::make_unique<recovery_store>(opt_.recovery_limits);
+    recover_all_ = opt_.recovery_topics.size() == 1 && opt_.recovery_topics[0] == "*";
+  }
+}
+
+bool wse_app::recoverable(std::string_view topic) const {
+  if (!recovery_) return false;
+  if (recover_all_) return true;
+  for (const std::string& g : opt_.recovery_topics)
+    if (auth::glob_match(g, topic)) return true;
+  return false;
 }
 
 wse_app::~wse_app() = default;
@@ -398,6 +460,11 @@ void wse_app::on_json(shard& s, conn_ref c, per_shard& p, conn_state& st, std::s
       for (const proto::wse_topic& t : msg.subscription.list()) names.push_back(t.name);
       bool subscribing = msg.subscription.action == proto::wse_subscription_action::subscribe;
       apply_subscription(s, c, p, st, subscribing, names);
+      if (recovery_ && subscribing && msg.subscription.recover) {
+        if (bridge_) return recover_remote(s, c, p, msg.subscription);
+        recover_topics(s, c, p, msg.subscription);
+        return reply_subscription(s, c, p, msg.subscription.action_name, true);
+      }
       reply_subscription(s, c, p, msg.subscription.action_name);
       return;
     }
@@ -477,6 +544,18 @@ std::shared_ptr<const auth::topic_acl> wse_app::shared_acl(per_shard& p,
 
 void wse_app::on_tick(shard& s, uint64_t now_ms) {
   handler_.on_tick(s.index());
+  if (recovery_) {
+    per_shard& pr = part(s);
+    if (now_ms >= pr.next_expire_ms) {  // once a second
+      pr.next_expire_ms = now_ms + 1000;
+      uint64_t now = mono_ms();
+      if (s.index() == 0) recovery_->expire(now);  // the TTL sweep (writes sweep too)
+      std::vector<uint64_t> late;  // histories Redis never answered (a lost delivery)
+      for (auto& [id, r] : pr.pending)
+        if (now >= r.started_ms + history_wait_max_ms) late.push_back(id);
+      for (uint64_t id : late) finish_recovery(s, pr, id);
+    }
+  }
   if (opt_.ping_interval_ms == 0) return;
   per_shard& p = part(s);
   if (p.next_ping_ms == 0) p.next_ping_ms = now_ms + opt_.ping_interval_ms;
@@ -504,6 +583,25 @@ void wse_app::on_close(shard& s, conn_ref c) {
     bool was_connected = st->authenticated;
     if (was_connected) {
       leave_all(s, p, c.slot);
+      for (auto it = p.marks.begin(); it != p.marks.end();) {
+        std::erase_if(it->second, [&](const auto& m) { return m.slot == c.slot; });
+        it = it->second.empty() ? p.marks.erase(it) : std::next(it);
+      }
+      for (auto it = p.pending.begin(); it != p.pending.end();) {
+        if (it->second.slot != c.slot) {
+          ++it;
+          continue;
+        }
+        for (fanout::frame* f : it->second.held) fanout::release(f);
+        for (auto& t : it->second.topics) {
+          if (t.history) fanout::release(t.history);
+          auto h = p.holds.find(t.topic);
+          if (h == p.holds.end()) continue;
+          std::erase_if(h->second, [&](const auto& e) { return e.first == c.slot; });
+          if (h->second.empty()) p.holds.erase(h);
+        }
+        it = p.pending.erase(it);
+      }
       directory_remove(std::string_view(st->connection_id, sizeof st->connection_id));
       handler_.on_disconnect(wse_conn{&s, c});  // ids_of still answers during the call
     }
@@ -593,11 +691,73 @@ void wse_app::apply_subscription(shard& s, conn_ref c, per_shard& p, conn_state&
   }
 }
 
-void wse_app::reply_subscription(shard& s, conn_ref c, per_shard& p, std::string_view action) {
+void wse_app::reply_subscription(shard& s, conn_ref c, per_shard& p, std::string_view action,
+                                 bool with_recovery) {
   p.scratch.clear();
+  proto::wse_recovery_reply rec{};
+  if (with_recovery) {
+    rec.recoverable = false;
+    rec.recovered = !p.recovery.empty();
+    for (const proto::wse_topic_recovery& t : p.recovery) {
+      rec.recoverable = rec.recoverable || t.recoverable;
+      rec.recovered = rec.recovered && t.recovered;
+    }
+    rec.topics = p.recovery;
+  }
   proto::wse_build_subscription_reply(p.scratch, action, p.ok_topics, p.failed_topics,
-                                      p.failed_reasons);
+                                      p.failed_reasons, with_recovery ? &rec : nullptr);
   send_text(s, c, p.scratch);
+}
+
+// After apply_subscription: every topic of the request gets its entry in the reply's recovery
+// map (ACL-denied, refused and glob topics as "no history"), and each subscribed recoverable
+// topic whose position the client gave has its backlog queued now, before the reply and before
+// any live frame still in the inbox (those are then skipped up to the replayed offset).
+void wse_app::recover_topics(shard& s, conn_ref c, per_shard& p,
+                             const proto::wse_subscription& sub) {
+  p.recovery.clear();
+  uint64_t now = mono_ms();
+  uint32_t generation = c.generation;
+  auto add = [&](std::string_view topic, const recovery_answer& a) { answered(p, c, topic, a); };
+  for (std::string_view topic : p.ok_topics) {
+    if (!proto::wse_publish_topic_valid(topic) || !recoverable(topic)) {
+      add(topic, recovery_answer{});  // a glob, or a topic kept on the plain path
+      continue;
+    }
+    recovery_answer a =
+        recovery_->replay(topic, position_in(sub, topic), now, [&](fanout::frame* f) {
+          return s.send_frame(conn_ref{c.slot, generation}, *f) == send_status::queued;
+        });
+    p.counts.replayed.add(a.count);
+    add(topic, a);
+  }
+  for (std::string_view topic : p.failed_topics)
+    if (proto::wse_topic_valid(topic)) add(topic, recovery_answer{});
+}
+
+// One topic's answer: counted, into the reply's recovery map (p.recovery), and with a history
+// a mark: frames of the topic still in the inbox up to a.offset the client has (or was just
+// given) already.
+void wse_app::answered(per_shard& p, conn_ref c, std::string_view topic, const recovery_answer& a) {
+  (a.recovered     ? p.counts.recover_recovered
+   : a.has_history ? p.counts.recover_not_recovered
+                   : p.counts.recover_no_history)
+      .add();
+  if (a.has_history) {
+    auto at = p.marks.find(topic);
+    if (at == p.marks.end()) at = p.marks.try_emplace(std::string(topic)).first;
+    std::erase_if(at->second, [&](const auto& m) { return m.slot == c.slot; });
+    at->second.push_back({c.slot, c.generation, a.epoch, a.offset});
+  }
+  proto::wse_topic_recovery t{};
+  t.topic = topic;
+  t.has_epoch = a.has_history;
+  t.epoch = a.epoch;
+  t.offset = a.offset;
+  t.recoverable = a.has_history;
+  t.recovered = a.recovered;
+  t.count = a.count;
+  p.recovery.push_back(t);
 }
 
 void wse_app::on_client_publish(shard& s, conn_ref c, per_shard& p, conn_state& st,
@@ -649,6 +809,10 @@ publish_status wse_app::route(shard* s, fanout::delivery_kind kind, std::string_
   std::string& text = p ? p->publication : external_text;
   text.clear();
   if (parser.ensure_category(json, text) != proto::wse_error::none) return publish_status::invalid;
+  if (kind == fanout::delivery_kind::topic && recoverable(key)) {
+    if (!bridge_) return route_recoverable(s, key, text, wakes);
+    if (!from_redis) return route_sequenced(s, key, text, wakes);
+  }
   fanout::frame* f =
       s ? hub_->pool(s->index()).make_text(key, text) : fanout::make_text_frame(key, text);
   if (!f) return publish_status::busy;
@@ -666,6 +830,37 @@ publish_status wse_app::route(shard* s, fanout::delivery_kind kind, std::string_
     if (r.shards_full) s->count_inbox_full(r.shards_full);
   }
   return r.ok() ? publish_status::published : publish_status::busy;
+}
+
+// One sequencer per topic (recovery_store::sequence): the stamp is given and the frame pushed
+// into the inboxes under the store's lock, through the external lane (FIFO whoever publishes),
+// so every shard receives a topic's frames in offset order.
+publish_status wse_app::route_recoverable(shard* s, std::string_view topic, std::string_view text,
+                                          uint64_t* wakes) {
+  route_result r;
+  bool ok = recovery_->sequence(topic, text, mono_ms(), [&](fanout::frame* f) {
+    r = hub_->route(fanout::delivery_kind::topic, hub_->external_producer(), f, wakes);
+    return r.ok();
+  });
+  if (s) {
+    s->count_published(publish_kind::topic);
+    if (r.shards_full) s->count_inbox_full(r.shards_full);
+  }
+  return ok ? publish_status::published : publish_status::busy;
+}
+
+// With Redis: Redis sequences it (redis_bridge::publish, sequenced) and every instance, this
+// one too, delivers it when it comes back stamped (remote_publication).
+publish_status wse_app::route_sequenced(shard* s, std::string_view topic, std::string_view text,
+                                        uint64_t* wakes) {
+  fanout::frame* f =
+      s ? hub_->pool(s->index()).make_text(topic, text) : fanout::make_text_frame(topic, text);
+  if (!f) return publish_status::busy;
+  uint32_t producer = s ? s->index() : hub_->external_producer();
+  bool ok = bridge_->publish(producer, fanout::delivery_kind::topic, f, wakes == nullptr, true);
+  fanout::release(f);
+  if (s) s->count_published(publish_kind::topic);
+  return ok ? publish_status::published : publish_status::busy;
 }
 
 publish_status wse_app::publish(std::string_view topic, std::string_view json) {
@@ -779,6 +974,26 @@ redis_sink::status wse_app::remote_publication(fanout::delivery_kind kind, std::
   if (kind == fanout::delivery_kind::user &&
       (key.empty() || key.size() > proto::wse_publish_user_bytes_max))
     return redis_sink::status::invalid;
+  std::string_view stamped_topic;
+  uint32_t epoch = 0;
+  uint64_t offset = 0;
+  if (kind == fanout::delivery_kind::topic && recoverable(key) &&
+      proto::wse_parse_recovery_stamp(json, stamped_topic, epoch, offset)) {
+    // Sequenced by Redis: kept here as a cache and routed (the bridge thread is the one
+    // external producer: the frames of a topic reach the inboxes in offset order).
+    thread_local proto::wse_envelope_parser checker;
+    thread_local std::string checked;
+    checked.clear();
+    if (checker.ensure_category(json, checked) != proto::wse_error::none)
+      return redis_sink::status::invalid;
+    fanout::frame* f = fanout::make_text_frame(key, checked);
+    if (!f) return redis_sink::status::busy;
+    bool ok = recovery_->append_stamped(key, f, epoch, offset, mono_ms(), [&](fanout::frame* g) {
+      return hub_->route(kind, hub_->external_producer(), g, wakes).ok();
+    });
+    fanout::release(f);
+    return ok ? redis_sink::status::delivered : redis_sink::status::busy;
+  }
   switch (route(nullptr, kind, key, json, wakes, true)) {
     case publish_status::published:
       return redis_sink::status::delivered;
@@ -788,6 +1003,19 @@ redis_sink::status wse_app::remote_publication(fanout::delivery_kind kind, std::
       break;
   }
   return redis_sink::status::invalid;
+}
+
+void wse_app::history(const redis_history_request& request, const redis_history_answer& answer) {
+  // Lost when the shard's inbox is full: the request is then answered without it after
+  // history_wait_max_ms.
+  push_command(request.shard, conn_ref{request.slot, request.generation}, command_history,
+               history_blob(request, answer));
+}
+
+void wse_app::history_lost(std::string_view topic) {
+  if (!recovery_) return;
+  if (topic.empty()) return recovery_->forget_all();
+  recovery_->forget(topic);
 }
 
 void wse_app::wake(uint64_t shards_mask) {
@@ -1019,6 +1247,9 @@ void wse_app::on_delivery(shard& s, const fanout::delivery& d) {
   switch (d.kind) {
     case fanout::delivery_kind::topic: {
       std::string_view topic = f.key();
+      if ((!p.marks.empty() && p.marks.find(topic) != p.marks.end()) ||
+          (!p.holds.empty() && p.holds.find(topic) != p.holds.end()))
+        return deliver_marked(s, p, f);
       p.topics.for_each(topic, [&](fanout::subscriber_id id, bool via_glob) {
         const conn_state& st = p.conns[id];
         // A glob subscription never bypasses a deny: the concrete topic is checked too.
@@ -1047,6 +1278,7 @@ void wse_app::on_delivery(shard& s, const fanout::delivery& d) {
         s.send_frame(c, f);
         return;
       }
+      if (f.key() == command_history) return on_history(s, p, c, f.payload(), f);
       if (f.key() == command_disconnect) {
         uint32_t code = 1000;
         std::string_view arg = f.payload();
@@ -1067,6 +1299,236 @@ void wse_app::on_delivery(shard& s, const fanout::delivery& d) {
       return;
     }
   }
+}
+
+// A topic frame while recovering subscribers of this shard have marks: those given the frame's
+// offset by their replay skip it; a mark ends with the first frame past it (or of another epoch).
+// Also: a connection whose recovering request waits for Redis has the frame held.
+void wse_app::deliver_marked(shard& s, per_shard& p, const fanout::frame& f) {
+  std::string_view topic = f.key();
+  auto at = p.marks.find(topic);
+  std::vector<per_shard::recovery_mark>* marks = at != p.marks.end() ? &at->second : nullptr;
+  auto held_at = p.holds.find(topic);
+  auto* holds = held_at != p.holds.end() ? &held_at->second : nullptr;
+  std::string_view raw_topic;
+  uint32_t epoch = 0;
+  uint64_t offset = 0;
+  bool stamped = proto::wse_parse_recovery_stamp(f.payload(), raw_topic, epoch, offset);
+  p.topics.for_each(topic, [&](fanout::subscriber_id id, bool via_glob) {
+    const conn_state& st = p.conns[id];
+    if (via_glob && st.acl && !st.acl->allows_topic(topic)) return;
+    if (holds)
+      for (const auto& [slot, request] : *holds)
+        if (slot == id) {
+          auto r = p.pending.find(request);
+          if (r == p.pending.end()) break;
+          fanout::retain(const_cast<fanout::frame*>(&f));
+          r->second.held.push_back(const_cast<fanout::frame*>(&f));
+          return;
+        }
+    if (stamped && marks)
+      for (const per_shard::recovery_mark& m : *marks)
+        if (m.slot == id && m.generation == st.generation && m.epoch == epoch && offset <= m.upto)
+          return;  // replayed already
+    s.send_frame(conn_ref{id, st.generation}, f);
+  });
+  if (!marks) return;
+  std::erase_if(*marks, [&](const per_shard::recovery_mark& m) {
+    return !stamped || m.epoch != epoch || offset >= m.upto ||
+           p.conns[m.slot].generation != m.generation || !p.conns[m.slot].live;
+  });
+  if (marks->empty()) p.marks.erase(at);
+}
+
+void wse_app::recover_remote(shard& s, conn_ref c, per_shard& p,
+                             const proto::wse_subscription& sub) {
+  // What this instance received of the topics since its subscriptions to them began (a
+  // contiguous run, dropped when the live stream was interrupted) answers when it covers every
+  // topic of the request; otherwise Redis does.
+  bool cached = true;
+  uint64_t now = mono_ms();
+  for (std::string_view topic : p.ok_topics)
+    if (proto::wse_publish_topic_valid(topic) && recoverable(topic) &&
+        !recovery_->covers(topic, position_in(sub, topic), now)) {
+      cached = false;
+      break;
+    }
+  if (cached) {
+    recover_topics(s, c, p, sub);
+    return reply_subscription(s, c, p, sub.action_name, true);
+  }
+  uint64_t id = ++p.next_request;
+  per_shard::pending_recovery& r = p.pending[id];
+  r.slot = c.slot;
+  r.generation = c.generation;
+  r.started_ms = mono_ms();
+  r.action = std::string(sub.action_name);
+  for (std::string_view t : p.ok_topics) r.ok.emplace_back(t);
+  for (std::string_view t : p.failed_topics) r.failed.emplace_back(t);
+  for (std::string_view t : p.failed_reasons) r.reasons.emplace_back(t);
+  for (const std::string& topic : r.ok) {
+    per_shard::pending_recovery::topic_answer& t = r.topics.emplace_back();
+    t.topic = topic;
+    if (!proto::wse_publish_topic_valid(topic) || !recoverable(topic)) continue;  // no history
+    redis_history_request q;
+    q.shard = s.index();
+    q.slot = c.slot;
+    q.generation = c.generation;
+    q.request = id;
+    q.index = uint32_t(r.topics.size() - 1);
+    q.topic = topic;
+    if (const proto::wse_recovery_position* pos = sub.position_of(topic)) {
+      if (pos->has_epoch) {
+        char e[9];
+        std::snprintf(e, sizeof e, "%08x", pos->epoch);
+        q.epoch.assign(e, 8);
+      }
+      q.has_offset = pos->has_offset;
+      q.offset = pos->offset;
+    }
+    if (!bridge_->fetch_history(std::move(q))) continue;  // too many waiting: no history
+    t.waiting = true;
+    ++r.outstanding;
+    p.holds[topic].emplace_back(c.slot, id);
+  }
+  for (const std::string& topic : r.failed)
+    if (proto::wse_topic_valid(topic)) r.topics.emplace_back().topic = topic;
+  if (r.outstanding == 0) finish_recovery(s, p, id);
+}
+
+// A history from Redis (a command delivery from the bridge thread).
+void wse_app::on_history(shard& s, per_shard& p, conn_ref c, std::string_view blob,
+                         const fanout::frame& f) {
+  uint64_t v[8];
+  for (uint64_t& x : v)
+    if (!read_number(blob, x)) return;
+  auto it = p.pending.find(v[0]);
+  if (it == p.pending.end() || it->second.slot != c.slot || it->second.generation != c.generation)
+    return;
+  per_shard::pending_recovery& r = it->second;
+  if (v[1] >= r.topics.size() || !r.topics[v[1]].waiting) return;
+  per_shard::pending_recovery::topic_answer& t = r.topics[v[1]];
+  t.waiting = false;
+  --r.outstanding;
+  if (v[2] && v[3]) {  // answered, with a history
+    t.answer.has_history = true;
+    t.answer.epoch = uint32_t(v[4]);
+    t.answer.offset = v[5] - 1;
+    t.answer.recovered = v[6] != 0;
+    for (uint64_t i = 0; i < v[7]; ++i) {
+      uint64_t len = 0;
+      if (!read_number(blob, len) || len > blob.size()) {
+        t.answer.recovered = false;
+        t.replay.clear();
+        break;
+      }
+      t.replay.push_back(blob.substr(0, len));
+      blob.remove_prefix(len);
+    }
+    if (!t.replay.empty()) {
+      fanout::retain(const_cast<fanout::frame*>(&f));
+      t.history = const_cast<fanout::frame*>(&f);
+    }
+  }
+  if (r.outstanding == 0) finish_recovery(s, p, v[0]);
+}
+
+// Every topic answered: replays, the reply, then the live frames held (those the replays
+// covered skipped).
+void wse_app::finish_recovery(shard& s, per_shard& p, uint64_t id) {
+  auto it = p.pending.find(id);
+  if (it == p.pending.end()) return;
+  per_shard::pending_recovery& r = it->second;
+  conn_ref c{r.slot, r.generation};
+  p.recovery.clear();
+  for (auto& t : r.topics) {
+    if (t.answer.recovered) {
+      uint64_t sent = 0;
+      for (std::string_view msg : t.replay) {
+        fanout::frame* fr = hub_->pool(s.index()).make_text(t.topic, msg);
+        bool ok = fr && s.send_frame(c, *fr) == send_status::queued;
+        if (fr) fanout::release(fr);
+        if (!ok) break;
+        ++sent;
+      }
+      t.answer.count = sent;
+      if (sent != t.replay.size()) t.answer.recovered = false;
+      p.counts.replayed.add(sent);
+    }
+    answered(p, c, t.topic, t.answer);
+  }
+  p.ok_topics.assign(r.ok.begin(), r.ok.end());
+  p.failed_topics.assign(r.failed.begin(), r.failed.end());
+  p.failed_reasons.assign(r.reasons.begin(), r.reasons.end());
+  reply_subscription(s, c, p, r.action, true);
+  for (fanout::frame* f : r.held) {
+    std::string_view raw;
+    uint32_t epoch = 0;
+    uint64_t offset = 0;
+    bool skip = false;
+    if (proto::wse_parse_recovery_stamp(f->payload(), raw, epoch, offset))
+      for (const auto& t : r.topics)
+        if (t.topic == f->key() && t.answer.has_history && t.answer.epoch == epoch &&
+            offset <= t.answer.offset)
+          skip = true;
+    if (!skip) s.send_frame(c, *f);
+    fanout::release(f);
+  }
+  r.held.clear();
+  for (auto& t : r.topics) {
+    if (t.history) fanout::release(t.history);
+    t.history = nullptr;
+    auto h = p.holds.find(t.topic);
+    if (h == p.holds.end()) continue;
+    std::erase_if(h->second, [&](const auto& e) { return e.second == id; });
+    if (h->second.empty()) p.holds.erase(h);
+  }
+  p.pending.erase(it);
+}
+
+void wse_app::render_recovery_metrics(std::string& out) const {
+  size_t n = shards_.size();
+  const char* help = "Topics of recovering subscribe requests, by answer.";
+  static constexpr struct {
+    const char* result;
+    counter wse_counters::*field;
+  } answers[] = {
+      {"recovered", &wse_counters::recover_recovered},
+      {"not_recovered", &wse_counters::recover_not_recovered},
+      {"no_history", &wse_counters::recover_no_history},
+  };
+  bool first = true;
+  for (const auto& a : answers) {
+    append_family(
+        out, n, [&](size_t i) { return (shards_[i]->counts.*a.field).get(); },
+        "wsed_recovery_requests_total", "counter", help, "result", a.result, first);
+    first = false;
+  }
+  append_family(
+      out, n, [&](size_t i) { return shards_[i]->counts.replayed.get(); },
+      "wsed_recovery_replayed_total", "counter", "Publications replayed to recovering clients.");
+  recovery_store::totals t = recovery_->current();
+  char line[1024];
+  std::snprintf(line, sizeof line,
+                "# HELP wsed_recovery_topics Topics with a history held.\n"
+                "# TYPE wsed_recovery_topics gauge\nwsed_recovery_topics %llu\n"
+                "# HELP wsed_recovery_bytes Bytes of history held (--recovery-memory caps it).\n"
+                "# TYPE wsed_recovery_bytes gauge\nwsed_recovery_bytes %llu\n"
+                "# HELP wsed_recovery_messages Publications held in histories.\n"
+                "# TYPE wsed_recovery_messages gauge\nwsed_recovery_messages %llu\n"
+                "# HELP wsed_recovery_sequenced_total Publications stamped and kept.\n"
+                "# TYPE wsed_recovery_sequenced_total counter\nwsed_recovery_sequenced_total %llu\n"
+                "# HELP wsed_recovery_dropped_topics_total Topic histories dropped, by cause "
+                "(a new epoch follows).\n"
+                "# TYPE wsed_recovery_dropped_topics_total counter\n"
+                "wsed_recovery_dropped_topics_total{cause=\"memory\"} %llu\n"
+                "wsed_recovery_dropped_topics_total{cause=\"ttl\"} %llu\n",
+                static_cast<unsigned long long>(t.topics), static_cast<unsigned long long>(t.bytes),
+                static_cast<unsigned long long>(t.frames),
+                static_cast<unsigned long long>(recovery_->sequenced()),
+                static_cast<unsigned long long>(recovery_->evicted()),
+                static_cast<unsigned long long>(recovery_->expired()));
+  out += line;
 }
 
 void wse_app::render_metrics(std::string& out) const {
@@ -1116,6 +1578,7 @@ void wse_app::render_metrics(std::string& out) const {
   }
   shard_family("wsed_wse_unsubscribe_total", "Topics of unsubscribe requests.",
                &wse_counters::unsubscribe);
+  if (recovery_) render_recovery_metrics(out);
   const char* publish_help = "Client publish messages, by outcome.";
   shard_family("wsed_wse_publish_total", publish_help, &wse_counters::publish_ok, "result", "ok");
   shard_family("wsed_wse_publish_total", publish_help, &wse_counters::publish_denied, "result",

@@ -37,6 +37,7 @@
 #include "engine/assert.hpp"
 #include "engine/config.hpp"
 #include "engine/metrics.hpp"
+#include "engine/recovery.hpp"
 #include "engine/redis_bridge.hpp"
 #include "engine/shard.hpp"
 #include "fanout/string_map.hpp"
@@ -104,6 +105,10 @@ struct wse_app_options {
   uint32_t inbound_burst = 10000;            // bucket size
   uint32_t topics_per_connection_max = 100;  // subscriptions; more: TOO_MANY_TOPICS
   std::string api_key;  // POST /api/publish with "Authorization: Bearer <key>"; empty: off (404)
+  // Recovery (engine/recovery.hpp, PROTOCOL.md "Recovery"); off: publications stay unstamped.
+  bool recovery = false;
+  recovery_options recovery_limits;
+  std::vector<std::string> recovery_topics = {"*"};  // globs of the recoverable topics
 };
 
 // What a publication call did.
@@ -130,6 +135,8 @@ struct wse_counters {
   counter unsubscribe;
   counter publish_ok, publish_denied, publish_invalid, publish_busy;  // client publishes
   counter held;  // gauge: subscriptions held on this shard
+  // Topics of recovering subscribe requests, by answer; publications replayed.
+  counter recover_recovered, recover_not_recovered, recover_no_history, replayed;
 };
 
 class wse_app final : public app_handler, public redis_sink {
@@ -188,6 +195,8 @@ class wse_app final : public app_handler, public redis_sink {
   redis_sink::status remote_publication(fanout::delivery_kind kind, std::string_view key,
                                         std::string_view json, uint64_t* wakes) override;
   command_status remote_command(std::string_view json) override;
+  void history(const redis_history_request& request, const redis_history_answer& answer) override;
+  void history_lost(std::string_view topic) override;
   void wake(uint64_t shards_mask) override;
 
   void attach(hub& h) override { hub_ = &h; }
@@ -241,6 +250,39 @@ class wse_app final : public app_handler, public redis_sink {
     std::string publication;  // a publication with its "c"
     std::vector<std::string_view> ok_topics, failed_topics, failed_reasons;
     std::unordered_set<std::string_view> seen_topics;  // of the request being applied
+    std::vector<proto::wse_topic_recovery> recovery;   // the reply's recovery map
+    // A recovering subscriber has been given every publication up to `upto` of a topic (by
+    // replay): live frames of that topic still in the inbox with an offset up to it are not
+    // sent again. Dropped by the first later frame (a topic's frames arrive in offset order).
+    struct recovery_mark {
+      uint32_t slot, generation, epoch;
+      uint64_t upto;
+    };
+    fanout::string_map<std::vector<recovery_mark>> marks;
+    // With Redis, a recovering request waits for its topics' histories (redis_bridge::
+    // fetch_history): meanwhile the live frames of those topics for that connection are held,
+    // then given after the replays and the reply, those the replay covered skipped.
+    struct pending_recovery {
+      uint32_t slot = 0, generation = 0;
+      uint64_t started_ms = 0;
+      std::string action;
+      std::vector<std::string> ok, failed, reasons;  // the reply's lists (copied)
+      struct topic_answer {
+        std::string topic;
+        bool waiting = false;
+        recovery_answer answer;
+        fanout::frame* history = nullptr;      // the answer's frame (its payload holds the replay)
+        std::vector<std::string_view> replay;  // into history's payload
+      };
+      std::vector<topic_answer> topics;
+      uint32_t outstanding = 0;
+      std::vector<fanout::frame*> held;  // live frames held, one reference each
+    };
+    std::unordered_map<uint64_t, pending_recovery> pending;
+    // topic -> (slot, request) of the connections whose live frames of it are held
+    fanout::string_map<std::vector<std::pair<uint32_t, uint64_t>>> holds;
+    uint64_t next_request = 0;
+    uint64_t next_expire_ms = 0;  // shard 0: the recovery store's TTL sweep
     wse_counters counts;
     uint64_t next_ping_ms = 0;                       // shard loop clock; 0: not scheduled yet
     std::shared_ptr<const auth::verifier> verifier;  // this shard's copy of verifier_
@@ -268,10 +310,16 @@ class wse_app final : public app_handler, public redis_sink {
   // Hands one application message to the handler.
   void deliver(shard& s, conn_ref c, per_shard& p, conn_state& st, std::string_view type,
                bool has_category, std::string_view category, std::string_view payload_json);
+  // A subscribe request with "recover": queues each topic's replay (after apply_subscription
+  // subscribed it) and fills p.recovery for the reply.
+  void recover_topics(shard& s, conn_ref c, per_shard& p, const proto::wse_subscription& sub);
+  bool recoverable(std::string_view topic) const;
+  void answered(per_shard& p, conn_ref c, std::string_view topic, const recovery_answer& a);
   // Applies one subscribe/unsubscribe to a connection; fills p.ok_topics / failed_*.
   void apply_subscription(shard& s, conn_ref c, per_shard& p, conn_state& st, bool subscribe,
                           std::span<const std::string_view> topics);
-  void reply_subscription(shard& s, conn_ref c, per_shard& p, std::string_view action);
+  void reply_subscription(shard& s, conn_ref c, per_shard& p, std::string_view action,
+                          bool with_recovery = false);
   void on_client_publish(shard& s, conn_ref c, per_shard& p, conn_state& st,
                          const proto::wse_publish& pub);
   void leave_all(shard& s, per_shard& p, uint32_t slot);
@@ -282,6 +330,17 @@ class wse_app final : public app_handler, public redis_sink {
   // from_redis: received from the bridge (not handed back to it).
   publish_status route(shard* s, fanout::delivery_kind kind, std::string_view key,
                        std::string_view json, uint64_t* wakes = nullptr, bool from_redis = false);
+  publish_status route_recoverable(shard* s, std::string_view topic, std::string_view text,
+                                   uint64_t* wakes);
+  publish_status route_sequenced(shard* s, std::string_view topic, std::string_view text,
+                                 uint64_t* wakes);
+  void deliver_marked(shard& s, per_shard& p, const fanout::frame& f);
+  void render_recovery_metrics(std::string& out) const;
+  // With Redis: asks the bridge for each topic's history; the reply goes when all answered.
+  void recover_remote(shard& s, conn_ref c, per_shard& p, const proto::wse_subscription& sub);
+  void on_history(shard& s, per_shard& p, conn_ref c, std::string_view blob,
+                  const fanout::frame& f);
+  void finish_recovery(shard& s, per_shard& p, uint64_t id);
   void api_command(shard& s, const proto::http_request& request, std::string_view body,
                    http_answer& answer);
   bool api_key_ok(shard& s, const proto::http_request& request, http_answer& answer);
@@ -312,6 +371,9 @@ class wse_app final : public app_handler, public redis_sink {
   hub* hub_ = nullptr;  // set by the server (attach) before any shard starts
   std::vector<std::unique_ptr<per_shard>> shards_;  // one per shard, made at construction
   counter reloads_ok_, reloads_failed_;             // written by the reloading thread only
+
+  std::unique_ptr<recovery_store> recovery_;  // null: recovery off
+  bool recover_all_ = false;                  // recovery_topics is just "*"
 
   redis_bridge* bridge_ = nullptr;
   std::string instance_id_;  // 8 hex digits; empty: connection ids stay fully random

@@ -1,7 +1,8 @@
 // proto/wse_builder.cpp: outbound envelope bytes, JSON escaping, UUIDv7 and RFC 3339 text.
 //
 // Owns: nothing. Thread: any. Never reads a clock or an RNG, never does I/O; appends to the
-// caller's string (the only allocation is that string growing).
+// caller's string (the only allocation is that string growing, and the index that drops
+// repeated keys from a reply's map of more than a few topics).
 #include "proto/wse_builder.hpp"
 
 #include <cstdint>
@@ -9,6 +10,8 @@
 
 #include <algorithm>
 #include <charconv>
+#include <numeric>
+#include <vector>
 
 namespace wsed::proto {
 
@@ -75,6 +78,110 @@ void append_topics(std::string& out, std::span<const std::string_view> topics) {
     wse_append_json_string(out, topics[i]);
   }
   out.push_back(']');
+}
+
+// Calls emit(i), in order, for each i < n whose key(i) no smaller index has: the first of a
+// repeated JSON key wins. A back scan for a few keys; above that a sort of the indices by key
+// (ties by index) marks the first of each run, so n keys cost O(n log n), not O(n^2).
+template <class Key, class Emit>
+void for_each_first_key(size_t n, Key key, Emit emit) {
+  constexpr size_t scan_max = 16;
+  if (n <= scan_max) {
+    for (size_t i = 0; i < n; ++i) {
+      bool seen = false;
+      for (size_t j = 0; j < i && !seen; ++j) seen = key(j) == key(i);
+      if (!seen) emit(i);
+    }
+    return;
+  }
+  std::vector<size_t> order(n);
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    const std::string_view ka = key(a), kb = key(b);
+    return ka != kb ? ka < kb : a < b;
+  });
+  std::vector<bool> first(n, false);
+  for (size_t k = 0; k < n; ++k) {
+    first[order[k]] = k == 0 || key(order[k - 1]) != key(order[k]);
+  }
+  for (size_t i = 0; i < n; ++i) {
+    if (first[i]) emit(i);
+  }
+}
+
+void append_hex8(std::string& out, uint32_t value) {
+  char text[8];
+  for (int i = 7; i >= 0; --i, value >>= 4) text[i] = hex_digits[value & 15];
+  out.append(text, sizeof text);
+}
+
+// The recovery part of a subscription reply, after "errors" (see the header).
+void append_recovery(std::string& out, const wse_recovery_reply& recovery) {
+  out.append(recovery.recoverable ? ",\"recoverable\":true" : ",\"recoverable\":false");
+  out.append(recovery.recovered ? ",\"recovered\":true" : ",\"recovered\":false");
+  out.append(",\"recovery\":{");
+  const std::span<const wse_topic_recovery> topics = recovery.topics;
+  bool first = true;
+  for_each_first_key(
+      topics.size(), [&](size_t i) { return topics[i].topic; },
+      [&](size_t i) {
+        const wse_topic_recovery& t = topics[i];
+        if (!first) out.push_back(',');
+        first = false;
+        wse_append_json_string(out, t.topic);
+        if (t.has_epoch) {
+          out.append(":{\"epoch\":\"");
+          append_hex8(out, t.epoch);
+          out.append("\",\"offset\":");
+        } else {
+          out.append(":{\"epoch\":null,\"offset\":");
+        }
+        append_uint(out, t.offset);
+        out.append(t.recoverable ? ",\"recoverable\":true" : ",\"recoverable\":false");
+        out.append(t.recovered ? ",\"recovered\":true" : ",\"recovered\":false");
+        out.append(",\"count\":");
+        append_uint(out, t.count);
+        out.push_back('}');
+      });
+  out.push_back('}');
+}
+
+// json[i..] starts with literal.
+bool has_at(std::string_view json, size_t i, std::string_view literal) {
+  return i <= json.size() && json.size() - i >= literal.size() &&
+         json.compare(i, literal.size(), literal) == 0;
+}
+
+bool is_hex(char ch) {
+  return (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f') || (ch >= 'A' && ch <= 'F');
+}
+
+// The JSON string body at json[i..] (after its opening quote): the index of its closing quote,
+// or npos when the text ends first, has a raw control byte or an escape JSON does not have.
+size_t string_end(std::string_view json, size_t i) {
+  while (i < json.size()) {
+    const auto b = static_cast<unsigned char>(json[i]);
+    if (b == '"') return i;
+    if (b < 0x20) return std::string_view::npos;
+    if (b != '\\') {
+      ++i;
+      continue;
+    }
+    if (i + 1 >= json.size()) return std::string_view::npos;
+    const char escape = json[i + 1];
+    if (escape == 'u') {
+      if (json.size() - i < 6) return std::string_view::npos;
+      for (size_t k = i + 2; k < i + 6; ++k) {
+        if (!is_hex(json[k])) return std::string_view::npos;
+      }
+      i += 6;
+    } else if (std::string_view("\"\\/bfnrt").find(escape) != std::string_view::npos) {
+      i += 2;
+    } else {
+      return std::string_view::npos;
+    }
+  }
+  return std::string_view::npos;
 }
 
 void put2(char* out, unsigned value) {
@@ -274,7 +381,8 @@ void wse_build_server_ping(std::string& out, int64_t now_ms) {
 void wse_build_subscription_reply(std::string& out, std::string_view action,
                                   std::span<const std::string_view> success_topics,
                                   std::span<const std::string_view> failed_topics,
-                                  std::span<const std::string_view> errors) {
+                                  std::span<const std::string_view> errors,
+                                  const wse_recovery_reply* recovery) {
   out.append("{\"c\":\"WSE\",\"t\":\"subscription_update\",\"p\":{\"action\":");
   wse_append_json_string(out, action);
   out.append(failed_topics.empty() ? ",\"success\":true" : ",\"success\":false");
@@ -284,17 +392,92 @@ void wse_build_subscription_reply(std::string& out, std::string_view action,
   append_topics(out, failed_topics);
   out.append(",\"errors\":{");
   bool first = true;
-  for (size_t i = 0; i < failed_topics.size() && i < errors.size(); ++i) {
-    bool seen = false;
-    for (size_t j = 0; j < i && !seen; ++j) seen = failed_topics[j] == failed_topics[i];
-    if (seen) continue;
-    if (!first) out.push_back(',');
-    first = false;
-    wse_append_json_string(out, failed_topics[i]);
-    out.push_back(':');
-    wse_append_json_string(out, errors[i]);
+  for_each_first_key(
+      std::min(failed_topics.size(), errors.size()), [&](size_t i) { return failed_topics[i]; },
+      [&](size_t i) {
+        if (!first) out.push_back(',');
+        first = false;
+        wse_append_json_string(out, failed_topics[i]);
+        out.push_back(':');
+        wse_append_json_string(out, errors[i]);
+      });
+  out.push_back('}');
+  if (recovery != nullptr) append_recovery(out, *recovery);
+  out.append("},\"v\":1}");
+}
+
+void wse_append_recovery_stamp(std::string& out, std::string_view topic, uint32_t epoch,
+                               uint64_t offset) {
+  out.append("{\"tp\":");
+  wse_append_json_string(out, topic);
+  out.append(",\"e\":\"");
+  append_hex8(out, epoch);
+  out.append("\",\"o\":");
+  append_uint(out, offset);
+  out.push_back(',');
+}
+
+bool wse_parse_recovery_stamp(std::string_view json, std::string_view& topic_raw, uint32_t& epoch,
+                              uint64_t& offset) {
+  constexpr std::string_view open = "{\"tp\":\"", epoch_key = ",\"e\":\"", offset_key = "\",\"o\":";
+  if (!has_at(json, 0, open)) return false;
+  const size_t topic_begin = open.size();
+  const size_t topic_end = string_end(json, topic_begin);
+  if (topic_end == std::string_view::npos) return false;
+  size_t i = topic_end + 1;
+  if (!has_at(json, i, epoch_key)) return false;
+  i += epoch_key.size();
+  if (json.size() - i < 8) return false;
+  uint32_t e = 0;
+  for (const size_t end = i + 8; i < end; ++i) {
+    const char ch = json[i];
+    if (ch >= '0' && ch <= '9') {
+      e = e << 4 | static_cast<uint32_t>(ch - '0');
+    } else if (ch >= 'a' && ch <= 'f') {
+      e = e << 4 | static_cast<uint32_t>(ch - 'a' + 10);
+    } else {
+      return false;
+    }
   }
-  out.append("}},\"v\":1}");
+  if (!has_at(json, i, offset_key)) return false;
+  i += offset_key.size();
+  // Digits as to_chars writes them: no sign, no leading zero (but "0"), at most u64.
+  const size_t digits_begin = i;
+  uint64_t o = 0;
+  while (i < json.size() && json[i] >= '0' && json[i] <= '9') {
+    const auto digit = static_cast<uint64_t>(json[i] - '0');
+    if (o > (UINT64_MAX - digit) / 10) return false;
+    o = o * 10 + digit;
+    ++i;
+  }
+  const size_t digits = i - digits_begin;
+  if (digits == 0 || (digits > 1 && json[digits_begin] == '0')) return false;
+  if (i == json.size() || (json[i] != ',' && json[i] != '}')) return false;
+  topic_raw = json.substr(topic_begin, topic_end - topic_begin);
+  epoch = e;
+  offset = o;
+  return true;
+}
+
+void wse_build_presence_event(std::string& out, std::string_view type, std::string_view topic,
+                              std::string_view user_id, std::string_view data_json) {
+  out.append("{\"c\":\"WSE\",\"p\":{\"data\":");
+  out.append(data_json.empty() ? std::string_view("{}") : data_json);
+  out.append(",\"topic\":");
+  wse_append_json_string(out, topic);
+  out.append(",\"user_id\":");
+  wse_append_json_string(out, user_id);
+  out.append("},\"t\":");
+  wse_append_json_string(out, type);
+  out.append(",\"v\":1}");
+}
+
+void wse_build_presence_stats(std::string& out, uint64_t users, uint64_t connections) {
+  out.append("{\"num_users\":");
+  append_uint(out, users);
+  out.append(",\"num_connections\":");
+  append_uint(out, connections);
+  out.push_back('}');
 }
 
 void wse_build_envelope(std::string& out, const wse_envelope_fields& fields) {

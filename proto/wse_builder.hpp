@@ -1,5 +1,6 @@
 // proto/wse_builder.hpp: outbound WSE envelopes (PROTOCOL.md), byte for byte: server_ready,
-// server_hello, error, PONG, server ping, subscription_update replies and the generic
+// server_hello, error, PONG, server ping, subscription_update replies (with recovery), the
+// recovery stamp of a publication (and its reader), presence events and stats, and the generic
 // application envelope; JSON string escaping; UUIDv7 and RFC 3339 timestamps.
 //
 // Owns: nothing. Thread: any (the shard that sends). Pure: time and random bytes are
@@ -84,14 +85,73 @@ void wse_build_error(std::string& out, std::string_view code, std::string_view m
 void wse_build_pong(std::string& out, int64_t client_timestamp_ms, int64_t now_ms);
 // {"c":"WSE","t":"ping","p":{"server_time":"<ts>"}}
 void wse_build_server_ping(std::string& out, int64_t now_ms);
+// One topic's entry in a subscription reply's recovery map (PROTOCOL.md "Recovery").
+struct wse_topic_recovery {
+  std::string_view topic;
+  bool has_epoch = false;  // false: "epoch":null (no history)
+  uint32_t epoch = 0;      // written "%08x"
+  uint64_t offset = 0;     // the topic's last offset (head - 1); 0 without history
+  bool recoverable = false;
+  bool recovered = false;
+  uint64_t count = 0;  // publications actually queued for the replay
+};
+
+// The recovery part of a reply to a recovering subscribe; the caller computes the totals
+// (recoverable: any topic recoverable, recovered: every topic recovered).
+struct wse_recovery_reply {
+  bool recoverable = false;
+  bool recovered = false;
+  std::span<const wse_topic_recovery> topics;
+};
+
 // {"c":"WSE","t":"subscription_update","p":{"action":..,"success":<no failed topic>,
 //  "success_topics":[..],"failed_topics":[..],"errors":{topic:reason,..}},"v":1}
 // errors[i] is the reason of failed_topics[i] (ACL_DENIED, INVALID_TOPIC, TOO_MANY_TOPICS); a
 // topic failed twice in one request appears once in the map (JSON keys are unique).
+// With recovery, p goes on after "errors" with
+//  "recoverable":<bool>,"recovered":<bool>,"recovery":{"<topic>":{"epoch":"<%08x>"|null,
+//  "offset":N,"recoverable":<bool>,"recovered":<bool>,"count":n},..}
+// in that order; a topic listed twice is written once (the first entry). Without it (nullptr),
+// the bytes are those of a plain reply. Repeated keys are found by a scan for a few entries and
+// through a sorted index above that (a 10,000-topic reply is O(n log n), never quadratic).
 void wse_build_subscription_reply(std::string& out, std::string_view action,
                                   std::span<const std::string_view> success_topics,
                                   std::span<const std::string_view> failed_topics,
-                                  std::span<const std::string_view> errors = {});
+                                  std::span<const std::string_view> errors = {},
+                                  const wse_recovery_reply* recovery = nullptr);
+
+// The recovery stamp (PROTOCOL.md "Recovery"): the opening of a stamped publication,
+//  {"tp":"<topic, JSON-escaped>","e":"<epoch, 8 lowercase hex>","o":<offset>,
+// appended to out; the caller then appends the publication JSON without its leading '{' (for
+// an empty publication {}, it replaces the stamp's last ',' with '}'). Redis-side code writes
+// the same bytes, so a live frame and its replay are byte-identical wherever they were stamped.
+void wse_append_recovery_stamp(std::string& out, std::string_view topic, uint32_t epoch,
+                               uint64_t offset);
+// An upper bound of what wse_append_recovery_stamp appends for topic (every topic byte escaped
+// to at most 6 bytes, the offset at most 20 digits), to reserve once.
+constexpr size_t wse_recovery_stamp_bytes_max(std::string_view topic) {
+  return 49 + 6 * topic.size();
+}
+// Reads a stamp back from the start of a publication (a fast prefix scan, not a JSON parse):
+// true when json starts with exactly the shape wse_append_recovery_stamp writes, followed by ','
+// (or by '}' for a stamped empty object). topic_raw is the text between the quotes, still
+// escaped (any valid JSON escape is taken; raw control bytes are not; UTF-8 is not checked);
+// epoch and offset are the values. False (outputs unspecified) for anything else: other keys or
+// key order, spaces, uppercase or short hex, a signed, leading-zero, fractional or > u64 offset.
+bool wse_parse_recovery_stamp(std::string_view json, std::string_view& topic_raw, uint32_t& epoch,
+                              uint64_t& offset);
+
+// A presence event (type: presence_join, presence_leave or presence_update), as a text frame
+// to every subscriber of topic:
+//  {"c":"WSE","p":{"data":<data_json, or {} when empty>,"topic":"<topic>","user_id":"<user>"},
+//   "t":"<type>","v":1}
+// (keys sorted, strings JSON-escaped; data_json is raw JSON, written as is). PROTOCOL.md's
+// example (WSE's) has no "topic": wsed adds it, since a client subscribed to several topics
+// needs to know whose presence changed.
+void wse_build_presence_event(std::string& out, std::string_view type, std::string_view topic,
+                              std::string_view user_id, std::string_view data_json);
+// A presence stats query body: {"num_users":n,"num_connections":m}
+void wse_build_presence_stats(std::string& out, uint64_t users, uint64_t connections);
 void wse_build_envelope(std::string& out, const wse_envelope_fields& fields);
 
 }  // namespace wsed::proto

@@ -9,12 +9,13 @@
 // (the fallback kernel without -mavx2), while the DOM parser dispatches at run time to the
 // fastest kernel of the CPU. The DOM also validates the whole message, so "p" can be forwarded
 // as is. The DOM keeps no source offsets, so the raw spans of "p" (and of a publish request's
-// p.message) are found by a small scanner over the (already validated) text (wse_json_scan.hpp):
-// it skips to the n-th member's value.
+// p.message, a subscription's p.presence) are found by a small scanner over the (already
+// validated) text (wse_json_scan.hpp): it skips to the n-th member's value.
 #include "proto/wse_envelope.hpp"
 
 #include <simdjson.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "proto/wse_json_scan.hpp"
@@ -148,10 +149,114 @@ void read_hello(element payload, wse_message& out) {
   }
 }
 
-void read_subscription(element payload, wse_message& out) {
+// A byte that may not appear in a topic or a queue group: an ASCII control character.
+bool is_control(char ch) {
+  const auto byte = static_cast<unsigned char>(ch);
+  return byte < 0x20 || byte == 0x7f;
+}
+
+// text is exactly 8 lowercase hex digits (an epoch as PROTOCOL.md writes it: %08x).
+bool parse_epoch(std::string_view text, uint32_t& epoch) {
+  if (text.size() != 8) return false;
+  uint32_t value = 0;
+  for (char ch : text) {
+    uint32_t digit = 0;
+    if (ch >= '0' && ch <= '9') {
+      digit = static_cast<uint32_t>(ch - '0');
+    } else if (ch >= 'a' && ch <= 'f') {
+      digit = static_cast<uint32_t>(ch - 'a' + 10);
+    } else {
+      return false;
+    }
+    value = value << 4 | digit;
+  }
+  epoch = value;
+  return true;
+}
+
+wse_recovery_position read_position(std::string_view topic, element value) {
+  wse_recovery_position position;
+  position.topic = topic;
+  simdjson::dom::object object;
+  if (value.get_object().get(object)) return position;
+  std::string_view epoch;
+  if (!object["epoch"].get_string().get(epoch)) {
+    position.has_epoch = parse_epoch(epoch, position.epoch);
+  }
+  uint64_t offset = 0;
+  // get_uint64 takes integers only (41.0 and 4.1e1 are doubles) and refuses negatives.
+  if (!object["offset"].get_uint64().get(offset)) {
+    position.has_offset = true;
+    position.offset = offset;
+  }
+  return position;
+}
+
+void read_positions(element value, wse_subscription& sub) {
+  simdjson::dom::object object;
+  if (value.get_object().get(object)) {
+    sub.recovery_invalid = true;
+    return;
+  }
+  for (const auto field : object) {
+    if (sub.recovery_count == wse_subscription_topics_max) break;
+    sub.recovery.push_back(read_position(field.key, field.value));
+    ++sub.recovery_count;
+  }
+  if (sub.recovery_count <= wse_recovery_positions_linear_max) return;
+  // Ties by index, so the first of a key sent twice comes first (as a scan would find it).
+  sub.recovery_sorted.resize(sub.recovery_count);
+  for (size_t i = 0; i < sub.recovery_count; ++i) sub.recovery_sorted[i] = static_cast<uint32_t>(i);
+  std::sort(sub.recovery_sorted.begin(), sub.recovery_sorted.end(), [&](uint32_t a, uint32_t b) {
+    const std::string_view ta = sub.recovery[a].topic, tb = sub.recovery[b].topic;
+    return ta != tb ? ta < tb : a < b;
+  });
+}
+
+void read_queue_group(element value, wse_subscription& sub) {
+  std::string_view group;
+  const bool valid = !value.get_string().get(group) && !group.empty() &&
+                     group.size() <= wse_queue_group_bytes_max &&
+                     std::none_of(group.begin(), group.end(), is_control);
+  sub.has_queue_group = valid;
+  sub.queue_group_invalid = !valid;
+  if (valid) sub.queue_group = group;
+}
+
+// payload_text: the exact text of p when the parse already found it, else empty (found here,
+// from json and payload_index, only when p.presence is an object).
+void read_subscription(element payload, std::string_view json, size_t payload_index,
+                       std::string_view payload_text, wse_message& out) {
   wse_subscription& sub = out.subscription;
   simdjson::dom::object object;
   if (payload.get_object().get(object)) return;
+  // The keys added by recovery, presence and queue groups, in one pass (the first of a key
+  // counts, as object["key"] finds it).
+  bool seen_recover = false, seen_recovery = false, seen_presence = false, seen_group = false;
+  size_t index = 0;
+  for (const auto field : object) {
+    const std::string_view key = field.key;
+    if (key == "recover" && !seen_recover) {
+      seen_recover = true;
+      bool recover = false;
+      sub.recover = !field.value.get_bool().get(recover) && recover;
+    } else if (key == "recovery" && !seen_recovery) {
+      seen_recovery = true;
+      read_positions(field.value, sub);
+    } else if (key == "presence" && !seen_presence) {
+      seen_presence = true;
+      sub.has_presence = field.value.is_object();
+      sub.presence_invalid = !sub.has_presence;
+      if (sub.has_presence) {
+        if (payload_text.empty()) payload_text = json_scan::member_value(json, payload_index);
+        sub.presence_json = json_scan::member_value(payload_text, index);
+      }
+    } else if (key == "queue_group" && !seen_group) {
+      seen_group = true;
+      read_queue_group(field.value, sub);
+    }
+    ++index;
+  }
   std::string_view action;
   if (!object["action"].get_string().get(action)) {
     sub.action_name = action;
@@ -225,6 +330,17 @@ void reset(wse_message& out) {
   out.subscription.topic_count = 0;
   out.subscription.topics.clear();
   out.subscription.topics_over_max = 0;
+  out.subscription.recover = false;
+  out.subscription.recovery_invalid = false;
+  out.subscription.recovery_count = 0;
+  out.subscription.recovery.clear();
+  out.subscription.recovery_sorted.clear();
+  out.subscription.has_presence = false;
+  out.subscription.presence_invalid = false;
+  out.subscription.presence_json = {};
+  out.subscription.has_queue_group = false;
+  out.subscription.queue_group_invalid = false;
+  out.subscription.queue_group = {};
   out.publish = {};
 }
 
@@ -240,12 +356,23 @@ wse_kind wse_kind_of(std::string_view type) {
 }
 
 bool wse_topic_valid(std::string_view topic) {
-  if (topic.empty() || topic.size() > wse_topic_bytes_max) return false;
-  for (char ch : topic) {
-    const auto byte = static_cast<unsigned char>(ch);
-    if (byte < 0x20 || byte == 0x7f) return false;
+  return !topic.empty() && topic.size() <= wse_topic_bytes_max &&
+         std::none_of(topic.begin(), topic.end(), is_control);
+}
+
+const wse_recovery_position* wse_subscription::position_of(std::string_view topic) const {
+  const std::span<const wse_recovery_position> all = positions();
+  if (recovery_sorted.size() != all.size()) {
+    for (const wse_recovery_position& position : all) {
+      if (position.topic == topic) return &position;
+    }
+    return nullptr;
   }
-  return true;
+  const auto at = std::lower_bound(
+      recovery_sorted.begin(), recovery_sorted.end(), topic,
+      [&](uint32_t index, std::string_view key) { return all[index].topic < key; });
+  if (at == recovery_sorted.end() || all[*at].topic != topic) return nullptr;
+  return &all[*at];
 }
 
 bool wse_publish_topic_valid(std::string_view topic) {
@@ -320,7 +447,7 @@ wse_error wse_envelope_parser::parse(std::string_view message, wse_message& out,
       if (payload_is_object) read_hello(payload, out);
       break;
     case wse_kind::subscription:
-      if (payload_is_object) read_subscription(payload, out);
+      if (payload_is_object) read_subscription(payload, json, payload_index, out.payload_json, out);
       break;
     case wse_kind::publish:
       if (payload_is_object) read_publish(payload, out.payload_json, out);

@@ -28,7 +28,10 @@ inline constexpr size_t wse_json_depth_max = 64;  // deeper: wse_error::too_deep
 // Topics one subscription request may list (the message size bounds it first in practice; the
 // per-connection cap, --max-topics-per-connection, is the engine's).
 inline constexpr size_t wse_subscription_topics_max = 10000;
-inline constexpr size_t wse_topic_bytes_max = 256;  // longer topics are refused
+inline constexpr size_t wse_topic_bytes_max = 256;        // longer topics are refused
+inline constexpr size_t wse_queue_group_bytes_max = 128;  // longer group names are refused
+// Recovery positions position_of scans one by one; above this many the parser sorts an index.
+inline constexpr size_t wse_recovery_positions_linear_max = 16;
 
 enum class wse_category : uint8_t { wse, user, snapshot };
 
@@ -66,6 +69,16 @@ struct wse_topic {
   bool valid = false;     // wse_topic_valid(name), and false for a non-string element
 };
 
+// Where a client stands in one topic's sequence: an entry of p.recovery, as sent
+// ({"<topic>":{"epoch":"1f2e3d4c","offset":41}}; PROTOCOL.md "Recovery").
+struct wse_recovery_position {
+  std::string_view topic;   // the key, unescaped (not checked: it is only looked up)
+  bool has_epoch = false;   // "epoch" is a string of exactly 8 lowercase hex digits
+  uint32_t epoch = 0;       // that value when has_epoch, else 0
+  bool has_offset = false;  // "offset" is a non-negative integer that fits u64 (not 41.0)
+  uint64_t offset = 0;      // the last offset received (inclusive) when has_offset, else 0
+};
+
 // A subscription request. Its shape never fails the parse (the engine answers every request
 // with the reply shape); what was wrong is in these fields:
 // - action_valid: p is an object whose "action" is "subscribe" or "unsubscribe". When false,
@@ -77,6 +90,21 @@ struct wse_topic {
 // - at most wse_subscription_topics_max elements are listed; topics_over_max counts the
 //   elements after those, which are not looked at. A request with topics_over_max > 0 should be
 //   refused as a whole (every listed topic failed with TOO_MANY_TOPICS), never half applied.
+// - recover: p.recover is JSON true (false, absent, "true", 1, ...: false).
+// - recovery_invalid: p.recovery is present but not an object (null included); no positions.
+//   When it is an object, each member, in order, is a wse_recovery_position (a member whose
+//   value is not an object, or whose epoch / offset has the wrong shape, is listed with
+//   has_epoch / has_offset false). At most wse_subscription_topics_max are listed; members
+//   after those are ignored. position_of(topic) finds one (a key sent twice: the first).
+// - has_presence: p.presence is a JSON object; presence_json is then its exact raw text (the
+//   caller's bytes, valid JSON, never re-encoded; found even under
+//   wse_payload_text::never_for_application). presence_invalid: p.presence is present but not
+//   an object (null included); presence_json is then empty.
+// - has_queue_group: p.queue_group is a string (unescaped into queue_group) of 1 to
+//   wse_queue_group_bytes_max bytes with no ASCII control character (bytes < 0x20 and 0x7F).
+//   queue_group_invalid: p.queue_group is present but not that (queue_group is then empty).
+// has_x and x_invalid are never both true; both false: p.x is absent (or p is not an object).
+// A key of p sent twice: the first counts (as for action and topics).
 struct wse_subscription {
   wse_subscription_action action = wse_subscription_action::subscribe;
   std::string_view action_name;  // as sent ("subscribe" / "unsubscribe"), for the reply
@@ -86,6 +114,28 @@ struct wse_subscription {
   size_t topics_over_max = 0;
   std::vector<wse_topic> topics;  // topic_count entries (kept by the caller's message: reused)
   std::span<const wse_topic> list() const { return {topics.data(), topic_count}; }
+
+  bool recover = false;
+  bool recovery_invalid = false;
+  size_t recovery_count = 0;
+  std::vector<wse_recovery_position> recovery;  // recovery_count entries (reused, like topics)
+  // Indices into recovery sorted by (topic, index), built by the parser when recovery_count >
+  // wse_recovery_positions_linear_max (else empty): position_of is a binary search then. When
+  // it does not hold recovery_count entries (a hand-filled struct), position_of scans.
+  std::vector<uint32_t> recovery_sorted;
+  std::span<const wse_recovery_position> positions() const {
+    return {recovery.data(), recovery_count};
+  }
+  // The first position sent for topic (exact bytes of the unescaped key), or nullptr.
+  const wse_recovery_position* position_of(std::string_view topic) const;
+
+  bool has_presence = false;
+  bool presence_invalid = false;
+  std::string_view presence_json;  // raw text of p.presence when has_presence, else empty
+
+  bool has_queue_group = false;
+  bool queue_group_invalid = false;
+  std::string_view queue_group;  // unescaped, when has_queue_group, else empty
 };
 
 // A client publication request:

@@ -386,12 +386,22 @@ TEST_CASE("bench fanout received ticks: seq and ts_us found by scanning, others 
   CHECK(wsed::bench::detail::fixed_shape_tick(plain)->seq == 43);
   CHECK_FALSE(
       wsed::bench::detail::fixed_shape_tick(R"({"t":"fanout_tick","p":{"ts_us":1,"seq":2}})"));
+  // With wsed --recovery the stamp comes first.
+  std::string stamped =
+      R"({"tp":"bench_topic","e":"5a1c09e2","o":77,"c":"U","t":"fanout_tick","p":{"seq":44,"ts_us":9}})";
+  REQUIRE(wsed::bench::detail::fixed_shape_tick(stamped).has_value());
+  CHECK(wsed::bench::detail::fixed_shape_tick(stamped)->seq == 44);
+  CHECK(wsed::bench::detail::fixed_shape_tick(stamped)->ts_us == 9);
+  for (size_t cut = 0; cut < stamped.find("9}}"); ++cut)
+    CHECK_FALSE(wsed::bench::detail::fixed_shape_tick(std::string_view(stamped).substr(0, cut)));
   for (const std::string& m : {ours, plain}) {
     for (size_t cut = 0; cut <= m.size(); ++cut) {
       std::string_view part(m.data(), cut);
       auto fast = wsed::bench::detail::fixed_shape_tick(part);
-      if (fast) {  // whenever the fast path answers, the general scan says the same
-        auto general = scan_tick(std::string(" ") + std::string(part));  // not the fixed shape
+      if (fast) {                 // whenever the fast path answers, the general scan says the same
+        std::string spaced(" ");  // not the fixed shape
+        spaced.append(part);
+        auto general = scan_tick(spaced);
         REQUIRE(general.has_value());
         CHECK(general->seq == fast->seq);
         CHECK(general->ts_us == fast->ts_us);

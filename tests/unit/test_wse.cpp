@@ -5,8 +5,11 @@
 #include <doctest/doctest.h>
 
 #include <array>
+#include <cstdint>
+#include <initializer_list>
 #include <random>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "proto/wse_builder.hpp"
@@ -30,6 +33,13 @@ wse_error parse_both_ways(wse_envelope_parser& parser, std::string_view text, ws
   const wse_error copied = parser.parse(text, out, wse_input_padding::none);
   CHECK(in_place == copied);
   return copied;
+}
+
+// Joins pieces into one string (not "x" + std::string: GCC 12 warns -Wrestrict on that falsely).
+std::string concat(std::initializer_list<std::string_view> pieces) {
+  std::string out;
+  for (std::string_view piece : pieces) out.append(piece);
+  return out;
 }
 
 std::string nested_msgpack_arrays(size_t depth) {
@@ -753,4 +763,564 @@ TEST_CASE("wse: the hand-written MessagePack check agrees with msgpack-c on muta
   compare(std::string("\x81\x01\xa1x", 4));                 // an integer key
   compare(std::string("\x81\xca\x00\x00\x00\x00\x01", 7));  // a float key
   CHECK(compared > 5000);
+}
+
+TEST_CASE("wse: subscription request with recovery, presence and a queue group") {
+  wse_envelope_parser parser;
+  wse_message m;
+  const std::string text =
+      R"({"c":"WSE","t":"subscription_update","p":{"action":"subscribe","topics":["a","b"],"recover":true,"recovery":{"a":{"epoch":"1f2e3d4c","offset":41}},"presence":{"name":"x"},"queue_group":"workers"},"v":1})";
+  for (wse_payload_text payload_text :
+       {wse_payload_text::always, wse_payload_text::never_for_application}) {
+    REQUIRE(parser.parse(text, m, wse_input_padding::none, payload_text) == wse_error::none);
+    const wse_subscription& sub = m.subscription;
+    CHECK(m.kind == wse_kind::subscription);
+    CHECK(sub.topic_count == 2);
+    CHECK(sub.recover);
+    CHECK(!sub.recovery_invalid);
+    REQUIRE(sub.positions().size() == 1);
+    const wse_recovery_position& a = sub.positions()[0];
+    CHECK(a.topic == "a");
+    CHECK(a.has_epoch);
+    CHECK(a.epoch == 0x1f2e3d4cu);
+    CHECK(a.has_offset);
+    CHECK(a.offset == 41);
+    CHECK(sub.position_of("a") == &a);
+    CHECK(sub.position_of("b") == nullptr);
+    CHECK(sub.has_presence);
+    CHECK(!sub.presence_invalid);
+    CHECK(sub.presence_json == R"({"name":"x"})");
+    // The raw span is the caller's bytes, not a copy.
+    CHECK(sub.presence_json.data() >= text.data());
+    CHECK(sub.presence_json.data() + sub.presence_json.size() <= text.data() + text.size());
+    CHECK(sub.has_queue_group);
+    CHECK(!sub.queue_group_invalid);
+    CHECK(sub.queue_group == "workers");
+  }
+
+  // Absent: every new field off.
+  REQUIRE(parse_both_ways(parser, R"({"t":"subscription","p":{"action":"subscribe","topics":[]}})",
+                          m) == wse_error::none);
+  CHECK(!m.subscription.recover);
+  CHECK(!m.subscription.recovery_invalid);
+  CHECK(m.subscription.recovery_count == 0);
+  CHECK(m.subscription.position_of("a") == nullptr);
+  CHECK(!m.subscription.has_presence);
+  CHECK(!m.subscription.presence_invalid);
+  CHECK(m.subscription.presence_json.empty());
+  CHECK(!m.subscription.has_queue_group);
+  CHECK(!m.subscription.queue_group_invalid);
+  CHECK(m.subscription.queue_group.empty());
+}
+
+TEST_CASE("wse: subscription recover flag and recovery positions, every shape") {
+  wse_envelope_parser parser;
+  wse_message m;
+  auto parse_p = [&](const std::string& p) {
+    REQUIRE(parse_both_ways(parser, concat({R"({"t":"subscription_update","p":)", p, "}"}), m) ==
+            wse_error::none);
+    return &m.subscription;
+  };
+  for (const char* recover : {"false", "null", "1", "\"true\"", "{}", "[true]"}) {
+    CAPTURE(recover);
+    CHECK(!parse_p(concat({R"({"action":"subscribe","recover":)", recover, "}"}))->recover);
+  }
+  CHECK(parse_p(R"({"recover":true})")->recover);
+  CHECK(parse_p(R"({"recover":true,"recover":false})")->recover);  // the first counts
+
+  for (const char* recovery : {"null", "[]", "\"a\"", "5", "true"}) {
+    CAPTURE(recovery);
+    const wse_subscription* sub = parse_p(concat({R"({"recovery":)", recovery, "}"}));
+    CHECK(sub->recovery_invalid);
+    CHECK(sub->recovery_count == 0);
+  }
+  CHECK(!parse_p(R"({"recovery":{}})")->recovery_invalid);
+  CHECK(m.subscription.recovery_count == 0);
+
+  // Epochs: exactly 8 lowercase hex digits in a string.
+  struct epoch_case {
+    const char* json;
+    bool valid;
+    uint32_t value;
+  };
+  const epoch_case epochs[] = {
+      {R"("00000000")", true, 0},
+      {R"("ffffffff")", true, 0xffffffffu},
+      {R"("0123abcd")", true, 0x0123abcdu},
+      {R"("\u0030123abcd")", true, 0x0123abcdu},  // unescaped first
+      {R"("1F2E3D4C")", false, 0},
+      {R"("1f2e3d4")", false, 0},
+      {R"("1f2e3d4c0")", false, 0},
+      {R"("1f2e3d4g")", false, 0},
+      {R"(" 1f2e3d4")", false, 0},
+      {R"("")", false, 0},
+      {"null", false, 0},
+      {"305419896", false, 0},
+      {R"(["1f2e3d4c"])", false, 0},
+  };
+  for (const epoch_case& c : epochs) {
+    CAPTURE(std::string_view(c.json));
+    const wse_subscription* sub =
+        parse_p(concat({R"({"recovery":{"t":{"offset":1,"epoch":)", c.json, "}}}"}));
+    REQUIRE(sub->recovery_count == 1);
+    CHECK(sub->recovery[0].has_epoch == c.valid);
+    CHECK(sub->recovery[0].epoch == c.value);
+    CHECK(sub->recovery[0].has_offset);
+  }
+  const wse_subscription* no_epoch = parse_p(R"({"recovery":{"t":{"offset":1}}})");
+  CHECK(!no_epoch->recovery[0].has_epoch);
+
+  // Offsets: a non-negative integer that fits u64.
+  struct offset_case {
+    const char* json;
+    bool valid;
+    uint64_t value;
+  };
+  const offset_case offsets[] = {
+      {"0", true, 0},
+      {"41", true, 41},
+      {"9223372036854775807", true, INT64_MAX},
+      {"9223372036854775808", true, 9223372036854775808ull},
+      {"18446744073709551615", true, UINT64_MAX},
+      {"-1", false, 0},
+      {"41.0", false, 0},
+      {"4.1e1", false, 0},
+      {"1e300", false, 0},
+      {R"("41")", false, 0},
+      {"null", false, 0},
+      {"true", false, 0},
+      {"{}", false, 0},
+  };
+  for (const offset_case& c : offsets) {
+    CAPTURE(std::string_view(c.json));
+    const wse_subscription* sub =
+        parse_p(concat({R"({"recovery":{"t":{"epoch":"0000000a","offset":)", c.json, "}}}"}));
+    REQUIRE(sub->recovery_count == 1);
+    CHECK(sub->recovery[0].has_offset == c.valid);
+    CHECK(sub->recovery[0].offset == c.value);
+    CHECK(sub->recovery[0].has_epoch);
+  }
+  // A number too large for u64 is a double to simdjson: either way, not an offset.
+  wse_message big;
+  const std::string too_big =
+      R"({"t":"subscription","p":{"recovery":{"t":{"offset":18446744073709551616}}}})";
+  if (parser.parse(too_big, big) == wse_error::none) {
+    REQUIRE(big.subscription.recovery_count == 1);
+    CHECK(!big.subscription.recovery[0].has_offset);
+  }
+
+  // Entries that are not objects are listed without a position; keys are unescaped; the first
+  // of a key sent twice is the one found.
+  const wse_subscription* sub = parse_p(
+      R"({"recovery":{"x":null,"y":[1],"t\u00e9":{"epoch":"00000001","offset":2},"x":{"epoch":"00000002","offset":3}}})");
+  REQUIRE(sub->recovery_count == 4);
+  CHECK(sub->recovery[0].topic == "x");
+  CHECK(!sub->recovery[0].has_epoch);
+  CHECK(!sub->recovery[0].has_offset);
+  CHECK(!sub->recovery[1].has_epoch);
+  CHECK(sub->recovery[2].topic == "t\xc3\xa9");
+  CHECK(sub->position_of("t\xc3\xa9") == &sub->recovery[2]);
+  CHECK(sub->position_of("x") == &sub->recovery[0]);
+  CHECK(sub->position_of("z") == nullptr);
+  CHECK(sub->position_of("") == nullptr);
+
+  // A later parse resets the positions.
+  parse_p(R"({"action":"subscribe"})");
+  CHECK(m.subscription.recovery_count == 0);
+  CHECK(m.subscription.recovery.empty());
+  CHECK(m.subscription.recovery_sorted.empty());
+  CHECK(m.subscription.position_of("x") == nullptr);
+}
+
+TEST_CASE("wse: many recovery positions: sorted lookup, first of a duplicate, the cap") {
+  wse_envelope_parser parser;
+  wse_message m;
+  for (size_t n : {size_t{16}, size_t{17}, size_t{1000}}) {
+    CAPTURE(n);
+    std::string text = R"({"t":"subscription_update","p":{"recover":true,"recovery":{)";
+    for (size_t i = 0; i < n; ++i) {
+      text += concat({i ? ",\"t" : "\"t", std::to_string(n - 1 - i),
+                      R"(":{"epoch":"0000abcd","offset":)", std::to_string(i), "}"});
+    }
+    text += R"(,"t3":{"offset":99999}}}})";  // a repeat: the first wins
+    REQUIRE(parse_both_ways(parser, text, m) == wse_error::none);
+    const wse_subscription& sub = m.subscription;
+    REQUIRE(sub.recovery_count == n + 1);
+    CHECK(sub.recovery_sorted.size() == (n + 1 > wse_recovery_positions_linear_max ? n + 1 : 0));
+    for (size_t i = 0; i < n; ++i) {
+      const wse_recovery_position* p = sub.position_of(concat({"t", std::to_string(n - 1 - i)}));
+      REQUIRE(p != nullptr);
+      CHECK(p == &sub.recovery[i]);
+      CHECK(p->offset == i);
+    }
+    CHECK(sub.position_of("t3")->offset == n - 4);
+    CHECK(sub.position_of("t") == nullptr);
+    CHECK(sub.position_of(concat({"t", std::to_string(n)})) == nullptr);
+    CHECK(sub.position_of("u") == nullptr);
+  }
+  // A hand-filled struct (no index) is scanned.
+  wse_subscription hand;
+  hand.recovery.resize(20);
+  hand.recovery_count = 20;
+  for (size_t i = 0; i < 20; ++i) hand.recovery[i].topic = i % 2 ? "odd" : "even";
+  CHECK(hand.position_of("odd") == &hand.recovery[1]);
+  CHECK(hand.position_of("even") == &hand.recovery[0]);
+  CHECK(hand.position_of("none") == nullptr);
+
+  // At most wse_subscription_topics_max positions; the rest are ignored.
+  std::string many = R"({"t":"subscription","p":{"recovery":{)";
+  for (size_t i = 0; i < wse_subscription_topics_max + 5; ++i) {
+    many +=
+        concat({i ? ",\"t" : "\"t", std::to_string(i), R"(":{"offset":)", std::to_string(i), "}"});
+  }
+  many += "}}}";
+  REQUIRE(parse_both_ways(parser, many, m) == wse_error::none);
+  CHECK(m.subscription.recovery_count == wse_subscription_topics_max);
+  CHECK(!m.subscription.recovery_invalid);
+  const std::string last = concat({"t", std::to_string(wse_subscription_topics_max - 1)});
+  REQUIRE(m.subscription.position_of(last) != nullptr);
+  CHECK(m.subscription.position_of(last)->offset == wse_subscription_topics_max - 1);
+  CHECK(m.subscription.position_of(concat({"t", std::to_string(wse_subscription_topics_max)})) ==
+        nullptr);
+}
+
+TEST_CASE("wse: subscription presence data and queue group, every shape") {
+  wse_envelope_parser parser;
+  wse_message m;
+  std::string text;  // raw spans (presence_json) point into it
+  auto parse_p = [&](const std::string& p) {
+    text = concat({R"({"t":"subscription","p":)", p, "}"});
+    REQUIRE(parse_both_ways(parser, text, m) == wse_error::none);
+    return &m.subscription;
+  };
+  // The exact bytes of p.presence, spaces and escapes inside it kept, wherever it is in p.
+  const wse_subscription* sub = parse_p(
+      R"({"topics":["a"], "presence" :  { "name" : "x\"}" , "n":[1,{"a":"\u00e9"}] } ,"action":"subscribe"})");
+  CHECK(sub->has_presence);
+  CHECK(sub->presence_json == R"({ "name" : "x\"}" , "n":[1,{"a":"\u00e9"}] })");
+  sub = parse_p(R"({"presence":{}})");
+  CHECK(sub->has_presence);
+  CHECK(sub->presence_json == "{}");
+  sub = parse_p(R"({"presence":{"a":1},"presence":[2]})");  // the first counts
+  CHECK(sub->has_presence);
+  CHECK(!sub->presence_invalid);
+  CHECK(sub->presence_json == R"({"a":1})");
+  for (const char* presence : {"null", "[]", "\"x\"", "1", "false"}) {
+    CAPTURE(presence);
+    sub = parse_p(concat({R"({"action":"subscribe","presence":)", presence, "}"}));
+    CHECK(!sub->has_presence);
+    CHECK(sub->presence_invalid);
+    CHECK(sub->presence_json.empty());
+  }
+  // Under the legacy prefix, in place, the span is still the caller's bytes.
+  const std::string legacy = R"(WSE{"t":"subscription","p":{"presence":{"s":"on"}}})";
+  REQUIRE(parser.parse(legacy, m, wse_input_padding::none,
+                       wse_payload_text::never_for_application) == wse_error::none);
+  CHECK(m.payload_json.empty());  // still declined for the payload itself
+  CHECK(m.subscription.presence_json == R"({"s":"on"})");
+  CHECK(m.subscription.presence_json.data() == legacy.data() + legacy.find("{\"s\""));
+
+  // Queue groups: a string of 1..128 bytes without control characters, unescaped.
+  sub = parse_p(R"({"queue_group":"w\u00e9rkers.1"})");
+  CHECK(sub->has_queue_group);
+  CHECK(sub->queue_group == "w\xc3\xa9rkers.1");
+  sub =
+      parse_p(concat({R"({"queue_group":")", std::string(wse_queue_group_bytes_max, 'g'), "\"}"}));
+  CHECK(sub->has_queue_group);
+  CHECK(sub->queue_group.size() == wse_queue_group_bytes_max);
+  sub = parse_p(R"({"queue_group":"a","queue_group":5})");  // the first counts
+  CHECK(sub->has_queue_group);
+  CHECK(sub->queue_group == "a");
+  const std::string bad_groups[] = {
+      "null",
+      "5",
+      "{}",
+      "[\"a\"]",
+      "true",
+      R"("")",
+      concat({"\"", std::string(wse_queue_group_bytes_max + 1, 'g'), "\""}),
+      R"("a\u0001")",
+      R"("a\tb")",
+      R"("a\u001f")",
+      R"("del\u007f")",
+  };
+  for (const std::string& group : bad_groups) {
+    CAPTURE(group);
+    sub = parse_p(concat({R"({"queue_group":)", group, "}"}));
+    CHECK(!sub->has_queue_group);
+    CHECK(sub->queue_group_invalid);
+    CHECK(sub->queue_group.empty());
+  }
+
+  // p not an object: nothing read, nothing invalid.
+  REQUIRE(parse_both_ways(parser, R"({"t":"subscription","p":[{"presence":5}]})", m) ==
+          wse_error::none);
+  CHECK((!m.subscription.presence_invalid && !m.subscription.queue_group_invalid &&
+         !m.subscription.recovery_invalid && !m.subscription.recover));
+  // Every field is reset by the next parse, whatever its kind.
+  parse_p(R"({"recover":true,"recovery":5,"presence":{},"queue_group":"")"
+          R"(})");
+  CHECK((m.subscription.recover && m.subscription.recovery_invalid && m.subscription.has_presence &&
+         m.subscription.queue_group_invalid));
+  REQUIRE(parse_both_ways(parser, R"({"t":"chat"})", m) == wse_error::none);
+  CHECK((!m.subscription.recover && !m.subscription.recovery_invalid &&
+         !m.subscription.has_presence && !m.subscription.presence_invalid &&
+         m.subscription.presence_json.empty() && !m.subscription.has_queue_group &&
+         !m.subscription.queue_group_invalid && m.subscription.queue_group.empty()));
+}
+
+TEST_CASE("wse: subscription reply with recovery, byte for byte") {
+  std::string out;
+  const std::string_view ok[] = {"a", "b\"q", "a"};
+  const std::string_view failed[] = {"bad\x01"};
+  const std::string_view reasons[] = {"INVALID_TOPIC"};
+  const wse_topic_recovery topics[] = {
+      {"a", true, 0x5a1c09e2u, 41, true, true, 3},
+      {"b\"q", true, 0x0000000fu, 7, true, false, 0},
+      {"a", true, 0x11111111u, 99, false, false, 9},  // repeated: the first is written
+      {"bad\x01", false, 0, 0, false, false, 0},
+  };
+  const wse_recovery_reply recovery{true, false, topics};
+  wse_build_subscription_reply(out, "subscribe", ok, failed, reasons, &recovery);
+  CHECK(
+      out ==
+      R"({"c":"WSE","t":"subscription_update","p":{"action":"subscribe","success":false,"success_topics":["a","b\"q","a"],"failed_topics":["bad\u0001"],"errors":{"bad\u0001":"INVALID_TOPIC"},"recoverable":true,"recovered":false,"recovery":{"a":{"epoch":"5a1c09e2","offset":41,"recoverable":true,"recovered":true,"count":3},"b\"q":{"epoch":"0000000f","offset":7,"recoverable":true,"recovered":false,"count":0},"bad\u0001":{"epoch":null,"offset":0,"recoverable":false,"recovered":false,"count":0}}},"v":1})");
+  // It is JSON the parser reads back.
+  wse_envelope_parser parser;
+  wse_message m;
+  REQUIRE(parser.parse(out, m) == wse_error::none);
+  CHECK(m.type == "subscription_update");
+
+  out.clear();
+  const wse_topic_recovery all_recovered[] = {
+      {"x", true, 0xffffffffu, UINT64_MAX, true, true, 500}};
+  wse_build_subscription_reply(out, "subscribe", std::span<const std::string_view>(ok).first(1), {},
+                               {}, nullptr);
+  const std::string plain = out;
+  CHECK(
+      plain ==
+      R"({"c":"WSE","t":"subscription_update","p":{"action":"subscribe","success":true,"success_topics":["a"],"failed_topics":[],"errors":{}},"v":1})");
+  out.clear();
+  const wse_recovery_reply full{true, true, all_recovered};
+  wse_build_subscription_reply(out, "subscribe", std::span<const std::string_view>(ok).first(1), {},
+                               {}, &full);
+  CHECK(
+      out ==
+      R"({"c":"WSE","t":"subscription_update","p":{"action":"subscribe","success":true,"success_topics":["a"],"failed_topics":[],"errors":{},"recoverable":true,"recovered":true,"recovery":{"x":{"epoch":"ffffffff","offset":18446744073709551615,"recoverable":true,"recovered":true,"count":500}}},"v":1})");
+  out.clear();
+  const wse_recovery_reply empty{false, false, {}};
+  wse_build_subscription_reply(out, "subscribe", {}, {}, {}, &empty);
+  CHECK(
+      out ==
+      R"({"c":"WSE","t":"subscription_update","p":{"action":"subscribe","success":true,"success_topics":[],"failed_topics":[],"errors":{},"recoverable":false,"recovered":false,"recovery":{}},"v":1})");
+}
+
+TEST_CASE("wse: reply maps drop repeated topics, first wins, for many topics too") {
+  // 3,000 entries of 1,000 topics (each three times, the later ones with other values): the
+  // errors and recovery maps name each topic once, in first-seen order, with its first values.
+  std::vector<std::string> names;
+  for (int i = 0; i < 1000; ++i) names.push_back(concat({"t", std::to_string((i * 7919) % 1000)}));
+  std::vector<std::string_view> failed, reasons;
+  std::vector<wse_topic_recovery> topics;
+  for (int round = 0; round < 3; ++round) {
+    for (const std::string& name : names) {
+      failed.push_back(name);
+      reasons.push_back(round == 0 ? "ACL_DENIED" : "INVALID_TOPIC");
+      topics.push_back({name, round == 0, 0, uint64_t(round), false, false, 0});
+    }
+  }
+  std::string expected_errors = ",\"errors\":{", expected_recovery = ",\"recovery\":{";
+  for (size_t i = 0; i < names.size(); ++i) {
+    const char* sep = i ? "," : "";
+    expected_errors += concat({sep, "\"", names[i], "\":\"ACL_DENIED\""});
+    expected_recovery += concat({sep, "\"", names[i],
+                                 "\":{\"epoch\":\"00000000\",\"offset\":0,\"recoverable\":false,"
+                                 "\"recovered\":false,\"count\":0}"});
+  }
+  expected_errors += "}";
+  expected_recovery += "}";
+  const wse_recovery_reply recovery{false, false, topics};
+  std::string out;
+  wse_build_subscription_reply(out, "subscribe", {}, failed, reasons, &recovery);
+  CHECK(out.find(expected_errors) != std::string::npos);
+  CHECK(out.find(expected_recovery + "}") != std::string::npos);
+  wse_envelope_parser parser;
+  wse_message m;
+  CHECK(parser.parse(out, m) == wse_error::none);
+  // Fewer errors than failed topics: only those with a reason are in the map (as before).
+  out.clear();
+  const std::string_view two_failed[] = {"x", "y"};
+  const std::string_view one_reason[] = {"ACL_DENIED"};
+  wse_build_subscription_reply(out, "unsubscribe", {}, two_failed, one_reason);
+  CHECK(
+      out ==
+      R"({"c":"WSE","t":"subscription_update","p":{"action":"unsubscribe","success":false,"success_topics":[],"failed_topics":["x","y"],"errors":{"x":"ACL_DENIED"}},"v":1})");
+}
+
+TEST_CASE("wse: recovery stamp append and parse round trip") {
+  struct stamp_case {
+    std::string topic;
+    uint32_t epoch;
+    uint64_t offset;
+    std::string expected;
+  };
+  const stamp_case cases[] = {
+      {"chat", 0x5a1c09e2u, 5, R"({"tp":"chat","e":"5a1c09e2","o":5,)"},
+      {"battle.glob_test", 0, 0, R"({"tp":"battle.glob_test","e":"00000000","o":0,)"},
+      {"q\"b\\s\x01\xc3\xa9", 0xffffffffu, UINT64_MAX,
+       "{\"tp\":\"q\\\"b\\\\s\\u0001\xc3\xa9\",\"e\":\"ffffffff\",\"o\":18446744073709551615,"},
+      {"", 0x0000abcdu, 10, R"({"tp":"","e":"0000abcd","o":10,)"},
+  };
+  for (const stamp_case& c : cases) {
+    CAPTURE(c.topic);
+    std::string out = "prefix:";
+    wse_append_recovery_stamp(out, c.topic, c.epoch, c.offset);
+    CHECK(out == concat({"prefix:", c.expected}));
+    CHECK(c.expected.size() <= wse_recovery_stamp_bytes_max(c.topic));
+    // The caller appends the publication without its '{'.
+    std::string frame = c.expected + R"("c":"U","t":"x","p":{"o":1}})";
+    std::string_view topic_raw;
+    uint32_t epoch = 1;
+    uint64_t offset = 1;
+    REQUIRE(wse_parse_recovery_stamp(frame, topic_raw, epoch, offset));
+    CHECK(epoch == c.epoch);
+    CHECK(offset == c.offset);
+    std::string escaped;
+    wse_append_json_string(escaped, c.topic);
+    CHECK(concat({"\"", topic_raw, "\""}) == escaped);
+    CHECK(topic_raw.data() == frame.data() + 7);  // a view into the frame
+    // The stamped JSON parses, and its "tp" unescapes back to the topic.
+    wse_envelope_parser parser;
+    wse_message m;
+    REQUIRE(parser.parse(frame, m) == wse_error::none);
+    CHECK(m.type == "x");
+    // The stamp alone (as written) and the stamp of an empty object are read too.
+    REQUIRE(wse_parse_recovery_stamp(c.expected, topic_raw, epoch, offset));
+    std::string empty_object = c.expected;
+    empty_object.back() = '}';
+    REQUIRE(wse_parse_recovery_stamp(empty_object, topic_raw, epoch, offset));
+    CHECK(offset == c.offset);
+    REQUIRE(parser.parse(empty_object, m) == wse_error::missing_type);  // valid JSON, no "t"
+  }
+  // The bound is reached by a topic of bytes that each escape to 6, and the largest offset.
+  const std::string worst(40, '\x01');
+  std::string out;
+  wse_append_recovery_stamp(out, worst, 0, UINT64_MAX);
+  CHECK(out.size() == wse_recovery_stamp_bytes_max(worst));
+  out.clear();
+  wse_append_recovery_stamp(out, "\xff", 0, UINT64_MAX);  // invalid UTF-8: \ufffd
+  CHECK(out.size() == wse_recovery_stamp_bytes_max("\xff"));
+  // Other escapes a Redis-side writer may use are taken, still escaped.
+  std::string_view topic_raw;
+  uint32_t epoch = 0;
+  uint64_t offset = 0;
+  REQUIRE(wse_parse_recovery_stamp(R"({"tp":"a\/b\u00E9\n\t\r\b\f","e":"00000001","o":2,"t":1})",
+                                   topic_raw, epoch, offset));
+  CHECK(topic_raw == R"(a\/b\u00E9\n\t\r\b\f)");
+}
+
+TEST_CASE("wse: recovery stamp parse refuses near misses") {
+  const std::string good = R"({"tp":"chat","e":"5a1c09e2","o":5,"c":"U"})";
+  std::string_view topic_raw;
+  uint32_t epoch = 0;
+  uint64_t offset = 0;
+  REQUIRE(wse_parse_recovery_stamp(good, topic_raw, epoch, offset));
+  const std::string near_misses[] = {
+      "",
+      "{",
+      R"({"tp":)",
+      R"({"tp":"chat)",
+      R"({"tp":"chat")",
+      R"({"tp":"chat","e":"5a1c09e2")",
+      R"({"tp":"chat","e":"5a1c09e2","o":)",
+      R"({"tp":"chat","e":"5a1c09e2","o":5)",  // nothing after the offset
+      R"( {"tp":"chat","e":"5a1c09e2","o":5,)",
+      R"({ "tp":"chat","e":"5a1c09e2","o":5,)",
+      R"({"tp": "chat","e":"5a1c09e2","o":5,)",
+      R"({"tp":"chat", "e":"5a1c09e2","o":5,)",
+      R"({"tp":"chat","e":"5a1c09e2","o": 5,)",
+      R"({"tp":"chat","e":"5a1c09e2","o":5 ,)",
+      R"({"e":"5a1c09e2","tp":"chat","o":5,)",
+      R"({"tp":"chat","o":5,"e":"5a1c09e2",)",
+      R"({"c":"U","tp":"chat","e":"5a1c09e2","o":5,)",
+      R"({"tp":5,"e":"5a1c09e2","o":5,)",
+      R"({"TP":"chat","e":"5a1c09e2","o":5,)",
+      R"({"tp":"chat","e":"5A1C09E2","o":5,)",
+      R"({"tp":"chat","e":"5a1c09e","o":5,)",
+      R"({"tp":"chat","e":"5a1c09e2f","o":5,)",
+      R"({"tp":"chat","e":"5a1c09g2","o":5,)",
+      R"({"tp":"chat","e":5,"o":5,)",
+      R"({"tp":"chat","e":null,"o":5,)",
+      R"({"tp":"chat","e":"5a1c09e2","o":"5",)",
+      R"({"tp":"chat","e":"5a1c09e2","o":-5,)",
+      R"({"tp":"chat","e":"5a1c09e2","o":+5,)",
+      R"({"tp":"chat","e":"5a1c09e2","o":05,)",
+      R"({"tp":"chat","e":"5a1c09e2","o":00,)",
+      R"({"tp":"chat","e":"5a1c09e2","o":5.0,)",
+      R"({"tp":"chat","e":"5a1c09e2","o":5e1,)",
+      R"({"tp":"chat","e":"5a1c09e2","o":,)",
+      R"({"tp":"chat","e":"5a1c09e2","o":18446744073709551616,)",  // u64 max + 1
+      R"({"tp":"chat","e":"5a1c09e2","o":99999999999999999999,)",
+      R"({"tp":"chat","e":"5a1c09e2","o":5])",
+      R"({"tp":"chat","e":"5a1c09e2","o":5:)",
+      R"({"tp":"ch\"at","e":"5a1c09e2","o":5)",  // escaped quote, then no separator
+      R"({"tp":"ch\at","e":"5a1c09e2","o":5,)",  // not a JSON escape
+      R"({"tp":"ch\u00g0","e":"5a1c09e2","o":5,)",
+      R"({"tp":"ch\u00","e":"5a1c09e2","o":5,)",
+      R"({"tp":"chat\)",
+      std::string("{\"tp\":\"ch\nat\",\"e\":\"5a1c09e2\",\"o\":5,"),  // a raw control byte
+      R"({"tp":"chat","e":"5a1c09e2","O":5,)",
+      R"({"tp":"chat","e":"5a1c09e2,"o":5,)",
+      R"(["tp","chat","e":"5a1c09e2","o":5,)",
+      R"({"t":"x","c":"U"})",
+  };
+  for (const std::string& text : near_misses) {
+    CAPTURE(text);
+    CHECK_FALSE(wse_parse_recovery_stamp(text, topic_raw, epoch, offset));
+  }
+  // Every truncation of a good stamp before its separator is refused.
+  for (size_t n = 0; n < good.find(",\"c\""); ++n) {
+    CAPTURE(n);
+    CHECK_FALSE(
+        wse_parse_recovery_stamp(std::string_view(good).substr(0, n), topic_raw, epoch, offset));
+  }
+  // A topic that looks like the rest of a stamp is still just the topic.
+  const std::string tricky = R"({"tp":"x\",\"e\":\"00000000\",\"o\":1,","e":"00000002","o":3,)";
+  REQUIRE(wse_parse_recovery_stamp(tricky, topic_raw, epoch, offset));
+  CHECK(topic_raw == R"(x\",\"e\":\"00000000\",\"o\":1,)");
+  CHECK(epoch == 2);
+  CHECK(offset == 3);
+}
+
+TEST_CASE("wse: presence events and stats, byte for byte") {
+  std::string out;
+  wse_build_presence_event(out, "presence_join", "room.1", "u0",
+                           R"({"name":"User 0","status":"online"})");
+  CHECK(
+      out ==
+      R"({"c":"WSE","p":{"data":{"name":"User 0","status":"online"},"topic":"room.1","user_id":"u0"},"t":"presence_join","v":1})");
+  out.clear();
+  wse_build_presence_event(out, "presence_leave", "r\"\\", "u\n\xc3\xa9", "");
+  CHECK(
+      out ==
+      "{\"c\":\"WSE\",\"p\":{\"data\":{},\"topic\":\"r\\\"\\\\\",\"user_id\":\"u\\u000a\xc3\xa9\"},"
+      "\"t\":\"presence_leave\",\"v\":1}");
+  out.clear();
+  wse_build_presence_event(out, "presence_update", "t", "", R"({"s":[1,2]})");
+  CHECK(
+      out ==
+      R"({"c":"WSE","p":{"data":{"s":[1,2]},"topic":"t","user_id":""},"t":"presence_update","v":1})");
+  // Its category rule agrees, and it parses back as a WSE message.
+  CHECK(category_of("presence_update") == wse_category::user);  // sent with an explicit "c"
+  wse_envelope_parser parser;
+  wse_message m;
+  REQUIRE(parser.parse(out, m) == wse_error::none);
+  CHECK((m.type == "presence_update" && m.category == "WSE" && m.payload_json.starts_with("{")));
+
+  out.clear();
+  wse_build_presence_stats(out, 3, 5);
+  CHECK(out == R"({"num_users":3,"num_connections":5})");
+  out.clear();
+  wse_build_presence_stats(out, 0, UINT64_MAX);
+  CHECK(out == R"({"num_users":0,"num_connections":18446744073709551615})");
 }

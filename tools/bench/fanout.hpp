@@ -220,7 +220,16 @@ inline std::optional<tick> fixed_shape_tick(std::string_view m) {
   constexpr std::string_view without_c = R"({"t":"fanout_tick","p":{"seq":)";
   constexpr std::string_view ts_key = R"(,"ts_us":)";
   size_t at = 0;
-  if (m.substr(0, with_c.size()) == with_c) {
+  // A recovery stamp first ({"tp":"<topic>","e":"<8 hex>","o":N, with wsed --recovery): the
+  // tick's keys follow it (the topic is a bench topic: no escaped quote in it).
+  constexpr std::string_view stamp = R"({"tp":")";
+  if (m.substr(0, stamp.size()) == stamp) {
+    size_t o = m.find(R"(","o":)", stamp.size());
+    size_t comma = o == std::string_view::npos ? o : m.find(',', o + 6);
+    if (comma == std::string_view::npos) return std::nullopt;
+    if (m.substr(comma + 1, with_c.size() - 1) != with_c.substr(1)) return std::nullopt;
+    at = comma + with_c.size();
+  } else if (m.substr(0, with_c.size()) == with_c) {
     at = with_c.size();
   } else if (m.substr(0, without_c.size()) == without_c) {
     at = without_c.size();
