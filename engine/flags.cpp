@@ -284,7 +284,7 @@ flags_result parse_flags(int argc, char** argv) {
       ->capture_default_str();
   add_parsed(app, "--recovery-memory", c.recovery_memory_bytes, parse_size,
              "Bytes of history the process keeps; past it the least recently written topics "
-             "are dropped (wsed_recovery_evictions_total)",
+             "are dropped (wsed_recovery_dropped_topics_total)",
              1, "256MiB", 4096);
   app.add_flag("--presence", c.presence,
                "WSE mode: presence (who is in a topic): join/leave/update events and queries");

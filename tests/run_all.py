@@ -233,7 +233,7 @@ def main():
         # /metrics reading every shard, the signal -> stop -> drain -> join path, the SIGHUP
         # verifier swap (main thread stores, shards load) and the per-IP table.
         plan += [("unit[tsan]", lambda: suite_unit(args.tsan_build, "unit[tsan]", sanitizers=True,
-                                                   cases="per_ip*,fanout*")),
+                                                   cases="per_ip*,fanout*,recovery: concurrent*")),
                  ("integration[tsan]", lambda: suite_integration(
             args.tsan_build, "integration[tsan]", sanitizers=True,
             only=("workers_2", "1000_connections", "sigterm", "sigint", "max_connections",
