@@ -105,10 +105,6 @@ struct server_config {
   uint32_t recovery_max_replay = 500;  // a larger backlog is not recovered (never truncated)
   uint64_t recovery_memory_bytes = 256ull << 20;  // process budget; least recently written evicted
 
-  // Presence (PROTOCOL.md "Presence").
-  bool presence = false;
-  uint32_t presence_max_data_bytes = 4096;  // a member's data (a JSON object)
-  uint32_t presence_max_members = 100000;   // users per topic
 };
 
 }  // namespace wsed::engine

@@ -286,14 +286,6 @@ flags_result parse_flags(int argc, char** argv) {
              "Bytes of history the process keeps; past it the least recently written topics "
              "are dropped (wsed_recovery_dropped_topics_total)",
              1, "256MiB", 4096);
-  app.add_flag("--presence", c.presence,
-               "WSE mode: presence (who is in a topic): join/leave/update events and queries");
-  add_parsed(app, "--presence-max-data", c.presence_max_data_bytes, parse_size,
-             "Largest presence data (a JSON object) of one member; larger: PRESENCE_DATA_TOO_LARGE",
-             1, "4096", 2);
-  app.add_option("--presence-max-members", c.presence_max_members,
-                 "Users one topic's presence holds; more: PRESENCE_FULL (0: unlimited)")
-      ->capture_default_str();
   app.add_flag("--insecure-no-auth", c.insecure_no_auth,
                "WSE mode: no JWT; every connection is user \"anonymous\" (testing only)");
 
@@ -362,8 +354,7 @@ flags_result parse_flags(int argc, char** argv) {
     return usage("--redis-cluster: " + why);
   if (c.redis_prefix.empty() || c.redis_prefix.size() > 200)
     return usage("--redis-prefix: 1 to 200 bytes");
-  if ((c.recovery || c.presence) && c.mode != server_mode::wse)
-    return usage("--recovery / --presence need --mode wse");
+  if (c.recovery && c.mode != server_mode::wse) return usage("--recovery needs --mode wse");
   return result;
 }
 
