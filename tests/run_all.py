@@ -246,7 +246,11 @@ def main():
                   "redis_two_instances", "redis_glob_across_instances_once_exact",
                   "redis_inbound_stream_messages", "redis_commands_route",
                   "redis_killed_and_restarted", "redis_cluster_two_instances", "redis_silent_redis",
-                  "redis_one_payload_again")))]
+                  "redis_one_payload_again",
+                  # recovery: the sequencer's lock across shards and publishers, the bridge's
+                  # history answers delivered to the shards, held frames
+                  "recovery_two_shards_two_publishers", "recovery_reconnects_during_continuous",
+                  "redis_recovery_hops_between_instances")))]
     results = []
     t0 = time.monotonic()
     for name, fn in plan:
