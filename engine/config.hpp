@@ -104,7 +104,6 @@ struct server_config {
   uint32_t recovery_ttl_ms = 300000;   // a topic's history expires this long after its last write
   uint32_t recovery_max_replay = 500;  // a larger backlog is not recovered (never truncated)
   uint64_t recovery_memory_bytes = 256ull << 20;  // process budget; least recently written evicted
-
 };
 
 }  // namespace wsed::engine

@@ -151,8 +151,37 @@ void recovery_store::commit_locked(std::string_view topic, fanout::frame* f, uin
   sequenced_.fetch_add(1, std::memory_order_relaxed);
 }
 
+recovery_answer recovery_store::take(std::string_view topic, const recovery_position& at,
+                                     uint64_t now_ms, std::vector<fanout::frame*>& frames) {
+  std::lock_guard lock(mu_);
+  recovery_answer a;
+  topic_history* h = find_locked(topic, now_ms);
+  if (!h) return a;
+  a.has_history = true;
+  a.epoch = h->epoch;
+  a.offset = h->next - 1;
+  if (!at.has_epoch || !at.has_offset || at.epoch != h->epoch) return a;
+  uint64_t first = h->next - h->count;  // the oldest offset kept
+  if (at.offset >= h->next || at.offset + 1 < first) return a;
+  if (h->next - 1 - at.offset > opt_.max_replay) return a;
+  for (uint64_t o = at.offset + 1; o < h->next; ++o) {
+    fanout::frame* f = h->ring[o & (h->ring.size() - 1)];
+    fanout::retain(f);
+    frames.push_back(f);
+  }
+  a.recovered = true;
+  return a;
+}
+
+bool recovery_store::seen_locked(std::string_view topic, uint32_t epoch, uint64_t offset,
+                                 uint64_t now_ms) {
+  topic_history* h = find_locked(topic, now_ms);
+  return h && h->epoch == epoch && offset < h->next;  // a copy, or older than the run
+}
+
 void recovery_store::keep_locked(std::string_view topic, fanout::frame* f, uint32_t epoch,
                                  uint64_t offset, uint64_t now_ms) {
+  if (offset == UINT64_MAX) return;  // no next offset after it (only a forgery says so)
   topic_history* h = find_locked(topic, now_ms);
   if (h && (h->epoch != epoch || h->next != offset)) {  // not the next of the run: start anew
     drop_locked(*h);

@@ -85,11 +85,13 @@ class recovery_store {
   // Keeps a frame stamped elsewhere (Redis) with its epoch and offset, then calls route(frame)
   // with the store locked (its result is returned). A frame that does not continue the topic's
   // run (another epoch, or an offset that is not the next) starts a new run from it: the cache
-  // only ever holds a contiguous range.
+  // only ever holds a contiguous range. An offset of the current run already kept (a second
+  // copy) is not routed again.
   template <class Route>
   bool append_stamped(std::string_view topic, fanout::frame* f, uint32_t epoch, uint64_t offset,
                       uint64_t now_ms, Route&& route) {
     std::lock_guard lock(mu_);
+    if (seen_locked(topic, epoch, offset, now_ms)) return true;  // a copy: delivered already
     bool ok = route(f);
     if (ok) keep_locked(topic, f, epoch, offset, now_ms);
     return ok;
@@ -98,26 +100,26 @@ class recovery_store {
   // Queues the replay for a subscriber at `at`: send(frame) -> bool for each later publication,
   // in order, only when the whole backlog can be given (same epoch, still kept, at most
   // max_replay). Stops at the first send that fails (count says how many went).
+  // The frames are taken (one reference each) under the lock and sent after it: the caller is
+  // the subscriber's shard, so whatever is published meanwhile reaches it later, through its
+  // inbox.
   template <class Send>
   recovery_answer replay(std::string_view topic, const recovery_position& at, uint64_t now_ms,
                          Send&& send) {
-    std::lock_guard lock(mu_);
-    recovery_answer a;
-    topic_history* h = find_locked(topic, now_ms);
-    if (!h) return a;
-    a.has_history = true;
-    a.epoch = h->epoch;
-    a.offset = h->next - 1;
-    if (!at.has_epoch || !at.has_offset || at.epoch != h->epoch) return a;
-    uint64_t first = h->next - h->count;  // the oldest offset kept
-    if (at.offset >= h->next || at.offset + 1 < first) return a;
-    uint64_t backlog = h->next - 1 - at.offset;
-    if (backlog > opt_.max_replay) return a;
-    for (uint64_t o = at.offset + 1; o < h->next; ++o) {
-      if (!send(h->ring[o & (h->ring.size() - 1)])) return a;
-      ++a.count;
+    thread_local std::vector<fanout::frame*> frames;
+    frames.clear();
+    recovery_answer a = take(topic, at, now_ms, frames);
+    bool ok = a.recovered;
+    for (fanout::frame* f : frames) {
+      if (ok && send(f)) {
+        ++a.count;
+      } else {
+        ok = false;
+      }
+      fanout::release(f);
     }
-    a.recovered = true;
+    a.recovered = ok;
+    frames.clear();
     return a;
   }
 
@@ -160,6 +162,10 @@ class recovery_store {
     topic_history* older = nullptr;
   };
 
+  // replay's part under the lock: the answer (count 0) and the frames to send, retained.
+  recovery_answer take(std::string_view topic, const recovery_position& at, uint64_t now_ms,
+                       std::vector<fanout::frame*>& frames);
+  bool seen_locked(std::string_view topic, uint32_t epoch, uint64_t offset, uint64_t now_ms);
   fanout::frame* stamp_locked(std::string_view topic, std::string_view json, uint64_t now_ms);
   void commit_locked(std::string_view topic, fanout::frame* f, uint64_t now_ms);
   void keep_locked(std::string_view topic, fanout::frame* f, uint32_t epoch, uint64_t offset,

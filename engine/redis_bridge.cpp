@@ -324,7 +324,12 @@ bool redis_bridge::route_command(std::string_view instance, std::string_view jso
 bool redis_bridge::fetch_history(redis_history_request request) {
   {
     std::lock_guard lock(mu_);
-    if (fetches_.size() >= fetches_queued_max) return false;
+    // Every history not answered yet (queued, waiting for its channel, or asked of Redis).
+    if (fetches_outstanding_ >= fetches_queued_max) {
+      c_.history_refused.add();
+      return false;
+    }
+    ++fetches_outstanding_;
     request.asked_ms = now_ms();
     fetches_.push_back(std::move(request));
   }
@@ -670,7 +675,13 @@ void redis_bridge::write_publications() {
 
 void redis_bridge::answer_unanswered(redis_history_request& request) {
   c_.history_failed.add();
+  answered_one();
   sink_.history(request, redis_history_answer{});
+}
+
+void redis_bridge::answered_one() {
+  std::lock_guard lock(mu_);
+  --fetches_outstanding_;
 }
 
 // Histories whose channel subscription is confirmed go out (EVALSHA history on the channel's
@@ -738,6 +749,7 @@ void redis_bridge::on_history_reply(node& n, const redisReply* r) {
     for (size_t i = 3; i < r->elements; ++i) a.messages.push_back(str_of(r->element[i]));
   }
   c_.history_answered.add();
+  answered_one();
   sink_.history(f, a);
 }
 
@@ -1379,6 +1391,7 @@ void redis_bridge::render_metrics(std::string& out) const {
     const char* h_help = "Histories read from Redis for recovering subscribers, by result.";
     line(h, "counter", h_help, c_.history_answered.get(), "result", "answered");
     line(h, "counter", h_help, c_.history_failed.get(), "result", "failed", false);
+    line(h, "counter", h_help, c_.history_refused.get(), "result", "refused", false);
   }
   line("wsed_redis_buffered_total", "counter",
        "Publications that waited in the buffer while Redis was unreachable.",

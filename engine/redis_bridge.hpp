@@ -160,6 +160,7 @@ class redis_bridge {
     counter subscribe_commands;
     counter sequenced;  // --recovery: publications Redis stamped (counted published too)
     counter history_answered, history_failed;
+    counter history_refused;          // any thread, under mu_: too many histories outstanding
     counter buffered, subscriptions;  // gauges
   };
   const counters& stats() const { return c_; }
@@ -190,6 +191,7 @@ class redis_bridge {
   void write_fetches(uint64_t now);
   void write_sequenced(node& n, std::string_view topic, std::string_view payload);
   void answer_unanswered(redis_history_request& request);
+  void answered_one();
   void on_history_reply(node& n, const ::redisReply* r);
   void send_fences();
   void refresh_topology(uint64_t now);
@@ -226,6 +228,7 @@ class redis_bridge {
   std::vector<std::pair<redis_interest, std::string>> dirty_;  // under mu_
   std::vector<std::pair<std::string, std::string>> commands_;  // under mu_: instance, json
   std::vector<redis_history_request> fetches_;                 // under mu_
+  size_t fetches_outstanding_ = 0;                             // under mu_: not answered yet
   static constexpr size_t fetches_queued_max = 65536;
   struct alignas(64) inbound_lane {
     std::mutex mu;

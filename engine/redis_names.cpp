@@ -395,7 +395,7 @@ if not e then return {} end
 local n = tonumber(redis.call('HGET', KEYS[1], 'n'))
 local at = tonumber(ARGV[2])
 local len = redis.call('LLEN', KEYS[2])
-if ARGV[1] ~= e or at == nil or at >= n or at + 1 < n - len or n - 1 - at > tonumber(ARGV[3]) then
+if ARGV[1] ~= e or at == nil or at < 0 or at >= n or at + 1 < n - len or n - 1 - at > tonumber(ARGV[3]) then
   return {e, n, 0}
 end
 local backlog = n - 1 - at

@@ -794,7 +794,9 @@ void wse_app::on_client_publish(shard& s, conn_ref c, per_shard& p, conn_state& 
       return send_error(s, c, p, "SERVER_BUSY", "a shard's inbox is full: publish again later");
     case publish_status::invalid:
       p.counts.publish_invalid.add();
-      return send_error(s, c, p, "INVALID_MESSAGE", "publish: p.message must be a JSON object");
+      return send_error(s, c, p, "INVALID_MESSAGE",
+                        "publish: p.message must be a JSON object (on a recoverable topic "
+                        "without top-level tp, e, o)");
   }
 }
 
@@ -810,6 +812,8 @@ publish_status wse_app::route(shard* s, fanout::delivery_kind kind, std::string_
   text.clear();
   if (parser.ensure_category(json, text) != proto::wse_error::none) return publish_status::invalid;
   if (kind == fanout::delivery_kind::topic && recoverable(key)) {
+    // Its own tp/e/o would override the stamp for the clients (a forged position).
+    if (!from_redis && proto::wse_has_stamp_keys(text)) return publish_status::invalid;
     if (!bridge_) return route_recoverable(s, key, text, wakes);
     if (!from_redis) return route_sequenced(s, key, text, wakes);
   }
@@ -979,6 +983,14 @@ redis_sink::status wse_app::remote_publication(fanout::delivery_kind kind, std::
   uint64_t offset = 0;
   if (kind == fanout::delivery_kind::topic && recoverable(key) &&
       proto::wse_parse_recovery_stamp(json, stamped_topic, epoch, offset)) {
+    // Only Redis's sequence script stamps: its tp is this channel's topic and its offsets stay
+    // below 2^53 (a Lua number). Anything else was forged by whoever can PUBLISH.
+    thread_local std::string escaped;
+    escaped.clear();
+    proto::wse_append_json_string(escaped, key);
+    if (offset >= (uint64_t{1} << 53) ||
+        std::string_view(escaped).substr(1, escaped.size() - 2) != stamped_topic)
+      return redis_sink::status::invalid;
     // Sequenced by Redis: kept here as a cache and routed (the bridge thread is the one
     // external producer: the frames of a topic reach the inboxes in offset order).
     thread_local proto::wse_envelope_parser checker;
@@ -1225,7 +1237,9 @@ void wse_app::api_publish(shard& s, per_shard& p, const proto::http_request& req
       return json_answer(
           answer, 400,
           "{\"error\":\"item " + std::to_string(accepted) +
-              ": message must be a JSON object\",\"accepted\":" + std::to_string(accepted) + "}");
+              ": message must be a JSON object (on a recoverable topic without top-level tp, e, "
+              "o)\",\"accepted\":" +
+              std::to_string(accepted) + "}");
     }
     if (st == publish_status::busy) {
       s.count_api(api_result::busy);
@@ -1484,6 +1498,10 @@ void wse_app::finish_recovery(shard& s, per_shard& p, uint64_t id) {
     if (h->second.empty()) p.holds.erase(h);
   }
   p.pending.erase(it);
+  p.ok_topics.clear();  // views into the request just erased
+  p.failed_topics.clear();
+  p.failed_reasons.clear();
+  p.recovery.clear();
 }
 
 void wse_app::render_recovery_metrics(std::string& out) const {

@@ -375,6 +375,25 @@ const wse_recovery_position* wse_subscription::position_of(std::string_view topi
   return &all[*at];
 }
 
+bool wse_has_stamp_keys(std::string_view object) {
+  using namespace json_scan;
+  size_t i = skip_space(object, 0);
+  if (i >= object.size() || object[i] != '{') return false;
+  ++i;
+  while (i < object.size()) {
+    i = skip_space(object, i);
+    if (i >= object.size() || object[i] != '"') return false;  // '}': no more members
+    size_t end = skip_string(object, i);
+    std::string_view key = object.substr(i + 1, end - i - 2);
+    if (key == "tp" || key == "e" || key == "o" || key.find('\\') != std::string_view::npos)
+      return true;
+    i = skip_space(object, end) + 1;  // past ':'
+    i = skip_value(object, skip_space(object, i));
+    i = skip_space(object, i) + 1;  // past ','
+  }
+  return false;
+}
+
 bool wse_publish_topic_valid(std::string_view topic) {
   return wse_topic_valid(topic) && topic.find_first_of("*?") == std::string_view::npos;
 }

@@ -61,6 +61,11 @@ bool wse_topic_valid(std::string_view topic);
 // A topic a publication may go to: wse_topic_valid and no glob character (`*`, `?`), since
 // publishing is to concrete topics.
 bool wse_publish_topic_valid(std::string_view topic);
+// Whether a publication (a JSON object simdjson accepted, e.g. ensure_category's output) has a
+// top-level key a recovery stamp would duplicate ("tp", "e", "o"), or a key written with an
+// escape (which could spell one of them): on a recoverable topic such a publication is refused,
+// since clients would read its keys instead of the stamp's.
+bool wse_has_stamp_keys(std::string_view validated_object);
 
 enum class wse_subscription_action : uint8_t { subscribe, unsubscribe };
 

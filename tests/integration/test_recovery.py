@@ -1073,3 +1073,20 @@ def test_recovery_resubscribe_while_flowing_no_duplicates_after_reply():
         m = metrics(srv.port)
         assert F.total(m, "wsed_subscriptions") == 1, "re-subscribing doubled the subscription"
         s.close()
+
+
+@H.limit(30)
+def test_recovery_publication_with_stamp_keys_refused():
+    """A publication carrying its own top-level tp / e / o (or an escaped key that could spell
+    one) on a recoverable topic is refused (400 from the API, INVALID_MESSAGE for a client):
+    clients would read its keys instead of the stamp's (a forged position). On a topic outside
+    --recovery-topics the same message goes out unchanged."""
+    with rec("--recovery-topics", "r.*") as srv:
+        for bad in ({"tp": "r.a", "t": "x"}, {"t": "x", "o": 99999}, {"e": "00000000"},
+                    {"\\u006f": 1, "t": "x"}):
+            st, _, doc = F.post_once(srv.port, [{"topic": "r.a", "message": bad}])
+            assert st == 400, (bad, st, doc)
+        st, _, doc = F.post_once(srv.port, [{"topic": "plain", "message": {"t": "x", "o": 1}}])
+        assert st == 200, (st, doc)
+        st, _, doc = F.post_once(srv.port, [{"topic": "r.a", "message": {"t": "x", "p": {"o": 1}}}])
+        assert st == 200, (st, doc)  # nested keys are the publisher's own

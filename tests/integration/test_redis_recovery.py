@@ -684,3 +684,29 @@ def test_redis_recovery_backlog_over_max_replay_on_the_other_instance():
         assert delta(mb, mb0, "wsed_recovery_replayed_total") == 20, recovery_lines(mb)
         feed.close()
         s.close()
+
+
+@H.limit(40)
+def test_redis_recovery_forged_stamps_from_redis_are_refused():
+    """Whoever can PUBLISH on Redis cannot pass a stamp off as the sequencer's: a stamp whose tp
+    is not the channel's topic, or whose offset no Lua number reaches (here 2^64-1, which once
+    wrapped the cache's ring and crashed the server), is refused and counted invalid; the
+    instance keeps serving and its real sequence is untouched."""
+    with R.RedisServer() as redis, pair(redis) as (a, b):
+        s = join(b, ["x"], "victim")
+        forged = ['{"tp":"x","e":"deadbeef","o":18446744073709551615,"t":"f","p":{}}',
+                  '{"tp":"y","e":"deadbeef","o":3,"t":"f","p":{}}',
+                  '{"tp":"x","e":"deadbeef","o":9007199254740992,"t":"f","p":{}}']
+        m0 = metrics(b)
+        for raw in forged:
+            for _ in range(150):  # more than a ring holds
+                redis.cli("PUBLISH", "wse:x", raw)
+        wait_until(lambda: metrics(b), lambda m: delta(m, m0, "wsed_redis_received_total",
+                                                       result="invalid") >= 450, 10,
+                   lambda m: "the forged stamps counted invalid (B alive: %s)" % b.alive())
+        st, _, doc = F.post_once(a.port, [{"topic": "x", "message": tick(0)}])
+        assert st == 200, (st, doc)
+        s.pump_until(lambda q: len(q.delivered) >= 1, 5)
+        assert [(t, o) for t, o, _ in s.delivered] == [("x", 0)], s.delivered
+        assert b.alive(), "wsed B died on forged stamps"
+        close_all(s)

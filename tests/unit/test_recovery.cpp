@@ -12,6 +12,7 @@
 #include "engine/recovery.hpp"
 #include "engine/redis_names.hpp"
 #include "proto/wse_builder.hpp"
+#include "proto/wse_envelope.hpp"
 
 using namespace wsed::engine;
 
@@ -170,7 +171,11 @@ TEST_CASE("recovery: TTL and memory budget drop whole topics, a new epoch follow
   CHECK(again.epoch != e1);
   // Budget: topics written least recently go first; the topic being written stays.
   std::string big = R"({"c":"U","p":")" + std::string(1500, 'x') + R"("})";
-  for (int t = 0; t < 10; ++t) publish(r, "t" + std::to_string(t), big, 1100 + t);
+  for (int t = 0; t < 10; ++t) {
+    std::string name = "t";
+    name += std::to_string(t);
+    publish(r, name, big, 1100 + t);
+  }
   CHECK(r.current().bytes <= o.memory_bytes + 2048);
   CHECK(r.evicted() > 0);
   recovery_answer a;
@@ -243,4 +248,42 @@ TEST_CASE("redis recovery keys live in the channel's slot") {
     CHECK(wsed::engine::redis::key_slot(meta) == wsed::engine::redis::key_slot(channel));
     CHECK(wsed::engine::redis::key_slot(log) == wsed::engine::redis::key_slot(channel));
   }
+}
+
+TEST_CASE("recovery: a second copy of a cached offset is not routed again") {
+  recovery_store r(small());
+  int routed = 0;
+  auto keep = [&](uint32_t epoch, uint64_t offset) {
+    std::string json;
+    wsed::proto::wse_append_recovery_stamp(json, "a", epoch, offset);
+    json += R"("c":"U"})";
+    wsed::fanout::frame* f = wsed::fanout::make_text_frame("a", json);
+    REQUIRE(f);
+    CHECK(r.append_stamped("a", f, epoch, offset, 1, [&](wsed::fanout::frame*) {
+      ++routed;
+      return true;
+    }));
+    wsed::fanout::release(f);
+  };
+  keep(7, 0);
+  keep(7, 1);
+  keep(7, 1);  // a copy (an exact and a glob subscription, a redelivery)
+  keep(7, 0);
+  CHECK(routed == 2);
+  keep(7, UINT64_MAX - 1 + 1);  // no next offset after it: routed, never kept
+  CHECK(r.current().frames == 2);
+  recovery_answer a;
+  CHECK(replay(r, "a", at(7, 0), 2, a).size() == 1);
+  CHECK(a.recovered);
+}
+
+TEST_CASE("recovery: publications whose own keys would override the stamp") {
+  using wsed::proto::wse_has_stamp_keys;
+  CHECK_FALSE(wse_has_stamp_keys(R"({"c":"U","t":"x","p":{"tp":1,"e":2,"o":3}})"));
+  CHECK_FALSE(wse_has_stamp_keys(R"({})"));
+  CHECK_FALSE(wse_has_stamp_keys(R"( { "top" : [1, {"o": 2}], "ee": "o" } )"));
+  CHECK(wse_has_stamp_keys(R"({"c":"U","tp":"x"})"));
+  CHECK(wse_has_stamp_keys(R"({"e":"00000000"})"));
+  CHECK(wse_has_stamp_keys(R"({"p":{"a":[1,2,"}"]}, "o" :5})"));
+  CHECK(wse_has_stamp_keys(R"({"\u006f":5})"));  // an escape could spell one
 }
