@@ -816,6 +816,12 @@ publish_status wse_app::route(shard* s, fanout::delivery_kind kind, std::string_
     if (!from_redis && proto::wse_has_stamp_keys(text)) return publish_status::invalid;
     if (!bridge_) return route_recoverable(s, key, text, wakes);
     if (!from_redis) return route_sequenced(s, key, text, wakes);
+    std::string_view stamped_topic;
+    uint32_t epoch = 0;
+    uint64_t offset = 0;
+    if (proto::wse_parse_recovery_stamp(json, stamped_topic, epoch, offset))
+      return route_stamped(key, json, text, stamped_topic, epoch, offset, wakes);
+    // Unstamped (a backend's raw PUBLISH): delivered as any publication, not recoverable.
   }
   fanout::frame* f =
       s ? hub_->pool(s->index()).make_text(key, text) : fanout::make_text_frame(key, text);
@@ -864,6 +870,29 @@ publish_status wse_app::route_sequenced(shard* s, std::string_view topic, std::s
   bool ok = bridge_->publish(producer, fanout::delivery_kind::topic, f, wakes == nullptr, true);
   fanout::release(f);
   if (s) s->count_published(publish_kind::topic);
+  return ok ? publish_status::published : publish_status::busy;
+}
+
+// A publication sequenced by Redis, as it came back: kept here as a cache and routed (the
+// bridge thread is the one external producer: a topic's frames reach the inboxes in offset
+// order). Only Redis's sequence script stamps: its tp is this channel's topic and its offsets
+// stay below 2^53 (a Lua number); anything else was forged by whoever can PUBLISH.
+// (The script's output already has its "c": a text that needed one was not stamped by it.)
+publish_status wse_app::route_stamped(std::string_view topic, std::string_view json,
+                                      std::string_view text, std::string_view stamped_topic,
+                                      uint32_t epoch, uint64_t offset, uint64_t* wakes) {
+  thread_local std::string escaped;
+  escaped.clear();
+  proto::wse_append_json_string(escaped, topic);
+  if (offset >= (uint64_t{1} << 53) || text != json ||
+      std::string_view(escaped).substr(1, escaped.size() - 2) != stamped_topic)
+    return publish_status::invalid;
+  fanout::frame* f = fanout::make_text_frame(topic, text);
+  if (!f) return publish_status::busy;
+  bool ok = recovery_->append_stamped(topic, f, epoch, offset, mono_ms(), [&](fanout::frame* g) {
+    return hub_->route(fanout::delivery_kind::topic, hub_->external_producer(), g, wakes).ok();
+  });
+  fanout::release(f);
   return ok ? publish_status::published : publish_status::busy;
 }
 
@@ -978,34 +1007,6 @@ redis_sink::status wse_app::remote_publication(fanout::delivery_kind kind, std::
   if (kind == fanout::delivery_kind::user &&
       (key.empty() || key.size() > proto::wse_publish_user_bytes_max))
     return redis_sink::status::invalid;
-  std::string_view stamped_topic;
-  uint32_t epoch = 0;
-  uint64_t offset = 0;
-  if (kind == fanout::delivery_kind::topic && recoverable(key) &&
-      proto::wse_parse_recovery_stamp(json, stamped_topic, epoch, offset)) {
-    // Only Redis's sequence script stamps: its tp is this channel's topic and its offsets stay
-    // below 2^53 (a Lua number). Anything else was forged by whoever can PUBLISH.
-    thread_local std::string escaped;
-    escaped.clear();
-    proto::wse_append_json_string(escaped, key);
-    if (offset >= (uint64_t{1} << 53) ||
-        std::string_view(escaped).substr(1, escaped.size() - 2) != stamped_topic)
-      return redis_sink::status::invalid;
-    // Sequenced by Redis: kept here as a cache and routed (the bridge thread is the one
-    // external producer: the frames of a topic reach the inboxes in offset order).
-    thread_local proto::wse_envelope_parser checker;
-    thread_local std::string checked;
-    checked.clear();
-    if (checker.ensure_category(json, checked) != proto::wse_error::none)
-      return redis_sink::status::invalid;
-    fanout::frame* f = fanout::make_text_frame(key, checked);
-    if (!f) return redis_sink::status::busy;
-    bool ok = recovery_->append_stamped(key, f, epoch, offset, mono_ms(), [&](fanout::frame* g) {
-      return hub_->route(kind, hub_->external_producer(), g, wakes).ok();
-    });
-    fanout::release(f);
-    return ok ? redis_sink::status::delivered : redis_sink::status::busy;
-  }
   switch (route(nullptr, kind, key, json, wakes, true)) {
     case publish_status::published:
       return redis_sink::status::delivered;

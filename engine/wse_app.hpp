@@ -334,6 +334,9 @@ class wse_app final : public app_handler, public redis_sink {
                                    uint64_t* wakes);
   publish_status route_sequenced(shard* s, std::string_view topic, std::string_view text,
                                  uint64_t* wakes);
+  publish_status route_stamped(std::string_view topic, std::string_view json, std::string_view text,
+                               std::string_view stamped_topic, uint32_t epoch, uint64_t offset,
+                               uint64_t* wakes);
   void deliver_marked(shard& s, per_shard& p, const fanout::frame& f);
   void render_recovery_metrics(std::string& out) const;
   // With Redis: asks the bridge for each topic's history; the reply goes when all answered.

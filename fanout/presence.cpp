@@ -5,6 +5,8 @@
 // section (members_json: for the walk of one topic) and never calls out while holding it.
 #include "fanout/presence.hpp"
 
+#include "proto/wse_builder.hpp"
+
 #include <algorithm>
 #include <cstring>
 #include <utility>
@@ -16,30 +18,7 @@ namespace wsed::fanout {
 
 namespace {
 
-constexpr char hex_digits[] = "0123456789abcdef";
 constexpr std::string_view empty_data = "{}";
-
-bool continuation(unsigned char b) {
-  return (b & 0xC0) == 0x80;
-}
-
-// Length of the valid UTF-8 sequence (RFC 3629: no overlongs, surrogates, nor above U+10FFFF)
-// starting at p[0] >= 0x80, or 0 when it is not one.
-size_t utf8_sequence_bytes(const unsigned char* p, size_t n) {
-  const unsigned char b = p[0];
-  if (b >= 0xC2 && b <= 0xDF) return n >= 2 && continuation(p[1]) ? 2 : 0;
-  if (b >= 0xE0 && b <= 0xEF) {
-    if (n < 3 || !continuation(p[2])) return 0;
-    const unsigned char lo = b == 0xE0 ? 0xA0 : 0x80, hi = b == 0xED ? 0x9F : 0xBF;
-    return p[1] >= lo && p[1] <= hi ? 3 : 0;
-  }
-  if (b >= 0xF0 && b <= 0xF4) {
-    if (n < 4 || !continuation(p[2]) || !continuation(p[3])) return 0;
-    const unsigned char lo = b == 0xF0 ? 0x90 : 0x80, hi = b == 0xF4 ? 0x8F : 0xBF;
-    return p[1] >= lo && p[1] <= hi ? 4 : 0;
-  }
-  return 0;
-}
 
 void add_bytes(std::atomic<uint64_t>& bytes, size_t added, size_t removed) {
   if (added >= removed) {
@@ -50,40 +29,6 @@ void add_bytes(std::atomic<uint64_t>& bytes, size_t added, size_t removed) {
 }
 
 }  // namespace
-
-void append_json_string(std::string& out, std::string_view s) {
-  out.push_back('"');
-  const auto* bytes = reinterpret_cast<const unsigned char*>(s.data());
-  size_t run_begin = 0;  // start of the bytes copied as they are
-  size_t i = 0;
-  while (i < s.size()) {
-    const unsigned char b = bytes[i];
-    if (b >= 0x20 && b < 0x80 && b != '"' && b != '\\') {
-      ++i;
-      continue;
-    }
-    if (b >= 0x80) {
-      const size_t n = utf8_sequence_bytes(bytes + i, s.size() - i);
-      if (n != 0) {
-        i += n;
-        continue;
-      }
-    }
-    out.append(s.data() + run_begin, i - run_begin);
-    if (b == '"' || b == '\\') {
-      out.push_back('\\');
-      out.push_back(static_cast<char>(b));
-    } else if (b < 0x20) {
-      const char escape[6] = {'\\', 'u', '0', '0', hex_digits[b >> 4], hex_digits[b & 15]};
-      out.append(escape, sizeof escape);
-    } else {
-      out.append("\\ufffd");
-    }
-    run_begin = ++i;
-  }
-  out.append(s.data() + run_begin, s.size() - run_begin);
-  out.push_back('"');
-}
 
 // --- conn_list ---
 
@@ -248,7 +193,7 @@ void presence_registry::members_json(std::string_view topic, std::string& out) c
   for (member m : sorted) {
     if (!first) out.push_back(',');
     first = false;
-    append_json_string(out, m->first);
+    proto::wse_append_json_string(out, m->first);
     out.append(":{\"data\":");
     out.append(m->second.data);
     out.append(",\"connections\":");

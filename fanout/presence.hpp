@@ -42,11 +42,6 @@ struct presence_stats {
   uint64_t connections = 0;
 };
 
-// Appends s as a JSON string literal (with quotes): '"' and '\\' escaped, control characters as
-// \u00XX, valid UTF-8 passed through, each byte of an invalid sequence as \ufffd (the same rules
-// as proto's wse_append_json_string, so ids read the same in events and queries). Shared with
-// queue_groups.cpp.
-void append_json_string(std::string& out, std::string_view s);
 
 class presence_registry {
  public:

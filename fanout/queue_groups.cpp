@@ -7,7 +7,7 @@
 
 #include <algorithm>
 
-#include "fanout/presence.hpp"  // append_json_string
+#include "proto/wse_builder.hpp"
 
 namespace wsed::fanout {
 
@@ -87,7 +87,7 @@ void queue_groups::info_json(std::string_view topic, std::string& out) const {
     for (const group_entry& g : t->second) {
       if (!first) out.push_back(',');
       first = false;
-      append_json_string(out, g.name);
+      proto::wse_append_json_string(out, g.name);
       out.push_back(':');
       out.append(std::to_string(g.members.size()));
     }

@@ -96,13 +96,8 @@ def sequenced(srv):
 
 
 def wait_until(fetch, pred, timeout, describe, step=0.003):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = fetch()
-        if pred(v):
-            return v
-        assert time.monotonic() < deadline, describe(v)
-        time.sleep(step)
+    """test_redis.poll with a shorter step (metrics of a running feed)."""
+    return RT.poll(fetch, pred, timeout, describe, step)
 
 
 def redis_keys(redis, topic):

@@ -37,12 +37,6 @@ std::string info_of(const queue_groups& q, std::string_view topic) {
   return out;
 }
 
-std::string escaped(std::string_view s) {
-  std::string out;
-  append_json_string(out, s);
-  return out;
-}
-
 const auto take_all = [](const qg_member&) { return true; };
 
 // One pick on topic where only one group exists: the chosen member's slot, or -1.
@@ -176,35 +170,6 @@ TEST_CASE("fanout: presence members_json bytes, sorting and escaping; stats; tot
   CHECK(t.users == 4);
   CHECK(t.connections == 5);
   CHECK(bytes == expected - (4 + 3 + 10));
-}
-
-TEST_CASE("fanout: append_json_string escapes like proto's") {
-  CHECK(escaped("") == R"("")");
-  CHECK(escaped("plain id-1.2") == R"("plain id-1.2")");
-  CHECK(escaped("a\"b\\c") == R"("a\"b\\c")");
-  CHECK(escaped(std::string_view("\x00\x1f\t", 3)) == R"("\u0000\u001f\u0009")");
-  CHECK(escaped("\x7f") == "\"\x7f\"");
-  CHECK(escaped("\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80") ==
-        "\"\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\"");
-  CHECK(escaped("\xff") == R"("\ufffd")");
-  CHECK(escaped("\xc3") == R"("\ufffd")");                                // truncated
-  CHECK(escaped("\xc0\xaf") == R"("\ufffd\ufffd")");                      // overlong
-  CHECK(escaped("\xed\xa0\x80") == R"("\ufffd\ufffd\ufffd")");            // surrogate
-  CHECK(escaped("\xf4\x90\x80\x80") == R"("\ufffd\ufffd\ufffd\ufffd")");  // above U+10FFFF
-  CHECK(escaped("x\xe2\x82") == R"("x\ufffd\ufffd")");
-  // Byte for byte what proto writes for the same ids (events carry proto's escaping).
-  std::mt19937 rng(7);
-  const char alphabet[] = {'a',    '"',    '\\',   '\x01', '\x1f', ' ',    '\x7f', '\x80',
-                           '\xbf', '\xc3', '\xa9', '\xe2', '\x82', '\xac', '\xed', '\xa0',
-                           '\xf0', '\x9f', '\xf4', '\x90', '\xff', '\0'};
-  for (int i = 0; i < 20000; ++i) {
-    std::string s(rng() % 12, ' ');
-    for (char& c : s) c = alphabet[rng() % sizeof alphabet];
-    std::string theirs;
-    proto::wse_append_json_string(theirs, s);
-    CAPTURE(s);
-    REQUIRE(escaped(s) == theirs);
-  }
 }
 
 TEST_CASE("fanout: queue_groups round robin over 5 members, exact shares") {

@@ -63,6 +63,22 @@ recovery_position at(uint32_t epoch, uint64_t offset) {
   return p;
 }
 
+// A frame stamped elsewhere (as Redis would), handed to append_stamped; 1 when it was routed.
+int keep_stamped(recovery_store& r, std::string_view topic, uint32_t epoch, uint64_t offset) {
+  std::string json;
+  wsed::proto::wse_append_recovery_stamp(json, topic, epoch, offset);
+  json += R"("c":"U"})";
+  wsed::fanout::frame* f = wsed::fanout::make_text_frame(topic, json);
+  REQUIRE(f);
+  int routed = 0;
+  CHECK(r.append_stamped(topic, f, epoch, offset, 1, [&](wsed::fanout::frame*) {
+    ++routed;
+    return true;
+  }));
+  wsed::fanout::release(f);
+  return routed;
+}
+
 recovery_options small(uint32_t buffer = 16, uint32_t max_replay = 500) {
   recovery_options o;
   o.buffer = buffer;
@@ -194,15 +210,7 @@ TEST_CASE("recovery: TTL and memory budget drop whole topics, a new epoch follow
 
 TEST_CASE("recovery: a cache of stamped frames keeps only a contiguous run") {
   recovery_store r(small());
-  auto keep = [&](uint32_t epoch, uint64_t offset) {
-    std::string json;
-    wsed::proto::wse_append_recovery_stamp(json, "a", epoch, offset);
-    json += R"("c":"U"})";
-    wsed::fanout::frame* f = wsed::fanout::make_text_frame("a", json);
-    REQUIRE(f);
-    CHECK(r.append_stamped("a", f, epoch, offset, 1, [](wsed::fanout::frame*) { return true; }));
-    wsed::fanout::release(f);
-  };
+  auto keep = [&](uint32_t epoch, uint64_t offset) { keep_stamped(r, "a", epoch, offset); };
   keep(7, 40);
   keep(7, 41);
   recovery_answer a;
@@ -254,16 +262,7 @@ TEST_CASE("recovery: a second copy of a cached offset is not routed again") {
   recovery_store r(small());
   int routed = 0;
   auto keep = [&](uint32_t epoch, uint64_t offset) {
-    std::string json;
-    wsed::proto::wse_append_recovery_stamp(json, "a", epoch, offset);
-    json += R"("c":"U"})";
-    wsed::fanout::frame* f = wsed::fanout::make_text_frame("a", json);
-    REQUIRE(f);
-    CHECK(r.append_stamped("a", f, epoch, offset, 1, [&](wsed::fanout::frame*) {
-      ++routed;
-      return true;
-    }));
-    wsed::fanout::release(f);
+    routed += keep_stamped(r, "a", epoch, offset);
   };
   keep(7, 0);
   keep(7, 1);
