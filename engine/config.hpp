@@ -104,6 +104,12 @@ struct server_config {
   uint32_t recovery_ttl_ms = 300000;   // a topic's history expires this long after its last write
   uint32_t recovery_max_replay = 500;  // a larger backlog is not recovered (never truncated)
   uint64_t recovery_memory_bytes = 256ull << 20;  // process budget; least recently written evicted
+
+  // Presence (PROTOCOL.md "Presence"): who is in a topic, per user, joined by subscribing with a
+  // presence object (or the C++ API); join/update/leave events to the topic's subscribers.
+  bool presence = false;
+  uint32_t presence_data_bytes_max = 4096;  // the data object's JSON text
+  uint32_t presence_members_max = 0;        // users per topic; 0: unlimited
 };
 
 }  // namespace wsed::engine

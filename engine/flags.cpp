@@ -29,12 +29,14 @@ std::optional<uint64_t> multiply(uint64_t v, uint64_t m) {
 template <class T, class Parse>
 CLI::Option* add_parsed(CLI::App& app, const std::string& name, T& field, Parse parse,
                         const std::string& help, uint64_t scale, const std::string& shown,
-                        uint64_t min_value = 0) {
+                        uint64_t min_value = 0,
+                        uint64_t max_value = std::numeric_limits<uint64_t>::max()) {
   auto* opt = app.add_option_function<std::string>(
       name,
-      [&field, parse, scale, name, min_value](const std::string& text) {
+      [&field, parse, scale, name, min_value, max_value](const std::string& text) {
         auto v = parse(text);
-        if (!v || *v / scale > std::numeric_limits<T>::max() || *v / scale < min_value)
+        if (!v || *v / scale > std::numeric_limits<T>::max() || *v / scale < min_value ||
+            *v / scale > max_value)
           throw CLI::ValidationError(name, "invalid value '" + text + "'");
         field = T(*v / scale);
       },
@@ -286,6 +288,17 @@ flags_result parse_flags(int argc, char** argv) {
              "Bytes of history the process keeps; past it the least recently written topics "
              "are dropped (wsed_recovery_dropped_topics_total)",
              1, "256MiB", 4096);
+  app.add_flag("--presence", c.presence,
+               "WSE mode: a subscription with a presence object enters the topic's presence; "
+               "presence_join/update/leave go to the topic's subscribers (GET /api/presence)");
+  add_parsed(app, "--presence-max-data", c.presence_data_bytes_max, parse_size,
+             "Bytes of one presence data object (JSON text); larger: PRESENCE_DATA_TOO_LARGE "
+             "(wsed_presence_refused_total)",
+             1, "4096", 2, 1u << 20);
+  app.add_option("--presence-max-members", c.presence_members_max,
+                 "Users in one topic's presence (0: unlimited); more: PRESENCE_FULL "
+                 "(wsed_presence_refused_total)")
+      ->capture_default_str();
   app.add_flag("--insecure-no-auth", c.insecure_no_auth,
                "WSE mode: no JWT; every connection is user \"anonymous\" (testing only)");
 
@@ -355,6 +368,7 @@ flags_result parse_flags(int argc, char** argv) {
   if (c.redis_prefix.empty() || c.redis_prefix.size() > 200)
     return usage("--redis-prefix: 1 to 200 bytes");
   if (c.recovery && c.mode != server_mode::wse) return usage("--recovery needs --mode wse");
+  if (c.presence && c.mode != server_mode::wse) return usage("--presence needs --mode wse");
   return result;
 }
 

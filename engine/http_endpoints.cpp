@@ -30,7 +30,7 @@ std::string http_endpoints::api_error(uint16_t status, std::string_view reason) 
 
 http_endpoints::answer http_endpoints::serve(shard& s, const proto::http_request& req,
                                              std::string_view body, bool admin_socket,
-                                             bool stopping) {
+                                             bool stopping, uint32_t slot, uint32_t generation) {
   const server_config& cfg = *shared_.config;
   bool keep_alive = proto::http_keep_alive(req);
   auto connection = keep_alive ? proto::http_connection::keep_alive : proto::http_connection::close;
@@ -44,11 +44,13 @@ http_endpoints::answer http_endpoints::serve(shard& s, const proto::http_request
   std::string response;
   if (api) {
     http_answer a;
+    a.requester = conn_ref{slot, generation};
     if (!app_.on_http(s, req, body, a)) {
       a.status = 404;
       a.content_type = "text/plain";
       a.body = "not found\n";
     }
+    if (a.deferred) return {{}, false, true};
     response = proto::http_response(a.status, a.content_type, a.body, a.extra_headers, connection);
   } else if ((page || health || metrics) && !get) {
     response = proto::http_response(405, "text/plain", "method not allowed\n",

@@ -24,12 +24,14 @@ class http_endpoints {
   http_endpoints(server_shared& shared, app_handler& app) : shared_(shared), app_(app) {}
 
   struct answer {
-    std::string response;  // status line, headers and body
-    bool keep_alive;       // the connection may carry another request
+    std::string response;   // status line, headers and body
+    bool keep_alive;        // the connection may carry another request
+    bool deferred = false;  // the application answers later (http_answer::deferred)
   };
   // admin_socket: accepted on --admin-listen. stopping: the server is shutting down.
+  // requester: the connection asking (an API answer the application defers goes to it).
   answer serve(shard& s, const proto::http_request& request, std::string_view body,
-               bool admin_socket, bool stopping);
+               bool admin_socket, bool stopping, uint32_t slot = 0, uint32_t generation = 0);
 
   // A JSON error answer of the API with Connection: close ({"error":"<reason>"}).
   static std::string api_error(uint16_t status, std::string_view reason);

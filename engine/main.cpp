@@ -259,6 +259,10 @@ int main(int argc, char** argv) {
     o.recovery_limits.ttl_ms = c.recovery_ttl_ms;
     o.recovery_limits.max_replay = c.recovery_max_replay;
     o.recovery_limits.memory_bytes = c.recovery_memory_bytes;
+    o.presence = c.presence;
+    o.presence_limits.data_bytes_max = c.presence_data_bytes_max;
+    o.presence_limits.members_max = c.presence_members_max;
+    o.outbound_bytes_max = c.outbound_bytes_max;
     o.recovery_topics.clear();
     for (size_t at = 0; at <= c.recovery_topics.size();) {
       size_t comma = std::min(c.recovery_topics.find(',', at), c.recovery_topics.size());

@@ -55,8 +55,14 @@ enum class tag : uint8_t {
   ping,
   script_sequence,  // SCRIPT LOAD (recovery), in the handshake
   script_history,
-  sequence,  // EVALSHA of the sequence script: a recoverable publication
-  history,   // EVALSHA of the history script: a recovering subscriber's fetch
+  sequence,            // EVALSHA of the sequence script: a recoverable publication
+  history,             // EVALSHA of the history script: a recovering subscriber's fetch
+  script_queue_group,  // SCRIPT LOAD, in the handshake
+  queue_group,         // EVALSHA of the queue group script
+  script_presence,     // SCRIPT LOAD, in the handshake
+  script_presence_query,
+  presence,        // EVALSHA of the presence script
+  presence_query,  // EVALSHA of the presence query script
 };
 struct tag_run {
   tag t;
@@ -161,6 +167,8 @@ struct redis_bridge::node {
   uint64_t last_fp = 0;
   uint32_t dup_left = 0;
   std::deque<redis_history_request> fetch_out;  // written on P, answers to come in order
+  std::deque<std::string> presence_out;         // topics of presence writes, in order
+  std::deque<redis_presence_query> query_out;   // presence queries written, in order
 };
 
 struct redis_bridge::impl {
@@ -204,6 +212,26 @@ struct redis_bridge::impl {
   std::vector<redis_history_request> fetch_wait;
   std::string meta, log, topic_json, rest, epoch, number, ttl, buffer, replay_max;
   std::string all_pattern;  // pattern mode: the one pattern
+  // Queue groups: this instance's members per topic ("<connection id>\t<group>", join order;
+  // an empty list stays until Redis was told), the topics to write (value: publish the marker
+  // even when unchanged), the script's SHA1, the next renewal.
+  std::string queue_group_sha;
+  fanout::string_map<std::vector<std::string>> queue_group_own;
+  fanout::string_map<bool> queue_group_dirty;
+  uint64_t queue_group_refresh_at = 0;
+  std::string qg_members, qg_instances, qg_order, qg_keep;
+  // Presence: this instance's members per topic (user -> connections, data; 0 connections
+  // kept until written), the users to write per topic, the scripts' SHA1s, queries waiting.
+  struct own_presence {
+    uint32_t connections = 0;
+    std::string data;
+  };
+  std::string presence_sha, presence_query_sha;
+  fanout::string_map<fanout::string_map<own_presence>> presence_own;
+  fanout::string_map<std::vector<std::string>> presence_dirty;  // topic -> users (may repeat)
+  uint64_t presence_refresh_at = 0;
+  std::vector<redis_presence_query> query_wait;
+  std::string pd, pt, pc, pi;
 };
 
 redis_bridge::redis_bridge(redis_bridge_options options, const fanout::router& router,
@@ -337,6 +365,14 @@ bool redis_bridge::fetch_history(redis_history_request request) {
   return true;
 }
 
+void redis_bridge::queue_group_member(std::string_view topic, std::string_view member, bool join) {
+  {
+    std::lock_guard lock(mu_);
+    queue_group_ops_.push_back({std::string(topic), std::string(member), join});
+  }
+  wake();
+}
+
 bool redis_bridge::add_inbound(uint32_t producer, std::initializer_list<std::string_view> fields) {
   inbound_lane& l = *inbound_[producer < opt_.producers ? producer : opt_.producers];
   {
@@ -425,6 +461,14 @@ void redis_bridge::disconnect(connection& c, const std::string& why) {
       answer_unanswered(n.fetch_out.front());
       n.fetch_out.pop_front();
     }
+    n.presence_out.clear();
+    while (!n.query_out.empty()) {
+      c_.presence_queries_failed.add();
+      sink_.presence_answer(n.query_out.front(), redis_presence_answer{});
+      n.query_out.pop_front();
+      std::lock_guard lock(mu_);
+      --presence_queries_outstanding_;
+    }
     // Its last commands may still run after the close: no fence proves their echoes for a while.
     n.acked_seq = n.written_seq;
     n.fence_hold_until = now_ms() + fence_hold_ms;
@@ -439,6 +483,7 @@ void redis_bridge::disconnect(connection& c, const std::string& why) {
     n.fence_out = false;
     n.dup_left = 0;
     if (opt_.recovery && was_up) sink_.history_lost({});  // the live stream has a hole
+    if (was_up) sink_.queue_groups_lost({});
   }
   c.tags.clear();
   c.st = connection::state::down;
@@ -493,6 +538,15 @@ void redis_bridge::connected(connection& c) {
     c.push_tag(tag::select);
     ++c.handshake_left;
   }
+  if (&c == &c.owner->p) {  // queue groups, on every new publisher connection
+    redis::append_command(c.out, {"SCRIPT", "LOAD", redis::queue_group_script});
+    c.push_tag(tag::script_queue_group);
+    redis::append_command(c.out, {"SCRIPT", "LOAD", redis::presence_script});
+    c.push_tag(tag::script_presence);
+    redis::append_command(c.out, {"SCRIPT", "LOAD", redis::presence_query_script});
+    c.push_tag(tag::script_presence_query);
+    c.handshake_left += 3;
+  }
   if (opt_.recovery && &c == &c.owner->p) {  // the scripts, on every new publisher connection
     redis::append_command(c.out, {"SCRIPT", "LOAD", redis::sequence_script});
     c.push_tag(tag::script_sequence);
@@ -521,8 +575,15 @@ void redis_bridge::became_ready(connection& c) {
       for (const std::string& pat : m.want_patterns) subscribe_on(n, pat, true);
     }
     flush_subscriptions(n);
-  } else if (m.cluster && !m.slots_query_out) {
-    m.next_refresh_at = 0;  // the first P up asks for the slot map
+  } else {
+    // What the lost connection wrote may not have run: tell Redis again.
+    for (const auto& [topic, members] : m.queue_group_own)
+      m.queue_group_dirty.try_emplace(topic, false);
+    for (const auto& [topic, users] : m.presence_own) {
+      auto& dirty = m.presence_dirty[topic];
+      for (const auto& [user, st] : users) dirty.push_back(user);
+    }
+    if (m.cluster && !m.slots_query_out) m.next_refresh_at = 0;  // the first P up asks for the map
   }
   if (m.logged_down) {
     log_line(opt_.quiet, std::string(c.name) + " connected to " + n.name);
@@ -599,6 +660,10 @@ void redis_bridge::apply_interest() {
     bool glob = kind == redis_interest::pattern && fanout::is_glob(key);
     if (glob && m.cluster) continue;  // sharded pub/sub has no patterns: local publications only
     bool wanted = kind == redis_interest::user ? router_.wants_user(key) : router_.wants(key);
+    if (!wanted && kind == redis_interest::pattern && !glob) {
+      auto own = m.queue_group_own.find(key);
+      wanted = own != m.queue_group_own.end() && !own->second.empty();
+    }
     std::string name;
     if (glob) {
       name = redis::pattern_for_glob(opt_.prefix, key);
@@ -696,13 +761,8 @@ void redis_bridge::write_fetches(uint64_t now) {
   size_t kept = 0;
   for (size_t i = 0; i < m.fetch_wait.size(); ++i) {
     redis_history_request& f = m.fetch_wait[i];
-    m.channel.clear();
-    redis::append_channel(m.channel, opt_.prefix, redis::channel_kind::topic, f.topic);
-    node* n = owner_of(m.channel);
-    bool subscribed =
-        n && (opt_.pattern_mode
-                  ? n->confirmed_patterns.find(m.all_pattern) != n->confirmed_patterns.end()
-                  : n->confirmed_channels.find(m.channel) != n->confirmed_channels.end());
+    node* n = topic_node(f.topic);
+    bool subscribed = n && hears(*n, m.channel);
     if (subscribed && n->p.ready() && !m.history_sha.empty()) {
       redis::recovery_keys(opt_.prefix, m.channel, m.meta, m.log);
       m.number = f.has_offset ? std::to_string(f.offset) : std::string("-1");
@@ -721,6 +781,269 @@ void redis_bridge::write_fetches(uint64_t now) {
     ++kept;
   }
   m.fetch_wait.resize(kept);
+}
+
+// The node of topic's channel (m.channel is then that channel's name).
+redis_bridge::node* redis_bridge::topic_node(std::string_view topic) {
+  impl& m = *impl_;
+  m.channel.clear();
+  redis::append_channel(m.channel, opt_.prefix, redis::channel_kind::topic, topic);
+  return owner_of(m.channel);
+}
+
+// Whether n's S has confirmed it hears channel (directly, or through the one pattern).
+bool redis_bridge::hears(node& n, const std::string& channel) const {
+  return opt_.pattern_mode
+             ? n.confirmed_patterns.find(impl_->all_pattern) != n.confirmed_patterns.end()
+             : n.confirmed_channels.find(channel) != n.confirmed_channels.end();
+}
+
+void redis_bridge::take_queue_group_ops() {
+  impl& m = *impl_;
+  std::vector<queue_group_op> ops;
+  {
+    std::lock_guard lock(mu_);
+    if (queue_group_ops_.empty()) return;
+    ops.swap(queue_group_ops_);
+  }
+  for (queue_group_op& op : ops) {
+    auto [it, added] = m.queue_group_own.try_emplace(op.topic);
+    std::vector<std::string>& own = it->second;
+    bool was_empty = own.empty();
+    auto at = std::find(own.begin(), own.end(), op.member);
+    if (op.join && at == own.end()) own.push_back(std::move(op.member));
+    if (!op.join && at != own.end()) own.erase(at);
+    m.queue_group_dirty.try_emplace(op.topic, false);
+    // The channel is wanted while this instance has members there (apply_interest asks).
+    if (was_empty != own.empty()) m.dirty.emplace_back(redis_interest::pattern, op.topic);
+  }
+}
+
+// Each topic whose members changed (or is due for renewal) gets queue_group_script on its
+// channel's node, once this instance's subscription to the channel is confirmed (a topic whose
+// members all left is written as soon as P is up).
+void redis_bridge::write_queue_groups(uint64_t now) {
+  impl& m = *impl_;
+  if (now >= m.queue_group_refresh_at) {
+    m.queue_group_refresh_at = now + queue_group_refresh_ms;
+    for (const auto& [topic, members] : m.queue_group_own)
+      m.queue_group_dirty.try_emplace(topic, false);
+  }
+  if (m.queue_group_dirty.empty() || m.queue_group_sha.empty()) return;
+  if (m.qg_keep.empty()) m.qg_keep = std::to_string(queue_group_keep_ms);
+  std::string_view verb = m.cluster ? "SPUBLISH" : "PUBLISH";
+  for (auto it = m.queue_group_dirty.begin(); it != m.queue_group_dirty.end();) {
+    const std::string& topic = it->first;
+    auto own = m.queue_group_own.find(topic);
+    bool empty = own == m.queue_group_own.end() || own->second.empty();
+    node* n = topic_node(topic);
+    bool subscribed = n && hears(*n, m.channel);
+    if (!n || !n->p.ready() || (!empty && !subscribed)) {
+      ++it;
+      continue;
+    }
+    redis::queue_group_keys(opt_.prefix, m.channel, m.qg_members, m.qg_instances, m.qg_order);
+    std::vector<std::string_view> args = {"EVALSHA",
+                                          m.queue_group_sha,
+                                          "3",
+                                          m.qg_members,
+                                          m.qg_instances,
+                                          m.qg_order,
+                                          opt_.instance_id,
+                                          m.qg_keep,
+                                          m.channel,
+                                          verb,
+                                          it->second ? "1" : "0"};
+    if (!empty)
+      for (const std::string& member : own->second) args.push_back(member);
+    redis::append_command(n->p.out, args);
+    n->p.push_tag(tag::queue_group);
+    if (empty && own != m.queue_group_own.end()) m.queue_group_own.erase(own);
+    it = m.queue_group_dirty.erase(it);
+  }
+}
+
+void redis_bridge::presence_set(std::string_view topic, std::string_view user, uint32_t connections,
+                                std::string_view data) {
+  {
+    std::lock_guard lock(mu_);
+    presence_ops_.push_back(
+        {std::string(topic), std::string(user), std::string(data), connections});
+  }
+  wake();
+}
+
+bool redis_bridge::presence_query(redis_presence_query query) {
+  {
+    std::lock_guard lock(mu_);
+    if (presence_queries_outstanding_ >= presence_queries_max) return false;
+    ++presence_queries_outstanding_;
+    query.asked_ms = now_ms();
+    presence_queries_.push_back(std::move(query));
+  }
+  wake();
+  return true;
+}
+
+void redis_bridge::take_presence_ops() {
+  impl& m = *impl_;
+  std::vector<presence_op> ops;
+  std::vector<redis_presence_query> queries;
+  {
+    std::lock_guard lock(mu_);
+    ops.swap(presence_ops_);
+    queries.swap(presence_queries_);
+  }
+  for (redis_presence_query& q : queries) m.query_wait.push_back(std::move(q));
+  for (presence_op& op : ops) {
+    impl::own_presence& st = m.presence_own[op.topic][op.user];
+    st.connections = op.connections;
+    st.data = std::move(op.data);
+    m.presence_dirty[op.topic].push_back(std::move(op.user));
+  }
+}
+
+// Each topic with changed members (or due for renewal) gets presence_script on its channel's
+// node: right away when it only removes, otherwise once this instance's subscription to the
+// channel is confirmed (so its own subscribers hear the events). Queries go out as they come.
+void redis_bridge::write_presence(uint64_t now) {
+  impl& m = *impl_;
+  if (now >= m.presence_refresh_at) {
+    m.presence_refresh_at = now + queue_group_refresh_ms;
+    for (const auto& [topic, users] : m.presence_own) m.presence_dirty.try_emplace(topic);
+  }
+  if (m.presence_sha.empty()) return;
+  std::string_view verb = m.cluster ? "SPUBLISH" : "PUBLISH";
+  size_t kept = 0;
+  for (size_t i = 0; i < m.query_wait.size(); ++i) {
+    redis_presence_query& q = m.query_wait[i];
+    m.channel.clear();
+    redis::append_channel(m.channel, opt_.prefix, redis::channel_kind::topic, q.topic);
+    node* n = owner_of(m.channel);
+    if (n && n->p.ready()) {
+      redis::presence_keys(opt_.prefix, m.channel, m.pd, m.pt, m.pc, m.pi);
+      redis::append_command(n->p.out, {"EVALSHA", m.presence_query_sha, "2", m.pd, m.pt});
+      n->p.push_tag(tag::presence_query);
+      n->query_out.push_back(std::move(q));
+      continue;
+    }
+    if (now >= q.asked_ms + opt_.timeout_ms) {
+      c_.presence_queries_failed.add();
+      sink_.presence_answer(q, redis_presence_answer{});
+      std::lock_guard lock(mu_);
+      --presence_queries_outstanding_;
+      continue;
+    }
+    if (kept != i) m.query_wait[kept] = std::move(q);
+    ++kept;
+  }
+  m.query_wait.resize(kept);
+  if (m.qg_keep.empty()) m.qg_keep = std::to_string(queue_group_keep_ms);
+  for (auto it = m.presence_dirty.begin(); it != m.presence_dirty.end();) {
+    const std::string& topic = it->first;
+    auto own = m.presence_own.find(topic);
+    bool holds = false, adds = false;
+    if (own != m.presence_own.end()) {
+      for (const auto& [user, st] : own->second) holds = holds || st.connections > 0;
+      for (const std::string& user : it->second) {
+        auto u = own->second.find(user);
+        adds = adds || (u != own->second.end() && u->second.connections > 0);
+      }
+    }
+    node* n = topic_node(topic);
+    bool subscribed = n && hears(*n, m.channel);
+    if (!n || !n->p.ready() || (adds && !subscribed)) {
+      ++it;
+      continue;
+    }
+    redis::presence_keys(opt_.prefix, m.channel, m.pd, m.pt, m.pc, m.pi);
+    m.topic_json.clear();
+    proto::wse_append_json_string(m.topic_json, topic);
+    std::vector<std::string_view> args = {"EVALSHA",
+                                          m.presence_sha,
+                                          "4",
+                                          m.pd,
+                                          m.pt,
+                                          m.pc,
+                                          m.pi,
+                                          opt_.instance_id,
+                                          m.qg_keep,
+                                          m.channel,
+                                          verb,
+                                          m.topic_json,
+                                          holds ? "1" : "0"};
+    std::vector<std::string> counts;
+    std::vector<std::string>& users = it->second;
+    if (own != m.presence_own.end()) {
+      std::sort(users.begin(), users.end());
+      users.erase(std::unique(users.begin(), users.end()), users.end());
+      counts.reserve(users.size());
+      for (const std::string& user : users) {
+        auto u = own->second.find(user);
+        if (u == own->second.end()) continue;
+        counts.push_back(std::to_string(u->second.connections));
+        args.push_back(u->first);
+        args.push_back(counts.back());
+        args.push_back(u->second.data.empty() ? std::string_view("{}") : u->second.data);
+      }
+    }
+    redis::append_command(n->p.out, args);
+    n->p.push_tag(tag::presence);
+    n->presence_out.push_back(topic);
+    if (own != m.presence_own.end()) {  // a user with no connection here, written: forgotten
+      for (const std::string& user : users) {
+        auto u = own->second.find(user);
+        if (u != own->second.end() && u->second.connections == 0) own->second.erase(u);
+      }
+      if (own->second.empty()) m.presence_own.erase(own);
+    }
+    it = m.presence_dirty.erase(it);
+  }
+}
+
+void redis_bridge::on_presence_reply(node& n, const redisReply* r) {
+  impl& m = *impl_;
+  if (n.presence_out.empty()) return;
+  std::string topic = std::move(n.presence_out.front());
+  n.presence_out.pop_front();
+  if (r->type == REDIS_REPLY_ERROR) {
+    c_.presence_errors.add();
+    if (str_of(r).starts_with("NOSCRIPT")) disconnect(n.p, "the presence script was flushed");
+    return;
+  }
+  c_.presence_writes.add();
+  if (r->type == REDIS_REPLY_INTEGER && r->integer == 0) {
+    // This instance's members there had lapsed (another instance dropped them): all again.
+    auto own = m.presence_own.find(topic);
+    if (own == m.presence_own.end()) return;
+    auto& dirty = m.presence_dirty[topic];
+    for (const auto& [user, st] : own->second) dirty.push_back(user);
+  }
+}
+
+void redis_bridge::on_presence_query_reply(node& n, const redisReply* r) {
+  if (n.query_out.empty()) return;
+  redis_presence_query q = std::move(n.query_out.front());
+  n.query_out.pop_front();
+  {
+    std::lock_guard lock(mu_);
+    --presence_queries_outstanding_;
+  }
+  redis_presence_answer a;
+  if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+      r->element[0]->type == REDIS_REPLY_ARRAY && r->element[1]->type == REDIS_REPLY_ARRAY) {
+    a.answered = true;
+    for (size_t part = 0; part < 2; ++part) {
+      const redisReply* list = r->element[part];
+      for (size_t i = 0; i + 1 < list->elements; i += 2)
+        (part == 0 ? a.data : a.totals)
+            .emplace_back(str_of(list->element[i]), str_of(list->element[i + 1]));
+    }
+    c_.presence_queries.add();
+  } else {
+    c_.presence_queries_failed.add();
+  }
+  sink_.presence_answer(q, a);
 }
 
 void redis_bridge::on_history_reply(node& n, const redisReply* r) {
@@ -927,11 +1250,18 @@ bool redis_bridge::on_message(node& n, std::string_view channel, std::string_vie
   n.dup_left = expected_copies(n, channel) - 1;
   if (!n.echo.empty() && n.echo.consume(fp)) {
     c_.received_own.add();
+    if (sink_.wants_own_publications() &&
+        redis::parse_channel(channel, opt_.prefix, m.key) == redis::channel_kind::topic)
+      sink_.own_publication(m.key, payload);
     return true;
   }
   fanout::delivery_kind dk;
   switch (redis::parse_channel(channel, opt_.prefix, m.key)) {
     case redis::channel_kind::topic:
+      if (payload.starts_with(redis::queue_group_marker)) {
+        sink_.queue_group_marker(m.key, payload.substr(redis::queue_group_marker.size()));
+        return true;
+      }
       dk = fanout::delivery_kind::topic;
       break;
     case redis::channel_kind::broadcast:
@@ -1032,12 +1362,25 @@ bool redis_bridge::on_s_reply(node& n, const redisReply* r) {
   auto& confirmed = glob ? n.confirmed_patterns : n.confirmed_channels;
   if (subscribe) {
     if (confirmed.insert(name).second) c_.subscriptions.add();
+    // From now on this instance hears the channel: a marker published now starts its count
+    // where the others' starts.
+    if (!glob && redis::parse_channel(name, opt_.prefix, m.key) == redis::channel_kind::topic) {
+      auto own = m.queue_group_own.find(m.key);
+      if (own != m.queue_group_own.end() && !own->second.empty())
+        m.queue_group_dirty.insert_or_assign(m.key, true);
+      if (m.presence_own.find(m.key) != m.presence_own.end())
+        m.presence_dirty.try_emplace(m.key);  // written now if it waited for the subscription
+    }
+    if (glob && opt_.pattern_mode)
+      for (const auto& [topic, members] : m.queue_group_own)
+        if (!members.empty()) m.queue_group_dirty.insert_or_assign(topic, true);
   } else {
     if (confirmed.erase(name)) {
       c_.subscriptions.sub();
-      if (opt_.recovery && !glob &&
-          redis::parse_channel(name, opt_.prefix, m.key) == redis::channel_kind::topic)
-        sink_.history_lost(m.key);
+      if (!glob && redis::parse_channel(name, opt_.prefix, m.key) == redis::channel_kind::topic) {
+        if (opt_.recovery) sink_.history_lost(m.key);
+        sink_.queue_groups_lost(m.key);
+      }
     }
     if (!ours && n.requested_channels.erase(name)) {
       // Redis dropped it (a cluster slot moved away): resubscribe where the slot lives now.
@@ -1074,6 +1417,9 @@ bool redis_bridge::handshake_reply(connection& c, const redisReply* r) {
   }
   if (t == tag::script_sequence) impl_->sequence_sha = std::string(str_of(r));
   if (t == tag::script_history) impl_->history_sha = std::string(str_of(r));
+  if (t == tag::script_queue_group) impl_->queue_group_sha = std::string(str_of(r));
+  if (t == tag::script_presence) impl_->presence_sha = std::string(str_of(r));
+  if (t == tag::script_presence_query) impl_->presence_query_sha = std::string(str_of(r));
   if (--c.handshake_left == 0) became_ready(c);
   return true;
 }
@@ -1094,7 +1440,19 @@ void redis_bridge::on_p_reply(node& n, const redisReply* r) {
     case tag::select:
     case tag::script_sequence:
     case tag::script_history:
+    case tag::script_queue_group:
+    case tag::script_presence:
+    case tag::script_presence_query:
       return;  // only in the handshake
+    case tag::presence:
+      return on_presence_reply(n, r);
+    case tag::presence_query:
+      return on_presence_query_reply(n, r);
+    case tag::queue_group:
+      (error ? c_.queue_group_errors : c_.queue_group_writes).add();
+      if (error && str_of(r).starts_with("NOSCRIPT"))
+        disconnect(n.p, "the queue group script was flushed");
+      return;
     case tag::sequence:
       (error ? c_.lost : c_.published).add();
       if (!error) c_.sequenced.add();
@@ -1264,10 +1622,14 @@ void redis_bridge::run() {
     }
     wake_pending_.store(false, std::memory_order_release);
     take_publications();
+    take_queue_group_ops();
+    take_presence_ops();
     apply_interest();
     write_publications();
     write_commands();
     if (opt_.recovery) write_fetches(now);
+    write_queue_groups(now);
+    write_presence(now);
     send_fences();
     refresh_topology(now);
     check_liveness(now);
@@ -1393,6 +1755,18 @@ void redis_bridge::render_metrics(std::string& out) const {
     line(h, "counter", h_help, c_.history_failed.get(), "result", "failed", false);
     line(h, "counter", h_help, c_.history_refused.get(), "result", "refused", false);
   }
+  const char* pw = "wsed_redis_presence_writes_total";
+  const char* pw_help = "This instance's presence members written to Redis, by result.";
+  line(pw, "counter", pw_help, c_.presence_writes.get(), "result", "ok");
+  line(pw, "counter", pw_help, c_.presence_errors.get(), "result", "error", false);
+  const char* pq = "wsed_redis_presence_queries_total";
+  const char* pq_help = "Presence queries (GET /api/presence) answered from Redis, by result.";
+  line(pq, "counter", pq_help, c_.presence_queries.get(), "result", "answered");
+  line(pq, "counter", pq_help, c_.presence_queries_failed.get(), "result", "failed", false);
+  const char* qg = "wsed_redis_queue_group_writes_total";
+  const char* qg_help = "This instance's queue group members written to Redis, by result.";
+  line(qg, "counter", qg_help, c_.queue_group_writes.get(), "result", "ok");
+  line(qg, "counter", qg_help, c_.queue_group_errors.get(), "result", "error", false);
   line("wsed_redis_buffered_total", "counter",
        "Publications that waited in the buffer while Redis was unreachable.",
        c_.buffered_total.get());

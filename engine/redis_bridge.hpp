@@ -57,6 +57,20 @@ struct redis_history_answer {
   std::vector<std::string_view> messages;  // the stamped payloads to replay, in order
 };
 
+// An HTTP presence query (GET /api/presence) waiting for Redis, answered through
+// redis_sink::presence_answer.
+struct redis_presence_query {
+  uint32_t shard = 0, slot = 0, generation = 0;  // the HTTP connection waiting
+  bool stats = false;                            // /api/presence/stats
+  std::string topic;
+  uint64_t asked_ms = 0;  // set by the bridge
+};
+struct redis_presence_answer {
+  bool answered = false;  // false: Redis did not answer within --redis-timeout (or went away)
+  std::vector<std::pair<std::string_view, std::string_view>> data;    // user -> data
+  std::vector<std::pair<std::string_view, std::string_view>> totals;  // user -> connections
+};
+
 // What the bridge hands the application (wse_app) on the bridge thread.
 class redis_sink {
  public:
@@ -76,6 +90,20 @@ class redis_sink {
   // this instance cached of its history may have a hole now.
   virtual void history_lost(std::string_view topic) = 0;
   virtual void wake(uint64_t shards_mask) = 0;
+  // Queue groups across instances (redis_names: queue_group_script). A topic's marker: its
+  // members, one "<instance>\t<connection id>\t<group>" per line in rotation order (views
+  // valid during the call). Counting restarts there.
+  virtual void queue_group_marker(std::string_view /*topic*/, std::string_view /*members*/) {}
+  // The stream of a topic's channel (empty: every channel) was interrupted: its markers and
+  // counts are no longer those of the other instances.
+  virtual void queue_groups_lost(std::string_view /*topic*/) {}
+  // A publication of this instance came back from Redis (its local subscribers had it): it
+  // still counts for the queue groups. Only asked while wants_own_publications().
+  virtual bool wants_own_publications() const { return false; }
+  virtual void own_publication(std::string_view /*topic*/, std::string_view /*json*/) {}
+  // The answer to presence_query (views valid during the call).
+  virtual void presence_answer(const redis_presence_query& /*query*/,
+                               const redis_presence_answer& /*answer*/) {}
 };
 
 struct redis_bridge_options {
@@ -136,6 +164,22 @@ class redis_bridge {
   // Any thread: publishes a command (JSON) on instance `instance`'s channel. False: Redis is
   // not connected (the caller answers 503).
   bool route_command(std::string_view instance, std::string_view json);
+  // Any thread: a queue group member of this instance joined (or left) topic; member is
+  // "<connection id>\t<group>". The bridge keeps this instance's members of each topic in Redis
+  // (queue_group_script, renewed every queue_group_refresh_ms; after queue_group_keep_ms without
+  // renewal another instance drops them), and subscribes to the topic's channel meanwhile.
+  void queue_group_member(std::string_view topic, std::string_view member, bool join);
+  static constexpr uint64_t queue_group_refresh_ms = 5000;
+  static constexpr uint64_t queue_group_keep_ms = 15000;
+  // Any thread: this instance now has `connections` connections of user in topic's presence
+  // (0: none), with that data. The bridge keeps them in Redis (presence_script, renewed like
+  // the queue groups), which sends the presence events; written once the topic's channel is
+  // subscribed (so this instance's subscribers hear the event), a 0 at once.
+  void presence_set(std::string_view topic, std::string_view user, uint32_t connections,
+                    std::string_view data);
+  // Any thread: reads a topic's presence from Redis; the answer comes through
+  // redis_sink::presence_answer on the bridge thread. False: too many queries waiting.
+  bool presence_query(redis_presence_query query);
   // Any thread (a shard): one inbound-stream entry (--inbound redis), fields as name/value
   // pairs. False (and counted): that producer's lane is over inbound_bytes_max.
   bool add_inbound(uint32_t producer, std::initializer_list<std::string_view> fields);
@@ -160,7 +204,10 @@ class redis_bridge {
     counter subscribe_commands;
     counter sequenced;  // --recovery: publications Redis stamped (counted published too)
     counter history_answered, history_failed;
-    counter history_refused;          // any thread, under mu_: too many histories outstanding
+    counter history_refused;  // any thread, under mu_: too many histories outstanding
+    counter queue_group_writes, queue_group_errors;  // queue_group_script runs, failed ones
+    counter presence_writes, presence_errors;        // presence_script runs, failed ones
+    counter presence_queries, presence_queries_failed;
     counter buffered, subscriptions;  // gauges
   };
   const counters& stats() const { return c_; }
@@ -189,6 +236,14 @@ class redis_bridge {
   void write_publications();
   void write_commands();
   void write_fetches(uint64_t now);
+  node* topic_node(std::string_view topic);
+  bool hears(node& n, const std::string& channel) const;
+  void take_queue_group_ops();
+  void write_queue_groups(uint64_t now);
+  void take_presence_ops();
+  void write_presence(uint64_t now);
+  void on_presence_reply(node& n, const ::redisReply* r);
+  void on_presence_query_reply(node& n, const ::redisReply* r);
   void write_sequenced(node& n, std::string_view topic, std::string_view payload);
   void answer_unanswered(redis_history_request& request);
   void answered_one();
@@ -228,7 +283,20 @@ class redis_bridge {
   std::vector<std::pair<redis_interest, std::string>> dirty_;  // under mu_
   std::vector<std::pair<std::string, std::string>> commands_;  // under mu_: instance, json
   std::vector<redis_history_request> fetches_;                 // under mu_
-  size_t fetches_outstanding_ = 0;                             // under mu_: not answered yet
+  struct queue_group_op {
+    std::string topic, member;
+    bool join;
+  };
+  std::vector<queue_group_op> queue_group_ops_;  // under mu_
+  struct presence_op {
+    std::string topic, user, data;
+    uint32_t connections;
+  };
+  std::vector<presence_op> presence_ops_;               // under mu_
+  std::vector<redis_presence_query> presence_queries_;  // under mu_
+  size_t presence_queries_outstanding_ = 0;             // under mu_
+  static constexpr size_t presence_queries_max = 4096;
+  size_t fetches_outstanding_ = 0;  // under mu_: not answered yet
   static constexpr size_t fetches_queued_max = 65536;
   struct alignas(64) inbound_lane {
     std::mutex mu;

@@ -356,14 +356,25 @@ const std::vector<std::string>& slot_tags() {
 
 }  // namespace
 
+namespace {
+
+// "<prefix>{<tag>}<kind>:<channel>": a key in the channel's cluster slot.
+void slot_key(std::string_view prefix, std::string_view channel, char kind, std::string& out) {
+  out.clear();
+  out.append(prefix);
+  out.push_back('{');
+  out.append(slot_tags()[key_slot(channel)]);
+  out.push_back('}');
+  out.push_back(kind);
+  out.push_back(':');
+  out.append(channel);
+}
+
+}  // namespace
+
 void recovery_keys(std::string_view prefix, std::string_view channel, std::string& meta,
                    std::string& log) {
-  meta.clear();
-  meta.append(prefix);
-  meta.push_back('{');
-  meta.append(slot_tags()[key_slot(channel)]);
-  meta.append("}r:");
-  meta.append(channel);
+  slot_key(prefix, channel, 'r', meta);
   log = meta;
   meta.push_back('m');
   log.push_back('l');
@@ -387,6 +398,142 @@ redis.call('PEXPIRE', KEYS[1], ARGV[6])
 redis.call('PEXPIRE', KEYS[2], ARGV[6])
 redis.call(ARGV[7], ARGV[1], msg)
 return o
+)lua";
+
+void queue_group_keys(std::string_view prefix, std::string_view channel, std::string& members,
+                      std::string& instances, std::string& order) {
+  slot_key(prefix, channel, 'q', members);
+  instances = members;
+  order = members;
+  members.push_back('m');
+  instances.push_back('i');
+  order.push_back('n');
+}
+
+const std::string_view queue_group_script = R"lua(
+local inst = ARGV[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local dead = {}
+for _, e in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. now)) do
+  if e ~= inst then
+    dead[e] = true
+    redis.call('ZREM', KEYS[2], e)
+  end
+end
+local want = {}
+for i = 6, #ARGV do want[inst .. '\t' .. ARGV[i]] = true end
+local changed = false
+for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local owner = string.match(m, '^([^\t]*)\t')
+  if dead[owner] or (owner == inst and not want[m]) then
+    redis.call('ZREM', KEYS[1], m)
+    changed = true
+  elseif owner == inst then
+    want[m] = nil
+  end
+end
+for i = 6, #ARGV do
+  local m = inst .. '\t' .. ARGV[i]
+  if want[m] then
+    redis.call('ZADD', KEYS[1], redis.call('INCR', KEYS[3]), m)
+    want[m] = nil
+    changed = true
+  end
+end
+local keep = tonumber(ARGV[2])
+if #ARGV >= 6 then
+  redis.call('ZADD', KEYS[2], now + keep, inst)
+else
+  redis.call('ZREM', KEYS[2], inst)
+end
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], 4 * keep) end
+if changed or ARGV[5] == '1' then
+  redis.call(ARGV[4], ARGV[3],
+             'wsed:queue_groups\n' .. table.concat(redis.call('ZRANGE', KEYS[1], 0, -1), '\n'))
+end
+if changed then return 1 end
+return 0
+)lua";
+
+void presence_keys(std::string_view prefix, std::string_view channel, std::string& data,
+                   std::string& totals, std::string& counts, std::string& instances) {
+  slot_key(prefix, channel, 'p', data);
+  totals = data;
+  counts = data;
+  instances = data;
+  data.push_back('d');
+  totals.push_back('t');
+  counts.push_back('c');
+  instances.push_back('i');
+}
+
+const std::string_view presence_script = R"lua(
+local inst, keep, channel, verb, topic = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function esc(s)
+  return (string.gsub(s, '[%c"\\]', function(c)
+    if c == '"' then return '\\"' end
+    if c == '\\' then return '\\\\' end
+    return string.format('\\u%04x', string.byte(c))
+  end))
+end
+local function event(kind, user, data)
+  redis.call(verb, channel, '{"c":"WSE","p":{"data":' .. data .. ',"topic":' .. topic ..
+             ',"user_id":"' .. esc(user) .. '"},"t":"presence_' .. kind .. '","v":1}')
+end
+local function set(owner, user, count, data)
+  local field = owner .. '\t' .. user
+  local old = tonumber(redis.call('HGET', KEYS[3], field) or '0')
+  if count > 0 then
+    redis.call('HSET', KEYS[3], field, count)
+  else
+    redis.call('HDEL', KEYS[3], field)
+  end
+  local before = tonumber(redis.call('HGET', KEYS[2], user) or '0')
+  local after = before - old + count
+  if after > 0 then
+    redis.call('HSET', KEYS[2], user, after)
+  else
+    redis.call('HDEL', KEYS[2], user)
+  end
+  if before <= 0 and after > 0 then
+    redis.call('HSET', KEYS[1], user, data)
+    event('join', user, data)
+  elseif before > 0 and after <= 0 then
+    local last = redis.call('HGET', KEYS[1], user) or '{}'
+    redis.call('HDEL', KEYS[1], user)
+    event('leave', user, last)
+  elseif after > 0 and count > 0 and redis.call('HGET', KEYS[1], user) ~= data then
+    redis.call('HSET', KEYS[1], user, data)
+    event('update', user, data)
+  end
+end
+for _, e in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', '(' .. now)) do
+  if e ~= inst then
+    redis.call('ZREM', KEYS[4], e)
+    local p = e .. '\t'
+    local all = redis.call('HGETALL', KEYS[3])
+    for i = 1, #all, 2 do
+      if string.sub(all[i], 1, #p) == p then set(e, string.sub(all[i], #p + 1), 0, '') end
+    end
+  end
+end
+local known = redis.call('ZSCORE', KEYS[4], inst)
+for i = 7, #ARGV, 3 do set(inst, ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]) end
+if ARGV[6] == '1' then
+  redis.call('ZADD', KEYS[4], now + keep, inst)
+else
+  redis.call('ZREM', KEYS[4], inst)
+end
+for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], 4 * keep) end
+if known then return 1 end
+return 0
+)lua";
+
+const std::string_view presence_query_script = R"lua(
+return {redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2])}
 )lua";
 
 const std::string_view history_script = R"lua(

@@ -88,6 +88,44 @@ void recovery_keys(std::string_view prefix, std::string_view channel, std::strin
 extern const std::string_view sequence_script;
 extern const std::string_view history_script;
 
+// Queue groups across instances: one topic's members, a sorted set of "<instance>\t<connection
+// id>\t<group>" scored by join order (so the rotation order is the same for every instance),
+// the instances holding members, a sorted set scored by the deadline (ms) their holder renews,
+// and the join-order counter: "<prefix>{<tag>}q:<channel>" + "m" / "i" / "n", in the channel's
+// slot.
+void queue_group_keys(std::string_view prefix, std::string_view channel, std::string& members,
+                      std::string& instances, std::string& order);
+// The marker a queue_group_script publishes on the topic's channel: this prefix, then the
+// members one per line in rotation order. Every instance receives a channel's messages in one
+// order, so from a marker on they count the topic's publications alike and agree on which
+// member each one goes to.
+inline constexpr std::string_view queue_group_marker = "wsed:queue_groups\n";
+// KEYS members, instances, order; ARGV instance, keep ms (the deadline after Redis's TIME),
+// channel, PUBLISH | SPUBLISH, "1" to publish the marker even when nothing changed, then this
+// instance's members ("<connection id>\t<group>", in join order). Drops the members of
+// instances whose deadline passed, makes this instance's members exactly the given ones,
+// renews its deadline (or removes it when it has none), sets every key to expire after 4 x
+// keep; publishes the marker when anything changed (or asked). Returns 1 when it changed
+// anything.
+extern const std::string_view queue_group_script;
+
+// Presence across instances: one topic's members, a hash user -> data (the latest), a hash
+// user -> connections in the cluster, a hash "<instance>\t<user>" -> that instance's
+// connections, and the instances holding members (sorted by the deadline their holder renews):
+// "<prefix>{<tag>}p:<channel>" + "d" / "t" / "c" / "i", in the channel's slot.
+void presence_keys(std::string_view prefix, std::string_view channel, std::string& data,
+                   std::string& totals, std::string& counts, std::string& instances);
+// KEYS data, totals, counts, instances; ARGV instance, keep ms, channel, PUBLISH | SPUBLISH, the
+// topic as a JSON string, "1" when this instance still holds members there, then triplets
+// (user, this instance's connections of that user now, its data). Drops the members of
+// instances whose deadline passed, sets each triplet's count, and publishes presence_join (a
+// user's first connection in the cluster), presence_update (other data), presence_leave (its
+// last) on the channel, exactly as wsed builds them; renews the deadline. Returns 0 when this
+// instance was not known (its members had lapsed: it writes them all again), else 1.
+extern const std::string_view presence_script;
+// KEYS data, totals: [[user, data, ...], [user, connections, ...]].
+extern const std::string_view presence_query_script;
+
 // Appends one RESP command (an array of bulk strings), or its pieces: the array header for n
 // strings, then each bulk string.
 void append_command(std::string& out, std::initializer_list<std::string_view> args);

@@ -482,6 +482,7 @@ void shard::on_recv(connection& c, uint32_t slot, io_uring_cqe* cqe) {
 }
 
 void shard::on_handshake_bytes(connection& c, uint32_t slot, std::span<uint8_t> data) {
+  if (c.flags & flag_deferred) return;  // waiting for its answer: input is dropped
   size_t before = c.carry ? c.carry->size : 0;
   byte_buffer::append(c.carry, data.data(), data.size());
   // Bytes before `before` were searched already, unless they held a complete head whose body
@@ -592,8 +593,12 @@ bool shard::origin_allowed(std::string_view origin) const {
 
 bool shard::serve_http(connection& c, uint32_t slot, const proto::http_request& req,
                        std::string_view body) {
-  http_endpoints::answer a =
-      endpoints_.serve(*this, req, body, (c.flags & flag_admin) != 0, stopping_);
+  http_endpoints::answer a = endpoints_.serve(*this, req, body, (c.flags & flag_admin) != 0,
+                                              stopping_, slot, c.generation);
+  if (a.deferred) {
+    c.flags |= flag_deferred;
+    return false;  // nothing more is read until the answer
+  }
   answer_http(c, slot, a.response, a.keep_alive);
   return a.keep_alive && c.state == conn_state::handshake;
 }
@@ -824,6 +829,25 @@ send_status shard::over_cap(connection& c, uint32_t slot) {
   metrics_.slow_consumer[size_t(slow_action::disconnect)].add();
   begin_close(c, slot, close_reason::slow_consumer, close_codes::slow_consumer);
   return send_status::backpressure;
+}
+
+void shard::answer_deferred(conn_ref ref, const http_answer& a) {
+  if (ref.slot >= slots_touched_) return;
+  connection& c = slot_at(ref.slot);
+  if (c.generation != ref.generation || c.state != conn_state::handshake ||
+      !(c.flags & flag_deferred))
+    return;
+  c.flags &= uint8_t(~flag_deferred);
+  answer_and_close(c, ref.slot,
+                   proto::http_response(a.status, a.content_type, a.body, a.extra_headers,
+                                        proto::http_connection::close));
+}
+
+uint64_t shard::queued_bytes(conn_ref ref) const {
+  if (ref.slot >= slots_touched_) return UINT64_MAX;
+  const connection& c = slot_at(ref.slot);
+  if (c.generation != ref.generation || c.state != conn_state::open) return UINT64_MAX;
+  return (c.out ? c.out->queued_bytes() : 0) + (c.direct ? c.direct->wire_bytes : 0);
 }
 
 void shard::close(conn_ref ref, uint16_t code, close_reason why, std::string_view reason) {

@@ -55,6 +55,10 @@ struct http_answer {
   std::string content_type = "application/json";
   std::string body;
   std::string extra_headers;  // each line ending in \r\n
+  // Set by on_http: the answer comes later, through shard::answer_deferred (the connection reads
+  // nothing more meanwhile, the handshake timeout still applies, and it closes after the answer).
+  bool deferred = false;
+  conn_ref requester{};  // the connection asking (set by the shard): for answer_deferred
 };
 
 // What the application sees. Called on the shard's thread, from inside its loop pass. The
@@ -137,6 +141,12 @@ class shard {
   // under the same outbound cap: over it, --slow-consumer disconnect closes with 4509
   // (backpressure), drop skips this whole frame (dropped) and the connection stays.
   send_status send_frame(conn_ref c, const fanout::frame& f);
+  // On the shard's thread: the answer to a request on_http deferred (ignored when that
+  // connection is gone or not waiting).
+  void answer_deferred(conn_ref c, const http_answer& answer);
+  // Bytes queued to an open connection and not sent yet (a direct frame counted whole);
+  // UINT64_MAX when c is not an open connection (gone, closing, stale).
+  uint64_t queued_bytes(conn_ref c) const;
   // reason: the close frame's text (at most 123 bytes; cut there).
   void close(conn_ref c, uint16_t code, close_reason why = close_reason::app_close,
              std::string_view reason = {});
@@ -211,6 +221,7 @@ class shard {
   static constexpr uint8_t flag_per_ip = 16;     // counted in shared_.per_ip (slot_ip_[slot])
   static constexpr uint8_t flag_admin = 32;      // accepted on --admin-listen: HTTP endpoints only
   static constexpr uint8_t flag_app_close = 64;  // app_.on_close owed (in deferred_closes_)
+  static constexpr uint8_t flag_deferred = 128;  // an HTTP answer is owed (answer_deferred)
   static constexpr uint32_t no_slot = UINT32_MAX;
   static constexpr size_t queues_keep_max = limits::queues_keep_max;
 
@@ -271,6 +282,7 @@ class shard {
   // Slots and timers.
   uint32_t alloc_slot();
   connection& slot_at(uint32_t slot) { return slots_[slot]; }
+  const connection& slot_at(uint32_t slot) const { return slots_[slot]; }
   void expire(timer_list list);
 
   // Ring helpers.

@@ -69,7 +69,13 @@ constexpr size_t acl_shapes_max = 4096;  // distinct ACLs kept for sharing, per 
 constexpr uint64_t milli = 1000;         // token bucket unit: a message is 1000 milli-tokens
 
 const char* name_of(subscribe_outcome o) {
-  static constexpr const char* names[] = {"ok", "acl_denied", "invalid_topic", "too_many_topics"};
+  static constexpr const char* names[] = {"ok",
+                                          "acl_denied",
+                                          "invalid_topic",
+                                          "too_many_topics",
+                                          "exact_topic_required",
+                                          "presence_full",
+                                          "presence_data_too_large"};
   static_assert(std::size(names) == size_t(subscribe_outcome::count_));
   return names[size_t(o)];
 }
@@ -82,6 +88,12 @@ constexpr std::string_view reason_of(subscribe_outcome o) {
       return "INVALID_TOPIC";
     case subscribe_outcome::too_many_topics:
       return "TOO_MANY_TOPICS";
+    case subscribe_outcome::exact_topic_required:
+      return "EXACT_TOPIC_REQUIRED";
+    case subscribe_outcome::presence_full:
+      return "PRESENCE_FULL";
+    case subscribe_outcome::presence_data_too_large:
+      return "PRESENCE_DATA_TOO_LARGE";
     default:
       return "OK";
   }
@@ -105,6 +117,18 @@ constexpr std::string_view command_unsubscribe = "unsubscribe";
 constexpr std::string_view command_send = "send";
 constexpr std::string_view command_disconnect = "disconnect";
 constexpr std::string_view command_history = "history";  // a history from Redis (recovery)
+// Subscribe / unsubscribe with extras: "<queue group>\n<presence bytes>\n<presence><topic lines>"
+constexpr std::string_view command_subscribe_ex = "subscribe_ex";
+constexpr std::string_view command_unsubscribe_ex = "unsubscribe_ex";
+constexpr std::string_view command_presence = "presence";  // new data for every presence topic
+// A deferred HTTP answer for a connection of the shard: "<status>\n<body>"
+constexpr std::string_view command_http_answer = "http_answer";
+
+// A system message (category WSE first, as wsed builds them: presence events) is never stamped
+// and never given to queue groups.
+bool system_message(std::string_view text) {
+  return text.starts_with("{\"c\":\"WSE\"");
+}
 // A recovering request whose histories Redis has not answered by then is answered without.
 constexpr uint64_t history_wait_max_ms = 15000;
 
@@ -158,6 +182,7 @@ wse_app::wse_app(wse_app_options options, wse_handler& handler)
     recovery_ = std::make_unique<recovery_store>(opt_.recovery_limits);
     recover_all_ = opt_.recovery_topics.size() == 1 && opt_.recovery_topics[0] == "*";
   }
+  if (opt_.presence) presence_ = std::make_unique<fanout::presence_registry>(opt_.presence_limits);
 }
 
 bool wse_app::recoverable(std::string_view topic) const {
@@ -459,7 +484,22 @@ void wse_app::on_json(shard& s, conn_ref c, per_shard& p, conn_state& st, std::s
       names.reserve(msg.subscription.topic_count);
       for (const proto::wse_topic& t : msg.subscription.list()) names.push_back(t.name);
       bool subscribing = msg.subscription.action == proto::wse_subscription_action::subscribe;
-      apply_subscription(s, c, p, st, subscribing, names);
+      if (msg.subscription.queue_group_invalid ||
+          (subscribing && presence_ && msg.subscription.presence_invalid)) {
+        p.counts.invalid.add();
+        return send_error(s, c, p, "INVALID_MESSAGE",
+                          msg.subscription.queue_group_invalid
+                              ? "subscription_update: p.queue_group must be a string of 1 to " +
+                                    std::to_string(proto::wse_queue_group_bytes_max) +
+                                    " bytes without control characters"
+                              : std::string("subscription_update: p.presence must be a JSON "
+                                            "object"));
+      }
+      wse_subscribe_extras extras;
+      extras.has_presence = subscribing && presence_ && msg.subscription.has_presence;
+      extras.presence_json = msg.subscription.presence_json;
+      extras.queue_group = msg.subscription.queue_group;
+      apply_subscription(s, c, p, st, subscribing, names, extras);
       if (recovery_ && subscribing && msg.subscription.recover) {
         if (bridge_) return recover_remote(s, c, p, msg.subscription);
         recover_topics(s, c, p, msg.subscription);
@@ -544,6 +584,7 @@ std::shared_ptr<const auth::topic_acl> wse_app::shared_acl(per_shard& p,
 
 void wse_app::on_tick(shard& s, uint64_t now_ms) {
   handler_.on_tick(s.index());
+  if (!part(s).busy_members.empty()) check_busy_members(s, part(s));
   if (recovery_) {
     per_shard& pr = part(s);
     if (now_ms >= pr.next_expire_ms) {  // once a second
@@ -606,6 +647,7 @@ void wse_app::on_close(shard& s, conn_ref c) {
       handler_.on_disconnect(wse_conn{&s, c});  // ids_of still answers during the call
     }
     st->live = false;
+    st->qg_busy = false;
     st->authenticated = false;
     st->user_id.clear();
     st->acl.reset();
@@ -626,6 +668,11 @@ void wse_app::drop_subscriptions(shard& s, per_shard& p, uint32_t slot) {
 void wse_app::leave_all(shard& s, per_shard& p, uint32_t slot) {
   conn_state& st = p.conns[slot];
   drop_subscriptions(s, p, slot);
+  leave_groups(s, st, slot, {}, {});
+  while (!st.presence_topics.empty()) {
+    std::string topic = st.presence_topics.back();
+    presence_leave(s, p, st, slot, topic);
+  }
   auto it = p.users.find(st.user_id);
   if (it == p.users.end()) return;
   std::vector<uint32_t>& slots = it->second;
@@ -641,7 +688,8 @@ void wse_app::leave_all(shard& s, per_shard& p, uint32_t slot) {
 }
 
 void wse_app::apply_subscription(shard& s, conn_ref c, per_shard& p, conn_state& st,
-                                 bool subscribing, std::span<const std::string_view> topics) {
+                                 bool subscribing, std::span<const std::string_view> topics,
+                                 const wse_subscribe_extras& extras) {
   p.ok_topics.clear();
   p.failed_topics.clear();
   p.failed_reasons.clear();
@@ -654,6 +702,10 @@ void wse_app::apply_subscription(shard& s, conn_ref c, per_shard& p, conn_state&
   // object: one key per topic).
   const bool dedupe = topics.size() > 1;
   if (dedupe) p.seen_topics.clear();
+  const std::string_view group = extras.queue_group;
+  const bool with_presence = subscribing && presence_ && extras.has_presence;
+  const bool data_too_large =
+      with_presence && extras.presence_json.size() > presence_->limits().data_bytes_max;
   for (std::string_view topic : topics) {
     if (dedupe && !p.seen_topics.insert(topic).second) continue;
     if (!proto::wse_topic_valid(topic)) {
@@ -662,33 +714,189 @@ void wse_app::apply_subscription(shard& s, conn_ref c, per_shard& p, conn_state&
     }
     if (!subscribing) {
       p.counts.unsubscribe.add();
-      fanout::unsubscribe_result r = p.topics.unsubscribe(c.slot, topic);
-      if (r != fanout::unsubscribe_result::not_subscribed) p.counts.held.sub();
-      if (r == fanout::unsubscribe_result::removed_last && hub_)
-        interest(hub_->router().remove(s.index(), topic), redis_interest::pattern, topic);
+      if (group.empty()) {
+        fanout::unsubscribe_result r = p.topics.unsubscribe(c.slot, topic);
+        if (r != fanout::unsubscribe_result::not_subscribed) p.counts.held.sub();
+        if (r == fanout::unsubscribe_result::removed_last && hub_)
+          interest(hub_->router().remove(s.index(), topic), redis_interest::pattern, topic);
+      }
+      leave_groups(s, st, c.slot, topic, group);
+      if (presence_ && !p.topics.holds(c.slot, topic) &&
+          std::none_of(st.groups.begin(), st.groups.end(),
+                       [&](const auto& m) { return m.first == topic; }))
+        presence_leave(s, p, st, c.slot, topic);
       p.ok_topics.push_back(topic);
+      continue;
+    }
+    const bool exact = proto::wse_publish_topic_valid(topic);
+    if ((with_presence || !group.empty()) && !exact) {
+      refuse(topic, subscribe_outcome::exact_topic_required);
       continue;
     }
     if (st.acl && !st.acl->allows_subscription(topic)) {
       refuse(topic, subscribe_outcome::acl_denied);
       continue;
     }
-    fanout::subscribe_result r = p.topics.subscribe(c.slot, topic);
-    if (r != fanout::subscribe_result::already) {
-      if (p.topics.subscriptions_of(c.slot) > opt_.topics_per_connection_max) {
-        // Over the cap: undone (the router was not told yet).
-        p.topics.unsubscribe(c.slot, topic);
-        s.count_limit(limit_kind::max_topics_per_connection);
-        refuse(topic, subscribe_outcome::too_many_topics);
-        continue;
+    if (data_too_large) {
+      p.counts.presence_refused_data.add();
+      refuse(topic, subscribe_outcome::presence_data_too_large);
+      continue;
+    }
+    const size_t held = p.topics.subscriptions_of(c.slot) + st.groups.size();
+    bool added = false;  // this request made the subscription (undone if presence refuses)
+    if (!group.empty()) {
+      fanout::qg_member m{s.index(), c.slot, c.generation};
+      bool member = std::any_of(st.groups.begin(), st.groups.end(), [&](const auto& g) {
+        return g.first == topic && g.second == group;
+      });
+      if (!member) {
+        if (held >= opt_.topics_per_connection_max) {
+          s.count_limit(limit_kind::max_topics_per_connection);
+          refuse(topic, subscribe_outcome::too_many_topics);
+          continue;
+        }
+        queue_groups_.add(topic, group, m);
+        if (st.qg_busy) queue_groups_.set_busy(topic, m, true);
+        st.groups.emplace_back(std::string(topic), std::string(group));
+        report_member(st, topic, group, true);
+        added = true;
       }
-      p.counts.held.add();
-      if (r == fanout::subscribe_result::added_first && hub_)
-        interest(hub_->router().add(s.index(), topic), redis_interest::pattern, topic);
+    } else {
+      fanout::subscribe_result r = p.topics.subscribe(c.slot, topic);
+      if (r != fanout::subscribe_result::already) {
+        if (held >= opt_.topics_per_connection_max) {
+          // Over the cap: undone (the router was not told yet).
+          p.topics.unsubscribe(c.slot, topic);
+          s.count_limit(limit_kind::max_topics_per_connection);
+          refuse(topic, subscribe_outcome::too_many_topics);
+          continue;
+        }
+        p.counts.held.add();
+        if (r == fanout::subscribe_result::added_first && hub_)
+          interest(hub_->router().add(s.index(), topic), redis_interest::pattern, topic);
+        added = true;
+      }
+    }
+    if (with_presence && !presence_join(s, p, st, c.slot, topic, extras.presence_json)) {
+      if (added && !group.empty()) {
+        leave_groups(s, st, c.slot, topic, group);
+      } else if (added) {
+        p.counts.held.sub();
+        if (p.topics.unsubscribe(c.slot, topic) == fanout::unsubscribe_result::removed_last && hub_)
+          interest(hub_->router().remove(s.index(), topic), redis_interest::pattern, topic);
+      }
+      refuse(topic, subscribe_outcome::presence_full);
+      continue;
     }
     p.counts.subscribe[size_t(subscribe_outcome::ok)].add();
     p.ok_topics.push_back(topic);
   }
+}
+
+// Presence (PROTOCOL.md "Presence"): one entry per user and topic; the events go to the topic's
+// subscribers as publications (never stamped, never to queue groups: system_message).
+bool wse_app::presence_join(shard& s, per_shard& p, conn_state& st, uint32_t slot,
+                            std::string_view topic, std::string_view data) {
+  fanout::presence_change r = presence_->join(topic, st.user_id, presence_key(s, slot), data);
+  if (r == fanout::presence_change::too_many_members ||
+      r == fanout::presence_change::data_too_large) {
+    (r == fanout::presence_change::too_many_members ? p.counts.presence_refused_full
+                                                    : p.counts.presence_refused_data)
+        .add();
+    return false;
+  }
+  if (std::find(st.presence_topics.begin(), st.presence_topics.end(), topic) ==
+      st.presence_topics.end())
+    st.presence_topics.emplace_back(topic);
+  if (bridge_) report_presence(topic, st.user_id);  // a connection more, or new data
+  if (r == fanout::presence_change::joined)
+    presence_event(s, p, "presence_join", topic, st.user_id, data);
+  else if (r == fanout::presence_change::updated)
+    presence_event(s, p, "presence_update", topic, st.user_id, data);
+  return true;
+}
+
+void wse_app::presence_leave(shard& s, per_shard& p, conn_state& st, uint32_t slot,
+                             std::string_view topic) {
+  auto at = std::find(st.presence_topics.begin(), st.presence_topics.end(), topic);
+  if (at == st.presence_topics.end()) return;
+  std::string name = std::move(*at);
+  *at = std::move(st.presence_topics.back());
+  st.presence_topics.pop_back();
+  std::string data;
+  fanout::presence_change r = presence_->leave(name, st.user_id, presence_key(s, slot), &data);
+  if (bridge_ && r != fanout::presence_change::not_member) report_presence(name, st.user_id);
+  if (r == fanout::presence_change::left)
+    presence_event(s, p, "presence_leave", name, st.user_id, data);
+}
+
+void wse_app::report_presence(std::string_view topic, std::string_view user) {
+  std::string data;
+  uint32_t n = presence_->user_connections(topic, user, &data);
+  bridge_->presence_set(topic, user, n, data);
+}
+
+void wse_app::presence_answer(const redis_presence_query& q, const redis_presence_answer& a) {
+  std::string arg;
+  if (!a.answered) {
+    arg = "503\n{\"error\":\"redis unavailable\"}";
+  } else {
+    std::vector<std::pair<std::string_view, std::string_view>> data(a.data.begin(), a.data.end());
+    std::sort(data.begin(), data.end());
+    uint64_t users = 0, connections = 0;
+    std::string members = "{";
+    for (const auto& [user, d] : data) {
+      uint64_t n = 0;
+      for (const auto& [u, total] : a.totals)
+        if (u == user) std::from_chars(total.data(), total.data() + total.size(), n);
+      if (n == 0) continue;
+      ++users;
+      connections += n;
+      if (members.size() > 1) members.push_back(',');
+      proto::wse_append_json_string(members, user);
+      members += ":{\"data\":";
+      members.append(d);
+      members += ",\"connections\":" + std::to_string(n) + "}";
+    }
+    members.push_back('}');
+    arg = "200\n{";
+    if (!q.stats) arg += "\"members\":" + members + ",";
+    arg += "\"num_connections\":" + std::to_string(connections) +
+           ",\"num_users\":" + std::to_string(users);
+    if (!q.stats) {
+      arg += ",\"topic\":";
+      proto::wse_append_json_string(arg, q.topic);
+    }
+    arg.push_back('}');
+  }
+  // Lost when the shard's inbox is full: the handshake timeout then closes the request.
+  push_command(q.shard, conn_ref{q.slot, q.generation}, command_http_answer, arg);
+}
+
+void wse_app::presence_update(shard& s, per_shard& p, conn_state& st, uint32_t slot,
+                              std::string_view data) {
+  for (const std::string& topic : st.presence_topics) {
+    fanout::presence_change r = presence_->update(topic, st.user_id, presence_key(s, slot), data);
+    if (r == fanout::presence_change::updated) {
+      if (bridge_) report_presence(topic, st.user_id);
+      presence_event(s, p, "presence_update", topic, st.user_id, data);
+    } else if (r == fanout::presence_change::data_too_large)
+      p.counts.presence_refused_data.add();
+  }
+}
+
+void wse_app::presence_event(shard& s, per_shard& p, std::string_view type, std::string_view topic,
+                             std::string_view user, std::string_view data) {
+  p.presence_event.clear();
+  proto::wse_build_presence_event(p.presence_event, type, topic, user, data.empty() ? "{}" : data);
+  (type == "presence_join"    ? p.counts.presence_joins
+   : type == "presence_leave" ? p.counts.presence_leaves
+                              : p.counts.presence_updates)
+      .add();
+  if (bridge_) return;  // Redis's presence script sends it, once for the cluster
+  // A full inbox loses the event for that shard's subscribers (counted as inbox_full); the
+  // state stays right and the queries answer it.
+  route(&s, fanout::delivery_kind::topic, topic, p.presence_event);
 }
 
 void wse_app::reply_subscription(shard& s, conn_ref c, per_shard& p, std::string_view action,
@@ -811,7 +1019,9 @@ publish_status wse_app::route(shard* s, fanout::delivery_kind kind, std::string_
   std::string& text = p ? p->publication : external_text;
   text.clear();
   if (parser.ensure_category(json, text) != proto::wse_error::none) return publish_status::invalid;
-  if (kind == fanout::delivery_kind::topic && recoverable(key)) {
+  const bool groups =
+      kind == fanout::delivery_kind::topic && queue_groups_.any() && !system_message(text);
+  if (kind == fanout::delivery_kind::topic && recoverable(key) && !system_message(text)) {
     // Its own tp/e/o would override the stamp for the clients (a forged position).
     if (!from_redis && proto::wse_has_stamp_keys(text)) return publish_status::invalid;
     if (!bridge_) return route_recoverable(s, key, text, wakes);
@@ -828,6 +1038,12 @@ publish_status wse_app::route(shard* s, fanout::delivery_kind kind, std::string_
   if (!f) return publish_status::busy;
   uint32_t producer = s ? s->index() : hub_->external_producer();
   route_result r = hub_->route(kind, producer, f, wakes);
+  if (groups && r.ok()) {
+    if (!bridge_)
+      pick_members(f, producer);
+    else if (from_redis)  // (a local publication is counted when Redis sends it back)
+      cluster_pick(key, f);
+  }
   // Other instances get it through Redis once every local shard took it (a busy answer makes
   // the producer publish again: nothing may have gone out then).
   // A batch (wakes given) wakes the bridge once at its end, as it wakes the shards.
@@ -850,6 +1066,7 @@ publish_status wse_app::route_recoverable(shard* s, std::string_view topic, std:
   route_result r;
   bool ok = recovery_->sequence(topic, text, mono_ms(), [&](fanout::frame* f) {
     r = hub_->route(fanout::delivery_kind::topic, hub_->external_producer(), f, wakes);
+    if (r.ok() && queue_groups_.any()) pick_members(f, hub_->external_producer());
     return r.ok();
   });
   if (s) {
@@ -890,10 +1107,206 @@ publish_status wse_app::route_stamped(std::string_view topic, std::string_view j
   fanout::frame* f = fanout::make_text_frame(topic, text);
   if (!f) return publish_status::busy;
   bool ok = recovery_->append_stamped(topic, f, epoch, offset, mono_ms(), [&](fanout::frame* g) {
-    return hub_->route(fanout::delivery_kind::topic, hub_->external_producer(), g, wakes).ok();
+    bool routed =
+        hub_->route(fanout::delivery_kind::topic, hub_->external_producer(), g, wakes).ok();
+    if (routed) cluster_pick(topic, g);
+    return routed;
   });
   fanout::release(f);
   return ok ? publish_status::published : publish_status::busy;
+}
+
+// Queue groups (PROTOCOL.md "Queue groups"): one member of each group of f's topic, round robin,
+// skipping busy members (check_busy_members) and, for a shard publishing, members whose shard's
+// inbox has no room for it; the member's shard sends it (on_member_delivery).
+void wse_app::pick_members(fanout::frame* f, uint32_t producer) {
+  const bool own_lane = producer != hub_->external_producer();  // has_room: its lane's writer only
+  queue_groups_.pick(
+      f->key(),
+      [&](const fanout::qg_member& m) {
+        return !own_lane || hub_->inbox(m.shard).has_room(producer);
+      },
+      [&](std::string_view, const fanout::qg_member* m) {
+        if (!m) {
+          qg_no_member_.fetch_add(1, std::memory_order_relaxed);
+          return;
+        }
+        fanout::delivery d;
+        d.kind = fanout::delivery_kind::member;
+        d.arg = m->slot;
+        d.arg2 = m->generation;
+        d.f = f;
+        if (!hub_->push(m->shard, producer, d))
+          qg_inbox_full_.fetch_add(1, std::memory_order_relaxed);
+      });
+}
+
+void wse_app::on_member_delivery(shard& s, per_shard& p, const fanout::delivery& d) {
+  if (!p.busy_members.empty()) check_busy_members(s, p);  // (and every tick)
+  conn_ref c{d.arg, d.arg2};
+  conn_state* st = state_of(p, c);
+  if (!st || !st->authenticated || s.send_frame(c, *d.f) != send_status::queued) {
+    p.counts.qg_gone.add();  // closed (or closing, or over its cap) since it was picked
+    return;
+  }
+  p.counts.qg_deliveries.add();
+  if (st->qg_busy || s.queued_bytes(c) <= opt_.outbound_bytes_max / 2) return;
+  st->qg_busy = true;
+  p.counts.qg_busy.add();
+  p.busy_members.push_back(c.slot);
+  for (const auto& [topic, group] : st->groups)
+    queue_groups_.set_busy(topic, fanout::qg_member{s.index(), c.slot, c.generation}, true);
+}
+
+// Every tick: a busy member whose queue drained under a quarter of the cap is picked again.
+void wse_app::check_busy_members(shard& s, per_shard& p) {
+  std::erase_if(p.busy_members, [&](uint32_t slot) {
+    conn_state& st = p.conns[slot];
+    if (!st.qg_busy) return true;
+    conn_ref c{slot, st.generation};
+    if (st.live && s.queued_bytes(c) > opt_.outbound_bytes_max / 4) return false;
+    st.qg_busy = false;
+    for (const auto& [topic, group] : st.groups)
+      queue_groups_.set_busy(topic, fanout::qg_member{s.index(), slot, st.generation}, false);
+    return true;
+  });
+}
+
+// Leaves the queue groups of a connection on topic (every topic when empty), only `group` when
+// given.
+void wse_app::leave_groups(shard& s, conn_state& st, uint32_t slot, std::string_view topic,
+                           std::string_view group) {
+  std::erase_if(st.groups, [&](const std::pair<std::string, std::string>& m) {
+    if ((!topic.empty() && m.first != topic) || (!group.empty() && m.second != group)) return false;
+    queue_groups_.remove(m.first, m.second, fanout::qg_member{s.index(), slot, st.generation});
+    report_member(st, m.first, m.second, false);
+    return true;
+  });
+}
+
+void wse_app::report_member(const conn_state& st, std::string_view topic, std::string_view group,
+                            bool join) {
+  if (!bridge_) return;
+  std::string member(st.connection_id, sizeof st.connection_id);
+  member.push_back('\t');
+  member.append(group);
+  bridge_->queue_group_member(topic, member, join);
+}
+
+void wse_app::queue_group_marker(std::string_view topic, std::string_view members) {
+  std::vector<cluster_group> groups;
+  bool mine = false;
+  for (std::string_view line : split_lines(members)) {
+    size_t a = line.find('\t');
+    size_t b = a == std::string_view::npos ? a : line.find('\t', a + 1);
+    if (b == std::string_view::npos) continue;
+    std::string_view instance = line.substr(0, a), id = line.substr(a + 1, b - a - 1),
+                     group = line.substr(b + 1);
+    mine = mine || instance == instance_id_;
+    auto g = std::find_if(groups.begin(), groups.end(),
+                          [&](const cluster_group& e) { return e.name == group; });
+    if (g == groups.end())
+      g = groups.insert(groups.end(), cluster_group{std::string(group), {}, 0});
+    g->members.emplace_back(std::string(instance), std::string(id));
+  }
+  std::lock_guard lock(cluster_mu_);
+  auto at = cluster_groups_.find(topic);
+  if (!mine) {  // nothing for this instance to deliver
+    if (at != cluster_groups_.end()) cluster_groups_.erase(at);
+  } else if (at != cluster_groups_.end()) {
+    at->second = std::move(groups);
+  } else {
+    cluster_groups_.try_emplace(std::string(topic), std::move(groups));
+  }
+  cluster_views_.store(cluster_groups_.size(), std::memory_order_relaxed);
+}
+
+void wse_app::queue_groups_lost(std::string_view topic) {
+  std::lock_guard lock(cluster_mu_);
+  if (topic.empty()) {
+    cluster_groups_.clear();
+  } else if (auto at = cluster_groups_.find(topic); at != cluster_groups_.end()) {
+    cluster_groups_.erase(at);
+  }
+  cluster_views_.store(cluster_groups_.size(), std::memory_order_relaxed);
+}
+
+void wse_app::own_publication(std::string_view topic, std::string_view json) {
+  if (system_message(json)) return;  // as route: presence events are not counted
+  {
+    std::lock_guard lock(cluster_mu_);
+    if (cluster_groups_.find(topic) == cluster_groups_.end()) return;
+  }
+  fanout::frame* f = fanout::make_text_frame(topic, json);  // as published: it has its "c"
+  if (!f) return;
+  cluster_pick(topic, f);
+  fanout::release(f);
+}
+
+// Every instance with members counts the topic's publications from the same marker in the same
+// order, so for each group they name the same member: only its instance delivers.
+void wse_app::cluster_pick(std::string_view topic, fanout::frame* f) {
+  if (!cluster_views_.load(std::memory_order_relaxed)) return;
+  std::vector<std::pair<std::string_view, std::string_view>> mine;  // (group, connection id)
+  std::unique_lock lock(cluster_mu_);
+  auto at = cluster_groups_.find(topic);
+  if (at == cluster_groups_.end()) return;
+  for (cluster_group& g : at->second) {
+    if (g.members.empty()) continue;
+    const auto& [instance, id] = g.members[g.cursor++ % g.members.size()];
+    if (instance == instance_id_) mine.emplace_back(g.name, id);
+  }
+  // Views into the map stay valid: only this thread (the bridge's) changes it.
+  lock.unlock();
+  for (const auto& [group, id] : mine) give_member(topic, group, id, f);
+}
+
+// The named member of this instance, or (gone, left the group, busy) another of its members of
+// that group here, round robin; none: dropped and counted.
+void wse_app::give_member(std::string_view topic, std::string_view group,
+                          std::string_view connection_id, fanout::frame* f) {
+  const uint32_t producer = hub_->external_producer();
+  conn_location where{};
+  bool found = directory_find(connection_id, where);
+  fanout::qg_member m{where.shard, where.slot, where.generation};
+  auto push = [&](const fanout::qg_member& to) {
+    fanout::delivery d;
+    d.kind = fanout::delivery_kind::member;
+    d.arg = to.slot;
+    d.arg2 = to.generation;
+    d.f = f;
+    if (!hub_->push(to.shard, producer, d)) qg_inbox_full_.fetch_add(1, std::memory_order_relaxed);
+  };
+  if (found && queue_groups_.state_of(topic, group, m) == fanout::queue_groups::member_state::ready)
+    return push(m);
+  bool given = false;
+  queue_groups_.pick(
+      topic, [](const fanout::qg_member&) { return true; },
+      [&](std::string_view, const fanout::qg_member* other) {
+        if (other) push(*other);
+        given = other != nullptr;
+      },
+      group);
+  if (!given) qg_no_member_.fetch_add(1, std::memory_order_relaxed);
+}
+
+std::string wse_app::presence_members(std::string_view topic) const {
+  std::string out;
+  if (presence_)
+    presence_->members_json(topic, out);
+  else
+    out = "{}";
+  return out;
+}
+
+fanout::presence_stats wse_app::presence_stats(std::string_view topic) const {
+  return presence_ ? presence_->stats(topic) : fanout::presence_stats{};
+}
+
+std::string wse_app::queue_group_info(std::string_view topic) const {
+  std::string out;
+  queue_groups_.info_json(topic, out);
+  return out;
 }
 
 publish_status wse_app::publish(std::string_view topic, std::string_view json) {
@@ -955,6 +1368,52 @@ bool wse_app::unsubscribe(wse_conn conn, std::span<const std::string_view> topic
   return command(conn, command_unsubscribe, topics);
 }
 
+namespace {
+
+bool group_name_valid(std::string_view group) {
+  if (group.size() > proto::wse_queue_group_bytes_max) return false;
+  for (char ch : group)
+    if (static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f) return false;
+  return true;
+}
+
+std::string subscribe_command(std::string_view group, std::string_view presence,
+                              std::span<const std::string_view> topics) {
+  std::string arg(group);
+  arg.push_back('\n');
+  arg.append(std::to_string(presence.size()));
+  arg.push_back('\n');
+  arg.append(presence);
+  arg.append(topic_lines(topics));
+  return arg;
+}
+
+}  // namespace
+
+bool wse_app::subscribe(wse_conn conn, std::span<const std::string_view> topics,
+                        const wse_subscribe_extras& extras) {
+  thread_local proto::wse_envelope_parser checker;
+  if (!group_name_valid(extras.queue_group)) return false;
+  std::string_view data = extras.has_presence ? extras.presence_json : std::string_view{};
+  if (extras.has_presence && checker.check_object(data) != proto::wse_error::none) return false;
+  if (extras.has_presence && data.empty()) data = "{}";
+  return conn.owner && push_command(conn.owner->index(), conn.ref, command_subscribe_ex,
+                                    subscribe_command(extras.queue_group, data, topics));
+}
+
+bool wse_app::unsubscribe(wse_conn conn, std::span<const std::string_view> topics,
+                          std::string_view queue_group) {
+  if (!group_name_valid(queue_group)) return false;
+  return conn.owner && push_command(conn.owner->index(), conn.ref, command_unsubscribe_ex,
+                                    subscribe_command(queue_group, {}, topics));
+}
+
+bool wse_app::update_presence(wse_conn conn, std::string_view data_json) {
+  thread_local proto::wse_envelope_parser checker;
+  if (checker.check_object(data_json) != proto::wse_error::none) return false;
+  return conn.owner && push_command(conn.owner->index(), conn.ref, command_presence, data_json);
+}
+
 uint64_t wse_app::subscription_count() const {
   uint64_t n = 0;
   for (const auto& p : shards_) n += p->counts.held.get();
@@ -991,6 +1450,15 @@ void wse_app::directory_add(uint32_t shard_index, conn_ref c, std::string_view c
   std::lock_guard lock(d.mu);
   d.map.insert_or_assign(std::string(connection_id),
                          conn_location{shard_index, c.slot, c.generation});
+}
+
+bool wse_app::directory_find(std::string_view connection_id, conn_location& where) {
+  directory_stripe& d = directory_[fanout::string_hash{}(connection_id) % directory_stripes];
+  std::lock_guard lock(d.mu);
+  auto it = d.map.find(connection_id);
+  if (it == d.map.end()) return false;
+  where = it->second;
+  return true;
 }
 
 void wse_app::directory_remove(std::string_view connection_id) {
@@ -1061,15 +1529,7 @@ wse_app::command_result wse_app::run_command(std::string_view json, std::string&
   }
   std::string_view id = cmd.connection_id;
   conn_location where{};
-  bool found = false;
-  {
-    directory_stripe& d = directory_[fanout::string_hash{}(id) % directory_stripes];
-    std::lock_guard lock(d.mu);
-    if (auto it = d.map.find(id); it != d.map.end()) {
-      where = it->second;
-      found = true;
-    }
-  }
+  bool found = directory_find(id, where);
   if (!found) {
     // Another instance's connection (its id ends with that instance's id): route it there.
     std::string_view tag = id.size() == proto::wse_uuid_chars ? id.substr(id.size() - 8) : "";
@@ -1147,15 +1607,103 @@ bool wse_app::on_http(shard& s, const proto::http_request& request, std::string_
     api_command(s, request, body, answer);
     return true;
   }
+  if (request.path == "/api/presence" || request.path == "/api/presence/stats" ||
+      request.path == "/api/queue_groups") {
+    api_presence(s, request, answer);
+    return true;
+  }
   return false;
 }
 
+// GET /api/presence?topic=, /api/presence/stats?topic=, /api/queue_groups?topic=.
+void wse_app::api_presence(shard& s, const proto::http_request& request, http_answer& answer) {
+  if (!api_key_ok(s, request, answer, "GET")) return;
+  const bool groups = request.path == "/api/queue_groups";
+  if (!groups && !presence_) {
+    s.count_api(api_result::not_found);
+    return json_answer(answer, 404, error_json("presence is off (--presence)"));
+  }
+  std::string topic;
+  bool given = false;
+  for (const auth::query_param& q : auth::parse_query(request.query))
+    if (q.name == "topic") {
+      topic = q.value;
+      given = true;
+    }
+  if (!given || !proto::wse_publish_topic_valid(topic)) {
+    s.count_api(api_result::bad_request);
+    return json_answer(answer, 400,
+                       error_json("?topic= must name one concrete topic (1 to 256 bytes, no "
+                                  "control characters, no * or ?)"));
+  }
+  if (!groups && bridge_) {  // the cluster's presence: asked of Redis, answered later
+    redis_presence_query q;
+    q.shard = s.index();
+    q.slot = answer.requester.slot;
+    q.generation = answer.requester.generation;
+    q.stats = request.path == "/api/presence/stats";
+    q.topic = topic;
+    if (!bridge_->presence_query(std::move(q))) {
+      s.count_api(api_result::busy);
+      answer.extra_headers = "Retry-After: 1\r\n";
+      return json_answer(answer, 503, error_json("too many presence queries waiting"));
+    }
+    answer.deferred = true;
+    return;
+  }
+  std::string out = "{";
+  if (groups) {
+    if (bridge_) {  // the rotation across instances, as this instance last heard it
+      out += "\"cluster\":";
+      std::lock_guard lock(cluster_mu_);
+      auto at = cluster_groups_.find(topic);
+      if (at == cluster_groups_.end()) {
+        out += "null";
+      } else {
+        out.push_back('{');
+        std::vector<const cluster_group*> sorted;
+        for (const cluster_group& g : at->second) sorted.push_back(&g);
+        std::sort(sorted.begin(), sorted.end(),
+                  [](const cluster_group* a, const cluster_group* b) { return a->name < b->name; });
+        for (const cluster_group* g : sorted) {
+          if (out.back() != '{') out.push_back(',');
+          proto::wse_append_json_string(out, g->name);
+          out += ":" + std::to_string(g->members.size());
+        }
+        out.push_back('}');
+      }
+      out.push_back(',');
+    }
+    out += "\"groups\":";
+    queue_groups_.info_json(topic, out);
+    out += ",\"topic\":";
+    proto::wse_append_json_string(out, topic);
+  } else {
+    fanout::presence_stats st = presence_->stats(topic);
+    if (request.path == "/api/presence") {
+      out += "\"members\":";
+      presence_->members_json(topic, out);
+      out.push_back(',');
+    }
+    out += "\"num_connections\":" + std::to_string(st.connections) +
+           ",\"num_users\":" + std::to_string(st.users);
+    if (request.path == "/api/presence") {
+      out += ",\"topic\":";
+      proto::wse_append_json_string(out, topic);
+    }
+  }
+  out.push_back('}');
+  s.count_api(api_result::ok);
+  json_answer(answer, 200, std::move(out));
+}
+
 // The method, key and length checks of every API endpoint; false: answered.
-bool wse_app::api_key_ok(shard& s, const proto::http_request& request, http_answer& answer) {
-  if (request.method != "POST") {
+bool wse_app::api_key_ok(shard& s, const proto::http_request& request, http_answer& answer,
+                         std::string_view method) {
+  if (request.method != method) {
     s.count_api(api_result::method);
-    answer.extra_headers = "Allow: POST\r\n";
-    json_answer(answer, 405, error_json("method not allowed: POST"));
+    answer.extra_headers = "Allow: " + std::string(method) + "\r\n";
+    json_answer(answer, 405, error_json("method not allowed: " + std::string(method)));
     return false;
   }
   std::string_view given = request.header("Authorization");
@@ -1171,7 +1719,7 @@ bool wse_app::api_key_ok(shard& s, const proto::http_request& request, http_answ
     json_answer(answer, 401, error_json("unauthorized"));
     return false;
   }
-  if (request.content_length < 0) {
+  if (method == "POST" && request.content_length < 0) {
     s.count_api(api_result::length_required);
     json_answer(answer, 411, error_json("Content-Length required"));
     return false;
@@ -1285,8 +1833,23 @@ void wse_app::on_delivery(shard& s, const fanout::delivery& d) {
       for (uint32_t slot : it->second) s.send_frame(conn_ref{slot, p.conns[slot].generation}, f);
       return;
     }
+    case fanout::delivery_kind::member:
+      return on_member_delivery(s, p, d);
     case fanout::delivery_kind::command: {
       conn_ref c{d.arg, d.arg2};
+      if (f.key() == command_http_answer) {  // for an HTTP connection: no WSE state
+        std::string_view arg = f.payload();
+        size_t nl = std::min(arg.find('\n'), arg.size());
+        http_answer a;
+        a.status = 503;
+        std::from_chars(arg.data(), arg.data() + nl, a.status);
+        a.body.assign(arg.substr(std::min(nl + 1, arg.size())));
+        a.body.push_back('\n');
+        if (a.status == 503) a.extra_headers = "Retry-After: 1\r\n";
+        s.count_api(a.status == 200 ? api_result::ok : api_result::busy);
+        s.answer_deferred(c, a);
+        return;
+      }
       conn_state* st = state_of(p, c);
       if (!st || !st->authenticated) return;
       if (f.key() == command_send) {
@@ -1303,11 +1866,43 @@ void wse_app::on_delivery(shard& s, const fanout::delivery& d) {
                 nl == std::string_view::npos ? std::string_view{} : arg.substr(nl + 1));
         return;
       }
+      if (f.key() == command_presence) {
+        if (presence_) presence_update(s, p, *st, c.slot, f.payload());
+        return;
+      }
+      if (f.key() == command_subscribe_ex || f.key() == command_unsubscribe_ex) {
+        // "<queue group>\n<presence bytes>\n<presence><topic lines>" (subscribe_command)
+        std::string_view arg = f.payload();
+        size_t nl = arg.find('\n');
+        std::string_view group = arg.substr(0, nl);
+        arg.remove_prefix(std::min(arg.size(), nl + 1));
+        uint64_t bytes = 0;
+        if (nl == std::string_view::npos || !read_number(arg, bytes) || bytes > arg.size()) return;
+        wse_subscribe_extras extras;
+        extras.queue_group = group;
+        extras.has_presence = bytes > 0;
+        extras.presence_json = arg.substr(0, bytes);
+        std::vector<std::string_view> topics = split_lines(arg.substr(bytes));
+        bool subscribing = f.key() == command_subscribe_ex;
+        if (!subscribing && topics.empty()) {
+          drop_subscriptions(s, p, c.slot);
+          leave_groups(s, *st, c.slot, {}, group);
+          if (group.empty())
+            while (!st->presence_topics.empty())
+              presence_leave(s, p, *st, c.slot, std::string(st->presence_topics.back()));
+          return;
+        }
+        apply_subscription(s, c, p, *st, subscribing, topics, extras);
+        return;
+      }
       std::vector<std::string_view> topics = split_lines(f.payload());
       if (f.key() == command_subscribe) {
         apply_subscription(s, c, p, *st, true, topics);
       } else if (topics.empty()) {
         drop_subscriptions(s, p, c.slot);
+        leave_groups(s, *st, c.slot, {}, {});
+        while (!st->presence_topics.empty())
+          presence_leave(s, p, *st, c.slot, std::string(st->presence_topics.back()));
       } else {
         apply_subscription(s, c, p, *st, false, topics);
       }
@@ -1505,6 +2100,80 @@ void wse_app::finish_recovery(shard& s, per_shard& p, uint64_t id) {
   p.recovery.clear();
 }
 
+void wse_app::render_presence_metrics(std::string& out) const {
+  size_t n = shards_.size();
+  char line[2048];
+  if (presence_) {
+    size_t topics = 0, bytes = 0;
+    fanout::presence_stats t = presence_->totals(&topics, &bytes);
+    std::snprintf(line, sizeof line,
+                  "# HELP wsed_presence_topics Topics with a presence member.\n"
+                  "# TYPE wsed_presence_topics gauge\nwsed_presence_topics %llu\n"
+                  "# HELP wsed_presence_users Presence members (users, summed over topics).\n"
+                  "# TYPE wsed_presence_users gauge\nwsed_presence_users %llu\n"
+                  "# HELP wsed_presence_connections Connections in a topic's presence (summed "
+                  "over topics).\n"
+                  "# TYPE wsed_presence_connections gauge\nwsed_presence_connections %llu\n"
+                  "# HELP wsed_presence_bytes Bytes of presence data, user ids and topic names "
+                  "held.\n"
+                  "# TYPE wsed_presence_bytes gauge\nwsed_presence_bytes %llu\n",
+                  static_cast<unsigned long long>(topics), static_cast<unsigned long long>(t.users),
+                  static_cast<unsigned long long>(t.connections),
+                  static_cast<unsigned long long>(bytes));
+    out += line;
+    static constexpr struct {
+      const char* label;
+      counter wse_counters::*field;
+    } events[] = {{"join", &wse_counters::presence_joins},
+                  {"update", &wse_counters::presence_updates},
+                  {"leave", &wse_counters::presence_leaves}};
+    bool first = true;
+    for (const auto& e : events) {
+      append_family(
+          out, n, [&](size_t i) { return (shards_[i]->counts.*e.field).get(); },
+          "wsed_presence_events_total", "counter", "Presence events emitted, by type.", "type",
+          e.label, first);
+      first = false;
+    }
+    const char* refused = "Presence joins and updates refused, by reason.";
+    append_family(
+        out, n, [&](size_t i) { return shards_[i]->counts.presence_refused_data.get(); },
+        "wsed_presence_refused_total", "counter", refused, "reason", "data_too_large");
+    append_family(
+        out, n, [&](size_t i) { return shards_[i]->counts.presence_refused_full.get(); },
+        "wsed_presence_refused_total", "counter", refused, "reason", "too_many_members", false);
+  }
+  fanout::qg_totals q = queue_groups_.totals();
+  uint64_t gone = 0;
+  for (const auto& p : shards_) gone += p->counts.qg_gone.get();
+  std::snprintf(
+      line, sizeof line,
+      "# HELP wsed_queue_group_topics Topics with a queue group.\n"
+      "# TYPE wsed_queue_group_topics gauge\nwsed_queue_group_topics %llu\n"
+      "# HELP wsed_queue_group_groups Queue groups (summed over topics).\n"
+      "# TYPE wsed_queue_group_groups gauge\nwsed_queue_group_groups %llu\n"
+      "# HELP wsed_queue_group_members Queue group members (summed over groups).\n"
+      "# TYPE wsed_queue_group_members gauge\nwsed_queue_group_members %llu\n"
+      "# HELP wsed_queue_group_dropped_total Publications a queue group did not get, by cause "
+      "(no member could take it, the picked member's inbox was full, it closed meanwhile).\n"
+      "# TYPE wsed_queue_group_dropped_total counter\n"
+      "wsed_queue_group_dropped_total{cause=\"no_member\"} %llu\n"
+      "wsed_queue_group_dropped_total{cause=\"inbox_full\"} %llu\n"
+      "wsed_queue_group_dropped_total{cause=\"gone\"} %llu\n",
+      static_cast<unsigned long long>(q.topics), static_cast<unsigned long long>(q.groups),
+      static_cast<unsigned long long>(q.members),
+      static_cast<unsigned long long>(qg_no_member_.load(std::memory_order_relaxed)),
+      static_cast<unsigned long long>(qg_inbox_full_.load(std::memory_order_relaxed)),
+      static_cast<unsigned long long>(gone));
+  out += line;
+  append_family(
+      out, n, [&](size_t i) { return shards_[i]->counts.qg_deliveries.get(); },
+      "wsed_queue_group_deliveries_total", "counter", "Publications given to queue group members.");
+  append_family(
+      out, n, [&](size_t i) { return shards_[i]->counts.qg_busy.get(); },
+      "wsed_queue_group_busy_total", "counter",
+      "Times a member was skipped from then on for a queue over half --max-outbound-bytes.");
+}
 void wse_app::render_recovery_metrics(std::string& out) const {
   size_t n = shards_.size();
   const char* help = "Topics of recovering subscribe requests, by answer.";
@@ -1598,6 +2267,7 @@ void wse_app::render_metrics(std::string& out) const {
   shard_family("wsed_wse_unsubscribe_total", "Topics of unsubscribe requests.",
                &wse_counters::unsubscribe);
   if (recovery_) render_recovery_metrics(out);
+  render_presence_metrics(out);
   const char* publish_help = "Client publish messages, by outcome.";
   shard_family("wsed_wse_publish_total", publish_help, &wse_counters::publish_ok, "result", "ok");
   shard_family("wsed_wse_publish_total", publish_help, &wse_counters::publish_denied, "result",

@@ -40,6 +40,8 @@
 #include "engine/recovery.hpp"
 #include "engine/redis_bridge.hpp"
 #include "engine/shard.hpp"
+#include "fanout/presence.hpp"
+#include "fanout/queue_groups.hpp"
 #include "fanout/string_map.hpp"
 #include "fanout/topic_index.hpp"
 #include "proto/wse_builder.hpp"
@@ -109,6 +111,12 @@ struct wse_app_options {
   bool recovery = false;
   recovery_options recovery_limits;
   std::vector<std::string> recovery_topics = {"*"};  // globs of the recoverable topics
+  // Presence (PROTOCOL.md "Presence"); off: a subscription's presence object is ignored.
+  bool presence = false;
+  fanout::presence_limits presence_limits;
+  // The shard's --max-outbound-bytes: a queue group member with over half of it queued is
+  // skipped by the pick until it is under a quarter.
+  uint64_t outbound_bytes_max = 1u << 20;
 };
 
 // What a publication call did.
@@ -119,7 +127,16 @@ enum class publish_status : uint8_t {
 };
 
 // The outcome of one topic in a subscription request.
-enum class subscribe_outcome : uint8_t { ok, acl_denied, invalid_topic, too_many_topics, count_ };
+enum class subscribe_outcome : uint8_t {
+  ok,
+  acl_denied,
+  invalid_topic,
+  too_many_topics,
+  exact_topic_required,     // a glob with presence or a queue group
+  presence_full,            // a new user over --presence-max-members
+  presence_data_too_large,  // over --presence-max-data
+  count_
+};
 
 enum class wse_send_format : uint8_t { json, msgpack, compressed, count_ };
 
@@ -137,6 +154,17 @@ struct wse_counters {
   counter held;  // gauge: subscriptions held on this shard
   // Topics of recovering subscribe requests, by answer; publications replayed.
   counter recover_recovered, recover_not_recovered, recover_no_history, replayed;
+  counter presence_joins, presence_updates, presence_leaves;  // events emitted
+  counter presence_refused_data, presence_refused_full;       // joins / updates refused
+  // Publications given to queue group members; picked members found gone; members marked busy.
+  counter qg_deliveries, qg_gone, qg_busy;
+};
+
+// Optional parts of a subscribe request (PROTOCOL.md "Presence", "Queue groups").
+struct wse_subscribe_extras {
+  bool has_presence = false;
+  std::string_view presence_json;  // a JSON object (validated by the caller)
+  std::string_view queue_group;    // empty: a plain subscription
 };
 
 class wse_app final : public app_handler, public redis_sink {
@@ -166,6 +194,23 @@ class wse_app final : public app_handler, public redis_sink {
   // False when the connection's shard inbox is full.
   bool subscribe(wse_conn conn, std::span<const std::string_view> topics);
   bool unsubscribe(wse_conn conn, std::span<const std::string_view> topics);
+  // As subscribe / unsubscribe, with presence data (a JSON object) and/or a queue group
+  // (a group with unsubscribe: only those memberships). False: the shard's inbox is full, or
+  // the data is not a JSON object / the group not 1 to 128 bytes without control characters.
+  bool subscribe(wse_conn conn, std::span<const std::string_view> topics,
+                 const wse_subscribe_extras& extras);
+  bool unsubscribe(wse_conn conn, std::span<const std::string_view> topics,
+                   std::string_view queue_group);
+  // New presence data (a JSON object) for every topic the connection is in the presence of:
+  // presence_update where it changed. False as above.
+  bool update_presence(wse_conn conn, std::string_view data_json);
+  // Any thread. Members {"<user>":{"connections":n,"data":{..}},...} sorted by user id, and the
+  // stats (PROTOCOL.md "Presence"); {} and zeros without presence (or with it off).
+  std::string presence_members(std::string_view topic) const;
+  fanout::presence_stats presence_stats(std::string_view topic) const;
+  // Any thread. {"<group>":<members>,...} sorted by group name.
+  std::string queue_group_info(std::string_view topic) const;
+  bool presence_enabled() const { return presence_ != nullptr; }
   // Subscriptions held, whole process (relaxed; any thread).
   uint64_t subscription_count() const;
   // Connections of this shard a publication on topic would reach (the shard's thread only).
@@ -198,6 +243,14 @@ class wse_app final : public app_handler, public redis_sink {
   void history(const redis_history_request& request, const redis_history_answer& answer) override;
   void history_lost(std::string_view topic) override;
   void wake(uint64_t shards_mask) override;
+  void queue_group_marker(std::string_view topic, std::string_view members) override;
+  void queue_groups_lost(std::string_view topic) override;
+  bool wants_own_publications() const override {
+    return cluster_views_.load(std::memory_order_relaxed) != 0;
+  }
+  void own_publication(std::string_view topic, std::string_view json) override;
+  void presence_answer(const redis_presence_query& query,
+                       const redis_presence_answer& answer) override;
 
   void attach(hub& h) override { hub_ = &h; }
   void on_open(shard& s, conn_ref c, const proto::http_request& request) override;
@@ -228,6 +281,10 @@ class wse_app final : public app_handler, public redis_sink {
     // shared with the shard's other connections whose tokens carry the same one.
     std::shared_ptr<const auth::topic_acl> acl;
     char connection_id[proto::wse_uuid_chars] = {};
+    std::vector<std::string> presence_topics;  // topics whose presence it is in
+    // (topic, group) of its queue group memberships
+    std::vector<std::pair<std::string, std::string>> groups;
+    bool qg_busy = false;  // marked busy in queue_groups_ (its queue filled)
   };
   struct per_shard {
     proto::wse_envelope_parser parser;
@@ -282,7 +339,9 @@ class wse_app final : public app_handler, public redis_sink {
     // topic -> (slot, request) of the connections whose live frames of it are held
     fanout::string_map<std::vector<std::pair<uint32_t, uint64_t>>> holds;
     uint64_t next_request = 0;
-    uint64_t next_expire_ms = 0;  // shard 0: the recovery store's TTL sweep
+    std::string presence_event;          // an event being built
+    std::vector<uint32_t> busy_members;  // slots marked busy in queue_groups_ (checked per tick)
+    uint64_t next_expire_ms = 0;         // shard 0: the recovery store's TTL sweep
     wse_counters counts;
     uint64_t next_ping_ms = 0;                       // shard loop clock; 0: not scheduled yet
     std::shared_ptr<const auth::verifier> verifier;  // this shard's copy of verifier_
@@ -317,7 +376,39 @@ class wse_app final : public app_handler, public redis_sink {
   void answered(per_shard& p, conn_ref c, std::string_view topic, const recovery_answer& a);
   // Applies one subscribe/unsubscribe to a connection; fills p.ok_topics / failed_*.
   void apply_subscription(shard& s, conn_ref c, per_shard& p, conn_state& st, bool subscribe,
-                          std::span<const std::string_view> topics);
+                          std::span<const std::string_view> topics,
+                          const wse_subscribe_extras& extras = {});
+  // Presence: enters / leaves one topic (events routed to its subscribers); false when the
+  // topic's presence is full.
+  bool presence_join(shard& s, per_shard& p, conn_state& st, uint32_t slot, std::string_view topic,
+                     std::string_view data);
+  void presence_leave(shard& s, per_shard& p, conn_state& st, uint32_t slot,
+                      std::string_view topic);
+  void presence_event(shard& s, per_shard& p, std::string_view type, std::string_view topic,
+                      std::string_view user, std::string_view data);
+  // With Redis: this instance's state of user in topic goes to the bridge, whose script sends
+  // the events (once for the cluster).
+  void report_presence(std::string_view topic, std::string_view user);
+  void presence_update(shard& s, per_shard& p, conn_state& st, uint32_t slot,
+                       std::string_view data);
+  uint64_t presence_key(shard& s, uint32_t slot) const { return uint64_t(s.index()) << 32 | slot; }
+  // Queue groups: the member subscriptions of a connection on topic (group empty: all of them).
+  void leave_groups(shard& s, conn_state& st, uint32_t slot, std::string_view topic,
+                    std::string_view group);
+  // One member of each group of topic gets f (through its shard's inbox).
+  void pick_members(fanout::frame* f, uint32_t producer);
+  // With Redis (the bridge thread, for each publication of the topic as Redis ordered it): the
+  // member the cluster-wide rotation names, when it is one of this instance's.
+  void cluster_pick(std::string_view topic, fanout::frame* f);
+  void give_member(std::string_view topic, std::string_view group, std::string_view connection_id,
+                   fanout::frame* f);
+  // Tells the bridge (when there is one) a member joined / left.
+  void report_member(const conn_state& st, std::string_view topic, std::string_view group,
+                     bool join);
+  void on_member_delivery(shard& s, per_shard& p, const fanout::delivery& d);
+  void check_busy_members(shard& s, per_shard& p);
+  void render_presence_metrics(std::string& out) const;
+  void api_presence(shard& s, const proto::http_request& request, http_answer& answer);
   void reply_subscription(shard& s, conn_ref c, per_shard& p, std::string_view action,
                           bool with_recovery = false);
   void on_client_publish(shard& s, conn_ref c, per_shard& p, conn_state& st,
@@ -346,13 +437,16 @@ class wse_app final : public app_handler, public redis_sink {
   void finish_recovery(shard& s, per_shard& p, uint64_t id);
   void api_command(shard& s, const proto::http_request& request, std::string_view body,
                    http_answer& answer);
-  bool api_key_ok(shard& s, const proto::http_request& request, http_answer& answer);
+  bool api_key_ok(shard& s, const proto::http_request& request, http_answer& answer,
+                  std::string_view method = "POST");
   // The router's interest changed for the whole process: tell the bridge.
   void interest(bool changed, redis_interest kind, std::string_view key) {
     if (changed && bridge_) bridge_->interest_changed(kind, key);
   }
   void directory_add(uint32_t shard, conn_ref c, std::string_view connection_id);
   void directory_remove(std::string_view connection_id);
+  struct conn_location;
+  bool directory_find(std::string_view connection_id, conn_location& where);
   void api_publish(shard& s, per_shard& p, const proto::http_request& request,
                    std::string_view body, http_answer& answer);
   bool command(wse_conn conn, std::string_view name, std::span<const std::string_view> topics);
@@ -375,8 +469,24 @@ class wse_app final : public app_handler, public redis_sink {
   std::vector<std::unique_ptr<per_shard>> shards_;  // one per shard, made at construction
   counter reloads_ok_, reloads_failed_;             // written by the reloading thread only
 
-  std::unique_ptr<recovery_store> recovery_;  // null: recovery off
-  bool recover_all_ = false;                  // recovery_topics is just "*"
+  std::unique_ptr<recovery_store> recovery_;             // null: recovery off
+  std::unique_ptr<fanout::presence_registry> presence_;  // null: presence off
+  fanout::queue_groups queue_groups_;
+  // Publications no member of a group could take / whose picked member's inbox was full (any
+  // publishing thread: fetch_add).
+  std::atomic<uint64_t> qg_no_member_{0}, qg_inbox_full_{0};
+  // With Redis: per topic with members here, the cluster's rotation as the last marker gave it
+  // (redis_names: queue_group_script) and the count since. Written by the bridge thread; the
+  // HTTP API reads the sizes under the mutex.
+  struct cluster_group {
+    std::string name;
+    std::vector<std::pair<std::string, std::string>> members;  // (instance, connection id)
+    uint64_t cursor = 0;
+  };
+  mutable std::mutex cluster_mu_;
+  fanout::string_map<std::vector<cluster_group>> cluster_groups_;  // under cluster_mu_
+  std::atomic<uint64_t> cluster_views_{0};                         // cluster_groups_.size()
+  bool recover_all_ = false;                                       // recovery_topics is just "*"
 
   redis_bridge* bridge_ = nullptr;
   std::string instance_id_;  // 8 hex digits; empty: connection ids stay fully random

@@ -32,6 +32,8 @@ enum class delivery_kind : uint8_t {
   user,       // frame->key() is a user id: every connection of that user on the shard
   command,    // an engine command for one connection (arg = slot, arg2 = generation); the frame
               // carries the command's bytes (key = command name, payload = its argument)
+  member,     // a publication for one queue group member (arg = slot, arg2 = generation);
+              // frame->key() is the topic
 };
 
 // One item of an inbox: 16 bytes. The inbox holds one reference to f (the consumer releases it).

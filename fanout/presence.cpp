@@ -175,6 +175,18 @@ presence_stats presence_registry::stats(std::string_view topic) const {
   return {t->second.users.size(), t->second.connections};
 }
 
+uint32_t presence_registry::user_connections(std::string_view topic, std::string_view user,
+                                             std::string* data) const {
+  const stripe& s = stripe_for(topic);
+  std::lock_guard lock(s.mutex);
+  auto t = s.topics.find(topic);
+  if (t == s.topics.end()) return 0;
+  auto u = t->second.users.find(user);
+  if (u == t->second.users.end()) return 0;
+  if (data) data->assign(u->second.data);
+  return u->second.conns.size();
+}
+
 void presence_registry::members_json(std::string_view topic, std::string& out) const {
   const stripe& s = stripe_for(topic);
   std::lock_guard lock(s.mutex);

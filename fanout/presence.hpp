@@ -42,7 +42,6 @@ struct presence_stats {
   uint64_t connections = 0;
 };
 
-
 class presence_registry {
  public:
   explicit presence_registry(presence_limits limits = {});
@@ -64,6 +63,9 @@ class presence_registry {
                         std::string* data_out = nullptr);
 
   presence_stats stats(std::string_view topic) const;
+  // The user's connections in topic (0: not there) and, when there and data is given, its data.
+  uint32_t user_connections(std::string_view topic, std::string_view user,
+                            std::string* data = nullptr) const;
   // Appends {"<user>":{"data":<data>,"connections":n},...} sorted by user id ("{}" for a topic
   // without presence). Built under the topic's stripe lock.
   void members_json(std::string_view topic, std::string& out) const;

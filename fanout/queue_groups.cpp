@@ -34,12 +34,13 @@ bool queue_groups::add(std::string_view topic, std::string_view group, qg_member
   auto g = std::lower_bound(groups.begin(), groups.end(), group,
                             [](const group_entry& e, std::string_view n) { return e.name < n; });
   if (g == groups.end() || g->name != group) {
-    g = groups.insert(g, group_entry{std::string(group), {}, 0});
+    g = groups.insert(g, group_entry{std::string(group), {}, {}, 0});
     groups_.fetch_add(1, std::memory_order_relaxed);
   } else if (std::find(g->members.begin(), g->members.end(), m) != g->members.end()) {
     return false;
   }
   g->members.push_back(m);
+  g->busy.push_back(0);
   members_.fetch_add(1, std::memory_order_relaxed);
   if (new_topic) topics_.fetch_add(1, std::memory_order_relaxed);
   return true;
@@ -57,6 +58,7 @@ bool queue_groups::remove(std::string_view topic, std::string_view group, qg_mem
   if (it == g->members.end()) return false;
   const size_t index = static_cast<size_t>(it - g->members.begin());
   g->members.erase(it);  // keeps the rotation order
+  g->busy.erase(g->busy.begin() + static_cast<ptrdiff_t>(index));
   members_.fetch_sub(1, std::memory_order_relaxed);
   // The same member stays next: those after the removed one moved down by one.
   if (index < g->cursor) --g->cursor;
@@ -69,6 +71,34 @@ bool queue_groups::remove(std::string_view topic, std::string_view group, qg_mem
     topics_.fetch_sub(1, std::memory_order_relaxed);
   }
   return true;
+}
+
+bool queue_groups::set_busy(std::string_view topic, qg_member m, bool busy) {
+  stripe& s = stripe_for(topic);
+  std::lock_guard lock(s.mutex);
+  auto t = s.topics.find(topic);
+  if (t == s.topics.end()) return false;
+  bool found = false;
+  for (group_entry& g : t->second)
+    for (size_t i = 0; i < g.members.size(); ++i)
+      if (g.members[i] == m) {
+        g.busy[i] = busy ? 1 : 0;
+        found = true;
+      }
+  return found;
+}
+
+queue_groups::member_state queue_groups::state_of(std::string_view topic, std::string_view group,
+                                                  qg_member m) const {
+  const stripe& s = stripe_for(topic);
+  std::lock_guard lock(s.mutex);
+  auto t = s.topics.find(topic);
+  if (t == s.topics.end()) return member_state::absent;
+  auto g = find_group(t->second, group);
+  if (g == t->second.end()) return member_state::absent;
+  for (size_t i = 0; i < g->members.size(); ++i)
+    if (g->members[i] == m) return g->busy[i] ? member_state::busy : member_state::ready;
+  return member_state::absent;
 }
 
 bool queue_groups::has(std::string_view topic) const {

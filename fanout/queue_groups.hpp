@@ -55,24 +55,27 @@ class queue_groups {
   bool has(std::string_view topic) const;
 
   // For each group of topic, in group name order: tries the members round robin from the
-  // group's cursor, each at most once, and calls on_pick(std::string_view group, const qg_member*)
-  // with the first one for which can_take(const qg_member&) is true (the cursor then moves past
-  // it), or with nullptr when none could take it (the cursor stays). Returns the number of groups
-  // (0: the topic has none). Runs under the stripe's lock: the callbacks must not call back into
-  // the registry, and the pointer is valid during on_pick only.
+  // group's cursor, each at most once (busy ones skipped), and calls on_pick(std::string_view
+  // group, const qg_member*) with the first one for which can_take(const qg_member&) is true (the
+  // cursor then moves past it), or with nullptr when none could take it (the cursor stays). Returns
+  // the number of groups (0: the topic has none). Runs under the stripe's lock: the callbacks must
+  // not call back into the registry, and the pointer is valid during on_pick only.
+  // only_group: that group alone (when the topic has it).
   template <class CanTake, class OnPick>
-  size_t pick(std::string_view topic, CanTake&& can_take, OnPick&& on_pick) {
+  size_t pick(std::string_view topic, CanTake&& can_take, OnPick&& on_pick,
+              std::string_view only_group = {}) {
     stripe& s = stripe_for(topic);
     std::lock_guard lock(s.mutex);
     auto t = s.topics.find(topic);
     if (t == s.topics.end()) return 0;
     for (group_entry& g : t->second) {
+      if (!only_group.empty() && g.name != only_group) continue;
       const size_t n = g.members.size();
       const qg_member* chosen = nullptr;
       for (size_t k = 0; k < n; ++k) {
         size_t i = g.cursor + k;
         if (i >= n) i -= n;
-        if (can_take(static_cast<const qg_member&>(g.members[i]))) {
+        if (!g.busy[i] && can_take(static_cast<const qg_member&>(g.members[i]))) {
           chosen = &g.members[i];
           g.cursor = i + 1 == n ? 0 : i + 1;
           break;
@@ -82,6 +85,13 @@ class queue_groups {
     }
     return t->second.size();
   }
+
+  // Marks m busy (its owner saw its outbound queue fill: pick skips it) or not busy again in
+  // every group of topic it is in. False when m is in none of them.
+  bool set_busy(std::string_view topic, qg_member m, bool busy);
+  // Whether m is in group of topic, and busy.
+  enum class member_state : uint8_t { absent, ready, busy };
+  member_state state_of(std::string_view topic, std::string_view group, qg_member m) const;
 
   // Appends {"<group>":<member count>,...}, groups sorted ("{}" for a topic without groups).
   void info_json(std::string_view topic, std::string& out) const;
@@ -94,6 +104,7 @@ class queue_groups {
   struct group_entry {
     std::string name;
     std::vector<qg_member> members;  // rotation order
+    std::vector<uint8_t> busy;       // per member (same index): skipped by pick
     size_t cursor = 0;               // index of the next member to try (< members.size())
   };
   using topic_groups = std::vector<group_entry>;  // sorted by name; never empty in the map

@@ -64,6 +64,13 @@ class topic_index {
   size_t subscriptions_of(subscriber_id id) const {
     return id < subscribers_.size() ? subscribers_[id].size() : 0;
   }
+  // Whether id holds exactly this pattern. O(its subscriptions).
+  bool holds(subscriber_id id, std::string_view pattern) const {
+    if (id >= subscribers_.size()) return false;
+    for (const membership& m : subscribers_[id])
+      if (m.e->pattern == pattern) return true;
+    return false;
+  }
   // Calls fn(subscriber_id, bool via_glob) once per subscriber that one of its patterns matches
   // topic (via_glob: only glob patterns of this subscriber matched, so the caller must check its
   // ACL against the concrete topic). Returns how many calls were made.

@@ -478,6 +478,13 @@ wse_error wse_envelope_parser::parse(std::string_view message, wse_message& out,
   return wse_error::none;
 }
 
+wse_error wse_envelope_parser::check_object(std::string_view json) {
+  element root;
+  const wse_error error = state_->parse(json, wse_input_padding::none, root);
+  if (error != wse_error::none) return error;
+  return root.is_object() ? wse_error::none : wse_error::not_object;
+}
+
 wse_error wse_envelope_parser::ensure_category(std::string_view publication_json,
                                                std::string& out) {
   element root;

@@ -216,6 +216,10 @@ class wse_envelope_parser {
   // out is unchanged). Its input is copied (no padding needed).
   wse_error ensure_category(std::string_view publication_json, std::string& out);
 
+  // Whether json is one JSON object (presence data from an API): none, or why not. Copied (no
+  // padding needed).
+  wse_error check_object(std::string_view json);
+
  private:
   struct state;
   std::unique_ptr<state> state_;

@@ -250,7 +250,12 @@ def main():
                   # recovery: the sequencer's lock across shards and publishers, the bridge's
                   # history answers delivered to the shards, held frames
                   "recovery_two_shards_two_publishers", "recovery_reconnects_during_continuous",
-                  "redis_recovery_hops_between_instances")))]
+                  "redis_recovery_hops_between_instances",
+                  # presence and queue groups: the process-wide registries (shards and the
+                  # bridge), member deliveries, cluster picks on the bridge thread, deferred
+                  # HTTP answers
+                  "redis_groups_500_publications", "redis_presence_join_leave",
+                  "queue_group_round_robin_500", "presence_many_clients_both_shards")))]
     results = []
     t0 = time.monotonic()
     for name, fn in plan:

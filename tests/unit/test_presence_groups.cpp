@@ -514,3 +514,36 @@ TEST_CASE("fanout: presence and queue groups shared by 4 threads, totals consist
   CHECK_FALSE(groups.any());
   CHECK(groups.totals().groups == 0);
 }
+
+TEST_CASE("fanout: queue_groups busy members are skipped in every group of the topic") {
+  queue_groups q;
+  for (uint32_t i = 0; i < 3; ++i) {
+    q.add("t", "a", {0, i, 1});
+    q.add("t", "b", {0, i, 1});
+  }
+  q.add("other", "a", {0, 1, 1});
+  CHECK(q.set_busy("t", {0, 1, 1}, true));
+  CHECK_FALSE(q.set_busy("t", {0, 1, 2}, true));  // another generation: not a member
+  CHECK_FALSE(q.set_busy("none", {0, 1, 1}, true));
+  std::map<std::string, std::vector<int>> got;
+  auto record = [&](std::string_view group, const qg_member* m) {
+    got[std::string(group)].push_back(m == nullptr ? -1 : static_cast<int>(m->slot));
+  };
+  for (int i = 0; i < 4; ++i) q.pick("t", take_all, record);
+  CHECK(got["a"] == std::vector<int>{0, 2, 0, 2});
+  CHECK(got["b"] == std::vector<int>{0, 2, 0, 2});
+  CHECK(pick_slot(q, "other") == 1);  // busy is per topic
+  // Removing a busy member keeps the others' flags in place.
+  CHECK(q.remove("t", "a", {0, 0, 1}));
+  got.clear();
+  for (int i = 0; i < 2; ++i) q.pick("t", take_all, record);
+  CHECK(got["a"] == std::vector<int>{2, 2});
+  CHECK(q.set_busy("t", {0, 2, 1}, true));
+  got.clear();
+  q.pick("t", take_all, record);
+  CHECK(got["a"] == std::vector<int>{-1});  // every member busy: none can take it
+  CHECK(q.set_busy("t", {0, 1, 1}, false));
+  got.clear();
+  q.pick("t", take_all, record);
+  CHECK(got["a"] == std::vector<int>{1});
+}

@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include <atomic>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -255,6 +256,20 @@ TEST_CASE("redis recovery keys live in the channel's slot") {
     CHECK(log.ends_with("l"));
     CHECK(wsed::engine::redis::key_slot(meta) == wsed::engine::redis::key_slot(channel));
     CHECK(wsed::engine::redis::key_slot(log) == wsed::engine::redis::key_slot(channel));
+  }
+}
+
+TEST_CASE("redis queue group and presence keys live in the channel's slot, apart") {
+  namespace r = wsed::engine::redis;
+  std::string m, i, n, d, t, c, p;
+  for (std::string channel : {"wse:jobs", "wse:a{b}c", "wse:{}", "wse:x{"}) {
+    r::queue_group_keys("wse:", channel, m, i, n);
+    r::presence_keys("wse:", channel, d, t, c, p);
+    std::set<std::string> all{m, i, n, d, t, c, p};
+    CHECK(all.size() == 7);
+    for (const std::string& k : all) CHECK(r::key_slot(k) == r::key_slot(channel));
+    CHECK(m == "wse:{" + m.substr(5, m.find('}') - 5) + "}q:" + channel + "m");
+    CHECK(d.ends_with("}p:" + channel + "d"));
   }
 }
 
