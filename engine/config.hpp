@@ -93,7 +93,8 @@ struct server_config {
   uint64_t redis_stream_maxlen = 100000;            // --inbound redis: XADD MAXLEN ~ N
   uint64_t redis_stream_buffer_bytes = 4ull << 20;  // stream entries waiting, per shard
   uint32_t redis_reconnect_max_ms = 10000;          // backoff cap (jittered, doubling from 100 ms)
-  uint32_t redis_timeout_ms = 5000;  // connect / handshake / silence (pinged at half) limit
+  uint32_t redis_member_ttl_ms = 15000;  // presence / queue group members of a silent instance
+  uint32_t redis_timeout_ms = 5000;      // connect / handshake / silence (pinged at half) limit
 
   // Recovery (engine/recovery, PROTOCOL.md "Recovery"): per recoverable topic the last
   // recovery_buffer publications, stamped with tp/e/o; with Redis the sequence and the history

@@ -262,6 +262,10 @@ flags_result parse_flags(int argc, char** argv) {
              "A connection to Redis that connects, authenticates or answers a ping no faster is "
              "given up and reconnected (wsed_redis_disconnects_total)",
              1, "5s", 200);
+  add_parsed(app, "--redis-member-ttl", c.redis_member_ttl_ms, parse_duration_ms,
+             "Presence and queue group members of an instance that stops renewing them (every "
+             "third of this) are dropped by the others after this long (presence_leave sent)",
+             1, "15s", 300, 3600000);
   add_parsed(app, "--redis-reconnect-max", c.redis_reconnect_max_ms, parse_duration_ms,
              "Longest wait between reconnection attempts (jittered, doubling from 100ms)", 1, "10s",
              100);

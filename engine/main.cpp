@@ -327,6 +327,7 @@ int main(int argc, char** argv) {
     ro.ring_capacity = c.inbox_capacity;
     ro.reconnect_max_ms = c.redis_reconnect_max_ms;
     ro.timeout_ms = c.redis_timeout_ms;
+    ro.member_ttl_ms = c.redis_member_ttl_ms;
     ro.quiet = c.quiet;
     ro.recovery = c.recovery;
     ro.recovery_buffer = c.recovery_buffer;

@@ -27,6 +27,7 @@
 #include <cstring>
 #include <deque>
 #include <random>
+#include <set>
 #include <unordered_map>
 
 #include "fanout/string_map.hpp"
@@ -167,7 +168,7 @@ struct redis_bridge::node {
   uint64_t last_fp = 0;
   uint32_t dup_left = 0;
   std::deque<redis_history_request> fetch_out;  // written on P, answers to come in order
-  std::deque<std::string> presence_out;         // topics of presence writes, in order
+  std::deque<pending_presence> presence_out;    // presence writes, in order
   std::deque<redis_presence_query> query_out;   // presence queries written, in order
 };
 
@@ -223,12 +224,13 @@ struct redis_bridge::impl {
   // Presence: this instance's members per topic (user -> connections, data; 0 connections
   // kept until written), the users to write per topic, the scripts' SHA1s, queries waiting.
   struct own_presence {
-    uint32_t connections = 0;
-    std::string data;
+    uint32_t connections = 0;  // as last written
+    std::string data;          // as last written
+    bool data_sent = false;    // Redis has this data from this instance
   };
   std::string presence_sha, presence_query_sha;
   fanout::string_map<fanout::string_map<own_presence>> presence_own;
-  fanout::string_map<std::vector<std::string>> presence_dirty;  // topic -> users (may repeat)
+  fanout::string_map<std::set<std::string>> presence_dirty;  // topic -> users to write
   uint64_t presence_refresh_at = 0;
   std::vector<redis_presence_query> query_wait;
   std::string pd, pt, pc, pi;
@@ -461,6 +463,7 @@ void redis_bridge::disconnect(connection& c, const std::string& why) {
       answer_unanswered(n.fetch_out.front());
       n.fetch_out.pop_front();
     }
+    for (pending_presence& w : n.presence_out) presence_rewrite(w.topic);  // may not have run
     n.presence_out.clear();
     while (!n.query_out.empty()) {
       c_.presence_queries_failed.add();
@@ -483,7 +486,12 @@ void redis_bridge::disconnect(connection& c, const std::string& why) {
     n.fence_out = false;
     n.dup_left = 0;
     if (opt_.recovery && was_up) sink_.history_lost({});  // the live stream has a hole
-    if (was_up) sink_.queue_groups_lost({});
+    if (was_up) {
+      sink_.queue_groups_lost({});
+      // Every view is gone (not only this node's): every topic asks for a marker again.
+      for (const auto& [topic, members] : m.queue_group_own)
+        if (!members.empty()) m.queue_group_dirty.insert_or_assign(topic, true);
+    }
   }
   c.tags.clear();
   c.st = connection::state::down;
@@ -579,10 +587,9 @@ void redis_bridge::became_ready(connection& c) {
     // What the lost connection wrote may not have run: tell Redis again.
     for (const auto& [topic, members] : m.queue_group_own)
       m.queue_group_dirty.try_emplace(topic, false);
-    for (const auto& [topic, users] : m.presence_own) {
-      auto& dirty = m.presence_dirty[topic];
-      for (const auto& [user, st] : users) dirty.push_back(user);
-    }
+    std::vector<std::string> topics;
+    for (const auto& [topic, users] : m.presence_own) topics.push_back(topic);
+    for (const std::string& topic : topics) presence_rewrite(topic);
     if (m.cluster && !m.slots_query_out) m.next_refresh_at = 0;  // the first P up asks for the map
   }
   if (m.logged_down) {
@@ -806,6 +813,7 @@ void redis_bridge::take_queue_group_ops() {
     if (queue_group_ops_.empty()) return;
     ops.swap(queue_group_ops_);
   }
+  std::vector<std::pair<redis_interest, std::string>> interest;
   for (queue_group_op& op : ops) {
     auto [it, added] = m.queue_group_own.try_emplace(op.topic);
     std::vector<std::string>& own = it->second;
@@ -815,8 +823,11 @@ void redis_bridge::take_queue_group_ops() {
     if (!op.join && at != own.end()) own.erase(at);
     m.queue_group_dirty.try_emplace(op.topic, false);
     // The channel is wanted while this instance has members there (apply_interest asks).
-    if (was_empty != own.empty()) m.dirty.emplace_back(redis_interest::pattern, op.topic);
+    if (was_empty != own.empty()) interest.emplace_back(redis_interest::pattern, op.topic);
   }
+  if (interest.empty()) return;
+  std::lock_guard lock(mu_);  // apply_interest (next) reads them from dirty_
+  for (auto& e : interest) dirty_.push_back(std::move(e));
 }
 
 // Each topic whose members changed (or is due for renewal) gets queue_group_script on its
@@ -825,12 +836,12 @@ void redis_bridge::take_queue_group_ops() {
 void redis_bridge::write_queue_groups(uint64_t now) {
   impl& m = *impl_;
   if (now >= m.queue_group_refresh_at) {
-    m.queue_group_refresh_at = now + queue_group_refresh_ms;
+    m.queue_group_refresh_at = now + opt_.member_ttl_ms / 3;
     for (const auto& [topic, members] : m.queue_group_own)
       m.queue_group_dirty.try_emplace(topic, false);
   }
   if (m.queue_group_dirty.empty() || m.queue_group_sha.empty()) return;
-  if (m.qg_keep.empty()) m.qg_keep = std::to_string(queue_group_keep_ms);
+  if (m.qg_keep.empty()) m.qg_keep = std::to_string(opt_.member_ttl_ms);
   std::string_view verb = m.cluster ? "SPUBLISH" : "PUBLISH";
   for (auto it = m.queue_group_dirty.begin(); it != m.queue_group_dirty.end();) {
     const std::string& topic = it->first;
@@ -863,12 +874,10 @@ void redis_bridge::write_queue_groups(uint64_t now) {
   }
 }
 
-void redis_bridge::presence_set(std::string_view topic, std::string_view user, uint32_t connections,
-                                std::string_view data) {
+void redis_bridge::presence_changed(std::string_view topic, std::string_view user) {
   {
     std::lock_guard lock(mu_);
-    presence_ops_.push_back(
-        {std::string(topic), std::string(user), std::string(data), connections});
+    presence_ops_.push_back({std::string(topic), std::string(user)});
   }
   wake();
 }
@@ -895,32 +904,38 @@ void redis_bridge::take_presence_ops() {
     queries.swap(presence_queries_);
   }
   for (redis_presence_query& q : queries) m.query_wait.push_back(std::move(q));
-  for (presence_op& op : ops) {
-    impl::own_presence& st = m.presence_own[op.topic][op.user];
-    st.connections = op.connections;
-    st.data = std::move(op.data);
-    m.presence_dirty[op.topic].push_back(std::move(op.user));
+  for (presence_op& op : ops) m.presence_dirty[op.topic].insert(std::move(op.user));
+}
+
+// Every user of topic this instance told Redis of is written again, data included (after a lost
+// connection, a failed write, or when the script says this instance had lapsed).
+void redis_bridge::presence_rewrite(const std::string& topic) {
+  impl& m = *impl_;
+  auto own = m.presence_own.find(topic);
+  if (own == m.presence_own.end()) return;
+  auto& dirty = m.presence_dirty[topic];
+  for (auto& [user, st] : own->second) {
+    st.data_sent = false;
+    dirty.insert(user);
   }
 }
 
 // Each topic with changed members (or due for renewal) gets presence_script on its channel's
 // node: right away when it only removes, otherwise once this instance's subscription to the
-// channel is confirmed (so its own subscribers hear the events). Queries go out as they come.
+// channel is confirmed (so its own subscribers hear the events). A user's count and data are
+// read from the application when written (the truth, whatever order the shards reported in);
+// data goes only when it changed since this instance last sent it. Queries go out as they come.
 void redis_bridge::write_presence(uint64_t now) {
   impl& m = *impl_;
   if (now >= m.presence_refresh_at) {
-    m.presence_refresh_at = now + queue_group_refresh_ms;
+    m.presence_refresh_at = now + opt_.member_ttl_ms / 3;
     for (const auto& [topic, users] : m.presence_own) m.presence_dirty.try_emplace(topic);
   }
-  if (m.presence_sha.empty()) return;
-  std::string_view verb = m.cluster ? "SPUBLISH" : "PUBLISH";
   size_t kept = 0;
   for (size_t i = 0; i < m.query_wait.size(); ++i) {
     redis_presence_query& q = m.query_wait[i];
-    m.channel.clear();
-    redis::append_channel(m.channel, opt_.prefix, redis::channel_kind::topic, q.topic);
-    node* n = owner_of(m.channel);
-    if (n && n->p.ready()) {
+    node* n = topic_node(q.topic);
+    if (n && n->p.ready() && !m.presence_query_sha.empty()) {
       redis::presence_keys(opt_.prefix, m.channel, m.pd, m.pt, m.pc, m.pi);
       redis::append_command(n->p.out, {"EVALSHA", m.presence_query_sha, "2", m.pd, m.pt});
       n->p.push_tag(tag::presence_query);
@@ -938,24 +953,53 @@ void redis_bridge::write_presence(uint64_t now) {
     ++kept;
   }
   m.query_wait.resize(kept);
-  if (m.qg_keep.empty()) m.qg_keep = std::to_string(queue_group_keep_ms);
+  if (m.presence_sha.empty()) return;
+  if (m.qg_keep.empty()) m.qg_keep = std::to_string(opt_.member_ttl_ms);
+  std::string_view verb = m.cluster ? "SPUBLISH" : "PUBLISH";
+  std::string data;
   for (auto it = m.presence_dirty.begin(); it != m.presence_dirty.end();) {
     const std::string& topic = it->first;
-    auto own = m.presence_own.find(topic);
-    bool holds = false, adds = false;
-    if (own != m.presence_own.end()) {
-      for (const auto& [user, st] : own->second) holds = holds || st.connections > 0;
-      for (const std::string& user : it->second) {
-        auto u = own->second.find(user);
-        adds = adds || (u != own->second.end() && u->second.connections > 0);
-      }
+    // The users' state now.
+    struct now_state {
+      const std::string* user;
+      uint32_t connections;
+      std::string data;
+    };
+    std::vector<now_state> users;
+    bool adds = false;
+    for (const std::string& user : it->second) {
+      data.clear();
+      uint32_t n = sink_.presence_state(topic, user, data);
+      adds = adds || n > 0;
+      users.push_back({&user, n, data});
     }
     node* n = topic_node(topic);
-    bool subscribed = n && hears(*n, m.channel);
-    if (!n || !n->p.ready() || (adds && !subscribed)) {
+    if (!n || !n->p.ready() || (adds && !hears(*n, m.channel))) {
       ++it;
       continue;
     }
+    auto& own = m.presence_own[topic];
+    std::vector<std::string> counts;
+    counts.reserve(users.size());
+    pending_presence written{topic, {}};
+    std::vector<std::string_view> triplets;
+    for (now_state& u : users) {
+      impl::own_presence& st = own[*u.user];
+      if (u.connections == 0 && st.connections == 0 && st.data_sent) continue;  // nothing to say
+      bool send_data = u.connections > 0 && (!st.data_sent || st.data != u.data);
+      st.connections = u.connections;
+      st.data = std::move(u.data);
+      st.data_sent = true;
+      counts.push_back(std::to_string(st.connections));
+      triplets.push_back(*u.user);
+      triplets.push_back(counts.back());
+      triplets.push_back(
+          send_data ? (st.data.empty() ? std::string_view("{}") : std::string_view(st.data))
+                    : std::string_view());
+      written.users.push_back(*u.user);
+    }
+    bool holds = false;
+    for (const auto& [user, st] : own) holds = holds || st.connections > 0;
     redis::presence_keys(opt_.prefix, m.channel, m.pd, m.pt, m.pc, m.pi);
     m.topic_json.clear();
     proto::wse_append_json_string(m.topic_json, topic);
@@ -972,31 +1016,10 @@ void redis_bridge::write_presence(uint64_t now) {
                                           verb,
                                           m.topic_json,
                                           holds ? "1" : "0"};
-    std::vector<std::string> counts;
-    std::vector<std::string>& users = it->second;
-    if (own != m.presence_own.end()) {
-      std::sort(users.begin(), users.end());
-      users.erase(std::unique(users.begin(), users.end()), users.end());
-      counts.reserve(users.size());
-      for (const std::string& user : users) {
-        auto u = own->second.find(user);
-        if (u == own->second.end()) continue;
-        counts.push_back(std::to_string(u->second.connections));
-        args.push_back(u->first);
-        args.push_back(counts.back());
-        args.push_back(u->second.data.empty() ? std::string_view("{}") : u->second.data);
-      }
-    }
+    args.insert(args.end(), triplets.begin(), triplets.end());
     redis::append_command(n->p.out, args);
     n->p.push_tag(tag::presence);
-    n->presence_out.push_back(topic);
-    if (own != m.presence_own.end()) {  // a user with no connection here, written: forgotten
-      for (const std::string& user : users) {
-        auto u = own->second.find(user);
-        if (u != own->second.end() && u->second.connections == 0) own->second.erase(u);
-      }
-      if (own->second.empty()) m.presence_own.erase(own);
-    }
+    n->presence_out.push_back(std::move(written));
     it = m.presence_dirty.erase(it);
   }
 }
@@ -1004,21 +1027,31 @@ void redis_bridge::write_presence(uint64_t now) {
 void redis_bridge::on_presence_reply(node& n, const redisReply* r) {
   impl& m = *impl_;
   if (n.presence_out.empty()) return;
-  std::string topic = std::move(n.presence_out.front());
+  pending_presence w = std::move(n.presence_out.front());
   n.presence_out.pop_front();
+  auto own = m.presence_own.find(w.topic);
   if (r->type == REDIS_REPLY_ERROR) {
     c_.presence_errors.add();
     if (str_of(r).starts_with("NOSCRIPT")) disconnect(n.p, "the presence script was flushed");
+    presence_rewrite(w.topic);  // it may not have run: all again
     return;
   }
   c_.presence_writes.add();
   if (r->type == REDIS_REPLY_INTEGER && r->integer == 0) {
     // This instance's members there had lapsed (another instance dropped them): all again.
-    auto own = m.presence_own.find(topic);
-    if (own == m.presence_own.end()) return;
-    auto& dirty = m.presence_dirty[topic];
-    for (const auto& [user, st] : own->second) dirty.push_back(user);
+    presence_rewrite(w.topic);
+    return;
   }
+  if (own == m.presence_own.end()) return;
+  // Users written with no connection here are forgotten once Redis has them (unless dirty again).
+  auto dirty = m.presence_dirty.find(w.topic);
+  for (const std::string& user : w.users) {
+    auto u = own->second.find(user);
+    if (u == own->second.end() || u->second.connections != 0) continue;
+    if (dirty != m.presence_dirty.end() && dirty->second.count(user)) continue;
+    own->second.erase(u);
+  }
+  if (own->second.empty() && (dirty == m.presence_dirty.end())) m.presence_own.erase(own);
 }
 
 void redis_bridge::on_presence_query_reply(node& n, const redisReply* r) {
@@ -1407,6 +1440,17 @@ void redis_bridge::complete_fence(node& n) {
 bool redis_bridge::handshake_reply(connection& c, const redisReply* r) {
   tag t = tag::ping;
   c.pop_tag(t);
+  bool optional =
+      t == tag::script_queue_group || t == tag::script_presence || t == tag::script_presence_query;
+  if (r->type == REDIS_REPLY_ERROR && optional) {
+    // Scripting refused (an ACL, a proxy): pub/sub still works; queue groups and presence stay
+    // on this instance alone (their SHA1 stays empty). Said once per connection.
+    log_line(opt_.quiet, std::string("SCRIPT LOAD refused (queue groups and presence across "
+                                     "instances off): ") +
+                             std::string(str_of(r)));
+    if (--c.handshake_left == 0) became_ready(c);
+    return true;
+  }
   if (r->type == REDIS_REPLY_ERROR) {
     const char* what = t == tag::auth     ? "AUTH"
                        : t == tag::select ? "SELECT"

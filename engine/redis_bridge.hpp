@@ -101,6 +101,11 @@ class redis_sink {
   // still counts for the queue groups. Only asked while wants_own_publications().
   virtual bool wants_own_publications() const { return false; }
   virtual void own_publication(std::string_view /*topic*/, std::string_view /*json*/) {}
+  // This instance's connections of user in topic's presence now (0: none) and its data.
+  virtual uint32_t presence_state(std::string_view /*topic*/, std::string_view /*user*/,
+                                  std::string& /*data*/) {
+    return 0;
+  }
   // The answer to presence_query (views valid during the call).
   virtual void presence_answer(const redis_presence_query& /*query*/,
                                const redis_presence_answer& /*answer*/) {}
@@ -120,6 +125,9 @@ struct redis_bridge_options {
   uint64_t stream_maxlen = 100000;          // XADD MAXLEN ~ N
   uint64_t inbound_bytes_max = 4ull << 20;  // per producer lane of stream entries waiting
   uint32_t timeout_ms = 5000;  // connect, handshake, and silence (pinged at half) before giving up
+  // Presence and queue group members of this instance in Redis: renewed every third of it;
+  // another instance drops them this long after their last renewal (--redis-member-ttl).
+  uint32_t member_ttl_ms = 15000;
   uint32_t reconnect_min_ms = 100;
   uint32_t reconnect_max_ms = 10000;
   bool quiet = false;
@@ -166,17 +174,15 @@ class redis_bridge {
   bool route_command(std::string_view instance, std::string_view json);
   // Any thread: a queue group member of this instance joined (or left) topic; member is
   // "<connection id>\t<group>". The bridge keeps this instance's members of each topic in Redis
-  // (queue_group_script, renewed every queue_group_refresh_ms; after queue_group_keep_ms without
+  // (queue_group_script, renewed every member_ttl_ms / 3; after member_ttl_ms without
   // renewal another instance drops them), and subscribes to the topic's channel meanwhile.
   void queue_group_member(std::string_view topic, std::string_view member, bool join);
-  static constexpr uint64_t queue_group_refresh_ms = 5000;
-  static constexpr uint64_t queue_group_keep_ms = 15000;
-  // Any thread: this instance now has `connections` connections of user in topic's presence
-  // (0: none), with that data. The bridge keeps them in Redis (presence_script, renewed like
-  // the queue groups), which sends the presence events; written once the topic's channel is
-  // subscribed (so this instance's subscribers hear the event), a 0 at once.
-  void presence_set(std::string_view topic, std::string_view user, uint32_t connections,
-                    std::string_view data);
+  // Any thread: this instance's connections of user in topic's presence changed. The bridge
+  // reads them (redis_sink::presence_state) and keeps them in Redis (presence_script, renewed
+  // like the queue groups), which sends the presence events; written once the topic's channel
+  // is subscribed (so this instance's subscribers hear the event), a 0 at once; retried after
+  // a failure or a lost connection.
+  void presence_changed(std::string_view topic, std::string_view user);
   // Any thread: reads a topic's presence from Redis; the answer comes through
   // redis_sink::presence_answer on the bridge thread. False: too many queries waiting.
   bool presence_query(redis_presence_query query);
@@ -243,6 +249,7 @@ class redis_bridge {
   void take_presence_ops();
   void write_presence(uint64_t now);
   void on_presence_reply(node& n, const ::redisReply* r);
+  void presence_rewrite(const std::string& topic);
   void on_presence_query_reply(node& n, const ::redisReply* r);
   void write_sequenced(node& n, std::string_view topic, std::string_view payload);
   void answer_unanswered(redis_history_request& request);
@@ -289,8 +296,11 @@ class redis_bridge {
   };
   std::vector<queue_group_op> queue_group_ops_;  // under mu_
   struct presence_op {
-    std::string topic, user, data;
-    uint32_t connections;
+    std::string topic, user;
+  };
+  struct pending_presence {
+    std::string topic;
+    std::vector<std::string> users;
   };
   std::vector<presence_op> presence_ops_;               // under mu_
   std::vector<redis_presence_query> presence_queries_;  // under mu_

@@ -499,13 +499,14 @@ local function set(owner, user, count, data)
     redis.call('HDEL', KEYS[2], user)
   end
   if before <= 0 and after > 0 then
+    if data == '' then data = '{}' end
     redis.call('HSET', KEYS[1], user, data)
     event('join', user, data)
   elseif before > 0 and after <= 0 then
     local last = redis.call('HGET', KEYS[1], user) or '{}'
     redis.call('HDEL', KEYS[1], user)
     event('leave', user, last)
-  elseif after > 0 and count > 0 and redis.call('HGET', KEYS[1], user) ~= data then
+  elseif after > 0 and count > 0 and data ~= '' and redis.call('HGET', KEYS[1], user) ~= data then
     redis.call('HSET', KEYS[1], user, data)
     event('update', user, data)
   end

@@ -117,7 +117,8 @@ void presence_keys(std::string_view prefix, std::string_view channel, std::strin
                    std::string& totals, std::string& counts, std::string& instances);
 // KEYS data, totals, counts, instances; ARGV instance, keep ms, channel, PUBLISH | SPUBLISH, the
 // topic as a JSON string, "1" when this instance still holds members there, then triplets
-// (user, this instance's connections of that user now, its data). Drops the members of
+// (user, this instance's connections of that user now, its data, or "" when this instance sent
+// that data already: a count change alone says nothing of the data). Drops the members of
 // instances whose deadline passed, sets each triplet's count, and publishes presence_join (a
 // user's first connection in the cluster), presence_update (other data), presence_leave (its
 // last) on the channel, exactly as wsed builds them; renews the deadline. Returns 0 when this

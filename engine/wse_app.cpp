@@ -123,6 +123,8 @@ constexpr std::string_view command_unsubscribe_ex = "unsubscribe_ex";
 constexpr std::string_view command_presence = "presence";  // new data for every presence topic
 // A deferred HTTP answer for a connection of the shard: "<status>\n<body>"
 constexpr std::string_view command_http_answer = "http_answer";
+// Presence events one shard keeps while inboxes are full (beyond: dropped, counted).
+constexpr size_t presence_backlog_max = 65536;
 
 // A system message (category WSE first, as wsed builds them: presence events) is never stamped
 // and never given to queue groups.
@@ -585,6 +587,7 @@ std::shared_ptr<const auth::topic_acl> wse_app::shared_acl(per_shard& p,
 void wse_app::on_tick(shard& s, uint64_t now_ms) {
   handler_.on_tick(s.index());
   if (!part(s).busy_members.empty()) check_busy_members(s, part(s));
+  if (!part(s).presence_backlog.empty()) flush_presence_backlog(s, part(s));
   if (recovery_) {
     per_shard& pr = part(s);
     if (now_ms >= pr.next_expire_ms) {  // once a second
@@ -831,9 +834,7 @@ void wse_app::presence_leave(shard& s, per_shard& p, conn_state& st, uint32_t sl
 }
 
 void wse_app::report_presence(std::string_view topic, std::string_view user) {
-  std::string data;
-  uint32_t n = presence_->user_connections(topic, user, &data);
-  bridge_->presence_set(topic, user, n, data);
+  bridge_->presence_changed(topic, user);  // the bridge reads the state when it writes it
 }
 
 void wse_app::presence_answer(const redis_presence_query& q, const redis_presence_answer& a) {
@@ -843,12 +844,13 @@ void wse_app::presence_answer(const redis_presence_query& q, const redis_presenc
   } else {
     std::vector<std::pair<std::string_view, std::string_view>> data(a.data.begin(), a.data.end());
     std::sort(data.begin(), data.end());
+    std::unordered_map<std::string_view, std::string_view> totals(a.totals.begin(), a.totals.end());
     uint64_t users = 0, connections = 0;
     std::string members = "{";
     for (const auto& [user, d] : data) {
       uint64_t n = 0;
-      for (const auto& [u, total] : a.totals)
-        if (u == user) std::from_chars(total.data(), total.data() + total.size(), n);
+      if (auto t = totals.find(user); t != totals.end())
+        std::from_chars(t->second.data(), t->second.data() + t->second.size(), n);
       if (n == 0) continue;
       ++users;
       connections += n;
@@ -894,9 +896,24 @@ void wse_app::presence_event(shard& s, per_shard& p, std::string_view type, std:
                               : p.counts.presence_updates)
       .add();
   if (bridge_) return;  // Redis's presence script sends it, once for the cluster
-  // A full inbox loses the event for that shard's subscribers (counted as inbox_full); the
-  // state stays right and the queries answer it.
-  route(&s, fanout::delivery_kind::topic, topic, p.presence_event);
+  // A full inbox (many closes at once: each leave is an event) refuses it whole (no shard got
+  // it): it waits, in order, and the newer ones behind it.
+  if (p.presence_backlog.empty() &&
+      route(&s, fanout::delivery_kind::topic, topic, p.presence_event) != publish_status::busy)
+    return;
+  if (p.presence_backlog.size() >= presence_backlog_max) {
+    p.counts.presence_dropped.add();
+    return;
+  }
+  p.presence_backlog.emplace_back(std::string(topic), p.presence_event);
+}
+
+void wse_app::flush_presence_backlog(shard& s, per_shard& p) {
+  while (!p.presence_backlog.empty()) {
+    auto& [topic, event] = p.presence_backlog.front();
+    if (route(&s, fanout::delivery_kind::topic, topic, event) == publish_status::busy) return;
+    p.presence_backlog.pop_front();
+  }
 }
 
 void wse_app::reply_subscription(shard& s, conn_ref c, per_shard& p, std::string_view action,
@@ -1142,7 +1159,11 @@ void wse_app::pick_members(fanout::frame* f, uint32_t producer) {
 }
 
 void wse_app::on_member_delivery(shard& s, per_shard& p, const fanout::delivery& d) {
-  if (!p.busy_members.empty()) check_busy_members(s, p);  // (and every tick)
+  // Once per loop pass (and every tick): a member whose queue drained is picked again soon.
+  if (!p.busy_members.empty() && p.busy_checked_ms != s.now_ms()) {
+    p.busy_checked_ms = s.now_ms();
+    check_busy_members(s, p);
+  }
   conn_ref c{d.arg, d.arg2};
   conn_state* st = state_of(p, c);
   if (!st || !st->authenticated || s.send_frame(c, *d.f) != send_status::queued) {
@@ -1885,11 +1906,11 @@ void wse_app::on_delivery(shard& s, const fanout::delivery& d) {
         std::vector<std::string_view> topics = split_lines(arg.substr(bytes));
         bool subscribing = f.key() == command_subscribe_ex;
         if (!subscribing && topics.empty()) {
-          drop_subscriptions(s, p, c.slot);
           leave_groups(s, *st, c.slot, {}, group);
-          if (group.empty())
-            while (!st->presence_topics.empty())
-              presence_leave(s, p, *st, c.slot, std::string(st->presence_topics.back()));
+          if (!group.empty()) return;  // that group on every topic; the rest stays
+          drop_subscriptions(s, p, c.slot);
+          while (!st->presence_topics.empty())
+            presence_leave(s, p, *st, c.slot, std::string(st->presence_topics.back()));
           return;
         }
         apply_subscription(s, c, p, *st, subscribing, topics, extras);
@@ -2135,6 +2156,10 @@ void wse_app::render_presence_metrics(std::string& out) const {
           e.label, first);
       first = false;
     }
+    append_family(
+        out, n, [&](size_t i) { return shards_[i]->counts.presence_dropped.get(); },
+        "wsed_presence_events_dropped_total", "counter",
+        "Presence events lost: 65,536 were waiting behind full inboxes already.");
     const char* refused = "Presence joins and updates refused, by reason.";
     append_family(
         out, n, [&](size_t i) { return shards_[i]->counts.presence_refused_data.get(); },

@@ -22,6 +22,7 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <random>
@@ -156,6 +157,7 @@ struct wse_counters {
   counter recover_recovered, recover_not_recovered, recover_no_history, replayed;
   counter presence_joins, presence_updates, presence_leaves;  // events emitted
   counter presence_refused_data, presence_refused_full;       // joins / updates refused
+  counter presence_dropped;  // events lost: the backlog behind full inboxes was full
   // Publications given to queue group members; picked members found gone; members marked busy.
   counter qg_deliveries, qg_gone, qg_busy;
 };
@@ -251,6 +253,10 @@ class wse_app final : public app_handler, public redis_sink {
   void own_publication(std::string_view topic, std::string_view json) override;
   void presence_answer(const redis_presence_query& query,
                        const redis_presence_answer& answer) override;
+  uint32_t presence_state(std::string_view topic, std::string_view user,
+                          std::string& data) override {
+    return presence_ ? presence_->user_connections(topic, user, &data) : 0;
+  }
 
   void attach(hub& h) override { hub_ = &h; }
   void on_open(shard& s, conn_ref c, const proto::http_request& request) override;
@@ -339,8 +345,11 @@ class wse_app final : public app_handler, public redis_sink {
     // topic -> (slot, request) of the connections whose live frames of it are held
     fanout::string_map<std::vector<std::pair<uint32_t, uint64_t>>> holds;
     uint64_t next_request = 0;
-    std::string presence_event;          // an event being built
+    std::string presence_event;  // an event being built
+    // (topic, event) a full inbox refused, in order; retried every tick before newer ones.
+    std::deque<std::pair<std::string, std::string>> presence_backlog;
     std::vector<uint32_t> busy_members;  // slots marked busy in queue_groups_ (checked per tick)
+    uint64_t busy_checked_ms = 0;        // shard loop clock of the last check on a delivery
     uint64_t next_expire_ms = 0;         // shard 0: the recovery store's TTL sweep
     wse_counters counts;
     uint64_t next_ping_ms = 0;                       // shard loop clock; 0: not scheduled yet
@@ -386,6 +395,7 @@ class wse_app final : public app_handler, public redis_sink {
                       std::string_view topic);
   void presence_event(shard& s, per_shard& p, std::string_view type, std::string_view topic,
                       std::string_view user, std::string_view data);
+  void flush_presence_backlog(shard& s, per_shard& p);
   // With Redis: this instance's state of user in topic goes to the bridge, whose script sends
   // the events (once for the cluster).
   void report_presence(std::string_view topic, std::string_view user);

@@ -118,22 +118,45 @@ def test_redis_presence_join_leave_once_across_instances_and_queries():
 @limit(120)
 def test_redis_presence_killed_instance_members_leave():
     """B (holding u1) is SIGKILLed: A's subscribers get u1's presence_leave once B's renewal
-    lapses (within 15 s + A's next renewal, 5 s), and the query no longer lists u1."""
-    with R.RedisServer() as redis, T.instance(redis, "--presence") as a, \
-            T.instance(redis, "--presence", check_exit=False) as b:
+    lapses (--redis-member-ttl 3s, then A's next renewal within 1 s), and the query no longer
+    lists u1."""
+    ttl = ("--presence", "--redis-member-ttl", "3s")
+    with R.RedisServer() as redis, T.instance(redis, *ttl) as a, \
+            T.instance(redis, *ttl, check_exit=False) as b:
         T.wait_readyz([a, b], 200, 20, "at startup")
         watch = T.client(a, "watcher", topics=[ROOM])
         u0 = T.client(a, "u0")
         enter(u0, {"n": 0})
+        expect(watch, [("presence_join", "u0")], "u0's join")  # (then u1's: one order)
         u1 = T.client(b, "u1")
         enter(u1, {"n": 1})
-        expect(watch, [("presence_join", "u0"), ("presence_join", "u1")], "joins")
+        expect(watch, [("presence_join", "u1")], "u1's join")
         b.send_signal(signal.SIGKILL)
         b.wait(10)
         t0 = time.monotonic()
-        got = expect(watch, [("presence_leave", "u1")], "u1's instance died", timeout=30)
+        got = expect(watch, [("presence_leave", "u1")], "u1's instance died", timeout=20)
         took = time.monotonic() - t0
-        assert took <= 25, "the leave came after %.1fs" % took
+        assert took <= 8, "the leave came after %.1fs" % took
         assert got[0][2] == {"n": 1}
         assert presence(a)["members"] == {"u0": {"data": {"n": 0}, "connections": 1}}
         T.close_all([watch, u0])
+
+
+@limit(60)
+def test_redis_presence_count_change_is_not_an_update():
+    """u0 has two connections on A with data {"n":"a"}, then one on B with {"n":"b"} (an update:
+    the latest wins); one of A's connections closing changes only the count: no event, and the
+    data stays {"n":"b"}."""
+    with R.RedisServer() as redis, T.instances(redis, extra=("--presence",)) as (a, b):
+        watch = T.client(b, "watcher", topics=[ROOM])
+        a1, a2 = T.client(a, "u0"), T.client(a, "u0")
+        enter(a1, {"n": "a"})
+        enter(a2, {"n": "a"})
+        expect(watch, [("presence_join", "u0")], "u0 joins (twice on A: one event)")
+        b1 = T.client(b, "u0")
+        enter(b1, {"n": "b"})
+        expect(watch, [("presence_update", "u0")], "other data from B")
+        a2.close()
+        expect(watch, [], "a count change alone")
+        assert presence(b)["members"] == {"u0": {"data": {"n": "b"}, "connections": 2}}
+        T.close_all([watch, a1, b1])
