@@ -723,7 +723,7 @@ def summary(paths):
     for L, (s, b) in samples.items():
         print(f"- first event seen in `{L}` ({b} bytes on the wire): `{s}`")
     for r in runs:
-        if r.get("api_stats_room_000") and r["_round"] == rounds[0]:
+        if r.get("api_stats_room_000") and rounds and r["_round"] == rounds[0]:
             print(f"- `{r['label']}`: GET /api/presence/stats?topic=room-000 -> {r['api_stats_room_000'][0]} "
                   f"`{r['api_stats_room_000'][1]}`")
     for L, k, o, other in odd:
