@@ -227,10 +227,12 @@ struct redis_bridge::impl {
     uint32_t connections = 0;  // as last written
     std::string data;          // as last written
     bool data_sent = false;    // Redis has this data from this instance
+    uint32_t inflight = 0;     // writes of it not answered yet
   };
   std::string presence_sha, presence_query_sha;
   fanout::string_map<fanout::string_map<own_presence>> presence_own;
   fanout::string_map<std::set<std::string>> presence_dirty;  // topic -> users to write
+  fanout::string_map<uint64_t> presence_retry_at;            // topic -> after a failed write
   uint64_t presence_refresh_at = 0;
   std::vector<redis_presence_query> query_wait;
   std::string pd, pt, pc, pi;
@@ -463,7 +465,10 @@ void redis_bridge::disconnect(connection& c, const std::string& why) {
       answer_unanswered(n.fetch_out.front());
       n.fetch_out.pop_front();
     }
-    for (pending_presence& w : n.presence_out) presence_rewrite(w.topic);  // may not have run
+    for (pending_presence& w : n.presence_out) {  // they may not have run
+      presence_rewrite(w.topic);
+      presence_written(w);
+    }
     n.presence_out.clear();
     while (!n.query_out.empty()) {
       c_.presence_queries_failed.add();
@@ -956,10 +961,16 @@ void redis_bridge::write_presence(uint64_t now) {
   if (m.presence_sha.empty()) return;
   if (m.qg_keep.empty()) m.qg_keep = std::to_string(opt_.member_ttl_ms);
   std::string_view verb = m.cluster ? "SPUBLISH" : "PUBLISH";
-  std::string data;
   for (auto it = m.presence_dirty.begin(); it != m.presence_dirty.end();) {
     const std::string& topic = it->first;
-    // The users' state now.
+    node* n = topic_node(topic);
+    auto retry = m.presence_retry_at.find(topic);
+    if (!n || !n->p.ready() || (retry != m.presence_retry_at.end() && now < retry->second)) {
+      ++it;
+      continue;
+    }
+    // The users' state now (read from the application: the truth, whatever order the shards
+    // reported in).
     struct now_state {
       const std::string* user;
       uint32_t connections;
@@ -968,13 +979,12 @@ void redis_bridge::write_presence(uint64_t now) {
     std::vector<now_state> users;
     bool adds = false;
     for (const std::string& user : it->second) {
-      data.clear();
-      uint32_t n = sink_.presence_state(topic, user, data);
-      adds = adds || n > 0;
-      users.push_back({&user, n, data});
+      std::string data;
+      uint32_t c = sink_.presence_state(topic, user, data);
+      adds = adds || c > 0;
+      users.push_back({&user, c, std::move(data)});
     }
-    node* n = topic_node(topic);
-    if (!n || !n->p.ready() || (adds && !hears(*n, m.channel))) {
+    if (adds && !hears(*n, m.channel)) {
       ++it;
       continue;
     }
@@ -983,13 +993,16 @@ void redis_bridge::write_presence(uint64_t now) {
     counts.reserve(users.size());
     pending_presence written{topic, {}};
     std::vector<std::string_view> triplets;
+    bool full = true;  // every user of this instance there, with its data: restores a lapse
     for (now_state& u : users) {
       impl::own_presence& st = own[*u.user];
       if (u.connections == 0 && st.connections == 0 && st.data_sent) continue;  // nothing to say
       bool send_data = u.connections > 0 && (!st.data_sent || st.data != u.data);
+      full = full && (u.connections == 0 || send_data);
       st.connections = u.connections;
       st.data = std::move(u.data);
       st.data_sent = true;
+      ++st.inflight;
       counts.push_back(std::to_string(st.connections));
       triplets.push_back(*u.user);
       triplets.push_back(counts.back());
@@ -999,7 +1012,10 @@ void redis_bridge::write_presence(uint64_t now) {
       written.users.push_back(*u.user);
     }
     bool holds = false;
-    for (const auto& [user, st] : own) holds = holds || st.connections > 0;
+    for (const auto& [user, st] : own) {
+      holds = holds || st.connections > 0;
+      full = full && (st.connections == 0 || it->second.count(user));
+    }
     redis::presence_keys(opt_.prefix, m.channel, m.pd, m.pt, m.pc, m.pi);
     m.topic_json.clear();
     proto::wse_append_json_string(m.topic_json, topic);
@@ -1015,7 +1031,8 @@ void redis_bridge::write_presence(uint64_t now) {
                                           m.channel,
                                           verb,
                                           m.topic_json,
-                                          holds ? "1" : "0"};
+                                          holds ? "1" : "0",
+                                          full ? "1" : "0"};
     args.insert(args.end(), triplets.begin(), triplets.end());
     redis::append_command(n->p.out, args);
     n->p.push_tag(tag::presence);
@@ -1024,34 +1041,46 @@ void redis_bridge::write_presence(uint64_t now) {
   }
 }
 
+// A write of this instance's users of one topic is over (answered, or its connection lost):
+// users left with no connection here and no write in flight are forgotten.
+void redis_bridge::presence_written(const pending_presence& w) {
+  impl& m = *impl_;
+  auto own = m.presence_own.find(w.topic);
+  if (own == m.presence_own.end()) return;
+  auto dirty = m.presence_dirty.find(w.topic);
+  for (const std::string& user : w.users) {
+    auto u = own->second.find(user);
+    if (u == own->second.end()) continue;
+    if (u->second.inflight) --u->second.inflight;
+    if (u->second.connections != 0 || u->second.inflight != 0) continue;
+    if (dirty != m.presence_dirty.end() && dirty->second.count(user)) continue;
+    own->second.erase(u);
+  }
+  if (own->second.empty() && dirty == m.presence_dirty.end()) {
+    m.presence_own.erase(own);
+    m.presence_retry_at.erase(w.topic);
+  }
+}
+
 void redis_bridge::on_presence_reply(node& n, const redisReply* r) {
   impl& m = *impl_;
   if (n.presence_out.empty()) return;
   pending_presence w = std::move(n.presence_out.front());
   n.presence_out.pop_front();
-  auto own = m.presence_own.find(w.topic);
   if (r->type == REDIS_REPLY_ERROR) {
     c_.presence_errors.add();
     if (str_of(r).starts_with("NOSCRIPT")) disconnect(n.p, "the presence script was flushed");
-    presence_rewrite(w.topic);  // it may not have run: all again
+    presence_rewrite(w.topic);  // it may not have run: all again, in a second
+    m.presence_retry_at.insert_or_assign(w.topic, now_ms() + 1000);
+    presence_written(w);
     return;
   }
   c_.presence_writes.add();
-  if (r->type == REDIS_REPLY_INTEGER && r->integer == 0) {
-    // This instance's members there had lapsed (another instance dropped them): all again.
-    presence_rewrite(w.topic);
-    return;
-  }
-  if (own == m.presence_own.end()) return;
-  // Users written with no connection here are forgotten once Redis has them (unless dirty again).
-  auto dirty = m.presence_dirty.find(w.topic);
-  for (const std::string& user : w.users) {
-    auto u = own->second.find(user);
-    if (u == own->second.end() || u->second.connections != 0) continue;
-    if (dirty != m.presence_dirty.end() && dirty->second.count(user)) continue;
-    own->second.erase(u);
-  }
-  if (own->second.empty() && (dirty == m.presence_dirty.end())) m.presence_own.erase(own);
+  m.presence_retry_at.erase(w.topic);
+  // 2: this instance's members there had lapsed (another instance dropped them) and the write
+  // was not whole: nothing applied; all again, with their data.
+  if (r->type == REDIS_REPLY_INTEGER && r->integer == 2) presence_rewrite(w.topic);
+  presence_written(w);
 }
 
 void redis_bridge::on_presence_query_reply(node& n, const redisReply* r) {
@@ -1443,6 +1472,12 @@ bool redis_bridge::handshake_reply(connection& c, const redisReply* r) {
   bool optional =
       t == tag::script_queue_group || t == tag::script_presence || t == tag::script_presence_query;
   if (r->type == REDIS_REPLY_ERROR && optional) {
+    (t == tag::script_queue_group ? queue_group_script_ : presence_scripts_)
+        .store(false, std::memory_order_relaxed);
+    (t == tag::script_queue_group ? impl_->queue_group_sha
+     : t == tag::script_presence  ? impl_->presence_sha
+                                  : impl_->presence_query_sha)
+        .clear();
     // Scripting refused (an ACL, a proxy): pub/sub still works; queue groups and presence stay
     // on this instance alone (their SHA1 stays empty). Said once per connection.
     log_line(opt_.quiet, std::string("SCRIPT LOAD refused (queue groups and presence across "

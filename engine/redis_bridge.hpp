@@ -186,6 +186,10 @@ class redis_bridge {
   // Any thread: reads a topic's presence from Redis; the answer comes through
   // redis_sink::presence_answer on the bridge thread. False: too many queries waiting.
   bool presence_query(redis_presence_query query);
+  // Any thread: false once Redis refused to load the presence / queue group scripts (scripting
+  // off: those stay per instance); true until then.
+  bool presence_scripts() const { return presence_scripts_.load(std::memory_order_relaxed); }
+  bool queue_group_script() const { return queue_group_script_.load(std::memory_order_relaxed); }
   // Any thread (a shard): one inbound-stream entry (--inbound redis), fields as name/value
   // pairs. False (and counted): that producer's lane is over inbound_bytes_max.
   bool add_inbound(uint32_t producer, std::initializer_list<std::string_view> fields);
@@ -221,6 +225,7 @@ class redis_bridge {
  private:
   struct impl;
   struct connection;
+  struct pending_presence;
   static void wake_hook(void* context);
   void wake();
   struct node;
@@ -250,6 +255,7 @@ class redis_bridge {
   void write_presence(uint64_t now);
   void on_presence_reply(node& n, const ::redisReply* r);
   void presence_rewrite(const std::string& topic);
+  void presence_written(const pending_presence& w);
   void on_presence_query_reply(node& n, const ::redisReply* r);
   void write_sequenced(node& n, std::string_view topic, std::string_view payload);
   void answer_unanswered(redis_history_request& request);
@@ -284,6 +290,7 @@ class redis_bridge {
   std::atomic<bool> stop_{false};
   std::atomic<bool> ready_{false};
   std::atomic<bool> up_{false};
+  std::atomic<bool> presence_scripts_{true}, queue_group_script_{true};
 
   // Rare inputs, swapped out whole by the bridge thread.
   std::mutex mu_;

@@ -521,16 +521,17 @@ for _, e in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', '(' .. now)) do
     end
   end
 end
-local known = redis.call('ZSCORE', KEYS[4], inst)
-for i = 7, #ARGV, 3 do set(inst, ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]) end
+if ARGV[6] == '1' and ARGV[7] ~= '1' and not redis.call('ZSCORE', KEYS[4], inst) then
+  return 2  -- this instance's members here had lapsed: only a whole rewrite restores them
+end
+for i = 8, #ARGV, 3 do set(inst, ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]) end
 if ARGV[6] == '1' then
   redis.call('ZADD', KEYS[4], now + keep, inst)
 else
   redis.call('ZREM', KEYS[4], inst)
 end
 for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], 4 * keep) end
-if known then return 1 end
-return 0
+return 1
 )lua";
 
 const std::string_view presence_query_script = R"lua(

@@ -116,13 +116,15 @@ extern const std::string_view queue_group_script;
 void presence_keys(std::string_view prefix, std::string_view channel, std::string& data,
                    std::string& totals, std::string& counts, std::string& instances);
 // KEYS data, totals, counts, instances; ARGV instance, keep ms, channel, PUBLISH | SPUBLISH, the
-// topic as a JSON string, "1" when this instance still holds members there, then triplets
+// topic as a JSON string, "1" when this instance still holds members there, "1" when the
+// triplets are all of this instance's users there with their data (a whole rewrite), then triplets
 // (user, this instance's connections of that user now, its data, or "" when this instance sent
 // that data already: a count change alone says nothing of the data). Drops the members of
 // instances whose deadline passed, sets each triplet's count, and publishes presence_join (a
 // user's first connection in the cluster), presence_update (other data), presence_leave (its
-// last) on the channel, exactly as wsed builds them; renews the deadline. Returns 0 when this
-// instance was not known (its members had lapsed: it writes them all again), else 1.
+// last) on the channel, exactly as wsed builds them; renews the deadline. Returns 1, or 2 (and
+// applies nothing) when this instance holds members there but was not known (its members had
+// lapsed) and the write is not a whole rewrite: it then writes them all again.
 extern const std::string_view presence_script;
 // KEYS data, totals: [[user, data, ...], [user, connections, ...]].
 extern const std::string_view presence_query_script;

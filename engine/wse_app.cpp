@@ -811,7 +811,7 @@ bool wse_app::presence_join(shard& s, per_shard& p, conn_state& st, uint32_t slo
   if (std::find(st.presence_topics.begin(), st.presence_topics.end(), topic) ==
       st.presence_topics.end())
     st.presence_topics.emplace_back(topic);
-  if (bridge_) report_presence(topic, st.user_id);  // a connection more, or new data
+  report_presence(topic, st.user_id);  // a connection more, or new data
   if (r == fanout::presence_change::joined)
     presence_event(s, p, "presence_join", topic, st.user_id, data);
   else if (r == fanout::presence_change::updated)
@@ -828,13 +828,14 @@ void wse_app::presence_leave(shard& s, per_shard& p, conn_state& st, uint32_t sl
   st.presence_topics.pop_back();
   std::string data;
   fanout::presence_change r = presence_->leave(name, st.user_id, presence_key(s, slot), &data);
-  if (bridge_ && r != fanout::presence_change::not_member) report_presence(name, st.user_id);
+  if (r != fanout::presence_change::not_member) report_presence(name, st.user_id);
   if (r == fanout::presence_change::left)
     presence_event(s, p, "presence_leave", name, st.user_id, data);
 }
 
 void wse_app::report_presence(std::string_view topic, std::string_view user) {
-  bridge_->presence_changed(topic, user);  // the bridge reads the state when it writes it
+  if (bridge_ && bridge_->presence_scripts())
+    bridge_->presence_changed(topic, user);  // the bridge reads the state when it writes it
 }
 
 void wse_app::presence_answer(const redis_presence_query& q, const redis_presence_answer& a) {
@@ -880,7 +881,7 @@ void wse_app::presence_update(shard& s, per_shard& p, conn_state& st, uint32_t s
   for (const std::string& topic : st.presence_topics) {
     fanout::presence_change r = presence_->update(topic, st.user_id, presence_key(s, slot), data);
     if (r == fanout::presence_change::updated) {
-      if (bridge_) report_presence(topic, st.user_id);
+      report_presence(topic, st.user_id);
       presence_event(s, p, "presence_update", topic, st.user_id, data);
     } else if (r == fanout::presence_change::data_too_large)
       p.counts.presence_refused_data.add();
@@ -895,7 +896,7 @@ void wse_app::presence_event(shard& s, per_shard& p, std::string_view type, std:
    : type == "presence_leave" ? p.counts.presence_leaves
                               : p.counts.presence_updates)
       .add();
-  if (bridge_) return;  // Redis's presence script sends it, once for the cluster
+  if (bridge_ && bridge_->presence_scripts()) return;  // Redis's script sends it, once
   // A full inbox (many closes at once: each leave is an event) refuses it whole (no shard got
   // it): it waits, in order, and the newer ones behind it.
   if (p.presence_backlog.empty() &&
@@ -1056,9 +1057,9 @@ publish_status wse_app::route(shard* s, fanout::delivery_kind kind, std::string_
   uint32_t producer = s ? s->index() : hub_->external_producer();
   route_result r = hub_->route(kind, producer, f, wakes);
   if (groups && r.ok()) {
-    if (!bridge_)
-      pick_members(f, producer);
-    else if (from_redis)  // (a local publication is counted when Redis sends it back)
+    if (!bridge_ || !bridge_->queue_group_script())
+      pick_members(f, producer);  // (scripting refused: each instance picks what it delivers)
+    else if (from_redis)          // (a local publication is counted when Redis sends it back)
       cluster_pick(key, f);
   }
   // Other instances get it through Redis once every local shard took it (a busy answer makes
@@ -1126,7 +1127,10 @@ publish_status wse_app::route_stamped(std::string_view topic, std::string_view j
   bool ok = recovery_->append_stamped(topic, f, epoch, offset, mono_ms(), [&](fanout::frame* g) {
     bool routed =
         hub_->route(fanout::delivery_kind::topic, hub_->external_producer(), g, wakes).ok();
-    if (routed) cluster_pick(topic, g);
+    if (routed && bridge_->queue_group_script())
+      cluster_pick(topic, g);
+    else if (routed && queue_groups_.any())
+      pick_members(g, hub_->external_producer());
     return routed;
   });
   fanout::release(f);
@@ -1657,7 +1661,7 @@ void wse_app::api_presence(shard& s, const proto::http_request& request, http_an
                        error_json("?topic= must name one concrete topic (1 to 256 bytes, no "
                                   "control characters, no * or ?)"));
   }
-  if (!groups && bridge_) {  // the cluster's presence: asked of Redis, answered later
+  if (!groups && bridge_ && bridge_->presence_scripts()) {  // asked of Redis, answered later
     redis_presence_query q;
     q.shard = s.index();
     q.slot = answer.requester.slot;
@@ -1907,7 +1911,16 @@ void wse_app::on_delivery(shard& s, const fanout::delivery& d) {
         bool subscribing = f.key() == command_subscribe_ex;
         if (!subscribing && topics.empty()) {
           leave_groups(s, *st, c.slot, {}, group);
-          if (!group.empty()) return;  // that group on every topic; the rest stays
+          if (!group.empty()) {             // that group on every topic; the rest stays
+            std::vector<std::string> left;  // presence of topics it no longer holds at all
+            for (const std::string& t : st->presence_topics)
+              if (!p.topics.holds(c.slot, t) &&
+                  std::none_of(st->groups.begin(), st->groups.end(),
+                               [&](const auto& m) { return m.first == t; }))
+                left.push_back(t);
+            for (const std::string& t : left) presence_leave(s, p, *st, c.slot, t);
+            return;
+          }
           drop_subscriptions(s, p, c.slot);
           while (!st->presence_topics.empty())
             presence_leave(s, p, *st, c.slot, std::string(st->presence_topics.back()));

@@ -160,3 +160,34 @@ def test_redis_presence_count_change_is_not_an_update():
         expect(watch, [], "a count change alone")
         assert presence(b)["members"] == {"u0": {"data": {"n": "b"}, "connections": 2}}
         T.close_all([watch, a1, b1])
+
+
+@limit(60)
+def test_redis_presence_quick_join_leave_settles_and_scripting_refused_falls_back():
+    """A member that joins and leaves before its write goes out leaves nothing behind and the
+    bridge stops writing (a few writes, not one per round trip); a Redis user without
+    @scripting: publications still flow, presence works per instance (events routed locally)."""
+    with R.RedisServer() as redis, T.instances(redis, n=1, extra=("--presence",)) as (a,):
+        watch = T.client(a, "watcher", topics=[ROOM])
+        for i in range(5):
+            c = T.client(a, "q%d" % i)
+            enter(c, {"i": i})
+            c.close()
+        time.sleep(1.5)
+        w1 = T.rmetric(T.metrics(a), "wsed_redis_presence_writes_total", result="ok")
+        time.sleep(1.5)
+        w2 = T.rmetric(T.metrics(a), "wsed_redis_presence_writes_total", result="ok")
+        assert w2 - w1 <= 2, "presence writes keep going: %s then %s" % (w1, w2)
+        assert presence(a)["members"] == {}
+        watch.close()
+    with R.RedisServer() as redis:
+        redis.command("ACL", "SETUSER", "noscript", "on", ">pw", "~*", "&*", "+@all", "-@scripting")
+        url = "redis://noscript:pw@127.0.0.1:%d" % redis.port
+        with T.instance(url, "--presence") as a:
+            T.wait_readyz([a], 200, 20, "without scripting")
+            watch = T.client(a, "watcher", topics=[ROOM])
+            u0 = T.client(a, "u0")
+            enter(u0, {"n": 0})
+            expect(watch, [("presence_join", "u0")], "per instance, without scripting")
+            assert presence(a)["members"] == {"u0": {"data": {"n": 0}, "connections": 1}}
+            T.close_all([watch, u0])
