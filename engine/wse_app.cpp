@@ -890,13 +890,13 @@ void wse_app::presence_update(shard& s, per_shard& p, conn_state& st, uint32_t s
 
 void wse_app::presence_event(shard& s, per_shard& p, std::string_view type, std::string_view topic,
                              std::string_view user, std::string_view data) {
-  p.presence_event.clear();
-  proto::wse_build_presence_event(p.presence_event, type, topic, user, data.empty() ? "{}" : data);
   (type == "presence_join"    ? p.counts.presence_joins
    : type == "presence_leave" ? p.counts.presence_leaves
                               : p.counts.presence_updates)
       .add();
   if (bridge_ && bridge_->presence_scripts()) return;  // Redis's script sends it, once
+  p.presence_event.clear();
+  proto::wse_build_presence_event(p.presence_event, type, topic, user, data.empty() ? "{}" : data);
   // A full inbox (many closes at once: each leave is an event) refuses it whole (no shard got
   // it): it waits, in order, and the newer ones behind it.
   if (p.presence_backlog.empty() &&
@@ -1037,9 +1037,9 @@ publish_status wse_app::route(shard* s, fanout::delivery_kind kind, std::string_
   std::string& text = p ? p->publication : external_text;
   text.clear();
   if (parser.ensure_category(json, text) != proto::wse_error::none) return publish_status::invalid;
-  const bool groups =
-      kind == fanout::delivery_kind::topic && queue_groups_.any() && !system_message(text);
-  if (kind == fanout::delivery_kind::topic && recoverable(key) && !system_message(text)) {
+  const bool system = kind == fanout::delivery_kind::topic && system_message(text);
+  const bool groups = kind == fanout::delivery_kind::topic && queue_groups_.any() && !system;
+  if (kind == fanout::delivery_kind::topic && !system && recoverable(key)) {
     // Its own tp/e/o would override the stamp for the clients (a forged position).
     if (!from_redis && proto::wse_has_stamp_keys(text)) return publish_status::invalid;
     if (!bridge_) return route_recoverable(s, key, text, wakes);
@@ -1395,11 +1395,9 @@ bool wse_app::unsubscribe(wse_conn conn, std::span<const std::string_view> topic
 
 namespace {
 
+// Empty: no group (a plain subscription).
 bool group_name_valid(std::string_view group) {
-  if (group.size() > proto::wse_queue_group_bytes_max) return false;
-  for (char ch : group)
-    if (static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f) return false;
-  return true;
+  return group.empty() || proto::wse_queue_group_valid(group);
 }
 
 std::string subscribe_command(std::string_view group, std::string_view presence,

@@ -215,9 +215,7 @@ void read_positions(element value, wse_subscription& sub) {
 
 void read_queue_group(element value, wse_subscription& sub) {
   std::string_view group;
-  const bool valid = !value.get_string().get(group) && !group.empty() &&
-                     group.size() <= wse_queue_group_bytes_max &&
-                     std::none_of(group.begin(), group.end(), is_control);
+  const bool valid = !value.get_string().get(group) && wse_queue_group_valid(group);
   sub.has_queue_group = valid;
   sub.queue_group_invalid = !valid;
   if (valid) sub.queue_group = group;
@@ -353,6 +351,11 @@ wse_kind wse_kind_of(std::string_view type) {
   if (type == "subscription_update" || type == "subscription") return wse_kind::subscription;
   if (type == "publish") return wse_kind::publish;
   return wse_kind::application;
+}
+
+bool wse_queue_group_valid(std::string_view group) {
+  return !group.empty() && group.size() <= wse_queue_group_bytes_max &&
+         std::none_of(group.begin(), group.end(), is_control);
 }
 
 bool wse_topic_valid(std::string_view topic) {

@@ -58,6 +58,8 @@ wse_kind wse_kind_of(std::string_view type);
 // A topic a client may name in a subscription (a glob allowed): not empty, at most
 // wse_topic_bytes_max bytes, no ASCII control character (bytes < 0x20 and 0x7F).
 bool wse_topic_valid(std::string_view topic);
+// A queue group name: 1 to wse_queue_group_bytes_max bytes, no ASCII control character.
+bool wse_queue_group_valid(std::string_view group);
 // A topic a publication may go to: wse_topic_valid and no glob character (`*`, `?`), since
 // publishing is to concrete topics.
 bool wse_publish_topic_valid(std::string_view topic);
