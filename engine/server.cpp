@@ -111,8 +111,14 @@ uint64_t server::inbox_backlog() const {
   return pushed > drained ? pushed - drained : 0;
 }
 
-void server::stop() {
-  for (auto& s : shards_) s->request_stop();
+void server::stop(uint16_t code, std::string_view reason, uint32_t timeout_ms) {
+  for (auto& s : shards_) s->request_stop(code, reason, timeout_ms);
+}
+
+std::string server::metrics_text() const {
+  std::string text = render_prometheus(shared_.metrics);
+  app_.render_metrics(text);
+  return text;
 }
 
 bool server::finished() const {

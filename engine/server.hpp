@@ -34,9 +34,12 @@ class server {
   uint64_t inbox_backlog() const;
   uint32_t workers() const { return uint32_t(shards_.size()); }
   const std::string& setup_notes() const { return notes_; }
+  // The /metrics text (engine and application families), from any thread (relaxed reads).
+  std::string metrics_text() const;
 
-  // Asks every shard to drain (close 4300 to each WebSocket) and stop; returns at once.
-  void stop();
+  // Asks every shard to drain (close with code, 4300 by default, to each WebSocket) and stop
+  // within timeout_ms (0: --shutdown-timeout); returns at once.
+  void stop(uint16_t code = 4300, std::string_view reason = {}, uint32_t timeout_ms = 0);
   // True once every shard's loop has returned.
   bool finished() const;
   void join();

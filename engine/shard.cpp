@@ -262,8 +262,15 @@ void shard::run() {
   }
 }
 
-void shard::request_stop() {
-  stop_requested_.store(true, std::memory_order_release);
+void shard::request_stop(uint16_t code, std::string_view reason, uint32_t timeout_ms) {
+  {
+    std::lock_guard lock(stop_mu_);
+    if (stop_requested_.load(std::memory_order_relaxed)) return;  // the first request counts
+    stop_code_ = code;
+    stop_reason_.assign(reason.substr(0, 123));
+    stop_timeout_ms_ = timeout_ms;
+    stop_requested_.store(true, std::memory_order_release);
+  }
   uint64_t one = 1;
   if (wake_fd_ >= 0) (void)!write(wake_fd_, &one, sizeof one);
 }
@@ -1180,7 +1187,16 @@ void shard::on_timer() {
 void shard::on_wake() {
   if (stop_requested_.load(std::memory_order_acquire) && !stopping_) {
     stopping_ = true;
-    stop_deadline_ms_ = now_ms_ + cfg_.shutdown_timeout_ms;
+    uint16_t code;
+    std::string reason;
+    uint32_t timeout_ms;
+    {
+      std::lock_guard lock(stop_mu_);
+      code = stop_code_;
+      reason = stop_reason_;
+      timeout_ms = stop_timeout_ms_ ? stop_timeout_ms_ : cfg_.shutdown_timeout_ms;
+    }
+    stop_deadline_ms_ = now_ms_ + timeout_ms;
     accepting_ = false;
     for (int fd : {listen_fd_, admin_fd_}) {
       if (fd < 0) continue;
@@ -1191,7 +1207,7 @@ void shard::on_wake() {
     for (uint32_t slot = 0; slot < slots_touched_; ++slot) {
       connection& c = slot_at(slot);
       if (c.state == conn_state::open)
-        begin_close(c, slot, close_reason::shutdown, close_codes::shutdown);
+        begin_close(c, slot, close_reason::shutdown, code, reason);
       else if (c.state == conn_state::handshake)
         begin_close(c, slot, close_reason::shutdown, 0);
     }

@@ -12,6 +12,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <vector>
@@ -130,8 +131,9 @@ class shard {
   // timeout passed.
   void run();
 
-  // Any thread: asks the shard to drain (close 4300 to every WebSocket) and stop.
-  void request_stop();
+  // Any thread: asks the shard to drain (close with code, 4300 by default, and reason to every
+  // WebSocket) and stop, within timeout_ms (0: --shutdown-timeout). The first request counts.
+  void request_stop(uint16_t code = 4300, std::string_view reason = {}, uint32_t timeout_ms = 0);
 
   // Sends one data message as a single frame. queued: accepted; backpressure: the connection is
   // over its outbound cap and is being closed with 4509 (--slow-consumer disconnect); dropped:
@@ -358,6 +360,10 @@ class shard {
   uint64_t stop_deadline_ms_ = 0;
   bool accepting_ = false;
   std::atomic<bool> stop_requested_{false};
+  std::mutex stop_mu_;  // guards the three below (written by request_stop, read on wake)
+  uint16_t stop_code_ = 4300;
+  std::string stop_reason_;
+  uint32_t stop_timeout_ms_ = 0;
   bool stopping_ = false;
   __kernel_timespec tick_{};
   proto::http_request_parser http_parser_;  // reused: one request is parsed at a time

@@ -120,9 +120,16 @@ constexpr std::string_view command_history = "history";  // a history from Redis
 // Subscribe / unsubscribe with extras: "<queue group>\n<presence bytes>\n<presence><topic lines>"
 constexpr std::string_view command_subscribe_ex = "subscribe_ex";
 constexpr std::string_view command_unsubscribe_ex = "unsubscribe_ex";
+// subscribe_ex whose topics the caller added to the router for this shard (one add each, undone
+// once applied): subscribe by connection id.
+constexpr std::string_view command_subscribe_pre = "subscribe_pre";
 constexpr std::string_view command_presence = "presence";  // new data for every presence topic
 // A deferred HTTP answer for a connection of the shard: "<status>\n<body>"
 constexpr std::string_view command_http_answer = "http_answer";
+// Raw bytes for a connection: "send_binary" (a binary frame; "send" is a text one).
+constexpr std::string_view command_send_binary = "send_binary";
+// A function to run on the shard: the argument is the address of a heap std::function (post).
+constexpr std::string_view command_call = "call";
 // Presence events one shard keeps while inboxes are full (beyond: dropped, counted).
 constexpr size_t presence_backlog_max = 65536;
 
@@ -185,6 +192,7 @@ wse_app::wse_app(wse_app_options options, wse_handler& handler)
     recover_all_ = opt_.recovery_topics.size() == 1 && opt_.recovery_topics[0] == "*";
   }
   if (opt_.presence) presence_ = std::make_unique<fanout::presence_registry>(opt_.presence_limits);
+  shard_ptrs_ = std::make_unique<std::atomic<shard*>[]>(shards_.size());
 }
 
 bool wse_app::recoverable(std::string_view topic) const {
@@ -245,6 +253,7 @@ void wse_app::refuse(shard& s, conn_ref c, per_shard& p, auth::verify_error why)
 
 void wse_app::on_open(shard& s, conn_ref c, const proto::http_request& request) {
   per_shard& p = part(s);
+  shard_ptrs_[s.index()].store(&s, std::memory_order_release);
   if (c.slot >= p.conns.size()) p.conns.resize(std::max<size_t>(c.slot + 1, p.conns.size() * 2));
   conn_state& st = p.conns[c.slot];
   st.generation = c.generation;
@@ -316,6 +325,15 @@ void wse_app::on_open(shard& s, conn_ref c, const proto::http_request& request) 
   user.user_id = st.user_id;
   user.connection_id = std::string_view(st.connection_id, sizeof st.connection_id);
   user.acl = who ? &who->acl : nullptr;
+  user.authenticated_by_token = who.has_value();
+  user.msgpack = st.msgpack;
+  std::string cookies;  // every Cookie header, joined
+  for (size_t i = 0; i < request.header_count; ++i)
+    if (proto::ascii_iequals(request.headers[i].name, "Cookie")) {
+      if (!cookies.empty()) cookies += "; ";
+      cookies += request.headers[i].value;
+    }
+  user.cookies = cookies;
 
   // ?topics=a,b: subscribed at connect, answered like a client's subscribe.
   if (auto listed = auth::query_value(request.query, "topics")) {
@@ -378,6 +396,7 @@ void wse_app::on_message(shard& s, conn_ref c, proto::ws_opcode opcode,
   proto::wse_error err =
       p.codec.decode_inbound(payload, true, p.decoded, opt_.message_bytes_max, &env, output);
   if (err != proto::wse_error::none) {
+    if (handler_.on_unparsed(wse_conn{&s, c}, opcode, payload)) return;
     p.counts.invalid.add();
     return send_error(s, c, p, "INVALID_MESSAGE", proto::to_string(err));
   }
@@ -394,7 +413,8 @@ void wse_app::on_message(shard& s, conn_ref c, proto::ws_opcode opcode,
       if (env.has_payload)
         payload_json = std::string_view(p.decoded).substr(env.payload_begin,
                                                           env.payload_end - env.payload_begin);
-      return deliver(s, c, p, *st, env.type, env.has_category, env.category, payload_json);
+      return deliver(s, c, p, *st, env.type, env.has_category, env.category, payload_json,
+                     p.decoded);
     }
   }
   if (output == proto::wse_json_output::envelope_only && p.decoded.empty() &&
@@ -414,7 +434,8 @@ bool wse_app::utf8_or_close(shard& s, conn_ref c, std::span<const uint8_t> text)
 }
 
 void wse_app::deliver(shard& s, conn_ref c, per_shard& p, conn_state& st, std::string_view type,
-                      bool has_category, std::string_view category, std::string_view payload_json) {
+                      bool has_category, std::string_view category, std::string_view payload_json,
+                      std::string_view json) {
   p.counts.app_messages.add();
   wse_app_message m;
   m.type = type;
@@ -422,6 +443,7 @@ void wse_app::deliver(shard& s, conn_ref c, per_shard& p, conn_state& st, std::s
   m.payload_json = payload_json;
   m.user_id = st.user_id;
   m.connection_id = std::string_view(st.connection_id, sizeof st.connection_id);
+  m.json = json;
   handler_.on_message(wse_conn{&s, c}, m);
 }
 
@@ -436,6 +458,7 @@ void wse_app::on_json(shard& s, conn_ref c, per_shard& p, conn_state& st, std::s
     // simdjson refused it: for a text message the shard left unchecked, invalid UTF-8 is the
     // WebSocket's 1007, not an application error.
     if (err == proto::wse_error::malformed_json && !utf8_or_close(s, c, as_bytes(text))) return;
+    if (handler_.on_unparsed(wse_conn{&s, c}, proto::ws_opcode::text, as_bytes(text))) return;
     p.counts.invalid.add();
     return send_error(s, c, p, "INVALID_MESSAGE", proto::to_string(err));
   }
@@ -516,7 +539,9 @@ void wse_app::on_json(shard& s, conn_ref c, per_shard& p, conn_state& st, std::s
       break;
   }
   deliver(s, c, p, st, msg.type, msg.has_category, msg.category,
-          msg.has_payload ? msg.payload_json : std::string_view{});
+          msg.has_payload ? msg.payload_json : std::string_view{},
+          convert_payloads_ ? text.substr(std::min<size_t>(msg.legacy_prefix_bytes, text.size()))
+                            : std::string_view{});
 }
 
 send_status wse_app::send(wse_conn conn, std::string_view type, std::string_view payload_json,
@@ -636,6 +661,7 @@ void wse_app::on_close(shard& s, conn_ref c) {
           ++it;
           continue;
         }
+        if (it->second.done) it->second.done(wse_recovery_result{});  // gone: found false
         for (fanout::frame* f : it->second.held) fanout::release(f);
         for (auto& t : it->second.topics) {
           if (t.history) fanout::release(t.history);
@@ -894,6 +920,7 @@ void wse_app::presence_event(shard& s, per_shard& p, std::string_view type, std:
    : type == "presence_leave" ? p.counts.presence_leaves
                               : p.counts.presence_updates)
       .add();
+  handler_.on_presence(type, topic, user, data.empty() ? "{}" : data);
   if (bridge_ && bridge_->presence_scripts()) return;  // Redis's script sends it, once
   p.presence_event.clear();
   proto::wse_build_presence_event(p.presence_event, type, topic, user, data.empty() ? "{}" : data);
@@ -1027,7 +1054,8 @@ void wse_app::on_client_publish(shard& s, conn_ref c, per_shard& p, conn_state& 
 }
 
 publish_status wse_app::route(shard* s, fanout::delivery_kind kind, std::string_view key,
-                              std::string_view json, uint64_t* wakes, bool from_redis) {
+                              std::string_view json, uint64_t* wakes, bool from_redis,
+                              bool local_only) {
   if (!hub_) return publish_status::busy;
   // The publication with its "c" (parsed once, on the calling thread).
   thread_local proto::wse_envelope_parser external_parser;
@@ -1039,7 +1067,8 @@ publish_status wse_app::route(shard* s, fanout::delivery_kind kind, std::string_
   if (parser.ensure_category(json, text) != proto::wse_error::none) return publish_status::invalid;
   const bool system = kind == fanout::delivery_kind::topic && system_message(text);
   const bool groups = kind == fanout::delivery_kind::topic && queue_groups_.any() && !system;
-  if (kind == fanout::delivery_kind::topic && !system && recoverable(key)) {
+  if (kind == fanout::delivery_kind::topic && !system && recoverable(key) &&
+      !(local_only && bridge_)) {
     // Its own tp/e/o would override the stamp for the clients (a forged position).
     if (!from_redis && proto::wse_has_stamp_keys(text)) return publish_status::invalid;
     if (!bridge_) return route_recoverable(s, key, text, wakes);
@@ -1057,7 +1086,7 @@ publish_status wse_app::route(shard* s, fanout::delivery_kind kind, std::string_
   uint32_t producer = s ? s->index() : hub_->external_producer();
   route_result r = hub_->route(kind, producer, f, wakes);
   if (groups && r.ok()) {
-    if (!bridge_ || !bridge_->queue_group_script())
+    if (!bridge_ || !bridge_->queue_group_script() || local_only)
       pick_members(f, producer);  // (scripting refused: each instance picks what it delivers)
     else if (from_redis)          // (a local publication is counted when Redis sends it back)
       cluster_pick(key, f);
@@ -1065,7 +1094,8 @@ publish_status wse_app::route(shard* s, fanout::delivery_kind kind, std::string_
   // Other instances get it through Redis once every local shard took it (a busy answer makes
   // the producer publish again: nothing may have gone out then).
   // A batch (wakes given) wakes the bridge once at its end, as it wakes the shards.
-  if (bridge_ && !from_redis && r.ok()) bridge_->publish(producer, kind, f, wakes == nullptr);
+  if (bridge_ && !from_redis && !local_only && r.ok())
+    bridge_->publish(producer, kind, f, wakes == nullptr);
   fanout::release(f);
   if (s) {
     s->count_published(kind == fanout::delivery_kind::topic       ? publish_kind::topic
@@ -1339,6 +1369,26 @@ publish_status wse_app::publish(std::string_view topic, std::string_view json) {
   return route(nullptr, fanout::delivery_kind::topic, topic, json);
 }
 
+publish_status wse_app::publish_local(std::string_view topic, std::string_view json) {
+  if (!proto::wse_publish_topic_valid(topic)) return publish_status::invalid;
+  return route(nullptr, fanout::delivery_kind::topic, topic, json, nullptr, false, true);
+}
+
+publish_status wse_app::broadcast_local(proto::ws_opcode opcode, std::string_view bytes) {
+  if (!hub_) return publish_status::busy;
+  if (opcode == proto::ws_opcode::text) {
+    publish_status st =
+        route(nullptr, fanout::delivery_kind::broadcast, {}, bytes, nullptr, false, true);
+    if (st != publish_status::invalid) return st;  // else not a JSON object: verbatim
+  }
+  fanout::frame* f = opcode == proto::ws_opcode::text ? fanout::make_text_frame({}, bytes)
+                                                      : fanout::make_binary_frame({}, bytes);
+  if (!f) return publish_status::busy;
+  route_result r = hub_->route(fanout::delivery_kind::broadcast, hub_->external_producer(), f);
+  fanout::release(f);
+  return r.ok() ? publish_status::published : publish_status::busy;
+}
+
 publish_status wse_app::broadcast(std::string_view json) {
   return route(nullptr, fanout::delivery_kind::broadcast, {}, json);
 }
@@ -1468,11 +1518,12 @@ bool wse_app::ready() const {
 }
 
 void wse_app::directory_add(uint32_t shard_index, conn_ref c, std::string_view connection_id) {
-  if (!bridge_ && opt_.api_key.empty()) return;  // no command can name a connection
+  if (!bridge_ && opt_.api_key.empty() && !opt_.directory) return;  // nothing names connections
   directory_stripe& d = directory_[fanout::string_hash{}(connection_id) % directory_stripes];
   std::lock_guard lock(d.mu);
-  d.map.insert_or_assign(std::string(connection_id),
-                         conn_location{shard_index, c.slot, c.generation});
+  auto [it, added] = d.map.insert_or_assign(std::string(connection_id),
+                                            conn_location{shard_index, c.slot, c.generation});
+  if (added) directory_size_.fetch_add(1, std::memory_order_relaxed);
 }
 
 bool wse_app::directory_find(std::string_view connection_id, conn_location& where) {
@@ -1485,10 +1536,13 @@ bool wse_app::directory_find(std::string_view connection_id, conn_location& wher
 }
 
 void wse_app::directory_remove(std::string_view connection_id) {
-  if (!bridge_ && opt_.api_key.empty()) return;
+  if (!bridge_ && opt_.api_key.empty() && !opt_.directory) return;
   directory_stripe& d = directory_[fanout::string_hash{}(connection_id) % directory_stripes];
   std::lock_guard lock(d.mu);
-  if (auto it = d.map.find(connection_id); it != d.map.end()) d.map.erase(it);
+  if (auto it = d.map.find(connection_id); it != d.map.end()) {
+    d.map.erase(it);
+    directory_size_.fetch_sub(1, std::memory_order_relaxed);
+  }
 }
 
 redis_sink::status wse_app::remote_publication(fanout::delivery_kind kind, std::string_view key,
@@ -1873,10 +1927,33 @@ void wse_app::on_delivery(shard& s, const fanout::delivery& d) {
         s.answer_deferred(c, a);
         return;
       }
+      if (f.key() == command_call) {
+        uint64_t address = 0;
+        std::string_view arg = f.payload();
+        std::from_chars(arg.data(), arg.data() + arg.size(), address, 16);
+        std::unique_ptr<std::function<void(shard&, conn_ref)>> fn(
+            reinterpret_cast<std::function<void(shard&, conn_ref)>*>(uintptr_t(address)));
+        if (fn) (*fn)(s, c);
+        return;
+      }
       conn_state* st = state_of(p, c);
-      if (!st || !st->authenticated) return;
+      if (!st || !st->authenticated) {
+        if (f.key() == command_subscribe_pre) {  // gone: only the router's adds to undo
+          std::string_view arg = f.payload();
+          size_t nl = arg.find('\n');
+          arg.remove_prefix(std::min(arg.size(), nl + 1));
+          uint64_t bytes = 0;
+          if (nl != std::string_view::npos && read_number(arg, bytes) && bytes <= arg.size())
+            undo_pre_added(s, split_lines(arg.substr(bytes)));
+        }
+        return;
+      }
       if (f.key() == command_send) {
         s.send_frame(c, f);
+        return;
+      }
+      if (f.key() == command_send_binary) {
+        s.send_message(c, proto::ws_opcode::binary, as_bytes(f.payload()));
         return;
       }
       if (f.key() == command_history) return on_history(s, p, c, f.payload(), f);
@@ -1893,7 +1970,8 @@ void wse_app::on_delivery(shard& s, const fanout::delivery& d) {
         if (presence_) presence_update(s, p, *st, c.slot, f.payload());
         return;
       }
-      if (f.key() == command_subscribe_ex || f.key() == command_unsubscribe_ex) {
+      if (f.key() == command_subscribe_ex || f.key() == command_unsubscribe_ex ||
+          f.key() == command_subscribe_pre) {
         // "<queue group>\n<presence bytes>\n<presence><topic lines>" (subscribe_command)
         std::string_view arg = f.payload();
         size_t nl = arg.find('\n');
@@ -1906,7 +1984,7 @@ void wse_app::on_delivery(shard& s, const fanout::delivery& d) {
         extras.has_presence = bytes > 0;
         extras.presence_json = arg.substr(0, bytes);
         std::vector<std::string_view> topics = split_lines(arg.substr(bytes));
-        bool subscribing = f.key() == command_subscribe_ex;
+        bool subscribing = f.key() != command_unsubscribe_ex;
         if (!subscribing && topics.empty()) {
           leave_groups(s, *st, c.slot, {}, group);
           if (!group.empty()) {             // that group on every topic; the rest stays
@@ -1925,6 +2003,7 @@ void wse_app::on_delivery(shard& s, const fanout::delivery& d) {
           return;
         }
         apply_subscription(s, c, p, *st, subscribing, topics, extras);
+        if (f.key() == command_subscribe_pre) undo_pre_added(s, topics);
         return;
       }
       std::vector<std::string_view> topics = split_lines(f.payload());
@@ -1982,8 +2061,8 @@ void wse_app::deliver_marked(shard& s, per_shard& p, const fanout::frame& f) {
   if (marks->empty()) p.marks.erase(at);
 }
 
-void wse_app::recover_remote(shard& s, conn_ref c, per_shard& p,
-                             const proto::wse_subscription& sub) {
+void wse_app::recover_remote(shard& s, conn_ref c, per_shard& p, const proto::wse_subscription& sub,
+                             std::function<void(const wse_recovery_result&)> done) {
   // What this instance received of the topics since its subscriptions to them began (a
   // contiguous run, dropped when the live stream was interrupted) answers when it covers every
   // topic of the request; otherwise Redis does.
@@ -1997,10 +2076,16 @@ void wse_app::recover_remote(shard& s, conn_ref c, per_shard& p,
     }
   if (cached) {
     recover_topics(s, c, p, sub);
+    if (done) {
+      done(recovery_result(p));
+      p.recovery.clear();
+      return;
+    }
     return reply_subscription(s, c, p, sub.action_name, true);
   }
   uint64_t id = ++p.next_request;
   per_shard::pending_recovery& r = p.pending[id];
+  r.done = std::move(done);
   r.slot = c.slot;
   r.generation = c.generation;
   r.started_ms = mono_ms();
@@ -2102,7 +2187,10 @@ void wse_app::finish_recovery(shard& s, per_shard& p, uint64_t id) {
   p.ok_topics.assign(r.ok.begin(), r.ok.end());
   p.failed_topics.assign(r.failed.begin(), r.failed.end());
   p.failed_reasons.assign(r.reasons.begin(), r.reasons.end());
-  reply_subscription(s, c, p, r.action, true);
+  if (r.done)
+    r.done(recovery_result(p));
+  else
+    reply_subscription(s, c, p, r.action, true);
   for (fanout::frame* f : r.held) {
     std::string_view raw;
     uint32_t epoch = 0;
@@ -2332,6 +2420,218 @@ void wse_app::render_metrics(std::string& out) const {
                 static_cast<unsigned long long>(reloads_failed_.get()));
   out += line;
   handler_.render_metrics(out);
+}
+
+// --- By connection id (any thread) -------------------------------------------------------------
+
+bool wse_app::post(uint32_t shard_index, conn_ref c, std::function<void(shard&, conn_ref)> fn) {
+  auto* heap = new std::function<void(shard&, conn_ref)>(std::move(fn));
+  char arg[17];
+  std::snprintf(arg, sizeof arg, "%016llx", static_cast<unsigned long long>(uintptr_t(heap)));
+  if (push_command(shard_index, c, command_call, std::string_view(arg, 16))) return true;
+  delete heap;
+  return false;
+}
+
+uint32_t wse_app::on_each_shard(const std::function<void(shard&)>& fn) {
+  uint32_t taken = 0;
+  for (uint32_t i = 0; i < shards_.size(); ++i)
+    taken += post(i, conn_ref{}, [fn](shard& s, conn_ref) { fn(s); });
+  return taken;
+}
+
+bool wse_app::locate(std::string_view connection_id, wse_conn& out) {
+  conn_location where{};
+  if (!directory_find(connection_id, where) || where.shard >= shards_.size()) return false;
+  shard* s = shard_ptrs_[where.shard].load(std::memory_order_acquire);
+  if (!s) return false;
+  out = wse_conn{s, conn_ref{where.slot, where.generation}};
+  return true;
+}
+
+bool wse_app::send_text(std::string_view connection_id, std::string_view text) {
+  wse_conn c;
+  return locate(connection_id, c) && push_command(c.owner->index(), c.ref, command_send, text);
+}
+
+bool wse_app::send_binary(std::string_view connection_id, std::string_view bytes) {
+  wse_conn c;
+  return locate(connection_id, c) &&
+         push_command(c.owner->index(), c.ref, command_send_binary, bytes);
+}
+
+bool wse_app::disconnect(std::string_view connection_id, uint16_t code, std::string_view reason) {
+  wse_conn c;
+  if (!locate(connection_id, c)) return false;
+  std::string arg = std::to_string(code);
+  arg.push_back('\n');
+  arg.append(reason);
+  return push_command(c.owner->index(), c.ref, command_disconnect, arg);
+}
+
+bool wse_app::set_topic_acl(std::string_view connection_id, std::vector<std::string> allow,
+                            std::vector<std::string> deny) {
+  wse_conn c;
+  if (!locate(connection_id, c)) return false;
+  return post(c.owner->index(), c.ref,
+              [this, allow = std::move(allow), deny = std::move(deny)](shard& s, conn_ref r) {
+                per_shard& p = part(s);
+                conn_state* st = state_of(p, r);
+                if (!st || !st->authenticated) return;
+                auth::topic_acl acl = st->acl ? *st->acl : auth::topic_acl{};
+                acl.allow = allow;
+                acl.deny = deny;
+                st->acl = shared_acl(p, acl);
+              });
+}
+
+wse_recovery_result wse_app::recovery_result(const per_shard& p) {
+  wse_recovery_result out;
+  out.found = true;
+  out.recovered = !p.recovery.empty();
+  for (const proto::wse_topic_recovery& t : p.recovery) {
+    wse_recovery_result::topic r;
+    r.name = std::string(t.topic);
+    r.has_epoch = t.has_epoch;
+    r.epoch = t.epoch;
+    r.offset = t.offset;
+    r.recoverable = t.recoverable;
+    r.recovered = t.recovered;
+    r.count = t.count;
+    out.recovered = out.recovered && t.recovered;
+    out.topics.push_back(std::move(r));
+  }
+  for (size_t i = 0; i < p.failed_topics.size(); ++i)
+    out.failed.emplace_back(std::string(p.failed_topics[i]), i < p.failed_reasons.size()
+                                                                 ? std::string(p.failed_reasons[i])
+                                                                 : std::string());
+  return out;
+}
+
+bool wse_app::subscribe_recovering(std::string_view connection_id, std::vector<std::string> topics,
+                                   bool recover, bool has_epoch, uint32_t epoch, uint64_t offset,
+                                   std::function<void(const wse_recovery_result&)> done) {
+  wse_conn c;
+  if (!locate(connection_id, c)) return false;
+  return post(c.owner->index(), c.ref,
+              [this, topics = std::move(topics), recover, has_epoch, epoch, offset,
+               done = std::move(done)](shard& s, conn_ref r) {
+                per_shard& p = part(s);
+                conn_state* st = state_of(p, r);
+                if (!st || !st->authenticated) return done(wse_recovery_result{});
+                std::vector<std::string_view> names(topics.begin(), topics.end());
+                apply_subscription(s, r, p, *st, true, names);
+                if (!recovery_ || !recover) {
+                  p.recovery.clear();
+                  for (std::string_view t : p.ok_topics) {
+                    proto::wse_topic_recovery tr{};
+                    tr.topic = t;
+                    tr.recoverable = recoverable(t);
+                    p.recovery.push_back(tr);
+                  }
+                  wse_recovery_result out = recovery_result(p);
+                  out.recovered = false;
+                  p.recovery.clear();
+                  return done(out);
+                }
+                proto::wse_subscription sub;
+                sub.recover = true;
+                sub.action = proto::wse_subscription_action::subscribe;
+                sub.action_name = "subscribe";
+                sub.topic_count = 0;
+                for (std::string_view t : names) {
+                  proto::wse_recovery_position pos;
+                  pos.topic = t;
+                  pos.has_epoch = has_epoch;
+                  pos.epoch = epoch;
+                  pos.has_offset = has_epoch;
+                  pos.offset = offset;
+                  sub.recovery.push_back(pos);
+                }
+                sub.recovery_count = sub.recovery.size();
+                for (std::string_view t : names) sub.topics.push_back(proto::wse_topic{t});
+                sub.topic_count = sub.topics.size();
+                if (bridge_) return recover_remote(s, r, p, sub, done);
+                recover_topics(s, r, p, sub);
+                wse_recovery_result out = recovery_result(p);
+                p.recovery.clear();
+                done(out);
+              });
+}
+
+std::vector<std::string> wse_app::connection_ids() {
+  std::vector<std::string> out;
+  out.reserve(directory_size_.load(std::memory_order_relaxed));
+  for (directory_stripe& d : directory_) {
+    std::lock_guard lock(d.mu);
+    for (const auto& [id, where] : d.map) out.push_back(id);
+  }
+  return out;
+}
+
+uint64_t wse_app::connection_count() const {
+  return directory_size_.load(std::memory_order_relaxed);
+}
+
+bool wse_app::subscribe(std::string_view connection_id, std::span<const std::string_view> topics,
+                        const wse_subscribe_extras& extras) {
+  thread_local proto::wse_envelope_parser checker;
+  wse_conn c;
+  if (!group_name_valid(extras.queue_group) || !locate(connection_id, c)) return false;
+  std::string_view data = extras.has_presence ? extras.presence_json : std::string_view{};
+  if (extras.has_presence && checker.check_object(data) != proto::wse_error::none) return false;
+  if (extras.has_presence && data.empty()) data = "{}";
+  std::string arg = subscribe_command(extras.queue_group, data, topics);
+  const bool pre = extras.queue_group.empty() && hub_;
+  std::vector<std::string_view> added = split_lines(std::string_view(arg).substr(
+      extras.queue_group.size() + 1 + std::to_string(data.size()).size() + 1 + data.size()));
+  uint32_t index = c.owner->index();
+  if (pre)
+    for (std::string_view t : added)
+      if (proto::wse_topic_valid(t))
+        interest(hub_->router().add(index, t), redis_interest::pattern, t);
+  if (push_command(index, c.ref, pre ? command_subscribe_pre : command_subscribe_ex, arg))
+    return true;
+  if (pre)
+    for (std::string_view t : added)
+      if (proto::wse_topic_valid(t))
+        interest(hub_->router().remove(index, t), redis_interest::pattern, t);
+  return false;
+}
+
+void wse_app::undo_pre_added(shard& s, std::span<const std::string_view> topics) {
+  // The router keeps one bit per shard (not a count): it stays while the shard holds the pattern.
+  const fanout::topic_index& held = part(s).topics;
+  for (std::string_view t : topics)
+    if (proto::wse_topic_valid(t) && !held.has_pattern(t))
+      interest(hub_->router().remove(s.index(), t), redis_interest::pattern, t);
+}
+
+bool wse_app::unsubscribe(std::string_view connection_id, std::span<const std::string_view> topics,
+                          std::string_view queue_group) {
+  wse_conn c;
+  return locate(connection_id, c) && unsubscribe(c, topics, queue_group);
+}
+
+bool wse_app::update_presence(std::string_view connection_id, std::string_view data_json) {
+  wse_conn c;
+  return locate(connection_id, c) && update_presence(c, data_json);
+}
+
+void wse_app::recovery_totals(uint64_t& topics, uint64_t& bytes) const {
+  topics = bytes = 0;
+  if (!recovery_) return;
+  recovery_store::totals t = recovery_->current();
+  topics = t.topics;
+  bytes = t.bytes;
+}
+
+void wse_app::presence_totals(uint64_t& topics, uint64_t& users) const {
+  topics = users = 0;
+  if (!presence_) return;
+  size_t n = 0;
+  users = presence_->totals(&n).users;
+  topics = n;
 }
 
 }  // namespace wsed::engine

@@ -23,6 +23,7 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <random>
@@ -68,6 +69,9 @@ struct wse_user {
   std::string_view user_id;              // the token's sub ("anonymous" without auth)
   std::string_view connection_id;        // UUIDv7, as in server_ready
   const auth::topic_acl* acl = nullptr;  // the token's wse_topics (null without auth)
+  std::string_view cookies;              // the Cookie header(s) as sent, joined by "; "
+  bool authenticated_by_token = false;   // a JWT was verified (false: the app runs without auth)
+  bool msgpack = false;                  // format=msgpack: per-connection sends are M: binary
 };
 
 // One inbound application message, whatever its wire format (views valid during the call).
@@ -77,6 +81,9 @@ struct wse_app_message {
   std::string_view payload_json;  // "p" as JSON text; empty when absent
   std::string_view user_id;
   std::string_view connection_id;
+  // The whole message as JSON text (a text message without its legacy prefix, or a binary one
+  // decoded); empty when the handler does not read payloads (reads_payload false).
+  std::string_view json;
 };
 
 // The application behind wse_app. Every callback runs on the connection's shard thread, inside
@@ -90,6 +97,17 @@ class wse_handler {
   // which is validated but not converted to JSON). Asked once, at construction of wse_app.
   virtual bool reads_payload() const { return true; }
   virtual void on_disconnect(wse_conn /*conn*/) {}
+  // A data message that is not a WSE message (text that is not a JSON object, binary that is
+  // none of the WSE binary formats). true: the handler took it; false (the default): the client
+  // gets INVALID_MESSAGE.
+  virtual bool on_unparsed(wse_conn /*conn*/, proto::ws_opcode /*opcode*/,
+                           std::span<const uint8_t> /*payload*/) {
+    return false;
+  }
+  // A presence event of this instance's connections (type presence_join / presence_update /
+  // presence_leave, data a JSON object), on the shard thread that made it.
+  virtual void on_presence(std::string_view /*type*/, std::string_view /*topic*/,
+                           std::string_view /*user_id*/, std::string_view /*data_json*/) {}
   // Every shard timer tick (100 ms), for batching work such as log flushes.
   virtual void on_tick(uint32_t /*shard_index*/) {}
   // Appends the handler's Prometheus families (relaxed atomics only).
@@ -118,6 +136,25 @@ struct wse_app_options {
   // The shard's --max-outbound-bytes: a queue group member with over half of it queued is
   // skipped by the pick until it is under a quarter.
   uint64_t outbound_bytes_max = 1u << 20;
+  // Keep the connection id directory (connection id -> shard, slot) also without a bridge or an
+  // API key: embedding programs that address connections by id (the Python module).
+  bool directory = false;
+};
+
+// The answer of subscribe_recovering: the reply's recovery part (PROTOCOL.md "Recovery").
+struct wse_recovery_result {
+  bool found = false;  // the connection was open when the request ran
+  bool recovered = false;
+  struct topic {
+    std::string name;
+    bool has_epoch = false;
+    uint32_t epoch = 0;
+    uint64_t offset = 0;
+    bool recoverable = false, recovered = false;
+    uint64_t count = 0;
+  };
+  std::vector<topic> topics;
+  std::vector<std::pair<std::string, std::string>> failed;  // (topic, reason)
 };
 
 // What a publication call did.
@@ -191,6 +228,11 @@ class wse_app final : public app_handler, public redis_sink {
   publish_status publish(std::string_view topic, std::string_view json);
   publish_status broadcast(std::string_view json);
   publish_status send_to_user(std::string_view user_id, std::string_view json);
+  // This instance only: topic subscribers (queue group members picked here; not recoverable
+  // when there is a bridge: offsets are the cluster's), or every connection with the bytes
+  // verbatim (text or binary; a JSON object as text gets its "c").
+  publish_status publish_local(std::string_view topic, std::string_view json);
+  publish_status broadcast_local(proto::ws_opcode opcode, std::string_view bytes);
   // Subscribes / unsubscribes one connection (no reply frame is sent; the token's ACL and the
   // topic cap apply as for a client's request). unsubscribe with no topics: every subscription.
   // False when the connection's shard inbox is full.
@@ -213,6 +255,11 @@ class wse_app final : public app_handler, public redis_sink {
   // Any thread. {"<group>":<members>,...} sorted by group name.
   std::string queue_group_info(std::string_view topic) const;
   bool presence_enabled() const { return presence_ != nullptr; }
+  bool recovery_enabled() const { return recovery_ != nullptr; }
+  // Any thread (relaxed totals): topics with history and their bytes; topics with presence and
+  // users summed over them. Zeros when the feature is off.
+  void recovery_totals(uint64_t& topics, uint64_t& bytes) const;
+  void presence_totals(uint64_t& topics, uint64_t& users) const;
   // Subscriptions held, whole process (relaxed; any thread).
   uint64_t subscription_count() const;
   // Connections of this shard a publication on topic would reach (the shard's thread only).
@@ -224,6 +271,42 @@ class wse_app final : public app_handler, public redis_sink {
   void set_bridge(redis_bridge* bridge);
   // Without a bridge too: connection ids end with this id (commands of the HTTP API).
   void set_instance_id(std::string_view id8);
+  // --- By connection id, from any thread (the Python module). Each only enqueues for the
+  // owning shard; false: the id is not an open connection of this instance (needs
+  // wse_app_options::directory, a bridge or an API key), or its shard's inbox is full.
+  bool locate(std::string_view connection_id, wse_conn& out);
+  bool send_text(std::string_view connection_id, std::string_view text);
+  bool send_binary(std::string_view connection_id, std::string_view bytes);
+  bool disconnect(std::string_view connection_id, uint16_t code, std::string_view reason = {});
+  // As subscribe(wse_conn, ...) above. A publication made after it returns reaches the
+  // connection: the shard's interest is registered with the router from the calling thread,
+  // ahead of the shard applying it (the publication then queues behind the command).
+  bool subscribe(std::string_view connection_id, std::span<const std::string_view> topics,
+                 const wse_subscribe_extras& extras);
+  // No topics: every subscription (group: only that group's memberships).
+  bool unsubscribe(std::string_view connection_id, std::span<const std::string_view> topics,
+                   std::string_view queue_group = {});
+  bool update_presence(std::string_view connection_id, std::string_view data_json);
+  // Replaces the connection's topic ACL (globs; empty allow: every topic) for later requests.
+  bool set_topic_acl(std::string_view connection_id, std::vector<std::string> allow,
+                     std::vector<std::string> deny);
+  // Subscribes and (recover) replays from epoch/offset as a client's recovering subscribe
+  // does (no reply frame); done runs on the connection's shard thread with the outcome (also
+  // when the connection is gone: found false). With a bridge the replay waits for Redis.
+  bool subscribe_recovering(std::string_view connection_id, std::vector<std::string> topics,
+                            bool recover, bool has_epoch, uint32_t epoch, uint64_t offset,
+                            std::function<void(const wse_recovery_result&)> done);
+  // Runs fn(shard) on every shard's thread; returns how many shards took it (a full inbox
+  // refuses). fn must not block.
+  uint32_t on_each_shard(const std::function<void(shard&)>& fn);
+  // Connection ids of this instance (the directory; needs it kept) and their number.
+  std::vector<std::string> connection_ids();
+  uint64_t connection_count() const;
+  // On shard s's thread: connections of that shard subscribed to topic (exact or glob).
+  size_t topic_subscriber_count(shard& s, std::string_view topic) {
+    return local_subscriber_count(s, topic);
+  }
+
   // Who a connection is, during a handler callback (on_disconnect included). Views valid
   // during the callback.
   struct ids {
@@ -340,6 +423,8 @@ class wse_app final : public app_handler, public redis_sink {
       std::vector<topic_answer> topics;
       uint32_t outstanding = 0;
       std::vector<fanout::frame*> held;  // live frames held, one reference each
+      // subscribe_recovering: given the outcome instead of a reply frame to the client.
+      std::function<void(const wse_recovery_result&)> done;
     };
     std::unordered_map<uint64_t, pending_recovery> pending;
     // topic -> (slot, request) of the connections whose live frames of it are held
@@ -377,7 +462,8 @@ class wse_app final : public app_handler, public redis_sink {
                proto::wse_input_padding padding = proto::wse_input_padding::none);
   // Hands one application message to the handler.
   void deliver(shard& s, conn_ref c, per_shard& p, conn_state& st, std::string_view type,
-               bool has_category, std::string_view category, std::string_view payload_json);
+               bool has_category, std::string_view category, std::string_view payload_json,
+               std::string_view json = {});
   // A subscribe request with "recover": queues each topic's replay (after apply_subscription
   // subscribed it) and fills p.recovery for the reply.
   void recover_topics(shard& s, conn_ref c, per_shard& p, const proto::wse_subscription& sub);
@@ -429,8 +515,10 @@ class wse_app final : public app_handler, public redis_sink {
   // Frames json (with its "c") once and routes it. On a shard thread (s not null) the frame
   // comes from that shard's pool.
   // from_redis: received from the bridge (not handed back to it).
+  // local_only: not handed to the bridge (publish_local).
   publish_status route(shard* s, fanout::delivery_kind kind, std::string_view key,
-                       std::string_view json, uint64_t* wakes = nullptr, bool from_redis = false);
+                       std::string_view json, uint64_t* wakes = nullptr, bool from_redis = false,
+                       bool local_only = false);
   publish_status route_recoverable(shard* s, std::string_view topic, std::string_view text,
                                    uint64_t* wakes);
   publish_status route_sequenced(shard* s, std::string_view topic, std::string_view text,
@@ -441,10 +529,14 @@ class wse_app final : public app_handler, public redis_sink {
   void deliver_marked(shard& s, per_shard& p, const fanout::frame& f);
   void render_recovery_metrics(std::string& out) const;
   // With Redis: asks the bridge for each topic's history; the reply goes when all answered.
-  void recover_remote(shard& s, conn_ref c, per_shard& p, const proto::wse_subscription& sub);
+  // done: the outcome goes to it instead of a reply frame (subscribe_recovering).
+  void recover_remote(shard& s, conn_ref c, per_shard& p, const proto::wse_subscription& sub,
+                      std::function<void(const wse_recovery_result&)> done = {});
   void on_history(shard& s, per_shard& p, conn_ref c, std::string_view blob,
                   const fanout::frame& f);
   void finish_recovery(shard& s, per_shard& p, uint64_t id);
+  // p.recovery, p.failed_* as a wse_recovery_result.
+  static wse_recovery_result recovery_result(const per_shard& p);
   void api_command(shard& s, const proto::http_request& request, std::string_view body,
                    http_answer& answer);
   bool api_key_ok(shard& s, const proto::http_request& request, http_answer& answer,
@@ -463,6 +555,11 @@ class wse_app final : public app_handler, public redis_sink {
   // One command delivery (name, argument) for connection c of shard shard_index; false: that
   // shard's inbox is full.
   bool push_command(uint32_t shard_index, conn_ref c, std::string_view name, std::string_view arg);
+  // The router bits subscribe(connection_id, ...) set for shard s, cleared once applied unless
+  // the shard holds the pattern now.
+  void undo_pre_added(shard& s, std::span<const std::string_view> topics);
+  // Runs fn on shard shard_index's thread with connection c (checked by fn); false: inbox full.
+  bool post(uint32_t shard_index, conn_ref c, std::function<void(shard&, conn_ref)> fn);
 
   wse_app_options opt_;
   wse_handler& handler_;
@@ -510,6 +607,9 @@ class wse_app final : public app_handler, public redis_sink {
   };
   static constexpr size_t directory_stripes = 16;
   std::array<directory_stripe, directory_stripes> directory_;
+  std::atomic<uint64_t> directory_size_{0};
+  // The shards, learnt as each one first calls in (locate needs their addresses).
+  std::unique_ptr<std::atomic<shard*>[]> shard_ptrs_;  // opt_.shards entries
 };
 
 }  // namespace wsed::engine

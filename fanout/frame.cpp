@@ -39,12 +39,12 @@ void destroy(frame* f) {
   std::free(f);
 }
 
-// Writes key and the text frame of payload into f (capacity already checked); refs = 1.
-frame* fill(frame* f, std::string_view key, std::string_view payload) {
+// Writes key and the frame of payload into f (capacity already checked); refs = 1.
+frame* fill(frame* f, std::string_view key, std::string_view payload,
+            proto::ws_opcode opcode = proto::ws_opcode::text) {
   uint8_t* out = reinterpret_cast<uint8_t*>(f + 1);
   if (!key.empty()) std::memcpy(out, key.data(), key.size());
-  const size_t header_bytes =
-      proto::encode_frame_header(out + key.size(), proto::ws_opcode::text, payload.size());
+  const size_t header_bytes = proto::encode_frame_header(out + key.size(), opcode, payload.size());
   if (!payload.empty())
     std::memcpy(out + key.size() + header_bytes, payload.data(), payload.size());
   f->key_bytes = static_cast<uint32_t>(key.size());
@@ -77,6 +77,13 @@ frame* make_text_frame(std::string_view key, std::string_view payload) {
   if (bytes == 0) return nullptr;
   frame* f = allocate(bytes, nullptr);
   return f == nullptr ? nullptr : fill(f, key, payload);
+}
+
+frame* make_binary_frame(std::string_view key, std::string_view payload) {
+  const size_t bytes = needed_bytes(key, payload);
+  if (bytes == 0) return nullptr;
+  frame* f = allocate(bytes, nullptr);
+  return f == nullptr ? nullptr : fill(f, key, payload, proto::ws_opcode::binary);
 }
 
 frame_pool::~frame_pool() {

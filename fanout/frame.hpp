@@ -53,6 +53,8 @@ void release(frame* f);
 // are not a shard (an embedding program's thread, later the Redis bridge). Returns nullptr when
 // the allocation fails.
 frame* make_text_frame(std::string_view key, std::string_view payload);
+// The same with a binary frame (broadcasts of raw bytes).
+frame* make_binary_frame(std::string_view key, std::string_view payload);
 
 class frame_pool {
  public:

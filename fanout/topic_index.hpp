@@ -64,6 +64,10 @@ class topic_index {
   size_t subscriptions_of(subscriber_id id) const {
     return id < subscribers_.size() ? subscribers_[id].size() : 0;
   }
+  // Whether any subscriber holds exactly this pattern.
+  bool has_pattern(std::string_view pattern) const {
+    return entries_.find(pattern) != entries_.end();
+  }
   // Whether id holds exactly this pattern. O(its subscriptions).
   bool holds(subscriber_id id, std::string_view pattern) const {
     if (id >= subscribers_.size()) return false;

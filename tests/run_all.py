@@ -10,7 +10,9 @@ Suites (each bounded in time):
   browser           tests/browser/demo_test.js: the demo page (GET /) in headless /usr/bin/chromium
                     (playwright-core) against BUILD/engine/wsed; chromium missing counts as a failure
   conformance       tests/conformance/conformance.py against BUILD/engine/wsed
-  unit[asan], conformance[asan], integration[asan]   the same against the ASan+UBSan build
+  python            tests/python (pytest, Debian's python3-pytest): the Python module of BUILD/python
+  unit[asan], conformance[asan], integration[asan], python[asan]   the same against the ASan+UBSan
+                    build (python[asan]: /usr/bin/python3 with the ASan runtime preloaded)
                     (halt_on_error=1; the server's exit code and stderr are checked for sanitizer reports)
 Prints a per-suite summary and, as the very last line, "N passed, N failed" summed over every test of
 every suite.  Exit code 0 only when nothing failed.
@@ -130,6 +132,60 @@ def suite_integration(build, label="integration", sanitizers=False, only=()):
     return counts_from(out, rc, label)
 
 
+PYTEST_RE = re.compile(r"^=+ (.*?) in [\d.]+s", re.M)
+
+
+def asan_runtime():
+    """The ASan runtime gcc links against (preloaded into python3 for the ASan build's module)."""
+    try:
+        path = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True,
+                              timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return path if os.path.isabs(path) and os.path.exists(path) else None
+
+
+def suite_python(build, label="python", sanitizers=False):
+    """pytest over tests/python with BUILD/python on the path; counts from pytest's summary line
+    ("3 failed, 50 passed, 1 skipped": skipped tests count as failed, nothing may be skipped)."""
+    pydir = os.path.join(build_path(build), "python")
+    if not os.path.isdir(os.path.join(pydir, "wsed")):
+        return 0, 1, "missing %s/wsed (the Python module was not built: python3-dev, pybind11-dev?)" % pydir
+    env = {"WSED_PYTHON_DIR": pydir, "PYTHONDONTWRITEBYTECODE": "1"}
+    if sanitizers:
+        rt = asan_runtime()
+        if not rt:
+            return 0, 1, "no ASan runtime (gcc -print-file-name=libasan.so)"
+        env["LD_PRELOAD"] = rt
+        # CPython keeps objects until exit: stacks through the interpreter are suppressed
+        # (tests/python/lsan.supp); leaks made on the engine's own threads are still reported.
+        env["ASAN_OPTIONS"] = "detect_leaks=1:halt_on_error=1:abort_on_error=1"
+        env["LSAN_OPTIONS"] = "suppressions=%s:print_suppressions=0" % os.path.join(HERE, "python", "lsan.supp")
+        env["UBSAN_OPTIONS"] = "halt_on_error=1:print_stacktrace=1"
+    rc, out = run([PY, "-m", "pytest", os.path.join(HERE, "python"), "-q", "-p", "no:cacheprovider",
+                   "-o", "faulthandler_timeout=120"], timeout=900, env=env, label=label)
+    m = PYTEST_RE.findall(out)
+    if not m:
+        return 0, 1, "no pytest summary line (exit %s)" % rc
+    counts = dict((k, int(n)) for n, k in re.findall(r"(\d+) (passed|failed|errors?|skipped|xfailed|xpassed)",
+                                                     m[-1]))
+    p = counts.get("passed", 0)
+    f = counts.get("failed", 0) + counts.get("error", 0) + counts.get("errors", 0) + counts.get("skipped", 0)
+    notes = []
+    if rc == "timeout":
+        f += 1
+        notes.append("killed at its time limit")
+    elif rc != 0 and f == 0:
+        f += 1
+        notes.append("exit code %s with no failed test" % rc)
+    if sanitizers:
+        found = [mk for mk in H.SANITIZER_MARKERS if mk in out]
+        if found:
+            f += 1
+            notes.append("sanitizer report: %s" % found)
+    return p, f, "; ".join(notes)
+
+
 def suite_fuzz(seconds):
     """The libFuzzer targets of tests/fuzz/ (clang, ASan+UBSan), each for a bounded time."""
     rc, out = run(["bash", os.path.join(REPO, "tools", "fuzz.sh"), str(seconds)], timeout=seconds * 2 + 300,
@@ -217,13 +273,15 @@ def main():
             ("integration", lambda: suite_integration(args.build)),
             ("node", lambda: suite_node(args.build)),
             ("browser", lambda: suite_browser(args.build)),
-            ("conformance", lambda: suite_conformance(args.build, "conformance"))]
+            ("conformance", lambda: suite_conformance(args.build, "conformance")),
+            ("python", lambda: suite_python(args.build))]
     if args.asan_build:
         plan += [("unit[asan]", lambda: suite_unit(args.asan_build, "unit[asan]", sanitizers=True)),
                  ("conformance[asan]", lambda: suite_conformance(args.asan_build, "conformance[asan]",
                                                                 sanitizers=True)),
                  ("integration[asan]", lambda: suite_integration(args.asan_build, "integration[asan]",
-                                                                 sanitizers=True))]
+                                                                 sanitizers=True)),
+                 ("python[asan]", lambda: suite_python(args.asan_build, "python[asan]", sanitizers=True))]
     if args.fuzz_seconds > 0:
         plan.append(("fuzz", lambda: suite_fuzz(args.fuzz_seconds)))
     if args.tsan_build:

@@ -8,7 +8,7 @@ packages=(
   build-essential pkg-config meson ninja-build clang-format clang libclang-rt-14-dev linux-perf valgrind
   liburing-dev libwslay-dev libdeflate-dev libhiredis-dev libssl-dev libsimdjson-dev
   libmsgpack-dev libcli11-dev doctest-dev libbenchmark-dev
-  python3 python3-websockets python3-jwt
+  python3 python3-dev python3-websockets python3-jwt python3-pybind11 pybind11-dev python3-pytest python3-msgpack python3-cryptography
   redis-server
   chromium
   golang-go golang-github-gorilla-websocket-dev
