@@ -151,7 +151,7 @@ def suite_python(build, label="python", sanitizers=False):
     pydir = os.path.join(build_path(build), "python")
     if not os.path.isdir(os.path.join(pydir, "wsed")):
         return 0, 1, "missing %s/wsed (the Python module was not built: python3-dev, pybind11-dev?)" % pydir
-    env = {"WSED_PYTHON_DIR": pydir, "PYTHONDONTWRITEBYTECODE": "1"}
+    env = {"WSED_PYTHON_DIR": pydir, "PYTHONPATH": pydir, "PYTHONDONTWRITEBYTECODE": "1"}
     if sanitizers:
         rt = asan_runtime()
         if not rt:
