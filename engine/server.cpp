@@ -2,10 +2,13 @@
 // lambdas handed to std::thread, which become the shards' loops.
 #include "engine/server.hpp"
 
+#include <netdb.h>
 #include <pthread.h>
 #include <sched.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <unistd.h>
+#include <cerrno>
 
 #include <cstdio>
 #include <exception>
@@ -34,7 +37,38 @@ server::~server() {
   join();
 }
 
+namespace {
+
+// The shards bind with SO_REUSEPORT, which would let a second server share a port another one
+// listens on: a bind without it first tells (EADDRINUSE) before any shard binds.
+void check_port_free(const std::string& host, uint16_t port) {
+  if (port == 0) return;
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* res = nullptr;
+  std::string port_str = std::to_string(port);
+  if (getaddrinfo(host.c_str(), port_str.c_str(), &hints, &res) != 0) return;  // setup says why
+  int fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int e = 0;
+  if (fd >= 0) {
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(fd, res->ai_addr, res->ai_addrlen) < 0) e = errno;
+    ::close(fd);
+  }
+  freeaddrinfo(res);
+  if (e == EADDRINUSE)
+    throw std::runtime_error("cannot listen on " + host + ":" + port_str +
+                             ": address already in use (another process listens there)");
+}
+
+}  // namespace
+
 void server::start() {
+  check_port_free(config_.host, config_.port);
+  if (!config_.admin_listen.empty()) check_port_free(config_.admin_host, config_.admin_port);
   // Direct descriptor tables are capped by RLIMIT_NOFILE: take all we may.
   rlimit rl{};
   if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {

@@ -458,7 +458,20 @@ void wse_app::on_json(shard& s, conn_ref c, per_shard& p, conn_state& st, std::s
     // simdjson refused it: for a text message the shard left unchecked, invalid UTF-8 is the
     // WebSocket's 1007, not an application error.
     if (err == proto::wse_error::malformed_json && !utf8_or_close(s, c, as_bytes(text))) return;
-    if (handler_.on_unparsed(wse_conn{&s, c}, proto::ws_opcode::text, as_bytes(text))) return;
+    if (err == proto::wse_error::missing_type || err == proto::wse_error::type_not_string) {
+      std::string_view object = text;
+      if (object.starts_with("WSE{"))
+        object.remove_prefix(3);
+      else if (object.starts_with("U{") || object.starts_with("S{"))
+        object.remove_prefix(1);
+      if (handler_.on_untyped(wse_conn{&s, c}, object)) {
+        p.counts.app_messages.add();
+        return;
+      }
+    } else if (padding == proto::wse_input_padding::padded && text.data() != p.decoded.data() &&
+               handler_.on_unparsed(wse_conn{&s, c}, proto::ws_opcode::text, as_bytes(text))) {
+      return;  // (a text frame's own bytes; decoded binary that fails is not text)
+    }
     p.counts.invalid.add();
     return send_error(s, c, p, "INVALID_MESSAGE", proto::to_string(err));
   }
@@ -2521,12 +2534,14 @@ bool wse_app::subscribe_recovering(std::string_view connection_id, std::vector<s
                 if (!st || !st->authenticated) return done(wse_recovery_result{});
                 std::vector<std::string_view> names(topics.begin(), topics.end());
                 apply_subscription(s, r, p, *st, true, names);
-                if (!recovery_ || !recover) {
+                // Without a position (or recover false) the answer still tells where the topic
+                // stands (epoch, offset; recoverable: it has a history), nothing replayed.
+                if (!recovery_) {
                   p.recovery.clear();
                   for (std::string_view t : p.ok_topics) {
                     proto::wse_topic_recovery tr{};
                     tr.topic = t;
-                    tr.recoverable = recoverable(t);
+                    tr.recoverable = false;  // recovery off: no history
                     p.recovery.push_back(tr);
                   }
                   wse_recovery_result out = recovery_result(p);
@@ -2542,9 +2557,9 @@ bool wse_app::subscribe_recovering(std::string_view connection_id, std::vector<s
                 for (std::string_view t : names) {
                   proto::wse_recovery_position pos;
                   pos.topic = t;
-                  pos.has_epoch = has_epoch;
+                  pos.has_epoch = recover && has_epoch;
                   pos.epoch = epoch;
-                  pos.has_offset = has_epoch;
+                  pos.has_offset = recover && has_epoch;
                   pos.offset = offset;
                   sub.recovery.push_back(pos);
                 }

@@ -104,6 +104,9 @@ class wse_handler {
                            std::span<const uint8_t> /*payload*/) {
     return false;
   }
+  // A JSON object without a string "t" (json without its legacy prefix). true: the handler took
+  // it as an application message; false (the default): the client gets INVALID_MESSAGE.
+  virtual bool on_untyped(wse_conn /*conn*/, std::string_view /*json*/) { return false; }
   // A presence event of this instance's connections (type presence_join / presence_update /
   // presence_leave, data a JSON object), on the shard thread that made it.
   virtual void on_presence(std::string_view /*type*/, std::string_view /*topic*/,

@@ -39,7 +39,7 @@ class Server(RustWSEServer):
     def __init__(self, host: str = "127.0.0.1", port: int = 0, **options: Any) -> None:
         super().__init__(host, port, **options)
         self._configured_port = port
-        self._drain = False
+        self.enable_drain_mode()  # events() sees every client, also those before its first call
 
     @property
     def port(self) -> int:
@@ -55,10 +55,12 @@ class Server(RustWSEServer):
 
     def events(self, max_count: int = 256, timeout: float = 0.05) -> List[Event]:
         """Up to max_count events, waiting up to timeout seconds for the first one."""
-        if not self._drain:
-            self.enable_drain_mode()
-            self._drain = True
         return [Event(*t) for t in self.drain_inbound(max_count, int(timeout * 1000))]
+
+    def set_callbacks(self, on_connect: Any, on_message: Any, on_disconnect: Any) -> None:
+        """Callbacks instead of events(): called in order from one dispatcher thread."""
+        super().set_callbacks(on_connect, on_message, on_disconnect)
+        self._set_drain_mode(False)
 
     async def anext_events(self, max_count: int = 256, timeout: float = 0.05) -> List[Event]:
         """events() for asyncio: the wait runs in the loop's default executor (no GIL held)."""

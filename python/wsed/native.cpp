@@ -291,6 +291,7 @@ class handler final : public wse_handler {
   bool on_unparsed(wse_conn conn, proto::ws_opcode opcode,
                    std::span<const uint8_t> payload) override;
   void on_disconnect(wse_conn conn) override;
+  bool on_untyped(wse_conn conn, std::string_view json) override;
   void on_presence(std::string_view type, std::string_view topic, std::string_view user,
                    std::string_view data) override;
 
@@ -415,6 +416,7 @@ class engine_object {
 
   // --- events
   void enable_drain_mode() { drain_mode_ = true; }
+  void set_drain_mode(bool on) { drain_mode_ = on; }  // wsed.Server: callbacks take over
 
   py::list drain_inbound(size_t max_count, int64_t timeout_ms) {
     std::vector<event> batch;
@@ -486,7 +488,7 @@ class engine_object {
       json += ':';
       wsed::py::to_json(v, json);
     }
-    if (given_id.empty()) {
+    if (!ev.contains("id")) {  // a given id (of any type) is kept where it stands
       json += ",\"id\":\"";
       uuid7(json);
       json += '"';
@@ -1024,6 +1026,13 @@ bool handler::on_unparsed(wse_conn conn, proto::ws_opcode opcode,
   return true;
 }
 
+bool handler::on_untyped(wse_conn conn, std::string_view json) {
+  wse_app* a = e_.app();
+  if (!a) return false;
+  e_.push(event_kind::msg, a->ids_of(conn).connection_id, json);
+  return true;
+}
+
 void handler::on_disconnect(wse_conn conn) {
   wse_app* a = e_.app();
   if (!a) return;
@@ -1166,6 +1175,7 @@ PYBIND11_MODULE(_native, m) {
            "timeout"_a = 30.0)
       .def("local_port", &engine_object::local_port)
       .def("enable_drain_mode", &engine_object::enable_drain_mode)
+      .def("_set_drain_mode", &engine_object::set_drain_mode, "on"_a)
       .def("drain_inbound", &engine_object::drain_inbound, "max_count"_a = 256, "timeout_ms"_a = 50)
       .def("inbound_dropped_count", &engine_object::inbound_dropped)
       .def("inbound_queue_depth", &engine_object::inbound_depth)
