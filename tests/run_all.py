@@ -135,10 +135,10 @@ def suite_integration(build, label="integration", sanitizers=False, only=()):
 PYTEST_RE = re.compile(r"^=+ (.*?) in [\d.]+s", re.M)
 
 
-def asan_runtime():
-    """The ASan runtime gcc links against (preloaded into python3 for the ASan build's module)."""
+def sanitizer_runtime(name="libasan.so"):
+    """A sanitizer runtime gcc links against (preloaded into python3 for a sanitized module)."""
     try:
-        path = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True,
+        path = subprocess.run(["gcc", "-print-file-name=" + name], capture_output=True, text=True,
                               timeout=30).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
@@ -152,8 +152,14 @@ def suite_python(build, label="python", sanitizers=False):
     if not os.path.isdir(os.path.join(pydir, "wsed")):
         return 0, 1, "missing %s/wsed (the Python module was not built: python3-dev, pybind11-dev?)" % pydir
     env = {"WSED_PYTHON_DIR": pydir, "PYTHONPATH": pydir, "PYTHONDONTWRITEBYTECODE": "1"}
-    if sanitizers:
-        rt = asan_runtime()
+    if sanitizers == "thread":
+        rt = sanitizer_runtime("libtsan.so")
+        if not rt:
+            return 0, 1, "no TSan runtime (gcc -print-file-name=libtsan.so)"
+        env["LD_PRELOAD"] = rt
+        env["TSAN_OPTIONS"] = "halt_on_error=1:exitcode=66"
+    elif sanitizers:
+        rt = sanitizer_runtime()
         if not rt:
             return 0, 1, "no ASan runtime (gcc -print-file-name=libasan.so)"
         env["LD_PRELOAD"] = rt
@@ -313,7 +319,10 @@ def main():
                   # bridge), member deliveries, cluster picks on the bridge thread, deferred
                   # HTTP answers
                   "redis_groups_500_publications", "redis_presence_join_leave",
-                  "queue_group_round_robin_500", "presence_many_clients_both_shards")))]
+                  "queue_group_round_robin_500", "presence_many_clients_both_shards"))),
+                 # the Python module: its threads (the caller's, the dispatcher) enqueue for the
+                 # shards, wait for their answers, and the shards push into its event queue
+                 ("python[tsan]", lambda: suite_python(args.tsan_build, "python[tsan]", sanitizers="thread"))]
     results = []
     t0 = time.monotonic()
     for name, fn in plan:

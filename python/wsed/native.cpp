@@ -530,8 +530,12 @@ class engine_object {
       }
       seq = ++e.seq;
     });
-    if (!known || duplicate) return 0;
+    if (!known || duplicate) {
+      (known ? refused_duplicate_ : refused_unknown_).fetch_add(1, std::memory_order_relaxed);
+      return 0;
+    }
     if (limited) {
+      refused_rate_.fetch_add(1, std::memory_order_relaxed);
       if (notify)
         a->send_text(id,
                      "{\"c\":\"WSE\",\"t\":\"error\",\"p\":{\"code\":\"RATE_LIMITED\",\"message\":"
@@ -771,12 +775,35 @@ class engine_object {
     d["presence_topics"] = pt;
     d["presence_total_users"] = pu;
     d["redis_connected"] = up;
+    d["send_event_rate_limited"] = refused_rate_.load(std::memory_order_relaxed);
+    d["send_event_duplicates"] = refused_duplicate_.load(std::memory_order_relaxed);
     d["running"] = running_.load();
     return d;
   }
   std::string metrics() {
-    std::lock_guard lock(life_mu_);
-    return server_ ? server_->metrics_text() : std::string();
+    std::string text;
+    {
+      std::lock_guard lock(life_mu_);
+      if (server_) text = server_->metrics_text();
+    }
+    text +=
+        "# HELP wsed_python_inbound_queue_depth Events waiting for drain_inbound or the "
+        "callbacks\n# TYPE wsed_python_inbound_queue_depth "
+        "gauge\nwsed_python_inbound_queue_depth " +
+        std::to_string(queue_.depth()) +
+        "\n# HELP wsed_python_inbound_dropped_total Events dropped: the queue "
+        "(max_inbound_queue_size) was full\n# TYPE wsed_python_inbound_dropped_total "
+        "counter\nwsed_python_inbound_dropped_total " +
+        std::to_string(queue_.dropped()) +
+        "\n# HELP wsed_python_send_event_refused_total send_event calls that sent nothing\n# TYPE "
+        "wsed_python_send_event_refused_total counter\n"
+        "wsed_python_send_event_refused_total{cause=\"rate_limited\"} " +
+        std::to_string(refused_rate_.load(std::memory_order_relaxed)) +
+        "\nwsed_python_send_event_refused_total{cause=\"duplicate\"} " +
+        std::to_string(refused_duplicate_.load(std::memory_order_relaxed)) +
+        "\nwsed_python_send_event_refused_total{cause=\"unknown_connection\"} " +
+        std::to_string(refused_unknown_.load(std::memory_order_relaxed)) + "\n";
+    return text;
   }
 
  private:
@@ -1002,6 +1029,7 @@ class engine_object {
   std::atomic<bool> drain_mode_{false}, callbacks_{false}, dispatching_{false};
   py::object on_connect_, on_message_, on_disconnect_;
   std::thread dispatcher_;
+  std::atomic<uint64_t> refused_rate_{0}, refused_duplicate_{0}, refused_unknown_{0};
 };
 
 void handler::on_connect(const wse_user& user, wse_conn) {

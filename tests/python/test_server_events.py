@@ -87,16 +87,40 @@ def test_jwt_previous_secret_is_accepted(make_server):
     assert h.events.wait("auth_connect", c2.conn_id)[2] == "newuser"
 
 
-def test_jwt_es256_public_key(make_server):
-    import jwt as pyjwt
+def _es256_token(tmp_path, claims):
+    """An ES256 key pair and a token made with the openssl CLI (no crypto library loaded in this
+    process besides the module's own)."""
+    import base64
+    import subprocess
+    key = tmp_path / "ec.pem"
+    pub = tmp_path / "ec.pub.pem"
+    subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-out", str(key)], check=True, capture_output=True, timeout=30)
+    subprocess.run(["openssl", "pkey", "-in", str(key), "-pubout", "-out", str(pub)], check=True,
+                   capture_output=True, timeout=30)
+
+    def b64(data):
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    signing_input = b64(json.dumps({"alg": "ES256", "typ": "JWT"}).encode()) + "." + b64(json.dumps(claims).encode())
+    der = subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(key)], input=signing_input.encode(),
+                         check=True, capture_output=True, timeout=30).stdout
+    # DER SEQUENCE { INTEGER r, INTEGER s } -> raw r || s (32 bytes each)
+    assert der[0] == 0x30
+    i = 2 if der[1] < 0x80 else 3
+    parts = []
+    for _ in range(2):
+        assert der[i] == 0x02
+        n = der[i + 1]
+        parts.append(int.from_bytes(der[i + 2:i + 2 + n], "big").to_bytes(32, "big"))
+        i += 2 + n
+    return pub.read_bytes(), signing_input + "." + b64(parts[0] + parts[1])
+
+
+def test_jwt_es256_public_key(make_server, tmp_path):
     import time
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    key = ec.generate_private_key(ec.SECP256R1())
-    public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+    public_pem, tok = _es256_token(tmp_path, {"sub": "ecuser", "exp": int(time.time()) + 600})
     h = make_server(jwt_secret=public_pem, jwt_algorithm="ES256")
-    tok = pyjwt.encode({"sub": "ecuser", "exp": int(time.time()) + 600}, key, algorithm="ES256")
     c = h.connect(user=None, headers={"Authorization": "Bearer " + tok})
     assert h.events.wait("auth_connect", c.conn_id)[2] == "ecuser"
     # an HS256 token is refused by an ES256 server
@@ -422,6 +446,38 @@ def test_inbound_queue_overflow_drops_and_counts(make_server):
 
 def test_drain_inbound_timeout_returns_empty_list(h):
     assert h.server.drain_inbound(10, 20) == []
+
+
+def test_drain_inbound_waits_without_the_gil(h):
+    ticks = []
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            ticks.append(1)
+            stop.wait(0.001)
+
+    t = threading.Thread(target=spin)
+    t.start()
+    try:
+        before = len(ticks)
+        assert h.server.drain_inbound(1, 300) == []
+        assert len(ticks) > before, "another Python thread could not run during drain_inbound"
+    finally:
+        stop.set()
+        t.join(TIMEOUT)
+
+
+def test_drain_inbound_returns_as_soon_as_an_event_arrives(h):
+    c = h.connect("alice")
+    h.events.wait("auth_connect", c.conn_id)
+    got = []
+    t = threading.Thread(target=lambda: got.extend(h.server.drain_inbound(10, 10000)))
+    t.start()
+    c.send_json({"t": "wake", "p": {}})
+    t.join(TIMEOUT)  # well before the 10 s timeout
+    assert not t.is_alive(), "drain_inbound kept waiting although an event was queued"
+    assert got and got[0][2] == {"t": "wake", "p": {}}
 
 
 # --- callback mode ----------------------------------------------------------------------------

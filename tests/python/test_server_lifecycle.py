@@ -48,6 +48,7 @@ def test_start_binds_before_returning_and_stop_closes_with_1001(aloop, servers):
     wait_until(lambda: s.get_connection_count() == 1, what="1 connection")
     assert s.stop() is None
     assert s.is_running() is False
+    assert s.get_connection_count() == 0
     code, reason = c.wait_closed()
     assert code == 1001
 

@@ -145,6 +145,15 @@ def test_send_event_msgpack_connection(h):
     assert UUID7_RE.match(msg["id"]) and TS_RE.match(msg["ts"])
 
 
+def test_send_event_msgpack_connection_large_event_stays_msgpack(h):
+    c = h.connect("alice", query="format=msgpack")
+    big = {"t": "big", "p": {"s": "y" * 5000}}
+    n = h.server.send_event(c.conn_id, big)
+    frame = c.recv()
+    assert frame.startswith(b"M:") and n == len(frame)
+    assert msgpack.unpackb(frame[2:], raw=False)["p"] == big["p"]
+
+
 def test_send_event_duplicate_id_returns_zero(h):
     c = h.connect("alice")
     other = h.connect("bob")

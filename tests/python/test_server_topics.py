@@ -57,6 +57,24 @@ def test_unsubscribe_listed_topics(h):
     h.subscriber_count("b", 1)
 
 
+def test_unsubscribing_what_is_not_subscribed_is_fine(h):
+    c = h.connect("alice")
+    h.server.subscribe_connection(c.conn_id, ["a"])
+    assert h.server.unsubscribe_connection(c.conn_id, ["never", "subscribed"]) is None
+    assert h.server.unsubscribe_connection(c.conn_id, []) is None
+    h.subscriber_count("a", 1)
+    h.server.broadcast_local("a", pub(1))
+    assert c.recv() == expected(1)
+
+
+def test_topics_must_be_a_list_of_str(h):
+    c = h.connect("alice")
+    with pytest.raises(TypeError):
+        h.server.subscribe_connection(c.conn_id, "news")
+    with pytest.raises(TypeError):
+        h.server.subscribe_connection(c.conn_id, [1, 2])
+
+
 def test_unsubscribe_all_with_none(h):
     c = h.connect("alice")
     h.server.subscribe_connection(c.conn_id, ["a", "b", "c.*"])
