@@ -120,8 +120,9 @@ constexpr std::string_view command_history = "history";  // a history from Redis
 // Subscribe / unsubscribe with extras: "<queue group>\n<presence bytes>\n<presence><topic lines>"
 constexpr std::string_view command_subscribe_ex = "subscribe_ex";
 constexpr std::string_view command_unsubscribe_ex = "unsubscribe_ex";
-// subscribe_ex whose topics the caller added to the router for this shard (one add each, undone
-// once applied): subscribe by connection id.
+// subscribe_ex by connection id: presence refusals subscribe without presence, and a plain
+// subscription's topics were added to the router for this shard by the caller (undone once
+// applied, unless the shard holds them then).
 constexpr std::string_view command_subscribe_pre = "subscribe_pre";
 constexpr std::string_view command_presence = "presence";  // new data for every presence topic
 // A deferred HTTP answer for a connection of the shard: "<status>\n<body>"
@@ -779,7 +780,7 @@ void wse_app::apply_subscription(shard& s, conn_ref c, per_shard& p, conn_state&
       refuse(topic, subscribe_outcome::acl_denied);
       continue;
     }
-    if (data_too_large) {
+    if (data_too_large && !extras.presence_optional) {
       p.counts.presence_refused_data.add();
       refuse(topic, subscribe_outcome::presence_data_too_large);
       continue;
@@ -819,7 +820,10 @@ void wse_app::apply_subscription(shard& s, conn_ref c, per_shard& p, conn_state&
         added = true;
       }
     }
-    if (with_presence && !presence_join(s, p, st, c.slot, topic, extras.presence_json)) {
+    if (with_presence && data_too_large) {  // presence_optional: subscribed, not present
+      p.counts.presence_refused_data.add();
+    } else if (with_presence && !presence_join(s, p, st, c.slot, topic, extras.presence_json) &&
+               !extras.presence_optional) {
       if (added && !group.empty()) {
         leave_groups(s, st, c.slot, topic, group);
       } else if (added) {
@@ -1951,7 +1955,8 @@ void wse_app::on_delivery(shard& s, const fanout::delivery& d) {
       }
       conn_state* st = state_of(p, c);
       if (!st || !st->authenticated) {
-        if (f.key() == command_subscribe_pre) {  // gone: only the router's adds to undo
+        if (f.key() == command_subscribe_pre && f.payload().starts_with("\n")) {
+          // gone: only the router bits set for it to undo (a plain subscription's)
           std::string_view arg = f.payload();
           size_t nl = arg.find('\n');
           arg.remove_prefix(std::min(arg.size(), nl + 1));
@@ -2015,8 +2020,10 @@ void wse_app::on_delivery(shard& s, const fanout::delivery& d) {
             presence_leave(s, p, *st, c.slot, std::string(st->presence_topics.back()));
           return;
         }
+        const bool by_id = f.key() == command_subscribe_pre;
+        extras.presence_optional = by_id;  // (the Python API: no reply to refuse in)
         apply_subscription(s, c, p, *st, subscribing, topics, extras);
-        if (f.key() == command_subscribe_pre) undo_pre_added(s, topics);
+        if (by_id && group.empty()) undo_pre_added(s, topics);
         return;
       }
       std::vector<std::string_view> topics = split_lines(f.payload());
@@ -2605,8 +2612,7 @@ bool wse_app::subscribe(std::string_view connection_id, std::span<const std::str
     for (std::string_view t : added)
       if (proto::wse_topic_valid(t))
         interest(hub_->router().add(index, t), redis_interest::pattern, t);
-  if (push_command(index, c.ref, pre ? command_subscribe_pre : command_subscribe_ex, arg))
-    return true;
+  if (push_command(index, c.ref, command_subscribe_pre, arg)) return true;
   if (pre)
     for (std::string_view t : added)
       if (proto::wse_topic_valid(t))

@@ -207,6 +207,9 @@ struct wse_subscribe_extras {
   bool has_presence = false;
   std::string_view presence_json;  // a JSON object (validated by the caller)
   std::string_view queue_group;    // empty: a plain subscription
+  // Presence refused (full, data too large): subscribed all the same, without presence (the
+  // reference's Python API); false: the topic is refused (a client's request).
+  bool presence_optional = false;
 };
 
 class wse_app final : public app_handler, public redis_sink {

@@ -132,7 +132,7 @@ def suite_integration(build, label="integration", sanitizers=False, only=()):
     return counts_from(out, rc, label)
 
 
-PYTEST_RE = re.compile(r"^=+ (.*?) in [\d.]+s", re.M)
+PYTEST_RE = re.compile(r"^(?:=+ )?(\d+ (?:passed|failed|errors?|skipped)\b.*?) in [\d.]+s", re.M)
 
 
 def sanitizer_runtime(name="libasan.so"):
@@ -157,15 +157,22 @@ def suite_python(build, label="python", sanitizers=False):
         if not rt:
             return 0, 1, "no TSan runtime (gcc -print-file-name=libtsan.so)"
         env["LD_PRELOAD"] = rt
-        env["TSAN_OPTIONS"] = "halt_on_error=1:exitcode=66"
+        env["TSAN_OPTIONS"] = "halt_on_error=1:exitcode=66:suppressions=%s" % os.path.join(
+            HERE, "python", "tsan.supp")
     elif sanitizers:
         rt = sanitizer_runtime()
         if not rt:
             return 0, 1, "no ASan runtime (gcc -print-file-name=libasan.so)"
-        env["LD_PRELOAD"] = rt
+        # libstdc++ too: python3 does not link it, and ASan's interceptors must see its
+        # exception runtime from the start (else the first C++ exception the module throws,
+        # turned into a Python exception, aborts).
+        cxx = sanitizer_runtime("libstdc++.so.6")
+        env["LD_PRELOAD"] = rt + (" " + cxx if cxx else "")
         # CPython keeps objects until exit: stacks through the interpreter are suppressed
         # (tests/python/lsan.supp); leaks made on the engine's own threads are still reported.
-        env["ASAN_OPTIONS"] = "detect_leaks=1:halt_on_error=1:abort_on_error=1"
+        # (slow unwinding: full stacks through libraries built without frame pointers, so the
+        # suppressions match whole stacks)
+        env["ASAN_OPTIONS"] = "detect_leaks=1:halt_on_error=1:abort_on_error=1:fast_unwind_on_malloc=0"
         env["LSAN_OPTIONS"] = "suppressions=%s:print_suppressions=0" % os.path.join(HERE, "python", "lsan.supp")
         env["UBSAN_OPTIONS"] = "halt_on_error=1:print_stacktrace=1"
     rc, out = run([PY, "-m", "pytest", os.path.join(HERE, "python"), "-q", "-p", "no:cacheprovider",
