@@ -11,9 +11,10 @@
 # 2. Sends: the server process with N connections held by `wse-bench --test broadcast-all
 #    --publisher server` (it only counts; every frame it counts carries a dense per-connection
 #    seq, so gaps and duplicates are checked); the Python loop calls send_event(id, dict)
-#    round-robin, or send(id, text), or broadcast_all(text) for D seconds, then waits until the
-#    engine has handed every frame to the kernel. Calls/s on the Python side, frames/s and the
-#    count the clients received (all of them must arrive).
+#    round-robin, or send(id, text), or broadcast_all(text) (also paced: at most 4,096 calls
+#    ahead of the shard) for D seconds or --max-frames frames, then waits until the engine has
+#    handed every frame to the kernel. Calls/s on the Python side, frames/s and the count the
+#    clients received (all of them must arrive; a cell where some did not says so).
 # 3. A table, ratios against the reference's published figures (seed 000, Apple M2) and a
 #    one-line JSON summary (last line of stdout).
 #
@@ -22,8 +23,9 @@
 # 127.0.0.1; every wait has a timeout. The default run takes ~2.5 minutes, --quick ~30 s.
 #
 # Usage: perf/python_bench.py [--quick] [--build-dir /tmp/build-bench] [--inbound-conns 1,10,100]
-#                             [--send-conns 10,100] [--modes send_event,send,broadcast_all]
-#                             [--inbound-duration 5] [--send-duration 3] [--no-inbound]
+#                             [--send-conns 10,100,1000] [--modes send_event,send,broadcast_all,
+#                             broadcast_all_paced] [--inbound-duration 5] [--send-duration 3]
+#                             [--max-frames 6000000] [--flush-timeout 2] [--no-inbound]
 #                             [--no-send] [--json FILE]
 # Internal: perf/python_bench.py --serve inbound|send ... (the server process; see serve()).
 # Exit: 0 done (even when a check failed: the table says so), 1 on setup failures, 2 when the
@@ -32,6 +34,7 @@ import argparse
 import datetime
 import json
 import os
+import resource
 import secrets
 import shutil
 import signal
@@ -45,6 +48,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SERVER_CPU = 0
 CLIENT_CPU = 1
 SECRET_ENV = "WSED_BENCH_JWT_SECRET"  # the HS256 secret, to the server processes
+PACE_AHEAD = 4096  # broadcast_all_paced: calls ahead of the shard (its inbox lane holds 8,192)
 MSG_BYTES = 100  # wse-bench blast --size: {"t":"bench","p":"aaa..."} of exactly this many bytes
 # seed 000 (../shared/seeds/000_61634b89fd501488.txt), Apple M2, macOS, Python 3.14, one client
 # through the reference's Python drain loop; 10 client processes for the aggregate.
@@ -150,10 +154,10 @@ def serve_inbound(s, stop, deadline, main_tid):
             depth = s.inbound_queue_depth()
             max_depth = max(max_depth, depth)
             main, rest = split_cpu(main_tid)
-            samples.append([now, n, s.inbound_dropped_count(), main, rest])
+            samples.append([now, n, s.inbound_dropped_count(), main, rest, depth])
             next_sample = now + 0.1
     main, rest = split_cpu(main_tid)
-    samples.append([mono(), n, s.inbound_dropped_count(), main, rest])
+    samples.append([mono(), n, s.inbound_dropped_count(), main, rest, s.inbound_queue_depth()])
     return {"msgs": n, "other_events": other, "first_msg_t": first, "last_msg_t": last,
             "max_depth": max_depth, "samples": samples}
 
@@ -203,7 +207,7 @@ def serve_send(s, a, stop, deadline, main_tid):
                 break
         calls = rounds * n
         expected = calls
-    else:  # broadcast_all
+    elif a.mode == "broadcast_all":
         broadcast_all = s.broadcast_all
         while True:
             for _ in range(16):
@@ -212,6 +216,23 @@ def serve_send(s, a, stop, deadline, main_tid):
                 rounds += 1
             if mono() >= t_end or rounds >= max_rounds:
                 break
+        calls = rounds
+        expected = calls * n
+    else:  # broadcast_all_paced: at most PACE_AHEAD calls not yet taken by the shard
+        # (wsed_fanout_inbox_drained_total, read every 256 calls): the flow control an
+        # application has to build itself, as broadcast_all says nothing when the inbox is full
+        broadcast_all = s.broadcast_all
+        base_drained = metric_total(m0, "wsed_fanout_inbox_drained_total")
+        while True:
+            for _ in range(256):
+                broadcast_all('{"t":"fanout_tick","p":{"seq":%d,"ts_us":%d}}'
+                              % (rounds, time.time_ns() // 1000))
+                rounds += 1
+            if mono() >= t_end or rounds >= max_rounds:
+                break
+            while rounds - (metric_total(s.prometheus_metrics(), "wsed_fanout_inbox_drained_total")
+                            - base_drained) > PACE_AHEAD and mono() < t_end:
+                time.sleep(0.0002)
         calls = rounds
         expected = calls * n
     t_calls = mono()
@@ -329,6 +350,9 @@ class Driver:
         self.note(cmd)
         log(f"+ wse-bench {' '.join(test_args)} --duration {duration:g} ({label})")
         before = cpu_times()
+        srv_before = self.bl.proc_cpu_seconds(pid)
+        kids_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t_start = time.monotonic()
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.bl.STARTED.append(proc)
         try:
@@ -338,6 +362,8 @@ class Driver:
             raise RuntimeError(f"wse-bench ({label}) did not finish in {duration + 60:.0f} s")
         t_exit = time.monotonic()
         after = cpu_times()
+        srv_after = self.bl.proc_cpu_seconds(pid)
+        kids_after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if proc.returncode not in (0, 3) or not os.path.exists(js):
             raise RuntimeError(f"wse-bench ({label}) exit {proc.returncode}: {err.strip()[-500:]}")
         with open(js) as f:
@@ -350,6 +376,17 @@ class Driver:
         for cpu, key in ((SERVER_CPU, "cpu0"), (CLIENT_CPU, "cpu1")):
             busy, steal = cpu_busy(before, after, cpu)
             row["_" + key] = {"busy": busy, "steal": steal}
+        # CPU the machine spent on anything but this cell's server and wse-bench (other jobs:
+        # the figures are only comparable when this is small)
+        hz = os.sysconf("SC_CLK_TCK")
+        both = sum(after[c][0] - before[c][0] for c in (SERVER_CPU, CLIENT_CPU) if c in after and c in before) / hz
+        ours = (kids_after.ru_utime + kids_after.ru_stime - kids_before.ru_utime - kids_before.ru_stime)
+        if srv_before and srv_after:
+            ours += sum(srv_after) - sum(srv_before)
+        elapsed = t_exit - t_start
+        row["_bench_cpu_s"] = kids_after.ru_utime + kids_after.ru_stime - kids_before.ru_utime - kids_before.ru_stime
+        row["_elapsed_s"] = elapsed
+        row["_foreign"] = max(0.0, both - ours) / elapsed if elapsed > 0 else None
         row["_stderr_tail"] = err.strip().splitlines()[-3:]
         return row, t_exit
 
@@ -367,8 +404,12 @@ class Driver:
         b_ = interp(res["samples"], hi)
         msgs = b_[1] - a_[1]
         python_eps = msgs / w if w > 0 else None
+        # per event the Python thread handled / per message the shard read (events + drops):
+        # both threads are runnable all the time under this load, so the scheduler gives each
+        # about half of CPU 0; these say what each did with its half
         main_us = (b_[3] - a_[3]) / msgs * 1e6 if msgs else None
-        other_us = (b_[4] - a_[4]) / msgs * 1e6 if msgs else None
+        arrived = msgs + (b_[2] - a_[2]) + (b_[5] - a_[5])  # drained + dropped + queue growth
+        other_us = (b_[4] - a_[4]) / arrived * 1e6 if arrived > 0 else None
         whole = None
         if res["first_msg_t"] and res["last_msg_t"] and res["last_msg_t"] > res["first_msg_t"]:
             whole = res["msgs"] / (res["last_msg_t"] - res["first_msg_t"])
@@ -377,9 +418,10 @@ class Driver:
             "python_events_total": res["msgs"], "python_rate_first_to_last": whole,
             "sent_per_s": row["sent_msgs"] / w if w > 0 else None, "sent_window": row["sent_msgs"],
             "dropped_window": b_[2] - a_[2], "dropped_total": res["dropped"], "max_queue_depth": res["max_depth"],
-            "main_thread_us_per_event": main_us, "other_threads_us_per_event": other_us,
+            "main_thread_us_per_event": main_us, "other_threads_us_per_msg_read": other_us,
             "cpu0_busy": ((b_[3] - a_[3]) + (b_[4] - a_[4])) / w if w > 0 else None,
             "client": row["client_cpu"], "cpu0": row["_cpu0"], "cpu1": row["_cpu1"],
+            "foreign": row["_foreign"], "bench_cpu_share": row["_bench_cpu_s"] / row["_elapsed_s"],
             "opened": row["opened"], "errors": row["errors"],
             "other_events": res["other_events"], "window_s": w,
         }
@@ -396,13 +438,14 @@ class Driver:
         return {"engine_msgs_per_s": row["sent_msgs"] / w if w > 0 else None, "sent_window": row["sent_msgs"],
                 "server_us_per_msg": (srv.get("user_us_per_msg", 0) + srv.get("sys_us_per_msg", 0)) if srv else None,
                 "client": row["client_cpu"], "cpu0": row["_cpu0"], "cpu1": row["_cpu1"],
+            "foreign": row["_foreign"], "bench_cpu_share": row["_bench_cpu_s"] / row["_elapsed_s"],
                 "opened": row["opened"], "errors": row["errors"], "window_s": w}
 
     # -- 2. sends
     def send_cell(self, mode, n):
         d = self.a.send_duration
         # broadcast_all outruns the shard (one call: n frames): its backlog takes longer to flush
-        ft = self.a.flush_timeout * (2 if mode == "broadcast_all" else 1)
+        ft = self.a.flush_timeout * (2 if mode.startswith("broadcast_all") else 1)
         proc, port, out = self.start_py_server("send", ["--conns", str(n), "--mode", mode, "--duration", f"{d:g}",
                                                         "--max-frames", str(self.a.max_frames),
                                                         "--flush-timeout", f"{ft:g}", "--life", str(d + ft + 60)])
@@ -446,6 +489,7 @@ class Driver:
             "cpu0_busy_calls": (res["main_cpu_calls_s"] + res["other_cpu_calls_s"]) / calls_s,
             "latency_ms": {k: row["latency_ms"].get(k) for k in ("p50", "p99")},
             "client": row["client_cpu"], "cpu0": row["_cpu0"], "cpu1": row["_cpu1"],
+            "foreign": row["_foreign"], "bench_cpu_share": row["_bench_cpu_s"] / row["_elapsed_s"],
             "opened": row["opened"], "errors": row["errors"],
         }
 
@@ -487,17 +531,21 @@ def interp(samples, t):
 
 
 def saturated(r):
-    """The load generator was the limit: wse-bench says so, or CPU 1 was >= 90% busy."""
-    return r["client"]["saturated"] or (r["cpu1"]["busy"] or 0) >= 0.9
+    """The load generator was the limit: wse-bench says so, or its process (every thread, the
+    kernel work done in its context included: getrusage of the reaped child) used >= 90% of
+    its CPU over the invocation."""
+    return r["client"]["saturated"] or r["bench_cpu_share"] >= 0.9
 
 
 def client_note(r):
-    """CPU 1's busy share over the wse-bench run (/proc/stat), wse-bench's own figure."""
-    c = r["client"]
-    own = max(c["busy"], c["busiest_thread"])
-    cpu1 = r["cpu1"]["busy"]
-    text = (f"{cpu1 * 100:.0f}%" if cpu1 is not None else "?") + f" ({own * 100:.0f}%)"
-    return text + (" SATURATED" if saturated(r) else "")
+    """wse-bench's CPU share of its one core over the whole invocation (rusage)."""
+    return f"{r['bench_cpu_share'] * 100:.0f}%" + (" SATURATED" if saturated(r) else "")
+
+
+def foreign_note(r):
+    """CPU used by other processes on the machine during the cell, in % of one CPU."""
+    f = r.get("foreign")
+    return "?" if f is None else f"{f * 100:.0f}%"
 
 
 def errors_of(e):
@@ -517,17 +565,17 @@ def report(a, drv, inbound, sends, started, benchlib):
         p(f"## Inbound: {MSG_BYTES} B JSON text messages, wse-bench blast, {a.inbound_duration:g} s window")
         p("")
         p("| conns | Python drain events/s | client sent/s (Python) | dropped (queue full) | Python thread µs/event "
-          "| other threads µs/event | engine (wsed --inbound drop) msg/s | engine µs/msg | Python / engine "
-          "| client busy (Python / engine) |")
-        p("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+          "| engine threads µs/msg read | engine (wsed --inbound drop) msg/s | engine µs/msg | Python / engine "
+          "| wse-bench CPU (Python / engine) | other load (Python / engine) |")
+        p("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
         for k, r in inbound.items():
             py, en = r["python"], r["engine"]
             dropped_pct = 100 * py["dropped_window"] / py["sent_window"] if py["sent_window"] else 0
             p(f"| {k} | {py['python_events_per_s']:,.0f} | {py['sent_per_s']:,.0f} | "
               f"{py['dropped_window']:,.0f} ({dropped_pct:.0f}%) | {py['main_thread_us_per_event']:.2f} | "
-              f"{py['other_threads_us_per_event']:.2f} | {en['engine_msgs_per_s']:,.0f} | "
+              f"{py['other_threads_us_per_msg_read']:.2f} | {en['engine_msgs_per_s']:,.0f} | "
               f"{en['server_us_per_msg'] if en['server_us_per_msg'] is not None else float('nan'):.2f} | "
-              f"{r['ratio']:.3f} | {client_note(py)} / {client_note(en)} |")
+              f"{r['ratio']:.3f} | {client_note(py)} / {client_note(en)} | {foreign_note(py)} / {foreign_note(en)} |")
         p("")
         errs = [f"{k}: Python {errors_of(r['python']['errors'])}, engine {errors_of(r['engine']['errors'])}"
                 for k, r in inbound.items() if errors_of(r["python"]["errors"]) or errors_of(r["engine"]["errors"])]
@@ -539,18 +587,18 @@ def report(a, drv, inbound, sends, started, benchlib):
           "frames counted by wse-bench broadcast-all --publisher server")
         p("")
         p("| call | conns | calls/s (Python) | Python thread µs/call | frames expected | frames received | "
-          "frames/s received | flush after calls | gaps / dups | e2e p50 / p99 | client busy | complete |")
-        p("|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---|")
+          "frames/s received | flush after calls | gaps / dups | e2e p50 / p99 | wse-bench CPU | other load | complete |")
+        p("|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---|")
         for (mode, n), r in sends.items():
             if "error" in r:
-                p(f"| {mode} | {n} | error: {r['error']} | | | | | | | | | no |")
+                p(f"| {mode} | {n} | error: {r['error']} | | | | | | | | | | no |")
                 continue
             fps = f"{r['frames_per_s']:,.0f}" if r["frames_per_s"] else "n/a"
             flush = f"{r['flush_s'] * 1000:.0f} ms" if r["flush_s"] is not None else "not flushed"
             p(f"| {mode} | {n} | {r['calls_per_s']:,.0f}{' (count bound)' if r['count_bound'] else ''} | "
               f"{r['main_thread_us_per_call']:.2f} | "
               f"{r['expected_frames']:,} | {r['frames_received']:,} | {fps} | {flush} | {r['gaps']} / {r['duplicates']} | "
-              f"{r['latency_ms']['p50']:.1f} / {r['latency_ms']['p99']:.1f} ms | {client_note(r)} | "
+              f"{r['latency_ms']['p50']:.1f} / {r['latency_ms']['p99']:.1f} ms | {client_note(r)} | {foreign_note(r)} | "
               f"{'yes' if r['complete'] else 'NO: ' + '; '.join(r['notes'])} |")
         p("")
     if inbound:
@@ -583,8 +631,14 @@ def report(a, drv, inbound, sends, started, benchlib):
     for (mode, n), r in sends.items():
         if "error" not in r and saturated(r):
             notes.append(f"- {mode} {n} conns: wse-bench saturated: frames/s may be the client's limit")
-    if not notes:
-        notes.append("- wse-bench was never saturated (client busy column)")
+    cells = [r["python"] for r in inbound.values()] + [r["engine"] for r in inbound.values()] + \
+        [r for r in sends.values() if "error" not in r]
+    busy = [c["foreign"] for c in cells if c.get("foreign") is not None]
+    if busy and max(busy) > 0.1:
+        notes.append(f"- other processes used up to {max(busy) * 100:.0f}% of a CPU during a cell (other load "
+                     "column): those figures are low by up to that share; rerun on a quiet machine")
+    if not any(saturated(c) for c in cells):
+        notes.append("- wse-bench was never the limit (wse-bench CPU column: its process's share of CPU 1)")
     lines += notes
     p("")
     p("Commands (SECRET: a fresh 48-byte HS256 key per run; PORT / PID / FILE per cell):")
@@ -630,8 +684,10 @@ def main():
     ap.add_argument("--build-dir", default="/tmp/build-bench",
                     help="meson build dir holding python/, engine/wsed, tools/wse-bench")
     ap.add_argument("--inbound-conns", help="connection counts of the inbound test (default 1,10,100)")
-    ap.add_argument("--send-conns", help="connection counts of the send test (default 10,100)")
-    ap.add_argument("--modes", default="send_event,send,broadcast_all", help="send calls to measure")
+    ap.add_argument("--send-conns", help="connection counts of the send test (default 10,100,1000; --quick 100)")
+    ap.add_argument("--modes", default="send_event,send,broadcast_all,broadcast_all_paced",
+                    help="send calls to measure (broadcast_all_paced: broadcast_all with the caller keeping at "
+                         f"most {4096:,} calls ahead of the shard, read from prometheus_metrics())")
     ap.add_argument("--inbound-duration", type=float, help="wse-bench window per inbound cell (5 s; --quick 2)")
     ap.add_argument("--send-duration", type=float, help="seconds of calls per send cell (3 s; --quick 1)")
     ap.add_argument("--flush-timeout", type=float, default=None,
@@ -659,17 +715,15 @@ def main():
     a.argv = sys.argv[1:]
     q = a.quick
     a.inbound_conns = [int(x) for x in (a.inbound_conns or ("1,100" if q else "1,10,100")).split(",")]
-    a.send_conns = [int(x) for x in (a.send_conns or ("10,100" if q else "10,100")).split(",")]
+    a.send_conns = [int(x) for x in (a.send_conns or ("100" if q else "10,100,1000")).split(",")]
     a.inbound_duration = min(a.inbound_duration or (2.0 if q else 5.0), 120.0)
     a.send_duration = min(a.send_duration or (1.0 if q else 3.0), 120.0)
     a.flush_timeout = min(a.flush_timeout if a.flush_timeout is not None else (1.0 if q else 2.0), 60.0)
     a.max_frames = min(a.max_frames or (2_500_000 if q else 6_000_000), 50_000_000)
     modes = [m for m in a.modes.split(",") if m]
     for m in modes:
-        if m not in ("send_event", "send", "broadcast_all"):
+        if m not in ("send_event", "send", "broadcast_all", "broadcast_all_paced"):
             ap.error(f"unknown mode {m}")
-    if q and a.modes == "send_event,send,broadcast_all":
-        modes = ["send_event", "send", "broadcast_all"]
 
     sys.path.insert(0, HERE)
     import benchlib

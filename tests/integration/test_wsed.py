@@ -8,6 +8,7 @@ Every test bounds its waits and stops the servers it started (by PID: SIGTERM, w
 import asyncio
 import hashlib
 import os
+import subprocess
 import signal
 import socket
 import struct
@@ -944,3 +945,21 @@ def test_a_lingering_close_never_half_closes_the_next_connection():
                 bad.append((attempt, b.recv(100)))
             b.close()
         assert not bad, "%d of 300 new connections were readable before sending anything: %r" % (len(bad), bad[:3])
+
+
+def test_port_in_use_is_refused_not_shared():
+    """The shards bind with SO_REUSEPORT; a second wsed on a port another one listens on must
+    not share it silently: it exits 1 saying the address is in use, and the first one keeps
+    serving."""
+    with wsed("--mode", "echo") as srv:
+        p = subprocess.run([BIN, "--mode", "echo", "--port", str(srv.port), "--workers", "1"],
+                           capture_output=True, text=True, timeout=20,
+                           env=dict(os.environ, **(H.SANITIZER_ENV if SAN else {})))
+        assert p.returncode == 1, (p.returncode, p.stderr)
+        assert "address already in use" in p.stderr, p.stderr
+
+        async def go():
+            async with websockets.connect(uri(srv), open_timeout=5, close_timeout=5) as ws:
+                await ws.send("still here")
+                assert await asyncio.wait_for(ws.recv(), 5) == "still here"
+        asyncio.run(go())
