@@ -2474,6 +2474,14 @@ bool wse_app::send_text(std::string_view connection_id, std::string_view text) {
   return locate(connection_id, c) && push_command(c.owner->index(), c.ref, command_send, text);
 }
 
+bool wse_app::send_text(const wse_conn& c, std::string_view text) {
+  return c.owner && push_command(c.owner->index(), c.ref, command_send, text);
+}
+
+bool wse_app::send_binary(const wse_conn& c, std::string_view bytes) {
+  return c.owner && push_command(c.owner->index(), c.ref, command_send_binary, bytes);
+}
+
 bool wse_app::send_binary(std::string_view connection_id, std::string_view bytes) {
   wse_conn c;
   return locate(connection_id, c) &&

@@ -282,6 +282,10 @@ class wse_app final : public app_handler, public redis_sink {
   // wse_app_options::directory, a bridge or an API key), or its shard's inbox is full.
   bool locate(std::string_view connection_id, wse_conn& out);
   bool send_text(std::string_view connection_id, std::string_view text);
+  // The same for a connection already located (any thread): false only when its shard's inbox
+  // is full (a caller may retry).
+  bool send_text(const wse_conn& conn, std::string_view text);
+  bool send_binary(const wse_conn& conn, std::string_view bytes);
   bool send_binary(std::string_view connection_id, std::string_view bytes);
   bool disconnect(std::string_view connection_id, uint16_t code, std::string_view reason = {});
   // As subscribe(wse_conn, ...) above. A publication made after it returns reaches the

@@ -26,7 +26,7 @@
 #                             [--send-conns 10,100,1000] [--modes send_event,send,broadcast_all,
 #                             broadcast_all_paced] [--inbound-duration 5] [--send-duration 3]
 #                             [--max-frames 6000000] [--flush-timeout 2] [--no-inbound]
-#                             [--no-send] [--json FILE]
+#                             [--wait-quiet 0] [--no-send] [--json FILE]
 # Internal: perf/python_bench.py --serve inbound|send ... (the server process; see serve()).
 # Exit: 0 done (even when a check failed: the table says so), 1 on setup failures, 2 when the
 # build is missing.
@@ -76,10 +76,11 @@ def threads_cpu():
 
 
 def split_cpu(main_tid):
-    """(the Python main thread's CPU s, every other thread's: the shard, the engine's helpers)."""
+    """(the Python main thread's CPU s (thread_time: ns resolution; call from that thread),
+    every other thread's: the shard, the engine's helpers (/proc: 10 ms ticks))."""
     t = threads_cpu()
-    main = t.pop(main_tid, 0.0)
-    return main, sum(t.values())
+    t.pop(main_tid, None)
+    return time.thread_time(), sum(t.values())
 
 
 def metric_total(text, name):
@@ -158,6 +159,16 @@ def serve_inbound(s, stop, deadline, main_tid):
             next_sample = now + 0.1
     main, rest = split_cpu(main_tid)
     samples.append([mono(), n, s.inbound_dropped_count(), main, rest, s.inbound_queue_depth()])
+    # the backlog, after the load (bounded): every connection's disconnect event should be in it
+    until = mono() + 5.0
+    while s.inbound_queue_depth() > 0 and mono() < until:
+        for kind, _cid, data in drain(1024, 10):
+            if kind != "msg":
+                other[kind] = other.get(kind, 0) + 1
+    time.sleep(0.2)  # the last closes
+    for kind, _cid, data in drain(1024, 10):
+        if kind != "msg":
+            other[kind] = other.get(kind, 0) + 1
     return {"msgs": n, "other_events": other, "first_msg_t": first, "last_msg_t": last,
             "max_depth": max_depth, "samples": samples}
 
@@ -390,6 +401,24 @@ class Driver:
         row["_stderr_tail"] = err.strip().splitlines()[-3:]
         return row, t_exit
 
+    def wait_quiet(self):
+        """Between cells (nothing of ours runs): waits, at most --wait-quiet seconds, until other
+        processes use under 15% of a CPU over 0.5 s. Returns the last reading (share of a CPU)."""
+        if self.a.wait_quiet <= 0:
+            return None
+        until = time.monotonic() + self.a.wait_quiet
+        hz = os.sysconf("SC_CLK_TCK")
+        while True:
+            a = cpu_times()
+            time.sleep(0.5)
+            b = cpu_times()
+            busy = sum(b[c][0] - a[c][0] for c in b if c in a) / hz / 0.5
+            if busy < 0.15 or time.monotonic() >= until:
+                if busy >= 0.15:
+                    log(f"  (machine still busy: {busy * 100:.0f}% of a CPU used by others; going on)")
+                return busy
+            time.sleep(1.0)
+
     # -- 1. inbound
     def inbound_python(self, k):
         proc, port, out = self.start_py_server("inbound", ["--conns", str(k), "--life", str(self.a.inbound_duration + 60)])
@@ -542,10 +571,16 @@ def client_note(r):
     return f"{r['bench_cpu_share'] * 100:.0f}%" + (" SATURATED" if saturated(r) else "")
 
 
+def steal(r):
+    """The larger of CPU 0's and CPU 1's steal share over the cell (the hypervisor ran another
+    guest: this VM's CPUs were not there)."""
+    return max(r["cpu0"]["steal"] or 0, r["cpu1"]["steal"] or 0)
+
+
 def foreign_note(r):
-    """CPU used by other processes on the machine during the cell, in % of one CPU."""
+    """CPU used by other processes on the machine during the cell, in % of one CPU; steal."""
     f = r.get("foreign")
-    return "?" if f is None else f"{f * 100:.0f}%"
+    return ("?" if f is None else f"{f * 100:.0f}%") + f", steal {steal(r) * 100:.0f}%"
 
 
 def errors_of(e):
@@ -623,6 +658,11 @@ def report(a, drv, inbound, sends, started, benchlib):
             if saturated(c):
                 notes.append(f"- inbound {k} conns, {who}: wse-bench saturated its CPU: the figure is the "
                              "load generator's limit, not the server's (a lower bound)")
+        ev = py["other_events"]
+        if ev.get("auth_connect", 0) < py["opened"] or ev.get("disconnect", 0) < py["opened"]:
+            notes.append(f"- inbound {k} conns: {py['opened']} connections opened and closed, the Python loop got "
+                         f"{ev.get('auth_connect', 0)} auth_connect and {ev.get('disconnect', 0)} disconnect events: "
+                         "the full inbound queue dropped the others (lifecycle events are dropped like messages)")
         if py["dropped_window"]:
             notes.append(f"- inbound {k} conns: the engine took {py['sent_per_s']:,.0f} msg/s and the Python loop "
                          f"drained {py['python_events_per_s']:,.0f}/s: the bounded inbound queue "
@@ -637,6 +677,10 @@ def report(a, drv, inbound, sends, started, benchlib):
     if busy and max(busy) > 0.1:
         notes.append(f"- other processes used up to {max(busy) * 100:.0f}% of a CPU during a cell (other load "
                      "column): those figures are low by up to that share; rerun on a quiet machine")
+    stolen = [steal(c) for c in cells]
+    if stolen and max(stolen) > 0.05:
+        notes.append(f"- the hypervisor stole up to {max(stolen) * 100:.0f}% of a CPU's time during a cell (steal, "
+                     "over the whole wse-bench invocation): those cells are low by about that share")
     if not any(saturated(c) for c in cells):
         notes.append("- wse-bench was never the limit (wse-bench CPU column: its process's share of CPU 1)")
     lines += notes
@@ -695,6 +739,9 @@ def main():
                          "(2, twice that for broadcast_all; --quick 1)")
     ap.add_argument("--max-frames", type=int, default=None,
                     help="most frames one send cell makes (calls x connections reached; 6,000,000; --quick 2,500,000)")
+    ap.add_argument("--wait-quiet", type=float, default=0.0,
+                    help="before each cell, wait up to this many seconds for other processes to use under "
+                         "15%% of a CPU (a shared machine; default 0: go on, the other-load column says it)")
     ap.add_argument("--no-inbound", action="store_true")
     ap.add_argument("--no-send", action="store_true")
     ap.add_argument("--json", help="also write the whole result (every figure) to this file")
@@ -718,6 +765,7 @@ def main():
     a.send_conns = [int(x) for x in (a.send_conns or ("100" if q else "10,100,1000")).split(",")]
     a.inbound_duration = min(a.inbound_duration or (2.0 if q else 5.0), 120.0)
     a.send_duration = min(a.send_duration or (1.0 if q else 3.0), 120.0)
+    a.wait_quiet = min(max(a.wait_quiet, 0.0), 600.0)
     a.flush_timeout = min(a.flush_timeout if a.flush_timeout is not None else (1.0 if q else 2.0), 60.0)
     a.max_frames = min(a.max_frames or (2_500_000 if q else 6_000_000), 50_000_000)
     modes = [m for m in a.modes.split(",") if m]
@@ -740,7 +788,9 @@ def main():
     try:
         if not a.no_inbound:
             for k in a.inbound_conns:  # Python then engine per tier, so drift hits both alike
+                drv.wait_quiet()
                 py = drv.inbound_python(k)
+                drv.wait_quiet()
                 en = drv.inbound_engine(k)
                 inbound[k] = {"python": py, "engine": en,
                               "ratio": ratio(py["python_events_per_s"], en["engine_msgs_per_s"])}
@@ -749,6 +799,7 @@ def main():
         if not a.no_send:
             for n in a.send_conns:
                 for mode in modes:
+                    drv.wait_quiet()
                     r = drv.send_cell(mode, n)
                     sends[(mode, n)] = r
                     if "error" not in r:

@@ -95,10 +95,14 @@ struct event {
 class event_queue {
  public:
   void set_capacity(size_t n) { capacity_ = n ? n : 1; }
+  // Connects and disconnects are never dropped (they are bounded by the connections, and an
+  // application counting connections must see both); data events over the capacity are.
   void push(event_kind kind, std::string_view conn_id, std::string_view data) {
+    const bool lifecycle = kind == event_kind::connect || kind == event_kind::auth_connect ||
+                           kind == event_kind::disconnect;
     {
       std::lock_guard lock(mu_);
-      if (q_.size() >= capacity_) {
+      if (q_.size() >= capacity_ && !lifecycle) {
         dropped_.fetch_add(1, std::memory_order_relaxed);
         return;
       }
@@ -213,16 +217,27 @@ void uuid7(std::string& out) {
 
 // "2026-03-01T12:34:56.789Z"
 void iso_now(std::string& out) {
+  thread_local int64_t cached_secs = -1;
+  thread_local char prefix[32];  // "2026-03-01T12:34:56.", formatted once per second
   auto now = std::chrono::system_clock::now();
   int64_t ms =
       std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count();
-  time_t secs = time_t(ms / 1000);
-  tm t{};
-  gmtime_r(&secs, &t);
-  char buf[80];
-  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", t.tm_year + 1900,
-                t.tm_mon + 1, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec, int(ms % 1000));
-  out += buf;
+  int64_t secs = ms / 1000;
+  if (secs != cached_secs) {
+    time_t tt = time_t(secs);
+    tm t{};
+    gmtime_r(&tt, &t);
+    std::snprintf(prefix, sizeof prefix, "%04d-%02d-%02dT%02d:%02d:%02d.",
+                  (t.tm_year + 1900) % 10000, (t.tm_mon + 1) % 100, t.tm_mday % 100,
+                  t.tm_hour % 100, t.tm_min % 100, t.tm_sec % 100);
+    cached_secs = secs;
+  }
+  out += prefix;
+  int m = int(ms % 1000);
+  out.push_back(char('0' + m / 100));
+  out.push_back(char('0' + m / 10 % 10));
+  out.push_back(char('0' + m % 10));
+  out.push_back('Z');
 }
 
 // The reference's category rule: S for snapshots, WSE for the system types, else U.
@@ -455,11 +470,35 @@ class engine_object {
   wse_app* app() const { return current_app_.load(std::memory_order_acquire); }
 
   // --- sending
+  // A full shard inbox (Python outran the shard): the call waits for room, GIL released, with
+  // growing pauses, up to push_wait_max; then it gives up and counts (dropped_).
+  static constexpr std::chrono::milliseconds push_wait_max{2000};
+  template <class Push>
+  bool push_waiting(Push&& push) {
+    if (push()) return true;
+    py::gil_scoped_release unlocked;
+    auto deadline = std::chrono::steady_clock::now() + push_wait_max;
+    std::chrono::microseconds pause{20};
+    while (std::chrono::steady_clock::now() < deadline) {
+      waits_.fetch_add(1, std::memory_order_relaxed);
+      std::this_thread::sleep_for(pause);
+      if (push()) return true;
+      pause = std::min(pause * 2, std::chrono::microseconds(1000));
+    }
+    dropped_.fetch_add(1, std::memory_order_relaxed);
+    return false;
+  }
+
   void send(const std::string& id, const std::string& text) {
-    if (wse_app* a = live()) a->send_text(id, text);
+    wse_app* a = live();
+    wse_conn c;
+    if (a && a->locate(id, c)) push_waiting([&] { return a->send_text(c, text); });
   }
   void send_bytes(const std::string& id, const py::bytes& data) {
-    if (wse_app* a = live()) a->send_binary(id, std::string_view(data));
+    wse_app* a = live();
+    wse_conn c;
+    std::string_view bytes(data);
+    if (a && a->locate(id, c)) push_waiting([&] { return a->send_binary(c, bytes); });
   }
 
   size_t send_event(const std::string& id, const py::dict& ev, int64_t threshold) {
@@ -520,15 +559,7 @@ class engine_object {
       }
       remaining = e.tokens;
       if (limited) return;
-      if (!given_id.empty()) {
-        e.ids.push_back(given_id);
-        e.id_set.insert(given_id);
-        if (e.ids.size() > dedup_ids_max) {
-          e.id_set.erase(e.ids.front());
-          e.ids.pop_front();
-        }
-      }
-      seq = ++e.seq;
+      seq = ++e.seq;  // (the id is remembered once the frame is queued)
     });
     if (!known || duplicate) {
       (known ? refused_duplicate_ : refused_unknown_).fetch_add(1, std::memory_order_relaxed);
@@ -571,25 +602,53 @@ class engine_object {
                    proto::wse_compressed::yes) {
       wire = encoded;
     }
-    if (!a->send_binary(id, wire)) return 0;
-    return wire.size();
+    wse_conn c;
+    bool sent = a->locate(id, c) && push_waiting([&] { return a->send_binary(c, wire); });
+    conns_.with(id, [&](conn_entry& e) {
+      if (!sent) {
+        e.tokens = std::min(opt_.rate_capacity, e.tokens + 1.0);  // refunded: nothing went
+        return;
+      }
+      if (given_id.empty()) return;
+      e.ids.push_back(given_id);
+      e.id_set.insert(given_id);
+      if (e.ids.size() > dedup_ids_max) {
+        e.id_set.erase(e.ids.front());
+        e.ids.pop_front();
+      }
+    });
+    return sent ? wire.size() : 0;
   }
 
   void broadcast_all(const std::string& text) {
-    if (wse_app* a = live()) a->broadcast_local(proto::ws_opcode::text, text);
+    if (wse_app* a = live())
+      push_waiting(
+          [&] { return a->broadcast_local(proto::ws_opcode::text, text) != publish_status::busy; });
   }
   void broadcast_all_bytes(const py::bytes& data) {
-    if (wse_app* a = live()) a->broadcast_local(proto::ws_opcode::binary, std::string_view(data));
+    std::string_view bytes(data);
+    if (wse_app* a = live())
+      push_waiting([&] {
+        return a->broadcast_local(proto::ws_opcode::binary, bytes) != publish_status::busy;
+      });
   }
+  // A topic publication is all or nothing across the shards (hub::route), so a busy one is
+  // published again whole.
   void broadcast_local(const std::string& topic, const std::string& json) {
-    wse_app* a = live();
-    if (a && a->publish_local(topic, json) == publish_status::invalid)
-      throw py::value_error(invalid_publication(topic));
+    publish_topic(topic, json, true);
   }
   void broadcast(const std::string& topic, const std::string& json) {
+    publish_topic(topic, json, false);
+  }
+  void publish_topic(const std::string& topic, const std::string& json, bool local) {
     wse_app* a = live();
-    if (a && a->publish(topic, json) == publish_status::invalid)
-      throw py::value_error(invalid_publication(topic));
+    if (!a) return;
+    publish_status st = publish_status::busy;
+    push_waiting([&] {
+      st = local ? a->publish_local(topic, json) : a->publish(topic, json);
+      return st != publish_status::busy;
+    });
+    if (st == publish_status::invalid) throw py::value_error(invalid_publication(topic));
   }
 
   // --- connections and topics
@@ -632,7 +691,9 @@ class engine_object {
       x.queue_group = group;
     }
     std::vector<std::string_view> views(list.begin(), list.end());
-    if (wse_app* a = live()) a->subscribe(id, views, x);
+    wse_app* a = live();
+    wse_conn c;
+    if (a && a->locate(id, c)) push_waiting([&] { return a->subscribe(id, views, x); });
   }
   void unsubscribe(const std::string& id, const py::object& topics) {
     std::vector<std::string> list;
@@ -641,7 +702,9 @@ class engine_object {
       if (list.empty()) return;  // an empty list: nothing (None is everything)
     }
     std::vector<std::string_view> views(list.begin(), list.end());
-    if (wse_app* a = live()) a->unsubscribe(id, views);
+    wse_app* a = live();
+    wse_conn c;
+    if (a && a->locate(id, c)) push_waiting([&] { return a->unsubscribe(id, views); });
   }
 
   py::dict subscribe_with_recovery(const std::string& id, const py::object& topics, bool recover,
@@ -802,7 +865,13 @@ class engine_object {
         "\nwsed_python_send_event_refused_total{cause=\"duplicate\"} " +
         std::to_string(refused_duplicate_.load(std::memory_order_relaxed)) +
         "\nwsed_python_send_event_refused_total{cause=\"unknown_connection\"} " +
-        std::to_string(refused_unknown_.load(std::memory_order_relaxed)) + "\n";
+        std::to_string(refused_unknown_.load(std::memory_order_relaxed)) +
+        "\n# HELP wsed_python_push_waits_total Pauses of a call waiting for room in a full shard "
+        "inbox\n# TYPE wsed_python_push_waits_total counter\nwsed_python_push_waits_total " +
+        std::to_string(waits_.load(std::memory_order_relaxed)) +
+        "\n# HELP wsed_python_push_dropped_total Calls given up after 2 s of a full shard "
+        "inbox\n# TYPE wsed_python_push_dropped_total counter\nwsed_python_push_dropped_total " +
+        std::to_string(dropped_.load(std::memory_order_relaxed)) + "\n";
     return text;
   }
 
@@ -1030,6 +1099,7 @@ class engine_object {
   py::object on_connect_, on_message_, on_disconnect_;
   std::thread dispatcher_;
   std::atomic<uint64_t> refused_rate_{0}, refused_duplicate_{0}, refused_unknown_{0};
+  std::atomic<uint64_t> waits_{0}, dropped_{0};  // push_waiting: pauses, calls given up
 };
 
 void handler::on_connect(const wse_user& user, wse_conn) {
