@@ -208,8 +208,17 @@ bool hmac_matches(EVP_MAC_CTX* tmpl, std::string_view input, std::string_view si
   return mac_bytes == signature.size() && CRYPTO_memcmp(mac, signature.data(), mac_bytes) == 0;
 }
 
-// JWS ES256 carries R || S; OpenSSL verifies a DER ECDSA-Sig-Value.
-size_t raw_to_der(std::string_view raw, unsigned char* der, size_t der_capacity) {
+bool digest_verify(EVP_PKEY* key, const EVP_MD* md, std::string_view input,
+                   const unsigned char* sig, size_t sig_bytes) {
+  md_ctx_ptr ctx(EVP_MD_CTX_new());
+  if (!ctx || EVP_DigestVerifyInit(ctx.get(), nullptr, md, nullptr, key) != 1) return false;
+  return EVP_DigestVerify(ctx.get(), sig, sig_bytes,
+                          reinterpret_cast<const unsigned char*>(input.data()), input.size()) == 1;
+}
+
+}  // namespace
+
+size_t ecdsa_raw_to_der(std::string_view raw, unsigned char* der, size_t der_capacity) {
   ecdsa_sig_ptr sig(ECDSA_SIG_new());
   if (!sig) return 0;
   const auto* bytes = reinterpret_cast<const unsigned char*>(raw.data());
@@ -226,7 +235,7 @@ size_t raw_to_der(std::string_view raw, unsigned char* der, size_t der_capacity)
   return static_cast<size_t>(i2d_ECDSA_SIG(sig.get(), &p));
 }
 
-bool der_to_raw(const unsigned char* der, size_t der_bytes, std::string& raw) {
+bool ecdsa_der_to_raw(const unsigned char* der, size_t der_bytes, std::string& raw) {
   const unsigned char* p = der;
   ecdsa_sig_ptr sig(d2i_ECDSA_SIG(nullptr, &p, static_cast<long>(der_bytes)));
   if (!sig) return false;
@@ -238,16 +247,6 @@ bool der_to_raw(const unsigned char* der, size_t der_bytes, std::string& raw) {
   raw.assign(reinterpret_cast<const char*>(out), sizeof out);
   return true;
 }
-
-bool digest_verify(EVP_PKEY* key, const EVP_MD* md, std::string_view input,
-                   const unsigned char* sig, size_t sig_bytes) {
-  md_ctx_ptr ctx(EVP_MD_CTX_new());
-  if (!ctx || EVP_DigestVerifyInit(ctx.get(), nullptr, md, nullptr, key) != 1) return false;
-  return EVP_DigestVerify(ctx.get(), sig, sig_bytes,
-                          reinterpret_cast<const unsigned char*>(input.data()), input.size()) == 1;
-}
-
-}  // namespace
 
 // ---- names ----
 
@@ -453,7 +452,7 @@ bool verifier::signature_ok(std::string_view signing_input, std::string_view sig
   }
   if (signature.size() != es256_signature_bytes) return false;
   unsigned char der[80];  // at most 72 for P-256
-  const size_t der_bytes = raw_to_der(signature, der, sizeof der);
+  const size_t der_bytes = ecdsa_raw_to_der(signature, der, sizeof der);
   return der_bytes > 0 && digest_verify(k.public_key, k.sha256, signing_input, der, der_bytes);
 }
 
@@ -642,8 +641,8 @@ result<std::string, mint_error> mint(jwt_alg alg, std::string_view key,
     der.resize(sig_bytes);
     if (alg == jwt_alg::rs256) {
       signature = std::move(der);
-    } else if (!der_to_raw(reinterpret_cast<const unsigned char*>(der.data()), der.size(),
-                           signature)) {
+    } else if (!ecdsa_der_to_raw(reinterpret_cast<const unsigned char*>(der.data()), der.size(),
+                                 signature)) {
       return mint_error::crypto_failure;
     }
   }

@@ -7,7 +7,9 @@
 #include <openssl/bio.h>
 #include <openssl/evp.h>
 
+#include <cstddef>
 #include <memory>
+#include <string>
 #include <string_view>
 
 #include "auth/jwt.hpp"
@@ -46,5 +48,11 @@ inline bool key_fits(jwt_alg alg, EVP_PKEY* key) {
   if (alg == jwt_alg::rs256) return EVP_PKEY_is_a(key, "RSA") == 1;
   return EVP_PKEY_is_a(key, "EC") == 1 && is_p256(key);
 }
+
+// JWS ES256 carries R || S (32 bytes each); OpenSSL signs and verifies a DER ECDSA-Sig-Value.
+// raw must hold 64 bytes; returns the DER bytes written (0: failure or der too small).
+size_t ecdsa_raw_to_der(std::string_view raw, unsigned char* der, size_t der_capacity);
+// false: not a valid DER signature (or R / S over 32 bytes).
+bool ecdsa_der_to_raw(const unsigned char* der, size_t der_bytes, std::string& raw);
 
 }  // namespace wsed::auth

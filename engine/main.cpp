@@ -244,31 +244,7 @@ int main(int argc, char** argv) {
   wse_app* wse = nullptr;
   const server_config& c = flags.config;
   if (c.mode == server_mode::wse) {
-    wse_app_options o;
-    o.cookie_name = c.jwt_cookie;
-    o.allow_query_token = c.allow_query_token;
-    o.message_bytes_max = c.message_bytes_max;
-    o.shards = c.workers;
-    o.ping_interval_ms = c.ping_interval_ms;
-    o.compression_threshold_bytes = c.compression_threshold_bytes;
-    o.inbound_rate = c.inbound_rate;
-    o.inbound_burst = c.inbound_burst;
-    o.topics_per_connection_max = c.topics_per_connection_max;
-    o.recovery = c.recovery;
-    o.recovery_limits.buffer = c.recovery_buffer;
-    o.recovery_limits.ttl_ms = c.recovery_ttl_ms;
-    o.recovery_limits.max_replay = c.recovery_max_replay;
-    o.recovery_limits.memory_bytes = c.recovery_memory_bytes;
-    o.presence = c.presence;
-    o.presence_limits.data_bytes_max = c.presence_data_bytes_max;
-    o.presence_limits.members_max = c.presence_members_max;
-    o.outbound_bytes_max = c.outbound_bytes_max;
-    o.recovery_topics.clear();
-    for (size_t at = 0; at <= c.recovery_topics.size();) {
-      size_t comma = std::min(c.recovery_topics.find(',', at), c.recovery_topics.size());
-      if (comma > at) o.recovery_topics.push_back(c.recovery_topics.substr(at, comma - at));
-      at = comma + 1;
-    }
+    wse_app_options o = wse_options_from(c);
     if (!c.api_key_file.empty()) {
       auto key = auth::load_hmac_secret_file(c.api_key_file);  // the file's bytes, one \n dropped
       if (!key) {
@@ -314,25 +290,9 @@ int main(int argc, char** argv) {
   std::unique_ptr<redis_bridge> bridge;
   std::string redis_where;  // host:port or socket path (never the password)
   if (wse && (!c.redis_url.empty() || !c.redis_cluster.empty())) {
-    redis_bridge_options ro;
+    redis_bridge_options ro = bridge_options_from(c);
     ro.endpoint = flags.redis_endpoint;  // parsed and resolved by parse_flags
     ro.cluster = flags.redis_cluster;
-    ro.prefix = c.redis_prefix;
-    ro.pattern_mode = c.redis_pattern_mode;
-    ro.buffer_bytes_max = c.redis_buffer_bytes;
-    ro.producers = c.workers;
-    ro.inbound_stream = c.inbound == inbound_policy::redis;
-    ro.stream_maxlen = c.redis_stream_maxlen;
-    ro.inbound_bytes_max = c.redis_stream_buffer_bytes;
-    ro.ring_capacity = c.inbox_capacity;
-    ro.reconnect_max_ms = c.redis_reconnect_max_ms;
-    ro.timeout_ms = c.redis_timeout_ms;
-    ro.member_ttl_ms = c.redis_member_ttl_ms;
-    ro.quiet = c.quiet;
-    ro.recovery = c.recovery;
-    ro.recovery_buffer = c.recovery_buffer;
-    ro.recovery_ttl_ms = c.recovery_ttl_ms;
-    ro.recovery_max_replay = c.recovery_max_replay;
     std::random_device rd;
     char id[9];
     std::snprintf(id, sizeof id, "%08x", unsigned(rd()));

@@ -1883,4 +1883,25 @@ void redis_bridge::render_metrics(std::string& out) const {
   line(in, "counter", in_help, c_.inbound_lost.get(), "result", "lost", false);
 }
 
+redis_bridge_options bridge_options_from(const server_config& c) {
+  redis_bridge_options ro;
+  ro.prefix = c.redis_prefix;
+  ro.pattern_mode = c.redis_pattern_mode;
+  ro.buffer_bytes_max = c.redis_buffer_bytes;
+  ro.producers = c.workers;
+  ro.inbound_stream = c.inbound == inbound_policy::redis;
+  ro.stream_maxlen = c.redis_stream_maxlen;
+  ro.inbound_bytes_max = c.redis_stream_buffer_bytes;
+  ro.ring_capacity = c.inbox_capacity;
+  ro.reconnect_max_ms = c.redis_reconnect_max_ms;
+  ro.timeout_ms = c.redis_timeout_ms;
+  ro.member_ttl_ms = c.redis_member_ttl_ms;
+  ro.quiet = c.quiet;
+  ro.recovery = c.recovery;
+  ro.recovery_buffer = c.recovery_buffer;
+  ro.recovery_ttl_ms = c.recovery_ttl_ms;
+  ro.recovery_max_replay = c.recovery_max_replay;
+  return ro;
+}
+
 }  // namespace wsed::engine

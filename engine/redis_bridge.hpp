@@ -26,6 +26,7 @@
 #include <thread>
 #include <vector>
 
+#include "engine/config.hpp"
 #include "engine/metrics.hpp"
 #include "engine/redis_names.hpp"
 #include "fanout/inbox.hpp"
@@ -141,6 +142,10 @@ struct redis_bridge_options {
 
 // Interest kinds the shards report (topic_index / user index first-and-last changes).
 enum class redis_interest : uint8_t { pattern, user };
+
+// The options a server configuration gives; the caller sets the endpoint (or cluster seeds)
+// and the instance id. Shared by the binary and the Python module.
+redis_bridge_options bridge_options_from(const server_config& c);
 
 class redis_bridge {
  public:

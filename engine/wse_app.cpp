@@ -328,13 +328,7 @@ void wse_app::on_open(shard& s, conn_ref c, const proto::http_request& request) 
   user.acl = who ? &who->acl : nullptr;
   user.authenticated_by_token = who.has_value();
   user.msgpack = st.msgpack;
-  std::string cookies;  // every Cookie header, joined
-  for (size_t i = 0; i < request.header_count; ++i)
-    if (proto::ascii_iequals(request.headers[i].name, "Cookie")) {
-      if (!cookies.empty()) cookies += "; ";
-      cookies += request.headers[i].value;
-    }
-  user.cookies = cookies;
+  user.request = &request;
 
   // ?topics=a,b: subscribed at connect, answered like a client's subscribe.
   if (auto listed = auth::query_value(request.query, "topics")) {
@@ -1478,6 +1472,21 @@ std::string subscribe_command(std::string_view group, std::string_view presence,
   return arg;
 }
 
+// The other way: false when arg is not a subscribe_command (never, from this process).
+bool parse_subscribe_command(std::string_view arg, wse_subscribe_extras& extras,
+                             std::vector<std::string_view>& topics) {
+  size_t nl = arg.find('\n');
+  if (nl == std::string_view::npos) return false;
+  extras.queue_group = arg.substr(0, nl);
+  arg.remove_prefix(nl + 1);
+  uint64_t bytes = 0;
+  if (!read_number(arg, bytes) || bytes > arg.size()) return false;
+  extras.has_presence = bytes > 0;
+  extras.presence_json = arg.substr(0, bytes);
+  topics = split_lines(arg.substr(bytes));
+  return true;
+}
+
 }  // namespace
 
 bool wse_app::subscribe(wse_conn conn, std::span<const std::string_view> topics,
@@ -1955,15 +1964,11 @@ void wse_app::on_delivery(shard& s, const fanout::delivery& d) {
       }
       conn_state* st = state_of(p, c);
       if (!st || !st->authenticated) {
-        if (f.key() == command_subscribe_pre && f.payload().starts_with("\n")) {
-          // gone: only the router bits set for it to undo (a plain subscription's)
-          std::string_view arg = f.payload();
-          size_t nl = arg.find('\n');
-          arg.remove_prefix(std::min(arg.size(), nl + 1));
-          uint64_t bytes = 0;
-          if (nl != std::string_view::npos && read_number(arg, bytes) && bytes <= arg.size())
-            undo_pre_added(s, split_lines(arg.substr(bytes)));
-        }
+        wse_subscribe_extras extras;
+        std::vector<std::string_view> topics;
+        if (f.key() == command_subscribe_pre &&
+            parse_subscribe_command(f.payload(), extras, topics) && extras.queue_group.empty())
+          undo_pre_added(s, topics);  // gone: only the router bits set for it to undo
         return;
       }
       if (f.key() == command_send) {
@@ -1990,18 +1995,10 @@ void wse_app::on_delivery(shard& s, const fanout::delivery& d) {
       }
       if (f.key() == command_subscribe_ex || f.key() == command_unsubscribe_ex ||
           f.key() == command_subscribe_pre) {
-        // "<queue group>\n<presence bytes>\n<presence><topic lines>" (subscribe_command)
-        std::string_view arg = f.payload();
-        size_t nl = arg.find('\n');
-        std::string_view group = arg.substr(0, nl);
-        arg.remove_prefix(std::min(arg.size(), nl + 1));
-        uint64_t bytes = 0;
-        if (nl == std::string_view::npos || !read_number(arg, bytes) || bytes > arg.size()) return;
         wse_subscribe_extras extras;
-        extras.queue_group = group;
-        extras.has_presence = bytes > 0;
-        extras.presence_json = arg.substr(0, bytes);
-        std::vector<std::string_view> topics = split_lines(arg.substr(bytes));
+        std::vector<std::string_view> topics;
+        if (!parse_subscribe_command(f.payload(), extras, topics)) return;
+        const std::string_view group = extras.queue_group;
         bool subscribing = f.key() != command_unsubscribe_ex;
         if (!subscribing && topics.empty()) {
           leave_groups(s, *st, c.slot, {}, group);
@@ -2612,17 +2609,15 @@ bool wse_app::subscribe(std::string_view connection_id, std::span<const std::str
   if (extras.has_presence && checker.check_object(data) != proto::wse_error::none) return false;
   if (extras.has_presence && data.empty()) data = "{}";
   std::string arg = subscribe_command(extras.queue_group, data, topics);
-  const bool pre = extras.queue_group.empty() && hub_;
-  std::vector<std::string_view> added = split_lines(std::string_view(arg).substr(
-      extras.queue_group.size() + 1 + std::to_string(data.size()).size() + 1 + data.size()));
+  const bool pre = extras.queue_group.empty() && hub_;  // (group members are not routed)
   uint32_t index = c.owner->index();
   if (pre)
-    for (std::string_view t : added)
-      if (proto::wse_topic_valid(t))
+    for (std::string_view t : topics)
+      if (proto::wse_topic_valid(t))  // (no control characters: topic_lines keeps them all)
         interest(hub_->router().add(index, t), redis_interest::pattern, t);
   if (push_command(index, c.ref, command_subscribe_pre, arg)) return true;
   if (pre)
-    for (std::string_view t : added)
+    for (std::string_view t : topics)
       if (proto::wse_topic_valid(t))
         interest(hub_->router().remove(index, t), redis_interest::pattern, t);
   return false;
@@ -2661,6 +2656,35 @@ void wse_app::presence_totals(uint64_t& topics, uint64_t& users) const {
   size_t n = 0;
   users = presence_->totals(&n).users;
   topics = n;
+}
+
+wse_app_options wse_options_from(const server_config& c) {
+  wse_app_options o;
+  o.cookie_name = c.jwt_cookie;
+  o.allow_query_token = c.allow_query_token;
+  o.message_bytes_max = c.message_bytes_max;
+  o.shards = c.workers;
+  o.ping_interval_ms = c.ping_interval_ms;
+  o.compression_threshold_bytes = c.compression_threshold_bytes;
+  o.inbound_rate = c.inbound_rate;
+  o.inbound_burst = c.inbound_burst;
+  o.topics_per_connection_max = c.topics_per_connection_max;
+  o.recovery = c.recovery;
+  o.recovery_limits.buffer = c.recovery_buffer;
+  o.recovery_limits.ttl_ms = c.recovery_ttl_ms;
+  o.recovery_limits.max_replay = c.recovery_max_replay;
+  o.recovery_limits.memory_bytes = c.recovery_memory_bytes;
+  o.presence = c.presence;
+  o.presence_limits.data_bytes_max = c.presence_data_bytes_max;
+  o.presence_limits.members_max = c.presence_members_max;
+  o.outbound_bytes_max = c.outbound_bytes_max;
+  o.recovery_topics.clear();
+  for (size_t at = 0; at <= c.recovery_topics.size();) {
+    size_t comma = std::min(c.recovery_topics.find(',', at), c.recovery_topics.size());
+    if (comma > at) o.recovery_topics.push_back(c.recovery_topics.substr(at, comma - at));
+    at = comma + 1;
+  }
+  return o;
 }
 
 }  // namespace wsed::engine

@@ -66,12 +66,12 @@ struct wse_conn {
 
 // Who connected (views valid during on_connect only).
 struct wse_user {
-  std::string_view user_id;              // the token's sub ("anonymous" without auth)
-  std::string_view connection_id;        // UUIDv7, as in server_ready
-  const auth::topic_acl* acl = nullptr;  // the token's wse_topics (null without auth)
-  std::string_view cookies;              // the Cookie header(s) as sent, joined by "; "
-  bool authenticated_by_token = false;   // a JWT was verified (false: the app runs without auth)
-  bool msgpack = false;                  // format=msgpack: per-connection sends are M: binary
+  std::string_view user_id;                      // the token's sub ("anonymous" without auth)
+  std::string_view connection_id;                // UUIDv7, as in server_ready
+  const auth::topic_acl* acl = nullptr;          // the token's wse_topics (null without auth)
+  const proto::http_request* request = nullptr;  // the upgrade request (its headers)
+  bool authenticated_by_token = false;  // a JWT was verified (false: the app runs without auth)
+  bool msgpack = false;                 // format=msgpack: per-connection sends are M: binary
 };
 
 // One inbound application message, whatever its wire format (views valid during the call).
@@ -159,6 +159,10 @@ struct wse_recovery_result {
   std::vector<topic> topics;
   std::vector<std::pair<std::string, std::string>> failed;  // (topic, reason)
 };
+
+// The options a server configuration gives (everything but the verifier and the API key, which
+// the embedding program loads): shared by the binary and the Python module.
+wse_app_options wse_options_from(const server_config& c);
 
 // What a publication call did.
 enum class publish_status : uint8_t {
@@ -312,10 +316,6 @@ class wse_app final : public app_handler, public redis_sink {
   // Connection ids of this instance (the directory; needs it kept) and their number.
   std::vector<std::string> connection_ids();
   uint64_t connection_count() const;
-  // On shard s's thread: connections of that shard subscribed to topic (exact or glob).
-  size_t topic_subscriber_count(shard& s, std::string_view topic) {
-    return local_subscriber_count(s, topic);
-  }
 
   // Who a connection is, during a handler callback (on_disconnect included). Views valid
   // during the callback.

@@ -90,6 +90,23 @@ def counts_from(out, rc, label):
     return p, f, note
 
 
+def with_run_checks(p, f, notes, rc, out, sanitizers):
+    """(passed, failed, note) of a suite's counts once the run itself is judged: killed at its
+    time limit, a failing exit code with no failed test, a sanitizer report: one more failure."""
+    if rc == "timeout":
+        f += 1
+        notes.append("killed at its time limit")
+    elif rc != 0 and f == 0:
+        f += 1
+        notes.append("exit code %s with no failed test" % rc)
+    if sanitizers:
+        found = [mk for mk in H.SANITIZER_MARKERS if mk in out]
+        if found:
+            f += 1
+            notes.append("sanitizer report: %s" % found)
+    return p, f, "; ".join(notes)
+
+
 def suite_unit(build, label, sanitizers=False, cases=None):
     binary = os.path.join(build_path(build), "tests", "wsed_unit_tests")
     if not os.path.exists(binary):
@@ -105,18 +122,7 @@ def suite_unit(build, label, sanitizers=False, cases=None):
     if total == 0:   # e.g. --test-case=per_ip* after a rename: nothing ran, nothing passed
         f += 1
         notes.append("no test case ran")
-    if rc == "timeout":
-        f += 1
-        notes.append("killed at its time limit")
-    elif rc != 0 and f == 0:
-        f += 1
-        notes.append("exit code %s with no failed test case" % rc)
-    if sanitizers:
-        found = [mk for mk in H.SANITIZER_MARKERS if mk in out]
-        if found:
-            f += 1
-            notes.append("sanitizer report: %s" % found)
-    return p, f, "; ".join(notes)
+    return with_run_checks(p, f, notes, rc, out, sanitizers)
 
 
 def suite_integration(build, label="integration", sanitizers=False, only=()):
@@ -185,18 +191,7 @@ def suite_python(build, label="python", sanitizers=False):
     p = counts.get("passed", 0)
     f = counts.get("failed", 0) + counts.get("error", 0) + counts.get("errors", 0) + counts.get("skipped", 0)
     notes = []
-    if rc == "timeout":
-        f += 1
-        notes.append("killed at its time limit")
-    elif rc != 0 and f == 0:
-        f += 1
-        notes.append("exit code %s with no failed test" % rc)
-    if sanitizers:
-        found = [mk for mk in H.SANITIZER_MARKERS if mk in out]
-        if found:
-            f += 1
-            notes.append("sanitizer report: %s" % found)
-    return p, f, "; ".join(notes)
+    return with_run_checks(p, f, notes, rc, out, sanitizers)
 
 
 def suite_fuzz(seconds):

@@ -179,7 +179,6 @@ using bn_ptr = ossl_ptr<BIGNUM, BN_clear_free>;
 using param_bld_ptr = ossl_ptr<OSSL_PARAM_BLD, OSSL_PARAM_BLD_free>;
 using params_ptr = ossl_ptr<OSSL_PARAM, OSSL_PARAM_free>;
 using x509_ptr = ossl_ptr<X509, X509_free>;
-using ecdsa_sig_ptr = ossl_ptr<ECDSA_SIG, ECDSA_SIG_free>;
 using decoder_ctx_ptr = ossl_ptr<OSSL_DECODER_CTX, OSSL_DECODER_CTX_free>;
 
 // Implementations fetched once for the process (never freed: they live as long as libcrypto).
@@ -710,35 +709,6 @@ verifying_key load_verifying_key(jwt_alg alg, std::string_view pem) {
 
 constexpr size_t es256_signature_bytes = 64;  // R || S (RFC 7518 3.4)
 
-bool der_to_raw(const unsigned char* der, size_t der_bytes, std::string& raw) {
-  const unsigned char* p = der;
-  ecdsa_sig_ptr sig(d2i_ECDSA_SIG(nullptr, &p, static_cast<long>(der_bytes)));
-  if (!sig) return false;
-  const BIGNUM* r = nullptr;
-  const BIGNUM* s = nullptr;
-  ECDSA_SIG_get0(sig.get(), &r, &s);
-  unsigned char out[es256_signature_bytes];
-  if (BN_bn2binpad(r, out, 32) != 32 || BN_bn2binpad(s, out + 32, 32) != 32) return false;
-  raw.assign(reinterpret_cast<const char*>(out), sizeof out);
-  return true;
-}
-
-size_t raw_to_der(std::string_view raw, unsigned char* der, size_t der_capacity) {
-  ecdsa_sig_ptr sig(ECDSA_SIG_new());
-  if (!sig) return 0;
-  BIGNUM* r = BN_bin2bn(uchars(raw), 32, nullptr);
-  BIGNUM* s = BN_bin2bn(uchars(raw) + 32, 32, nullptr);
-  if (r == nullptr || s == nullptr || ECDSA_SIG_set0(sig.get(), r, s) != 1) {
-    BN_free(r);
-    BN_free(s);
-    return 0;
-  }
-  const int needed = i2d_ECDSA_SIG(sig.get(), nullptr);
-  if (needed <= 0 || static_cast<size_t>(needed) > der_capacity) return 0;
-  unsigned char* p = der;
-  return static_cast<size_t>(i2d_ECDSA_SIG(sig.get(), &p));
-}
-
 bool digest_sign(EVP_PKEY* key, std::string_view input, std::string& signature) {
   md_ctx_ptr ctx(EVP_MD_CTX_new());
   size_t n = 0;
@@ -784,7 +754,7 @@ const char* sign_token(jwt_alg alg, std::string_view key, std::string& token) {
     if (!digest_sign(loaded.key.get(), token, der)) return "Invalid key: RSA signing failed";
     if (alg == jwt_alg::rs256) {
       signature = std::move(der);
-    } else if (!der_to_raw(uchars(der), der.size(), signature)) {
+    } else if (!auth::ecdsa_der_to_raw(uchars(der), der.size(), signature)) {
       return "Invalid key: Signing failed: ECDSA";
     }
   }
@@ -1004,7 +974,7 @@ decode_status decode_with_key(std::string_view token, std::string_view key, jwt_
           digest_verify(public_key.key.get(), parts.message, uchars(signature), signature.size());
     } else if (signature.size() == es256_signature_bytes) {
       unsigned char der[80];  // at most 72 for P-256
-      const size_t der_bytes = raw_to_der(signature, der, sizeof der);
+      const size_t der_bytes = auth::ecdsa_raw_to_der(signature, der, sizeof der);
       verified =
           der_bytes > 0 && digest_verify(public_key.key.get(), parts.message, der, der_bytes);
     }

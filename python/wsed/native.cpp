@@ -145,8 +145,6 @@ class event_queue {
 
 // --- send_event's per-connection state -----------------------------------------------------------
 
-constexpr size_t dedup_ids_max = 1024;  // ids remembered per connection
-
 struct conn_entry {
   bool msgpack = false;
   uint64_t seq = 1;  // server_ready was 1
@@ -294,7 +292,18 @@ struct options {
   std::string redis_url, redis_cluster, redis_prefix = "wse:";
   uint32_t workers = 1;
   uint32_t inbound_rate = 0, inbound_burst = 10000;  // per connection; 0: unlimited
+  size_t dedup_window = 1024;                        // send_event ids remembered per connection
+  std::chrono::milliseconds enqueue_timeout{2000};   // a call waiting for a full shard inbox
 };
+
+// The Redis endpoint or cluster seeds of the options (ValueError when they do not parse).
+void parse_redis(const options& o, redis_bridge_options& ro) {
+  std::string why;
+  if (!o.redis_url.empty() && !redis::parse_endpoint(o.redis_url, ro.endpoint, why))
+    throw py::value_error("redis_url: " + why);
+  if (!o.redis_cluster.empty() && !redis::parse_cluster(o.redis_cluster, ro.cluster, why))
+    throw py::value_error("redis_cluster: " + why);
+}
 
 class engine_object;
 
@@ -345,51 +354,32 @@ class engine_object {
     c.topics_per_connection_max =
         opt_.max_subscriptions ? opt_.max_subscriptions : proto::wse_subscription_topics_max;
     c.quiet = true;
+    c.ping_interval_ms = opt_.ping_interval_s * 1000;
+    c.inbound_rate = opt_.inbound_rate;
+    c.inbound_burst = opt_.inbound_burst;
     c.recovery = opt_.recovery;
+    c.recovery_buffer = opt_.recovery_buffer;
+    c.recovery_ttl_ms = opt_.recovery_ttl_s * 1000;
+    c.recovery_max_replay = opt_.recovery_max;
+    c.recovery_memory_bytes = opt_.recovery_memory;
     c.presence = opt_.presence;
+    c.presence_data_bytes_max = opt_.presence_max_data;
+    c.presence_members_max = opt_.presence_max_members;
     c.redis_url = opt_.redis_url;
     c.redis_cluster = opt_.redis_cluster;
     c.redis_prefix = opt_.redis_prefix;
     if (opt_.jwt_cookie_name) c.jwt_cookie = *opt_.jwt_cookie_name;
 
-    wse_app_options o;
+    wse_app_options o = wse_options_from(c);
     o.verifier = verifier_;
-    o.cookie_name = c.jwt_cookie;
-    o.message_bytes_max = c.message_bytes_max;
-    o.shards = c.workers;
-    o.ping_interval_ms = opt_.ping_interval_s * 1000;
-    o.topics_per_connection_max = c.topics_per_connection_max;
-    o.recovery = opt_.recovery;
-    o.recovery_limits.buffer = opt_.recovery_buffer;
-    o.recovery_limits.ttl_ms = opt_.recovery_ttl_s * 1000;
-    o.recovery_limits.max_replay = opt_.recovery_max;
-    o.recovery_limits.memory_bytes = opt_.recovery_memory;
-    o.presence = opt_.presence;
-    o.presence_limits.data_bytes_max = opt_.presence_max_data;
-    o.presence_limits.members_max = opt_.presence_max_members;
-    o.outbound_bytes_max = c.outbound_bytes_max;
-    o.inbound_rate = opt_.inbound_rate;
-    o.inbound_burst = opt_.inbound_burst;
     o.directory = true;
     auto app = std::make_unique<wse_app>(std::move(o), handler_);
     current_app_.store(app.get(), std::memory_order_release);
     auto srv = std::make_unique<server>(c, *app);
     std::unique_ptr<redis_bridge> bridge;
     if (!c.redis_url.empty() || !c.redis_cluster.empty()) {
-      redis_bridge_options ro;
-      std::string why;
-      if (!c.redis_url.empty() && !redis::parse_endpoint(c.redis_url, ro.endpoint, why))
-        throw py::value_error("redis_url: " + why);
-      if (!c.redis_cluster.empty() && !redis::parse_cluster(c.redis_cluster, ro.cluster, why))
-        throw py::value_error("redis_cluster: " + why);
-      ro.prefix = c.redis_prefix;
-      ro.producers = c.workers;
-      ro.ring_capacity = c.inbox_capacity;
-      ro.quiet = true;
-      ro.recovery = c.recovery;
-      ro.recovery_buffer = opt_.recovery_buffer;
-      ro.recovery_ttl_ms = opt_.recovery_ttl_s * 1000;
-      ro.recovery_max_replay = opt_.recovery_max;
+      redis_bridge_options ro = bridge_options_from(c);
+      parse_redis(opt_, ro);
       std::random_device rd;
       char id[9];
       std::snprintf(id, sizeof id, "%08x", unsigned(rd()));
@@ -471,13 +461,12 @@ class engine_object {
 
   // --- sending
   // A full shard inbox (Python outran the shard): the call waits for room, GIL released, with
-  // growing pauses, up to push_wait_max; then it gives up and counts (dropped_).
-  static constexpr std::chrono::milliseconds push_wait_max{2000};
+  // growing pauses, up to enqueue_timeout; then it gives up and counts (dropped_).
   template <class Push>
   bool push_waiting(Push&& push) {
     if (push()) return true;
     py::gil_scoped_release unlocked;
-    auto deadline = std::chrono::steady_clock::now() + push_wait_max;
+    auto deadline = std::chrono::steady_clock::now() + opt_.enqueue_timeout;
     std::chrono::microseconds pause{20};
     while (std::chrono::steady_clock::now() < deadline) {
       waits_.fetch_add(1, std::memory_order_relaxed);
@@ -612,7 +601,7 @@ class engine_object {
       if (given_id.empty()) return;
       e.ids.push_back(given_id);
       e.id_set.insert(given_id);
-      if (e.ids.size() > dedup_ids_max) {
+      if (e.ids.size() > opt_.dedup_window) {
         e.id_set.erase(e.ids.front());
         e.ids.pop_front();
       }
@@ -771,7 +760,7 @@ class engine_object {
     if (!a) return 0;
     auto total = std::make_shared<waiter<uint64_t>>();
     uint32_t n = a->on_each_shard(
-        [a, total, topic](shard& s) { total->add(a->topic_subscriber_count(s, topic)); });
+        [a, total, topic](shard& s) { total->add(a->local_subscriber_count(s, topic)); });
     py::gil_scoped_release unlocked;
     return total->wait_for_adds(n, std::chrono::seconds(5));
   }
@@ -869,7 +858,8 @@ class engine_object {
         "\n# HELP wsed_python_push_waits_total Pauses of a call waiting for room in a full shard "
         "inbox\n# TYPE wsed_python_push_waits_total counter\nwsed_python_push_waits_total " +
         std::to_string(waits_.load(std::memory_order_relaxed)) +
-        "\n# HELP wsed_python_push_dropped_total Calls given up after 2 s of a full shard "
+        "\n# HELP wsed_python_push_dropped_total Calls given up after enqueue_timeout of a full "
+        "shard "
         "inbox\n# TYPE wsed_python_push_dropped_total counter\nwsed_python_push_dropped_total " +
         std::to_string(dropped_.load(std::memory_order_relaxed)) + "\n";
     return text;
@@ -1102,12 +1092,23 @@ class engine_object {
   std::atomic<uint64_t> waits_{0}, dropped_{0};  // push_waiting: pauses, calls given up
 };
 
+// Every Cookie header of the upgrade, joined by "; " (the reference's cookies string).
+std::string cookie_header(const proto::http_request& request) {
+  std::string cookies;
+  for (size_t i = 0; i < request.header_count; ++i)
+    if (proto::ascii_iequals(request.headers[i].name, "Cookie")) {
+      if (!cookies.empty()) cookies += "; ";
+      cookies += request.headers[i].value;
+    }
+  return cookies;
+}
+
 void handler::on_connect(const wse_user& user, wse_conn) {
   e_.conns().add(user.connection_id, user.msgpack, e_.rate_capacity());
   if (user.authenticated_by_token)
     e_.push(event_kind::auth_connect, user.connection_id, user.user_id);
   else
-    e_.push(event_kind::connect, user.connection_id, user.cookies);
+    e_.push(event_kind::connect, user.connection_id, cookie_header(*user.request));
 }
 
 void handler::on_message(wse_conn, const wse_app_message& m) {
@@ -1190,7 +1191,8 @@ std::unique_ptr<engine_object> make_engine(
     int64_t max_message_size, int64_t ping_interval, int64_t idle_timeout,
     int64_t max_outbound_queue_bytes, int64_t max_subscriptions_per_connection,
     py::object redis_url, py::object redis_cluster, const std::string& redis_prefix,
-    int64_t workers, int64_t inbound_rate, int64_t inbound_burst) {
+    int64_t workers, int64_t inbound_rate, int64_t inbound_burst, int64_t dedup_window,
+    double enqueue_timeout) {
   options o;
   o.host = host;
   o.port = checked<uint16_t>("port", port, 0, 65535);
@@ -1237,9 +1239,15 @@ std::unique_ptr<engine_object> make_engine(
   if (!o.redis_url.empty() && !o.redis_cluster.empty())
     throw py::value_error("give redis_url or redis_cluster, not both");
   o.redis_prefix = redis_prefix;
+  redis_bridge_options probe;
+  parse_redis(o, probe);  // a bad URL is refused here, not at start()
   o.workers = checked<uint32_t>("workers", workers, 1, 64);
   o.inbound_rate = checked<uint32_t>("inbound_rate", inbound_rate, 0, 100000000);
   o.inbound_burst = checked<uint32_t>("inbound_burst", inbound_burst, 1, 100000000);
+  o.dedup_window = checked<size_t>("dedup_window", dedup_window, 0, 1000000);
+  if (!(enqueue_timeout >= 0 && enqueue_timeout <= 3600))
+    throw py::value_error("enqueue_timeout must be between 0 and 3600 seconds");
+  o.enqueue_timeout = std::chrono::milliseconds(int64_t(enqueue_timeout * 1000));
   return std::make_unique<engine_object>(std::move(o));
 }
 
@@ -1265,7 +1273,8 @@ PYBIND11_MODULE(_native, m) {
            "idle_timeout"_a = 60, "max_outbound_queue_bytes"_a = 16777216,
            "max_subscriptions_per_connection"_a = 0, py::kw_only(), "redis_url"_a = py::none(),
            "redis_cluster"_a = py::none(), "redis_prefix"_a = "wse:", "workers"_a = 1,
-           "inbound_rate"_a = 0, "inbound_burst"_a = 10000)
+           "inbound_rate"_a = 0, "inbound_burst"_a = 10000, "dedup_window"_a = 1024,
+           "enqueue_timeout"_a = 2.0)
       .def("start", &engine_object::start)
       .def("stop", &engine_object::stop)
       .def("is_running", &engine_object::is_running)

@@ -64,3 +64,18 @@ def test_lifecycle_events_pass_a_full_queue(make_server):
     assert ("auth_connect", b.conn_id) in kinds
     assert ("disconnect", b.conn_id) in kinds
     assert h.server.inbound_dropped_count() > 0
+
+
+def test_dedup_window_and_enqueue_timeout_are_options(make_server):
+    h = make_server(dedup_window=2)
+    c = h.connect("alice")
+    for i in range(3):
+        assert h.server.send_event(c.conn_id, {"t": "e", "id": "d%d" % i}) > 0
+    assert h.server.send_event(c.conn_id, {"t": "e", "id": "d2"}) == 0  # still remembered
+    assert h.server.send_event(c.conn_id, {"t": "e", "id": "d0"}) > 0   # out of the window
+    import pytest
+    from wsed.compat import RustWSEServer
+    with pytest.raises(ValueError, match="enqueue_timeout"):
+        RustWSEServer("127.0.0.1", 0, enqueue_timeout=-1)
+    with pytest.raises(ValueError, match="dedup_window"):
+        RustWSEServer("127.0.0.1", 0, dedup_window=-1)
