@@ -43,6 +43,11 @@ struct server_config {
   bool quiet = false;
 
   // --mode wse. The secret itself is loaded by main (from a file or the environment, never argv).
+  // TLS on the main listener (the admin listener stays plain): PEM files, read at startup and
+  // on SIGHUP. Empty cert: plain ws://.
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  std::string tls_ca_file;      // client certificates required and checked against it
   std::string jwt_secret_file;  // empty: read jwt_secret_env
   std::string jwt_secret_env = "WSED_JWT_SECRET";
   std::string jwt_previous_secret_file;  // empty: read jwt_previous_secret_env (if set)

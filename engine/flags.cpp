@@ -157,6 +157,12 @@ flags_result parse_flags(int argc, char** argv) {
   add_parsed(app, "--recv-buffer-size", c.recv_buffer_bytes, parse_size,
              "Bytes of one provided receive buffer", 1, "16KiB", 512);
   app.add_flag("--quiet", c.quiet, "Print nothing but errors");
+  app.add_option("--tls-cert-file", c.tls_cert_file,
+                 "TLS: PEM certificate (then its chain) for the main port: wss:// and https:// "
+                 "(reloaded on SIGHUP)");
+  app.add_option("--tls-key-file", c.tls_key_file, "TLS: PEM private key of --tls-cert-file");
+  app.add_option("--tls-ca-file", c.tls_ca_file,
+                 "TLS: PEM CA bundle; clients must present a certificate it signed");
   app.add_option("--jwt-secret-file", c.jwt_secret_file,
                  "WSE mode: file holding the HMAC secret (at least 32 bytes)");
   app.add_option("--jwt-secret-env", c.jwt_secret_env,
@@ -371,6 +377,10 @@ flags_result parse_flags(int argc, char** argv) {
     return usage("--redis-cluster: " + why);
   if (c.redis_prefix.empty() || c.redis_prefix.size() > 200)
     return usage("--redis-prefix: 1 to 200 bytes");
+  if (c.tls_cert_file.empty() != c.tls_key_file.empty())
+    return usage("--tls-cert-file and --tls-key-file go together");
+  if (!c.tls_ca_file.empty() && c.tls_cert_file.empty())
+    return usage("--tls-ca-file needs --tls-cert-file and --tls-key-file");
   if (c.recovery && c.mode != server_mode::wse) return usage("--recovery needs --mode wse");
   if (c.presence && c.mode != server_mode::wse) return usage("--presence needs --mode wse");
   return result;

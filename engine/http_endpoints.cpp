@@ -1,12 +1,43 @@
 // engine/http_endpoints.cpp: see http_endpoints.hpp. Runs on the serving shard's thread.
 #include "engine/http_endpoints.hpp"
 
+#include <cstdio>
+
 #include "engine/demo_page.hpp"
 #include "engine/metrics.hpp"
 #include "engine/shard.hpp"
 #include "proto/wse_builder.hpp"
 
 namespace wsed::engine {
+
+std::string render_metrics_text(const server_shared& shared, const app_handler& app) {
+  std::string text = render_prometheus(shared.metrics);
+  if (const tls_store* tls = shared.tls) {
+    std::shared_ptr<const tls_context> ctx = tls->current.load(std::memory_order_acquire);
+    char line[1024];
+    std::snprintf(
+        line, sizeof line,
+        "# HELP wsed_tls_info TLS on the main port: mode memory_bio = OpenSSL in the "
+        "shard over memory BIOs; kernel_tls_available = this kernel offers the tls "
+        "ULP.\n# TYPE wsed_tls_info gauge\n"
+        "wsed_tls_info{mode=\"memory_bio\",kernel_tls_available=\"%s\","
+        "client_certificates=\"%s\"} 1\n"
+        "# HELP wsed_tls_certificate_expiry_timestamp_seconds notAfter of the serving "
+        "certificate.\n# TYPE wsed_tls_certificate_expiry_timestamp_seconds gauge\n"
+        "wsed_tls_certificate_expiry_timestamp_seconds %lld\n"
+        "# HELP wsed_tls_reloads_total Certificate reloads (SIGHUP), by outcome.\n"
+        "# TYPE wsed_tls_reloads_total counter\n"
+        "wsed_tls_reloads_total{result=\"ok\"} %llu\n"
+        "wsed_tls_reloads_total{result=\"failed\"} %llu\n",
+        tls->kernel_tls ? "true" : "false", ctx && ctx->client_certificates() ? "true" : "false",
+        static_cast<long long>(ctx ? ctx->not_after() : 0),
+        static_cast<unsigned long long>(tls->reloads_ok.load(std::memory_order_relaxed)),
+        static_cast<unsigned long long>(tls->reloads_failed.load(std::memory_order_relaxed)));
+    text += line;
+  }
+  app.render_metrics(text);
+  return text;
+}
 
 namespace {
 
@@ -70,8 +101,7 @@ http_endpoints::answer http_endpoints::serve(shard& s, const proto::http_request
           proto::http_response(200, "text/plain", readyz ? "ready\n" : "ok\n", {}, connection);
     }
   } else if (metrics) {
-    std::string text = render_prometheus(shared_.metrics);
-    app_.render_metrics(text);
+    std::string text = render_metrics_text(shared_, app_);
     response = proto::http_response(200, "text/plain; version=0.0.4", text, {}, connection);
   } else {
     response = proto::http_response(404, "text/plain", "not found\n", {}, connection);

@@ -19,6 +19,9 @@ class shard;
 class app_handler;
 struct server_shared;
 
+// The whole /metrics text: every shard's families, the server's (TLS), the application's.
+std::string render_metrics_text(const server_shared& shared, const app_handler& app);
+
 class http_endpoints {
  public:
   http_endpoints(server_shared& shared, app_handler& app) : shared_(shared), app_(app) {}

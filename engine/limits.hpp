@@ -41,6 +41,11 @@ inline constexpr uint64_t pass_queued_bytes_max = 16ull << 20;
 // of --max-outbound-bytes, or the backlog is gone): fewer, larger sends. perf/RESULTS.md: at
 // 10,000 subscribers a send costs the kernel ~12 us whatever its size.
 inline constexpr uint64_t backlog_send_bytes_min = 64 << 10;
+// TLS: plain text encrypted per send (the ciphertext of one send is held until it is sent, so
+// this bounds what a TLS connection holds beyond its --max-outbound-bytes queue), and the plain
+// text decrypted from one receive before it is parsed (a receive buffer's worth and more).
+inline constexpr size_t tls_plain_bytes_per_send = 64 << 10;
+inline constexpr size_t tls_plain_bytes_per_read = 64 << 10;
 
 static_assert((ring_entries & (ring_entries - 1)) == 0 && (cq_entries & (cq_entries - 1)) == 0,
               "io_uring rounds queue sizes to powers of two: say the real size");

@@ -285,6 +285,10 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);  // inherited by the shard threads
 
   server srv(flags.config, *app);
+  if (!srv.tls_error().empty()) {
+    std::fprintf(stderr, "wsed: %s\n", srv.tls_error().c_str());
+    return 2;
+  }
   // Scale-out: the bridge reads the router the server made and is stopped after the shards
   // (they publish into it), so it is declared after srv and destroyed first.
   std::unique_ptr<redis_bridge> bridge;
@@ -310,20 +314,29 @@ int main(int argc, char** argv) {
     return 1;
   }
   if (!c.quiet) {
-    std::printf("wsed %s listening on ws://%s:%u/ (%u workers, mode %s, max %u connections)\n",
-                WSED_VERSION, c.host.c_str(), srv.port(), srv.workers(),
+    const char* ws_scheme = srv.tls() ? "wss" : "ws";
+    const char* http_scheme = srv.tls() ? "https" : "http";
+    std::printf("wsed %s listening on %s://%s:%u/ (%u workers, mode %s, max %u connections)\n",
+                WSED_VERSION, ws_scheme, c.host.c_str(), srv.port(), srv.workers(),
                 c.mode == server_mode::wse ? "wse" : "echo", c.connections_max);
     if (c.mode == server_mode::wse && c.insecure_no_auth)
       std::fprintf(stderr, "wsed: --insecure-no-auth: every connection is user \"anonymous\"\n");
-    std::printf("  demo page: http://%s:%u/   metrics: http://%s:%u/metrics   stop: Ctrl-C\n",
-                c.host.c_str(), srv.port(),
+    std::printf("  demo page: %s://%s:%u/   metrics: %s://%s:%u/metrics   stop: Ctrl-C\n",
+                http_scheme, c.host.c_str(), srv.port(),
+                c.admin_listen.empty() ? http_scheme : "http",
                 c.admin_listen.empty() ? c.host.c_str() : c.admin_host.c_str(),
                 c.admin_listen.empty() ? srv.port() : srv.admin_port());
+    if (auto tls = srv.tls_context_now())
+      std::printf("  tls: %s (TLS 1.2/1.3 in the shards over memory BIOs; kernel TLS %s)%s\n",
+                  tls->subject().c_str(),
+                  kernel_tls_available() ? "offered by this kernel, not used" : "not offered",
+                  tls->client_certificates() ? "; client certificates required" : "");
     if (bridge)
       std::printf("  redis: %s (prefix %s, instance %s)\n", redis_where.c_str(),
                   c.redis_prefix.c_str(), bridge->instance_id().c_str());
     if (c.mode == server_mode::wse && !c.api_key_file.empty())
-      std::printf("  publish: POST http://%s:%u/api/publish (Authorization: Bearer <key of %s>)\n",
+      std::printf("  publish: POST %s://%s:%u/api/publish (Authorization: Bearer <key of %s>)\n",
+                  c.admin_listen.empty() ? http_scheme : "http",
                   c.admin_listen.empty() ? c.host.c_str() : c.admin_host.c_str(),
                   c.admin_listen.empty() ? srv.port() : srv.admin_port(), c.api_key_file.c_str());
     if (c.mode == server_mode::wse && !c.insecure_no_auth)
@@ -332,8 +345,8 @@ int main(int argc, char** argv) {
           "Authorization: Bearer\n",
           c.jwt_cookie.c_str());
     else
-      std::printf("  connect: /usr/bin/python3 -m websockets ws://%s:%u/\n", c.host.c_str(),
-                  srv.port());
+      std::printf("  connect: /usr/bin/python3 -m websockets %s://%s:%u/\n", ws_scheme,
+                  c.host.c_str(), srv.port());
     std::fflush(stdout);
     std::string notes = srv.setup_notes();
     while (!notes.empty() && notes.back() == ' ') notes.pop_back();
@@ -344,7 +357,18 @@ int main(int argc, char** argv) {
   for (;;) {
     int sig = sigtimedwait(&signals, nullptr, &poll);
     if (sig == SIGINT || sig == SIGTERM) break;
-    if (sig == SIGHUP) reload_keys(c, wse);
+    if (sig == SIGHUP) {
+      reload_keys(c, wse);
+      if (srv.tls()) {
+        std::string why;
+        if (srv.reload_tls(&why))
+          std::fprintf(stderr, "wsed: SIGHUP: TLS certificate reloaded (%s)\n",
+                       srv.tls_context_now()->subject().c_str());
+        else
+          std::fprintf(stderr, "wsed: SIGHUP: TLS reload failed: %s; keeping the current one\n",
+                       why.c_str());
+      }
+    }
     if (srv.finished()) {
       std::fprintf(stderr, "wsed: every shard stopped unexpectedly\n");
       return 1;

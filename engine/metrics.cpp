@@ -18,10 +18,10 @@ const char* name_of(reject_reason r) {
 
 const char* name_of(close_reason r) {
   static constexpr const char* names[] = {
-      "client_close",      "protocol_error",    "invalid_utf8", "message_too_big",
-      "idle_timeout",      "handshake_timeout", "shutdown",     "slow_consumer",
-      "unfinished_budget", "peer_reset",        "peer_eof",     "http_done",
-      "internal_error",    "app_close",         "auth_failed",  "rate_limited"};
+      "client_close",      "protocol_error", "invalid_utf8",   "message_too_big",   "idle_timeout",
+      "handshake_timeout", "shutdown",       "slow_consumer",  "unfinished_budget", "peer_reset",
+      "peer_eof",          "http_done",      "internal_error", "app_close",         "auth_failed",
+      "rate_limited",      "tls_error"};
   static_assert(std::size(names) == size_t(close_reason::count_));
   return names[size_t(r)];
 }
@@ -46,6 +46,12 @@ const char* name_of(publish_kind k) {
   static constexpr const char* names[] = {"topic", "broadcast", "user"};
   static_assert(std::size(names) == size_t(publish_kind::count_));
   return names[size_t(k)];
+}
+
+const char* name_of(tls_result r) {
+  static constexpr const char* names[] = {"ok", "failed", "plain_http"};
+  static_assert(std::size(names) == size_t(tls_result::count_));
+  return names[size_t(r)];
 }
 
 const char* name_of(slow_action a) {
@@ -169,6 +175,15 @@ std::string render_prometheus(std::span<const shard_metrics* const> shards) {
   labelled<slow_action>(out, shards, "wsed_slow_consumer_total",
                         "Messages for a connection over --max-outbound-bytes, by what was done.",
                         "action", &shard_metrics::slow_consumer);
+  labelled<tls_result>(out, shards, "wsed_tls_handshakes_total",
+                       "TLS handshakes on the main port (--tls-cert-file), by outcome.", "result",
+                       &shard_metrics::tls_handshakes);
+  family(out, shards, "wsed_tls_record_errors_total", "counter",
+         "TLS record errors after the handshake (bad MAC, unexpected message): closed.",
+         [](const shard_metrics& m) { return m.tls_errors.get(); });
+  family(out, shards, "wsed_tls_connections", "gauge",
+         "Connections holding a TLS session (handshaking, open or closing).",
+         [](const shard_metrics& m) { return m.tls_connections.get(); });
   return out;
 }
 

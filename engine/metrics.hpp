@@ -42,6 +42,7 @@ enum class close_reason : uint8_t {
   app_close,     // the application called shard::close
   auth_failed,   // WSE: token missing or refused (4401)
   rate_limited,  // WSE: over the inbound rate for too long (4429)
+  tls_error,     // a TLS handshake or record error, or a plain HTTP client on the TLS port
   count_
 };
 
@@ -76,6 +77,14 @@ enum class api_result : uint8_t {
 // What a publication was addressed to.
 enum class publish_kind : uint8_t { topic, broadcast, user, count_ };
 
+// How a TLS handshake ended (the main port with --tls-cert-file).
+enum class tls_result : uint8_t {
+  ok,
+  failed,      // a handshake error: bad record, no shared cipher, a refused client certificate
+  plain_http,  // a plain HTTP request on the TLS port (answered 400 in clear text)
+  count_
+};
+
 // What the slow-consumer policy did with a message for a connection over its outbound cap.
 enum class slow_action : uint8_t { disconnect, drop, count_ };
 
@@ -85,6 +94,7 @@ const char* name_of(limit_kind l);
 const char* name_of(api_result r);
 const char* name_of(publish_kind k);
 const char* name_of(slow_action a);
+const char* name_of(tls_result r);
 
 class counter {
  public:
@@ -126,6 +136,10 @@ struct shard_metrics {
   counter inbox_full;         // pushes into a full inbox (by the producing shard)
   counter inbox_drained;      // deliveries taken from this shard's inbox
   std::array<counter, size_t(slow_action::count_)> slow_consumer;
+  // TLS.
+  std::array<counter, size_t(tls_result::count_)> tls_handshakes;
+  counter tls_errors;       // record errors after the handshake (the connection is closed)
+  counter tls_connections;  // gauge: connections with a TLS session (handshaking or open)
 };
 
 // Renders every shard's counters plus a shard="total" series per family.

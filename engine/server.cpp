@@ -17,6 +17,12 @@
 
 namespace wsed::engine {
 
+namespace {
+tls_files tls_files_of(const server_config& c) {
+  return tls_files{c.tls_cert_file, c.tls_key_file, c.tls_ca_file};
+}
+}  // namespace
+
 server::server(server_config config, app_handler& app) : config_(std::move(config)), app_(app) {
   if (config_.workers == 0) {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
@@ -26,6 +32,13 @@ server::server(server_config config, app_handler& app) : config_(std::move(confi
   if (config_.connections_per_ip_max) {
     per_ip_ = std::make_unique<per_ip_table>(config_.connections_per_ip_max);
     shared_.per_ip = per_ip_.get();
+  }
+  if (!config_.tls_cert_file.empty()) {
+    tls_ = std::make_unique<tls_store>();
+    auto ctx = tls_context::load(tls_files_of(config_), &tls_error_);
+    tls_->current.store(ctx);
+    tls_->kernel_tls = kernel_tls_available();
+    if (ctx) shared_.tls = tls_.get();
   }
   hub_ = std::make_unique<hub>(config_.workers, config_.inbox_capacity);
   shared_.fanout = hub_.get();
@@ -67,6 +80,7 @@ void check_port_free(const std::string& host, uint16_t port) {
 }  // namespace
 
 void server::start() {
+  if (!tls_error_.empty()) throw std::runtime_error(tls_error_);
   check_port_free(config_.host, config_.port);
   if (!config_.admin_listen.empty()) check_port_free(config_.admin_host, config_.admin_port);
   // Direct descriptor tables are capped by RLIMIT_NOFILE: take all we may.
@@ -149,10 +163,27 @@ void server::stop(uint16_t code, std::string_view reason, uint32_t timeout_ms) {
   for (auto& s : shards_) s->request_stop(code, reason, timeout_ms);
 }
 
+bool server::reload_tls(std::string* why) {
+  if (!tls_ || !shared_.tls) {
+    *why = "no --tls-cert-file";
+    return false;
+  }
+  auto ctx = tls_context::load(tls_files_of(config_), why);
+  if (!ctx) {
+    tls_->reloads_failed.fetch_add(1, std::memory_order_relaxed);
+    return false;
+  }
+  tls_->current.store(std::move(ctx), std::memory_order_release);
+  tls_->reloads_ok.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
+std::shared_ptr<const tls_context> server::tls_context_now() const {
+  return shared_.tls ? tls_->current.load(std::memory_order_acquire) : nullptr;
+}
+
 std::string server::metrics_text() const {
-  std::string text = render_prometheus(shared_.metrics);
-  app_.render_metrics(text);
-  return text;
+  return render_metrics_text(shared_, app_);
 }
 
 bool server::finished() const {

@@ -34,6 +34,14 @@ class server {
   uint64_t inbox_backlog() const;
   uint32_t workers() const { return uint32_t(shards_.size()); }
   const std::string& setup_notes() const { return notes_; }
+  // With --tls-cert-file: the error that kept the certificate from loading (empty: it loaded);
+  // start() refuses to run with one.
+  const std::string& tls_error() const { return tls_error_; }
+  bool tls() const { return shared_.tls != nullptr; }
+  std::shared_ptr<const tls_context> tls_context_now() const;
+  // Any thread (SIGHUP): reads the TLS files again; connections accepted afterwards use them,
+  // open ones keep theirs. false + *why: the current certificate stays.
+  bool reload_tls(std::string* why);
   // The /metrics text (engine and application families), from any thread (relaxed reads).
   std::string metrics_text() const;
 
@@ -50,6 +58,8 @@ class server {
   server_shared shared_;
   std::unique_ptr<per_ip_table> per_ip_;
   std::unique_ptr<hub> hub_;
+  std::unique_ptr<tls_store> tls_;
+  std::string tls_error_;
   std::vector<std::unique_ptr<shard>> shards_;
   std::vector<std::thread> threads_;
   std::vector<std::unique_ptr<std::atomic<bool>>> done_;

@@ -95,6 +95,23 @@ struct shard::byte_buffer {
   }
 };
 
+// One connection's TLS session and the ciphertext of its next or current send (held only while
+// there is some: an idle TLS connection keeps just the session).
+struct shard::tls_state {
+  explicit tls_state(const tls_context& ctx) : conn(ctx) {}
+  tls_conn conn;
+  std::unique_ptr<uint8_t[]> out;
+  size_t out_size = 0;
+  size_t out_sent = 0;
+  size_t out_cap = 0;
+  bool broken = false;  // after an error (or a plain HTTP client): nothing more is encrypted
+  size_t unsent() const { return out_size - out_sent; }
+  void release_out() {
+    out.reset();
+    out_size = out_sent = out_cap = 0;
+  }
+};
+
 shard::shard(uint32_t index, server_shared& shared, app_handler& app)
     : index_(index),
       shared_(shared),
@@ -125,6 +142,7 @@ shard::~shard() {
       if (c.direct) fanout::release(c.direct);
       byte_buffer::release(c.carry);
       byte_buffer::release(c.assembly);
+      if (i < tls_.size()) delete tls_[i];
       c.~connection();
     }
     munmap(slots_, sizeof(connection) * slot_capacity_);
@@ -177,6 +195,9 @@ void shard::setup(uint16_t port, uint16_t admin_port) {
   err = bufs_.init(ring_.get(), buffer_group, cfg_.recv_buffer_count, cfg_.recv_buffer_bytes,
                    buffer_tail_spare);
   if (!err.empty()) throw std::runtime_error(err);
+
+  if (shared_.tls)
+    tls_plain_.reset(new uint8_t[limits::tls_plain_bytes_per_read + payload_padding_bytes]);
 
   // The listener: one per shard on the same port; the kernel spreads accepts.
   listen_fd_ = open_listener(cfg_.host, port, &bound_port_);
@@ -370,6 +391,13 @@ void shard::on_accept(io_uring_cqe* cqe, bool admin) {
   c.flags = 0;
   c.parser = proto::ws_frame_parser(proto::ws_role::server);
   metrics_.slots_used.add();
+  if (shared_.tls && !admin) {
+    // The context current now: a SIGHUP reload applies to connections accepted after it.
+    std::shared_ptr<const tls_context> ctx = shared_.tls->current.load(std::memory_order_acquire);
+    if (slot >= tls_.size()) tls_.resize(std::max<size_t>(slot + 1, tls_.size() * 2), nullptr);
+    tls_[slot] = new tls_state(*ctx);
+    metrics_.tls_connections.add();
+  }
   // Half of a capped table's reserve used: stop accepting until entries free up, so that new
   // connections wait in the listen queue instead of being closed by the kernel on a full table.
   if (table_capped_ && !accept_paused_ && metrics_.slots_used.get() >= accept_pause_at_)
@@ -442,18 +470,10 @@ void shard::on_recv(connection& c, uint32_t slot, io_uring_cqe* cqe) {
     uint16_t bid = uint16_t(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
     std::span<uint8_t> data(bufs_.at(bid), size_t(res));
     metrics_.bytes_in.add(uint64_t(res));
-    switch (c.state) {
-      case conn_state::handshake:
-        on_handshake_bytes(c, slot, data);
-        break;
-      case conn_state::open:
-        if (c.timer == timer_list::idle)
-          timers_.link(slot, timer_list::idle, now_ms_ + cfg_.idle_timeout_ms);
-        on_ws_bytes(c, slot, data);
-        break;
-      default:
-        break;  // closing: input is discarded until the peer's EOF
-    }
+    if (tls_of(slot))
+      on_tls_bytes(c, slot, data);
+    else
+      on_plain_bytes(c, slot, data);
     recycle_buffer(bid);
     if (!more && !(c.ops & recv_armed) && c.state != conn_state::finishing) {
       metrics_.recv_rearms.add();
@@ -486,6 +506,80 @@ void shard::on_recv(connection& c, uint32_t slot, io_uring_cqe* cqe) {
   // frame) and close then; after an error there is nobody to flush to.
   bool queued = (c.out && !c.out->empty()) || c.direct || (c.ops & send_pending);
   if (res < 0 || !queued) finish(c, slot);
+}
+
+void shard::on_plain_bytes(connection& c, uint32_t slot, std::span<uint8_t> data) {
+  switch (c.state) {
+    case conn_state::handshake:
+      on_handshake_bytes(c, slot, data);
+      break;
+    case conn_state::open:
+      if (c.timer == timer_list::idle)
+        timers_.link(slot, timer_list::idle, now_ms_ + cfg_.idle_timeout_ms);
+      on_ws_bytes(c, slot, data);
+      break;
+    default:
+      break;  // closing: input is discarded until the peer's EOF
+  }
+}
+
+// Ciphertext: fed to the session, whose plain text (up to tls_plain_bytes_per_read at a time,
+// in the shard's one scratch buffer, parsed before the next read) goes where plain bytes go.
+void shard::on_tls_bytes(connection& c, uint32_t slot, std::span<uint8_t> data) {
+  tls_state& t = *tls_of(slot);
+  if ((c.state != conn_state::handshake && c.state != conn_state::open) || t.broken)
+    return;  // closing: input is discarded until the peer's EOF
+  t.conn.feed(data.data(), data.size());
+  uint8_t* plain = tls_plain_.get();
+  tls_read r = tls_read::data;
+  while (r == tls_read::data && (c.state == conn_state::handshake || c.state == conn_state::open)) {
+    const bool was_done = t.conn.handshake_done();
+    size_t have = 0;
+    while (have < limits::tls_plain_bytes_per_read) {
+      size_t n = 0;
+      r = t.conn.read(plain + have, limits::tls_plain_bytes_per_read - have, &n);
+      if (r != tls_read::data) break;
+      have += n;
+    }
+    if (!was_done && t.conn.handshake_done()) metrics_.tls_handshakes[size_t(tls_result::ok)].add();
+    if (have) on_plain_bytes(c, slot, std::span<uint8_t>(plain, have));
+  }
+  if (c.state == conn_state::handshake || c.state == conn_state::open) {
+    switch (r) {
+      case tls_read::data:
+      case tls_read::want_more:
+        break;
+      case tls_read::closed:  // close_notify: the peer is done sending
+        c.flags |= flag_peer_eof;
+        begin_close(c, slot, close_reason::peer_eof, 0);
+        break;
+      case tls_read::plain_http: {
+        // An http:// or ws:// client: a clear answer in its own language, then close.
+        metrics_.tls_handshakes[size_t(tls_result::plain_http)].add();
+        t.conn.discard_output();
+        t.broken = true;
+        std::string answer = proto::http_response(400, "text/plain",
+                                                  "This port speaks TLS: use https:// or wss://\n",
+                                                  {}, proto::http_connection::close);
+        t.release_out();
+        t.out.reset(new uint8_t[answer.size()]);
+        std::memcpy(t.out.get(), answer.data(), answer.size());
+        t.out_size = t.out_cap = answer.size();
+        begin_close(c, slot, close_reason::tls_error, 0);
+        break;
+      }
+      case tls_read::failed:
+        // The alert OpenSSL wrote (if any) still goes out; nothing more is encrypted.
+        if (t.conn.handshake_done())
+          metrics_.tls_errors.add();
+        else
+          metrics_.tls_handshakes[size_t(tls_result::failed)].add();
+        t.broken = true;
+        begin_close(c, slot, close_reason::tls_error, 0);
+        break;
+    }
+  }
+  if (t.unsent() || t.conn.pending_output()) mark_dirty(c, slot);
 }
 
 void shard::on_handshake_bytes(connection& c, uint32_t slot, std::span<uint8_t> data) {
@@ -854,7 +948,9 @@ uint64_t shard::queued_bytes(conn_ref ref) const {
   if (ref.slot >= slots_touched_) return UINT64_MAX;
   const connection& c = slot_at(ref.slot);
   if (c.generation != ref.generation || c.state != conn_state::open) return UINT64_MAX;
-  return (c.out ? c.out->queued_bytes() : 0) + (c.direct ? c.direct->wire_bytes : 0);
+  const tls_state* t = tls_of(ref.slot);
+  return (c.out ? c.out->queued_bytes() : 0) + (c.direct ? c.direct->wire_bytes : 0) +
+         (t ? t->unsent() : 0);
 }
 
 void shard::close(conn_ref ref, uint16_t code, close_reason why, std::string_view reason) {
@@ -917,7 +1013,9 @@ void shard::flush() {
 void shard::flush_one(connection& c, uint32_t slot) {
   if (c.ops & send_pending) return;  // on_send continues
   if (c.state == conn_state::finishing) return;
-  if (c.direct || (c.out && !c.out->empty())) {
+  if (tls_state* t = tls_of(slot)) {
+    if (flush_tls(c, slot, *t)) return;
+  } else if (c.direct || (c.out && !c.out->empty())) {
     io_uring_sqe* sqe = get_sqe();
     if (c.direct) {
       io_uring_prep_send(sqe, c.file_index, c.direct->wire().data(), c.direct->wire_bytes,
@@ -952,9 +1050,73 @@ void shard::flush_one(connection& c, uint32_t slot) {
   }
 }
 
+bool shard::flush_tls(connection& c, uint32_t slot, tls_state& t) {
+  if (t.unsent() == 0) {
+    if (t.conn.handshake_done() && !t.broken) {
+      // Plain text in order (a direct frame is older than anything queued), up to the budget.
+      size_t budget = limits::tls_plain_bytes_per_send;
+      size_t taken = 0;
+      bool ok = true;
+      if (c.direct) {
+        fanout::frame* f = take_direct(c);
+        ok = t.conn.write(f->wire().data(), f->wire_bytes);
+        taken += f->wire_bytes;
+        fanout::release(f);
+      }
+      if (ok && c.out && !c.out->empty() && taken < budget) {
+        const iovec* iov;
+        size_t bytes;
+        int n = c.out->prepare_send(&iov, &bytes);
+        size_t written = 0;
+        for (int i = 0; ok && i < n && taken + written < budget; ++i) {
+          size_t len = std::min(iov[i].iov_len, budget - taken - written);
+          ok = t.conn.write(static_cast<const uint8_t*>(iov[i].iov_base), len);
+          if (ok) written += len;
+        }
+        c.out->complete_send(chunks_, written);
+      }
+      if (!ok) {
+        metrics_.tls_errors.add();
+        t.broken = true;
+        begin_close(c, slot, close_reason::tls_error, 0);
+      } else if (c.state == conn_state::closing && (!c.out || c.out->empty())) {
+        t.conn.shutdown();  // close_notify after our last bytes
+      }
+    }
+    size_t pending = t.conn.pending_output();
+    if (pending == 0) return false;
+    if (t.out_cap < pending) {
+      t.out.reset(new uint8_t[pending]);
+      t.out_cap = pending;
+    }
+    t.out_size = t.conn.take_output(t.out.get(), pending);
+    t.out_sent = 0;
+    if (t.out_size == 0) return false;
+  }
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_send(sqe, c.file_index, t.out.get() + t.out_sent, t.unsent(), MSG_NOSIGNAL);
+  sqe->flags |= IOSQE_FIXED_FILE;
+  io_uring_sqe_set_data64(sqe, pack(op::send, c.generation, slot));
+  c.ops |= send_pending;
+  metrics_.sends.add();
+  return true;
+}
+
+void shard::drop_tls(uint32_t slot) {
+  if (slot >= tls_.size() || !tls_[slot]) return;
+  delete tls_[slot];
+  tls_[slot] = nullptr;
+  metrics_.tls_connections.sub();
+}
+
 void shard::on_send(connection& c, uint32_t slot, int res) {
   c.ops &= uint8_t(~send_pending);
-  if (c.direct) {
+  tls_state* t = tls_of(slot);
+  if (t) {
+    // Ciphertext: the plain text it carries left the queue when it was encrypted.
+    if (res > 0) t->out_sent += size_t(res);
+    if (t->unsent() == 0 || res < 0) t->release_out();
+  } else if (c.direct) {
     // The send in flight was the direct frame's: what it left unsent goes before the queue.
     fanout::frame* f = take_direct(c);
     if (res >= 0 && uint32_t(res) < f->wire_bytes && c.state != conn_state::finishing)
@@ -975,12 +1137,9 @@ void shard::on_send(connection& c, uint32_t slot, int res) {
     maybe_free(c, slot);
     return;
   }
-  if (!c.out || c.out->empty()) {
-    if (c.out) release_queue(c);
-    if (c.state == conn_state::closing) mark_dirty(c, slot);
-    return;
-  }
-  mark_dirty(c, slot);
+  if (c.out && c.out->empty()) release_queue(c);
+  bool more = c.out != nullptr || (t && (t->unsent() || c.direct || t->conn.pending_output()));
+  if (more || c.state == conn_state::closing) mark_dirty(c, slot);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1103,6 +1262,7 @@ void shard::maybe_free(connection& c, uint32_t slot) {
   if (c.direct) fanout::release(take_direct(c));
   byte_buffer::release(c.carry);
   byte_buffer::release(c.assembly);
+  drop_tls(slot);
   if (c.flags & flag_counted) shared_.connections.fetch_sub(1, std::memory_order_relaxed);
   if (c.flags & flag_per_ip) shared_.per_ip->release(slot_ip_[slot]);
   c.state = conn_state::free;

@@ -26,6 +26,7 @@
 #include "engine/per_ip.hpp"
 #include "engine/ring.hpp"
 #include "engine/timer_lists.hpp"
+#include "engine/tls.hpp"
 #include "proto/http.hpp"
 #include "proto/ws.hpp"
 
@@ -42,6 +43,7 @@ struct server_shared {
   std::atomic<uint64_t> unfinished_bytes{0};    // bytes held by partially received messages
   per_ip_table* per_ip = nullptr;               // set when --max-connections-per-ip is on
   hub* fanout = nullptr;                        // the server's fan-out hub (inboxes, router)
+  tls_store* tls = nullptr;                     // set with --tls-cert-file: the main port is TLS
 };
 
 // Names one connection of one shard; stale once the slot is reused (generation differs).
@@ -249,6 +251,9 @@ class shard {
   void answer_http(connection& c, uint32_t slot, std::string_view response, bool keep_alive);
   void answer_and_close(connection& c, uint32_t slot, std::string_view response);
   void on_ws_bytes(connection& c, uint32_t slot, std::span<uint8_t> data);
+  // What arrived on the socket, as the connection's state takes it (plain text: after TLS).
+  void on_plain_bytes(connection& c, uint32_t slot, std::span<uint8_t> data);
+  void on_tls_bytes(connection& c, uint32_t slot, std::span<uint8_t> data);
   size_t parse_frames(connection& c, uint32_t slot, std::span<uint8_t> data);
   bool on_data_event(connection& c, uint32_t slot, const proto::ws_event& ev);
   // Returns true when the connection stays open for another request.
@@ -270,6 +275,12 @@ class shard {
   send_status over_cap(connection& c, uint32_t slot);
   void flush();
   void flush_one(connection& c, uint32_t slot);
+  struct tls_state;
+  // Encrypts what is queued (up to limits::tls_plain_bytes_per_send) and sends the ciphertext;
+  // false: nothing to send.
+  bool flush_tls(connection& c, uint32_t slot, tls_state& t);
+  tls_state* tls_of(uint32_t slot) const { return slot < tls_.size() ? tls_[slot] : nullptr; }
+  void drop_tls(uint32_t slot);
   void close_file(connection& c, uint32_t slot);  // close_direct of the descriptor
   void begin_close(connection& c, uint32_t slot, close_reason why, uint16_t ws_code,
                    std::string_view reason = {});
@@ -348,6 +359,10 @@ class shard {
   static constexpr uint32_t accepts_in_flight = limits::accepts_in_flight;
   std::vector<accept_addr> accept_addrs_;
   std::vector<ip_key> slot_ip_;
+  // With TLS: each slot's session (null on the admin listener and for free slots), and the
+  // plain text decrypted from one receive.
+  std::vector<tls_state*> tls_;
+  std::unique_ptr<uint8_t[]> tls_plain_;
 
   std::vector<uint32_t> dirty_;
   std::vector<uint32_t> held_;  // dirty connections flush() leaves for the next pass
