@@ -10,8 +10,9 @@ Suites (each bounded in time):
   browser           tests/browser/demo_test.js: the demo page (GET /) in headless /usr/bin/chromium
                     (playwright-core) against BUILD/engine/wsed; chromium missing counts as a failure
   conformance       tests/conformance/conformance.py against BUILD/engine/wsed
+  conformance[tls]  the same over TLS (wsed --tls-cert-file; the cases go through tests/conformance/tls_relay.py)
   python            tests/python (pytest, Debian's python3-pytest): the Python module of BUILD/python
-  unit[asan], conformance[asan], integration[asan], python[asan]   the same against the ASan+UBSan
+  unit[asan], conformance[asan], conformance[tls,asan], integration[asan], python[asan]   the same against the ASan+UBSan
                     build (python[asan]: /usr/bin/python3 with the ASan runtime preloaded)
                     (halt_on_error=1; the server's exit code and stderr are checked for sanitizer reports)
 Prints a per-suite summary and, as the very last line, "N passed, N failed" summed over every test of
@@ -134,6 +135,8 @@ def suite_integration(build, label="integration", sanitizers=False, only=()):
         argv += ["-k", k]
     if sanitizers:
         argv.append("--sanitizers")
+    if tls:
+        argv.append("--tls")
     rc, out = run(argv, timeout=600, label=label)
     return counts_from(out, rc, label)
 
@@ -254,7 +257,7 @@ def suite_browser(build):
     return counts_from(out, rc, "browser")
 
 
-def suite_conformance(build, label, sanitizers=False):
+def suite_conformance(build, label, sanitizers=False, tls=False):
     binary = H.wsed_binary(build_path(build))
     if not os.path.exists(binary):
         return 0, 1, "missing %s" % binary
@@ -282,11 +285,14 @@ def main():
             ("node", lambda: suite_node(args.build)),
             ("browser", lambda: suite_browser(args.build)),
             ("conformance", lambda: suite_conformance(args.build, "conformance")),
+            ("conformance[tls]", lambda: suite_conformance(args.build, "conformance[tls]", tls=True)),
             ("python", lambda: suite_python(args.build))]
     if args.asan_build:
         plan += [("unit[asan]", lambda: suite_unit(args.asan_build, "unit[asan]", sanitizers=True)),
                  ("conformance[asan]", lambda: suite_conformance(args.asan_build, "conformance[asan]",
                                                                 sanitizers=True)),
+                 ("conformance[tls,asan]", lambda: suite_conformance(
+                     args.asan_build, "conformance[tls,asan]", sanitizers=True, tls=True)),
                  ("integration[asan]", lambda: suite_integration(args.asan_build, "integration[asan]",
                                                                  sanitizers=True)),
                  ("python[asan]", lambda: suite_python(args.asan_build, "python[asan]", sanitizers=True))]

@@ -14,18 +14,23 @@ Usage:
                                                     [--case REGEX] [--env-sanitizers] [-v]
   --node       run against tests/node/echo_server.js (Node `ws`), to validate the harness itself
   --port N     run against an already running echo server on 127.0.0.1:N (groups 9/10 need its limits)
+  --tls        wsed over TLS (its own certificate; the cases pass through tls_relay.py)
 Prints one line per failed case and, last, "N passed, N failed".  Exit code 0 iff nothing failed.
 """
 
 import argparse
 import os
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "integration"))
 import wsed_harness as H  # noqa: E402
 from wsed_harness import OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, frame  # noqa: E402
+from tls_relay import TlsRelay  # noqa: E402
 
 NORMAL = "normal"   # the client closes with 1000 at the end; the server must answer 1000
 KiB, MiB = 1024, 1024 * 1024
@@ -633,8 +638,20 @@ def main():
                     help="set ASAN/UBSAN_OPTIONS (halt_on_error=1) and check the server stderr/exit code")
     ap.add_argument("--workers", default="2", help="wsed --workers (default 2)")
     ap.add_argument("--budget", type=int, default=300, help="seconds; cases after it are counted as failed")
+    ap.add_argument("--tls", action="store_true",
+                    help="wsed with --tls-cert-file (a certificate made here with openssl); every case "
+                         "goes through a TLS relay (tls_relay.py), so it runs unchanged over TLS")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args()
+    tls_args, tls_dir = [], None
+    if args.tls:
+        tls_dir = tempfile.mkdtemp(prefix="wsed-conf-tls-")
+        cert, key = os.path.join(tls_dir, "cert.pem"), os.path.join(tls_dir, "key.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                        "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost",
+                        "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        tls_args = ["--tls-cert-file", cert, "--tls-key-file", key]
 
     cases = []
     for g in args.groups.split(","):
@@ -657,7 +674,8 @@ def main():
                 srv = H.node_echo_server()
             else:
                 env = H.SANITIZER_ENV if args.sanitizers else None
-                srv = H.wsed_server(args.wsed, "--workers", args.workers, *SERVER_CONFIGS[sname], env=env)
+                srv = H.wsed_server(args.wsed, "--workers", args.workers, *SERVER_CONFIGS[sname], *tls_args,
+                                    env=env)
             try:
                 srv.start()
             except Exception as e:
@@ -667,6 +685,10 @@ def main():
             port = srv.port
             if args.verbose:
                 print("# server[%s]: %s" % (sname, srv.first_line))
+        relay = None
+        if tls_args and srv is not None:
+            relay = TlsRelay(port, cafile=os.path.join(tls_dir, "cert.pem"))
+            port = relay.port
         hs_fail = 0
         for c in scases:
             t = time.monotonic()
@@ -692,6 +714,10 @@ def main():
                 passed += 1
                 if args.verbose:
                     print("ok   %s [%s] %.3fs" % (c.id, c.desc, time.monotonic() - t), flush=True)
+        if relay is not None:
+            relay.stop()
+            if relay.errors and args.verbose:
+                print("# relay: %d TLS errors, first: %s" % (len(relay.errors), relay.errors[0]))
         if srv is not None:
             rc = srv.stop(timeout=15)
             problems = srv.sanitizer_problems()
@@ -704,6 +730,8 @@ def main():
                 passed += 1
                 if args.verbose:
                     print("ok   %s" % cid)
+    if tls_dir:
+        shutil.rmtree(tls_dir, ignore_errors=True)
     print("# %.1fs" % (time.monotonic() - t0))
     print("%d passed, %d failed" % (passed, failed))
     return 0 if failed == 0 else 1
