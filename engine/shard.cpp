@@ -885,13 +885,14 @@ const fanout::frame& shard::deflated_form(const fanout::frame& f) {
         deflate_->compress({reinterpret_cast<const uint8_t*>(payload.data()), payload.size()});
     fanout::frame* made =
         z.empty() ? nullptr : fanout::make_deflated_frame(opcode == uint8_t(ws_opcode::binary), z);
-    if (made != nullptr) {
+    // Incompressible (or out of memory): f itself marks it, so nobody tries again. Another
+    // shard may have stored its twin meanwhile: that one is used, ours is released.
+    twin = fanout::publish_deflated(f, made != nullptr ? made : const_cast<fanout::frame*>(&f));
+    if (made != nullptr && twin == made) {
       metrics_.deflate[size_t(deflate_event::shared_made)].add();
       metrics_.deflate_out_bytes.add(payload.size());
       metrics_.deflate_out_wire_bytes.add(z.size());
     }
-    // Incompressible (or out of memory): f itself marks it, so nobody tries again.
-    twin = fanout::publish_deflated(f, made != nullptr ? made : const_cast<fanout::frame*>(&f));
   }
   if (twin == &f) {
     metrics_.deflate[size_t(deflate_event::incompressible)].add();

@@ -436,6 +436,7 @@ class RawWS:
             raise AssertionError("handshake status %r: %r" % (status, head[:300]))
         if headers.get("sec-websocket-accept") != accept_for(key):
             raise AssertionError("bad Sec-WebSocket-Accept %r" % headers.get("sec-websocket-accept"))
+        self.headers = headers
         self.sock.setblocking(False)
         self.events = []
         self.event_times = []
