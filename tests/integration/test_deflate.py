@@ -10,8 +10,6 @@ Every wait is bounded; servers are stopped by PID (wsed_harness).
 
 import asyncio
 import hashlib
-import json
-import zlib
 
 import websockets
 
@@ -22,38 +20,14 @@ from wsed_harness import OP_TEXT, OP_BINARY, OP_CONT, OP_PING
 
 BIN = W.BIN
 limit = H.limit
-OFFER = b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
-ANSWER = "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+OFFER = H.DEFLATE_OFFER
+ANSWER = H.DEFLATE_ANSWER
+deflate = H.deflate
+DeflateWS = H.DeflateWS
 
 
 def echo(*args):
     return H.running(BIN, "--mode", "echo", "--workers", "1", *args, env=W.env())
-
-
-def deflate(data):
-    """What a zlib sender puts on the wire for one message (no context takeover)."""
-    c = zlib.compressobj(wbits=-15)
-    z = c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH)
-    assert z.endswith(b"\x00\x00\xff\xff")
-    return z[:-4]
-
-
-class DeflateWS(H.RawWS):
-    """A raw client that offered permessage-deflate: a server data frame with RSV1 is inflated
-    (counted in self.compressed); RSV1 anywhere else stays a violation (RawWS)."""
-
-    def __init__(self, port, extra=OFFER, **kw):
-        self.compressed = 0
-        super().__init__(port, extra=extra, **kw)
-        self.negotiated = self.headers.get("sec-websocket-extensions")
-
-    def _frame(self, b0, b1, payload, masked):
-        if (b0 & 0x70) == 0x40 and (b0 & 0x0F) in (OP_TEXT, OP_BINARY) and (b0 & 0x80) \
-                and self.headers.get("sec-websocket-extensions"):   # set before the reader starts
-            self.compressed += 1
-            payload = zlib.decompressobj(wbits=-15).decompress(payload + b"\x00\x00\xff\xff")
-            b0 &= ~0x40
-        super()._frame(b0, b1, payload, masked)
 
 
 def extensions_answer(port, offer):
