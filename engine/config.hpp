@@ -66,6 +66,10 @@ struct server_config {
   inbound_policy inbound = inbound_policy::drop;
   bool insecure_no_auth = false;      // every connection is user "anonymous"
   uint32_t ping_interval_ms = 25000;  // WSE mode: server ping to every connection (0: never)
+  // permessage-deflate (RFC 7692): accepted when a client offers it (no context kept between
+  // messages). Data messages shorter than the threshold go uncompressed.
+  bool permessage_deflate = true;
+  uint32_t deflate_threshold_bytes = 256;
   // WSE mode: per-connection sends whose JSON is longer go out as "C:" + zlib (0: never).
   uint32_t compression_threshold_bytes = 1024;
   // WSE mode: token bucket on inbound data messages, per connection (rate 0: unlimited). Over

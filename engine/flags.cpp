@@ -201,6 +201,14 @@ flags_result parse_flags(int argc, char** argv) {
       ->capture_default_str();
   add_parsed(app, "--ping-interval", c.ping_interval_ms, parse_duration_ms,
              "WSE mode: the server pings every connection this often (0: never)", 1, "25s");
+  std::string deflate = "on";
+  app.add_option("--permessage-deflate", deflate,
+                 "on: accept a client's permessage-deflate offer (RFC 7692; no context kept "
+                 "between messages, libdeflate); off: never negotiate it")
+      ->check(CLI::IsMember({"on", "off"}))
+      ->capture_default_str();
+  add_parsed(app, "--deflate-threshold", c.deflate_threshold_bytes, parse_size,
+             "permessage-deflate: data messages shorter than this go uncompressed", 1, "256");
   add_parsed(app, "--compression-threshold", c.compression_threshold_bytes, parse_size,
              "WSE mode: per-connection sends whose JSON is longer go out as C: + zlib (0: never)",
              1, "1024");
@@ -350,6 +358,7 @@ flags_result parse_flags(int argc, char** argv) {
     c.admin_port = uint16_t(port);
   }
   c.slow_consumer = slow == "drop" ? slow_consumer_policy::drop : slow_consumer_policy::disconnect;
+  c.permessage_deflate = deflate == "on";
   c.mode = mode == "wse" ? server_mode::wse : server_mode::echo;
   c.inbound = inbound == "echo"    ? inbound_policy::echo
               : inbound == "log"   ? inbound_policy::log

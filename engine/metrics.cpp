@@ -60,6 +60,15 @@ const char* name_of(slow_action a) {
   return names[size_t(a)];
 }
 
+const char* name_of(deflate_event e) {
+  static constexpr const char* names[] = {
+      "negotiated",      "declined",       "inflated",    "bad_data",         "compressed",
+      "below_threshold", "incompressible", "shared_made", "shared_delivered",
+  };
+  static_assert(std::size(names) == size_t(deflate_event::count_));
+  return names[size_t(e)];
+}
+
 void append_family(std::string& out, size_t shard_count,
                    const std::function<uint64_t(size_t)>& read, const char* name, const char* type,
                    const char* help, const char* label, const char* label_value, bool header) {
@@ -184,6 +193,21 @@ std::string render_prometheus(std::span<const shard_metrics* const> shards) {
   family(out, shards, "wsed_tls_connections", "gauge",
          "Connections holding a TLS session (handshaking, open or closing).",
          [](const shard_metrics& m) { return m.tls_connections.get(); });
+  labelled<deflate_event>(out, shards, "wsed_deflate_total",
+                          "permessage-deflate: negotiations and messages, by event.", "event",
+                          &shard_metrics::deflate);
+  family(out, shards, "wsed_deflate_in_wire_bytes_total", "counter",
+         "Compressed payload bytes received (permessage-deflate).",
+         [](const shard_metrics& m) { return m.deflate_in_wire_bytes.get(); });
+  family(out, shards, "wsed_deflate_in_bytes_total", "counter",
+         "What the compressed messages received inflated to.",
+         [](const shard_metrics& m) { return m.deflate_in_bytes.get(); });
+  family(out, shards, "wsed_deflate_out_bytes_total", "counter",
+         "Message bytes compressed for sending (per-connection sends and shared twins).",
+         [](const shard_metrics& m) { return m.deflate_out_bytes.get(); });
+  family(out, shards, "wsed_deflate_out_wire_bytes_total", "counter",
+         "What those messages compressed to.",
+         [](const shard_metrics& m) { return m.deflate_out_wire_bytes.get(); });
   return out;
 }
 

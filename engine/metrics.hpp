@@ -88,6 +88,20 @@ enum class tls_result : uint8_t {
 // What the slow-consumer policy did with a message for a connection over its outbound cap.
 enum class slow_action : uint8_t { disconnect, drop, count_ };
 
+// permessage-deflate (RFC 7692) events, per shard.
+enum class deflate_event : uint8_t {
+  negotiated,        // upgrades that accepted an offer
+  declined,          // upgrades that offered it and got no extension (no acceptable offer, or off)
+  inflated,          // compressed messages received and inflated
+  bad_data,          // compressed messages that were not valid DEFLATE (close 1007)
+  compressed,        // messages sent compressed (per-connection sends)
+  below_threshold,   // messages sent plain on a deflate connection: under --deflate-threshold
+  incompressible,    // messages sent plain: compressing did not make them smaller
+  shared_made,       // publications compressed once into a shared twin frame
+  shared_delivered,  // deliveries of a shared twin frame (compressed, no compression of its own)
+  count_
+};
+
 const char* name_of(reject_reason r);
 const char* name_of(close_reason r);
 const char* name_of(limit_kind l);
@@ -95,6 +109,7 @@ const char* name_of(api_result r);
 const char* name_of(publish_kind k);
 const char* name_of(slow_action a);
 const char* name_of(tls_result r);
+const char* name_of(deflate_event e);
 
 class counter {
  public:
@@ -140,6 +155,12 @@ struct shard_metrics {
   std::array<counter, size_t(tls_result::count_)> tls_handshakes;
   counter tls_errors;       // record errors after the handshake (the connection is closed)
   counter tls_connections;  // gauge: connections with a TLS session (handshaking or open)
+  // permessage-deflate.
+  std::array<counter, size_t(deflate_event::count_)> deflate;
+  counter deflate_in_wire_bytes;   // compressed payload bytes received
+  counter deflate_in_bytes;        // what they inflated to
+  counter deflate_out_bytes;       // message bytes sent compressed (before compression)
+  counter deflate_out_wire_bytes;  // what they compressed to (per-connection sends and twins)
 };
 
 // Renders every shard's counters plus a shard="total" series per family.

@@ -122,6 +122,7 @@ shard::shard(uint32_t index, server_shared& shared, app_handler& app)
   limits_.message_bytes_max = cfg_.message_bytes_max;
   limits_.fragments_per_message_max = cfg_.fragments_per_message_max;
   limits_.text_utf8_by_application = app_.validates_text_utf8();
+  if (cfg_.permessage_deflate) deflate_ = std::make_unique<proto::deflate_codec>();
   hold_send_bytes_ =
       std::min<uint64_t>(limits::backlog_send_bytes_min, cfg_.outbound_bytes_max / 2);
   tick_.tv_sec = 0;
@@ -725,7 +726,16 @@ void shard::answer_http(connection& c, uint32_t slot, std::string_view response,
 
 void shard::upgrade(connection& c, uint32_t slot, const proto::http_request& req, size_t consumed,
                     size_t available) {
-  std::string response = proto::upgrade_response(req.header("Sec-WebSocket-Key"));
+  proto::deflate_negotiation deflate;
+  bool offered = false;
+  if (deflate_) deflate = proto::negotiate_permessage_deflate(req, &offered);
+  if (deflate.accepted || offered)
+    metrics_.deflate[size_t(deflate.accepted ? deflate_event::negotiated : deflate_event::declined)]
+        .add();
+  c.parser.allow_compressed(deflate.accepted);
+  std::string response = proto::upgrade_response(
+      req.header("Sec-WebSocket-Key"),
+      deflate.accepted ? proto::deflate_response_value(deflate) : std::string_view{});
   out_of(c).append(chunks_, response.data(), response.size());
   mark_dirty(c, slot);
   if (c.flags & flag_pending) {
@@ -819,6 +829,7 @@ size_t shard::parse_frames(connection& c, uint32_t slot, std::span<uint8_t> data
 // otherwise assembled. Returns false when the connection started closing.
 bool shard::on_data_event(connection& c, uint32_t slot, const proto::ws_event& ev) {
   if (ev.message_begin && ev.message_end && !c.assembly) {
+    if (ev.compressed) return on_compressed_message(c, slot, ev.message_opcode, ev.payload);
     metrics_.messages_in.add();
     payload_utf8_unchecked_ = ev.utf8_unchecked;
     app_.on_message(*this, conn_ref{slot, c.generation}, ev.message_opcode, ev.payload);
@@ -843,10 +854,50 @@ bool shard::on_data_event(connection& c, uint32_t slot, const proto::ws_event& e
   byte_buffer* msg = c.assembly;
   c.assembly = nullptr;
   shared_.unfinished_bytes.fetch_sub(msg->size, std::memory_order_relaxed);
+  std::span<const uint8_t> whole(msg->data(), msg->size);
+  if (ev.compressed) {
+    bool open = on_compressed_message(c, slot, ev.message_opcode, whole);
+    byte_buffer::release(msg);
+    return open;
+  }
   metrics_.messages_in.add();
-  app_.on_message(*this, conn_ref{slot, c.generation}, ev.message_opcode,
-                  std::span<const uint8_t>(msg->data(), msg->size));
+  app_.on_message(*this, conn_ref{slot, c.generation}, ev.message_opcode, whole);
   byte_buffer::release(msg);
+  return c.state == conn_state::open;
+}
+
+bool shard::on_compressed_message(connection& c, uint32_t slot, ws_opcode opcode,
+                                  std::span<const uint8_t> compressed) {
+  size_t n = 0;
+  switch (
+      deflate_->inflate(compressed, cfg_.message_bytes_max, inflated_, &n, payload_padding_bytes)) {
+    case proto::inflate_status::ok:
+      break;
+    case proto::inflate_status::bad_data:
+      metrics_.deflate[size_t(deflate_event::bad_data)].add();
+      begin_close(c, slot, reason_for_code(close_codes::invalid_payload),
+                  close_codes::invalid_payload);
+      return false;
+    case proto::inflate_status::too_big:  // over --max-message-size once inflated: a bomb
+      metrics_.limit_hits[size_t(limit_kind::max_message_size)].add();
+      begin_close(c, slot, reason_for_code(close_codes::message_too_big),
+                  close_codes::message_too_big);
+      return false;
+  }
+  metrics_.deflate[size_t(deflate_event::inflated)].add();
+  metrics_.deflate_in_wire_bytes.add(compressed.size());
+  metrics_.deflate_in_bytes.add(n);
+  std::span<const uint8_t> message(inflated_.data(), n);
+  const bool text = opcode == ws_opcode::text;
+  if (text && !limits_.text_utf8_by_application && !proto::valid_utf8(message)) {
+    begin_close(c, slot, reason_for_code(close_codes::invalid_payload),
+                close_codes::invalid_payload);
+    return false;
+  }
+  metrics_.messages_in.add();
+  payload_utf8_unchecked_ = text && limits_.text_utf8_by_application;
+  app_.on_message(*this, conn_ref{slot, c.generation}, opcode, message);
+  payload_utf8_unchecked_ = false;
   return c.state == conn_state::open;
 }
 
@@ -895,16 +946,62 @@ send_status shard::send_message(conn_ref ref, ws_opcode opcode, std::span<const 
   connection& c = slot_at(ref.slot);
   if (c.generation != ref.generation || c.state != conn_state::open) return send_status::dropped;
   if (c.out && c.out->queued_bytes() > cfg_.outbound_bytes_max) return over_cap(c, ref.slot);
-  queue_frame(c, ref.slot, opcode, payload);
   metrics_.messages_out.add();
+  if (c.parser.compressed_allowed()) {
+    if (payload.size() < cfg_.deflate_threshold_bytes) {
+      metrics_.deflate[size_t(deflate_event::below_threshold)].add();
+    } else if (std::span<const uint8_t> z = deflate_->compress(payload); !z.empty()) {
+      metrics_.deflate[size_t(deflate_event::compressed)].add();
+      metrics_.deflate_out_bytes.add(payload.size());
+      metrics_.deflate_out_wire_bytes.add(z.size());
+      queue_frame(c, ref.slot, opcode, z, true);
+      return send_status::queued;
+    } else {
+      metrics_.deflate[size_t(deflate_event::incompressible)].add();
+    }
+  }
+  queue_frame(c, ref.slot, opcode, payload);
   return send_status::queued;
 }
 
-send_status shard::send_frame(conn_ref ref, const fanout::frame& f) {
+const fanout::frame& shard::deflated_form(const fanout::frame& f) {
+  const uint8_t opcode = f.wire()[0] & 0x0F;
+  if (opcode != uint8_t(ws_opcode::text) && opcode != uint8_t(ws_opcode::binary)) return f;
+  if (f.wire_bytes - f.header_bytes < cfg_.deflate_threshold_bytes) {
+    metrics_.deflate[size_t(deflate_event::below_threshold)].add();
+    return f;
+  }
+  fanout::frame* twin = f.deflated.load(std::memory_order_acquire);
+  if (twin == nullptr) {
+    // The first deflate connection of any shard to get this publication compresses it, once.
+    std::string_view payload = f.payload();
+    std::span<const uint8_t> z =
+        deflate_->compress({reinterpret_cast<const uint8_t*>(payload.data()), payload.size()});
+    fanout::frame* made =
+        z.empty() ? nullptr : fanout::make_deflated_frame(opcode == uint8_t(ws_opcode::binary), z);
+    // Incompressible (or out of memory): f itself marks it, so nobody tries again. Another
+    // shard may have stored its twin meanwhile: that one is used, ours is released.
+    twin = fanout::publish_deflated(f, made != nullptr ? made : const_cast<fanout::frame*>(&f));
+    if (made != nullptr && twin == made) {
+      metrics_.deflate[size_t(deflate_event::shared_made)].add();
+      metrics_.deflate_out_bytes.add(payload.size());
+      metrics_.deflate_out_wire_bytes.add(z.size());
+    }
+  }
+  if (twin == &f) {
+    metrics_.deflate[size_t(deflate_event::incompressible)].add();
+    return f;
+  }
+  metrics_.deflate[size_t(deflate_event::shared_delivered)].add();
+  return *twin;
+}
+
+send_status shard::send_frame(conn_ref ref, const fanout::frame& plain) {
   if (ref.slot >= slots_touched_) return send_status::dropped;
   connection& c = slot_at(ref.slot);
   if (c.generation != ref.generation || c.state != conn_state::open) return send_status::dropped;
   if (c.out && c.out->queued_bytes() > cfg_.outbound_bytes_max) return over_cap(c, ref.slot);
+  const fanout::frame& f = c.parser.compressed_allowed() ? deflated_form(plain) : plain;
   auto* frame = const_cast<fanout::frame*>(&f);  // only its refcount changes
   if (!c.direct && !(c.ops & send_pending) && (!c.out || c.out->empty())) {
     // Nothing queued: sent from the frame itself.
@@ -969,10 +1066,11 @@ void shard::release_queue(connection& c) {
 }
 
 void shard::queue_frame(connection& c, uint32_t slot, ws_opcode opcode,
-                        std::span<const uint8_t> payload) {
+                        std::span<const uint8_t> payload, bool compressed) {
   size_t header = proto::frame_header_bytes(payload.size());
   uint8_t* p = out_of(c).reserve(chunks_, header + payload.size());
   proto::encode_frame_header(p, opcode, payload.size());
+  if (compressed) p[0] |= proto::ws_rsv1_bit;
   if (!payload.empty()) std::memcpy(p + header, payload.data(), payload.size());
   mark_dirty(c, slot);
 }

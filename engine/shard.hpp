@@ -27,6 +27,7 @@
 #include "engine/ring.hpp"
 #include "engine/timer_lists.hpp"
 #include "engine/tls.hpp"
+#include "proto/deflate.hpp"
 #include "proto/http.hpp"
 #include "proto/ws.hpp"
 
@@ -256,6 +257,12 @@ class shard {
   void on_tls_bytes(connection& c, uint32_t slot, std::span<uint8_t> data);
   size_t parse_frames(connection& c, uint32_t slot, std::span<uint8_t> data);
   bool on_data_event(connection& c, uint32_t slot, const proto::ws_event& ev);
+  // A whole compressed message (permessage-deflate): inflated, checked, handed to the app.
+  bool on_compressed_message(connection& c, uint32_t slot, proto::ws_opcode opcode,
+                             std::span<const uint8_t> compressed);
+  // The frame to send a deflate connection for f: its shared compressed twin (made here on
+  // first use), or f itself (a control frame, under --deflate-threshold, incompressible).
+  const fanout::frame& deflated_form(const fanout::frame& f);
   // Returns true when the connection stays open for another request.
   bool serve_http(connection& c, uint32_t slot, const proto::http_request& req,
                   std::string_view body);
@@ -269,7 +276,7 @@ class shard {
   void queue_shared(out_queue& q, fanout::frame* f);  // copied or referenced (its own reference)
   void release_queue(connection& c);
   void queue_frame(connection& c, uint32_t slot, proto::ws_opcode opcode,
-                   std::span<const uint8_t> payload);
+                   std::span<const uint8_t> payload, bool compressed = false);
   void queue_close(connection& c, uint32_t slot, uint16_t code, std::string_view reason);
   void mark_dirty(connection& c, uint32_t slot);
   send_status over_cap(connection& c, uint32_t slot);
@@ -319,6 +326,10 @@ class shard {
   const server_config& cfg_;
   app_handler& app_;
   proto::ws_limits limits_;
+  // permessage-deflate: the shard's codec (with --permessage-deflate=on) and the last message
+  // it inflated (reused; followed by payload_padding_bytes).
+  std::unique_ptr<proto::deflate_codec> deflate_;
+  std::vector<uint8_t> inflated_;
   shard_metrics metrics_;
   chunk_pool chunks_;
   std::vector<out_queue*> free_queues_;

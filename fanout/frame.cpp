@@ -51,6 +51,7 @@ frame* fill(frame* f, std::string_view key, std::string_view payload,
   f->header_bytes = static_cast<uint32_t>(header_bytes);
   f->wire_bytes = static_cast<uint32_t>(header_bytes + payload.size());
   f->next_free = nullptr;
+  f->deflated.store(nullptr, std::memory_order_relaxed);
   f->refs.store(1, std::memory_order_relaxed);
   return f;
 }
@@ -65,6 +66,8 @@ void release(frame* f) {
   const uint32_t before = f->refs.fetch_sub(1, std::memory_order_acq_rel);
   FANOUT_ASSERT(before != 0);
   if (before != 1) return;
+  frame* twin = f->deflated.exchange(nullptr, std::memory_order_acquire);
+  if (twin != nullptr && twin != f) release(twin);  // a twin has no twin: one level deep
   if (f->origin != nullptr) {
     f->origin->give_back(f);
   } else {
@@ -84,6 +87,27 @@ frame* make_binary_frame(std::string_view key, std::string_view payload) {
   if (bytes == 0) return nullptr;
   frame* f = allocate(bytes, nullptr);
   return f == nullptr ? nullptr : fill(f, key, payload, proto::ws_opcode::binary);
+}
+
+frame* make_deflated_frame(bool binary, std::span<const uint8_t> compressed) {
+  std::string_view payload(reinterpret_cast<const char*>(compressed.data()), compressed.size());
+  const size_t bytes = needed_bytes({}, payload);
+  if (bytes == 0) return nullptr;
+  frame* f = allocate(bytes, nullptr);
+  if (f == nullptr) return nullptr;
+  fill(f, {}, payload, binary ? proto::ws_opcode::binary : proto::ws_opcode::text);
+  reinterpret_cast<uint8_t*>(f + 1)[0] |= proto::ws_rsv1_bit;
+  return f;
+}
+
+frame* publish_deflated(const frame& f, frame* twin) {
+  frame* expected = nullptr;
+  auto& slot = f.deflated;  // mutable: the twin is not part of the frame's bytes
+  if (slot.compare_exchange_strong(expected, twin, std::memory_order_acq_rel,
+                                   std::memory_order_acquire))
+    return twin;
+  if (twin != &f) release(twin);
+  return expected;
 }
 
 frame_pool::~frame_pool() {

@@ -32,6 +32,11 @@ struct frame {
   uint32_t reserved_;
   frame_pool* origin;  // nullptr: malloc'd, freed by the last release
   frame* next_free;    // the origin pool's return stack
+  // permessage-deflate: the compressed twin of this data frame (RSV1 set, same message), made
+  // once by the first shard that sends it to a connection that negotiated deflate, then shared
+  // by every such connection of every shard; this frame holds its one reference and releases it
+  // with its last. nullptr: not made yet; this frame itself: compressing did not make it smaller.
+  mutable std::atomic<frame*> deflated{nullptr};
 
   const uint8_t* bytes() const { return reinterpret_cast<const uint8_t*>(this + 1); }
   std::string_view key() const { return {reinterpret_cast<const char*>(bytes()), key_bytes}; }
@@ -42,7 +47,7 @@ struct frame {
             wire_bytes - header_bytes};
   }
 };
-static_assert(sizeof(frame) == 40);
+static_assert(sizeof(frame) == 48);
 
 // Adds n references (any thread; the caller already holds one).
 void retain(frame* f, uint32_t n = 1);
@@ -55,6 +60,13 @@ void release(frame* f);
 frame* make_text_frame(std::string_view key, std::string_view payload);
 // The same with a binary frame (broadcasts of raw bytes).
 frame* make_binary_frame(std::string_view key, std::string_view payload);
+
+// A compressed data frame (RFC 7692: RSV1 set) of the already compressed payload, from the heap,
+// refs = 1, no key: a twin for frame::deflated. nullptr when the allocation fails.
+frame* make_deflated_frame(bool binary, std::span<const uint8_t> compressed);
+// Stores twin as f's deflated form (f takes the caller's reference) unless another thread stored
+// one first (then twin is released). Returns the one stored. twin may be f (not worth it).
+frame* publish_deflated(const frame& f, frame* twin);
 
 class frame_pool {
  public:

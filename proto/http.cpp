@@ -252,13 +252,17 @@ std::array<char, 28> websocket_accept(std::string_view key) {
   return out;
 }
 
-std::string upgrade_response(std::string_view key) {
+std::string upgrade_response(std::string_view key, std::string_view extensions) {
   const std::array<char, 28> accept = websocket_accept(key);
   std::string out;
-  out.reserve(130);
+  out.reserve(130 + (extensions.empty() ? 0 : 28 + extensions.size()));
   out += "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n";
   out += "Sec-WebSocket-Accept: ";
   out.append(accept.data(), accept.size());
+  if (!extensions.empty()) {
+    out += "\r\nSec-WebSocket-Extensions: ";
+    out += extensions;
+  }
   out += "\r\n\r\n";
   return out;
 }

@@ -96,8 +96,9 @@ bool valid_websocket_key(std::string_view key);
 // RFC 6455 section 4.2.2: base64(SHA-1(key + GUID)); always 28 characters.
 std::array<char, 28> websocket_accept(std::string_view key);
 
-// "HTTP/1.1 101 Switching Protocols" with Upgrade, Connection and Sec-WebSocket-Accept.
-std::string upgrade_response(std::string_view key);
+// "HTTP/1.1 101 Switching Protocols" with Upgrade, Connection and Sec-WebSocket-Accept, and
+// Sec-WebSocket-Extensions: extensions when not empty.
+std::string upgrade_response(std::string_view key, std::string_view extensions = {});
 
 enum class http_connection : uint8_t { close, keep_alive };
 

@@ -13,7 +13,7 @@ namespace wsed::proto {
 namespace {
 
 constexpr uint8_t fin_bit = 0x80;
-constexpr uint8_t rsv_bits = 0x70;
+constexpr uint8_t rsv23_bits = 0x30;  // never used by any extension we negotiate
 constexpr uint8_t opcode_bits = 0x0F;
 constexpr uint8_t mask_bit = 0x80;
 constexpr uint8_t length_bits = 0x7F;
@@ -134,7 +134,11 @@ ws_event ws_frame_parser::next(std::span<uint8_t> input, const ws_limits& limits
     const bool fin = (b0 & fin_bit) != 0;
     const bool masked = (b1 & mask_bit) != 0;
     const uint8_t length7 = b1 & length_bits;
-    if ((b0 & rsv_bits) != 0 || !is_known_opcode(opcode)) return fail(close_code::protocol_error);
+    if ((b0 & rsv23_bits) != 0 || !is_known_opcode(opcode)) return fail(close_code::protocol_error);
+    const bool rsv1 = (b0 & ws_rsv1_bit) != 0;
+    // RSV1 (permessage-deflate) only when negotiated, and only on a message's first frame.
+    if (rsv1 && ((deflate_ & deflate_negotiated) == 0 || is_control(opcode) || opcode == 0))
+      return fail(close_code::protocol_error);
     if (masked != (role_ == ws_role::server)) return fail(close_code::protocol_error);
     if (is_control(opcode)) {
       if (!fin || length7 > ws_control_payload_max) return fail(close_code::protocol_error);
@@ -191,7 +195,10 @@ ws_event ws_frame_parser::next(std::span<uint8_t> input, const ws_limits& limits
     // A data frame. A non-empty frame whose payload has not started arriving is left
     // unconsumed (need_more, no state change), so need_more never consumes.
     if (payload_bytes != 0 && input.size() == header_bytes) return need_more();
-    if (opcode != 0) message_opcode_ = opcode;
+    if (opcode != 0) {
+      message_opcode_ = opcode;
+      if (rsv1) deflate_ |= deflate_message;
+    }
     ++fragments_;
     frame_fin_ = fin ? 1 : 0;
     mask_key_ = key;
@@ -212,7 +219,9 @@ ws_event ws_frame_parser::next(std::span<uint8_t> input, const ws_limits& limits
   event.consumed = header_bytes + chunk;
   event.payload = input.first(chunk);
   if (role_ == ws_role::server) unmask(event.payload.data(), chunk, mask_key_, mask_offset_);
-  bool text = message_opcode_ == static_cast<uint8_t>(ws_opcode::text);
+  event.compressed = (deflate_ & deflate_message) != 0;
+  // A compressed message's text is checked by the engine once inflated.
+  bool text = message_opcode_ == static_cast<uint8_t>(ws_opcode::text) && !event.compressed;
   if (text && limits.text_utf8_by_application && event.message_begin && frame_fin_ &&
       chunk == payload_remaining_) {
     event.utf8_unchecked = true;  // the whole message, in this input: the application checks
@@ -233,6 +242,7 @@ ws_event ws_frame_parser::next(std::span<uint8_t> input, const ws_limits& limits
   message_bytes_ = 0;
   fragments_ = 0;
   frame_fin_ = 0;
+  deflate_ &= deflate_negotiated;
   utf8_.reset();
   return event;
 }

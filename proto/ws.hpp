@@ -78,6 +78,8 @@ struct ws_event {
   bool message_begin = false;                          // data: first chunk of a message
   bool message_end = false;     // data: last chunk of a message (FIN frame complete)
   bool utf8_unchecked = false;  // data: a whole text message left to the application (ws_limits)
+  bool compressed = false;  // data: the message's first frame had RSV1 (permessage-deflate): the
+                            // payload is raw DEFLATE, not UTF-8 checked (check it once inflated)
   uint16_t close_code = 0;      // close: received code; error: code to send
   size_t consumed = 0;          // input bytes used by this event
   std::span<uint8_t> payload;   // unmasked, pointing into the input
@@ -110,10 +112,19 @@ class ws_frame_parser {
   //   size/limit/opcode rules, at the bad byte's chunk for UTF-8).
   ws_event next(std::span<uint8_t> input, const ws_limits& limits);
 
+  // permessage-deflate was negotiated: RSV1 may be set on a message's first frame (otherwise it
+  // is a 1002, as on a control or continuation frame). Kept across reset().
+  void allow_compressed(bool on) { deflate_ = on ? deflate_negotiated : 0; }
+  bool compressed_allowed() const { return (deflate_ & deflate_negotiated) != 0; }
+
   bool in_message() const { return message_opcode_ != 0; }
   bool failed() const { return failed_ != 0; }
   uint64_t message_bytes() const { return message_bytes_; }
-  void reset() { *this = ws_frame_parser(role_); }
+  void reset() {
+    const uint8_t negotiated = deflate_ & deflate_negotiated;
+    *this = ws_frame_parser(role_);
+    deflate_ = negotiated;
+  }
 
  private:
   ws_event fail(uint16_t code);
@@ -129,6 +140,9 @@ class ws_frame_parser {
   ws_role role_;
   uint8_t failed_ = 0;
   utf8_validator utf8_;
+  static constexpr uint8_t deflate_negotiated = 1;  // RSV1 allowed on a message's first frame
+  static constexpr uint8_t deflate_message = 2;     // the open message is compressed
+  uint8_t deflate_ = 0;
 };
 static_assert(sizeof(ws_frame_parser) <= 32, "the parser lives in every connection slot");
 
@@ -136,6 +150,9 @@ static_assert(sizeof(ws_frame_parser) <= 32, "the parser lives in every connecti
 // MASK bit set) only for client frames; server frames are never masked.
 size_t encode_frame_header(uint8_t* out, ws_opcode opcode, uint64_t payload_bytes, bool fin = true,
                            const uint8_t* mask_key = nullptr);
+
+// The RSV1 bit of a frame's first byte: a compressed message (RFC 7692), first frame only.
+inline constexpr uint8_t ws_rsv1_bit = 0x40;
 
 // Header length of an unmasked frame with this payload length (2, 4 or 10).
 constexpr size_t frame_header_bytes(uint64_t payload_bytes) {

@@ -362,6 +362,17 @@ async function chatChecks(base, tokens, screenshot) {
         await page.click('#connect');
         await readyMessage(page, 'demo-user');
       });
+      await check('Chromium negotiates permessage-deflate (a second socket from the page)', async () => {
+        // The page set the access_token cookie on Connect, so this socket authenticates too.
+        const ext = await page.evaluate(() => new Promise((resolve, reject) => {
+          const t = setTimeout(() => reject(new Error('no open within 5 s')), 5000);
+          const w = new WebSocket((location.protocol === 'https:' ? 'wss:' : 'ws:') + '//' + location.host + '/wse');
+          w.onopen = () => { clearTimeout(t); resolve(w.extensions); w.close(1000); };
+          w.onerror = () => { clearTimeout(t); reject(new Error('socket error')); };
+        }));
+        assert(/^permessage-deflate/.test(ext) && /server_no_context_takeover/.test(ext) &&
+               /client_no_context_takeover/.test(ext), `extensions "${ext}"`);
+      });
       await check('Ping shows a PONG and its latency', async () => {
         await page.click('#ping');
         await page.locator('#log li.in[data-t="PONG"]').first().waitFor();

@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """RFC 6455 conformance harness for wsed (in-repo re-creation of the Autobahn|Testsuite case groups
-1-7, 9, 10; the cases are written from the RFC and the description of each group, no Autobahn code).
+1-7, 9, 10, and 12-13 in spirit: RFC 7692 permessage-deflate; the cases are written from the RFCs
+and the description of each group, no Autobahn code).
 
 Each case opens a raw TCP connection, does the opening handshake, sends hand-built masked frames
 (optionally chopped into small TCP writes with pauses), and collects everything the server sends until
@@ -43,12 +44,20 @@ SERVER_CONFIGS = {
     "big": ["--mode", "echo", "--max-message-size", "16MiB", "--max-outbound-bytes", "64MiB"],
     # group 10: a 64 KiB message in 1-byte fragments is 65536 frames, over the default --max-fragments 4096
     "frag": ["--mode", "echo", "--max-fragments", "65536"],
+    # groups 12/13: permessage-deflate; a small inflated-size cap for the bomb cases
+    "deflate": ["--mode", "echo", "--max-message-size", "256KiB", "--deflate-threshold", "64"],
 }
 
 
 class Case:
-    def __init__(self, cid, desc, steps, expect=(), close=NORMAL, server="default", timeout=5.0):
+    """offer: Sec-WebSocket-Extensions header line(s) of the handshake (a DeflateWS client);
+    answer: the extension the 101 must name (None: none); compressed: how many server messages
+    must arrive compressed (None: not checked)."""
+
+    def __init__(self, cid, desc, steps, expect=(), close=NORMAL, server="default", timeout=5.0,
+                 offer=None, answer=None, compressed=None):
         self.id, self.desc, self.server, self.timeout = cid, desc, server, timeout
+        self.offer, self.answer, self.compressed = offer, answer, compressed
         self.steps = list(steps)
         self.expect = list(expect)
         if close == NORMAL:
@@ -535,8 +544,110 @@ def group10():
     return c
 
 
+def _deflate_echo(cid, desc, messages, chop=None, offer=H.DEFLATE_OFFER, answer=H.DEFLATE_ANSWER,
+                  fragment=None, threshold=64):
+    """Each (kind, payload) sent compressed (fragment: the compressed bytes in frames of that
+    size, RSV1 on the first only) and expected back whole; those at or over the server's
+    --deflate-threshold come back compressed when deflate was negotiated."""
+    frames = []
+    for kind, payload in messages:
+        op = OP_TEXT if kind == "text" else OP_BINARY
+        z = H.deflate(payload) if answer else payload
+        rsv = 4 if answer else 0
+        parts = fragments(z, fragment) if fragment else [z]
+        for i, p in enumerate(parts):
+            frames.append(frame(op if i == 0 else OP_CONT, p, fin=i == len(parts) - 1,
+                                rsv=rsv if i == 0 else 0))
+    compressed = sum(1 for _, p in messages if len(p) >= threshold) if answer else 0
+    return Case(cid, desc, [send(*frames, chop=chop)], list(messages), server="deflate", timeout=20.0,
+                offer=offer, answer=answer, compressed=compressed)
+
+
+def _zbin(n, seed=0):
+    """n compressible binary bytes (a 7-byte period), so sizes over the threshold come back compressed."""
+    pat = bytes([seed & 0xFF, 0, 1, 2, 3, 0x80, 0xFF])
+    return (pat * (n // 7 + 1))[:n]
+
+
+def group12():
+    """Compressed echo: text and binary of many sizes, whole and fragmented, chopped TCP writes."""
+    c = []
+    sizes = [0, 16, 64, 256, 1 * KiB, 4 * KiB, 8 * KiB, 16 * KiB, 32 * KiB, 64 * KiB, 128 * KiB, 256 * KiB]
+    sub = 0
+    for kind in ("text", "binary"):
+        for fragment in (None, 1000, 64):
+            sub += 1
+            for i, n in enumerate(sizes, 1):
+                data = utf8_payload(n) if kind == "text" else _zbin(n, i)
+                how = "whole" if fragment is None else "%d-byte fragments" % fragment
+                if fragment == 64 and n > 32 * KiB:
+                    continue
+                c.append(_deflate_echo("12.%d.%d" % (sub, i), "compressed %s %d bytes x5, %s" % (kind, n, how),
+                                       [(kind, data)] * 5, fragment=fragment))
+    sub += 1
+    c.append(_deflate_echo("12.%d.1" % sub, "compressed text, sent octet by octet", [("text", utf8_payload(300))],
+                           chop=1))
+    mixed = [("text", utf8_payload(i * 37)) if i % 2 else ("binary", _zbin(i * 53, i)) for i in range(40)]
+    c.append(_deflate_echo("12.%d.2" % sub, "40 mixed compressed messages, pipelined", mixed))
+    # A plain message on a deflate connection, and compressed ones around a ping.
+    c.append(Case("12.%d.3" % sub, "plain and compressed messages interleaved with a ping",
+                  [send(T(b"plain one"), T(H.deflate(b"zipped " * 20), rsv=4), PING(b"p"),
+                        B(H.deflate(bytes(500)), rsv=4), B(b"\x00plain"))],
+                  [text(b"plain one"), text(b"zipped " * 20), pong(b"p"), binary(bytes(500)), binary(b"\x00plain")],
+                  server="deflate", offer=H.DEFLATE_OFFER, answer=H.DEFLATE_ANSWER, compressed=2))
+    return c
+
+
+def group13():
+    """Negotiation variants (each then echoes compressed messages), RSV1 rules, bad data, bombs."""
+    c = []
+    ext = lambda v: b"Sec-WebSocket-Extensions: " + v + b"\r\n"
+    msgs = [("text", utf8_payload(2000)), ("binary", binary_payload(70000, 3)), ("text", b"short")]
+    smwb = H.DEFLATE_ANSWER + "; server_max_window_bits=15"
+    offers = [
+        (b"permessage-deflate", H.DEFLATE_ANSWER),
+        (b"permessage-deflate; client_no_context_takeover", H.DEFLATE_ANSWER),
+        (b"permessage-deflate; server_no_context_takeover", H.DEFLATE_ANSWER),
+        (b"permessage-deflate; server_no_context_takeover; client_no_context_takeover", H.DEFLATE_ANSWER),
+        (b"permessage-deflate; server_max_window_bits=15", smwb),
+        (b"permessage-deflate; server_max_window_bits=\"15\"; client_max_window_bits=\"15\"", smwb),
+    ] + [(b"permessage-deflate; client_max_window_bits=%d" % w, H.DEFLATE_ANSWER) for w in range(8, 16)] + [
+        (b"permessage-deflate; server_max_window_bits=9, permessage-deflate", H.DEFLATE_ANSWER),
+        (b"x-webkit-deflate-frame, permessage-deflate; client_max_window_bits", H.DEFLATE_ANSWER),
+        # declined: the server answers no extension and the messages go plain
+        (b"permessage-deflate; server_max_window_bits=12", None),
+        (b"permessage-deflate; unknown_param", None),
+        (b"permessage-deflate; client_max_window_bits=16", None),
+        (b"permessage-deflate; server_no_context_takeover=1", None),
+    ]
+    for i, (offer, answer) in enumerate(offers, 1):
+        c.append(_deflate_echo("13.1.%d" % i, "offer %r" % offer.decode(), msgs, offer=ext(offer), answer=answer))
+    errs = [
+        ("RSV1 without a negotiation", None, [T(H.deflate(b"hello"), rsv=4)], 1002),
+        ("RSV1 on a continuation frame", H.DEFLATE_OFFER,
+         [T(H.deflate(b"hello hello")[:2], fin=False, rsv=4), C(H.deflate(b"hello hello")[2:], rsv=4)], 1002),
+        ("RSV1 on a ping", H.DEFLATE_OFFER, [PING(b"x", rsv=4)], 1002),
+        ("RSV1 on a close", H.DEFLATE_OFFER, [CLOSE(1000, rsv=4)], 1002),
+        ("RSV2 on a data frame", H.DEFLATE_OFFER, [T(H.deflate(b"hello"), rsv=2)], 1002),
+        ("bad DEFLATE data", H.DEFLATE_OFFER, [B(b"\xff\xff\xff\xff\xff", rsv=4)], 1007),
+        ("reserved block type", H.DEFLATE_OFFER, [T(b"\x07\x00", rsv=4)], 1007),
+        ("invalid UTF-8 inside compressed text", H.DEFLATE_OFFER, [T(H.deflate(b"bad \xed\xa0\x80 utf8"), rsv=4)],
+         1007),
+        ("zip bomb: 64 MiB of zeros, cap 256 KiB", H.DEFLATE_OFFER, [B(H.deflate(bytes(64 * MiB)), rsv=4)], 1009),
+        ("bomb in fragments", H.DEFLATE_OFFER,
+         [frame(OP_BINARY, H.deflate(bytes(4 * MiB))[:100], fin=False, rsv=4),
+          C(H.deflate(bytes(4 * MiB))[100:])], 1009),
+    ]
+    for i, (desc, offer, frames, code) in enumerate(errs, 1):
+        c.append(Case("13.2.%d" % i, desc, [send(*frames)], [], close=code, server="deflate",
+                      offer=offer, answer=H.DEFLATE_ANSWER if offer else None))
+    # One byte under the cap inflates and echoes (compressed).
+    c.append(_deflate_echo("13.3.1", "inflates to exactly the 256 KiB cap", [("binary", bytes(256 * KiB))]))
+    return c
+
+
 GROUPS = {"1": group1, "2": group2, "3": group3, "4": group4, "5": group5, "6": group6, "7": group7,
-          "9": group9, "10": group10}
+          "9": group9, "10": group10, "12": group12, "13": group13}
 
 
 # -- running ------------------------------------------------------------------------------------
@@ -555,9 +666,12 @@ def run_case(port, case):
         case.materialize()
     fails = []
     try:
-        ws = H.RawWS(port, timeout=5.0)
+        ws = H.RawWS(port, timeout=5.0) if case.offer is None else H.DeflateWS(port, extra=case.offer, timeout=5.0)
     except Exception as e:
         return ["handshake failed: %s" % e]
+    negotiated = ws.headers.get("sec-websocket-extensions")
+    if negotiated != case.answer:
+        fails.append("Sec-WebSocket-Extensions %r, expected %r" % (negotiated, case.answer))
     try:
         at_boundary = True
         for st in case.steps:
@@ -613,6 +727,8 @@ def run_case(port, case):
         fails.append("messages differ at #%d: expected %d [%s], got %d [%s]" % (
             i, len(exp), ", ".join(_short(e) for e in exp[i:i + 2]), len(got),
             ", ".join(_short(e) for e in got[i:i + 2])))
+    if case.compressed is not None and getattr(ws, "compressed", 0) != case.compressed:
+        fails.append("%d messages came back compressed, expected %d" % (getattr(ws, "compressed", 0), case.compressed))
     closes = [e for e in events if e[0] == "close"]
     if not closes:
         fails.append("no close frame from the server (expected code %s)" % _codes(case.close))

@@ -23,6 +23,7 @@ import struct
 import subprocess
 import threading
 import time
+import zlib
 
 HOST = "127.0.0.1"
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -436,6 +437,7 @@ class RawWS:
             raise AssertionError("handshake status %r: %r" % (status, head[:300]))
         if headers.get("sec-websocket-accept") != accept_for(key):
             raise AssertionError("bad Sec-WebSocket-Accept %r" % headers.get("sec-websocket-accept"))
+        self.headers = headers
         self.sock.setblocking(False)
         self.events = []
         self.event_times = []
@@ -650,6 +652,39 @@ class RawWS:
             self.send_close(1000)
         self.wait_eof(timeout)
         self.abort()
+
+
+# permessage-deflate (RFC 7692) on the client side, for raw tests.
+DEFLATE_OFFER = b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+DEFLATE_ANSWER = "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+
+
+def deflate(data):
+    """What a zlib sender puts on the wire for one message (no context takeover): raw DEFLATE,
+    sync flush, its 00 00 ff ff stripped."""
+    c = zlib.compressobj(wbits=-15)
+    z = c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH)
+    assert z.endswith(b"\x00\x00\xff\xff")
+    return z[:-4]
+
+
+class DeflateWS(RawWS):
+    """A RawWS that offers permessage-deflate (extra carries the offer): a server data frame with
+    RSV1 (FIN set: the server never fragments) is inflated and counted in self.compressed, when
+    the server accepted the offer; RSV1 anywhere else stays a violation (RawWS)."""
+
+    def __init__(self, port, extra=DEFLATE_OFFER, **kw):
+        self.compressed = 0
+        super().__init__(port, extra=extra, **kw)
+        self.negotiated = self.headers.get("sec-websocket-extensions")
+
+    def _frame(self, b0, b1, payload, masked):
+        if (b0 & 0x70) == 0x40 and (b0 & 0x0F) in (OP_TEXT, OP_BINARY) and (b0 & 0x80) \
+                and self.headers.get("sec-websocket-extensions"):   # set before the reader starts
+            self.compressed += 1
+            payload = zlib.decompressobj(wbits=-15).decompress(payload + b"\x00\x00\xff\xff")
+            b0 &= ~0x40
+        super()._frame(b0, b1, payload, masked)
 
 
 def limit(seconds):

@@ -23,9 +23,9 @@ function withTimeout(p, ms, what) {
     .finally(() => clearTimeout(t));
 }
 
-function open() {
+function open(perMessageDeflate = false) {
   return withTimeout(new Promise((resolve, reject) => {
-    const ws = new WebSocket(url, { perMessageDeflate: false, maxPayload: 64 * 1024 * 1024 });
+    const ws = new WebSocket(url, { perMessageDeflate, maxPayload: 64 * 1024 * 1024 });
     ws.once('open', () => resolve(ws));
     ws.once('error', reject);
   }), 5000, 'open');
@@ -131,6 +131,46 @@ function assert(cond, msg) { if (!cond) throw new Error(msg); }
       c.close(1000);
     }));
   });
+  // permessage-deflate (RFC 7692): ws offers it, wsed answers with no context takeover both ways.
+  const zws = await open({ threshold: 0 }).catch((e) => { console.log(`FAIL open deflate: ${e.message}`); return null; });
+  await test('permessage-deflate negotiated', async () => {
+    assert(zws, 'no connection');
+    // ws reports the negotiated extension's name (its parameters were checked when it accepted).
+    assert(zws.extensions === 'permessage-deflate', `extensions "${zws.extensions}"`);
+  });
+  if (zws) {
+    const znext = collector(zws);
+    for (const n of sizes.concat([300, 5000])) {
+      await test(`deflate: text ${n} bytes`, async () => {
+        const s = utf8OfSize(n, n).toString('utf8');
+        zws.send(s);
+        const m = await znext();
+        assert(!m.isBinary && m.data.equals(Buffer.from(s, 'utf8')), `payload differs (got ${m.data.length} bytes)`);
+      });
+      await test(`deflate: binary ${n} bytes (random, incompressible)`, async () => {
+        const b = crypto.randomBytes(n);
+        zws.send(b, { binary: true });
+        const m = await znext();
+        assert(m.isBinary && m.data.equals(b), `payload differs (got ${m.data.length} bytes)`);
+      });
+    }
+    await test('deflate: 100 pipelined compressible messages and a fragmented one', async () => {
+      const sent = [];
+      for (let i = 0; i < 100; i++) { const s = `{"n":${i},"pad":"${'ab'.repeat(i * 7)}"}`; sent.push(s); zws.send(s); }
+      zws.send('zpart1-'.repeat(50), { fin: false });
+      zws.send('zpart2', { fin: true });
+      sent.push('zpart1-'.repeat(50) + 'zpart2');
+      for (let i = 0; i < sent.length; i++) {
+        const m = await znext();
+        assert(m.data.toString() === sent[i], `message ${i} differs`);
+      }
+    });
+    await test('deflate: close 1000', async () => {
+      const p = withTimeout(new Promise((res) => zws.once('close', (code) => res(code))), 5000, 'close');
+      zws.close(1000);
+      assert((await p) === 1000, 'close code');
+    });
+  }
   clearTimeout(watchdog);
   console.log(`${passed} passed, ${failed} failed`);
   process.exit(failed === 0 ? 0 : 1);

@@ -64,7 +64,8 @@ inline bytes cat(std::initializer_list<bytes> parts) {
 }
 
 // What a stream produced: completed messages and control frames in arrival order ("T:" text,
-// "B:" binary, "ping:", "pong:", "close:<code>:"), then the error code if any (0: none).
+// "B:" binary, a "Z" before either for a compressed message (RSV1, permessage-deflate), "ping:",
+// "pong:", "close:<code>:"), then the error code if any (0: none).
 struct ws_record {
   std::vector<std::string> events;
   uint16_t error_code = 0;
@@ -89,9 +90,11 @@ inline std::string to_string(const ws_record& r) {
 // Feeds stream in chunks ending at each cut, like the engine.
 inline ws_record feed_chunks(const bytes& stream, const std::vector<size_t>& cuts,
                              proto::ws_role role = proto::ws_role::server,
-                             const proto::ws_limits& limits = {}) {
+                             const proto::ws_limits& limits = {}, bool deflate = false) {
   using proto::ws_event_kind;
   proto::ws_frame_parser parser(role);
+  parser.allow_compressed(deflate);
+  bool compressed = false;
   ws_record rec;
   bytes carry;
   std::string message;
@@ -123,14 +126,17 @@ inline ws_record feed_chunks(const bytes& stream, const std::vector<size_t>& cut
             REQUIRE((ev.message_opcode == proto::ws_opcode::text ||
                      ev.message_opcode == proto::ws_opcode::binary));
             message_op = ev.message_opcode;
+            compressed = ev.compressed;
             message.clear();
             rec.message_open = true;
           }
           REQUIRE(ev.message_opcode == message_op);
+          REQUIRE(ev.compressed == compressed);
           REQUIRE(parser.in_message() == !ev.message_end);
           message += payload;
           if (ev.message_end) {
-            rec.events.push_back((message_op == proto::ws_opcode::text ? "T:" : "B:") + message);
+            rec.events.push_back(std::string(compressed ? "Z" : "") +
+                                 (message_op == proto::ws_opcode::text ? "T:" : "B:") + message);
             rec.message_open = false;
           }
           break;
@@ -167,11 +173,11 @@ inline ws_record feed_chunks(const bytes& stream, const std::vector<size_t>& cut
 // Whole, split once at every offset (or a sample of offsets for long streams), and byte by
 // byte: every way must give the same record, which is returned.
 inline ws_record feed_all_ways(const bytes& stream, proto::ws_role role = proto::ws_role::server,
-                               const proto::ws_limits& limits = {}) {
-  const ws_record whole = feed_chunks(stream, {}, role, limits);
+                               const proto::ws_limits& limits = {}, bool deflate = false) {
+  const ws_record whole = feed_chunks(stream, {}, role, limits, deflate);
   for (size_t at = 0; at <= stream.size(); ++at) {
     if (stream.size() > 2048 && at > 300 && at + 300 < stream.size() && at % 97 != 0) continue;
-    const ws_record split = feed_chunks(stream, {at}, role, limits);
+    const ws_record split = feed_chunks(stream, {at}, role, limits, deflate);
     if (!(split == whole)) {
       INFO("split at " << at << ": " << to_string(split) << " vs whole: " << to_string(whole));
       REQUIRE(split == whole);
@@ -179,7 +185,7 @@ inline ws_record feed_all_ways(const bytes& stream, proto::ws_role role = proto:
   }
   std::vector<size_t> every;
   for (size_t at = 1; at < stream.size(); ++at) every.push_back(at);
-  const ws_record bytewise = feed_chunks(stream, every, role, limits);
+  const ws_record bytewise = feed_chunks(stream, every, role, limits, deflate);
   INFO("byte by byte: " << to_string(bytewise) << " vs whole: " << to_string(whole));
   REQUIRE(bytewise == whole);
   return whole;
