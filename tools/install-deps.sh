@@ -12,7 +12,7 @@ packages=(
   redis-server
   chromium
   golang-go golang-github-gorilla-websocket-dev
-  procps util-linux
+  procps util-linux openssl
 )
 
 missing=()
