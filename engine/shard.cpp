@@ -105,6 +105,7 @@ struct shard::tls_state {
   size_t out_sent = 0;
   size_t out_cap = 0;
   bool broken = false;  // after an error (or a plain HTTP client): nothing more is encrypted
+  bool fed = false;     // ciphertext (or what was taken for it) has arrived
   size_t unsent() const { return out_size - out_sent; }
   void release_out() {
     out.reset();
@@ -530,9 +531,16 @@ void shard::on_tls_bytes(connection& c, uint32_t slot, std::span<uint8_t> data) 
   tls_state& t = *tls_of(slot);
   if ((c.state != conn_state::handshake && c.state != conn_state::open) || t.broken)
     return;  // closing: input is discarded until the peer's EOF
-  t.conn.feed(data.data(), data.size());
-  uint8_t* plain = tls_plain_.get();
   tls_read r = tls_read::data;
+  if (!t.fed && !data.empty() && data[0] >= 'A' && data[0] <= 'Z') {
+    // A TLS record starts with its content type (a ClientHello with 22): an upper-case letter
+    // is an HTTP method, whichever (OpenSSL itself only recognises GET, POST, HEAD, PUT).
+    r = tls_read::plain_http;
+  } else {
+    t.conn.feed(data.data(), data.size());
+  }
+  t.fed = true;
+  uint8_t* plain = tls_plain_.get();
   while (r == tls_read::data && (c.state == conn_state::handshake || c.state == conn_state::open)) {
     const bool was_done = t.conn.handshake_done();
     size_t have = 0;
