@@ -25,7 +25,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 import websockets
 
+import redis_harness as R
 import test_fanout as F
+import test_redis as RD
 import test_wse as W
 import test_wse_features as WF
 import wsed_harness as H
@@ -322,6 +324,80 @@ def test_e2e_msgpack_connection_gets_m_inside_e():
             assert doc["t"] == "tick" and doc["p"] == {"k": [1, 2]}, doc
             await c.close()
         run(go())
+
+
+@limit(40)
+def test_e2e_queue_group_delivery_and_recovery_replay_are_sealed():
+    """--recovery: a keyed connection's queue group deliveries arrive as E:; publications it missed,
+    replayed by a recovering subscribe, arrive as E: (stamped, byte for byte the live JSON an
+    unkeyed subscriber got), before the sealed reply."""
+    with e2e_server("--recovery") as srv:
+        async def go():
+            member = await Client.open(srv.port, "m")
+            await member.key_exchange()
+            await member.send_sealed({"c": "WSE", "t": "subscription_update",
+                                      "p": {"action": "subscribe", "topics": ["jobs"], "queue_group": "workers"},
+                                      "v": 1})
+            reply = await member.recv_json(True)
+            assert reply["p"]["success_topics"] == ["jobs"], reply
+            st, _, doc = F.post_once(srv.port, [{"topic": "jobs", "message": {"t": "job", "p": {"n": n}}}
+                                                for n in range(3)])
+            assert st == 200, (st, doc)
+            got = [await member.recv_json(True) for _ in range(3)]
+            assert [g["p"]["n"] for g in got] == [0, 1, 2], got
+            # Recovery: a plain subscriber sees the live frames; a keyed one recovers them.
+            plain = await Client.open(srv.port, "p")
+            await subscribe(plain, ["hist"], sealed=False)
+            st, _, doc = F.post_once(srv.port, [{"topic": "hist", "message": {"t": "h", "p": {"n": n}}}
+                                                for n in range(4)])
+            assert st == 200, (st, doc)
+            live = [(await plain.recv())[1] for _ in range(4)]
+            first = json.loads(live[0])
+            keyed = await Client.open(srv.port, "k")
+            await keyed.key_exchange()
+            await keyed.send_sealed({"c": "WSE", "t": "subscription_update",
+                                     "p": {"action": "subscribe", "topics": ["hist"], "recover": True,
+                                           "recovery": {"hist": {"epoch": first["e"], "offset": first["o"]}}},
+                                     "v": 1})
+            replayed = []
+            for _ in range(3):
+                sealed, plain_bytes = await keyed.recv()
+                assert sealed, plain_bytes
+                replayed.append(plain_bytes)
+            assert replayed == live[1:], (replayed, live)
+            reply = await keyed.recv_json(True)
+            assert reply["t"] == "subscription_update" and reply["p"]["recovered"] is True, reply
+            for c in (member, plain, keyed):
+                await c.close()
+        run(go())
+
+
+@limit(60)
+def test_e2e_redis_delivery_from_another_instance_is_sealed():
+    """Two instances on one Redis: a publication made on A reaches B's keyed subscriber as E: and
+    B's unkeyed one in the clear (the bridge's delivery path)."""
+    with R.RedisServer() as redis, RD.instances(redis, extra=("--e2e",)) as (a, b):
+        async def go():
+            keyed, plain = await Client.open(b.port, "k"), await Client.open(b.port, "p")
+            await keyed.key_exchange()
+            await subscribe(keyed, ["remote"], sealed=True)
+            await subscribe(plain, ["remote"], sealed=False)
+            deadline = time.monotonic() + 10
+            got = None
+            n = 0
+            while got is None and time.monotonic() < deadline:  # until B's SUBSCRIBE is in place
+                st, _, doc = F.post_once(a.port, [{"topic": "remote", "message": {"t": "r", "p": {"n": n}}}])
+                assert st == 200, (st, doc)
+                try:
+                    got = await keyed.recv_json(True, timeout=0.5)
+                except asyncio.TimeoutError:
+                    n += 1
+            assert got is not None and got["t"] == "r", got
+            clear = await plain.recv_json(False)
+            assert clear == got, (clear, got)
+            await keyed.close()
+            await plain.close()
+        run(go(), timeout=40)
 
 
 @limit(30)
