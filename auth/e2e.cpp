@@ -51,6 +51,25 @@ EVP_KDF* hkdf_impl() {
 
 constexpr char hex_digits[] = "0123456789abcdef";
 
+// Random nonces drawn from the DRBG in bulk: one RAND_bytes per 341 nonces instead of one each
+// (RAND_bytes costs a global lock and a fork check per call). Bytes are used once, then the
+// buffer is refilled; still 12 random bytes per message, as the protocol asks.
+struct nonce_pool {
+  unsigned char bytes[4092];
+  size_t used = sizeof bytes;
+  bool take(unsigned char* out) {
+    if (used + gcm_nonce_bytes > sizeof bytes) {
+      if (RAND_bytes(bytes, sizeof bytes) != 1) return false;
+      used = 0;
+    }
+    std::memcpy(out, bytes + used, gcm_nonce_bytes);
+    OPENSSL_cleanse(bytes + used, gcm_nonce_bytes);
+    used += gcm_nonce_bytes;
+    return true;
+  }
+};
+thread_local nonce_pool nonces;
+
 void hex_into(const unsigned char* p, size_t n, char* out) {
   for (size_t i = 0; i < n; ++i) {
     out[2 * i] = hex_digits[p[i] >> 4];
@@ -325,12 +344,14 @@ bool e2e_cipher::seal(std::string_view plain, std::string& out) {
   auto* nonce = reinterpret_cast<unsigned char*>(out.data() + at);
   unsigned char* cipher = nonce + gcm_nonce_bytes;
   int written = 0, tail = 0;
-  if (RAND_bytes(nonce, gcm_nonce_bytes) != 1 ||
-      EVP_EncryptInit_ex2(enc_, nullptr, nullptr, nonce, nullptr) != 1 ||
+  // The tag through a parameter, not EVP_CIPHER_CTX_ctrl (which translates to one, slowly).
+  OSSL_PARAM get_tag[] = {OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG,
+                                                            cipher + plain.size(), gcm_tag_bytes),
+                          OSSL_PARAM_construct_end()};
+  if (!nonces.take(nonce) || EVP_EncryptInit_ex2(enc_, nullptr, nullptr, nonce, nullptr) != 1 ||
       EVP_EncryptUpdate(enc_, cipher, &written, uchars(plain), int(plain.size())) != 1 ||
       size_t(written) != plain.size() || EVP_EncryptFinal_ex(enc_, cipher + written, &tail) != 1 ||
-      tail != 0 ||
-      EVP_CIPHER_CTX_ctrl(enc_, EVP_CTRL_GCM_GET_TAG, gcm_tag_bytes, cipher + written) != 1) {
+      tail != 0 || EVP_CIPHER_CTX_get_params(enc_, get_tag) != 1) {
     ERR_clear_error();
     out.resize(at);
     return false;
