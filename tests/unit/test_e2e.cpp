@@ -1,11 +1,13 @@
 // tests/unit/test_e2e.cpp: auth/e2e: HMAC-SHA256 (RFC 4231 case 2), the message signature
 // (checked against Python's hmac/hashlib), AES-256-GCM through e2e_cipher and the one-shot
 // functions (each opens the other's output; a flipped bit, a short input or another key is
-// refused), and the P-256 exchange from both sides (the same key; bad points refused).
+// refused; nonces never repeat), and the P-256 exchange from both sides (the same key; bad points
+// refused).
 // Owns: nothing. Thread: the test runner.
 #include <doctest/doctest.h>
 
 #include <cstring>
+#include <set>
 #include <string>
 
 #include "auth/e2e.hpp"
@@ -74,6 +76,16 @@ TEST_SUITE("e2e") {
     REQUIRE(cipher->open(empty, out));
     CHECK(out.empty());
 
+    SUBCASE("nonces never repeat, across refills of the per-thread buffer") {
+      std::set<std::string> seen;
+      for (int i = 0; i < 1000; ++i) {  // about three refills (341 nonces each)
+        std::string one;
+        REQUIRE(cipher->seal("x", one));
+        CHECK(seen.insert(one.substr(0, gcm_nonce_bytes)).second);
+        REQUIRE(cipher->open(one, out));
+        CHECK(out == "x");
+      }
+    }
     SUBCASE("a flipped bit anywhere is refused, the output cleared") {
       for (size_t i = 0; i < one_shot.size(); ++i) {
         std::string bad = one_shot;
