@@ -8,7 +8,10 @@
 // (an application message) to a wse_handler: on_connect(user, conn), on_message(conn, message),
 // on_disconnect(conn). The handler answers through wse_app::send(), the per-connection send path,
 // where the connection's format applies (M: + MessagePack for format=msgpack connections, C: +
-// zlib above --compression-threshold, else text JSON).
+// zlib above --compression-threshold, else text JSON). With end-to-end encryption (--e2e), a
+// connection keyed by its client_hello gets everything sealed as E: frames but PONG, server pings
+// and RATE_LIMITED, and may send E: frames; with a signing key, publications and per-connection
+// sends carry "sig" (README "End-to-end encryption and message signing").
 //
 // Owns: per shard, the envelope parser, codec, scratch strings, an RNG for UUIDv7s, the
 // per-connection state (indexed by conn_ref.slot, keyed by generation) and counters. Thread:
@@ -411,7 +414,6 @@ class wse_app final : public app_handler, public redis_sink {
     std::string decoded;  // inbound binary formats decoded to JSON
     std::string opened;   // an inbound E: frame decrypted
     std::string sealed;   // outbound: E: + nonce + ciphertext + tag
-    std::string signing_scratch;  // a per-connection send with its "sig"
     // While a decrypted message is handled: its answers are encrypted too, PONG included.
     bool in_e2e = false;
     std::shared_ptr<const std::string> signing_key;  // this shard's copy of signing_key_
