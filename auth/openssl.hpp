@@ -1,10 +1,12 @@
-// auth/openssl.hpp: the OpenSSL 3 pieces jwt.cpp and keys.cpp share (RAII holders, reading a PEM
-// from memory without a passphrase prompt, which key types an algorithm takes). Internal to auth/.
+// auth/openssl.hpp: the OpenSSL 3 pieces jwt.cpp, keys.cpp, e2e.cpp and the Python module's
+// helpers share (RAII holders, wiped stack buffers, reading a PEM from memory without a
+// passphrase prompt, which key types an algorithm takes).
 //
 // Owns: whatever key or BIO its holders hold. Thread: any. No I/O beyond the caller's memory.
 #pragma once
 
 #include <openssl/bio.h>
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 
 #include <cstddef>
@@ -23,6 +25,21 @@ struct pkey_free {
   void operator()(EVP_PKEY* k) const { EVP_PKEY_free(k); }
 };
 using bio_ptr = std::unique_ptr<BIO, bio_free>;
+
+// A unique_ptr freeing with an OpenSSL free function: ossl_ptr<EVP_MD_CTX, EVP_MD_CTX_free>.
+template <typename T, void (*Free)(T*)>
+struct ossl_free {
+  void operator()(T* p) const { Free(p); }
+};
+template <typename T, void (*Free)(T*)>
+using ossl_ptr = std::unique_ptr<T, ossl_free<T, Free>>;
+
+// Wipes a stack buffer of key material when the scope ends.
+template <size_t N>
+struct wiped {
+  unsigned char bytes[N] = {};
+  ~wiped() { OPENSSL_cleanse(bytes, N); }
+};
 using pkey_ptr = std::unique_ptr<EVP_PKEY, pkey_free>;
 
 // A read-only BIO over pem (which must outlive it); null when OpenSSL cannot allocate one.

@@ -120,6 +120,13 @@ struct server_config {
   bool presence = false;
   uint32_t presence_data_bytes_max = 4096;  // the data object's JSON text
   uint32_t presence_members_max = 0;        // users per topic; 0: unlimited
+
+  // End-to-end encryption (PROTOCOL.md "End-to-end encryption (E:)"): off by default (each
+  // keyed subscriber costs an AES-GCM seal per delivery; clients fall back to the clear).
+  bool e2e = false;
+  // Message signing: "sig" on publications and per-connection sends; the key (at least 32
+  // bytes) is loaded by main, again on SIGHUP. Empty: unsigned.
+  std::string signing_key_file;
 };
 
 }  // namespace wsed::engine

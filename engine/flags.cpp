@@ -317,6 +317,14 @@ flags_result parse_flags(int argc, char** argv) {
                  "Users in one topic's presence (0: unlimited); more: PRESENCE_FULL "
                  "(wsed_presence_refused_total)")
       ->capture_default_str();
+  app.add_flag("--e2e", c.e2e,
+               "WSE mode: end-to-end encryption: a client_hello with features.encryption and a "
+               "P-256 encryption_public_key keys the connection, which then gets E: frames "
+               "(AES-256-GCM) (off: server_hello says encryption:false)");
+  app.add_option("--signing-key-file", c.signing_key_file,
+                 "WSE mode: sign publications and per-connection sends with this key (at least "
+                 "32 bytes; one trailing newline dropped; reloaded on SIGHUP): \"sig\" = "
+                 "hex(HMAC-SHA256(key, hex(SHA-256(p))))");
   app.add_flag("--insecure-no-auth", c.insecure_no_auth,
                "WSE mode: no JWT; every connection is user \"anonymous\" (testing only)");
 
@@ -392,6 +400,9 @@ flags_result parse_flags(int argc, char** argv) {
     return usage("--tls-ca-file needs --tls-cert-file and --tls-key-file");
   if (c.recovery && c.mode != server_mode::wse) return usage("--recovery needs --mode wse");
   if (c.presence && c.mode != server_mode::wse) return usage("--presence needs --mode wse");
+  if (c.e2e && c.mode != server_mode::wse) return usage("--e2e needs --mode wse");
+  if (!c.signing_key_file.empty() && c.mode != server_mode::wse)
+    return usage("--signing-key-file needs --mode wse");
   return result;
 }
 

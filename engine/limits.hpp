@@ -72,6 +72,7 @@ inline constexpr uint16_t unauthorized = auth::auth_close_code;                 
 inline constexpr uint16_t forbidden = 4403;                                      // (reserved)
 inline constexpr uint16_t idle_timeout = proto::close_code::idle_timeout;        // 4408
 inline constexpr uint16_t rate_limited = 4429;
+inline constexpr uint16_t decrypt_failed = 4400;  // an E: frame that does not open (README)
 inline constexpr uint16_t slow_consumer = proto::close_code::slow_consumer;  // 4509
 
 // Clients do not reconnect after 1000/1001, refresh their token after 4401/4403, back off after

@@ -206,9 +206,38 @@ int gen_token(int argc, char** argv) {
   return 0;
 }
 
+// A key file's bytes (one trailing newline dropped), at least min_bytes: --api-key-file,
+// --signing-key-file. Fills why ("<flag> <file>: ...") and returns nullopt on failure.
+std::optional<std::string> load_key_file(const char* flag, const std::string& file,
+                                         size_t min_bytes, std::string& why) {
+  auto key = auth::load_hmac_secret_file(file);
+  if (!key) {
+    why = std::string(flag) + " " + file + ": " + std::string(auth::name_of(key.error()));
+    return std::nullopt;
+  }
+  if (key->size() < min_bytes) {
+    why = std::string(flag) + " " + file + ": the key must be at least " +
+          std::to_string(min_bytes) + " bytes";
+    return std::nullopt;
+  }
+  return std::move(*key);
+}
+
+constexpr size_t signing_key_bytes_min = 32;
+
 // SIGHUP: rebuild the verifier from the key files / environment and swap it in; open
-// connections are untouched. On failure the current keys stay.
+// connections are untouched. On failure the current keys stay. The signing key likewise.
 void reload_keys(const engine::server_config& c, engine::wse_app* wse) {
+  if (wse && !c.signing_key_file.empty()) {
+    std::string why;
+    if (auto key =
+            load_key_file("--signing-key-file", c.signing_key_file, signing_key_bytes_min, why)) {
+      wse->set_signing_key(std::move(*key));
+      std::fprintf(stderr, "wsed: SIGHUP: signing key reloaded\n");
+    } else {
+      std::fprintf(stderr, "wsed: SIGHUP: %s; keeping the current signing key\n", why.c_str());
+    }
+  }
   if (!wse || c.insecure_no_auth) {
     std::fprintf(stderr, "wsed: SIGHUP: no JWT keys to reload in this mode\n");
     return;
@@ -245,19 +274,23 @@ int main(int argc, char** argv) {
   const server_config& c = flags.config;
   if (c.mode == server_mode::wse) {
     wse_app_options o = wse_options_from(c);
-    if (!c.api_key_file.empty()) {
-      auto key = auth::load_hmac_secret_file(c.api_key_file);  // the file's bytes, one \n dropped
+    const struct {
+      const char* flag;
+      const std::string& file;
+      size_t min_bytes;
+      std::string& key;
+    } key_files[] = {
+        {"--api-key-file", c.api_key_file, 16, o.api_key},
+        {"--signing-key-file", c.signing_key_file, signing_key_bytes_min, o.signing_key}};
+    for (const auto& k : key_files) {
+      if (k.file.empty()) continue;
+      std::string why;
+      auto key = load_key_file(k.flag, k.file, k.min_bytes, why);
       if (!key) {
-        std::fprintf(stderr, "wsed: --api-key-file %s: %s\n", c.api_key_file.c_str(),
-                     std::string(auth::name_of(key.error())).c_str());
+        std::fprintf(stderr, "wsed: %s\n", why.c_str());
         return 2;
       }
-      if (key->size() < 16) {
-        std::fprintf(stderr, "wsed: --api-key-file %s: the key must be at least 16 bytes\n",
-                     c.api_key_file.c_str());
-        return 2;
-      }
-      o.api_key = std::move(*key);
+      k.key = std::move(*key);
     }
     if (!c.insecure_no_auth) {
       std::string why;

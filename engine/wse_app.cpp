@@ -58,13 +58,18 @@ std::array<proto::wse_feature, wse_feature_count> features_of(const wse_app_opti
       {"batching", false},
       {"circuit_breaker", false},
       {"compression", o.compression_threshold_bytes > 0},
-      {"encryption", false},
+      {"encryption", o.e2e},
       {"priority_queue", false},
       {"recovery", o.recovery},
   }};
 }
 
 constexpr std::string_view anonymous_user = "anonymous";
+constexpr std::string_view e2e_prefix = "E:";
+// PROTOCOL.md's shape, byte for byte.
+constexpr std::string_view key_exchange_failed =
+    R"({"c":"WSE","t":"error","p":{"code":"KEY_EXCHANGE_FAILED","message":"encryption_public_key )"
+    R"(must be base64 of a 65-byte uncompressed P-256 point","recoverable":true}})";
 constexpr size_t acl_shapes_max = 4096;  // distinct ACLs kept for sharing, per shard
 constexpr uint64_t milli = 1000;         // token bucket unit: a message is 1000 milli-tokens
 
@@ -193,6 +198,9 @@ wse_app::wse_app(wse_app_options options, wse_handler& handler)
     recover_all_ = opt_.recovery_topics.size() == 1 && opt_.recovery_topics[0] == "*";
   }
   if (opt_.presence) presence_ = std::make_unique<fanout::presence_registry>(opt_.presence_limits);
+  if (!opt_.signing_key.empty())
+    signing_key_ = std::make_shared<const std::string>(std::move(opt_.signing_key));
+  opt_.signing_key.clear();
   shard_ptrs_ = std::make_unique<std::atomic<shard*>[]>(shards_.size());
 }
 
@@ -233,15 +241,40 @@ void wse_app::uuid7(per_shard& p, int64_t now_ms, char (&out)[proto::wse_uuid_ch
   proto::wse_format_uuid7(uint64_t(now_ms), bytes, out);
 }
 
-void wse_app::send_text(shard& s, conn_ref c, std::string_view text) {
-  s.send_message(c, proto::ws_opcode::text, as_bytes(text));
+send_status wse_app::send_text(shard& s, conn_ref c, std::string_view text, bool clear) {
+  per_shard& p = part(s);
+  return send_out(s, c, p, state_of(p, c), proto::ws_opcode::text, text, clear);
+}
+
+send_status wse_app::send_out(shard& s, conn_ref c, per_shard& p, conn_state* st,
+                              proto::ws_opcode opcode, std::string_view bytes, bool clear) {
+  if (!st || !st->e2e || (clear && !p.in_e2e)) return s.send_message(c, opcode, as_bytes(bytes));
+  return seal_and_send(s, c, p, *st, bytes);
+}
+
+send_status wse_app::seal_and_send(shard& s, conn_ref c, per_shard& p, const conn_state& st,
+                                   std::string_view plain) {
+  p.sealed.assign(e2e_prefix);
+  if (!st.e2e->seal(plain, p.sealed)) {  // (OpenSSL out of memory: nothing goes in the clear)
+    s.close(c, close_codes::internal_error, close_reason::internal_error);
+    return send_status::dropped;
+  }
+  p.counts.e2e_encrypted.add();
+  return s.send_message(c, proto::ws_opcode::binary, as_bytes(p.sealed));
+}
+
+send_status wse_app::send_shared(shard& s, conn_ref c, per_shard& p, const conn_state* st,
+                                 const fanout::frame& f) {
+  if (!st) st = state_of(p, c);
+  if (!st || !st->e2e) return s.send_frame(c, f);
+  return seal_and_send(s, c, p, *st, f.payload());
 }
 
 void wse_app::send_error(shard& s, conn_ref c, per_shard& p, std::string_view code,
-                         std::string_view message) {
+                         std::string_view message, bool clear) {
   p.scratch.clear();
   proto::wse_build_error(p.scratch, code, message, wall_ms());
-  send_text(s, c, p.scratch);
+  send_text(s, c, p.scratch, clear);
 }
 
 void wse_app::refuse(shard& s, conn_ref c, per_shard& p, auth::verify_error why) {
@@ -267,6 +300,7 @@ void wse_app::on_open(shard& s, conn_ref c, const proto::http_request& request) 
   st.seq = 0;
   st.user_id.clear();
   st.acl.reset();
+  st.e2e.reset();
   auto format = auth::query_value(request.query, "format");
   st.msgpack = format && proto::ascii_iequals(*format, "msgpack");
 
@@ -363,7 +397,7 @@ bool wse_app::admit(shard& s, conn_ref c, per_shard& p, conn_state& st) {
     st.dropped = 0;
     std::string message = "inbound messages over " + std::to_string(opt_.inbound_rate) +
                           "/s (burst " + std::to_string(opt_.inbound_burst) + "): dropped";
-    send_error(s, c, p, "RATE_LIMITED", message);
+    send_error(s, c, p, "RATE_LIMITED", message, true);
   }
   if (++st.dropped > opt_.inbound_burst)
     s.close(c, close_codes::rate_limited, close_reason::rate_limited);
@@ -382,6 +416,46 @@ void wse_app::on_message(shard& s, conn_ref c, proto::ws_opcode opcode,
   if (!admit(s, c, p, *st)) return (void)utf8_or_close(s, c, payload);
   if (opcode == proto::ws_opcode::text)
     return on_json(s, c, p, *st, as_text(payload), proto::wse_input_padding::padded);
+  if (payload.size() >= e2e_prefix.size() && as_text(payload).starts_with(e2e_prefix))
+    return on_encrypted(s, c, p, *st, payload.subspan(e2e_prefix.size()));
+  on_binary(s, c, p, *st, payload);
+}
+
+void wse_app::on_encrypted(shard& s, conn_ref c, per_shard& p, conn_state& st,
+                           std::span<const uint8_t> sealed) {
+  if (!st.e2e) {
+    p.counts.e2e_unkeyed.add();
+    p.counts.invalid.add();
+    return send_error(s, c, p, "INVALID_MESSAGE",
+                      opt_.e2e ? "E: frame before a key exchange (client_hello with "
+                                 "features.encryption and encryption_public_key)"
+                               : "E: frame: end-to-end encryption is off on this server");
+  }
+  if (!st.e2e->open(as_text(sealed), p.opened)) {  // (also: under 28 bytes)
+    p.counts.e2e_decrypt_failed.add();
+    s.close(c, close_codes::decrypt_failed, close_reason::app_close, "decrypt_failed");
+    return;
+  }
+  p.counts.e2e_decrypted.add();
+  // Handled as any message; its answers are sealed too (PONG included).
+  p.in_e2e = true;
+  std::string_view plain = p.opened;
+  const bool json = plain.starts_with('{') || plain.starts_with("WSE{") ||
+                    plain.starts_with("U{") || plain.starts_with("S{");
+  if (!json) {  // M:, C:, raw MessagePack (or nothing valid: INVALID_MESSAGE, sealed)
+    on_binary(s, c, p, st, as_bytes(plain));
+  } else {
+    if (p.opened.capacity() < p.opened.size() + proto::wse_json_padding_bytes)
+      p.opened.reserve(p.opened.size() + proto::wse_json_padding_bytes);
+    on_json(s, c, p, st, p.opened, proto::wse_input_padding::padded);
+  }
+  p.in_e2e = false;
+}
+
+void wse_app::on_binary(shard& s, conn_ref c, per_shard& p, conn_state& st_ref,
+                        std::span<const uint8_t> payload) {
+  conn_state* st = &st_ref;
+  const proto::ws_opcode opcode = proto::ws_opcode::binary;
   // Binary: M: + MessagePack, raw MessagePack, or C: + zlib; decoded to JSON text first.
   proto::wse_msgpack_envelope env;
   // A handler that never reads payloads gets MessagePack validated, not converted (the
@@ -475,27 +549,13 @@ void wse_app::on_json(shard& s, conn_ref c, per_shard& p, conn_state& st, std::s
       p.counts.pings.add();
       p.scratch.clear();
       proto::wse_build_pong(p.scratch, msg.client_timestamp_ms, wall_ms());
-      send_text(s, c, p.scratch);
+      send_text(s, c, p.scratch, true);
       return;
     case proto::wse_kind::pong:
       p.counts.pongs.add();
       return;
-    case proto::wse_kind::client_hello: {
-      p.counts.hellos.add();
-      const proto::wse_limit limits[] = {{"max_message_size", opt_.message_bytes_max}};
-      proto::wse_server_hello hello;
-      hello.connection_id = std::string_view(st.connection_id, sizeof st.connection_id);
-      hello.features = features_;
-      hello.limits = limits;
-      hello.ping_interval_ms = opt_.ping_interval_ms;
-      hello.protocol_version = std::min<int64_t>(msg.hello.protocol_version, 2);
-      hello.now_ms = wall_ms();
-      hello.server_version = WSED_VERSION;
-      p.scratch.clear();
-      proto::wse_build_server_hello(p.scratch, hello);
-      send_text(s, c, p.scratch);
-      return;
-    }
+    case proto::wse_kind::client_hello:
+      return client_hello(s, c, p, st, msg);
     case proto::wse_kind::subscription: {
       p.counts.subscriptions.add();
       if (msg.subscription.topics_over_max) {  // refused whole: never half applied
@@ -552,6 +612,50 @@ void wse_app::on_json(shard& s, conn_ref c, per_shard& p, conn_state& st, std::s
                             : std::string_view{});
 }
 
+// client_hello -> server_hello. With --e2e and features.encryption, the first such hello keys the
+// connection (its server_hello, with the server's point, still in the clear: the client needs
+// it to derive the key); a bad point gets KEY_EXCHANGE_FAILED then encryption:false. A keyed
+// connection is never re-keyed: a later hello is answered with the same point, sealed.
+void wse_app::client_hello(shard& s, conn_ref c, per_shard& p, conn_state& st,
+                           const proto::wse_message& msg) {
+  p.counts.hellos.add();
+  std::unique_ptr<auth::e2e_cipher> keyed;
+  if (opt_.e2e && msg.hello.encryption && !st.e2e) {
+    std::string point;
+    if (auth::base64_decode(msg.hello.encryption_public_key, point)) {
+      unsigned char own[auth::p256_point_bytes];
+      keyed = auth::e2e_cipher::accept(point, own);
+    }
+    if (!keyed) {  // (the connection is not keyed: in the clear)
+      p.counts.e2e_key_failed.add();
+      send_text(s, c, key_exchange_failed);
+    }
+  }
+  std::array<proto::wse_feature, wse_feature_count> features = features_;
+  auth::e2e_cipher* cipher = keyed ? keyed.get() : st.e2e.get();
+  for (proto::wse_feature& f : features)
+    if (f.name == "encryption") f.enabled = cipher != nullptr;
+  std::string point_b64;
+  if (cipher) point_b64 = auth::base64_encode(cipher->own_point());
+  const proto::wse_limit limits[] = {{"max_message_size", opt_.message_bytes_max}};
+  proto::wse_server_hello hello;
+  hello.connection_id = std::string_view(st.connection_id, sizeof st.connection_id);
+  hello.features = features;
+  hello.limits = limits;
+  hello.ping_interval_ms = opt_.ping_interval_ms;
+  hello.protocol_version = std::min<int64_t>(msg.hello.protocol_version, 2);
+  hello.now_ms = wall_ms();
+  hello.server_version = WSED_VERSION;
+  hello.encryption_public_key = point_b64;
+  p.scratch.clear();
+  proto::wse_build_server_hello(p.scratch, hello);
+  send_text(s, c, p.scratch);
+  if (keyed) {
+    st.e2e = std::move(keyed);
+    p.counts.e2e_keyed.add();
+  }
+}
+
 send_status wse_app::send(wse_conn conn, std::string_view type, std::string_view payload_json,
                           std::string_view category) {
   shard& s = *conn.owner;
@@ -572,14 +676,17 @@ send_status wse_app::send(wse_conn conn, std::string_view type, std::string_view
   // rebuilt here): handlers pass the message's own views or their own buffers.
   p.scratch.clear();
   proto::wse_build_envelope(p.scratch, f);
+  if (std::shared_ptr<const std::string> key = signing_key(&p))
+    if (append_signature(*key, payload_json.empty() ? "{}" : payload_json, p.scratch))
+      p.counts.signed_messages.add();
 
   if (st->msgpack) {
     p.encoded.clear();
     if (p.codec.json_to_msgpack(p.scratch, p.encoded, true) == proto::wse_error::none) {
       p.counts.sends[size_t(wse_send_format::msgpack)].add();
-      return s.send_message(conn.ref, proto::ws_opcode::binary, as_bytes(p.encoded));
+      return send_out(s, conn.ref, p, st, proto::ws_opcode::binary, p.encoded);
     }
-  } else if (opt_.compression_threshold_bytes) {
+  } else if (opt_.compression_threshold_bytes && !st->e2e) {  // (sealed JSON is not C: first)
     p.encoded.clear();
     if (p.codec.compress(p.scratch, p.encoded, opt_.compression_threshold_bytes) ==
         proto::wse_compressed::yes) {
@@ -588,7 +695,52 @@ send_status wse_app::send(wse_conn conn, std::string_view type, std::string_view
     }
   }
   p.counts.sends[size_t(wse_send_format::json)].add();
-  return s.send_message(conn.ref, proto::ws_opcode::text, as_bytes(p.scratch));
+  return send_out(s, conn.ref, p, st, proto::ws_opcode::text, p.scratch);
+}
+
+std::shared_ptr<const std::string> wse_app::signing_key(per_shard* p) {
+  if (!p) {
+    std::lock_guard lock(signing_mu_);
+    return signing_key_;
+  }
+  if (signing_version_.load(std::memory_order_acquire) != p->signing_version) {
+    std::lock_guard lock(signing_mu_);
+    p->signing_key = signing_key_;
+    p->signing_version = signing_version_.load(std::memory_order_relaxed);
+  }
+  return p->signing_key;
+}
+
+void wse_app::set_signing_key(std::string key) {
+  auto made = key.empty() ? nullptr : std::make_shared<const std::string>(std::move(key));
+  std::lock_guard lock(signing_mu_);
+  signing_key_ = std::move(made);
+  signing_version_.fetch_add(1, std::memory_order_release);
+}
+
+bool wse_app::sign(per_shard* p, std::string& json) {
+  std::shared_ptr<const std::string> key = signing_key(p);
+  if (!key) return true;
+  bool escaped = false;
+  std::string_view payload = proto::wse_top_level_value(json, "p", escaped);
+  bool forged = escaped || !proto::wse_top_level_value(json, "sig", escaped).empty();
+  if (forged || !append_signature(*key, payload, json)) return false;
+  if (p)
+    p->counts.signed_messages.add();
+  else
+    signed_off_shard_.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
+bool wse_app::append_signature(const std::string& key, std::string_view payload_json,
+                               std::string& json) {
+  const size_t close = json.rfind('}');
+  char sig[auth::signature_hex_chars];
+  if (close == std::string::npos || !auth::sign_message(key, payload_json, sig)) return false;
+  constexpr std::string_view field = ",\"sig\":\"";
+  std::string_view tail = std::string_view(sig, sizeof sig);
+  json.insert(close, std::string(field).append(tail).append("\""));
+  return true;
 }
 
 // Every --ping-interval, one server ping to each authenticated connection of this shard: the
@@ -648,7 +800,7 @@ void wse_app::on_tick(shard& s, uint64_t now_ms) {
     if (f)
       s.send_frame(conn_ref{slot, st.generation}, *f);
     else
-      send_text(s, conn_ref{slot, st.generation}, p.scratch);
+      send_text(s, conn_ref{slot, st.generation}, p.scratch, true);
     p.counts.server_pings.add();
   }
   if (f) fanout::release(f);
@@ -688,6 +840,10 @@ void wse_app::on_close(shard& s, conn_ref c) {
     st->authenticated = false;
     st->user_id.clear();
     st->acl.reset();
+    if (st->e2e) {
+      st->e2e.reset();
+      p.counts.e2e_keyed.sub();
+    }
   }
 }
 
@@ -990,7 +1146,8 @@ void wse_app::recover_topics(shard& s, conn_ref c, per_shard& p,
     }
     recovery_answer a =
         recovery_->replay(topic, position_in(sub, topic), now, [&](fanout::frame* f) {
-          return s.send_frame(conn_ref{c.slot, generation}, *f) == send_status::queued;
+          return send_shared(s, conn_ref{c.slot, generation}, p, nullptr, *f) ==
+                 send_status::queued;
         });
     p.counts.replayed.add(a.count);
     add(topic, a);
@@ -1076,6 +1233,8 @@ publish_status wse_app::route(shard* s, fanout::delivery_kind kind, std::string_
   std::string& text = p ? p->publication : external_text;
   text.clear();
   if (parser.ensure_category(json, text) != proto::wse_error::none) return publish_status::invalid;
+  // Signed once here, where it is framed (from Redis: as the publishing instance signed it).
+  if (!from_redis && !sign(p, text)) return publish_status::invalid;
   const bool system = kind == fanout::delivery_kind::topic && system_message(text);
   const bool groups = kind == fanout::delivery_kind::topic && queue_groups_.any() && !system;
   if (kind == fanout::delivery_kind::topic && !system && recoverable(key) &&
@@ -1211,7 +1370,7 @@ void wse_app::on_member_delivery(shard& s, per_shard& p, const fanout::delivery&
   }
   conn_ref c{d.arg, d.arg2};
   conn_state* st = state_of(p, c);
-  if (!st || !st->authenticated || s.send_frame(c, *d.f) != send_status::queued) {
+  if (!st || !st->authenticated || send_shared(s, c, p, st, *d.f) != send_status::queued) {
     p.counts.qg_gone.add();  // closed (or closing, or over its cap) since it was picked
     return;
   }
@@ -1660,6 +1819,10 @@ wse_app::command_result wse_app::run_command(std::string_view json, std::string&
         detail = "message must be a JSON object";
         return command_result::invalid;
       }
+      if (!sign(nullptr, text)) {
+        detail = "with --signing-key-file the message may not carry its own sig";
+        return command_result::invalid;
+      }
       arg = text;
       break;
     case proto::wse_command_op::disconnect:
@@ -1890,7 +2053,7 @@ void wse_app::api_publish(shard& s, per_shard& p, const proto::http_request& req
           answer, 400,
           "{\"error\":\"item " + std::to_string(accepted) +
               ": message must be a JSON object (on a recoverable topic without top-level tp, e, "
-              "o)\",\"accepted\":" +
+              "o; when signing, without its own sig)\",\"accepted\":" +
               std::to_string(accepted) + "}");
     }
     if (st == publish_status::busy) {
@@ -1920,20 +2083,21 @@ void wse_app::on_delivery(shard& s, const fanout::delivery& d) {
         const conn_state& st = p.conns[id];
         // A glob subscription never bypasses a deny: the concrete topic is checked too.
         if (via_glob && st.acl && !st.acl->allows_topic(topic)) return;
-        s.send_frame(conn_ref{id, st.generation}, f);
+        send_shared(s, conn_ref{id, st.generation}, p, &st, f);
       });
       return;
     }
     case fanout::delivery_kind::broadcast:
       for (uint32_t slot = 0; slot < p.conns.size(); ++slot) {
         const conn_state& st = p.conns[slot];
-        if (st.live && st.authenticated) s.send_frame(conn_ref{slot, st.generation}, f);
+        if (st.live && st.authenticated) send_shared(s, conn_ref{slot, st.generation}, p, &st, f);
       }
       return;
     case fanout::delivery_kind::user: {
       auto it = p.users.find(f.key());
       if (it == p.users.end()) return;
-      for (uint32_t slot : it->second) s.send_frame(conn_ref{slot, p.conns[slot].generation}, f);
+      for (uint32_t slot : it->second)
+        send_shared(s, conn_ref{slot, p.conns[slot].generation}, p, &p.conns[slot], f);
       return;
     }
     case fanout::delivery_kind::member:
@@ -1972,11 +2136,11 @@ void wse_app::on_delivery(shard& s, const fanout::delivery& d) {
         return;
       }
       if (f.key() == command_send) {
-        s.send_frame(c, f);
+        send_shared(s, c, p, st, f);
         return;
       }
       if (f.key() == command_send_binary) {
-        s.send_message(c, proto::ws_opcode::binary, as_bytes(f.payload()));
+        send_out(s, c, p, st, proto::ws_opcode::binary, f.payload());
         return;
       }
       if (f.key() == command_history) return on_history(s, p, c, f.payload(), f);
@@ -2068,7 +2232,7 @@ void wse_app::deliver_marked(shard& s, per_shard& p, const fanout::frame& f) {
       for (const per_shard::recovery_mark& m : *marks)
         if (m.slot == id && m.generation == st.generation && m.epoch == epoch && offset <= m.upto)
           return;  // replayed already
-    s.send_frame(conn_ref{id, st.generation}, f);
+    send_shared(s, conn_ref{id, st.generation}, p, &st, f);
   });
   if (!marks) return;
   std::erase_if(*marks, [&](const per_shard::recovery_mark& m) {
@@ -2190,7 +2354,7 @@ void wse_app::finish_recovery(shard& s, per_shard& p, uint64_t id) {
       uint64_t sent = 0;
       for (std::string_view msg : t.replay) {
         fanout::frame* fr = hub_->pool(s.index()).make_text(t.topic, msg);
-        bool ok = fr && s.send_frame(c, *fr) == send_status::queued;
+        bool ok = fr && send_shared(s, c, p, nullptr, *fr) == send_status::queued;
         if (fr) fanout::release(fr);
         if (!ok) break;
         ++sent;
@@ -2218,7 +2382,7 @@ void wse_app::finish_recovery(shard& s, per_shard& p, uint64_t id) {
         if (t.topic == f->key() && t.answer.has_history && t.answer.epoch == epoch &&
             offset <= t.answer.offset)
           skip = true;
-    if (!skip) s.send_frame(c, *f);
+    if (!skip) send_shared(s, c, p, nullptr, *f);
     fanout::release(f);
   }
   r.held.clear();
@@ -2409,6 +2573,7 @@ void wse_app::render_metrics(std::string& out) const {
                &wse_counters::unsubscribe);
   if (recovery_) render_recovery_metrics(out);
   render_presence_metrics(out);
+  render_e2e_metrics(out);
   const char* publish_help = "Client publish messages, by outcome.";
   shard_family("wsed_wse_publish_total", publish_help, &wse_counters::publish_ok, "result", "ok");
   shard_family("wsed_wse_publish_total", publish_help, &wse_counters::publish_denied, "result",
@@ -2437,6 +2602,41 @@ void wse_app::render_metrics(std::string& out) const {
                 static_cast<unsigned long long>(reloads_failed_.get()));
   out += line;
   handler_.render_metrics(out);
+}
+
+void wse_app::render_e2e_metrics(std::string& out) const {
+  size_t n = shards_.size();
+  auto family = [&](const char* name, const char* type, const char* help,
+                    counter wse_counters::*field, const char* label = nullptr,
+                    const char* value = nullptr, bool header = true) {
+    append_family(
+        out, n, [&](size_t i) { return (shards_[i]->counts.*field).get(); }, name, type, help,
+        label, value, header);
+  };
+  family("wsed_e2e_keyed_connections", "gauge",
+         "Connections keyed for end-to-end encryption (E: frames).", &wse_counters::e2e_keyed);
+  const char* messages = "E: messages sealed (sent) and opened (received).";
+  family("wsed_e2e_messages_total", "counter", messages, &wse_counters::e2e_encrypted, "direction",
+         "encrypted");
+  family("wsed_e2e_messages_total", "counter", messages, &wse_counters::e2e_decrypted, "direction",
+         "decrypted", false);
+  const char* failures =
+      "End-to-end encryption failures: key exchanges refused (KEY_EXCHANGE_FAILED), E: frames "
+      "that did not open (close 4400), E: frames before a key exchange (INVALID_MESSAGE).";
+  family("wsed_e2e_failures_total", "counter", failures, &wse_counters::e2e_key_failed, "reason",
+         "key_exchange");
+  family("wsed_e2e_failures_total", "counter", failures, &wse_counters::e2e_decrypt_failed,
+         "reason", "decrypt", false);
+  family("wsed_e2e_failures_total", "counter", failures, &wse_counters::e2e_unkeyed, "reason",
+         "unkeyed", false);
+  uint64_t signed_total = signed_off_shard_.load(std::memory_order_relaxed);
+  for (const auto& p : shards_) signed_total += p->counts.signed_messages.get();
+  out +=
+      "# HELP wsed_signed_messages_total Publications and per-connection sends signed "
+      "(--signing-key-file).\n# TYPE wsed_signed_messages_total counter\n"
+      "wsed_signed_messages_total ";
+  out += std::to_string(signed_total);
+  out += '\n';
 }
 
 // --- By connection id (any thread) -------------------------------------------------------------
@@ -2678,6 +2878,7 @@ wse_app_options wse_options_from(const server_config& c) {
   o.presence_limits.data_bytes_max = c.presence_data_bytes_max;
   o.presence_limits.members_max = c.presence_members_max;
   o.outbound_bytes_max = c.outbound_bytes_max;
+  o.e2e = c.e2e;
   o.recovery_topics.clear();
   for (size_t at = 0; at <= c.recovery_topics.size();) {
     size_t comma = std::min(c.recovery_topics.find(',', at), c.recovery_topics.size());

@@ -8,7 +8,10 @@
 // (an application message) to a wse_handler: on_connect(user, conn), on_message(conn, message),
 // on_disconnect(conn). The handler answers through wse_app::send(), the per-connection send path,
 // where the connection's format applies (M: + MessagePack for format=msgpack connections, C: +
-// zlib above --compression-threshold, else text JSON).
+// zlib above --compression-threshold, else text JSON). With end-to-end encryption (--e2e), a
+// connection keyed by its client_hello gets everything sealed as E: frames but PONG, server pings
+// and RATE_LIMITED, and may send E: frames; with a signing key, publications and per-connection
+// sends carry "sig" (README "End-to-end encryption and message signing").
 //
 // Owns: per shard, the envelope parser, codec, scratch strings, an RNG for UUIDv7s, the
 // per-connection state (indexed by conn_ref.slot, keyed by generation) and counters. Thread:
@@ -34,6 +37,7 @@
 #include <vector>
 
 #include "auth/acl.hpp"
+#include "auth/e2e.hpp"
 #include "auth/jwt.hpp"
 #include "auth/token_source.hpp"
 #include "engine/assert.hpp"
@@ -142,6 +146,13 @@ struct wse_app_options {
   // Keep the connection id directory (connection id -> shard, slot) also without a bridge or an
   // API key: embedding programs that address connections by id (the Python module).
   bool directory = false;
+  // End-to-end encryption (PROTOCOL.md "End-to-end encryption (E:)"): a client_hello with
+  // features.encryption and a P-256 point keys the connection; off: server_hello says
+  // encryption:false and E: frames are INVALID_MESSAGE.
+  bool e2e = false;
+  // Message signing: publications and per-connection sends carry "sig" (README "Message
+  // signing"); empty: unsigned. Replaced later by set_signing_key (SIGHUP).
+  std::string signing_key;
 };
 
 // The answer of subscribe_recovering: the reply's recovery part (PROTOCOL.md "Recovery").
@@ -204,6 +215,10 @@ struct wse_counters {
   counter presence_dropped;  // events lost: the backlog behind full inboxes was full
   // Publications given to queue group members; picked members found gone; members marked busy.
   counter qg_deliveries, qg_gone, qg_busy;
+  // End-to-end encryption: keyed connections (gauge), key exchanges refused, messages sealed /
+  // opened, E: frames refused (too short, bad tag: close 4400; before a key exchange).
+  counter e2e_keyed, e2e_key_failed, e2e_encrypted, e2e_decrypted, e2e_decrypt_failed, e2e_unkeyed;
+  counter signed_messages;  // publications framed and per-connection sends with a "sig"
 };
 
 // Optional parts of a subscribe request (PROTOCOL.md "Presence", "Queue groups").
@@ -232,6 +247,9 @@ class wse_app final : public app_handler, public redis_sink {
   void set_verifier(std::shared_ptr<const auth::verifier> verifier);
   // Counts a key reload attempt (wsed_key_reloads_total), from the thread that did it.
   void count_reload(bool ok);
+  // Any thread: publications framed and per-connection sends made from now on are signed with
+  // key (empty: unsigned). SIGHUP reloads --signing-key-file with it.
+  void set_signing_key(std::string key);
 
   // --- Fan-out, callable from any thread (they enqueue for the shards that have recipients).
   // json is a publication object ({"t":..,"p":..}); "c" is inserted when it has none.
@@ -384,6 +402,9 @@ class wse_app final : public app_handler, public redis_sink {
     // (topic, group) of its queue group memberships
     std::vector<std::pair<std::string, std::string>> groups;
     bool qg_busy = false;  // marked busy in queue_groups_ (its queue filled)
+    // Keyed by a client_hello (end-to-end encryption): null for every other connection, so an
+    // unkeyed connection costs one pointer. Never re-keyed; dropped at close.
+    std::unique_ptr<auth::e2e_cipher> e2e;
   };
   struct per_shard {
     proto::wse_envelope_parser parser;
@@ -391,6 +412,12 @@ class wse_app final : public app_handler, public redis_sink {
     std::string scratch;  // outbound JSON
     std::string encoded;  // outbound M: / C: bytes
     std::string decoded;  // inbound binary formats decoded to JSON
+    std::string opened;   // an inbound E: frame decrypted
+    std::string sealed;   // outbound: E: + nonce + ciphertext + tag
+    // While a decrypted message is handled: its answers are encrypted too, PONG included.
+    bool in_e2e = false;
+    std::shared_ptr<const std::string> signing_key;  // this shard's copy of signing_key_
+    uint64_t signing_version = 0;                    // of that copy
     std::mt19937_64 rng;
     std::vector<conn_state> conns;
     fanout::topic_index topics;                       // subscriber ids are slots
@@ -459,12 +486,39 @@ class wse_app final : public app_handler, public redis_sink {
   }
   conn_state* state_of(per_shard& p, conn_ref c);
   void uuid7(per_shard& p, int64_t now_ms, char (&out)[proto::wse_uuid_chars]);
-  void send_text(shard& s, conn_ref c, std::string_view text);
+  // The one way wse_app's own messages reach a connection: a keyed connection gets them as E:
+  // (clear: one of PROTOCOL.md's exceptions, sent in the clear unless it answers an E: message).
+  send_status send_text(shard& s, conn_ref c, std::string_view text, bool clear = false);
+  send_status send_out(shard& s, conn_ref c, per_shard& p, conn_state* st, proto::ws_opcode opcode,
+                       std::string_view bytes, bool clear = false);
+  // A shared frame (publication, replay, command): by reference as it is, or its payload sealed
+  // for this keyed connection (the plaintext is what an unkeyed one gets: JSON, or raw bytes).
+  // st: the connection's state (null: looked up here).
+  send_status send_shared(shard& s, conn_ref c, per_shard& p, const conn_state* st,
+                          const fanout::frame& f);
+  send_status seal_and_send(shard& s, conn_ref c, per_shard& p, const conn_state& st,
+                            std::string_view plain);
+  // Inbound E: (the bytes after the prefix) on an authenticated connection.
+  void on_encrypted(shard& s, conn_ref c, per_shard& p, conn_state& st,
+                    std::span<const uint8_t> sealed);
+  // Inbound binary that is not E: (M:, raw MessagePack, C:).
+  void on_binary(shard& s, conn_ref c, per_shard& p, conn_state& st,
+                 std::span<const uint8_t> payload);
+  void client_hello(shard& s, conn_ref c, per_shard& p, conn_state& st,
+                    const proto::wse_message& msg);
+  // The signing key for a producer (a shard's copy, or the current one off-shard); null: none.
+  std::shared_ptr<const std::string> signing_key(per_shard* p);
+  // With a signing key: json (a validated object) gets its "sig" (over its "p"); false when it
+  // has a "sig" of its own or a key written with an escape (refused). Without a key: true.
+  bool sign(per_shard* p, std::string& json);
+  // json (a JSON object with "p" at payload, or none) with ,"sig":"..." before its last '}'.
+  bool append_signature(const std::string& key, std::string_view payload_json, std::string& json);
+  void render_e2e_metrics(std::string& out) const;
   // A text message the shard left unchecked (validates_text_utf8) that is not UTF-8: close 1007
   // and false. Otherwise (checked, or valid) true.
   bool utf8_or_close(shard& s, conn_ref c, std::span<const uint8_t> text);
   void send_error(shard& s, conn_ref c, per_shard& p, std::string_view code,
-                  std::string_view message);
+                  std::string_view message, bool clear = false);
   void refuse(shard& s, conn_ref c, per_shard& p, auth::verify_error why);
   bool admit(shard& s, conn_ref c, per_shard& p, conn_state& st);
   // padding: whether wse_json_padding_bytes readable bytes follow text (parsed in place).
@@ -585,6 +639,12 @@ class wse_app final : public app_handler, public redis_sink {
   hub* hub_ = nullptr;  // set by the server (attach) before any shard starts
   std::vector<std::unique_ptr<per_shard>> shards_;  // one per shard, made at construction
   counter reloads_ok_, reloads_failed_;             // written by the reloading thread only
+  // The signing key, as the verifier: swapped under a mutex, copied by each shard when the
+  // version moved (null: unsigned).
+  std::mutex signing_mu_;
+  std::shared_ptr<const std::string> signing_key_;  // guarded by signing_mu_
+  std::atomic<uint64_t> signing_version_{1};        // written under signing_mu_
+  std::atomic<uint64_t> signed_off_shard_{0};       // publications signed off the shards
 
   std::unique_ptr<recovery_store> recovery_;             // null: recovery off
   std::unique_ptr<fanout::presence_registry> presence_;  // null: presence off

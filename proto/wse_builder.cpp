@@ -331,6 +331,10 @@ void wse_build_server_ready(std::string& out, const wse_server_ready& ready) {
 void wse_build_server_hello(std::string& out, const wse_server_hello& hello) {
   out.append("{\"c\":\"WSE\",\"p\":{\"connection_id\":");
   wse_append_json_string(out, hello.connection_id);
+  if (!hello.encryption_public_key.empty()) {  // (keys stay sorted)
+    out.append(",\"encryption_public_key\":");
+    wse_append_json_string(out, hello.encryption_public_key);
+  }
   out.append(",\"features\":");
   append_features(out, hello.features);
   out.append(",\"limits\":{");

@@ -63,6 +63,8 @@ struct wse_server_hello {
   int64_t protocol_version = 2;  // min(client's, 2): the caller decides
   int64_t now_ms = 0;
   std::string_view server_version;
+  // End-to-end encryption: base64 of the server's P-256 point (empty: the key is left out).
+  std::string_view encryption_public_key;
 };
 
 // The generic envelope: {"c":..,"t":..,"p":<payload_json>,"id":..,"ts":..,"seq":..,"v":1}.

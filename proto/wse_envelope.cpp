@@ -147,6 +147,14 @@ void read_hello(element payload, wse_message& out) {
   if (!payload["client_version"].get_string().get(client_version)) {
     out.hello.client_version = client_version;
   }
+  bool encryption = false;
+  if (!payload["features"]["encryption"].get_bool().get(encryption)) {
+    out.hello.encryption = encryption;
+  }
+  std::string_view key;
+  if (!payload["encryption_public_key"].get_string().get(key)) {
+    out.hello.encryption_public_key = key;
+  }
 }
 
 // A byte that may not appear in a topic or a queue group: an ASCII control character.
@@ -395,6 +403,28 @@ bool wse_has_stamp_keys(std::string_view object) {
     i = skip_space(object, i) + 1;  // past ','
   }
   return false;
+}
+
+std::string_view wse_top_level_value(std::string_view object, std::string_view key,
+                                     bool& escaped_key) {
+  using namespace json_scan;
+  escaped_key = false;
+  size_t i = skip_space(object, 0);
+  if (i >= object.size() || object[i] != '{') return {};
+  ++i;
+  std::string_view found;
+  while (i < object.size()) {
+    i = skip_space(object, i);
+    if (i >= object.size() || object[i] != '"') break;  // '}': no more members
+    size_t end = skip_string(object, i);
+    std::string_view name = object.substr(i + 1, end - i - 2);
+    if (name.find('\\') != std::string_view::npos) escaped_key = true;
+    i = skip_space(object, skip_space(object, end) + 1);  // past ':'
+    size_t value_end = skip_value(object, i);
+    if (name == key && found.empty()) found = object.substr(i, value_end - i);
+    i = skip_space(object, value_end) + 1;  // past ','
+  }
+  return found;
 }
 
 bool wse_publish_topic_valid(std::string_view topic) {

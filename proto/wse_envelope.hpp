@@ -68,6 +68,11 @@ bool wse_publish_topic_valid(std::string_view topic);
 // escape (which could spell one of them): on a recoverable topic such a publication is refused,
 // since clients would read its keys instead of the stamp's.
 bool wse_has_stamp_keys(std::string_view validated_object);
+// The raw text of a top-level member's value in a JSON object simdjson accepted (e.g.
+// ensure_category's output), or empty when the key is absent; escaped_key is set when some key
+// is written with an escape (which could spell it). Signing reads "p" and refuses a "sig".
+std::string_view wse_top_level_value(std::string_view validated_object, std::string_view key,
+                                     bool& escaped_key);
 
 enum class wse_subscription_action : uint8_t { subscribe, unsubscribe };
 
@@ -165,6 +170,8 @@ struct wse_publish {
 struct wse_client_hello {
   int64_t protocol_version = 0;     // p.protocol_version (0 when absent or not an integer)
   std::string_view client_version;  // p.client_version (empty when absent)
+  bool encryption = false;          // p.features.encryption is true
+  std::string_view encryption_public_key;  // p.encryption_public_key (empty when not a string)
 };
 
 // The parsed envelope. Every string_view points either into the caller's message (raw spans)

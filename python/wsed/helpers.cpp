@@ -41,6 +41,7 @@
 #include <string_view>
 #include <utility>
 
+#include "auth/e2e.hpp"
 #include "auth/jwt.hpp"
 #include "auth/openssl.hpp"
 #include "proto/wse_builder.hpp"
@@ -51,6 +52,16 @@ namespace wsed::py {
 namespace pyb = pybind11;
 namespace dom = simdjson::dom;
 using auth::jwt_alg;
+// The cryptography shared with the engine (auth/e2e.hpp).
+using auth::aes_key_bytes;
+using auth::ecdh_status;
+using auth::gcm_nonce_bytes;
+using auth::gcm_tag_bytes;
+using auth::hmac_sha256;
+using auth::p256_point_bytes;
+using auth::p256_scalar_bytes;
+using auth::sha256;
+using auth::sha256_bytes;
 
 namespace {
 
@@ -59,17 +70,10 @@ namespace {
 // back).
 constexpr size_t gil_release_bytes_min = 64 * 1024;
 constexpr size_t decompressed_bytes_max = 10 * 1024 * 1024;  // rust_decompress output cap
-constexpr size_t aes_key_bytes = 32;
-constexpr size_t gcm_nonce_bytes = 12;
-constexpr size_t gcm_tag_bytes = 16;
-constexpr size_t sha256_bytes = 32;
-constexpr size_t p256_scalar_bytes = 32;
 constexpr size_t p256_scalar_bytes_min = 24;  // the p256 crate left-pads 24..31 byte scalars
-constexpr size_t p256_point_bytes = 65;       // 04 || X || Y
 constexpr uint64_t jwt_leeway_s = 30;
 constexpr size_t rsa_bits_min = 2048;  // ring / RFC 7518 3.3
 constexpr size_t rsa_bits_max = 8192;
-constexpr std::string_view hkdf_info = "wse-encryption/aes-gcm-key";
 constexpr char hex_digits[] = "0123456789abcdef";
 
 // ---- arguments and results ----
@@ -163,71 +167,13 @@ class maybe_release_gil {
 
 // ---- OpenSSL handles ----
 
-template <typename T, void (*Free)(T*)>
-struct ossl_free {
-  void operator()(T* p) const { Free(p); }
-};
-template <typename T, void (*Free)(T*)>
-using ossl_ptr = std::unique_ptr<T, ossl_free<T, Free>>;
-
+using auth::ossl_ptr;
+using auth::wiped;
 using md_ctx_ptr = ossl_ptr<EVP_MD_CTX, EVP_MD_CTX_free>;
-using mac_ctx_ptr = ossl_ptr<EVP_MAC_CTX, EVP_MAC_CTX_free>;
-using cipher_ctx_ptr = ossl_ptr<EVP_CIPHER_CTX, EVP_CIPHER_CTX_free>;
-using pkey_ctx_ptr = ossl_ptr<EVP_PKEY_CTX, EVP_PKEY_CTX_free>;
-using kdf_ctx_ptr = ossl_ptr<EVP_KDF_CTX, EVP_KDF_CTX_free>;
-using bn_ptr = ossl_ptr<BIGNUM, BN_clear_free>;
-using param_bld_ptr = ossl_ptr<OSSL_PARAM_BLD, OSSL_PARAM_BLD_free>;
-using params_ptr = ossl_ptr<OSSL_PARAM, OSSL_PARAM_free>;
 using x509_ptr = ossl_ptr<X509, X509_free>;
 using decoder_ctx_ptr = ossl_ptr<OSSL_DECODER_CTX, OSSL_DECODER_CTX_free>;
 
-// Implementations fetched once for the process (never freed: they live as long as libcrypto).
-EVP_MAC* hmac_impl() {
-  static EVP_MAC* mac = EVP_MAC_fetch(nullptr, "HMAC", nullptr);
-  return mac;
-}
-EVP_MD* sha256_impl() {
-  static EVP_MD* md = EVP_MD_fetch(nullptr, "SHA256", nullptr);
-  return md;
-}
-EVP_CIPHER* aes_gcm_impl() {
-  static EVP_CIPHER* cipher = EVP_CIPHER_fetch(nullptr, "AES-256-GCM", nullptr);
-  return cipher;
-}
-EVP_KDF* hkdf_impl() {
-  static EVP_KDF* kdf = EVP_KDF_fetch(nullptr, "HKDF", nullptr);
-  return kdf;
-}
-
-// Wipes a stack buffer of key material when the scope ends.
-template <size_t N>
-struct wiped {
-  unsigned char bytes[N] = {};
-  ~wiped() { OPENSSL_cleanse(bytes, N); }
-};
-
 // ---- hashes and MACs ----
-
-bool hmac_sha256(std::string_view key, std::string_view data, unsigned char (&out)[sha256_bytes]) {
-  if (hmac_impl() == nullptr) return false;
-  mac_ctx_ptr ctx(EVP_MAC_CTX_new(hmac_impl()));
-  if (!ctx) return false;
-  OSSL_PARAM params[] = {
-      OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, const_cast<char*>("SHA256"), 0),
-      OSSL_PARAM_construct_end()};
-  static const unsigned char no_key = 0;  // OpenSSL wants a pointer even for an empty key
-  size_t n = 0;
-  return EVP_MAC_init(ctx.get(), key.empty() ? &no_key : uchars(key), key.size(), params) == 1 &&
-         EVP_MAC_update(ctx.get(), uchars(data), data.size()) == 1 &&
-         EVP_MAC_final(ctx.get(), out, &n, sizeof out) == 1 && n == sha256_bytes;
-}
-
-bool sha256(std::string_view data, unsigned char (&out)[sha256_bytes]) {
-  unsigned int n = 0;
-  return sha256_impl() != nullptr &&
-         EVP_Digest(data.data(), data.size(), out, &n, sha256_impl(), nullptr) == 1 &&
-         n == sha256_bytes;
-}
 
 [[noreturn]] void throw_crypto_failure(const char* what) {
   ERR_clear_error();
@@ -330,61 +276,6 @@ pyb::bytes decompress(const pyb::bytes& data) {
 
 // ---- AES-256-GCM: nonce (12) || ciphertext || tag (16) ----
 
-// EVP's update functions take int lengths: feed them in slices.
-constexpr size_t evp_slice_bytes = size_t{1} << 30;
-
-bool gcm_seal(std::string_view key, std::string_view plain, unsigned char* out) {
-  cipher_ctx_ptr ctx(EVP_CIPHER_CTX_new());
-  if (!ctx || aes_gcm_impl() == nullptr) return false;
-  unsigned char* nonce = out;
-  unsigned char* cipher = out + gcm_nonce_bytes;
-  if (RAND_bytes(nonce, gcm_nonce_bytes) != 1 ||
-      EVP_EncryptInit_ex2(ctx.get(), aes_gcm_impl(), uchars(key), nonce, nullptr) != 1) {
-    return false;
-  }
-  size_t done = 0;
-  while (done < plain.size()) {
-    const size_t n = std::min(plain.size() - done, evp_slice_bytes);
-    int written = 0;
-    if (EVP_EncryptUpdate(ctx.get(), cipher + done, &written, uchars(plain) + done,
-                          static_cast<int>(n)) != 1) {
-      return false;
-    }
-    done += static_cast<size_t>(written);
-    if (static_cast<size_t>(written) != n) return false;  // GCM is a stream mode
-  }
-  int tail = 0;
-  return EVP_EncryptFinal_ex(ctx.get(), cipher + done, &tail) == 1 && tail == 0 &&
-         EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_GET_TAG, gcm_tag_bytes, cipher + done) == 1;
-}
-
-bool gcm_open(std::string_view key, std::string_view sealed, unsigned char* out) {
-  cipher_ctx_ptr ctx(EVP_CIPHER_CTX_new());
-  if (!ctx || aes_gcm_impl() == nullptr) return false;
-  const unsigned char* nonce = uchars(sealed);
-  const unsigned char* cipher = nonce + gcm_nonce_bytes;
-  const size_t cipher_bytes = sealed.size() - gcm_nonce_bytes - gcm_tag_bytes;
-  unsigned char tag[gcm_tag_bytes];
-  std::memcpy(tag, cipher + cipher_bytes, gcm_tag_bytes);
-  if (EVP_DecryptInit_ex2(ctx.get(), aes_gcm_impl(), uchars(key), nonce, nullptr) != 1) {
-    return false;
-  }
-  size_t done = 0;
-  while (done < cipher_bytes) {
-    const size_t n = std::min(cipher_bytes - done, evp_slice_bytes);
-    int written = 0;
-    if (EVP_DecryptUpdate(ctx.get(), out + done, &written, cipher + done, static_cast<int>(n)) !=
-        1) {
-      return false;
-    }
-    done += static_cast<size_t>(written);
-    if (static_cast<size_t>(written) != n) return false;
-  }
-  int tail = 0;
-  return EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_SET_TAG, gcm_tag_bytes, tag) == 1 &&
-         EVP_DecryptFinal_ex(ctx.get(), out + done, &tail) == 1;
-}
-
 pyb::bytes aes_gcm_encrypt(const pyb::bytes& key_arg, const pyb::bytes& plaintext) {
   const std::string_view key = view_of(key_arg);
   if (key.size() != aes_key_bytes) throw pyb::value_error("AES-GCM-256 key must be 32 bytes");
@@ -394,7 +285,7 @@ pyb::bytes aes_gcm_encrypt(const pyb::bytes& key_arg, const pyb::bytes& plaintex
   bool ok = false;
   {
     maybe_release_gil release(plain.size() >= gil_release_bytes_min);
-    ok = gcm_seal(key, plain, o);
+    ok = auth::gcm_seal(key, plain, o);
   }
   if (!ok) {
     ERR_clear_error();
@@ -416,7 +307,7 @@ pyb::bytes aes_gcm_decrypt(const pyb::bytes& key_arg, const pyb::bytes& data) {
   bool ok = false;
   {
     maybe_release_gil release(sealed.size() >= gil_release_bytes_min);
-    ok = gcm_open(key, sealed, o);
+    ok = auth::gcm_open(key, sealed, o);
     if (!ok) OPENSSL_cleanse(o, plain_bytes);  // unauthenticated plaintext never leaves
   }
   if (!ok) {
@@ -428,127 +319,13 @@ pyb::bytes aes_gcm_decrypt(const pyb::bytes& key_arg, const pyb::bytes& data) {
 
 // ---- P-256 ECDH + HKDF-SHA256 ----
 
-// The group order n: a private scalar must be in [1, n).
-constexpr unsigned char p256_order[p256_scalar_bytes] = {
-    0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
-    0xBC, 0xE6, 0xFA, 0xAD, 0xA7, 0x17, 0x9E, 0x84, 0xF3, 0xB9, 0xCA, 0xC2, 0xFC, 0x63, 0x25, 0x51};
-
-bool scalar_in_range(const unsigned char (&scalar)[p256_scalar_bytes]) {
-  bool zero = true;
-  for (unsigned char b : scalar) zero = zero && b == 0;
-  if (zero) return false;
-  // Big-endian compare with n (the scalar is secret, but its validity is not).
-  return std::memcmp(scalar, p256_order, p256_scalar_bytes) < 0;
-}
-
-// An EC key on P-256 from OSSL_PARAMs (the group, then what push adds).
-template <typename Push>
-auth::pkey_ptr p256_key_from(int selection, Push push) {
-  param_bld_ptr bld(OSSL_PARAM_BLD_new());
-  if (!bld ||
-      OSSL_PARAM_BLD_push_utf8_string(bld.get(), OSSL_PKEY_PARAM_GROUP_NAME, "prime256v1", 0) !=
-          1 ||
-      !push(bld.get())) {
-    return nullptr;
-  }
-  params_ptr params(OSSL_PARAM_BLD_to_param(bld.get()));
-  pkey_ctx_ptr ctx(EVP_PKEY_CTX_new_from_name(nullptr, "EC", nullptr));
-  EVP_PKEY* key = nullptr;
-  if (!params || !ctx || EVP_PKEY_fromdata_init(ctx.get()) != 1 ||
-      EVP_PKEY_fromdata(ctx.get(), &key, selection, params.get()) != 1) {
-    return nullptr;
-  }
-  return auth::pkey_ptr(key);
-}
-
-auth::pkey_ptr p256_private_key(const unsigned char (&scalar)[p256_scalar_bytes]) {
-  bn_ptr d(BN_secure_new());
-  if (!d || BN_bin2bn(scalar, p256_scalar_bytes, d.get()) == nullptr) return nullptr;
-  return p256_key_from(EVP_PKEY_KEYPAIR, [&](OSSL_PARAM_BLD* bld) {
-    return OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_PRIV_KEY, d.get()) == 1;
-  });
-}
-
-// SEC1 compressed (33 bytes, 02/03) or uncompressed (65 bytes, 04); OpenSSL checks the point
-// is on the curve.
-auth::pkey_ptr p256_public_key(std::string_view sec1) {
-  const bool compressed = sec1.size() == 33 && (sec1[0] == 0x02 || sec1[0] == 0x03);
-  const bool uncompressed = sec1.size() == p256_point_bytes && sec1[0] == 0x04;
-  if (!compressed && !uncompressed) return nullptr;
-  return p256_key_from(EVP_PKEY_PUBLIC_KEY, [&](OSSL_PARAM_BLD* bld) {
-    return OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, sec1.data(),
-                                            sec1.size()) == 1;
-  });
-}
-
-bool hkdf_sha256(const unsigned char* ikm, size_t ikm_bytes, unsigned char* out, size_t out_bytes) {
-  if (hkdf_impl() == nullptr) return false;
-  kdf_ctx_ptr ctx(EVP_KDF_CTX_new(hkdf_impl()));
-  if (!ctx) return false;
-  // No salt: RFC 5869's default (HashLen zero bytes, which HMAC treats as the empty key).
-  OSSL_PARAM params[] = {
-      OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, const_cast<char*>("SHA256"), 0),
-      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, const_cast<unsigned char*>(ikm),
-                                        ikm_bytes),
-      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, const_cast<char*>(hkdf_info.data()),
-                                        hkdf_info.size()),
-      OSSL_PARAM_construct_end()};
-  return EVP_KDF_derive(ctx.get(), out, out_bytes, params) == 1;
-}
-
-enum class ecdh_status : uint8_t {
-  ok,
-  bad_private_key,
-  bad_peer_key,
-  agreement_failed,
-  hkdf_failed
-};
-
-ecdh_status ecdh_derive(const unsigned char (&scalar)[p256_scalar_bytes], std::string_view peer,
-                        unsigned char (&aes_key)[aes_key_bytes]) {
-  if (!scalar_in_range(scalar)) return ecdh_status::bad_private_key;
-  auth::pkey_ptr own = p256_private_key(scalar);
-  if (!own) return ecdh_status::bad_private_key;
-  auth::pkey_ptr theirs = p256_public_key(peer);
-  if (!theirs) return ecdh_status::bad_peer_key;
-  pkey_ctx_ptr ctx(EVP_PKEY_CTX_new_from_pkey(nullptr, own.get(), nullptr));
-  if (!ctx || EVP_PKEY_derive_init(ctx.get()) != 1) return ecdh_status::agreement_failed;
-  if (EVP_PKEY_derive_set_peer_ex(ctx.get(), theirs.get(), 1) != 1) {
-    return ecdh_status::bad_peer_key;
-  }
-  wiped<p256_scalar_bytes> shared;
-  size_t shared_bytes = sizeof shared.bytes;
-  if (EVP_PKEY_derive(ctx.get(), shared.bytes, &shared_bytes) != 1 ||
-      shared_bytes != p256_scalar_bytes) {
-    return ecdh_status::agreement_failed;
-  }
-  if (!hkdf_sha256(shared.bytes, shared_bytes, aes_key, sizeof aes_key)) {
-    return ecdh_status::hkdf_failed;
-  }
-  return ecdh_status::ok;
-}
-
-bool ecdh_generate(unsigned char (&scalar)[p256_scalar_bytes],
-                   unsigned char (&point)[p256_point_bytes]) {
-  auth::pkey_ptr key(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-256"));
-  if (!key) return false;
-  BIGNUM* d_raw = nullptr;
-  if (EVP_PKEY_get_bn_param(key.get(), OSSL_PKEY_PARAM_PRIV_KEY, &d_raw) != 1) return false;
-  const bn_ptr d(d_raw);
-  size_t point_bytes = 0;
-  return BN_bn2binpad(d.get(), scalar, p256_scalar_bytes) == static_cast<int>(p256_scalar_bytes) &&
-         EVP_PKEY_get_octet_string_param(key.get(), OSSL_PKEY_PARAM_PUB_KEY, point, sizeof point,
-                                         &point_bytes) == 1 &&
-         point_bytes == p256_point_bytes && point[0] == 0x04;
-}
-
 pyb::tuple ecdh_generate_keypair() {
   wiped<p256_scalar_bytes> scalar;
   unsigned char point[p256_point_bytes];
   bool ok = false;
   {
     pyb::gil_scoped_release release;
-    ok = ecdh_generate(scalar.bytes, point);
+    ok = auth::ecdh_generate(scalar.bytes, point);
   }
   if (!ok) {
     ERR_clear_error();
@@ -570,7 +347,7 @@ pyb::bytes ecdh_derive_shared_secret(const pyb::bytes& private_key, const pyb::b
   ecdh_status status = ecdh_status::ok;
   {
     pyb::gil_scoped_release release;
-    status = ecdh_derive(scalar.bytes, peer, aes_key.bytes);
+    status = auth::ecdh_derive(scalar.bytes, peer, aes_key.bytes);
   }
   ERR_clear_error();
   switch (status) {
@@ -1096,15 +873,14 @@ std::string sha256_py(const pyb::bytes& data_arg) {
 std::string sign_message(const pyb::str& payload_json, const pyb::bytes& secret) {
   const std::string_view payload = view_of(payload_json);
   const std::string_view key = view_of(secret);
-  unsigned char digest[sha256_bytes];
-  unsigned char mac[sha256_bytes];
+  char signature[auth::signature_hex_chars];
   bool ok = false;
   {
     maybe_release_gil release(payload.size() >= gil_release_bytes_min);
-    ok = sha256(payload, digest) && hmac_sha256(key, to_hex(digest, sizeof digest), mac);
+    ok = auth::sign_message(key, payload, signature);
   }
   if (!ok) throw_crypto_failure("HMAC-SHA256 failed");
-  return to_hex(mac, sizeof mac);
+  return std::string(signature, sizeof signature);
 }
 
 }  // namespace

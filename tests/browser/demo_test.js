@@ -4,8 +4,9 @@
 // uses the page the way a newcomer would: type a token, Connect, Ping, Send; then a cookie-only
 // connection, a forged token (close 4401), and the chat: alice and bob (two browser contexts)
 // subscribe to chat.lobby and publish to each other; a token without a publish claim sees
-// PUBLISH_DENIED. The chat case needs a wsed with topics (its --help lists --api-key-file) and
-// is skipped, saying so, without one.
+// PUBLISH_DENIED; with a wsed that has --e2e (started with it), the page's Encrypt option: the
+// WebCrypto key exchange, a ping and an echo sealed both ways on the wire. The chat case needs a
+// wsed with topics (its --help lists --api-key-file) and is skipped, saying so, without one.
 // Usage: node tests/browser/demo_test.js PATH/TO/wsed [--page FILE] [--screenshot FILE.png]
 //   --page: serve FILE for GET / instead of the embedded page (the server's headers, CSP included,
 //           are kept): tries a page against a binary built from another tree.
@@ -74,8 +75,8 @@ function genToken(bin, sub, secret, extra = []) {
 }
 
 // Starts wsed and resolves with its port, read from the first stdout line ("... ws://127.0.0.1:PORT/ ...").
-function startWsed(bin) {
-  wsed = spawn(bin, ['--mode', 'wse', '--port', '0', '--workers', '1', '--inbound', 'echo'], {
+function startWsed(bin, extra = []) {
+  wsed = spawn(bin, ['--mode', 'wse', '--port', '0', '--workers', '1', '--inbound', 'echo', ...extra], {
     env: { ...process.env, WSED_JWT_SECRET: SECRET }, stdio: ['ignore', 'pipe', 'pipe'],
   });
   let stderr = '';
@@ -112,6 +113,55 @@ function stopWsed() {
 function hasFanout(bin) {
   const help = execFileSync(bin, ['--help'], { timeout: STEP_MS, encoding: 'utf8' });
   return help.includes('--api-key-file');
+}
+
+// True when the binary has end-to-end encryption: its --help lists --e2e.
+function hasE2e(bin) {
+  const help = execFileSync(bin, ['--help'], { timeout: STEP_MS, encoding: 'utf8' });
+  return help.includes('--e2e');
+}
+
+// The "Encrypt" option: WebCrypto key exchange, then a ping and an echo inside E: frames (seen
+// sealed on the wire both ways, shown decrypted on the page).
+async function e2eChecks(base, token) {
+  const c = await openPage(base);
+  const wire = { in: 0, out: 0, clearIn: [] };
+  c.page.on('websocket', (sock) => {
+    const sealed = (f) => typeof f.payload !== 'string' && f.payload.length >= 30 &&
+      f.payload[0] === 0x45 && f.payload[1] === 0x3a;
+    sock.on('framereceived', (f) => { if (sealed(f)) wire.in++; else wire.clearIn.push(String(f.payload)); });
+    sock.on('framesent', (f) => { if (sealed(f)) wire.out++; });
+  });
+  try {
+    await check('Encrypt + Connect: the key exchange completes (E2E: on)', async () => {
+      await c.page.check('#encrypt');
+      await c.page.fill('#token', token);
+      await c.page.click('#connect');
+      await readyMessage(c.page, 'demo-user');
+      await c.page.locator('#e2e-state[data-state="on"]').waitFor();
+    });
+    await check('encrypted Ping: the PONG comes back inside E: and is shown decrypted', async () => {
+      await c.page.click('#ping');
+      await c.page.locator('#log li.in[data-t="PONG"]', { hasText: 'E: decrypted' }).first().waitFor();
+      await c.page.waitForFunction(() => /PONG after \d+ ms/.test(document.getElementById('latency').textContent));
+    });
+    await check('encrypted Send: the echo round trip is sealed both ways on the wire', async () => {
+      await c.page.fill('#type', 'chat');
+      await c.page.fill('#payload', '{"text":"secret hello"}');
+      await c.page.click('#send');
+      const echo = c.page.locator('#log li.in[data-t="chat"]', { hasText: 'E: decrypted' }).first();
+      await echo.waitFor();
+      const msg = JSON.parse(await echo.locator('pre').textContent());
+      assert(msg.t === 'chat' && msg.p && msg.p.text === 'secret hello', `echo ${JSON.stringify(msg)}`);
+      assert(wire.out >= 2 && wire.in >= 2, `E: frames on the wire: ${wire.out} sent, ${wire.in} received`);
+      assert(!wire.clearIn.some((t) => t.includes('secret hello')), 'the echo came in the clear');
+    });
+    await check('encrypted page: no page errors or CSP violations', () => {
+      assert(c.page.errors.length === 0, c.page.errors.join('; '));
+    });
+  } finally {
+    await c.context.close().catch(() => {});
+  }
 }
 
 let pageOverride = null;  // --page FILE: its bytes, served for GET / with the server's headers
@@ -308,7 +358,8 @@ async function chatChecks(base, tokens, screenshot) {
   let port = 0, token = '', cookieToken = '', forged = '';
   let fanout = false;
   const chat = { alice: '', bob: '', carol: '' };
-  if (!await check('wsed starts and prints its port', async () => { port = await startWsed(bin); })) {
+  const e2e = hasE2e(bin);
+  if (!await check('wsed starts and prints its port', async () => { port = await startWsed(bin, e2e ? ['--e2e'] : []); })) {
     await stopWsed();
     finish(1);
   }
@@ -435,7 +486,11 @@ async function chatChecks(base, tokens, screenshot) {
       }
     });
 
-    // 4. The chat: two users on chat.lobby, then a user whose token may not publish.
+    // 4. End-to-end encryption from the page (WebCrypto).
+    if (!e2e) console.log(`# skip E2E checks: ${bin} has no --e2e`);
+    else await e2eChecks(base, token);
+
+    // 5. The chat: two users on chat.lobby, then a user whose token may not publish.
     if (!fanout) {
       console.log(`# skip chat checks: ${bin} has no topics (its --help lists no --api-key-file)`);
     } else {
