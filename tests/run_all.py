@@ -6,8 +6,8 @@
 Suites (each bounded in time):
   unit              BUILD/tests/wsed_unit_tests (doctest; "test cases: X | Y passed | Z failed")
   integration       tests/integration/run_tests.py against BUILD/engine/wsed
-  node              tests/node/echo_test.js (Node `ws` client) against BUILD/engine/wsed
-  browser           tests/browser/demo_test.js: the demo page (GET /) in headless /usr/bin/chromium
+  node              tests/node/echo_test.js (Node `ws` client) against BUILD/engine/wsed; tests/node/tls_test.js (wss://)
+  browser           tests/browser/demo_test.js: the demo page (GET /) in headless /usr/bin/chromium; tests/browser/tls_test.js (https://, wss://)
                     (playwright-core) against BUILD/engine/wsed; chromium missing counts as a failure
   conformance       tests/conformance/conformance.py against BUILD/engine/wsed
   conformance[tls]  the same over TLS (wsed --tls-cert-file; the cases go through tests/conformance/tls_relay.py)
@@ -236,7 +236,10 @@ def suite_node(build):
     if src != 0:
         f += 1
         note = (note + "; " if note else "") + "wsed exit code %s after SIGTERM" % src
-    return p, f, note
+    # wss:// (tests/node/tls_test.js starts its own wsed with a self-signed certificate)
+    rc, out = run(["node", os.path.join(HERE, "node", "tls_test.js"), binary], timeout=120, label="node tls")
+    tp, tf, tnote = counts_from(out, rc, "node tls")
+    return p + tp, f + tf, "; ".join(n for n in (note, tnote) if n)
 
 
 CHROMIUM = "/usr/bin/chromium"
@@ -254,7 +257,11 @@ def suite_browser(build):
         return 0, 1, err
     rc, out = run(["node", os.path.join(HERE, "browser", "demo_test.js"), binary], timeout=120,
                   label="browser")
-    return counts_from(out, rc, "browser")
+    p, f, note = counts_from(out, rc, "browser")
+    # the demo page over https:// and wss:// (tests/browser/tls_test.js)
+    rc, out = run(["node", os.path.join(HERE, "browser", "tls_test.js"), binary], timeout=120, label="browser tls")
+    tp, tf, tnote = counts_from(out, rc, "browser tls")
+    return p + tp, f + tf, "; ".join(n for n in (note, tnote) if n)
 
 
 def suite_conformance(build, label, sanitizers=False, tls=False):
