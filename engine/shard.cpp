@@ -949,13 +949,14 @@ fanout::frame* shard::take_direct(connection& c) {
   return f;
 }
 
-send_status shard::send_message(conn_ref ref, ws_opcode opcode, std::span<const uint8_t> payload) {
+send_status shard::send_message(conn_ref ref, ws_opcode opcode, std::span<const uint8_t> payload,
+                                bool compressible) {
   if (ref.slot >= slots_touched_) return send_status::dropped;
   connection& c = slot_at(ref.slot);
   if (c.generation != ref.generation || c.state != conn_state::open) return send_status::dropped;
   if (c.out && c.out->queued_bytes() > cfg_.outbound_bytes_max) return over_cap(c, ref.slot);
   metrics_.messages_out.add();
-  if (c.parser.compressed_allowed()) {
+  if (compressible && c.parser.compressed_allowed()) {
     if (payload.size() < cfg_.deflate_threshold_bytes) {
       metrics_.deflate[size_t(deflate_event::below_threshold)].add();
     } else if (std::span<const uint8_t> z = deflate_->compress(payload); !z.empty()) {

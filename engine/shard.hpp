@@ -141,7 +141,9 @@ class shard {
   // Sends one data message as a single frame. queued: accepted; backpressure: the connection is
   // over its outbound cap and is being closed with 4509 (--slow-consumer disconnect); dropped:
   // the connection is gone or closing, or over its cap with --slow-consumer drop (not sent).
-  send_status send_message(conn_ref c, proto::ws_opcode opcode, std::span<const uint8_t> payload);
+  // compressible = false: never permessage-deflated (already compressed or encrypted bytes).
+  send_status send_message(conn_ref c, proto::ws_opcode opcode, std::span<const uint8_t> payload,
+                           bool compressible = true);
   // Queues an already-framed shared frame (a publication, a server ping) to one connection,
   // under the same outbound cap: over it, --slow-consumer disconnect closes with 4509
   // (backpressure), drop skips this whole frame (dropped) and the connection stays.

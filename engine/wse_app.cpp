@@ -260,7 +260,7 @@ send_status wse_app::seal_and_send(shard& s, conn_ref c, per_shard& p, const con
     return send_status::dropped;
   }
   p.counts.e2e_encrypted.add();
-  return s.send_message(c, proto::ws_opcode::binary, as_bytes(p.sealed));
+  return s.send_message(c, proto::ws_opcode::binary, as_bytes(p.sealed), false);  // random bytes
 }
 
 send_status wse_app::send_shared(shard& s, conn_ref c, per_shard& p, const conn_state* st,
@@ -691,7 +691,7 @@ send_status wse_app::send(wse_conn conn, std::string_view type, std::string_view
     if (p.codec.compress(p.scratch, p.encoded, opt_.compression_threshold_bytes) ==
         proto::wse_compressed::yes) {
       p.counts.sends[size_t(wse_send_format::compressed)].add();
-      return s.send_message(conn.ref, proto::ws_opcode::binary, as_bytes(p.encoded));
+      return s.send_message(conn.ref, proto::ws_opcode::binary, as_bytes(p.encoded), false);
     }
   }
   p.counts.sends[size_t(wse_send_format::json)].add();
