@@ -69,7 +69,7 @@ struct server_config {
   // permessage-deflate (RFC 7692): accepted when a client offers it (no context kept between
   // messages). Data messages shorter than the threshold go uncompressed.
   bool permessage_deflate = true;
-  uint32_t deflate_threshold_bytes = 256;
+  uint32_t deflate_threshold_bytes = 1024;
   // WSE mode: per-connection sends whose JSON is longer go out as "C:" + zlib (0: never).
   uint32_t compression_threshold_bytes = 1024;
   // WSE mode: token bucket on inbound data messages, per connection (rate 0: unlimited). Over

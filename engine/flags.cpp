@@ -208,7 +208,7 @@ flags_result parse_flags(int argc, char** argv) {
       ->check(CLI::IsMember({"on", "off"}))
       ->capture_default_str();
   add_parsed(app, "--deflate-threshold", c.deflate_threshold_bytes, parse_size,
-             "permessage-deflate: data messages shorter than this go uncompressed", 1, "256");
+             "permessage-deflate: data messages shorter than this go uncompressed", 1, "1024");
   add_parsed(app, "--compression-threshold", c.compression_threshold_bytes, parse_size,
              "WSE mode: per-connection sends whose JSON is longer go out as C: + zlib (0: never)",
              1, "1024");

@@ -1,6 +1,8 @@
 // perf/bench_proto.cpp: Google Benchmark micro-benchmarks of proto/: our frame parser against
 // wslay (the library DESIGN.md names) on the receive hot path, the memory each keeps per
-// connection, UTF-8 validation, the HTTP upgrade parse and the accept-key computation.
+// connection, UTF-8 validation, the HTTP upgrade parse and the accept-key computation, and
+// permessage-deflate's cost per message (compress / inflate against the plain frame copy) and
+// per shard (the codec's memory; a connection keeps no deflate state).
 //
 // Owns: its own buffers. Thread: the benchmark's main thread. Never asserts behaviour (that is
 // the unit tests' job); it prints figures. Compare ratios from one run, not absolute numbers.
@@ -12,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "proto/deflate.hpp"
 #include "proto/http.hpp"
 #include "proto/utf8.hpp"
 #include "proto/ws.hpp"
@@ -299,6 +302,87 @@ void BM_upgrade_response(benchmark::State& state) {
   for (auto _ : state) benchmark::DoNotOptimize(upgrade_response("dGhlIHNhbXBsZSBub25jZQ=="));
 }
 BENCHMARK(BM_upgrade_response);
+
+// ---- permessage-deflate (RFC 7692) ----------------------------------------------------------
+
+// A publication-like JSON message of n bytes (varying numbers, repeated keys).
+std::string json_of(size_t n) {
+  std::string s = "[";
+  for (int i = 0; s.size() < n; ++i)
+    s += R"({"t":"price","p":{"sym":"S)" + std::to_string(i % 97) + R"(","bid":)" +
+         std::to_string(10000 + (i * 7919) % 5000) + R"(,"ts":17171717)" + std::to_string(i) +
+         "}},";
+  s.resize(n);
+  return s;
+}
+
+// Plain: what a send costs without deflate (the frame header and the payload copied into the
+// connection's queue), the baseline of the two below.
+void BM_deflate_plain_frame_copy(benchmark::State& state) {
+  const std::string m = json_of(size_t(state.range(0)));
+  std::vector<uint8_t> out(m.size() + ws_header_bytes_max);
+  for (auto _ : state) {
+    size_t h = encode_frame_header(out.data(), ws_opcode::text, m.size());
+    std::memcpy(out.data() + h, m.data(), m.size());
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.SetBytesProcessed(int64_t(state.iterations()) * int64_t(m.size()));
+}
+
+// Args: message bytes, libdeflate level.
+void BM_deflate_compress(benchmark::State& state) {
+  const std::string m = json_of(size_t(state.range(0)));
+  deflate_codec codec(int(state.range(1)));
+  size_t z = 0;
+  for (auto _ : state) {
+    auto out = codec.compress({reinterpret_cast<const uint8_t*>(m.data()), m.size()});
+    z = out.size();
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.SetBytesProcessed(int64_t(state.iterations()) * int64_t(m.size()));
+  state.counters["ratio"] = z ? double(m.size()) / double(z) : 0.0;
+}
+
+void BM_deflate_inflate(benchmark::State& state) {
+  const std::string m = json_of(size_t(state.range(0)));
+  deflate_codec codec;
+  auto z = codec.compress({reinterpret_cast<const uint8_t*>(m.data()), m.size()});
+  std::vector<uint8_t> compressed(z.begin(), z.end());
+  std::vector<uint8_t> out;
+  size_t n = 0;
+  for (auto _ : state) {
+    codec.inflate(compressed, 1 << 20, out, &n, 64);
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.SetBytesProcessed(int64_t(state.iterations()) * int64_t(m.size()));
+}
+
+BENCHMARK(BM_deflate_plain_frame_copy)->Arg(256)->Arg(1024)->Arg(4096)->Arg(16384);
+BENCHMARK(BM_deflate_compress)->ArgsProduct({{256, 1024, 4096, 16384}, {1, 6}});
+BENCHMARK(BM_deflate_inflate)->Arg(256)->Arg(1024)->Arg(4096)->Arg(16384);
+
+void BM_deflate_negotiate(benchmark::State& state) {
+  // What Chromium offers.
+  const std::string_view offer[] = {"permessage-deflate; client_max_window_bits"};
+  for (auto _ : state) benchmark::DoNotOptimize(negotiate_permessage_deflate(offer));
+}
+BENCHMARK(BM_deflate_negotiate);
+
+// Memory: a shard's codec (libdeflate's compressor and decompressor); per connection there is
+// none (one bit in the 32-byte frame parser).
+void BM_deflate_codec_memory(benchmark::State& state) {
+  size_t bytes = 0;
+  for (auto _ : state) {
+    struct mallinfo2 before = mallinfo2();
+    auto* codec = new deflate_codec();
+    struct mallinfo2 after = mallinfo2();
+    bytes = (after.uordblks + after.hblkhd) - (before.uordblks + before.hblkhd);
+    delete codec;
+  }
+  state.counters["codec_bytes"] = double(bytes);
+  state.counters["parser_bytes"] = double(sizeof(ws_frame_parser));
+}
+BENCHMARK(BM_deflate_codec_memory)->Iterations(20);
 
 }  // namespace
 

@@ -161,7 +161,7 @@ def test_deflate_python_websockets_echo():
             async with websockets.connect("ws://127.0.0.1:%d/" % srv.port, max_size=None, open_timeout=5,
                                           close_timeout=5, ping_interval=None) as ws:
                 assert ws.response_headers.get("Sec-WebSocket-Extensions") == ANSWER, ws.response_headers
-                for n in (0, 10, 255, 256, 3000, 70000, 1000000):
+                for n in (0, 10, 1023, 1024, 3000, 70000, 1000000):
                     s = W_utf8(n)
                     await ws.send(s)
                     assert await asyncio.wait_for(ws.recv(), 10) == s, n
