@@ -26,7 +26,7 @@ import time
 
 HOST = "127.0.0.1"
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-PORT_RE = re.compile(rb"ws://[^:/]+:(\d+)")
+PORT_RE = re.compile(rb"wss?://[^:/]+:(\d+)")
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 SANITIZER_MARKERS = (
