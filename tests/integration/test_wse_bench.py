@@ -484,3 +484,134 @@ def test_wse_bench_fanout_multi_redis_publisher():
     """The publisher PUBLISHes straight into Redis (a backend): both instances deliver it all."""
     row = check_multi(*fanout_multi("--publisher", "redis"))
     assert row["publisher"] == "redis", row
+
+
+# ---------------------------------------------------------------------------------------------
+# --tls: the workers speak TLS (engine/tls.hpp's client context) to a wsed with a certificate
+# ---------------------------------------------------------------------------------------------
+
+def self_signed(tmp, name="server"):
+    """A self-signed P-256 certificate for localhost / 127.0.0.1 made with the openssl CLI in tmp;
+    returns (cert path, key path)."""
+    cert, key = os.path.join(tmp, name + ".crt"), os.path.join(tmp, name + ".key")
+    rc, _, err = H.run_cmd(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                            "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost",
+                            "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], timeout=30)
+    assert rc == 0, err
+    return cert, key
+
+
+def tls_bench(tmp, tests, *extra, protocol="raw", cert=None, key=None):
+    """wse-bench --tls running `tests` (comma-separated) at 100 connections for ~1 s each against
+    wsed with --tls-cert-file/--tls-key-file (raw: --mode echo; wse: --mode wse, --inbound-rate 0);
+    returns (rc, markdown, the JSON report or None, stderr, wsed's first stdout line)."""
+    if cert is None:
+        cert, key = self_signed(tmp)
+    san = dict(H.SANITIZER_ENV) if SAN else {}
+    tls = ["--tls-cert-file", cert, "--tls-key-file", key]
+    if protocol == "raw":
+        server = H.running(BIN, "--mode", "echo", "--workers", "1", *tls, env=san)
+    else:
+        server = H.running(BIN, "--mode", "wse", "--workers", "1", "--jwt-issuer", "wse-bench",
+                           "--jwt-audience", "wse-bench", "--inbound-rate", "0", *tls,
+                           env=dict(san, WSED_JWT_SECRET=SECRET))
+    with server as srv:
+        path = os.path.join(tmp, "out-%s.json" % protocol)
+        auth = ["--secret", SECRET] if protocol == "wse" else []
+        rc, out, err = run_bench("--tls", "--protocol", protocol, "--port", srv.port, "--test", tests, *auth,
+                                 "--tiers", "100", "--duration", "1", "--pings", "20", "--threads", "2",
+                                 "--server-pid", srv.proc.pid, "--json", path, *extra, timeout=90)
+        doc = None
+        if os.path.exists(path):
+            with open(path) as f:
+                doc = json.load(f)
+        first = srv.first_line
+    return rc, out, doc, err, first
+
+
+def check_clean(rc, out, doc, err, names):
+    assert rc == 0, "wse-bench --tls exited %s\nstdout: %s\nstderr: %s" % (rc, out[-3000:], err[-2000:])
+    assert doc["config"]["tls"] is True and doc["errors"] == 0, doc["config"]
+    assert "over TLS" in out, out[:300]
+    for name in names:
+        test = doc["tests"][name]
+        assert test["errors"] == 0 and test["rows"], test
+        for row in test["rows"]:
+            assert row["errors"]["total"] == 0, row
+            assert row["failed"] == 0 and row["opened"] == row["connections"] == 100, row
+    return doc["tests"]
+
+
+@limit(150)
+def test_wse_bench_tls_storm_ping_latency_and_throughput():
+    """connection-storm, ping-latency and throughput over TLS against wsed's TLS port (echo mode):
+    every handshake (TLS, then the upgrade) completes, every ping is echoed through the TLS
+    sessions, the echoes arrive in plain text of the right size (a mismatch would be an error)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        rc, out, doc, err, first = tls_bench(tmp, "connection-storm,ping-latency,throughput")
+        assert first.startswith("wsed") and "wss://" in first, first
+        tests = check_clean(rc, out, doc, err, ["connection-storm", "ping-latency", "throughput"])
+    storm = tests["connection-storm"]["rows"][0]
+    assert storm["accept_rate"] > 0 and storm["handshake_ms"]["samples"] == 100, storm
+    assert storm["handshake_ms"]["p50"] > 0, storm
+    ping = tests["ping-latency"]["rows"][0]
+    assert ping["pings"] == ping["pings_expected"] == 2000, ping
+    assert ping["latency_ms"]["p50"] > 0 and ping["latency_ms"]["max"] >= ping["latency_ms"]["p99"], ping
+    tput = tests["throughput"]["rows"][0]
+    assert tput["msg_per_s"] > 0 and tput["mb_per_s"] > 0 and tput["sent_msg_per_s"] > 0, tput
+    assert tput["sent_bytes"] > 0 and tput["reply_bytes"] == tput["replies"] * tput["payload_bytes"], tput
+    assert tput["server"]["user_s"] + tput["server"]["sys_s"] > 0, tput
+
+
+@limit(150)
+def test_wse_bench_tls_wse_protocol_and_ca_file():
+    """The WSE handshake over TLS (JWT cookie, server_ready, client_hello; PONGs and inbound
+    messages through the sessions), with the server's certificate verified against --tls-ca-file
+    (the self-signed certificate is its own CA); a CA that did not sign it fails every handshake."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cert, key = self_signed(tmp)
+        rc, out, doc, err, _ = tls_bench(tmp, "ping-latency,throughput", "--tls-ca-file", cert,
+                                         protocol="wse", cert=cert, key=key)
+        tests = check_clean(rc, out, doc, err, ["ping-latency", "throughput"])
+        ping = tests["ping-latency"]["rows"][0]
+        assert ping["pings"] == 2000 and ping["latency_ms"]["p50"] > 0, ping
+        tput = tests["throughput"]["rows"][0]
+        assert tput["sent_msg_per_s"] > 0 and tput["sent_bytes"] > 0, tput
+
+        other, _ = self_signed(tmp, "other")
+        rc, out, doc, err, _ = tls_bench(tmp, "connection-storm", "--tls-ca-file", other, cert=cert, key=key)
+        assert rc == 3, (rc, out[-2000:], err[-2000:])
+        row = doc["tests"]["connection-storm"]["rows"][0]
+        assert row["opened"] == 0 and row["errors"]["handshake"] == 100, row
+        assert "certificate verify failed" in row["errors"]["first"], row["errors"]["first"]
+
+
+@limit(60)
+def test_wse_bench_tls_refuses_plain_http_on_the_tls_port():
+    """--tls with a fanout scenario: the HTTP API publisher and /metrics must name a plain port
+    (wsed --admin-listen), a WebSocket publisher is refused; --tls-ca-file needs --tls."""
+    rc, _, err = run_bench("--tls", "--test", "fanout-broadcast", "--port", "5006", "--api-key-file", "/dev/null")
+    assert rc == 2 and "--api-port" in err, (rc, err)
+    rc, _, err = run_bench("--tls", "--test", "fanout-broadcast", "--publisher", "server", "--port", "5006")
+    assert rc == 2 and "--metrics-port" in err, (rc, err)
+    rc, _, err = run_bench("--tls", "--test", "fanout-broadcast", "--publisher", "wse")
+    assert rc == 2 and "--publisher wse" in err, (rc, err)
+    rc, _, err = run_bench("--tls-ca-file", "/dev/null", "--test", "connection-storm")
+    assert rc == 2 and "needs --tls" in err, (rc, err)
+    rc, out, _ = run_bench("--help", timeout=10)
+    assert rc == 0 and "--tls" in out and "--tls-ca-file" in out and "--admin-listen" in out, out[-2000:]
+
+
+@limit(120)
+def test_wse_bench_tls_fanout_with_the_api_on_the_admin_port():
+    """fanout-broadcast with --tls: 100 subscribers over TLS on the main port, the HTTP API
+    publisher and /metrics, /readyz on wsed's plain --admin-listen port (--api-port)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cert, key = self_signed(tmp)
+        admin = H.free_port()
+        rc, out, t, err = fanout("fanout-broadcast", "--tls", "--api-port", admin, "--publish-batch", "50",
+                                 server_args=("--tls-cert-file", cert, "--tls-key-file", key,
+                                              "--admin-listen", "127.0.0.1:%d" % admin))
+    row = check_delivered_all(rc, out, t, err)
+    assert row["publisher"] == "api", row
+    assert "over TLS" in out, out[:300]

@@ -29,8 +29,10 @@
 #include <string>
 #include <vector>
 
+#include <openssl/ssl.h>
 #include <CLI/CLI.hpp>
 
+#include "engine/tls.hpp"
 #include "tools/bench/frames.hpp"
 #include "tools/bench/jwt.hpp"
 #include "tools/wse_bench/runner.hpp"
@@ -54,6 +56,8 @@ struct options {
   std::string host = "127.0.0.1";
   uint16_t port = 5006;
   uint16_t port2 = 0;
+  bool tls = false;         // --tls: every WebSocket connection (and the upgrade) over TLS
+  std::string tls_ca_file;  // verify the server's certificate against it (empty: no check)
   std::string path = "/wse";
   std::string secret = "bench-secret-key-for-testing-only";
   std::string sub = "bench-user";
@@ -1142,6 +1146,19 @@ fanout-multi       (run only when named) fanout-broadcast over two server instan
                    instance make the exit code non-zero. (--port-b also splits the other
                    scenarios' connections; the fanout ones then report A and B apart.)
 
+TLS (--tls): every WebSocket connection of every scenario (the subscribers and the load
+connections, on --port and --port-b) speaks TLS 1.2+ (ALPN http/1.1) before the upgrade: the
+workers feed the ciphertext their io_uring receives into an OpenSSL session over memory BIOs and
+send what it encrypts, so the load path stays one ring per thread. The TLS handshake is part of
+the connection-storm handshake latency and accept rate; throughput counts plain-text messages.
+The server's certificate is not verified unless --tls-ca-file names the CA that signed it (a
+self-signed benchmark server). The plain HTTP side is not encrypted: with --tls the fanout
+scenarios' HTTP API publisher and their /metrics and /readyz reads must go to a plain port,
+wsed's --admin-listen (give it as --api-port and/or --metrics-port, --metrics-port-b; a plain
+request to a TLS port is answered 400, so they may not be --port or --port-b), and --publisher
+wse (a WebSocket publisher) is refused with --tls; --publisher redis or server need only
+--metrics-port. Without --tls no TLS code runs.
+
 Every table is followed by one line per tier: client CPU (and a warning when the client, not the
 server, was saturated), with --server-pid the server's CPU time per message (user and sys, from
 /proc) and RSS per connection, the OS limit when it stopped a tier, and the first error.
@@ -1151,6 +1168,35 @@ ports first; past them each connect scans the whole range and the ramp drops ~6x
 over 127.0.0.x.
 Exit code: 0 when no scenario saw an error, 3 otherwise, 1 on a setup failure, 2 on bad flags.
 )";
+
+// --tls with a fanout scenario: what would send plain HTTP (the API publisher, /metrics and
+// /readyz) to a TLS port, or a WebSocket publisher (not encrypted); empty: nothing.
+std::string tls_plain_ports_problem(const options& o) {
+  if (o.publisher == "wse") {
+    return "--publisher wse is not encrypted: use --publisher api (on a plain --api-port), redis "
+           "or server";
+  }
+  uint16_t api_port = o.api_port != 0 ? o.api_port : o.port;
+  uint16_t metrics_port = o.metrics_port != 0 ? o.metrics_port : api_port;
+  uint16_t metrics_port_b = o.metrics_port_b != 0 ? o.metrics_port_b : o.port2;
+  auto tls_port = [&o](uint16_t p) { return p == o.port || (o.port2 != 0 && p == o.port2); };
+  if (o.publisher == "api" && tls_port(api_port)) {
+    return "the HTTP API publisher needs a plain port: --api-port (wsed --admin-listen), not the "
+           "TLS port " +
+           std::to_string(api_port);
+  }
+  if (tls_port(metrics_port)) {
+    return "/metrics and /readyz need a plain port: --metrics-port (wsed --admin-listen), not the "
+           "TLS port " +
+           std::to_string(metrics_port);
+  }
+  if (o.port2 != 0 && o.port2 != o.port && tls_port(metrics_port_b)) {
+    return "B's /metrics and /readyz need a plain port: --metrics-port-b (B's --admin-listen), "
+           "not the TLS port " +
+           std::to_string(metrics_port_b);
+  }
+  return "";
+}
 
 // A list item's number (whole, not negative); otherwise throws naming the item (std::stod alone
 // would say only "stod").
@@ -1261,6 +1307,23 @@ int run_all(options opt) {
   }
   b.ramp_timeout_ns = static_cast<uint64_t>(opt.ramp_timeout_s * 1e9);
   cx.opt.runner.loopback = true;
+  if (opt.tls) {
+    std::string why;
+    b.tls = wsed::engine::tls_context::client(opt.tls_ca_file, &why);
+    if (!b.tls) {
+      std::fprintf(stderr, "wse-bench: --tls: %s\n", why.c_str());
+      return 1;
+    }
+    // No CA file: no verification at all. SSL_VERIFY_NONE alone still builds and checks the
+    // chain and ignores the result: a self-signed certificate's own signature, one more P-256
+    // ECDSA verify per handshake (118 us here by `openssl speed`, three P-256 signs: more than
+    // the server's signature) that the bench must not pay in a connection storm. The
+    // CertificateVerify signature (the protocol's) is still checked.
+    if (opt.tls_ca_file.empty()) {
+      SSL_CTX_set_cert_verify_callback(
+          b.tls->native(), [](X509_STORE_CTX*, void*) { return 1; }, nullptr);
+    }
+  }
 
   std::vector<section> sections;
   for (const std::string& t : opt.tests) {
@@ -1280,8 +1343,8 @@ int run_all(options opt) {
 
   uint64_t errors = 0;
   std::printf(
-      "# wse-bench: %s protocol, %s:%u%s, tiers %s, %.1f s per measurement\n\n",
-      opt.protocol.c_str(), opt.host.c_str(), opt.port,
+      "# wse-bench: %s protocol%s, %s:%u%s, tiers %s, %.1f s per measurement\n\n",
+      opt.protocol.c_str(), opt.tls ? " over TLS" : "", opt.host.c_str(), opt.port,
       opt.port2 ? (" and :" + std::to_string(opt.port2)).c_str() : "",
       [&] {
         std::string s;
@@ -1312,6 +1375,7 @@ int run_all(options opt) {
         f, "{\n  \"tool\": \"wse-bench\",\n  \"config\": %s,\n  \"tests\": {\n",
         json_obj()
             .str("protocol", opt.protocol)
+            .boolean("tls", opt.tls)
             .str("host", opt.host)
             .integer("port", opt.port)
             .integer("port2", opt.port2)
@@ -1363,6 +1427,12 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--host", opt.host, "server IPv4 address (127.0.0.0/8)")->capture_default_str();
   app.add_option("--port", opt.port, "server port")->capture_default_str();
+  app.add_flag("--tls", opt.tls,
+               "speak TLS (wss://) on every WebSocket connection; see TLS below for the HTTP "
+               "publisher and /metrics");
+  app.add_option("--tls-ca-file", opt.tls_ca_file,
+                 "--tls: verify the server's certificate against this PEM CA bundle (default: "
+                 "no verification, for a self-signed benchmark server)");
   app.add_option("--port-b,--port2", opt.port2,
                  "second server (instance B) port: odd-numbered connections go there "
                  "(fanout-multi needs it)");
@@ -1524,6 +1594,13 @@ int main(int argc, char** argv) {
         return 2;
       }
     }
+    if (opt.tls) {
+      std::string why = tls_plain_ports_problem(opt);
+      if (!why.empty()) {
+        std::fprintf(stderr, "wse-bench: --tls: %s\n", why.c_str());
+        return 2;
+      }
+    }
     if (opt.publisher == "api") {
       if (opt.api_key_file.empty()) {
         std::fprintf(stderr, "wse-bench: --publisher api needs --api-key-file\n");
@@ -1540,6 +1617,10 @@ int main(int argc, char** argv) {
         return 2;
       }
     }
+  }
+  if (!opt.tls_ca_file.empty() && !opt.tls) {
+    std::fprintf(stderr, "wse-bench: --tls-ca-file needs --tls\n");
+    return 2;
   }
   if (opt.print_token) {
     std::printf("%s\n", mint_hs256(opt.secret, bench_claims(opt.sub, time(nullptr))).c_str());

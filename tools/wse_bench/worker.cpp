@@ -45,6 +45,11 @@ constexpr size_t stream_run_bytes = 64 * 1024;  // one send carries at most this
 // two runs ahead at most; in-flight data (the receive window) is not limited.
 constexpr int notsent_lowat_bytes = 2 * stream_run_bytes;
 constexpr size_t ready_message_bytes_max = 16384;
+// --tls: plain text decrypted per parse (a few 16 KiB records), in the worker's one buffer.
+constexpr size_t tls_plain_bytes = 64 * 1024;
+// --tls: a connection's ciphertext buffer larger than this is given back once sent (stream runs
+// of 64 KiB); smaller ones (pings, upgrades) are kept for the next send.
+constexpr size_t tls_out_keep_bytes = 16 * 1024;
 
 constexpr uint64_t pack(uint8_t o, uint32_t index) {
   return engine::user_data::pack(o, 0, index);
@@ -193,6 +198,7 @@ bool worker::setup() {
     }
   }
   limits_.message_bytes_max = 64u << 20;
+  if (job_.tls) tls_plain_.reset(new uint8_t[tls_plain_bytes]);
   return true;
 }
 
@@ -380,6 +386,8 @@ void worker::dispatch(const io_uring_cqe* cqe) {
       return on_recv(i, cqe);
     case op::send:
       return on_send(i, cqe->res);
+    case op::tls_send:
+      return on_tls_send(i, cqe->res);
   }
 }
 
@@ -440,11 +448,21 @@ void worker::on_connect(uint32_t i, int res) {
   c.hs->request =
       upgrade_request(job_.path, c.on_b ? job_.host_header2 : job_.host_header, key, token);
   arm_recv(i);
+  if (job_.tls) return start_tls(i);  // the upgrade request follows the TLS handshake
   send_handshake(i);
 }
 
 void worker::send_handshake(uint32_t i) {
-  handshake& hs = *conns_[i].hs;
+  conn& c = conns_[i];
+  handshake& hs = *c.hs;
+  if (c.tls) {
+    if (!c.tls->session.write(reinterpret_cast<const uint8_t*>(hs.request.data()),
+                              hs.request.size())) {
+      return close_with(i, errors.handshake_failed, "TLS: " + c.tls->session.error_text(), 0);
+    }
+    hs.request_sent = hs.request.size();
+    return flush_tls(i);
+  }
   io_uring_sqe* s = sqe();
   io_uring_prep_send(s, static_cast<int>(i), hs.request.data() + hs.request_sent,
                      hs.request.size() - hs.request_sent, MSG_NOSIGNAL);
@@ -475,7 +493,11 @@ void worker::on_recv(uint32_t i, const io_uring_cqe* cqe) {
   if (cqe->flags & IORING_CQE_F_BUFFER) {
     uint16_t bid = static_cast<uint16_t>(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
     if (cqe->res > 0) {
-      on_bytes(i, bufs_.at(bid), static_cast<size_t>(cqe->res));
+      if (c.tls) {
+        on_tls_bytes(i, bufs_.at(bid), static_cast<size_t>(cqe->res));
+      } else {
+        on_bytes(i, bufs_.at(bid), static_cast<size_t>(cqe->res));
+      }
     }
     recycle(bid, recycled_++);  // every path, errors included
   }
@@ -753,6 +775,14 @@ void worker::start_send(uint32_t i, const uint8_t* data, uint32_t bytes, uint32_
 
 void worker::queue_send(uint32_t i) {
   conn& c = conns_[i];
+  if (c.tls) {
+    // Encrypted whole now; done (after_send) once its ciphertext went out.
+    c.send_busy = true;
+    if (!c.tls->session.write(c.send.ptr, c.send.left)) {
+      return close_with(i, errors.socket_errors, "TLS: " + c.tls->session.error_text(), 0);
+    }
+    return flush_tls(i);
+  }
   io_uring_sqe* s = sqe();
   io_uring_prep_send(s, static_cast<int>(i), c.send.ptr, c.send.left, MSG_NOSIGNAL);
   s->flags |= IOSQE_FIXED_FILE;
@@ -766,9 +796,16 @@ void worker::on_send(uint32_t i, int res) {
   if (c.state != conn_state::open) return;
   if (res < 0) return close_with(i, errors.socket_errors, "send", -res);
   sent_bytes_ += static_cast<uint64_t>(res);
+  after_send(i, static_cast<uint32_t>(res));
+}
+
+// `bytes` more of the send in progress were taken (plain: by the kernel; --tls: encrypted and
+// their ciphertext sent): the messages they complete count, then the rest or the next send.
+void worker::after_send(uint32_t i, uint32_t bytes) {
+  conn& c = conns_[i];
   // A short send counts the messages it completed (a slow server may take a whole run over
   // many CQEs, longer than a measuring window); the rest follows, same order.
-  sent_msgs_ += c.send.accept(static_cast<uint32_t>(res));
+  sent_msgs_ += c.send.accept(bytes);
   if (c.send.left != 0) return queue_send(i);
   if (!started_) return;
   if (job_.load == load_kind::ping) return maybe_ping(i);
@@ -878,6 +915,116 @@ void worker::finish_fanout() {
     f.duplicates += t.duplicates();
     f.reorders += t.reorders();
   }
+}
+
+}  // namespace wsed::bench
+
+namespace wsed::bench {
+
+// --tls: the session, and its ClientHello (written by the first read, with no input yet).
+void worker::start_tls(uint32_t i) {
+  conn& c = conns_[i];
+  c.tls = std::make_unique<tls_side>(*job_.tls);
+  size_t n = 0;
+  if (c.tls->session.read(tls_plain_.get(), tls_plain_bytes, &n) == engine::tls_read::failed) {
+    return close_with(i, errors.handshake_failed, "TLS: " + c.tls->session.error_text(), 0);
+  }
+  flush_tls(i);
+}
+
+// --tls: ciphertext received: fed to the session, its plain text (up to tls_plain_bytes at a
+// time) parsed where plain bytes are; the upgrade request goes out once the handshake is done.
+void worker::on_tls_bytes(uint32_t i, const uint8_t* data, size_t length) {
+  conn& c = conns_[i];
+  tls_side& t = *c.tls;
+  auto live = [&c] {
+    return c.state == conn_state::upgrading || c.state == conn_state::awaiting_ready ||
+           c.state == conn_state::open;
+  };
+  if (!live()) return;
+  t.session.feed(data, length);
+  engine::tls_read r = engine::tls_read::data;
+  while (r == engine::tls_read::data && live()) {
+    const bool was_done = t.session.handshake_done();
+    size_t have = 0;
+    while (have < tls_plain_bytes) {
+      size_t n = 0;
+      r = t.session.read(tls_plain_.get() + have, tls_plain_bytes - have, &n);
+      if (r != engine::tls_read::data) break;
+      have += n;
+    }
+    if (!was_done && t.session.handshake_done()) send_handshake(i);
+    if (have != 0 && live()) on_bytes(i, tls_plain_.get(), have);
+  }
+  if (!live()) return;
+  switch (r) {
+    case engine::tls_read::data:
+    case engine::tls_read::want_more:
+      break;
+    case engine::tls_read::closed:
+      if (c.state != conn_state::open) {
+        return close_with(i, errors.handshake_failed, "TLS close_notify during the upgrade", 0);
+      }
+      return close_with(i, errors.unexpected_close, "TLS close_notify from the server", 0);
+    case engine::tls_read::plain_http:
+    case engine::tls_read::failed:
+      return close_with(
+          i, c.state == conn_state::open ? errors.protocol_errors : errors.handshake_failed,
+          "TLS: " + t.session.error_text(), 0);
+  }
+  flush_tls(i);
+}
+
+// --tls: sends the ciphertext the session holds, one SEND at a time. Once none is left, a plain
+// send in progress is complete.
+void worker::flush_tls(uint32_t i) {
+  conn& c = conns_[i];
+  tls_side& t = *c.tls;
+  if (t.sending) return;
+  if (t.out_sent == t.out_size) {
+    size_t pending = t.session.pending_output();
+    if (pending != 0) {
+      if (t.out_cap < pending) {
+        t.out.reset(new uint8_t[pending]);
+        t.out_cap = pending;
+      }
+      t.out_size = t.session.take_output(t.out.get(), pending);
+      t.out_sent = 0;
+    }
+    if (pending == 0 || t.out_size == 0) {
+      t.out_size = t.out_sent = 0;
+      if (t.out_cap > tls_out_keep_bytes) {
+        t.out.reset();
+        t.out_cap = 0;
+      }
+      if (c.send_busy) {
+        c.send_busy = false;
+        if (c.state == conn_state::open) after_send(i, c.send.left);
+      }
+      return;
+    }
+  }
+  io_uring_sqe* s = sqe();
+  io_uring_prep_send(s, static_cast<int>(i), t.out.get() + t.out_sent, t.out_size - t.out_sent,
+                     MSG_NOSIGNAL);
+  s->flags |= IOSQE_FIXED_FILE;
+  io_uring_sqe_set_data64(s, pack(static_cast<uint8_t>(op::tls_send), i));
+  t.sending = true;
+}
+
+void worker::on_tls_send(uint32_t i, int res) {
+  conn& c = conns_[i];
+  tls_side& t = *c.tls;
+  t.sending = false;
+  if (c.state == conn_state::closed || c.state == conn_state::idle) return;
+  if (res < 0) {
+    return close_with(i,
+                      c.state == conn_state::open ? errors.socket_errors : errors.handshake_failed,
+                      "send", -res);
+  }
+  if (c.state == conn_state::open) sent_bytes_ += static_cast<uint64_t>(res);
+  t.out_sent += static_cast<size_t>(res);
+  flush_tls(i);
 }
 
 }  // namespace wsed::bench

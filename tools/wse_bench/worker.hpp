@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "engine/ring.hpp"
+#include "engine/tls.hpp"
 #include "proto/ws.hpp"
 #include "tools/bench/fanout.hpp"
 #include "tools/bench/frames.hpp"
@@ -56,6 +57,9 @@ struct job {
   std::string token;         // wse: shared token; empty: mint one per connection from secret
   std::string secret;
   int64_t token_now_s = 0;
+  // --tls: every connection speaks TLS (the handshake is part of the upgrade, so of the
+  // connection-storm latency); nullptr: plain TCP (no TLS code on the path).
+  std::shared_ptr<const engine::tls_context> tls;
   uint32_t source_ips = 1;          // > 1: bind connection n to 127.0.0.(1 + n % source_ips)
   uint32_t connect_inflight = 250;  // per worker: connecting or upgrading at once
   uint64_t ramp_timeout_ns = 30'000'000'000;
@@ -182,6 +186,18 @@ class worker {
     std::string message;  // wse: the text message being received before server_ready
   };
   static constexpr unsigned batches_max = 4;
+  // --tls: one connection's session and the ciphertext of its send in flight. Every plain send
+  // (upgrade request, frames) is encrypted whole when it starts; it completes once all the
+  // ciphertext OpenSSL has for the connection went out.
+  struct tls_side {
+    explicit tls_side(const engine::tls_context& ctx) : session(ctx) {}
+    engine::tls_conn session;
+    std::unique_ptr<uint8_t[]> out;  // ciphertext of the send in flight
+    size_t out_size = 0;
+    size_t out_sent = 0;
+    size_t out_cap = 0;
+    bool sending = false;  // a tls_send SQE is in flight (out stays until its CQE)
+  };
   struct subscriber {
     seq_tracker ticks;
     std::string partial;  // the head of a message that arrived in pieces (at most 256 bytes)
@@ -208,9 +224,10 @@ class worker {
     uint8_t carry_bytes = 0;
     std::unique_ptr<handshake> hs;
     std::unique_ptr<subscriber> sub;  // subscribe only
+    std::unique_ptr<tls_side> tls;    // --tls only
     std::array<uint8_t, proto::ws_carry_bytes_max> carry{};
   };
-  enum class op : uint8_t { connect = 1, hs_send, recv, send };
+  enum class op : uint8_t { connect = 1, hs_send, recv, send, tls_send };
 
   bool setup();
   bool fail(const std::string& what, int err);
@@ -244,6 +261,11 @@ class worker {
   void start_send(uint32_t i, const uint8_t* data, uint32_t bytes, uint32_t frames, bool replies);
   void queue_send(uint32_t i);
   void on_send(uint32_t i, int res);
+  void after_send(uint32_t i, uint32_t bytes);
+  void start_tls(uint32_t i);
+  void on_tls_bytes(uint32_t i, const uint8_t* data, size_t length);
+  void flush_tls(uint32_t i);
+  void on_tls_send(uint32_t i, int res);
   void maybe_stream(uint32_t i);
   void maybe_ping(uint32_t i);
   void scan_pings();
@@ -289,6 +311,7 @@ class worker {
   bool measuring_ = false;
   bool started_ = false;
   std::vector<std::pair<uint32_t, uint8_t>> to_stamp_;  // (connection, batch slot)
+  std::unique_ptr<uint8_t[]> tls_plain_;                // --tls: decrypted bytes, parsed at once
 };
 
 }  // namespace wsed::bench
