@@ -99,17 +99,16 @@ struct shard::byte_buffer {
 // there is some: an idle TLS connection keeps just the session).
 struct shard::tls_state {
   explicit tls_state(const tls_context& ctx) : conn(ctx) {}
+  ~tls_state() { tls_conn::recycle(std::move(out)); }
   tls_conn conn;
-  std::unique_ptr<uint8_t[]> out;
-  size_t out_size = 0;
+  tls_buffer out;  // the ciphertext of the send in flight (or the next): the session's own buffer
   size_t out_sent = 0;
-  size_t out_cap = 0;
   bool broken = false;  // after an error (or a plain HTTP client): nothing more is encrypted
   bool fed = false;     // ciphertext (or what was taken for it) has arrived
-  size_t unsent() const { return out_size - out_sent; }
+  size_t unsent() const { return out.size - out_sent; }
   void release_out() {
-    out.reset();
-    out_size = out_sent = out_cap = 0;
+    tls_conn::recycle(std::move(out));
+    out_sent = 0;
   }
 };
 
@@ -553,6 +552,7 @@ void shard::on_tls_bytes(connection& c, uint32_t slot, std::span<uint8_t> data) 
     if (!was_done && t.conn.handshake_done()) metrics_.tls_handshakes[size_t(tls_result::ok)].add();
     if (have) on_plain_bytes(c, slot, std::span<uint8_t>(plain, have));
   }
+  t.conn.end_feed();  // the receive buffer goes back to the ring after this
   if (c.state == conn_state::handshake || c.state == conn_state::open) {
     switch (r) {
       case tls_read::data:
@@ -571,9 +571,9 @@ void shard::on_tls_bytes(connection& c, uint32_t slot, std::span<uint8_t> data) 
                                                   "This port speaks TLS: use https:// or wss://\n",
                                                   {}, proto::http_connection::close);
         t.release_out();
-        t.out.reset(new uint8_t[answer.size()]);
-        std::memcpy(t.out.get(), answer.data(), answer.size());
-        t.out_size = t.out_cap = answer.size();
+        t.out.data.reset(new uint8_t[answer.size()]);
+        std::memcpy(t.out.data.get(), answer.data(), answer.size());
+        t.out.size = t.out.cap = answer.size();
         begin_close(c, slot, close_reason::tls_error, 0);
         break;
       }
@@ -1192,16 +1192,12 @@ bool shard::flush_tls(connection& c, uint32_t slot, tls_state& t) {
     }
     size_t pending = t.conn.pending_output();
     if (pending == 0) return false;
-    if (t.out_cap < pending) {
-      t.out.reset(new uint8_t[pending]);
-      t.out_cap = pending;
-    }
-    t.out_size = t.conn.take_output(t.out.get(), pending);
-    t.out_sent = 0;
-    if (t.out_size == 0) return false;
+    t.release_out();
+    t.out = t.conn.take_buffer();  // no copy: the buffer the records were written into
+    if (t.out.size == 0) return false;
   }
   io_uring_sqe* sqe = get_sqe();
-  io_uring_prep_send(sqe, c.file_index, t.out.get() + t.out_sent, t.unsent(), MSG_NOSIGNAL);
+  io_uring_prep_send(sqe, c.file_index, t.out.data.get() + t.out_sent, t.unsent(), MSG_NOSIGNAL);
   sqe->flags |= IOSQE_FIXED_FILE;
   io_uring_sqe_set_data64(sqe, pack(op::send, c.generation, slot));
   c.ops |= send_pending;

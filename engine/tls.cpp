@@ -6,7 +6,9 @@
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
+#include <algorithm>
 #include <climits>
+#include <cstring>
 #include <ctime>
 #include <fstream>
 #include <new>
@@ -146,20 +148,144 @@ bool kernel_tls_available() {
   return false;
 }
 
+// Our two BIO kinds: "wsed-tls-in" reads the input struct, "wsed-tls-out" appends to the output
+// struct (BIO_get_data). Made once per process.
+BIO* tls_conn::make_bio(bool in, void* state) {
+  static BIO_METHOD* const in_method = [] {
+    BIO_METHOD* m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "wsed-tls-in");
+    if (m) {
+      BIO_meth_set_read(m, bio_read);
+      BIO_meth_set_ctrl(m, bio_ctrl);
+    }
+    return m;
+  }();
+  static BIO_METHOD* const out_method = [] {
+    BIO_METHOD* m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "wsed-tls-out");
+    if (m) {
+      BIO_meth_set_write(m, bio_write);
+      BIO_meth_set_ctrl(m, bio_ctrl);
+    }
+    return m;
+  }();
+  BIO_METHOD* m = in ? in_method : out_method;
+  BIO* b = m ? BIO_new(m) : nullptr;
+  if (!b) return nullptr;
+  BIO_set_data(b, state);
+  BIO_set_init(b, 1);
+  return b;
+}
+
+size_t tls_conn::input::take(uint8_t* out, size_t cap) {
+  size_t got = 0;
+  if (kept_off < kept.size()) {
+    got = std::min(cap, kept.size() - kept_off);
+    std::memcpy(out, kept.data() + kept_off, got);
+    kept_off += got;
+    if (kept_off == kept.size()) {
+      kept.clear();
+      kept_off = 0;
+    }
+  }
+  if (got < cap && borrowed_left) {
+    size_t n = std::min(cap - got, borrowed_left);
+    std::memcpy(out + got, borrowed, n);
+    borrowed += n;
+    borrowed_left -= n;
+    got += n;
+  }
+  return got;
+}
+
+namespace {
+// A thread's spare ciphertext buffers: a send's worth of records (64 KiB of plain text, the
+// shard's per-send budget, plus record overhead), so a busy connection does not allocate per
+// send and an idle one holds none.
+constexpr size_t spare_bytes = (64 << 10) + 4096;
+constexpr size_t spares_max = 64;
+thread_local std::vector<std::unique_ptr<uint8_t[]>> spares;
+}  // namespace
+
+void tls_conn::recycle(tls_buffer&& b) {
+  if (b.data && b.cap == spare_bytes && spares.size() < spares_max)
+    spares.push_back(std::move(b.data));
+  b = tls_buffer{};
+}
+
+tls_buffer tls_conn::take_buffer() {
+  tls_buffer b = std::move(static_cast<tls_buffer&>(out_));
+  static_cast<tls_buffer&>(out_) = tls_buffer{};
+  return b;
+}
+
+void tls_conn::output::append(const uint8_t* bytes, size_t n) {
+  if (size + n > cap) {
+    tls_buffer grown;
+    if (size + n <= spare_bytes) {
+      grown.cap = spare_bytes;
+      if (!spares.empty()) {
+        grown.data = std::move(spares.back());
+        spares.pop_back();
+      } else {
+        grown.data.reset(new uint8_t[spare_bytes]);  // not zero-filled
+      }
+    } else {
+      grown.cap = std::max(size + n, cap * 2);
+      grown.data.reset(new uint8_t[grown.cap]);
+    }
+    if (size) std::memcpy(grown.data.get(), data.get(), size);
+    grown.size = size;
+    recycle(std::move(static_cast<tls_buffer&>(*this)));
+    static_cast<tls_buffer&>(*this) = std::move(grown);
+  }
+  std::memcpy(data.get() + size, bytes, n);
+  size += n;
+}
+
+int tls_conn::bio_read(BIO* b, char* out, int len) {
+  auto* in = static_cast<input*>(BIO_get_data(b));
+  BIO_clear_retry_flags(b);
+  size_t got = len > 0 ? in->take(reinterpret_cast<uint8_t*>(out), size_t(len)) : 0;
+  if (got == 0) {
+    BIO_set_retry_read(b);  // nothing yet: "retry", not EOF
+    return -1;
+  }
+  return int(got);
+}
+
+int tls_conn::bio_write(BIO* b, const char* bytes, int len) {
+  BIO_clear_retry_flags(b);
+  if (len <= 0) return 0;
+  static_cast<output*>(BIO_get_data(b))
+      ->append(reinterpret_cast<const uint8_t*>(bytes), size_t(len));
+  return len;
+}
+
+long tls_conn::bio_ctrl(BIO* b, int cmd, long, void*) {
+  switch (cmd) {
+    case BIO_CTRL_FLUSH:
+      return 1;
+    case BIO_CTRL_PENDING: {
+      // Only the input BIO is asked this (SSL_pending / read ahead); the output's size is ours.
+      void* state = BIO_get_data(b);
+      return state ? long(static_cast<input*>(state)->left()) : 0;
+    }
+    default:
+      return 0;
+  }
+}
+
 tls_conn::tls_conn(const tls_context& ctx) {
   ssl_ = SSL_new(ctx.native());
-  rbio_ = BIO_new(BIO_s_mem());
-  wbio_ = BIO_new(BIO_s_mem());
-  if (!ssl_ || !rbio_ || !wbio_) {
-    BIO_free(rbio_);
-    BIO_free(wbio_);
+  BIO* rbio = ssl_ ? make_bio(true, &in_) : nullptr;
+  BIO* wbio = rbio ? make_bio(false, &out_) : nullptr;
+  if (!ssl_ || !rbio || !wbio) {
+    BIO_free(rbio);
+    BIO_free(wbio);
     SSL_free(ssl_);
     ERR_clear_error();
     throw std::bad_alloc();
   }
-  BIO_set_mem_eof_return(rbio_, -1);  // empty: "retry", not EOF
-  BIO_set_mem_eof_return(wbio_, -1);
-  SSL_set_bio(ssl_, rbio_, wbio_);  // ssl_ owns both now
+  SSL_set_bio(ssl_, rbio, wbio);  // ssl_ owns both now
   if (ctx.client_)
     SSL_set_connect_state(ssl_);
   else
@@ -168,16 +294,24 @@ tls_conn::tls_conn(const tls_context& ctx) {
 
 tls_conn::~tls_conn() {
   SSL_free(ssl_);
+  recycle(take_buffer());
 }
 
 void tls_conn::feed(const uint8_t* data, size_t n) {
-  while (n > 0) {
-    int chunk = n > size_t(INT_MAX) ? INT_MAX : int(n);
-    int w = BIO_write(rbio_, data, chunk);
-    if (w <= 0) throw std::bad_alloc();
-    data += w;
-    n -= size_t(w);
+  if (in_.left() == 0) {
+    in_.borrowed = data;
+    in_.borrowed_left = n;
+  } else {
+    end_feed();  // bytes still waiting: these go after them
+    in_.kept.insert(in_.kept.end(), data, data + n);
   }
+}
+
+void tls_conn::end_feed() {
+  if (in_.borrowed_left)
+    in_.kept.insert(in_.kept.end(), in_.borrowed, in_.borrowed + in_.borrowed_left);
+  in_.borrowed = nullptr;
+  in_.borrowed_left = 0;
 }
 
 tls_read tls_conn::read(uint8_t* out, size_t cap, size_t* n) {
@@ -234,16 +368,21 @@ void tls_conn::shutdown() {
 }
 
 void tls_conn::discard_output() {
-  (void)BIO_reset(wbio_);
+  out_.size = 0;
 }
 
 size_t tls_conn::pending_output() const {
-  return BIO_ctrl_pending(wbio_);
+  return out_.size;
 }
 
 size_t tls_conn::take_output(uint8_t* out, size_t cap) {
-  int r = BIO_read(wbio_, out, cap > size_t(INT_MAX) ? INT_MAX : int(cap));
-  return r > 0 ? size_t(r) : 0;
+  size_t n = std::min(cap, out_.size);
+  if (n == 0) return 0;
+  std::memcpy(out, out_.data.get(), n);
+  if (n < out_.size) std::memmove(out_.data.get(), out_.data.get() + n, out_.size - n);
+  out_.size -= n;
+  if (out_.size == 0) recycle(take_buffer());  // an idle connection holds no buffer
+  return n;
 }
 
 const char* tls_conn::version() const {

@@ -1,9 +1,11 @@
-// engine/tls.hpp: TLS for the shard's sockets with OpenSSL 3 over memory BIOs, so every byte
-// still goes through the shard's io_uring (the recv CQE's ciphertext is fed in, the ciphertext
+// engine/tls.hpp: TLS for the shard's sockets with OpenSSL 3 over memory BIOs (two small BIOs
+// of our own: ciphertext read in place from the receive buffer, ciphertext out appended to one
+// growable buffer; a BIO_s_mem would copy in, memmove after every record and zero-fill), so every
+// byte still goes through the shard's io_uring (the recv CQE's ciphertext is fed in, the ciphertext
 // OpenSSL produces is sent by the shard's own SEND).
 //
 // Owns: tls_context an SSL_CTX (certificate chain, key, optional client CA, ALPN http/1.1,
-// TLS 1.2+); tls_conn one connection's SSL and its two memory BIOs. Thread: a tls_context is
+// TLS 1.2+); tls_conn one connection's SSL and its two BIOs. Thread: a tls_context is
 // immutable once built and shared (shared_ptr; SIGHUP builds a new one, open connections keep
 // the one they started with, SSL_new holding a reference); a tls_conn belongs to its shard.
 // No I/O here beyond reading the PEM files at load time.
@@ -14,6 +16,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 typedef struct ssl_st SSL;
 typedef struct ssl_ctx_st SSL_CTX;
@@ -66,6 +69,14 @@ struct tls_store {
 // /proc/sys/net/ipv4/tcp_available_ulp (the module may also load on demand; not counted).
 bool kernel_tls_available();
 
+// Ciphertext handed out by tls_conn::take_buffer: owned by the caller until it gives it back
+// with tls_conn::recycle (a thread keeps a few standard-size ones for the next sends).
+struct tls_buffer {
+  std::unique_ptr<uint8_t[]> data;
+  size_t size = 0;
+  size_t cap = 0;
+};
+
 // What one read of plaintext found.
 enum class tls_read : uint8_t {
   data,        // n plaintext bytes
@@ -83,11 +94,13 @@ class tls_conn {
   tls_conn(const tls_conn&) = delete;
   tls_conn& operator=(const tls_conn&) = delete;
 
-  // Ciphertext received from the socket.
+  // Ciphertext received from the socket, read in place (not copied) by the reads that follow;
+  // end_feed() must come before those bytes go away (it keeps what the reads left, rarely any).
   void feed(const uint8_t* data, size_t n);
+  void end_feed();
   // Advances the handshake and reads up to cap bytes of plaintext into out; *n: bytes read.
   tls_read read(uint8_t* out, size_t cap, size_t* n);
-  // Encrypts plaintext (only once handshake_done()); memory BIOs take everything.
+  // Encrypts plaintext (only once handshake_done()); the output takes everything.
   bool write(const uint8_t* data, size_t n);
   // Drops ciphertext not sent yet (before a plain-text answer to a plain HTTP client).
   void discard_output();
@@ -96,6 +109,10 @@ class tls_conn {
   // Ciphertext waiting to go to the socket, and taking it out.
   size_t pending_output() const;
   size_t take_output(uint8_t* out, size_t cap);
+  // All the ciphertext so far, without a copy: the buffer it was written into.
+  tls_buffer take_buffer();
+  // Gives a taken buffer back to this thread's spares (or frees it).
+  static void recycle(tls_buffer&& b);
 
   bool handshake_done() const { return handshake_done_; }
   bool shutdown_sent() const { return shutdown_sent_; }
@@ -104,8 +121,25 @@ class tls_conn {
 
  private:
   SSL* ssl_ = nullptr;
-  BIO* rbio_ = nullptr;  // network -> SSL (owned by ssl_)
-  BIO* wbio_ = nullptr;  // SSL -> network (owned by ssl_)
+  // network -> SSL: the bytes of the current feed (borrowed), or what an earlier feed left.
+  struct input {
+    const uint8_t* borrowed = nullptr;
+    size_t borrowed_left = 0;
+    std::vector<uint8_t> kept;
+    size_t kept_off = 0;
+    size_t left() const { return borrowed_left + kept.size() - kept_off; }
+    size_t take(uint8_t* out, size_t cap);
+  };
+  // SSL -> network: ciphertext, appended without zero-filling (unlike a BIO_s_mem).
+  struct output : tls_buffer {
+    void append(const uint8_t* bytes, size_t n);
+  };
+  static BIO* make_bio(bool in, void* state);
+  static int bio_read(BIO* b, char* out, int len);
+  static int bio_write(BIO* b, const char* in, int len);
+  static long bio_ctrl(BIO* b, int cmd, long num, void* ptr);
+  input in_;
+  output out_;
   bool handshake_done_ = false;
   bool shutdown_sent_ = false;
   std::string error_;

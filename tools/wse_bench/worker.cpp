@@ -956,6 +956,7 @@ void worker::on_tls_bytes(uint32_t i, const uint8_t* data, size_t length) {
     if (!was_done && t.session.handshake_done()) send_handshake(i);
     if (have != 0 && live()) on_bytes(i, tls_plain_.get(), have);
   }
+  if (c.tls) c.tls->session.end_feed();  // the receive buffer goes back to the ring after this
   if (!live()) return;
   switch (r) {
     case engine::tls_read::data:
