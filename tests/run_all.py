@@ -135,9 +135,7 @@ def suite_integration(build, label="integration", sanitizers=False, only=()):
         argv += ["-k", k]
     if sanitizers:
         argv.append("--sanitizers")
-    if tls:
-        argv.append("--tls")
-    rc, out = run(argv, timeout=600, label=label)
+    rc, out = run(argv, timeout=1500, label=label)
     return counts_from(out, rc, label)
 
 
@@ -271,6 +269,8 @@ def suite_conformance(build, label, sanitizers=False, tls=False):
     argv = [PY, os.path.join(HERE, "conformance", "conformance.py"), "--wsed", binary]
     if sanitizers:
         argv.append("--sanitizers")
+    if tls:
+        argv.append("--tls")
     rc, out = run(argv, timeout=600, label=label)
     return counts_from(out, rc, label)
 
