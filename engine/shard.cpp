@@ -505,7 +505,9 @@ void shard::on_recv(connection& c, uint32_t slot, io_uring_cqe* cqe) {
   if (c.state == conn_state::handshake || c.state == conn_state::open) begin_close(c, slot, why, 0);
   // A half-closed peer may still read: flush what is queued (an HTTP response, our close
   // frame) and close then; after an error there is nobody to flush to.
-  bool queued = (c.out && !c.out->empty()) || c.direct || (c.ops & send_pending);
+  const tls_state* t = tls_of(slot);
+  bool queued = (c.out && !c.out->empty()) || c.direct || (c.ops & send_pending) ||
+                (t && (t->unsent() || t->conn.pending_output()));  // a 400, an alert, records
   if (res < 0 || !queued) finish(c, slot);
 }
 

@@ -163,7 +163,7 @@ BIO* tls_conn::make_bio(bool in, void* state) {
     BIO_METHOD* m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "wsed-tls-out");
     if (m) {
       BIO_meth_set_write(m, bio_write);
-      BIO_meth_set_ctrl(m, bio_ctrl);
+      BIO_meth_set_ctrl(m, bio_out_ctrl);
     }
     return m;
   }();
@@ -201,7 +201,7 @@ namespace {
 // shard's per-send budget, plus record overhead), so a busy connection does not allocate per
 // send and an idle one holds none.
 constexpr size_t spare_bytes = (64 << 10) + 4096;
-constexpr size_t spares_max = 64;
+constexpr size_t spares_max = 16;  // at most ~1.1 MiB per thread
 thread_local std::vector<std::unique_ptr<uint8_t[]>> spares;
 }  // namespace
 
@@ -265,9 +265,21 @@ long tls_conn::bio_ctrl(BIO* b, int cmd, long, void*) {
     case BIO_CTRL_FLUSH:
       return 1;
     case BIO_CTRL_PENDING: {
-      // Only the input BIO is asked this (SSL_pending / read ahead); the output's size is ours.
       void* state = BIO_get_data(b);
       return state ? long(static_cast<input*>(state)->left()) : 0;
+    }
+    default:
+      return 0;
+  }
+}
+
+long tls_conn::bio_out_ctrl(BIO* b, int cmd, long, void*) {
+  switch (cmd) {
+    case BIO_CTRL_FLUSH:  // statem_flush fails on <= 0
+      return 1;
+    case BIO_CTRL_PENDING: {  // as a BIO_s_mem answers (WPENDING: 0, as it does)
+      void* state = BIO_get_data(b);
+      return state ? long(static_cast<output*>(state)->size) : 0;
     }
     default:
       return 0;

@@ -137,7 +137,8 @@ class tls_conn {
   static BIO* make_bio(bool in, void* state);
   static int bio_read(BIO* b, char* out, int len);
   static int bio_write(BIO* b, const char* in, int len);
-  static long bio_ctrl(BIO* b, int cmd, long num, void* ptr);
+  static long bio_ctrl(BIO* b, int cmd, long num, void* ptr);      // the input BIO's
+  static long bio_out_ctrl(BIO* b, int cmd, long num, void* ptr);  // the output BIO's
   input in_;
   output out_;
   bool handshake_done_ = false;
