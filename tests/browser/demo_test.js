@@ -17,7 +17,7 @@
 'use strict';
 const path = require('path');
 const fs = require('fs');
-const { spawn, execFileSync } = require('child_process');
+const { execFileSync } = require('child_process');
 
 const CHROMIUM = '/usr/bin/chromium';
 const GLOBAL_TIMEOUT_MS = 60000;
@@ -26,18 +26,16 @@ const SECRET = 'wsed-browser-test-secret-0123456789abcdef'; // 40 bytes
 const FORGER_SECRET = 'not-the-server-secret-0123456789abcdefgh';
 
 let passed = 0, failed = 0;
-let wsed = null, browser = null;
+const { WsedProcess, withTimeout } = require(path.join(__dirname, '..', 'node', 'wsed_process.js'));
+const wsed = new WsedProcess();
+let browser = null;
 
 function finish(code) {
   console.log(`${passed} passed, ${failed} failed`);
   process.exit(code);
 }
 
-function killWsed(signal) {
-  if (wsed && wsed.exitCode === null && wsed.signalCode === null) {
-    try { process.kill(wsed.pid, signal); } catch (e) { /* already gone */ }
-  }
-}
+function killWsed(signal) { wsed.kill(signal); }
 
 const watchdog = setTimeout(() => {
   failed++;
@@ -46,11 +44,6 @@ const watchdog = setTimeout(() => {
   finish(1);  // playwright kills the browser it launched when this process exits
 }, GLOBAL_TIMEOUT_MS);
 
-function withTimeout(p, ms, what) {
-  let t;
-  return Promise.race([p, new Promise((_, rej) => { t = setTimeout(() => rej(new Error(`timeout (${ms} ms): ${what}`)), ms); })])
-    .finally(() => clearTimeout(t));
-}
 
 async function check(name, fn) {
   try {
@@ -76,38 +69,11 @@ function genToken(bin, sub, secret, extra = []) {
 
 // Starts wsed and resolves with its port, read from the first stdout line ("... ws://127.0.0.1:PORT/ ...").
 function startWsed(bin, extra = []) {
-  wsed = spawn(bin, ['--mode', 'wse', '--port', '0', '--workers', '1', '--inbound', 'echo', ...extra], {
-    env: { ...process.env, WSED_JWT_SECRET: SECRET }, stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let stderr = '';
-  wsed.stderr.on('data', (d) => { stderr += d; });
-  return withTimeout(new Promise((resolve, reject) => {
-    let buf = '';
-    wsed.stdout.on('data', (d) => {
-      if (buf === null) return;
-      buf += d;
-      const nl = buf.indexOf('\n');
-      if (nl < 0) return;
-      const m = /ws:\/\/127\.0\.0\.1:(\d+)\//.exec(buf.slice(0, nl));
-      buf = null;
-      if (m) resolve(Number(m[1])); else reject(new Error('no ws://127.0.0.1:PORT/ in the first line'));
-    });
-    wsed.once('error', reject);
-    wsed.once('exit', (code, sig) => reject(new Error(`wsed exited (${code ?? sig}): ${stderr.trim()}`)));
-  }), STEP_MS, 'wsed startup line');
+  return wsed.start(bin, ['--mode', 'wse', '--port', '0', '--workers', '1', '--inbound', 'echo', ...extra],
+    { env: { ...process.env, WSED_JWT_SECRET: SECRET }, timeoutMs: STEP_MS });
 }
 
-function stopWsed() {
-  return new Promise((resolve) => {
-    if (!wsed || wsed.exitCode !== null || wsed.signalCode !== null) {
-      resolve(wsed ? (wsed.exitCode ?? wsed.signalCode) : null);
-      return;
-    }
-    const t = setTimeout(() => killWsed('SIGKILL'), 10000);
-    wsed.once('exit', (code, sig) => { clearTimeout(t); resolve(code ?? sig); });
-    killWsed('SIGTERM');
-  });
-}
+function stopWsed() { return wsed.stop(); }
 
 // True when the binary has topics and publishing (issue 8): its --help lists --api-key-file.
 function hasFanout(bin) {

@@ -15,7 +15,7 @@ const path = require('path');
 const fs = require('fs');
 const os = require('os');
 const crypto = require('crypto');
-const { spawn, execFileSync } = require('child_process');
+const { execFileSync } = require('child_process');
 
 const CHROMIUM = '/usr/bin/chromium';
 const GLOBAL_TIMEOUT_MS = 60000;
@@ -23,13 +23,11 @@ const STEP_MS = 10000;
 const SECRET = 'wsed-browser-tls-secret-0123456789abcdef'; // 40 bytes
 
 let passed = 0, failed = 0;
-let wsed = null, browser = null, tmp = null;
+const { WsedProcess, withTimeout } = require(path.join(__dirname, '..', 'node', 'wsed_process.js'));
+const wsed = new WsedProcess();
+let browser = null, tmp = null;
 
-function killWsed(signal) {
-  if (wsed && wsed.exitCode === null && wsed.signalCode === null) {
-    try { process.kill(wsed.pid, signal); } catch (e) { /* already gone */ }
-  }
-}
+function killWsed(signal) { wsed.kill(signal); }
 
 function finish(code) {
   console.log(`${passed} passed, ${failed} failed`);
@@ -44,11 +42,6 @@ const watchdog = setTimeout(() => {
   finish(1);
 }, GLOBAL_TIMEOUT_MS);
 
-function withTimeout(p, ms, what) {
-  let t;
-  return Promise.race([p, new Promise((_, rej) => { t = setTimeout(() => rej(new Error(`timeout (${ms} ms): ${what}`)), ms); })])
-    .finally(() => clearTimeout(t));
-}
 
 async function check(name, fn) {
   try {
@@ -67,39 +60,12 @@ async function check(name, fn) {
 function assert(cond, msg) { if (!cond) throw new Error(msg); }
 
 function startWsed(bin, cert, key) {
-  wsed = spawn(bin, ['--mode', 'wse', '--port', '0', '--workers', '1', '--inbound', 'echo',
-    '--tls-cert-file', cert, '--tls-key-file', key], {
-    env: { ...process.env, WSED_JWT_SECRET: SECRET }, stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let stderr = '';
-  wsed.stderr.on('data', (d) => { stderr += d; });
-  return withTimeout(new Promise((resolve, reject) => {
-    let buf = '';
-    wsed.stdout.on('data', (d) => {
-      if (buf === null) return;
-      buf += d;
-      const nl = buf.indexOf('\n');
-      if (nl < 0) return;
-      const m = /wss:\/\/127\.0\.0\.1:(\d+)\//.exec(buf.slice(0, nl));
-      buf = null;
-      if (m) resolve(Number(m[1])); else reject(new Error('no wss://127.0.0.1:PORT/ in the first line'));
-    });
-    wsed.once('error', reject);
-    wsed.once('exit', (code, sig) => reject(new Error(`wsed exited (${code ?? sig}): ${stderr.trim()}`)));
-  }), STEP_MS, 'wsed startup line');
+  return wsed.start(bin, ['--mode', 'wse', '--port', '0', '--workers', '1', '--inbound', 'echo',
+    '--tls-cert-file', cert, '--tls-key-file', key],
+  { env: { ...process.env, WSED_JWT_SECRET: SECRET }, scheme: 'wss', timeoutMs: STEP_MS });
 }
 
-function stopWsed() {
-  return new Promise((resolve) => {
-    if (!wsed || wsed.exitCode !== null || wsed.signalCode !== null) {
-      resolve(wsed ? (wsed.exitCode ?? wsed.signalCode) : null);
-      return;
-    }
-    const t = setTimeout(() => killWsed('SIGKILL'), 10000);
-    wsed.once('exit', (code, sig) => { clearTimeout(t); resolve(code ?? sig); });
-    killWsed('SIGTERM');
-  });
-}
+function stopWsed() { return wsed.stop(); }
 
 function launch(chromium, extra) {
   return chromium.launch({

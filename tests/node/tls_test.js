@@ -14,20 +14,19 @@ const crypto = require('crypto');
 const fs = require('fs');
 const os = require('os');
 const path = require('path');
-const { spawn, execFileSync } = require('child_process');
+const { execFileSync } = require('child_process');
+const { WsedProcess, withTimeout } = require('./wsed_process');
 
 const bin = process.argv[2];
 if (!bin) { console.error('usage: node tls_test.js PATH/TO/wsed'); process.exit(2); }
 
 let passed = 0, failed = 0;
-let wsed = null;
+const wsed = new WsedProcess();
 let tmp = null;
 const GLOBAL_TIMEOUT_MS = 60000;
 
 function cleanup() {
-  if (wsed && wsed.exitCode === null && wsed.signalCode === null) {
-    try { process.kill(wsed.pid, 'SIGKILL'); } catch (e) { /* gone */ }
-  }
+  wsed.kill('SIGKILL');
   if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
 }
 
@@ -42,12 +41,6 @@ const watchdog = setTimeout(() => {
   console.log(`FAIL global: did not finish within ${GLOBAL_TIMEOUT_MS} ms`);
   finish(1);
 }, GLOBAL_TIMEOUT_MS);
-
-function withTimeout(p, ms, what) {
-  let t;
-  return Promise.race([p, new Promise((_, rej) => { t = setTimeout(() => rej(new Error(`timeout: ${what}`)), ms); })])
-    .finally(() => clearTimeout(t));
-}
 
 async function test(name, fn) {
   try {
@@ -73,24 +66,8 @@ function selfSigned(dir, name, subject) {
 }
 
 function startWsed(cert) {
-  wsed = spawn(bin, ['--mode', 'echo', '--host', '127.0.0.1', '--port', '0', '--workers', '2',
-    '--tls-cert-file', cert.cert, '--tls-key-file', cert.key], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stderr = '';
-  wsed.stderr.on('data', (d) => { stderr += d; });
-  return withTimeout(new Promise((resolve, reject) => {
-    let buf = '';
-    wsed.stdout.on('data', (d) => {
-      if (buf === null) return;
-      buf += d;
-      const nl = buf.indexOf('\n');
-      if (nl < 0) return;
-      const m = /wss:\/\/127\.0\.0\.1:(\d+)\//.exec(buf.slice(0, nl));
-      buf = null;
-      if (m) resolve(Number(m[1])); else reject(new Error(`no wss://127.0.0.1:PORT/ in the first line`));
-    });
-    wsed.once('error', reject);
-    wsed.once('exit', (code, sig) => reject(new Error(`wsed exited (${code ?? sig}): ${stderr.trim()}`)));
-  }), 10000, 'wsed startup line');
+  return wsed.start(bin, ['--mode', 'echo', '--host', '127.0.0.1', '--port', '0', '--workers', '2',
+    '--tls-cert-file', cert.cert, '--tls-key-file', cert.key], { scheme: 'wss' });
 }
 
 // Resolves with the open socket, rejects with the error (a refused certificate, an HTTP answer).
@@ -197,8 +174,8 @@ async function refused(url, opts, want) {
   await test('SIGTERM: open wss clients get close 4300, wsed exits 0', async () => {
     assert(held.length === 20, 'no clients held');
     const codes = held.map((c) => closed(c, 10000));
-    const exit = withTimeout(new Promise((res) => wsed.once('exit', (code, sig) => res(code ?? sig))), 15000, 'wsed exit');
-    process.kill(wsed.pid, 'SIGTERM');
+    const exit = withTimeout(wsed.exited(), 15000, 'wsed exit');
+    wsed.kill('SIGTERM');
     const got = await Promise.all(codes);
     assert(got.every((c) => c === 4300), `close codes ${JSON.stringify([...new Set(got)])}`);
     const code = await exit;
