@@ -5,8 +5,8 @@
 //
 // Owns: an e2e_cipher owns its two keyed EVP contexts (freed, and so wiped, with it); the
 // algorithm implementations are fetched once per process; per thread that seals, a 4 KiB buffer
-// of random bytes the nonces are taken from (each byte once). Thread: any; one e2e_cipher is used by
-// one thread at a time. Key material on the stack is wiped after use. No I/O.
+// of random bytes the nonces are taken from (each byte once). Thread: any; one e2e_cipher is used
+// by one thread at a time. Key material on the stack is wiped after use. No I/O.
 #pragma once
 
 #include <openssl/evp.h>

@@ -78,11 +78,11 @@ struct ws_event {
   bool message_begin = false;                          // data: first chunk of a message
   bool message_end = false;     // data: last chunk of a message (FIN frame complete)
   bool utf8_unchecked = false;  // data: a whole text message left to the application (ws_limits)
-  bool compressed = false;  // data: the message's first frame had RSV1 (permessage-deflate): the
-                            // payload is raw DEFLATE, not UTF-8 checked (check it once inflated)
-  uint16_t close_code = 0;      // close: received code; error: code to send
-  size_t consumed = 0;          // input bytes used by this event
-  std::span<uint8_t> payload;   // unmasked, pointing into the input
+  bool compressed = false;     // data: the message's first frame had RSV1 (permessage-deflate): the
+                               // payload is raw DEFLATE, not UTF-8 checked (check it once inflated)
+  uint16_t close_code = 0;     // close: received code; error: code to send
+  size_t consumed = 0;         // input bytes used by this event
+  std::span<uint8_t> payload;  // unmasked, pointing into the input
 };
 
 inline constexpr size_t ws_header_bytes_max = 14;

@@ -168,9 +168,9 @@ struct wse_publish {
 };
 
 struct wse_client_hello {
-  int64_t protocol_version = 0;     // p.protocol_version (0 when absent or not an integer)
-  std::string_view client_version;  // p.client_version (empty when absent)
-  bool encryption = false;          // p.features.encryption is true
+  int64_t protocol_version = 0;            // p.protocol_version (0 when absent or not an integer)
+  std::string_view client_version;         // p.client_version (empty when absent)
+  bool encryption = false;                 // p.features.encryption is true
   std::string_view encryption_public_key;  // p.encryption_public_key (empty when not a string)
 };
 
