@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:-10}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(ws http wse pubsub)
+[ ${#targets[@]} -gt 0 ] || targets=(ws http wse pubsub jwt)
 
 CXX=${CXX_FUZZ:-clang++}
 if ! command -v "$CXX" >/dev/null 2>&1; then
@@ -27,6 +27,10 @@ for t in "${targets[@]}"; do
   if [ "$t" = wse ]; then
     sources+=(proto/wse_envelope.cpp proto/wse_builder.cpp proto/wse_formats.cpp)
     libs+=(-lsimdjson -ldeflate -DMSGPACK_NO_BOOST)
+  fi
+  if [ "$t" = jwt ]; then
+    sources+=(auth/jwt.cpp auth/acl.cpp)
+    libs+=(-lsimdjson)
   fi
   if [ "$t" = pubsub ]; then
     sources+=(proto/wse_envelope.cpp proto/wse_publish.cpp auth/acl.cpp)
