@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:-10}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(ws http wse pubsub jwt)
+[ ${#targets[@]} -gt 0 ] || targets=(ws http wse pubsub jwt command)
 
 CXX=${CXX_FUZZ:-clang++}
 if ! command -v "$CXX" >/dev/null 2>&1; then
@@ -30,6 +30,10 @@ for t in "${targets[@]}"; do
   fi
   if [ "$t" = jwt ]; then
     sources+=(auth/jwt.cpp auth/acl.cpp)
+    libs+=(-lsimdjson)
+  fi
+  if [ "$t" = command ]; then
+    sources+=(proto/wse_command.cpp proto/wse_envelope.cpp)
     libs+=(-lsimdjson)
   fi
   if [ "$t" = pubsub ]; then
