@@ -24,22 +24,14 @@ for t in "${targets[@]}"; do
   bin=build-fuzz/fuzz_$t
   sources=(proto/http.cpp proto/ws.cpp proto/utf8.cpp)
   libs=(-lcrypto)
-  if [ "$t" = wse ]; then
-    sources+=(proto/wse_envelope.cpp proto/wse_builder.cpp proto/wse_formats.cpp)
-    libs+=(-lsimdjson -ldeflate -DMSGPACK_NO_BOOST)
-  fi
-  if [ "$t" = jwt ]; then
-    sources+=(auth/jwt.cpp auth/acl.cpp)
-    libs+=(-lsimdjson)
-  fi
-  if [ "$t" = command ]; then
-    sources+=(proto/wse_command.cpp proto/wse_envelope.cpp)
-    libs+=(-lsimdjson)
-  fi
-  if [ "$t" = pubsub ]; then
-    sources+=(proto/wse_envelope.cpp proto/wse_publish.cpp auth/acl.cpp)
-    libs+=(-lsimdjson)
-  fi
+  case "$t" in
+    wse)
+      sources+=(proto/wse_envelope.cpp proto/wse_builder.cpp proto/wse_formats.cpp)
+      libs+=(-lsimdjson -ldeflate -DMSGPACK_NO_BOOST) ;;
+    pubsub) sources+=(proto/wse_envelope.cpp proto/wse_publish.cpp auth/acl.cpp) libs+=(-lsimdjson) ;;
+    jwt) sources+=(auth/jwt.cpp auth/acl.cpp) libs+=(-lsimdjson) ;;
+    command) sources+=(proto/wse_command.cpp proto/wse_envelope.cpp) libs+=(-lsimdjson) ;;
+  esac
   if ! "$CXX" -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
       -I. "tests/fuzz/fuzz_$t.cpp" "${sources[@]}" "${libs[@]}" -o "$bin" \
       2>"build-fuzz/fuzz_$t.build.log"; then
