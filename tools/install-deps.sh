@@ -13,6 +13,7 @@ packages=(
   chromium
   golang-go golang-github-gorilla-websocket-dev
   procps util-linux openssl
+  prometheus debhelper libsystemd-dev
 )
 
 missing=()
