@@ -452,6 +452,56 @@ void read_env(table& t, const config_input& in, std::map<const CLI::Option*, set
   }
 }
 
+// What CLI11's lenient reader would misread without a word: a line that is not key = value (it
+// reads a bare key as a flag set to true), a '#' inside a quoted value (it cuts the value there,
+// as a comment) and a quote left open. One problem per line.
+// Also a key given twice (CLI11 would join the values); returns those keys.
+std::set<std::string> lint_lines(std::string_view text, const std::string& where,
+                                 std::vector<std::string>& problems) {
+  std::map<std::string, size_t, std::less<>> keys;
+  std::set<std::string> twice;
+  for (size_t number = 1; !text.empty(); ++number) {
+    size_t nl = text.find('\n');
+    std::string_view line = text.substr(0, nl);
+    text = nl == std::string_view::npos ? std::string_view{} : text.substr(nl + 1);
+    while (!line.empty() && (line.front() == ' ' || line.front() == '\t')) line.remove_prefix(1);
+    while (!line.empty() && std::isspace(static_cast<unsigned char>(line.back())))
+      line.remove_suffix(1);
+    if (line.empty() || line.front() == '#' || line.front() == ';' || line.front() == '[') continue;
+    std::string at = where + ": line " + std::to_string(number) + ": ";
+    size_t eq = line.find('=');
+    if (eq == std::string_view::npos || line.substr(0, eq).find('#') != std::string_view::npos) {
+      problems.push_back(at + "expected key = value");
+      continue;
+    }
+    std::string_view key = line.substr(0, eq);
+    while (!key.empty() && std::isspace(static_cast<unsigned char>(key.back())))
+      key.remove_suffix(1);
+    if (auto [it, fresh] = keys.emplace(std::string(key), number); !fresh) {
+      problems.push_back(at + "key '" + std::string(key) + "' given twice (first on line " +
+                         std::to_string(it->second) + ")");
+      twice.emplace(key);
+    }
+    char open = 0;
+    for (char ch : line.substr(eq + 1)) {
+      if (open != 0 && ch == open) {
+        open = 0;
+      } else if (open != 0 && ch == '#') {
+        problems.push_back(at + "a '#' inside a quoted value would start a comment (give such a " +
+                           "value by flag or environment)");
+        open = 0;
+        break;
+      } else if (open == 0 && (ch == '"' || ch == '\'')) {
+        open = ch;
+      } else if (open == 0 && ch == '#') {
+        break;
+      }
+    }
+    if (open != 0) problems.push_back(at + "a quoted value is not closed");
+  }
+  return twice;
+}
+
 // The file layer (TOML read by CLI11's config reader): every key must name a setting; a key the
 // command line or the environment set already is overridden by them.
 void read_file(table& t, const config_input& in, std::map<const CLI::Option*, setting_source>& src,
@@ -471,6 +521,7 @@ void read_file(table& t, const config_input& in, std::map<const CLI::Option*, se
     }
     text = all.str();
   }
+  std::set<std::string> twice = lint_lines(text, where, problems);
   std::istringstream stream(text);
   std::vector<CLI::ConfigItem> items;
   CLI::ConfigTOML reader;
@@ -496,10 +547,7 @@ void read_file(table& t, const config_input& in, std::map<const CLI::Option*, se
                          "' (the keys are the long flag names without --)");
       continue;
     }
-    if (!seen.insert(o).second) {
-      problems.push_back(where + ": key '" + item.name + "' given twice");
-      continue;
-    }
+    if (twice.count(item.name) || !seen.insert(o).second) continue;  // said by lint_lines
     if (o->count() > 0) continue;  // the command line or the environment wins
     std::vector<std::string> values = item.inputs;
     if (is_flag(o)) {
@@ -664,6 +712,15 @@ std::string generic_value(const CLI::Option* o) {
   return number ? v : quote(v);
 }
 
+// Whether CLI11's reader gives the printed value back as it is (it knows no escapes and reads
+// '#' as a comment anywhere).
+bool readable_back(std::string_view v) {
+  if (v.find_first_of("#\n") != std::string_view::npos) return false;
+  if (v.size() >= 2 && (v.front() == '"' || v.front() == '\''))
+    return v.substr(1, v.size() - 2).find(v.front()) == std::string_view::npos;
+  return true;
+}
+
 // --print-config: every setting, grouped as in --help, as a file that --config reads back.
 std::string print_config(const table& t, const config_input& in,
                          const std::map<const CLI::Option*, setting_source>& src) {
@@ -684,6 +741,10 @@ std::string print_config(const table& t, const config_input& in,
       auto s = src.find(o);
       setting_source from = s == src.end() ? setting_source::default_value : s->second;
       std::string line = o->get_lnames().front() + " = " + v;
+      if (!readable_back(v))
+        line = "# " + o->get_lnames().front() +
+               ": not representable in the file (a #, a newline "
+               "or both quote characters): give it by flag or environment";
       if (line.size() < 40) line.resize(40, ' ');
       out += line + "  # " + source_name(from);
       if (from == setting_source::env) out += " " + o->get_envname();
@@ -750,8 +811,8 @@ std::string man_page(const table& t) {
     out += ".SS " + roff(group) + "\n";
     for (const CLI::Option* o : t.app.get_options()) {
       if (o->get_group() != group) continue;
-      out += ".TP\n.B \\-\\-" + roff(o->get_lnames().front());
-      if (!is_flag(o)) out += " \" \\fI" + roff(o->get_type_name()) + "\\fR\"";
+      out += ".TP\n\\fB\\-\\-" + roff(o->get_lnames().front()) + "\\fR";
+      if (!is_flag(o)) out += " \\fI" + roff(o->get_type_name()) + "\\fR";
       out += "\n" + roff(o->get_description());
       std::string def = o->get_default_str();
       if (!def.empty() && !is_flag(o)) out += " (default: " + roff(def) + ")";
@@ -857,28 +918,29 @@ std::string format_duration_ms(uint64_t ms) {
 }
 
 std::string mask_secrets(std::string_view text) {
+  // Per word (split at spaces, commas and quotes): [scheme://]user:password@host... -> ***.
   std::string out;
-  size_t pos = 0;
-  while (pos < text.size()) {
-    size_t scheme = text.find("://", pos);
-    if (scheme == std::string_view::npos) break;
-    size_t start = scheme + 3;
-    size_t end = text.find_first_of("/?#, \"'", start);
-    if (end == std::string_view::npos) end = text.size();
-    std::string_view authority = text.substr(start, end - start);
+  while (!text.empty()) {
+    size_t end = text.find_first_of(" ,\"'\t\n");
+    std::string_view word = text.substr(0, end);
+    size_t scheme = word.find("://");
+    size_t start = scheme == std::string_view::npos ? 0 : scheme + 3;
+    size_t slash = word.find('/', start);
+    std::string_view authority = word.substr(
+        start, slash == std::string_view::npos ? std::string_view::npos : slash - start);
     size_t at = authority.rfind('@');
     size_t colon = authority.find(':');
-    out.append(text.substr(pos, start - pos));
     if (at != std::string_view::npos && colon != std::string_view::npos && colon < at) {
-      out.append(authority.substr(0, colon + 1));
+      out.append(word.substr(0, start + colon + 1));
       out.append("***");
-      out.append(authority.substr(at));
+      out.append(word.substr(start + at));
     } else {
-      out.append(authority);
+      out.append(word);
     }
-    pos = end;
+    if (end == std::string_view::npos) break;
+    out.push_back(text[end]);
+    text.remove_prefix(end + 1);
   }
-  out.append(text.substr(pos));
   return out;
 }
 
