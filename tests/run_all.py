@@ -197,7 +197,8 @@ def suite_python(build, label="python", sanitizers=False):
 
 def suite_fuzz(seconds):
     """The libFuzzer targets of tests/fuzz/ (clang, ASan+UBSan), each for a bounded time."""
-    rc, out = run(["bash", os.path.join(REPO, "tools", "fuzz.sh"), str(seconds)], timeout=seconds * 2 + 300,
+    # Seven targets, each built from source (clang, sanitizers) before its run.
+    rc, out = run(["bash", os.path.join(REPO, "tools", "fuzz.sh"), str(seconds)], timeout=seconds * 8 + 600,
                   label="fuzz")
     return counts_from(out, rc, "fuzz")
 

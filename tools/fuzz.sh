@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:-10}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(ws http wse pubsub jwt command)
+[ ${#targets[@]} -gt 0 ] || targets=(ws http wse pubsub jwt command config)
 
 CXX=${CXX_FUZZ:-clang++}
 if ! command -v "$CXX" >/dev/null 2>&1; then
@@ -31,6 +31,9 @@ for t in "${targets[@]}"; do
     pubsub) sources+=(proto/wse_envelope.cpp proto/wse_publish.cpp auth/acl.cpp) libs+=(-lsimdjson) ;;
     jwt) sources+=(auth/jwt.cpp auth/acl.cpp) libs+=(-lsimdjson) ;;
     command) sources+=(proto/wse_command.cpp proto/wse_envelope.cpp) libs+=(-lsimdjson) ;;
+    config)
+      sources+=(engine/flags.cpp engine/redis_names.cpp auth/keys.cpp auth/jwt.cpp auth/acl.cpp)
+      libs+=(-lsimdjson "-DWSED_VERSION=\"fuzz\"") ;;
   esac
   if ! "$CXX" -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
       -I. "tests/fuzz/fuzz_$t.cpp" "${sources[@]}" "${libs[@]}" -o "$bin" \
