@@ -139,8 +139,8 @@ void histogram_family(std::string& out, std::span<const shard_metrics* const> sh
       out += line;
     }
     std::snprintf(line, sizeof line,
-                  "%s_sum{shard=\"%zu\"} %.9f\n%s_count{shard=\"%zu\"} %" PRIu64 "\n", name, s,
-                  double(h.sum_ns()) / 1e9, name, s, cumulative);
+                  "%s_sum{shard=\"%zu\"} %.9g\n%s_count{shard=\"%zu\"} %" PRIu64 "\n", name, s,
+                  h.sum_seconds(), name, s, cumulative);
     out += line;
   }
 }

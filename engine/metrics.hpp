@@ -129,7 +129,9 @@ class counter {
 };
 
 // A duration histogram with one writer (its shard) and any number of readers: a counter per
-// bucket (not cumulative; rendering sums them up) and the sum of the observed nanoseconds. The
+// bucket (not cumulative; rendering sums them up) and the sum of the observed seconds (a double,
+// as Prometheus's client libraries keep it: nanoseconds weighted by a pass's deliveries would
+// wrap a uint64 within hours at 100,000 subscribers per publication). The
 // bucket bounds are fixed (1-2.5-5 steps from 1 us to 10 s): a few compares find the bucket of the
 // short durations that dominate, and every shard's series have the same `le` set for PromQL.
 class histogram {
@@ -146,15 +148,18 @@ class histogram {
     size_t i = 0;
     while (i < bounds_ns.size() && ns > bounds_ns[i]) ++i;
     buckets_[i].add(n);
-    sum_ns_.add(ns * n);
+    // One writer: load + store, no compare-exchange loop.
+    sum_seconds_.store(sum_seconds_.load(std::memory_order_relaxed) + double(ns) * 1e-9 * double(n),
+                       std::memory_order_relaxed);
   }
   // Observations in bucket i alone (not cumulative).
   uint64_t bucket(size_t i) const { return buckets_[i].get(); }
-  uint64_t sum_ns() const { return sum_ns_.get(); }
+  double sum_seconds() const { return sum_seconds_.load(std::memory_order_relaxed); }
 
  private:
   std::array<counter, bucket_count> buckets_;
-  counter sum_ns_;
+  std::atomic<double> sum_seconds_{0};
+  static_assert(std::atomic<double>::is_always_lock_free);
 };
 
 struct shard_metrics {

@@ -337,7 +337,7 @@ void BM_histogram_observe(benchmark::State& state) {
     h.observe_ns(values[i]);
     if (++i == values.size()) i = 0;
   }
-  benchmark::DoNotOptimize(h.sum_ns());
+  benchmark::DoNotOptimize(h.sum_seconds());
   state.SetItemsProcessed(state.iterations());
 }
 BENCHMARK(BM_histogram_observe);

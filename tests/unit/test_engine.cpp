@@ -182,11 +182,11 @@ TEST_CASE("metrics: histograms are cumulative, in seconds, with +Inf, _sum and _
   CHECK(has("wsed_handshake_duration_seconds_bucket{shard=\"0\",le=\"10\"} 2\n"));
   CHECK(has("wsed_handshake_duration_seconds_bucket{shard=\"0\",le=\"+Inf\"} 3\n"));
   CHECK(has("wsed_handshake_duration_seconds_count{shard=\"0\"} 3\n"));
-  CHECK(has("wsed_handshake_duration_seconds_sum{shard=\"0\"} 20.000031000\n"));
+  CHECK(has("wsed_handshake_duration_seconds_sum{shard=\"0\"} 20.000031\n"));
   CHECK(has("wsed_handshake_duration_seconds_count{shard=\"1\"} 0\n"));
   CHECK(has("wsed_delivery_latency_seconds_bucket{shard=\"1\",le=\"0.001\"} 0\n"));
   CHECK(has("wsed_delivery_latency_seconds_bucket{shard=\"1\",le=\"0.0025\"} 5\n"));
-  CHECK(has("wsed_delivery_latency_seconds_sum{shard=\"1\"} 0.010000000\n"));
+  CHECK(has("wsed_delivery_latency_seconds_sum{shard=\"1\"} 0.01\n"));
   CHECK(has("# TYPE wsed_fanout_pass_duration_seconds histogram\n"));
   CHECK(has("# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes "));
   CHECK(!has("process_resident_memory_bytes 0\n"));
