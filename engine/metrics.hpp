@@ -131,9 +131,9 @@ class counter {
 // A duration histogram with one writer (its shard) and any number of readers: a counter per
 // bucket (not cumulative; rendering sums them up) and the sum of the observed seconds (a double,
 // as Prometheus's client libraries keep it: nanoseconds weighted by a pass's deliveries would
-// wrap a uint64 within hours at 100,000 subscribers per publication). The
-// bucket bounds are fixed (1-2.5-5 steps from 1 us to 10 s): a few compares find the bucket of the
-// short durations that dominate, and every shard's series have the same `le` set for PromQL.
+// wrap a uint64 within hours at 100,000 subscribers per publication). The bucket bounds are
+// fixed (1-2.5-5 steps from 1 us to 10 s): a few compares find the bucket of the short
+// durations that dominate, and every shard's series have the same `le` set for PromQL.
 class histogram {
  public:
   static constexpr std::array<uint64_t, 22> bounds_ns = {
