@@ -1,6 +1,7 @@
 // engine/hub.cpp: see hub.hpp. push/route run on any thread; wake() writes a shard's eventfd.
 #include "engine/hub.hpp"
 
+#include <time.h>
 #include <unistd.h>
 
 #include "engine/assert.hpp"
@@ -9,7 +10,24 @@ namespace wsed::engine {
 
 namespace {
 thread_local uint32_t current_shard = UINT32_MAX;
+thread_local uint64_t loop_clock_ns = 0;
+
+// When the hub accepted a delivery (delivery::accepted_us): a shard's loop clock, or, on any
+// other thread (the Redis bridge, an embedding program), one clock read per push or route.
+uint32_t accepted_us() {
+  uint64_t ns = loop_clock_ns;
+  if (!ns) {
+    timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ns = uint64_t(ts.tv_sec) * 1000000000 + uint64_t(ts.tv_nsec);
+  }
+  return uint32_t(ns / 1000);
+}
 }  // namespace
+
+void set_loop_clock_ns(uint64_t ns) {
+  loop_clock_ns = ns;
+}
 
 uint32_t current_shard_index() {
   return current_shard;
@@ -45,6 +63,7 @@ void hub::wake_shard(void* context) {
 
 bool hub::push(uint32_t target, uint32_t producer, fanout::delivery d) {
   ENGINE_ASSERT(target < parts_.size() && producer <= parts_.size());
+  d.accepted_us = accepted_us();
   fanout::retain(d.f);
   bool ok;
   if (producer == external_producer()) {
@@ -71,6 +90,7 @@ route_result hub::route(fanout::delivery_kind kind, uint32_t producer, fanout::f
   fanout::delivery d;
   d.kind = kind;
   d.f = f;
+  d.accepted_us = accepted_us();
   std::unique_lock<std::mutex> lock(external_mu_, std::defer_lock);
   if (producer == external_producer()) lock.lock();
   // All or nothing: every target's lane of this producer is checked first (this producer is

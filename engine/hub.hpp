@@ -81,5 +81,8 @@ class hub {
 // (set by shard::run): producers use it to pick their producer index and pool.
 uint32_t current_shard_index();
 void set_current_shard_index(uint32_t index);
+// The shard loop's clock (CLOCK_MONOTONIC ns, read once per pass; 0 on other threads): push and
+// route stamp a delivery with it (delivery::accepted_us), or read the clock off a shard.
+void set_loop_clock_ns(uint64_t ns);
 
 }  // namespace wsed::engine

@@ -1,9 +1,15 @@
 // engine/metrics.cpp: names of the counter labels and the Prometheus text rendering.
-// Runs on whichever shard serves GET /metrics; only reads counters.
+// Runs on whichever shard serves GET /metrics; only reads counters (and /proc/self for the
+// process families).
 #include "engine/metrics.hpp"
+
+#include <dirent.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include <cinttypes>
 #include <cstdio>
+#include <cstring>
 #include <functional>
 
 namespace wsed::engine {
@@ -77,21 +83,15 @@ void append_family(std::string& out, size_t shard_count,
     std::snprintf(line, sizeof line, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
     out += line;
   }
-  uint64_t total = 0;
-  auto emit = [&](const char* shard, uint64_t v) {
-    if (label)
-      std::snprintf(line, sizeof line, "%s{shard=\"%s\",%s=\"%s\"} %" PRIu64 "\n", name, shard,
-                    label, label_value, v);
-    else
-      std::snprintf(line, sizeof line, "%s{shard=\"%s\"} %" PRIu64 "\n", name, shard, v);
-    out += line;
-  };
   for (size_t i = 0; i < shard_count; ++i) {
     uint64_t v = read(i);
-    total += v;
-    emit(std::to_string(i).c_str(), v);
+    if (label)
+      std::snprintf(line, sizeof line, "%s{shard=\"%zu\",%s=\"%s\"} %" PRIu64 "\n", name, i, label,
+                    label_value, v);
+    else
+      std::snprintf(line, sizeof line, "%s{shard=\"%zu\"} %" PRIu64 "\n", name, i, v);
+    out += line;
   }
-  emit("total", total);
 }
 
 namespace {
@@ -117,11 +117,113 @@ void labelled(std::string& out, std::span<const shard_metrics* const> shards, co
   }
 }
 
+// A histogram family in seconds: per shard, cumulative `_bucket`s up to le="+Inf", `_sum`,
+// `_count`. The count is the +Inf bucket as read here, so each shard's series agree with
+// themselves even while the shard keeps observing.
+void histogram_family(std::string& out, std::span<const shard_metrics* const> shards,
+                      const char* name, const char* help, histogram shard_metrics::*field) {
+  char line[320];
+  std::snprintf(line, sizeof line, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+  out += line;
+  for (size_t s = 0; s < shards.size(); ++s) {
+    const histogram& h = (*shards[s]).*field;
+    uint64_t cumulative = 0;
+    for (size_t b = 0; b < histogram::bucket_count; ++b) {
+      cumulative += h.bucket(b);
+      if (b < histogram::bounds_ns.size())
+        std::snprintf(line, sizeof line, "%s_bucket{shard=\"%zu\",le=\"%g\"} %" PRIu64 "\n", name,
+                      s, double(histogram::bounds_ns[b]) / 1e9, cumulative);
+      else
+        std::snprintf(line, sizeof line, "%s_bucket{shard=\"%zu\",le=\"+Inf\"} %" PRIu64 "\n", name,
+                      s, cumulative);
+      out += line;
+    }
+    std::snprintf(line, sizeof line,
+                  "%s_sum{shard=\"%zu\"} %.9g\n%s_count{shard=\"%zu\"} %" PRIu64 "\n", name, s,
+                  h.sum_seconds(), name, s, cumulative);
+    out += line;
+  }
+}
+
+// One unlabelled sample with its HELP/TYPE lines.
+void sample(std::string& out, const char* name, const char* type, const char* help, double v) {
+  char line[320];
+  std::snprintf(line, sizeof line, "# HELP %s %s\n# TYPE %s %s\n%s %.15g\n", name, help, name, type,
+                name, v);
+  out += line;
+}
+
+// The process families of the Prometheus client libraries (same names, same units), from
+// /proc/self: what an operator's process dashboards and `up`-style alerts already expect.
+void process_families(std::string& out) {
+  const double page = double(sysconf(_SC_PAGESIZE));
+  const double ticks = double(sysconf(_SC_CLK_TCK));
+  // /proc/self/stat: fields after the ")" that ends the command name; utime is field 14,
+  // stime 15, starttime 22, vsize 23, rss 24 (man 5 proc).
+  char buf[1024];
+  double utime = 0, stime = 0, start_ticks = 0, vsize = 0, rss_pages = 0;
+  if (FILE* f = std::fopen("/proc/self/stat", "r")) {
+    size_t n = std::fread(buf, 1, sizeof buf - 1, f);
+    std::fclose(f);
+    buf[n] = 0;
+    if (const char* p = std::strrchr(buf, ')')) {
+      unsigned long long v[22] = {};  // fields 3..24
+      int got = std::sscanf(p + 2,
+                            "%*c %llu %llu %llu %llu %llu %llu %llu %llu %llu %llu %llu %llu %llu "
+                            "%llu %llu %llu %llu %llu %llu %llu %llu",
+                            &v[1], &v[2], &v[3], &v[4], &v[5], &v[6], &v[7], &v[8], &v[9], &v[10],
+                            &v[11], &v[12], &v[13], &v[14], &v[15], &v[16], &v[17], &v[18], &v[19],
+                            &v[20], &v[21]);
+      if (got == 21) {  // v[k] is field k + 3
+        utime = double(v[11]);
+        stime = double(v[12]);
+        start_ticks = double(v[19]);
+        vsize = double(v[20]);
+        rss_pages = double(v[21]);
+      }
+    }
+  }
+  double boot_time = 0;
+  if (FILE* f = std::fopen("/proc/stat", "r")) {
+    char ln[256];
+    while (std::fgets(ln, sizeof ln, f)) {
+      unsigned long long b;
+      if (std::sscanf(ln, "btime %llu", &b) == 1) {
+        boot_time = double(b);
+        break;
+      }
+    }
+    std::fclose(f);
+  }
+  size_t fds = 0;
+  if (DIR* d = opendir("/proc/self/fd")) {
+    while (dirent* e = readdir(d))
+      if (e->d_name[0] != '.') ++fds;
+    closedir(d);
+    if (fds) --fds;  // the directory's own descriptor
+  }
+  rlimit rl{};
+  getrlimit(RLIMIT_NOFILE, &rl);
+  sample(out, "process_cpu_seconds_total", "counter", "User and system CPU time spent, seconds.",
+         (utime + stime) / ticks);
+  sample(out, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.",
+         rss_pages * page);
+  sample(out, "process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.", vsize);
+  sample(out, "process_start_time_seconds", "gauge",
+         "Start time of the process since the Unix epoch, seconds.",
+         boot_time + start_ticks / ticks);
+  sample(out, "process_open_fds", "gauge",
+         "Open file descriptors (io_uring direct descriptors of connections are not among them).",
+         double(fds));
+  sample(out, "process_max_fds", "gauge", "RLIMIT_NOFILE (soft): the file descriptor limit.",
+         double(rl.rlim_cur));
+}
+
 }  // namespace
 
 std::string render_prometheus(std::span<const shard_metrics* const> shards) {
   std::string out;
-  out.reserve(8192);
+  out.reserve(32768);
   family(out, shards, "wsed_connections_open", "gauge", "WebSocket connections open.",
          [](const shard_metrics& m) { return m.connections_open.get(); });
   family(out, shards, "wsed_connection_slots_used", "gauge",
@@ -208,6 +310,21 @@ std::string render_prometheus(std::span<const shard_metrics* const> shards) {
   family(out, shards, "wsed_deflate_out_wire_bytes_total", "counter",
          "What those messages compressed to.",
          [](const shard_metrics& m) { return m.deflate_out_wire_bytes.get(); });
+  histogram_family(out, shards, "wsed_handshake_duration_seconds",
+                   "From the loop pass that accepted the socket (for an upgrade on a kept-alive "
+                   "HTTP connection: that queued the previous answer) to the one that queued the "
+                   "101; with TLS it includes the TLS handshake.",
+                   &shard_metrics::handshake_duration);
+  histogram_family(out, shards, "wsed_fanout_pass_duration_seconds",
+                   "One delivery pass of a publication over its recipients on a shard (topic, "
+                   "broadcast, user or queue-group delivery from the shard's inbox).",
+                   &shard_metrics::fanout_pass_duration);
+  histogram_family(out, shards, "wsed_delivery_latency_seconds",
+                   "From the fan-out hub accepting a publication (client, HTTP API, Redis, "
+                   "embedder) to the end of the fan-out pass that queued it to a connection, one "
+                   "observation per connection.",
+                   &shard_metrics::delivery_latency);
+  process_families(out);
   return out;
 }
 

@@ -1,8 +1,10 @@
-// engine/metrics.hpp: per-shard counters and their Prometheus rendering.
+// engine/metrics.hpp: per-shard counters and histograms and their Prometheus rendering.
 //
 // Each shard owns one shard_metrics and is its only writer; any shard may read every shard's
 // counters to render /metrics. Counters are relaxed atomics written with load+store (no locked
-// instruction on the hot path: there is one writer), read with relaxed loads.
+// instruction on the hot path: there is one writer), read with relaxed loads. A histogram is
+// such counters too (one per bucket, and the sum). Every per-shard family is exposed per shard
+// only (`shard="i"`): no total series, which would double a PromQL `sum` (README "Metrics").
 #pragma once
 
 #include <array>
@@ -126,6 +128,40 @@ class counter {
   std::atomic<uint64_t> v_{0};
 };
 
+// A duration histogram with one writer (its shard) and any number of readers: a counter per
+// bucket (not cumulative; rendering sums them up) and the sum of the observed seconds (a double,
+// as Prometheus's client libraries keep it: nanoseconds weighted by a pass's deliveries would
+// wrap a uint64 within hours at 100,000 subscribers per publication). The bucket bounds are
+// fixed (1-2.5-5 steps from 1 us to 10 s): a few compares find the bucket of the short
+// durations that dominate, and every shard's series have the same `le` set for PromQL.
+class histogram {
+ public:
+  static constexpr std::array<uint64_t, 22> bounds_ns = {
+      1'000,         2'500,         5'000,         10'000,        25'000,      50'000,
+      100'000,       250'000,       500'000,       1'000'000,     2'500'000,   5'000'000,
+      10'000'000,    25'000'000,    50'000'000,    100'000'000,   250'000'000, 500'000'000,
+      1'000'000'000, 2'500'000'000, 5'000'000'000, 10'000'000'000};
+  static constexpr size_t bucket_count = bounds_ns.size() + 1;  // the last one is +Inf
+
+  // n observations of ns each (a fan-out pass's deliveries share one latency).
+  void observe_ns(uint64_t ns, uint64_t n = 1) {
+    size_t i = 0;
+    while (i < bounds_ns.size() && ns > bounds_ns[i]) ++i;
+    buckets_[i].add(n);
+    // One writer: load + store, no compare-exchange loop.
+    sum_seconds_.store(sum_seconds_.load(std::memory_order_relaxed) + double(ns) * 1e-9 * double(n),
+                       std::memory_order_relaxed);
+  }
+  // Observations in bucket i alone (not cumulative).
+  uint64_t bucket(size_t i) const { return buckets_[i].get(); }
+  double sum_seconds() const { return sum_seconds_.load(std::memory_order_relaxed); }
+
+ private:
+  std::array<counter, bucket_count> buckets_;
+  std::atomic<double> sum_seconds_{0};
+  static_assert(std::atomic<double>::is_always_lock_free);
+};
+
 struct shard_metrics {
   counter connections_open;  // WebSocket connections past the upgrade
   counter slots_used;        // sockets holding a slot: handshakes, WebSockets, closing ones
@@ -161,12 +197,17 @@ struct shard_metrics {
   counter deflate_in_bytes;        // what they inflated to
   counter deflate_out_bytes;       // message bytes sent compressed (before compression)
   counter deflate_out_wire_bytes;  // what they compressed to (per-connection sends and twins)
+  // Latencies (README "Metrics" names each span exactly).
+  histogram handshake_duration;    // accept (or a kept-alive answer) -> the 101 queued
+  histogram fanout_pass_duration;  // one publication's delivery pass over the shard's recipients
+  histogram delivery_latency;      // hub accepted the publication -> queued to the connection
 };
 
-// Renders every shard's counters plus a shard="total" series per family.
+// Renders every shard's counters and histograms (a `shard="i"` series each), then the process
+// families (process_resident_memory_bytes, ...: the names Prometheus client libraries use).
 std::string render_prometheus(std::span<const shard_metrics* const> shards);
 
-// One Prometheus series set: a `shard="i"` line per shard (read(i)) and a `shard="total"` line;
+// One Prometheus series set: a `shard="i"` line per shard (read(i)), no total (sum in PromQL);
 // with label, every line also carries label="label_value"; header: the HELP/TYPE lines first.
 // For applications that keep their own per-shard counters.
 void append_family(std::string& out, size_t shard_count,

@@ -41,10 +41,12 @@ constexpr uint16_t buffer_group = 0;
 // After every receive buffer (in-place JSON parsing: see app_handler::on_message).
 constexpr size_t buffer_tail_spare = shard::payload_padding_bytes;
 
-uint64_t monotonic_ms() {
+// The loop's clock, read once per pass: CLOCK_MONOTONIC (vDSO), precise enough for the latency
+// histograms, the same clock as hub::route's stamps.
+uint64_t monotonic_ns() {
   timespec ts;
-  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-  return uint64_t(ts.tv_sec) * 1000 + uint64_t(ts.tv_nsec) / 1000000;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return uint64_t(ts.tv_sec) * 1000000000 + uint64_t(ts.tv_nsec);
 }
 
 [[noreturn]] void fail_setup(const std::string& what, int err) {
@@ -254,7 +256,8 @@ int shard::open_listener(const std::string& host, uint16_t port, uint16_t* bound
 
 void shard::run() {
   set_current_shard_index(index_);
-  now_ms_ = monotonic_ms();
+  set_loop_clock_ns(now_ns_ = monotonic_ns());
+  now_ms_ = now_ns_ / 1000000;
   arm_accept();
   if (admin_fd_ >= 0) arm_accept_admin();
   arm_timer();
@@ -272,7 +275,8 @@ void shard::run() {
                    std::strerror(-r));
       break;
     }
-    now_ms_ = monotonic_ms();
+    set_loop_clock_ns(now_ns_ = monotonic_ns());
+    now_ms_ = now_ns_ / 1000000;
     unsigned head;
     unsigned seen = 0;
     io_uring_cqe* cqe;
@@ -405,6 +409,7 @@ void shard::on_accept(io_uring_cqe* cqe, bool admin) {
     pause_accepts();
   arm_recv(c, slot);
   timers_.link(slot, timer_list::handshake, now_ms_ + cfg_.handshake_timeout_ms);
+  c.handshake_start_us = uint32_t(now_ns_ / 1000);
 
   if (stopping_) {
     reject(c, slot, reject_reason::max_connections, 503);
@@ -732,6 +737,7 @@ void shard::answer_http(connection& c, uint32_t slot, std::string_view response,
     return;
   }
   timers_.link(slot, timer_list::handshake, now_ms_ + cfg_.handshake_timeout_ms);
+  c.handshake_start_us = uint32_t(now_ns_ / 1000);
 }
 
 void shard::upgrade(connection& c, uint32_t slot, const proto::http_request& req, size_t consumed,
@@ -748,6 +754,7 @@ void shard::upgrade(connection& c, uint32_t slot, const proto::http_request& req
       deflate.accepted ? proto::deflate_response_value(deflate) : std::string_view{});
   out_of(c).append(chunks_, response.data(), response.size());
   mark_dirty(c, slot);
+  metrics_.handshake_duration.observe_ns(handshake_ns(c));
   if (c.flags & flag_pending) {
     shared_.pending_handshakes.fetch_sub(1, std::memory_order_relaxed);
     c.flags &= uint8_t(~flag_pending);
@@ -774,6 +781,18 @@ void shard::upgrade(connection& c, uint32_t slot, const proto::http_request& req
     on_ws_bytes(c, slot, rest);
   }
   byte_buffer::release(hs);
+}
+
+// Since the handshake's start (still in the handshake list: deadline_ms = start + timeout). The
+// slot's 24 bits of microseconds wrap after 16.7 s; a longer span is taken in milliseconds.
+uint64_t shard::handshake_ns(const connection& c) const {
+  if (c.timer == timer_list::handshake) {
+    uint64_t start_ms = c.deadline_ms - cfg_.handshake_timeout_ms;
+    uint64_t ms = now_ms_ > start_ms ? now_ms_ - start_ms : 0;
+    if (ms >= 16000) return ms * 1000000;
+  }
+  uint32_t us = (uint32_t(now_ns_ / 1000) - c.handshake_start_us) & ((1u << 24) - 1);
+  return uint64_t(us) * 1000;
 }
 
 void shard::on_ws_bytes(connection& c, uint32_t slot, std::span<uint8_t> data) {
@@ -1404,12 +1423,19 @@ void shard::drain_inbox() {
   uint64_t queued_bytes = 0;
   size_t taken = 0;
   fanout::inbox& in = shared_.fanout->inbox(index_);
+  // Publication passes are timed back to back: one clock read ends a pass and starts the next
+  // (0: read one first; commands are not timed).
+  uint64_t pass_start_ns = 0;
   while (taken < pass_deliveries_max && queued_bytes < pass_bytes_max) {
     size_t n = in.drain(64, [&](fanout::delivery& d) {
+      const bool timed = d.kind != fanout::delivery_kind::command;
+      if (timed && !pass_start_ns) pass_start_ns = monotonic_ns();
       uint64_t sent_before = metrics_.deliveries.get();
       app_.on_delivery(*this, d);
       run_deferred_closes();
-      queued_bytes += (metrics_.deliveries.get() - sent_before) * d.f->wire_bytes;
+      uint64_t sent = metrics_.deliveries.get() - sent_before;
+      queued_bytes += sent * d.f->wire_bytes;
+      pass_start_ns = timed ? time_pass(d, sent, pass_start_ns) : 0;
       fanout::release(d.f);
     });
     if (n == 0) break;
@@ -1418,6 +1444,18 @@ void shard::drain_inbox() {
   inbox_backlog_ = taken >= pass_deliveries_max || queued_bytes >= pass_bytes_max;
   if (inbox_backlog_) metrics_.limit_hits[size_t(limit_kind::inbox_pass_budget)].add();
   if (taken) metrics_.inbox_drained.add(taken);
+}
+
+// One publication's pass ended now: its duration, and the latency of its `sent` deliveries from
+// the hub's stamp (microseconds, wrapping every 71 minutes). Returns now.
+uint64_t shard::time_pass(const fanout::delivery& d, uint64_t sent, uint64_t start_ns) {
+  uint64_t end_ns = monotonic_ns();
+  metrics_.fanout_pass_duration.observe_ns(end_ns - start_ns);
+  if (sent) {
+    uint32_t us = uint32_t(end_ns / 1000) - d.accepted_us;
+    metrics_.delivery_latency.observe_ns(uint64_t(us) * 1000, sent);
+  }
+  return end_ns;
 }
 
 // ---------------------------------------------------------------------------------------------

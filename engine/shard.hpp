@@ -218,6 +218,9 @@ class shard {
     uint8_t ops = 0;    // ops_flag bits: operations the kernel still owns
     uint8_t flags = 0;  // dirty, rejecting
     uint8_t closed_reason = 0;
+    // Low 24 bits of the loop clock (us) when the handshake list took it: the start of
+    // wsed_handshake_duration_seconds (in the slot's last padding bytes).
+    uint32_t handshake_start_us : 24 = 0;
   };
   static_assert(sizeof(connection) <= 96, "a slot is what an idle connection costs");
 
@@ -297,6 +300,7 @@ class shard {
   void maybe_free(connection& c, uint32_t slot);
   void run_deferred_closes();
   void drain_inbox();
+  uint64_t time_pass(const fanout::delivery& d, uint64_t sent, uint64_t start_ns);
   void reject_api(connection& c, uint32_t slot, uint16_t status, std::string_view reason);
   void reject(connection& c, uint32_t slot, reject_reason why, uint16_t status,
               std::string_view extra_headers = {});
@@ -306,6 +310,7 @@ class shard {
   connection& slot_at(uint32_t slot) { return slots_[slot]; }
   const connection& slot_at(uint32_t slot) const { return slots_[slot]; }
   void expire(timer_list list);
+  uint64_t handshake_ns(const connection& c) const;  // the handshake's span so far
 
   // Ring helpers.
   io_uring_sqe* get_sqe();
@@ -385,6 +390,7 @@ class shard {
   std::vector<conn_ref> deferred_closes_;  // app_.on_close owed, run after the current callback
   bool inbox_backlog_ = false;             // the last drain stopped at its budget
   uint64_t now_ms_ = 0;
+  uint64_t now_ns_ = 0;  // the same loop clock read, in ns (CLOCK_MONOTONIC)
   uint64_t stop_deadline_ms_ = 0;
   bool accepting_ = false;
   std::atomic<bool> stop_requested_{false};

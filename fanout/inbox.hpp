@@ -42,7 +42,7 @@ struct delivery {
   uint8_t reserved_[3] = {};
   uint32_t arg = 0;
   uint32_t arg2 = 0;
-  uint32_t reserved2_ = 0;
+  uint32_t accepted_us = 0;  // the hub's stamp (CLOCK_MONOTONIC us, wraps): delivery latency
   frame* f = nullptr;
 };
 static_assert(sizeof(delivery) == 24 || sizeof(delivery) == 16, "small, copied by value");

@@ -2,7 +2,8 @@
 // (one MPSC ring, or a mesh of SPSC rings, one per producer) with 1..3 producer threads feeding
 // one consumer thread that drains batches of 64, and topic_index::for_each over one topic's
 // subscribers (exact only, and with an overlapping glob that forces the dedupe pass); frame
-// make + release from the pool and from the heap; router::shards_for with and without globs.
+// make + release from the pool and from the heap; router::shards_for with and without globs;
+// what timing a fan-out pass costs (engine/metrics histograms and the clock read).
 //
 // Owns: its rings, indexes and the producer threads it starts and joins inside each benchmark.
 // Thread: the benchmark's main thread is the consumer. Never asserts behaviour (the unit tests
@@ -11,6 +12,7 @@
 #include <benchmark/benchmark.h>
 #include <pthread.h>
 #include <sched.h>
+#include <time.h>
 
 #include <algorithm>
 #include <atomic>
@@ -19,6 +21,7 @@
 #include <thread>
 #include <vector>
 
+#include "engine/metrics.hpp"
 #include "engine/recovery.hpp"
 #include "fanout/frame.hpp"
 #include "fanout/inbox.hpp"
@@ -296,6 +299,48 @@ void BM_router_shards_for(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations());
 }
 BENCHMARK(BM_router_shards_for)->Arg(0)->Arg(1)->Arg(10)->ArgName("globs");
+
+// What timing one fan-out pass costs a shard (engine/shard.cpp drain_inbox + time_pass): one
+// CLOCK_MONOTONIC read, the pass duration observed, the pass's deliveries observed as one
+// weighted latency. range(0) = 1: that; 0: the clock read alone; 2: the two observes alone.
+void BM_fanout_pass_timing(benchmark::State& state) {
+  wsed::engine::shard_metrics m;
+  const int64_t what = state.range(0);
+  uint64_t prev = 0;
+  auto now_ns = [] {
+    timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return uint64_t(ts.tv_sec) * 1000000000 + uint64_t(ts.tv_nsec);
+  };
+  uint64_t fake = 0;
+  for (auto _ : state) {
+    uint64_t t = what == 2 ? (fake += 700) : now_ns();
+    if (what != 0) {
+      m.fanout_pass_duration.observe_ns(t - prev);
+      m.delivery_latency.observe_ns((t - prev) * 3, 100);
+    }
+    prev = t;
+  }
+  benchmark::DoNotOptimize(m.fanout_pass_duration.bucket(0));
+  benchmark::DoNotOptimize(prev);
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_fanout_pass_timing)->Arg(0)->Arg(1)->Arg(2)->ArgName("clock0_all1_observes2");
+
+// histogram::observe_ns over durations spread from 1 us to 20 s (the bucket search).
+void BM_histogram_observe(benchmark::State& state) {
+  wsed::engine::histogram h;
+  std::vector<uint64_t> values;
+  for (uint64_t v = 1000; v < 20'000'000'000; v = v * 5 / 4) values.push_back(v);
+  size_t i = 0;
+  for (auto _ : state) {
+    h.observe_ns(values[i]);
+    if (++i == values.size()) i = 0;
+  }
+  benchmark::DoNotOptimize(h.sum_seconds());
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_histogram_observe);
 
 }  // namespace
 

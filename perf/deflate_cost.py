@@ -208,7 +208,7 @@ def fanout_rounds(wsed, n, publications, size, rounds):
                 wire[deflate] = received / (publications * n)
         api.close()
         m, _ = H.get_metrics(srv.port)
-        made = H.metric_value(m, "wsed_deflate_total", shard="total", event="shared_made")
+        made = H.metric_value(m, "wsed_deflate_total", event="shared_made")
         for socks in groups.values():
             for s in socks:
                 s.close()

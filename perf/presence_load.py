@@ -26,6 +26,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import resource
 import select
 import socket
@@ -136,7 +137,8 @@ KEEP = ("wsed_presence", "wsed_subscriptions", "wsed_connections_open", "wsed_co
 
 
 def metrics(port):
-    """{series: value} of the series we keep; totals only where a shard="total" line exists."""
+    """{series: value} of the series we keep; per-shard series summed over the shards (the
+    shard label dropped: /metrics has no total series)."""
     status, text = http_get(port, "/metrics")
     out = {}
     if status != 200:
@@ -144,11 +146,10 @@ def metrics(port):
     for line in text.splitlines():
         if not line or line[0] == "#" or not line.startswith(KEEP):
             continue
-        if 'shard="' in line and 'shard="total"' not in line:
-            continue
         name, _, value = line.rpartition(" ")
+        name = re.sub(r'shard="\d+",?', "", name).replace("{}", "")
         try:
-            out[name.replace('shard="total",', "").replace('{shard="total"}', "")] = float(value)
+            out[name] = out.get(name, 0.0) + float(value)
         except ValueError:
             pass
     return out

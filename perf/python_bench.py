@@ -83,16 +83,18 @@ def split_cpu(main_tid):
     return time.thread_time(), sum(t.values())
 
 
-def metric_total(text, name):
-    """The shard="total" sample of a wsed_* family in prometheus text (0 when absent)."""
-    prefix = name + '{shard="total"'
+def metric_total(text, name, label=""):
+    """The sum over the shards of a per-shard wsed_* family in prometheus text, restricted to
+    the lines that carry `label` (e.g. 'action="drop"'); 0 when absent."""
+    prefix = name + '{shard="'
+    total = 0.0
     for line in text.splitlines():
-        if line.startswith(prefix):
+        if line.startswith(prefix) and label in line:
             try:
-                return float(line.rsplit(" ", 1)[1])
+                total += float(line.rsplit(" ", 1)[1])
             except ValueError:
-                return 0.0
-    return 0.0
+                pass
+    return total
 
 
 def serve(a):
@@ -269,8 +271,7 @@ def serve_send(s, a, stop, deadline, main_tid):
         "expected_frames": expected, "t_first_call": t0, "t_last_call": t_calls, "t_flushed": flushed,
         "engine_frames_queued": out, "outbound_queued_bytes_left": queued,
         "inbox_full": metric_total(m, "wsed_fanout_inbox_full_total") - base_full,
-        "slow_consumer_drop": sum(float(l.rsplit(" ", 1)[1]) for l in m.splitlines()
-                                  if l.startswith('wsed_slow_consumer_total{shard="total"')),
+        "slow_consumer_drop": metric_total(m, "wsed_slow_consumer_total", 'action="drop"'),
         "main_cpu_calls_s": cpu_calls[0] - cpu0[0], "other_cpu_calls_s": cpu_calls[1] - cpu0[1],
         "main_cpu_total_s": cpu_flushed[0] - cpu0[0], "other_cpu_total_s": cpu_flushed[1] - cpu0[1],
     }

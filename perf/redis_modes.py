@@ -187,8 +187,8 @@ def one_run(build, mode, k, n, share):
         w_cpu = sum(cpu_w1) - sum(cpu_w0)
         got = (metric(m1, "wsed_redis_received_total", result="delivered")
                - metric(m0, "wsed_redis_received_total", result="delivered"))
-        deliveries = (metric(m1, "wsed_fanout_deliveries_total", shard="total")
-                      - metric(m0, "wsed_fanout_deliveries_total", shard="total"))
+        deliveries = (metric(m1, "wsed_fanout_deliveries_total")
+                      - metric(m0, "wsed_fanout_deliveries_total"))
         if os.environ.get("REDIS_MODES_DEBUG"):
             B.log("\n".join(l for l in m1.splitlines() if l.startswith("wsed_redis") or "inbox" in l or "slow" in l))
         sub.close()

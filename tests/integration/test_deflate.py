@@ -63,8 +63,8 @@ def test_deflate_negotiation_variants():
         assert extensions_answer(p, b"Sec-WebSocket-Extensions: x-webkit-deflate-frame\r\n") is None
         assert extensions_answer(p, b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits=99\r\n") is None
         m, _ = H.get_metrics(p)
-        assert H.metric_value(m, "wsed_deflate_total", shard="total", event="negotiated") == 5
-        assert H.metric_value(m, "wsed_deflate_total", shard="total", event="declined") == 3
+        assert H.metric_value(m, "wsed_deflate_total", event="negotiated") == 5
+        assert H.metric_value(m, "wsed_deflate_total", event="declined") == 3
     with echo("--permessage-deflate=off") as srv:
         assert extensions_answer(srv.port, OFFER) is None
         c = H.RawWS(srv.port, extra=OFFER)
@@ -112,7 +112,7 @@ def test_deflate_compressed_echo_sizes_whole_and_fragmented():
         plain_small = sum(3 for n in sizes if len(payload_of(n, 1)) < 64) + 1
         assert c.compressed == len(expected) - plain_small, (c.compressed, len(expected), plain_small)
         m, _ = H.get_metrics(srv.port)
-        mv = lambda name, **kw: H.metric_value(m, name, shard="total", **kw)
+        mv = lambda name, **kw: H.metric_value(m, name, **kw)
         assert mv("wsed_deflate_total", event="inflated") == 3 * len(sizes)
         assert mv("wsed_deflate_total", event="compressed") == c.compressed
         assert mv("wsed_deflate_total", event="below_threshold") == plain_small
@@ -149,8 +149,8 @@ def test_deflate_rsv1_errors_bad_data_and_bomb():
         assert c.wait_messages(1, 5) and c.messages() == [("binary", bytes(64 << 10))], c.events[-2:]
         c.finish()
         m, _ = H.get_metrics(srv.port)
-        assert H.metric_value(m, "wsed_deflate_total", shard="total", event="bad_data") == 1
-        assert H.metric_value(m, "wsed_limit_hits_total", shard="total", limit="max_message_size") == 1
+        assert H.metric_value(m, "wsed_deflate_total", event="bad_data") == 1
+        assert H.metric_value(m, "wsed_limit_hits_total", limit="max_message_size") == 1
         assert srv.alive()
 
 
@@ -171,7 +171,7 @@ def test_deflate_python_websockets_echo():
             assert ws.close_code == 1000
         asyncio.run(asyncio.wait_for(go(), 40))
         m, _ = H.get_metrics(srv.port)
-        mv = lambda **kw: H.metric_value(m, "wsed_deflate_total", shard="total", **kw)
+        mv = lambda **kw: H.metric_value(m, "wsed_deflate_total", **kw)
         assert mv(event="negotiated") == 1
         assert mv(event="compressed") >= 4 and mv(event="incompressible") >= 4 and mv(event="below_threshold") >= 2
 
@@ -213,7 +213,7 @@ def test_deflate_publication_compressed_once_shared():
         assert [c.compressed - b for c, b in zip(clients, before)] == [1] * len(clients), \
             [c.compressed for c in clients]
         m, _ = H.get_metrics(port)
-        mv = lambda **kw: H.metric_value(m, "wsed_deflate_total", shard="total", **kw)
+        mv = lambda **kw: H.metric_value(m, "wsed_deflate_total", **kw)
         per_shard = [H.metric_value(m, "wsed_deflate_total", shard=str(i), event="shared_delivered") for i in (0, 1)]
         assert mv(event="shared_made") == 1, "the publication was compressed more than once"
         assert mv(event="shared_delivered") == len(clients)

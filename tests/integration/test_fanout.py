@@ -167,7 +167,7 @@ def shard_of_new_connection(port, before):
 
 def open_per_shard(port):
     m, _ = H.get_metrics(port)
-    return {lab["shard"]: v for lab, v in m.get("wsed_connections_open", []) if lab.get("shard") != "total"}
+    return {lab["shard"]: v for lab, v in m.get("wsed_connections_open", [])}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,7 +238,7 @@ def metrics(port):
 
 
 def total(m, name, **labels):
-    return H.metric_value(m, name, shard="total", **labels)
+    return H.metric_value(m, name, **labels)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1160,7 +1160,7 @@ def test_fanout_api_503_when_inbox_full():
 
 
 def accepted_per_shard(m):
-    return {lab["shard"]: v for lab, v in m.get("wsed_connections_accepted_total", []) if lab.get("shard") != "total"}
+    return {lab["shard"]: v for lab, v in m.get("wsed_connections_accepted_total", [])}
 
 
 @limit(60)

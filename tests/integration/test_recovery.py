@@ -53,9 +53,8 @@ def metrics(port):
 
 
 def shard_total(m, name, **labels):
-    """A per-shard family's shard="total" series (or the sum when it has no shard label)."""
-    v = H.metric_value(m, name, shard="total", **labels)
-    return v if v is not None else H.metric_value(m, name, **labels)
+    """A per-shard family's sum over the shards (or its one series when it has no shard label)."""
+    return H.metric_value(m, name, **labels)
 
 
 def wait_metric(port, name, pred, timeout=5.0, **labels):

@@ -100,11 +100,8 @@ def wait_readyz(srvs, status, timeout, what=""):
 
 
 def rmetric(m, name, **labels):
-    """A metric's value: the shard="total" series when the family has shard labels, else the sum
-    of the series whose labels include `labels`; 0 when there is none."""
-    series = m.get(name, [])
-    if any("shard" in lab for lab, _ in series):
-        labels = dict(labels, shard="total")
+    """A metric's value: the sum of the series whose labels include `labels` (over the shards for
+    per-shard families); 0 when there is none."""
     v = H.metric_value(m, name, **labels)
     return 0 if v is None else v
 

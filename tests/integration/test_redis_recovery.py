@@ -69,7 +69,7 @@ def metrics(srv):
 
 
 def mv(m, name, **labels):
-    """A metric's value (shard="total" for per-shard families), 0 when absent."""
+    """A metric's value (summed over the shards for per-shard families), 0 when absent."""
     return RT.rmetric(m, name, **labels)
 
 

@@ -310,11 +310,8 @@ def tls_metrics(port):
 
 
 def metric(m, name, **labels):
-    """A metric's process-wide value: its shard="total" series when it has one, else the sum."""
-    v = H.metric_value(m, name, shard="total", **labels)
-    if v is None:
-        v = H.metric_value(m, name, **labels)
-    return v
+    """A metric's process-wide value: the sum of its series (per shard) that carry labels."""
+    return H.metric_value(m, name, **labels)
 
 
 def tls_counters(port):

@@ -60,18 +60,17 @@ def check_echo_doc(doc, t, p, c="U"):
     assert W.UUID7_RE.match(doc["id"]) and W.TS_RE.match(doc["ts"]), doc
 
 
-def family_max(metrics, name, **labels):
-    """Largest value among the series of `name` whose labels include `labels` (None: no series).
-    Tolerant of the label set: the shard="total" series, when present, is the largest."""
-    vals = [v for (lab, v) in metrics.get(name, []) if all(lab.get(k) == str(x) for k, x in labels.items())]
-    return max(vals) if vals else None
+def family_sum(metrics, name, **labels):
+    """Sum of the series of `name` whose labels include `labels`, over the shards (None: no
+    series): per-shard families have no total series."""
+    return H.metric_value(metrics, name, **labels)
 
 
 def wait_metric(port, name, at_least, timeout=3.0, **labels):
     deadline = time.monotonic() + timeout
     while True:
         m, _ = H.get_metrics(port)
-        v = family_max(m, name, **labels)
+        v = family_sum(m, name, **labels)
         if (v or 0) >= at_least or time.monotonic() > deadline:
             return v
         time.sleep(0.05)
@@ -405,7 +404,7 @@ def test_wse_feat_compression_threshold():
         ws2.finish()
         ws.finish()
         m, _ = H.get_metrics(srv.port)
-        sends = {f: family_max(m, "wsed_wse_sends_total", format=f) for f in ("msgpack", "compressed")}
+        sends = {f: family_sum(m, "wsed_wse_sends_total", format=f) for f in ("msgpack", "compressed")}
         assert sends == {"msgpack": 1, "compressed": 1}, (sends, m.get("wsed_wse_sends_total"))
 
 
@@ -490,7 +489,7 @@ def test_wse_feat_rate_limit():
         assert ws.close_code() == 4429, [e for e in ws.events if e[0] != "text"]
         ws.abort()
         m, _ = H.get_metrics(srv.port)
-        v = family_max(m, "wsed_wse_rate_limited_total")
+        v = family_sum(m, "wsed_wse_rate_limited_total")
         assert v is not None and v >= 5, v
         closed = [lab for lab, val in m.get("wsed_connections_closed_total", [])
                   if "rate" in lab.get("reason", "") and val > 0]
@@ -532,7 +531,7 @@ def _per_ip(mode_args, path, extra, opened):
         s.close()
         b.finish()
         m, _ = H.get_metrics(srv.port)
-        v = family_max(m, "wsed_connections_rejected_total", reason="per_ip")
+        v = family_sum(m, "wsed_connections_rejected_total", reason="per_ip")
         assert v is not None and v >= 1, m.get("wsed_connections_rejected_total")
 
 
@@ -619,7 +618,7 @@ def test_wse_feat_sighup_rotation():
             _accepted(srv, SECRET_A, "a3")
             ping(c1, 3, 2)
             m, _ = H.get_metrics(srv.port)
-            assert family_max(m, "wsed_key_reloads_total", result="ok") == 2, m.get("wsed_key_reloads_total")
+            assert family_sum(m, "wsed_key_reloads_total", result="ok") == 2, m.get("wsed_key_reloads_total")
             c1.finish()
 
 
@@ -744,17 +743,17 @@ def test_wse_feat_metrics():
         expect_refused(connect(srv, token(secret="another-secret-that-is-32-bytes-long!")), "AUTH_FAILED")
         expect_refused(connect(srv, None), "AUTH_REQUIRED")
         m, text = H.get_metrics(srv.port)
-        auth = {r: H.metric_value(m, "wsed_wse_auth_total", result=r, shard="total")
+        auth = {r: H.metric_value(m, "wsed_wse_auth_total", result=r)
                 for r in ("ok", "failed", "required")}
         assert auth == {"ok": 1, "failed": 1, "required": 1}, (auth, m.get("wsed_wse_auth_total"))
         assert "# TYPE wsed_wse_auth_total counter" in text, text
         assert m.get("wsed_wse_messages_total"), sorted(k for k in m if k.startswith("wsed_wse"))
-        assert sum(v for lab, v in m["wsed_wse_messages_total"] if lab.get("shard") == "total") >= 2, \
+        assert H.metric_value(m, "wsed_wse_messages_total") >= 2, \
             m["wsed_wse_messages_total"]
-        sends = family_max(m, "wsed_wse_sends_total", format="json")
+        sends = family_sum(m, "wsed_wse_sends_total", format="json")
         assert sends is not None and sends >= 1, m.get("wsed_wse_sends_total")
-        assert family_max(m, "wsed_wse_rate_limited_total") == 0, m.get("wsed_wse_rate_limited_total")
-        assert family_max(m, "wsed_key_reloads_total", result="ok") == 0, m.get("wsed_key_reloads_total")
+        assert family_sum(m, "wsed_wse_rate_limited_total") == 0, m.get("wsed_wse_rate_limited_total")
+        assert family_sum(m, "wsed_key_reloads_total", result="ok") == 0, m.get("wsed_key_reloads_total")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -175,8 +175,8 @@ def test_1000_connections_x_100_messages():
             conns = await asyncio.gather(*[opener(k) for k in range(N)])
             loop = asyncio.get_running_loop()
             m, _ = await loop.run_in_executor(None, H.get_metrics, srv.port)
-            open_total = H.metric_value(m, "wsed_connections_open", shard="total")
-            assert open_total == N, "wsed_connections_open{shard=total} = %s with %d clients" % (open_total, N)
+            open_total = H.metric_value(m, "wsed_connections_open")
+            assert open_total == N, "sum of wsed_connections_open = %s with %d clients" % (open_total, N)
 
             async def exchange(k, ws):
                 async def sender():
@@ -196,9 +196,9 @@ def test_1000_connections_x_100_messages():
 
             await asyncio.gather(*[exchange(k, ws) for k, ws in enumerate(conns)])
         run(go(), 110)
-        assert wait_until(lambda: metric(srv.port, "wsed_connections_open", shard="total") == 0, 10), \
-            "wsed_connections_open{shard=total} did not drop to 0 after all clients closed"
-        mi = metric(srv.port, "wsed_messages_in_total", shard="total")
+        assert wait_until(lambda: metric(srv.port, "wsed_connections_open") == 0, 10), \
+            "sum of wsed_connections_open did not drop to 0 after all clients closed"
+        mi = metric(srv.port, "wsed_messages_in_total")
         assert mi is not None and mi >= N * M, "wsed_messages_in_total = %s < %d" % (mi, N * M)
 
 
@@ -243,7 +243,7 @@ def test_allowed_origins_403():
         assert upgrade_status(port, upgrade_request(extra="Origin: HTTPS://APP.EXAMPLE\r\n")) == 101
         assert upgrade_status(port, upgrade_request(extra="Origin: http://ok.example\r\n")) == 101
         assert upgrade_status(port, upgrade_request()) == 101
-        v = metric(port, "wsed_connections_rejected_total", reason="origin", shard="total")
+        v = metric(port, "wsed_connections_rejected_total", reason="origin")
         assert v == 1, "wsed_connections_rejected_total{reason=origin} = %s" % v
     with wsed("--mode", "echo") as srv:  # no list: any Origin upgrades
         assert upgrade_status(srv.port, upgrade_request(extra="Origin: http://evil.example\r\n")) == 101
@@ -292,8 +292,8 @@ def test_handshake_errors_and_http_endpoints():
         assert st == 200
         m, text = H.get_metrics(port)
         for reason in ("header_too_large", "version", "bad_request"):
-            v = H.metric_value(m, "wsed_connections_rejected_total", reason=reason, shard="total")
-            assert v and v > 0, "wsed_connections_rejected_total{reason=%s,shard=total} = %s" % (reason, v)
+            v = H.metric_value(m, "wsed_connections_rejected_total", reason=reason)
+            assert v and v > 0, "sum of wsed_connections_rejected_total{reason=%s} = %s" % (reason, v)
 
 
 read_101 = H.read_response_head
@@ -384,7 +384,7 @@ def test_max_pending_handshakes_503():
         w = wait_until(upgrade, 5, 0.1)
         assert w, "upgrades still refused after the pending sockets went away"
         w.finish()
-        v = metric(srv.port, "wsed_connections_rejected_total", reason="pending_handshakes", shard="total")
+        v = metric(srv.port, "wsed_connections_rejected_total", reason="pending_handshakes")
         assert v and v >= 1, "wsed_connections_rejected_total{reason=pending_handshakes} = %s" % v
 
 
@@ -436,8 +436,8 @@ def test_handshake_timeout_cuts_slow_clients():
         ws.send_frame(OP_TEXT, b"after 2 s")
         assert ws.wait_messages(1, 5), "upgraded connection did not survive the handshake timeout"
         ws.finish()
-        v = metric(port, "wsed_connections_closed_total", reason="handshake_timeout", shard="total")
-        assert v and v >= 2, "wsed_connections_closed_total{reason=handshake_timeout,shard=total} = %s" % v
+        v = metric(port, "wsed_connections_closed_total", reason="handshake_timeout")
+        assert v and v >= 2, "sum of wsed_connections_closed_total{reason=handshake_timeout} = %s" % v
 
 
 # ---------------------------------------------------------------------------------------------
@@ -584,7 +584,7 @@ def test_workers_2_spread_accepts():
                 acc = shards()
             assert all(a and a > 0 for a in acc), "accepts per shard after %d connections: %s" % (len(conns), acc)
             m, _ = H.get_metrics(srv.port)
-            open_total = H.metric_value(m, "wsed_connections_open", shard="total")
+            open_total = H.metric_value(m, "wsed_connections_open")
             assert open_total == len(conns), "wsed_connections_open{total}=%s, %d open" % (open_total, len(conns))
             per = [H.metric_value(m, "wsed_connections_open", shard=str(i)) for i in (0, 1)]
             assert None not in per and sum(per) == open_total, "per-shard open %s vs total %s" % (per, open_total)
@@ -623,7 +623,7 @@ def test_max_message_size_closes_1009():
             ws.abort()
             assert code == 1009, "%s: close code %s, events %s" % (what, code, [e[0] for e in ws.events])
             assert not ws.messages(), "%s: something was echoed" % what
-        v = metric(srv.port, "wsed_limit_hits_total", limit="max_message_size", shard="total")
+        v = metric(srv.port, "wsed_limit_hits_total", limit="max_message_size")
         assert v and v >= 2, "wsed_limit_hits_total{limit=max_message_size} = %s" % v
 
 
@@ -668,7 +668,7 @@ def test_max_connections_503():
         w.finish()
         for c in conns[1:]:
             c.finish()
-        v = metric(srv.port, "wsed_connections_rejected_total", reason="max_connections", shard="total")
+        v = metric(srv.port, "wsed_connections_rejected_total", reason="max_connections")
         assert v and v >= 1, "wsed_connections_rejected_total{reason=max_connections} = %s" % v
 
 
@@ -693,8 +693,7 @@ def test_descriptor_table_full_answers_503():
         assert all(c.wait_messages(1, 5) for c in conns[::17]), "an admitted connection stopped echoing"
         for c in conns[:4]:
             c.finish()
-        hits = wait_until(lambda: _metric_or_none(srv.port, "wsed_limit_hits_total", limit="file_table",
-                                                  shard="total"), 5, 0.1)
+        hits = wait_until(lambda: _metric_or_none(srv.port, "wsed_limit_hits_total", limit="file_table"), 5, 0.1)
         assert hits and hits >= 3, "limit_hits{file_table} = %s" % hits
         w = wait_until(lambda: _try_raw(srv.port), 5, 0.1)
         assert w, "no upgrade admitted after a connection closed"
@@ -740,7 +739,7 @@ def test_descriptor_table_storm_past_the_reserve_still_answers_503():
                 s.close()
         for c in conns[:4]:   # room for GET /metrics
             c.finish()
-        m = wait_until(lambda: _metric_or_none(srv.port, "wsed_accept_pauses_total", shard="total"), 10, 0.2)
+        m = wait_until(lambda: _metric_or_none(srv.port, "wsed_accept_pauses_total"), 10, 0.2)
         assert m and m >= 1, "wsed_accept_pauses_total = %s" % m
         for c in conns[4:]:
             c.finish()
@@ -779,7 +778,7 @@ def test_idle_timeout_closes_4408():
         busy.send_frame(OP_TEXT, b"still here")
         assert busy.wait_messages(1, 3) and busy.messages()[0] == ("text", b"still here")
         busy.finish()
-        v = metric(srv.port, "wsed_connections_closed_total", reason="idle_timeout", shard="total")
+        v = metric(srv.port, "wsed_connections_closed_total", reason="idle_timeout")
         assert v and v >= 1, "wsed_connections_closed_total{reason=idle_timeout} = %s" % v
 
 
@@ -804,7 +803,7 @@ def flood_without_reading(srv, payload_bytes):
             time.sleep(0.01)
         except OSError:
             return s, True
-        if metric(srv.port, "wsed_connections_closed_total", reason="slow_consumer", shard="total"):
+        if metric(srv.port, "wsed_connections_closed_total", reason="slow_consumer"):
             return s, True
     return s, False
 
@@ -814,8 +813,7 @@ def test_slow_consumer_closed_4509():
     with wsed("--mode", "echo", "--max-outbound-bytes", "256KiB", "--max-message-size", "1MiB") as srv:
         s, cut = flood_without_reading(srv, 512 * 1024)
         s.close()
-        v = wait_until(lambda: metric(srv.port, "wsed_connections_closed_total", reason="slow_consumer",
-                                      shard="total"), 3)
+        v = wait_until(lambda: metric(srv.port, "wsed_connections_closed_total", reason="slow_consumer"), 3)
         assert cut and v and v >= 1, "a client that never reads was not cut as a slow consumer " \
                                      "(--max-outbound-bytes 256KiB): slow_consumer=%s" % v
 
@@ -829,12 +827,12 @@ def test_slow_consumer_that_stays_connected_frees_its_slot():
               "--linger-timeout", "500ms") as srv:
         s, _ = flood_without_reading(srv, 256 * 1024)
         try:
-            assert metric(srv.port, "wsed_connections_closed_total", reason="slow_consumer",
-                          shard="total") == 1, "the client was not cut as a slow consumer"
+            assert metric(srv.port, "wsed_connections_closed_total", reason="slow_consumer") == 1, \
+                "the client was not cut as a slow consumer"
             # The /metrics request itself holds one slot while it is served.
-            v = wait_until(lambda: metric(srv.port, "wsed_connection_slots_used", shard="total") == 1, 5)
+            v = wait_until(lambda: metric(srv.port, "wsed_connection_slots_used") == 1, 5)
             assert v, "slot still held %s s after the close: wsed_connection_slots_used=%s" % (
-                5, metric(srv.port, "wsed_connection_slots_used", shard="total"))
+                5, metric(srv.port, "wsed_connection_slots_used"))
         finally:
             s.close()
 
@@ -867,17 +865,17 @@ def test_startup_line_and_metrics_shape():
                     "wsed_messages_out_total", "wsed_bytes_in_total", "wsed_bytes_out_total",
                     "wsed_stale_completions_total"):
             shards = sorted(lab.get("shard") for lab, _ in m.get(fam, []))
-            assert shards == ["0", "1", "total"], "%s shards %s" % (fam, shards)
+            assert shards == ["0", "1"], "%s shards %s (per shard only, no total)" % (fam, shards)
         ws = H.RawWS(srv.port)
         for i in range(10):
             ws.send_frame(OP_TEXT, b"count me %d" % i)
         assert ws.wait_messages(10, 5)
         ws.finish()
         m, _ = H.get_metrics(srv.port)
-        mi = H.metric_value(m, "wsed_messages_in_total", shard="total")
-        mo = H.metric_value(m, "wsed_messages_out_total", shard="total")
+        mi = H.metric_value(m, "wsed_messages_in_total")
+        mo = H.metric_value(m, "wsed_messages_out_total")
         assert mi == 10 and mo == 10, "messages in/out total %s/%s after 10 echoes" % (mi, mo)
-        cc = H.metric_value(m, "wsed_connections_closed_total", reason="client_close", shard="total")
+        cc = H.metric_value(m, "wsed_connections_closed_total", reason="client_close")
         assert cc and cc >= 1, "closed_total{reason=client_close} = %s" % cc
 
 
@@ -916,9 +914,9 @@ def test_garbage_and_abrupt_disconnects_leave_server_healthy():
         ws.send_frame(OP_TEXT, b"healthy")
         assert ws.wait_messages(1, 5) and ws.messages()[0] == ("text", b"healthy")
         ws.finish()
-        assert wait_until(lambda: metric(port, "wsed_connections_open", shard="total") == 0, 10), \
+        assert wait_until(lambda: metric(port, "wsed_connections_open") == 0, 10), \
             "wsed_connections_open{total} stays at %s after every client went away" % metric(
-                port, "wsed_connections_open", shard="total")
+                port, "wsed_connections_open")
 
 
 @limit(60)

@@ -414,25 +414,26 @@ TEST_CASE("bench fanout received ticks: seq and ts_us found by scanning, others 
   CHECK_FALSE(scan_tick(""));
 }
 
-TEST_CASE("bench fanout /metrics: a labelled series summed, absent series") {
+TEST_CASE("bench fanout /metrics: a labelled series summed over the shards, absent series") {
   std::string text =
       "# HELP wsed_slow_consumer_total Messages that met a full queue.\n"
       "wsed_slow_consumer_total{shard=\"0\",action=\"drop\"} 3\n"
-      "wsed_slow_consumer_total{shard=\"total\",action=\"drop\"} 5\n"
-      "wsed_slow_consumer_total{shard=\"total\",action=\"disconnect\"} 2\n"
-      "wsed_slow_consumer_total_other{shard=\"total\",action=\"drop\"} 100\n"
-      "wsed_fanout_deliveries_total{shard=\"total\"} 1.5e+06\n"
+      "wsed_slow_consumer_total{shard=\"1\",action=\"drop\"} 5\n"
+      "wsed_slow_consumer_total{shard=\"1\",action=\"disconnect\"} 2\n"
+      "wsed_slow_consumer_total_other{shard=\"0\",action=\"drop\"} 100\n"
+      "wsed_fanout_deliveries_total{shard=\"0\"} 1e+06\n"
+      "wsed_fanout_deliveries_total{shard=\"10\"} 5e+05\n"
       "wsed_up 1\n";
+  using one = std::array<std::string_view, 1>;
   using two = std::array<std::string_view, 2>;
-  CHECK(metric_value(text, "wsed_slow_consumer_total", two{"shard=\"total\"", "action=\"drop\""}) ==
-        5);
-  CHECK(metric_value(text, "wsed_slow_consumer_total",
-                     two{"shard=\"total\"", "action=\"disconnect\""}) == 2);
-  CHECK(metric_value(text, "wsed_slow_consumer_total",
-                     std::array<std::string_view, 1>{"action=\"drop\""}) ==
-        8);  // summed over shards 0 and total
-  CHECK(metric_value(text, "wsed_fanout_deliveries_total",
-                     std::array<std::string_view, 1>{"shard=\"total\""}) == 1.5e6);
+  CHECK(metric_value(text, "wsed_slow_consumer_total", one{"action=\"drop\""}) ==
+        8);  // summed over shards 0 and 1; the _other family is not this one
+  CHECK(metric_value(text, "wsed_slow_consumer_total", one{"action=\"disconnect\""}) == 2);
+  CHECK(metric_value(text, "wsed_slow_consumer_total", two{"shard=\"1\"", "action=\"drop\""}) == 5);
+  CHECK(metric_value(text, "wsed_fanout_deliveries_total", std::array<std::string_view, 0>{}) ==
+        1.5e6);
+  CHECK(metric_value(text, "wsed_fanout_deliveries_total", one{"shard=\"1\""}) ==
+        std::nullopt);  // shard="1" is not shard="10"
   CHECK(metric_value(text, "wsed_up", std::array<std::string_view, 0>{}) == 1);
   CHECK_FALSE(metric_value(text, "wsed_absent", std::array<std::string_view, 0>{}).has_value());
 }

@@ -142,7 +142,7 @@ TEST_CASE("out_queue: the unsent rest of a frame goes before what was queued mea
   CHECK(q.empty());
 }
 
-TEST_CASE("metrics: every family per shard and a total") {
+TEST_CASE("metrics: every family per shard, no total series") {
   shard_metrics m0, m1;
   m0.connections_open.add(3);
   m1.connections_open.add(4);
@@ -152,8 +152,8 @@ TEST_CASE("metrics: every family per shard and a total") {
   std::string text = render_prometheus(all);
   CHECK(text.find("wsed_connections_open{shard=\"0\"} 3\n") != std::string::npos);
   CHECK(text.find("wsed_connections_open{shard=\"1\"} 4\n") != std::string::npos);
-  CHECK(text.find("wsed_connections_open{shard=\"total\"} 7\n") != std::string::npos);
-  CHECK(text.find("wsed_connections_closed_total{shard=\"total\",reason=\"idle_timeout\"} 2\n") !=
+  CHECK(text.find("shard=\"total\"") == std::string::npos);  // a sum is PromQL's job
+  CHECK(text.find("wsed_connections_closed_total{shard=\"1\",reason=\"idle_timeout\"} 2\n") !=
         std::string::npos);
   CHECK(text.find("wsed_limit_hits_total{shard=\"0\",limit=\"max_message_size\"} 1\n") !=
         std::string::npos);
@@ -164,6 +164,32 @@ TEST_CASE("metrics: every family per shard and a total") {
        (p = text.find("# TYPE wsed_connections_closed_total", p)) != std::string::npos; ++p)
     ++count;
   CHECK(count == 1);
+}
+
+TEST_CASE("metrics: histograms are cumulative, in seconds, with +Inf, _sum and _count") {
+  shard_metrics m0, m1;
+  m0.handshake_duration.observe_ns(1'000);           // on the 1 us bound: le="1e-06"
+  m0.handshake_duration.observe_ns(30'000);          // le="5e-05"
+  m0.handshake_duration.observe_ns(20'000'000'000);  // over 10 s: +Inf only
+  m1.delivery_latency.observe_ns(2'000'000, 5);      // five deliveries of one pass, le="0.0025"
+  const shard_metrics* all[] = {&m0, &m1};
+  std::string text = render_prometheus(all);
+  auto has = [&](const char* line) { return text.find(line) != std::string::npos; };
+  CHECK(has("# TYPE wsed_handshake_duration_seconds histogram\n"));
+  CHECK(has("wsed_handshake_duration_seconds_bucket{shard=\"0\",le=\"1e-06\"} 1\n"));
+  CHECK(has("wsed_handshake_duration_seconds_bucket{shard=\"0\",le=\"2.5e-05\"} 1\n"));
+  CHECK(has("wsed_handshake_duration_seconds_bucket{shard=\"0\",le=\"5e-05\"} 2\n"));
+  CHECK(has("wsed_handshake_duration_seconds_bucket{shard=\"0\",le=\"10\"} 2\n"));
+  CHECK(has("wsed_handshake_duration_seconds_bucket{shard=\"0\",le=\"+Inf\"} 3\n"));
+  CHECK(has("wsed_handshake_duration_seconds_count{shard=\"0\"} 3\n"));
+  CHECK(has("wsed_handshake_duration_seconds_sum{shard=\"0\"} 20.000031\n"));
+  CHECK(has("wsed_handshake_duration_seconds_count{shard=\"1\"} 0\n"));
+  CHECK(has("wsed_delivery_latency_seconds_bucket{shard=\"1\",le=\"0.001\"} 0\n"));
+  CHECK(has("wsed_delivery_latency_seconds_bucket{shard=\"1\",le=\"0.0025\"} 5\n"));
+  CHECK(has("wsed_delivery_latency_seconds_sum{shard=\"1\"} 0.01\n"));
+  CHECK(has("# TYPE wsed_fanout_pass_duration_seconds histogram\n"));
+  CHECK(has("# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes "));
+  CHECK(!has("process_resident_memory_bytes 0\n"));
 }
 
 TEST_CASE("per_ip: IPv4 maps into IPv6; each address has its own cap; release frees") {

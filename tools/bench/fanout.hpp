@@ -355,7 +355,8 @@ class seq_tracker {
 // ---- /metrics ---------------------------------------------------------------------------------
 
 // The value of series `name` whose labels contain every `label="value"` of `labels` (e.g.
-// {"shard=\"total\"", "action=\"drop\""}), summed over the matching lines; nullopt when none.
+// {"action=\"drop\""}), summed over the matching lines (a per-shard family's shards); nullopt
+// when none.
 template <size_t N>
 std::optional<double> metric_value(std::string_view text, std::string_view name,
                                    const std::array<std::string_view, N>& labels) {

@@ -93,32 +93,29 @@ uint64_t sum_replies(const std::vector<std::unique_ptr<worker>>& workers) {
   return n;
 }
 
-// A counter of the Redis bridge: its shard="total" line when it has one, else the sum of its
-// lines with `label` (the bridge is one per process: its series may have no shard label).
+// A counter of the Redis bridge: the sum of its lines with `label` (the bridge is one per
+// process: its series have no shard label).
 std::optional<double> bridge_value(std::string_view text, std::string_view name,
                                    std::string_view label) {
-  if (auto v = metric_value(text, name, std::array<std::string_view, 2>{label, "shard=\"total\""}))
-    return v;
   return metric_value(text, name, std::array<std::string_view, 1>{label});
 }
 
-// The slow-consumer and delivery counters of one server's /metrics (shard="total"), and its Redis
-// bridge's (absolute values: the tier takes differences).
+// The slow-consumer and delivery counters of one server's /metrics (summed over its shards: the
+// exposition has no total series), and its Redis bridge's (absolute values: the tier takes
+// differences).
 std::optional<server_figures> read_server_metrics(const http_endpoint& e) {
   auto text = http_get(e.addr, e.host, "/metrics");
   if (!text) return std::nullopt;
-  using labels = std::array<std::string_view, 2>;
+  using labels = std::array<std::string_view, 1>;
   server_figures m;
   m.metrics_read = true;
   m.slow_drop =
-      metric_value(*text, "wsed_slow_consumer_total", labels{"shard=\"total\"", "action=\"drop\""})
+      metric_value(*text, "wsed_slow_consumer_total", labels{"action=\"drop\""}).value_or(0);
+  m.slow_disconnect =
+      metric_value(*text, "wsed_slow_consumer_total", labels{"action=\"disconnect\""}).value_or(0);
+  m.deliveries =
+      metric_value(*text, "wsed_fanout_deliveries_total", std::array<std::string_view, 0>{})
           .value_or(0);
-  m.slow_disconnect = metric_value(*text, "wsed_slow_consumer_total",
-                                   labels{"shard=\"total\"", "action=\"disconnect\""})
-                          .value_or(0);
-  m.deliveries = metric_value(*text, "wsed_fanout_deliveries_total",
-                              std::array<std::string_view, 1>{"shard=\"total\""})
-                     .value_or(0);
   for (const redis_bridge_counter& c : redis_bridge_counters) {
     std::optional<double> v = bridge_value(*text, c.metric, c.label);
     m.redis.read |= v.has_value();
