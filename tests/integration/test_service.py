@@ -119,7 +119,7 @@ def test_service_notify_ready_reload_stopping():
     port = H.free_port()
     with NotifySocket() as ns:
         srv = H.Server([BIN, "--host", H.HOST, "--port", str(port), "--mode", "echo", "--workers", "2"],
-                       env=ns.env())
+                       env=dict(W.env(), **ns.env()))
         srv.start()
         try:
             pid, ready = ns.wait_for("READY", 15)
@@ -151,7 +151,8 @@ def test_service_notify_ready_waits_for_redis():
     try:
         with NotifySocket() as ns:
             with H.running(BIN, "--mode", "wse", "--insecure-no-auth", "--workers", "2",
-                           "--redis-url", redis.url(), "--redis-timeout", "60s", env=ns.env()) as srv:
+                           "--redis-url", redis.url(), "--redis-timeout", "60s",
+                           env=dict(W.env(), **ns.env())) as srv:
                 # listening, Redis down: the bridge retries, READY waits (within --redis-timeout)
                 assert readyz(srv.port) == 503
                 assert ns.next(1.5) is None, "a datagram while Redis is down: %r" % ns.seen
@@ -177,9 +178,10 @@ def test_service_notify_redis_down_ready_after_timeout():
     with NotifySocket() as ns:
         with H.running(BIN, "--mode", "wse", "--insecure-no-auth", "--workers", "1",
                        "--redis-url", "redis://127.0.0.1:%d" % redis_port, "--redis-timeout", "1s",
-                       env=ns.env()) as srv:
+                       env=dict(W.env(), **ns.env())) as srv:
             _, ready = ns.wait_for("READY", 20)
-            assert ready.get("STATUS") == "listening on ws://127.0.0.1:%d/; redis not connected (retrying)" % srv.port, ready
+            want = "listening on ws://127.0.0.1:%d/; redis not connected (retrying)" % srv.port
+            assert ready.get("STATUS") == want, ready
             assert readyz(srv.port) == 503
             assert handshake_ok(srv.port), "local clients are served while Redis is away"
 
@@ -192,7 +194,7 @@ def test_service_no_notify_socket_runs():
         assert handshake_ok(srv.port)
     gone = os.path.join(tempfile.mkdtemp(prefix="wsed-notify-"), "nobody")
     try:
-        with H.running(BIN, "--mode", "echo", "--workers", "1", env={"NOTIFY_SOCKET": gone}) as srv:
+        with H.running(BIN, "--mode", "echo", "--workers", "1", env=W.env(NOTIFY_SOCKET=gone)) as srv:
             assert handshake_ok(srv.port)
             srv.send_signal(signal.SIGHUP)
             assert handshake_ok(srv.port)
