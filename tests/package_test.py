@@ -2,7 +2,7 @@
 """The Debian package (debian/), built, installed, started, removed (issue 13, "Packaging and
 service"); run_all.py's suite "package".
 
-  /usr/bin/python3 tests/package_test.py [--keep]
+  /usr/bin/python3 tests/package_test.py [--keep] [--debs DIR]
 
 Steps (each a PASS/FAIL line; the first failure stops the run, the steps after it count as
 failed; last line "N passed, N failed"):
@@ -148,8 +148,9 @@ def exec_start(unit_text, env):
 
 
 class Run:
-    def __init__(self, keep):
+    def __init__(self, keep, debs_dir=None):
         self.keep = keep
+        self.debs_dir = debs_dir
         self.tmp = tempfile.mkdtemp(prefix="wsed-package-")
         self.src = os.path.join(self.tmp, "wsed")
         self.debs = {}
@@ -158,18 +159,25 @@ class Run:
 
     # -- steps --
     def build(self):
+        if self.debs_dir:   # --debs: packages built before
+            self.tmp_debs(self.debs_dir)
+            self.man = False
+            return
         copy_tree(self.src)
         check(os.path.exists(os.path.join(self.src, "debian", "rules")), "no debian/rules in the copy")
         t0 = time.monotonic()
         sh(["dpkg-buildpackage", "-us", "-uc", "-b"], timeout=1200, cwd=self.src, what="dpkg-buildpackage",
            env={"DEB_BUILD_OPTIONS": "nocheck parallel=2", "LC_ALL": "C.UTF-8"})
         print("  dpkg-buildpackage -us -uc -b: %.0f s" % (time.monotonic() - t0), flush=True)
-        for name in os.listdir(self.tmp):
+        self.tmp_debs(self.tmp)
+        self.man = os.path.exists(os.path.join(self.src, "debian", "tmp", "usr", "share", "man", "man1", "wsed.1"))
+
+    def tmp_debs(self, d):
+        for name in os.listdir(d):
             m = re.fullmatch(r"([a-z0-9.+-]+?)_[^_]+_[a-z0-9]+\.deb", name)
             if m:
-                self.debs[m.group(1)] = os.path.join(self.tmp, name)
-        check(set(PACKAGES) <= set(self.debs), "packages built: %r" % sorted(self.debs))
-        self.man = os.path.exists(os.path.join(self.src, "debian", "tmp", "usr", "share", "man", "man1", "wsed.1"))
+                self.debs[m.group(1)] = os.path.join(d, name)
+        check(set(PACKAGES) <= set(self.debs), "packages in %s: %r" % (d, sorted(self.debs)))
 
     def contents(self):
         files = sh(["dpkg-deb", "-c", self.debs["wsed"]], timeout=60)
@@ -218,7 +226,7 @@ class Run:
             return self.start_systemd()
         port = H.free_port()
         text = open(DEFAULTS).read()
-        edited, n = re.subn(r"--port \d+", "--port %d" % port, text)
+        edited, n = re.subn(r"^(WSED_OPTS=.*--port )\d+", lambda m: m.group(1) + str(port), text, flags=re.M)
         check(n == 1, "no single --port in %s's WSED_OPTS" % DEFAULTS)
         with open(DEFAULTS, "w") as f:
             f.write(edited)
@@ -241,6 +249,10 @@ class Run:
                 check(srv.port == port, "listening on %s, /etc/default/wsed says %d" % (srv.port, port))
                 pid, ready = ns.wait_for("READY", 20)
                 check(pid == srv.proc.pid, "READY=1 from pid %s, not the main process %s" % (pid, srv.proc.pid))
+                uids = re.search(r"^Uid:\s+(\d+)\s+(\d+)", open("/proc/%d/status" % pid).read(), re.M)
+                want = pwd.getpwnam(user).pw_uid
+                check(uids and int(uids.group(1)) == want and int(uids.group(2)) == want,
+                      "wsed runs as uid %s, not %s's %d" % (uids and uids.groups(), user, want))
                 tok = sh(["/usr/bin/wsed", "gen-token", "--sub", "package-test", "--jwt-secret-file", SECRET],
                          timeout=30).strip()
                 c = H.WSClient(port, path="/wse", extra=("Authorization: Bearer %s\r\n" % tok).encode())
@@ -303,8 +315,9 @@ class Run:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (the tree, the .debs)")
+    ap.add_argument("--debs", help="use the wsed and python3-wsed .debs in this dir instead of building them")
     args = ap.parse_args()
-    r = Run(args.keep)
+    r = Run(args.keep, args.debs)
     steps = [("build", r.build), ("contents", r.contents), ("install", r.install), ("verify", r.verify),
              ("python", r.python), ("start", r.start), ("remove", r.remove), ("purge", r.purge)]
     passed = failed = 0
