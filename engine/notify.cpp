@@ -4,6 +4,7 @@
 #include <time.h>
 
 #include <cstdio>
+#include <cstring>
 #include <string>
 
 #include "engine/redis_bridge.hpp"
@@ -27,7 +28,7 @@ uint64_t monotonic_us() {
 void send_state(const std::string& state) {
 #ifdef WSED_HAVE_SYSTEMD
   int r = sd_notify(0, state.c_str());
-  if (r < 0) std::fprintf(stderr, "wsed: sd_notify failed (%d)\n", r);
+  if (r < 0) std::fprintf(stderr, "wsed: sd_notify to $NOTIFY_SOCKET failed: %s\n", strerror(-r));
 #else
   (void)state;
 #endif
