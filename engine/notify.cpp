@@ -39,37 +39,31 @@ constexpr long poll_idle_ns = 200 * 1000000L;    // the signal loop's usual step
 
 }  // namespace
 
-bool notify_supported() {
-#ifdef WSED_HAVE_SYSTEMD
-  return true;
-#else
-  return false;
-#endif
-}
-
 service_notifier::service_notifier(const redis_bridge* bridge, uint32_t redis_wait_ms,
                                    std::string where)
     : bridge_(bridge),
       deadline_ms_(monotonic_us() / 1000 + redis_wait_ms),
       where_(std::move(where)) {}
 
-std::string service_notifier::status_line(bool redis_ready) const {
+std::string service_notifier::status_line(bool redis_up) const {
   std::string s = "STATUS=listening on " + where_;
-  if (bridge_) s += redis_ready ? "; redis connected" : "; redis not connected (retrying)";
+  if (bridge_) s += redis_up ? "; redis connected" : "; redis not connected (retrying)";
   return s;
 }
 
+// Before READY: the bridge's ready() (both connections up, every wanted subscription in place:
+// /readyz). After: connected() alone, so that a subscription being confirmed is no STATUS change.
 timespec service_notifier::tick() {
-  bool redis_ready = bridge_ && bridge_->ready();
   if (!ready_sent_) {
+    bool redis_ready = bridge_ && bridge_->ready();
     if (bridge_ && !redis_ready && monotonic_us() / 1000 < deadline_ms_)
       return timespec{0, poll_waiting_ns};
     ready_sent_ = true;
-    redis_ready_ = redis_ready;
+    redis_up_ = redis_ready;
     send_state("READY=1\n" + status_line(redis_ready));
-  } else if (bridge_ && redis_ready != redis_ready_) {
-    redis_ready_ = redis_ready;
-    send_state(status_line(redis_ready));
+  } else if (bridge_ && bridge_->connected() != redis_up_) {
+    redis_up_ = !redis_up_;
+    send_state(status_line(redis_up_));
   }
   return timespec{0, poll_idle_ns};
 }
@@ -81,7 +75,7 @@ void service_notifier::reloading() {
 }
 
 void service_notifier::reloaded() {
-  if (ready_sent_) send_state("READY=1\n" + status_line(redis_ready_));
+  if (ready_sent_) send_state("READY=1\n" + status_line(redis_up_));
 }
 
 void service_notifier::stopping() {

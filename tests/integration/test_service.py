@@ -31,6 +31,7 @@ import tempfile
 import time
 
 import redis_harness as R
+import test_fanout as F
 import test_wse as W
 import wsed_harness as H
 
@@ -161,6 +162,15 @@ def test_service_notify_ready_waits_for_redis():
                 assert readyz(srv.port) == 200, "READY=1 before the bridge was ready"
                 assert ready.get("STATUS") == "listening on ws://127.0.0.1:%d/; redis connected" % srv.port, ready
                 assert handshake_ok(srv.port)
+                # a new topic is subscribed in Redis (/readyz 503 until Redis confirms it; Redis
+                # paused, so for a while): the connections are up, no STATUS change
+                redis.cli("CLIENT", "PAUSE", "1500", "ALL")
+                c = F.ws_client(srv.port)
+                try:
+                    F.subscribe_ok(c, ["svc.1"])
+                    assert ns.next(2.0) is None, "a datagram while subscribing: %r" % ns.seen[-3:]
+                finally:
+                    c.close()
                 redis.kill()
                 _, down = ns.wait_for("STATUS", 30, "listening on ws://127.0.0.1:%d/; redis not connected (retrying)"
                                       % srv.port)
