@@ -19,6 +19,7 @@
 #include "auth/jwt.hpp"
 #include "auth/keys.hpp"
 #include "engine/flags.hpp"
+#include "engine/notify.hpp"
 #include "engine/redis_bridge.hpp"
 #include "engine/server.hpp"
 #include "engine/wse_app.hpp"
@@ -386,11 +387,17 @@ int main(int argc, char** argv) {
     if (!notes.empty()) std::fprintf(stderr, "wsed: %s\n", notes.c_str());
   }
 
-  timespec poll{0, 200 * 1000000};
+  // sd_notify (engine/notify.hpp): READY=1 once the listeners are bound and Redis is ready
+  // (or --redis-timeout passed), STOPPING=1, RELOADING=1 around SIGHUP.
+  service_notifier notifier(bridge.get(), c.redis_timeout_ms,
+                            std::string(srv.tls() ? "wss://" : "ws://") + c.host + ":" +
+                                std::to_string(srv.port()) + "/");
   for (;;) {
+    timespec poll = notifier.tick();
     int sig = sigtimedwait(&signals, nullptr, &poll);
     if (sig == SIGINT || sig == SIGTERM) break;
     if (sig == SIGHUP) {
+      notifier.reloading();
       reload_keys(c, wse);
       if (srv.tls()) {
         std::string why;
@@ -401,12 +408,14 @@ int main(int argc, char** argv) {
           std::fprintf(stderr, "wsed: SIGHUP: TLS reload failed: %s; keeping the current one\n",
                        why.c_str());
       }
+      notifier.reloaded();
     }
     if (srv.finished()) {
       std::fprintf(stderr, "wsed: every shard stopped unexpectedly\n");
       return 1;
     }
   }
+  notifier.stopping();
   if (!c.quiet) std::fprintf(stderr, "wsed: shutting down (close 4300 to every client)\n");
   srv.stop();
   srv.join();

@@ -12,6 +12,8 @@ Suites (each bounded in time):
   conformance       tests/conformance/conformance.py against BUILD/engine/wsed
   conformance[tls]  the same over TLS (wsed --tls-cert-file; the cases go through tests/conformance/tls_relay.py)
   python            tests/python (pytest, Debian's python3-pytest): the Python module of BUILD/python
+  package           tests/package_test.py: dpkg-buildpackage of a copy of the tree, dpkg -i, the installed wsed
+                    started as its unit would and taking a client, dpkg -r / --purge (root; ~3 minutes)
   unit[asan], conformance[asan], conformance[tls,asan], integration[asan], python[asan]   the same against the ASan+UBSan
                     build (python[asan]: /usr/bin/python3 with the ASan runtime preloaded)
                     (halt_on_error=1; the server's exit code and stderr are checked for sanitizer reports)
@@ -276,6 +278,12 @@ def suite_conformance(build, label, sanitizers=False, tls=False):
     return counts_from(out, rc, label)
 
 
+def suite_package():
+    """The Debian package: built, installed, started, removed (tests/package_test.py)."""
+    rc, out = run([PY, os.path.join(HERE, "package_test.py")], timeout=1500, label="package")
+    return counts_from(out, rc, "package")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--build", default="build", help="release build dir (default build)")
@@ -284,7 +292,7 @@ def main():
                     "integration tests whose code crosses threads (shards, shutdown)")
     ap.add_argument("--fuzz-seconds", type=int, default=10,
                     help="seconds per libFuzzer target (0: skip the fuzz suite)")
-    ap.add_argument("--only", help="comma list of suites to run (unit,integration,node,browser,conformance)")
+    ap.add_argument("--only", help="comma list of suites to run (unit,integration,node,browser,conformance,python,package)")
     args = ap.parse_args()
 
     only = set(args.only.split(",")) if args.only else None
@@ -294,7 +302,8 @@ def main():
             ("browser", lambda: suite_browser(args.build)),
             ("conformance", lambda: suite_conformance(args.build, "conformance")),
             ("conformance[tls]", lambda: suite_conformance(args.build, "conformance[tls]", tls=True)),
-            ("python", lambda: suite_python(args.build))]
+            ("python", lambda: suite_python(args.build)),
+            ("package", suite_package)]
     if args.asan_build:
         plan += [("unit[asan]", lambda: suite_unit(args.asan_build, "unit[asan]", sanitizers=True)),
                  ("conformance[asan]", lambda: suite_conformance(args.asan_build, "conformance[asan]",

@@ -14,6 +14,7 @@ packages=(
   golang-go golang-github-gorilla-websocket-dev
   procps util-linux openssl
   prometheus debhelper libsystemd-dev
+  dpkg-dev systemd adduser man-db
 )
 
 missing=()
