@@ -5,6 +5,7 @@
 #include <charconv>
 #include <cstdio>
 
+#include "engine/fault.hpp"
 #include "proto/http.hpp"
 
 namespace wsed::engine {
@@ -327,6 +328,11 @@ flags_result parse_flags(int argc, char** argv) {
                  "hex(HMAC-SHA256(key, hex(SHA-256(p))))");
   app.add_flag("--insecure-no-auth", c.insecure_no_auth,
                "WSE mode: no JWT; every connection is user \"anonymous\" (testing only)");
+  // Testing: hidden from --help (group ""), documented in docs/ARCHITECTURE.md.
+  app.add_option("--fault-inject", c.fault_inject,
+                 "Testing: inject faults under every shard, e.g. "
+                 "seed=1,short_send=0.1,enobufs=0.05,reset=0.01,sq_full=0.05,alloc=0.02")
+      ->group("");
 
   try {
     app.parse(argc, argv);
@@ -403,6 +409,8 @@ flags_result parse_flags(int argc, char** argv) {
   if (c.e2e && c.mode != server_mode::wse) return usage("--e2e needs --mode wse");
   if (!c.signing_key_file.empty() && c.mode != server_mode::wse)
     return usage("--signing-key-file needs --mode wse");
+  if (!c.fault_inject.empty() && !parse_fault_plan(c.fault_inject, &why))
+    return usage("--fault-inject: " + why);
   return result;
 }
 

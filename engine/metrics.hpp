@@ -12,6 +12,8 @@
 #include <span>
 #include <string>
 
+#include "engine/fault.hpp"
+
 namespace wsed::engine {
 
 enum class reject_reason : uint8_t {
@@ -161,6 +163,11 @@ struct shard_metrics {
   counter deflate_in_bytes;        // what they inflated to
   counter deflate_out_bytes;       // message bytes sent compressed (before compression)
   counter deflate_out_wire_bytes;  // what they compressed to (per-connection sends and twins)
+
+  // Leak accounting (back to zero once the shard is idle) and --fault-inject.
+  counter recv_buffers_lent;  // gauge: provided receive buffers in our hands (not yet recycled)
+  counter assembly_bytes;     // gauge: payload bytes of messages being reassembled
+  const fault_injector* faults = nullptr;  // with --fault-inject: its counts are rendered
 };
 
 // Renders every shard's counters plus a shard="total" series per family.

@@ -90,4 +90,21 @@ std::string provided_buffers::init(io_uring* ring, uint16_t group, uint32_t coun
   return {};
 }
 
+std::string provided_buffers::init_empty(io_uring* ring, uint16_t group) {
+  count_ = 1;
+  ring_bytes_ = sizeof(io_uring_buf);
+  void* ring_mem =
+      mmap(nullptr, ring_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (ring_mem == MAP_FAILED) return error_text("mmap buffer ring", errno);
+  ring_ = static_cast<io_uring_buf_ring*>(ring_mem);
+  io_uring_buf_ring_init(ring_);
+  io_uring_buf_reg reg{};
+  reg.ring_addr = reinterpret_cast<uint64_t>(ring_);
+  reg.ring_entries = 1;
+  reg.bgid = group;
+  int r = io_uring_register_buf_ring(ring, &reg, 0);
+  if (r < 0) return error_text("io_uring_register_buf_ring (needs Linux >= 5.19)", -r);
+  return {};
+}
+
 }  // namespace wsed::engine
