@@ -75,6 +75,10 @@ struct shard::byte_buffer {
   uint32_t capacity;
   uint8_t* data() { return reinterpret_cast<uint8_t*>(this + 1); }
 
+  // Whether appending n bytes (re)allocates.
+  static bool allocates(const byte_buffer* b, size_t n) {
+    return !b || b->capacity < size_t(b->size) + n + payload_padding_bytes;
+  }
   // False when the allocation failed (b is left as it was).
   static bool append(byte_buffer*& b, const void* bytes, size_t n) {
     size_t need = (b ? b->size : 0) + n + payload_padding_bytes;
@@ -1638,7 +1642,9 @@ io_uring_cqe* shard::inject_fault(const io_uring_cqe* real) {
 }
 
 bool shard::grow(connection& c, byte_buffer*& b, const void* bytes, size_t n) {
-  if (fault_ && !(c.flags & flag_admin) && fault_->fire(fault_kind::alloc)) return false;
+  if (fault_ && byte_buffer::allocates(b, n) && !(c.flags & flag_admin) &&
+      fault_->fire(fault_kind::alloc))
+    return false;
   return byte_buffer::append(b, bytes, n);
 }
 
