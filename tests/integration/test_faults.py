@@ -19,6 +19,7 @@ Only 127.0.0.1; every wait is bounded and every server started here is stopped (
 """
 
 import argparse
+import json
 import os
 import random
 import sys
@@ -34,7 +35,7 @@ limit = H.limit
 
 # The rates of the tests: high enough that every kind fires in a few seconds, low enough that a
 # client completes within a few attempts.
-RATES = "short_send=0.3,enobufs=0.2,reset=0.004,sq_full=0.2,alloc=0.01"
+RATES = "short_send=0.3,enobufs=0.2,reset=0.002,sq_full=0.2,alloc=0.005"
 KINDS = ("short_send", "enobufs", "reset", "sq_full", "alloc")
 # Leak gauges: back to their baseline once the clients left.
 GAUGES = ("wsed_connection_slots_used", "wsed_connections_open", "wsed_outbound_queued_bytes",
@@ -154,7 +155,7 @@ def client(port, seed, index, messages, attempts, report, errors):
         errors.append("client %d: %s" % (index, e))
 
 
-def storm(seed, rates=RATES, clients=24, messages=12, attempts=10, workers=2, extra=()):
+def storm(seed, rates=RATES, clients=40, messages=16, attempts=20, workers=2, extra=()):
     """One wsed with --fault-inject seed=SEED,RATES and `clients` concurrent clients; returns the
     report. Raises AssertionError on any broken guarantee."""
     admin = H.free_port()
@@ -196,6 +197,110 @@ def storm(seed, rates=RATES, clients=24, messages=12, attempts=10, workers=2, ex
     return report
 
 
+API_KEY = "fault-api-key-0123456789abcdef"
+
+
+def api_key_file():
+    import atexit
+    import tempfile
+    fd, path = tempfile.mkstemp(prefix="wsed-faults-", suffix=".key")
+    with os.fdopen(fd, "w") as f:
+        f.write(API_KEY + "\n")
+    atexit.register(os.unlink, path)
+    return path
+
+
+def pad_for(n):
+    """Publication n's padding: lengths from tiny to past --share-frames-from (4096: sent by
+    reference, or as a connection's direct frame)."""
+    return ("%06d" % n) * ((n * 7919) % 3000 // 6 + 1)
+
+
+def publication_stream(ws, count):
+    """The publications a subscriber got, checked: n = 0, 1, 2... each with its exact padding
+    (a prefix of what was published, never a gap, a duplicate or a changed byte)."""
+    ns = []
+    for kind, data in ws.messages():
+        assert kind == "text", (kind, data[:100])
+        doc = json.loads(data)
+        if doc.get("c") != "U":
+            continue   # server_ready, subscription_update
+        assert doc["pad"] == pad_for(doc["n"]), "publication %d altered" % doc["n"]
+        ns.append(doc["n"])
+    assert ns == list(range(len(ns))), "publications out of order or missing: %r..." % (ns[:20],)
+    assert len(ns) <= count
+    return len(ns)
+
+
+def pubsub_storm(seed, rates=RATES, subscribers=24, publications=300, workers=2):
+    """WSE mode: subscribers to one topic, publications through the publish API on the (fault-
+    free) admin port; every subscriber either got every publication in order, byte for byte, or
+    was closed with a documented answer after an exact prefix; then the gauges are back."""
+    admin = H.free_port()
+    env = {"WSED_JWT_SECRET": ""}
+    if SAN:
+        env.update(H.SANITIZER_ENV)
+    spec = "seed=%d,%s" % (seed, rates)
+    with H.running(BIN, "--mode", "wse", "--insecure-no-auth", "--workers", str(workers),
+                   "--ping-interval", "0", "--compression-threshold", "0",
+                   "--max-outbound-bytes", "64MiB", "--api-key-file", api_key_file(),
+                   "--fault-inject", spec, "--admin-listen", "127.0.0.1:%d" % admin,
+                   "--linger-timeout", "1s", env=env) as srv:
+        base, _ = gauges(admin)
+        subs, handshake_failures, api = [], 0, None
+        for _ in range(subscribers):
+            try:
+                subs.append(H.RawWS(srv.port, timeout=10, path="/wse?topics=news"))
+            except (AssertionError, OSError):
+                handshake_failures += 1
+        try:
+            subscribed = lambda s: s.eof or s.closed_by_server or any(b"subscription_update" in e[1] for e in s.messages())
+            for ws in subs:
+                assert ws.wait_for(subscribed, 10), "no subscription_update"
+            live = [ws for ws in subs if not (ws.eof or ws.closed_by_server)]
+            assert len(live) > subscribers // 2, "too few subscribers survived their start"
+            api = H.HttpConn(admin, timeout=30)
+            t0 = time.monotonic()
+            for start in range(0, publications, 20):
+                items = [{"topic": "news", "message": {"n": n, "pad": pad_for(n)}}
+                         for n in range(start, min(start + 20, publications))]
+                api.send(H.http_request_bytes("POST", "/api/publish", json.dumps(items).encode(),
+                                              [("Authorization", "Bearer " + API_KEY)]))
+                st, _, body = api.read_response(30)
+                assert st == 200, (st, body)
+            done = lambda s: s.eof or s.closed_by_server or sum(b'"c":"U"' in e[1] for e in s.messages()) >= publications
+            for ws in live:
+                ws.wait_for(done, 30)
+            report = {"subscribers": len(subs), "handshake_failures": handshake_failures,
+                      "complete": 0, "victims": 0, "codes": {}}
+            for ws in subs:
+                got = publication_stream(ws, publications)
+                assert not [e for e in ws.events if e[0] == "violation"], ws.events[-3:]
+                if got == publications and not (ws.eof or ws.closed_by_server):
+                    report["complete"] += 1
+                    continue
+                assert ws.eof or ws.closed_by_server, "stream stopped at %d with the connection open" % got
+                code = ws.close_code()
+                assert code in DOCUMENTED_CLOSE, "subscriber closed with %r" % (code,)
+                report["victims"] += 1
+                report["codes"][code] = report["codes"].get(code, 0) + 1
+            report["seconds"] = round(time.monotonic() - t0, 1)
+        finally:
+            for ws in subs:
+                ws.abort()
+            if api:
+                api.close()   # a kept-alive admin connection holds its slot too
+        deadline = time.monotonic() + 20
+        while True:
+            now, m = gauges(admin)
+            if now == base or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert now == base, "seed %d: leak gauges not back to baseline: before %r after %r" % (seed, base, now)
+        report["faults"] = {k: int(shard_sum(m, "wsed_faults_injected_total", kind=k)) for k in KINDS}
+        return report
+
+
 def check_every_kind(report, seed):
     for k in KINDS:
         assert report["faults"][k] > 0, "seed %d: no %s fault injected: %r" % (seed, k, report)
@@ -213,6 +318,17 @@ def test_faults_fixed_seeds_every_kind_no_leak():
         print("seed %d: %r" % (seed, report), flush=True)
         check_every_kind(report, seed)
         assert report["victim"] > 0, "seed %d: no connection was hit: %r" % (seed, report)
+
+
+@limit(120)
+def test_faults_pubsub_streams_exact_or_closed():
+    # Short sends cut direct frames and by-reference frames mid-way; resets close subscribers.
+    for seed in (4, 5):
+        report = pubsub_storm(seed, rates="short_send=0.3,enobufs=0.2,reset=0.01,sq_full=0.2,alloc=0.01",
+                              publications=600)
+        print("seed %d: %r" % (seed, report), flush=True)
+        assert report["faults"]["short_send"] > 10, report
+        assert report["complete"] > 0, report
 
 
 @limit(90)
