@@ -13,7 +13,8 @@ injection"). What must hold, whatever the faults:
   * every kind of fault was really injected (the test cannot pass without faults).
 The admin listener stays fault-free: /metrics is read there.
 
-Run with tests/integration/run_tests.py -k faults (under /usr/bin/python3). Also a script:
+Echo over TLS too (short sends cut ciphertext). Run with tests/integration/run_tests.py -k faults
+(under /usr/bin/python3). Also a script:
 `test_faults.py --wsed BIN --seconds N` runs seed after seed (tools/fault_soak.sh).
 Only 127.0.0.1; every wait is bounded and every server started here is stopped (by PID).
 """
@@ -301,6 +302,86 @@ def pubsub_storm(seed, rates=RATES, subscribers=24, publications=300, workers=2)
         return report
 
 
+def tls_attempt(port, ctx, msgs):
+    """One_attempt over TLS (test_tls.TLSWS: blocking, one message at a time)."""
+    import test_tls as T
+    try:
+        ws = T.TLSWS(port, ctx, timeout=10)
+    except (AssertionError, OSError):
+        return "victim", None
+    try:
+        for i, (opcode, payload, frames) in enumerate(msgs):
+            cuts = sorted(set([0, len(payload)] + [len(payload) * k // frames for k in range(1, frames)]))
+            try:
+                for j in range(len(cuts) - 1):
+                    ws.sock.sendall(H.frame(opcode if j == 0 else OP_CONT, payload[cuts[j]:cuts[j + 1]],
+                                            fin=j == len(cuts) - 2))
+            except OSError:
+                pass   # reset: what came back says how
+            m = ws.next_message(20)
+            while m is not None and m[0] in ("ping", "pong"):
+                m = ws.next_message(20)
+            assert m is not None, "message %d: no echo and no close within 20 s" % i
+            if m[0] in ("close", "eof"):
+                code = m[1] if m[0] == "close" else None
+                assert code in DOCUMENTED_CLOSE, "TLS victim closed with %r" % (code,)
+                return "victim", code
+            want = "text" if opcode == OP_TEXT else "binary"
+            assert m == (want, payload), "message %d echoed wrong over TLS (%s, %d bytes)" % (i, m[0], len(m[1]))
+        ws.send_frame(H.OP_CLOSE, H.close_payload(1000))
+        return "completed", None
+    finally:
+        ws.close()
+
+
+def tls_storm(seed, rates=RATES, clients=12, messages=8, attempts=20):
+    """storm() over TLS: short sends cut ciphertext records, resets hit the TLS path."""
+    import test_tls as T
+    c = T.certs()
+    admin = H.free_port()
+    env = dict(H.SANITIZER_ENV) if SAN else None
+    report = {"completed": 0, "victim": 0, "codes": {}}
+    lock, errors = threading.Lock(), []
+
+    def run(index):
+        msgs = messages_for(random.Random(seed * 100003 + index), messages)
+        ctx = T.client_ctx()
+        try:
+            for _ in range(attempts):
+                outcome, code = tls_attempt(srv.port, ctx, msgs)
+                with lock:
+                    report[outcome] += 1
+                    if outcome == "victim":
+                        report["codes"][code] = report["codes"].get(code, 0) + 1
+                if outcome == "completed":
+                    return
+            errors.append("TLS client %d: no attempt of %d completed" % (index, attempts))
+        except Exception as e:
+            errors.append("TLS client %d: %s" % (index, e))
+
+    with H.running(BIN, "--mode", "echo", "--workers", "2", "--tls-cert-file", c["server"],
+                   "--tls-key-file", c["server_key"], "--fault-inject", "seed=%d,%s" % (seed, rates),
+                   "--admin-listen", "127.0.0.1:%d" % admin, "--linger-timeout", "1s", env=env) as srv:
+        base, _ = gauges(admin)
+        threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=200)
+        assert not any(t.is_alive() for t in threads), "TLS clients still running"
+        assert not errors, "seed %d: %s" % (seed, "; ".join(errors[:5]))
+        deadline = time.monotonic() + 20
+        while True:
+            now, m = gauges(admin)
+            if now == base or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert now == base, "seed %d: leak gauges not back to baseline: before %r after %r" % (seed, base, now)
+        assert shard_sum(m, "wsed_tls_connections") == 0
+        report["faults"] = {k: int(shard_sum(m, "wsed_faults_injected_total", kind=k)) for k in KINDS}
+    return report
+
+
 def check_every_kind(report, seed):
     for k in KINDS:
         assert report["faults"][k] > 0, "seed %d: no %s fault injected: %r" % (seed, k, report)
@@ -329,6 +410,14 @@ def test_faults_pubsub_streams_exact_or_closed():
         print("seed %d: %r" % (seed, report), flush=True)
         assert report["faults"]["short_send"] > 10, report
         assert report["complete"] > 0, report
+
+
+@limit(120)
+def test_faults_tls_echo_exact_or_closed():
+    report = tls_storm(31, rates="short_send=0.3,enobufs=0.2,reset=0.005,sq_full=0.2,alloc=0.005")
+    print(report, flush=True)
+    assert report["faults"]["short_send"] > 10, report
+    assert report["completed"] == 12, report
 
 
 @limit(90)
@@ -388,20 +477,32 @@ def main():
     BIN = os.path.abspath(args.wsed)
     deadline = time.monotonic() + args.seconds
     seed, failed, runs = args.first_seed, 0, 0
+    totals = {k: 0 for k in KINDS}
     while time.monotonic() < deadline:
         try:
             r = storm(seed, rates=args.rates, clients=args.clients, messages=args.messages, attempts=20)
-            check_every_kind(r, seed)
-            print("seed %d ok %.1fs: completed %d victims %d (handshake %d, codes %r) faults %r" % (
-                seed, r["seconds"], r["completed"], r["victim"], r["handshake_failures"], r["codes"],
-                r["faults"]), flush=True)
+            p = pubsub_storm(seed, rates=args.rates, subscribers=args.clients, publications=args.messages * 30)
+            t = tls_storm(seed, rates=args.rates, clients=max(1, args.clients // 4), messages=args.messages // 2)
+            for k in KINDS:
+                totals[k] += r["faults"][k] + p["faults"][k] + t["faults"][k]
+            print("seed %d ok %.1fs: echo: completed %d, victims %d (handshake %d, codes %r); "
+                  "pubsub: complete %d, victims %d (handshake %d, codes %r); tls: completed %d, victims %d "
+                  "(codes %r); faults %r" % (
+                      seed, r["seconds"] + p["seconds"], r["completed"], r["victim"], r["handshake_failures"],
+                      r["codes"], p["complete"], p["victims"], p["handshake_failures"], p["codes"],
+                      t["completed"], t["victim"], t["codes"],
+                      {k: r["faults"][k] + p["faults"][k] + t["faults"][k] for k in KINDS}), flush=True)
         except AssertionError as e:
             failed += 1
             print("seed %d FAILED: %s" % (seed, str(e)[:2000]), flush=True)
         runs += 1
         seed += 1
+    print("faults injected in all: %r" % totals)
+    missing = [k for k in KINDS if totals[k] == 0]
+    if missing:
+        print("no fault of kind %s was injected: raise the rates" % ", ".join(missing))
     print("%d seeds, %d failed" % (runs, failed))
-    return 1 if failed else 0
+    return 1 if failed or missing else 0
 
 
 if __name__ == "__main__":
