@@ -492,9 +492,9 @@ def main():
                       r["codes"], p["complete"], p["victims"], p["handshake_failures"], p["codes"],
                       t["completed"], t["victim"], t["codes"],
                       {k: r["faults"][k] + p["faults"][k] + t["faults"][k] for k in KINDS}), flush=True)
-        except AssertionError as e:
+        except Exception as e:   # a broken guarantee, or a server that did not start
             failed += 1
-            print("seed %d FAILED: %s" % (seed, str(e)[:2000]), flush=True)
+            print("seed %d FAILED: %s: %s" % (seed, type(e).__name__, str(e)[:2000]), flush=True)
         runs += 1
         seed += 1
     print("faults injected in all: %r" % totals)
