@@ -65,20 +65,8 @@ std::string provided_buffers::init(io_uring* ring, uint16_t group, uint32_t coun
                                    uint32_t tail_spare) {
   if (count == 0 || (count & (count - 1)) != 0 || count > 32768)
     return "provided buffers: the count must be a power of two <= 32768";
-  count_ = count;
   bytes_ = bytes;
-  ring_bytes_ = sizeof(io_uring_buf) * count;
-  void* ring_mem =
-      mmap(nullptr, ring_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (ring_mem == MAP_FAILED) return error_text("mmap buffer ring", errno);
-  ring_ = static_cast<io_uring_buf_ring*>(ring_mem);
-  io_uring_buf_ring_init(ring_);
-  io_uring_buf_reg reg{};
-  reg.ring_addr = reinterpret_cast<uint64_t>(ring_);
-  reg.ring_entries = count;
-  reg.bgid = group;
-  int r = io_uring_register_buf_ring(ring, &reg, 0);
-  if (r < 0) return error_text("io_uring_register_buf_ring (needs Linux >= 5.19)", -r);
+  if (std::string err = register_ring(ring, group, count); !err.empty()) return err;
   stride_ = uint32_t((size_t(bytes) + tail_spare + 63) & ~size_t(63));
   area_bytes_ = size_t(stride_) * count;
   void* area =
@@ -91,8 +79,12 @@ std::string provided_buffers::init(io_uring* ring, uint16_t group, uint32_t coun
 }
 
 std::string provided_buffers::init_empty(io_uring* ring, uint16_t group) {
-  count_ = 1;
-  ring_bytes_ = sizeof(io_uring_buf);
+  return register_ring(ring, group, 1);
+}
+
+std::string provided_buffers::register_ring(io_uring* ring, uint16_t group, uint32_t count) {
+  count_ = count;
+  ring_bytes_ = sizeof(io_uring_buf) * count;
   void* ring_mem =
       mmap(nullptr, ring_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (ring_mem == MAP_FAILED) return error_text("mmap buffer ring", errno);
@@ -100,7 +92,7 @@ std::string provided_buffers::init_empty(io_uring* ring, uint16_t group) {
   io_uring_buf_ring_init(ring_);
   io_uring_buf_reg reg{};
   reg.ring_addr = reinterpret_cast<uint64_t>(ring_);
-  reg.ring_entries = 1;
+  reg.ring_entries = count;
   reg.bgid = group;
   int r = io_uring_register_buf_ring(ring, &reg, 0);
   if (r < 0) return error_text("io_uring_register_buf_ring (needs Linux >= 5.19)", -r);

@@ -95,6 +95,9 @@ class provided_buffers {
   }
 
  private:
+  // The buffer ring itself (count entries, none added yet), registered as group.
+  std::string register_ring(io_uring* ring, uint16_t group, uint32_t count);
+
   io_uring_buf_ring* ring_ = nullptr;
   uint8_t* base_ = nullptr;
   size_t ring_bytes_ = 0;

@@ -58,6 +58,19 @@ def gauges(admin):
     return {g: shard_sum(m, g) for g in GAUGES}, m
 
 
+def back_to_baseline(admin, base, seed):
+    """Waits (20 s at most: closing connections linger <= 1 s) until every leak gauge is back to
+    its value in base exactly; returns the last /metrics."""
+    deadline = time.monotonic() + 20
+    while True:
+        now, m = gauges(admin)
+        if now == base or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert now == base, "seed %d: leak gauges not back to baseline: before %r after %r" % (seed, base, now)
+    return m
+
+
 def messages_for(rng, count):
     """(opcode, payload, frame count) for one client: small texts, fragmented texts (code points
     split across frames), large binaries (many receives, reassembled)."""
@@ -180,13 +193,7 @@ def storm(seed, rates=RATES, clients=40, messages=16, attempts=20, workers=2, ex
         assert not errors, "seed %d: %s" % (seed, "; ".join(errors[:5]))
         assert report["clients_done"] == clients, report
         # Idle again: every gauge back to its baseline (closing connections linger <= 1 s).
-        deadline = time.monotonic() + 20
-        while True:
-            now, m = gauges(admin)
-            if now == base or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        assert now == base, "seed %d: leak gauges not back to baseline: before %r after %r" % (seed, base, now)
+        m = back_to_baseline(admin, base, seed)
         report["faults"] = {k: int(shard_sum(m, "wsed_faults_injected_total", kind=k)) for k in KINDS}
         report["closed_1011"] = int(shard_sum(m, "wsed_connections_closed_total", reason="internal_error"))
         report["recv_rearms"] = int(shard_sum(m, "wsed_recv_rearms_total"))
@@ -291,13 +298,7 @@ def pubsub_storm(seed, rates=RATES, subscribers=24, publications=300, workers=2)
                 ws.abort()
             if api:
                 api.close()   # a kept-alive admin connection holds its slot too
-        deadline = time.monotonic() + 20
-        while True:
-            now, m = gauges(admin)
-            if now == base or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        assert now == base, "seed %d: leak gauges not back to baseline: before %r after %r" % (seed, base, now)
+        m = back_to_baseline(admin, base, seed)
         report["faults"] = {k: int(shard_sum(m, "wsed_faults_injected_total", kind=k)) for k in KINDS}
         return report
 
@@ -370,13 +371,7 @@ def tls_storm(seed, rates=RATES, clients=12, messages=8, attempts=20):
             t.join(timeout=200)
         assert not any(t.is_alive() for t in threads), "TLS clients still running"
         assert not errors, "seed %d: %s" % (seed, "; ".join(errors[:5]))
-        deadline = time.monotonic() + 20
-        while True:
-            now, m = gauges(admin)
-            if now == base or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        assert now == base, "seed %d: leak gauges not back to baseline: before %r after %r" % (seed, base, now)
+        m = back_to_baseline(admin, base, seed)
         assert shard_sum(m, "wsed_tls_connections") == 0
         report["faults"] = {k: int(shard_sum(m, "wsed_faults_injected_total", kind=k)) for k in KINDS}
     return report
@@ -394,7 +389,7 @@ def check_every_kind(report, seed):
 
 @limit(150)
 def test_faults_fixed_seeds_every_kind_no_leak():
-    for seed in (1, 2, 3):
+    for seed in (1, 2, 3, 4, 5):
         report = storm(seed)
         print("seed %d: %r" % (seed, report), flush=True)
         check_every_kind(report, seed)
