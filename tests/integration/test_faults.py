@@ -1,5 +1,7 @@
 """Fault injection under the shard (issue 13): the real wsed with --fault-inject (fixed seeds) and
-many real raw-socket clients echoing small, fragmented and large messages.
+many real clients: raw-socket clients echoing small, fragmented and large messages, pub/sub
+subscribers fed through the publish API (publications one by one and in batches, small and past
+--share-frames-from), and TLS clients echoing (short sends then cut ciphertext records).
 
 Short sends, -ENOBUFS, -ECONNRESET, a full submission queue and failing reassembly allocations
 are injected on the main port's connections (engine/fault.hpp, docs/ARCHITECTURE.md "Fault
@@ -13,8 +15,7 @@ injection"). What must hold, whatever the faults:
   * every kind of fault was really injected (the test cannot pass without faults).
 The admin listener stays fault-free: /metrics is read there.
 
-Echo over TLS too (short sends cut ciphertext). Run with tests/integration/run_tests.py -k faults
-(under /usr/bin/python3). Also a script:
+Run with tests/integration/run_tests.py -k faults (under /usr/bin/python3). Also a script:
 `test_faults.py --wsed BIN --seconds N` runs seed after seed (tools/fault_soak.sh).
 Only 127.0.0.1; every wait is bounded and every server started here is stopped (by PID).
 """
