@@ -21,12 +21,13 @@ while [ "$1" != --end-of-args ]; do
     --minutes) minutes=$2; shift 2 ;;
     --sanitizers) export WSED_SANITIZERS=1; shift ;;
     --first-seed|--clients|--messages|--rates) extra="$extra $1 $2"; shift 2 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
     *) echo "fault_soak.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 [ -x "$wsed" ] || { echo "fault_soak.sh: no wsed binary at $wsed (build it first)" >&2; exit 2; }
+wsed=$(realpath "$wsed")
 seconds=$(awk "BEGIN { print $minutes * 60 }")
 cd tests/integration
 # shellcheck disable=SC2086
-exec /usr/bin/python3 test_faults.py --wsed "$OLDPWD/$wsed" --seconds "$seconds" $extra
+exec /usr/bin/python3 test_faults.py --wsed "$wsed" --seconds "$seconds" $extra
