@@ -21,7 +21,7 @@ while [ "$1" != --end-of-args ]; do
     --minutes) minutes=$2; shift 2 ;;
     --sanitizers) export WSED_SANITIZERS=1; shift ;;
     --first-seed|--clients|--messages|--rates) extra="$extra $1 $2"; shift 2 ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) echo "fault_soak.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
