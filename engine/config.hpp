@@ -127,6 +127,10 @@ struct server_config {
   // Message signing: "sig" on publications and per-connection sends; the key (at least 32
   // bytes) is loaded by main, again on SIGHUP. Empty: unsigned.
   std::string signing_key_file;
+
+  // Testing (engine/fault.hpp): "seed=N,short_send=P,..." injects faults under every shard.
+  // Empty: off.
+  std::string fault_inject;
 };
 
 }  // namespace wsed::engine

@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "auth/keys.hpp"
+#include "engine/fault.hpp"
 #include "proto/http.hpp"
 
 namespace wsed::engine {
@@ -247,6 +248,11 @@ void build_table(table& t) {
   };
   flag(t, "--insecure-no-auth", c.insecure_no_auth,
        "WSE mode: no JWT; every connection is user \"anonymous\" (testing only)");
+  // Testing: hidden from --help (group ""), documented in docs/ARCHITECTURE.md.
+  value(t, "--fault-inject", c.fault_inject,
+        "Testing: inject faults under every shard, e.g. "
+        "seed=1,short_send=0.1,enobufs=0.05,reset=0.01,sq_full=0.05,alloc=0.02")
+      ->group("");
 
   t.group = "WSE";
   choice(t, "--inbound", t.inbound, {"drop", "log", "echo", "redis"},
@@ -622,6 +628,8 @@ void resolve(table& t, const config_input& in, flags_result& result,
   if (in.resolve_redis && !c.redis_cluster.empty() &&
       !redis::parse_cluster(c.redis_cluster, result.redis_cluster, why))
     problem("--redis-cluster: " + why);
+  if (!c.fault_inject.empty() && !parse_fault_plan(c.fault_inject, &why))
+    problem("--fault-inject: " + why);
   if (c.redis_prefix.empty() || c.redis_prefix.size() > 200)
     problem("--redis-prefix: 1 to 200 bytes");
   if (c.tls_cert_file.empty() != c.tls_key_file.empty())

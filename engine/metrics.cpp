@@ -325,6 +325,18 @@ std::string render_prometheus(std::span<const shard_metrics* const> shards) {
                    "observation per connection.",
                    &shard_metrics::delivery_latency);
   process_families(out);
+  family(out, shards, "wsed_recv_buffers_lent", "gauge",
+         "Provided receive buffers handed to the shard by the kernel and not recycled yet.",
+         [](const shard_metrics& m) { return m.recv_buffers_lent.get(); });
+  family(out, shards, "wsed_reassembly_bytes", "gauge",
+         "Payload bytes held for messages arriving in several frames or receives.",
+         [](const shard_metrics& m) { return m.assembly_bytes.get(); });
+  for (size_t k = 0; k < size_t(fault_kind::count_); ++k)
+    family(
+        out, shards, "wsed_faults_injected_total", "counter",
+        "Faults injected by --fault-inject (testing), by kind.",
+        [k](const shard_metrics& m) { return m.faults ? m.faults->injected(fault_kind(k)) : 0; },
+        "kind", name_of(fault_kind(k)), k == 0);
   return out;
 }
 

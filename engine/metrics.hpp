@@ -14,6 +14,8 @@
 #include <span>
 #include <string>
 
+#include "engine/fault.hpp"
+
 namespace wsed::engine {
 
 enum class reject_reason : uint8_t {
@@ -201,6 +203,11 @@ struct shard_metrics {
   histogram handshake_duration;    // accept (or a kept-alive answer) -> the 101 queued
   histogram fanout_pass_duration;  // one publication's delivery pass over the shard's recipients
   histogram delivery_latency;      // hub accepted the publication -> queued to the connection
+
+  // Leak accounting (back to zero once the shard is idle) and --fault-inject.
+  counter recv_buffers_lent;  // gauge: provided receive buffers in our hands (not yet recycled)
+  counter assembly_bytes;     // gauge: payload bytes of messages being reassembled
+  const fault_injector* faults = nullptr;  // with --fault-inject: its counts are rendered
 };
 
 // Renders every shard's counters and histograms (a `shard="i"` series each), then the process

@@ -65,8 +65,25 @@ std::string provided_buffers::init(io_uring* ring, uint16_t group, uint32_t coun
                                    uint32_t tail_spare) {
   if (count == 0 || (count & (count - 1)) != 0 || count > 32768)
     return "provided buffers: the count must be a power of two <= 32768";
-  count_ = count;
   bytes_ = bytes;
+  if (std::string err = register_ring(ring, group, count); !err.empty()) return err;
+  stride_ = uint32_t((size_t(bytes) + tail_spare + 63) & ~size_t(63));
+  area_bytes_ = size_t(stride_) * count;
+  void* area =
+      mmap(nullptr, area_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (area == MAP_FAILED) return error_text("mmap receive buffers", errno);
+  base_ = static_cast<uint8_t*>(area);
+  for (uint32_t i = 0; i < count; ++i) add(uint16_t(i), i);
+  commit(count);
+  return {};
+}
+
+std::string provided_buffers::init_empty(io_uring* ring, uint16_t group) {
+  return register_ring(ring, group, 1);
+}
+
+std::string provided_buffers::register_ring(io_uring* ring, uint16_t group, uint32_t count) {
+  count_ = count;
   ring_bytes_ = sizeof(io_uring_buf) * count;
   void* ring_mem =
       mmap(nullptr, ring_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -79,14 +96,6 @@ std::string provided_buffers::init(io_uring* ring, uint16_t group, uint32_t coun
   reg.bgid = group;
   int r = io_uring_register_buf_ring(ring, &reg, 0);
   if (r < 0) return error_text("io_uring_register_buf_ring (needs Linux >= 5.19)", -r);
-  stride_ = uint32_t((size_t(bytes) + tail_spare + 63) & ~size_t(63));
-  area_bytes_ = size_t(stride_) * count;
-  void* area =
-      mmap(nullptr, area_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (area == MAP_FAILED) return error_text("mmap receive buffers", errno);
-  base_ = static_cast<uint8_t*>(area);
-  for (uint32_t i = 0; i < count; ++i) add(uint16_t(i), i);
-  commit(count);
   return {};
 }
 

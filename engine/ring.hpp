@@ -14,6 +14,8 @@
 #include <cstdint>
 #include <string>
 
+#include "engine/fault.hpp"
+
 namespace wsed::engine {
 
 // user_data = op (8 bits) | generation (24 bits) | index (32 bits). The generation lets a loop
@@ -45,10 +47,13 @@ class uring {
   // Tears the ring down now (the kernel then reads no iovec and writes no buffer of ours).
   void exit();
   io_uring* get() { return &ring_; }
+  void set_fault(fault_injector* f) { fault_ = f; }
 
-  // An SQE; when the submission queue is full, what is queued is submitted first.
+  // An SQE; when the submission queue is full, what is queued is submitted first. With a fault
+  // injector, the queue is sometimes reported full when it is not (fault_kind::sq_full).
   io_uring_sqe* sqe() {
-    io_uring_sqe* s = io_uring_get_sqe(&ring_);
+    io_uring_sqe* s =
+        fault_ && fault_->fire(fault_kind::sq_full) ? nullptr : io_uring_get_sqe(&ring_);
     if (!s) {
       io_uring_submit(&ring_);
       s = io_uring_get_sqe(&ring_);
@@ -59,6 +64,7 @@ class uring {
  private:
   io_uring ring_{};
   bool ready_ = false;
+  fault_injector* fault_ = nullptr;  // --fault-inject: not owned
 };
 
 // A ring of `count` provided buffers of `bytes` each (one buffer group), each followed by at
@@ -73,6 +79,9 @@ class provided_buffers {
   // count: a power of two <= 32768.
   std::string init(io_uring* ring, uint16_t group, uint32_t count, uint32_t bytes,
                    uint32_t tail_spare);
+  // A buffer group that never holds a buffer: a recv armed on it really completes -ENOBUFS
+  // (fault injection: a provided-buffer ring run dry).
+  std::string init_empty(io_uring* ring, uint16_t group);
   uint8_t* at(uint16_t bid) const { return base_ + size_t(bid) * stride_; }
   uint32_t buffer_bytes() const { return bytes_; }
   // Gives a buffer back to the kernel: add() then, once for a batch, commit(n).
@@ -86,6 +95,9 @@ class provided_buffers {
   }
 
  private:
+  // The buffer ring itself (count entries, none added yet), registered as group.
+  std::string register_ring(io_uring* ring, uint16_t group, uint32_t count);
+
   io_uring_buf_ring* ring_ = nullptr;
   uint8_t* base_ = nullptr;
   size_t ring_bytes_ = 0;

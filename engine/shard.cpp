@@ -38,6 +38,7 @@ using limits::ring_entries;
 using limits::slot_reserve;
 using limits::tick_ms;
 constexpr uint16_t buffer_group = 0;
+constexpr uint16_t empty_buffer_group = 1;  // --fault-inject: never holds a buffer (-ENOBUFS)
 // After every receive buffer (in-place JSON parsing: see app_handler::on_message).
 constexpr size_t buffer_tail_spare = shard::payload_padding_bytes;
 
@@ -76,20 +77,26 @@ struct shard::byte_buffer {
   uint32_t capacity;
   uint8_t* data() { return reinterpret_cast<uint8_t*>(this + 1); }
 
-  static void append(byte_buffer*& b, const void* bytes, size_t n) {
+  // Whether appending n bytes (re)allocates.
+  static bool allocates(const byte_buffer* b, size_t n) {
+    return !b || b->capacity < size_t(b->size) + n + payload_padding_bytes;
+  }
+  // False when the allocation failed (b is left as it was).
+  static bool append(byte_buffer*& b, const void* bytes, size_t n) {
     size_t need = (b ? b->size : 0) + n + payload_padding_bytes;
     ENGINE_ASSERT(need <= UINT32_MAX);
     if (!b || b->capacity < need) {
       size_t cap = std::max<size_t>(need, b ? size_t(b->capacity) * 2 : 256);
       cap = std::min<size_t>(cap, UINT32_MAX);
       auto* nb = static_cast<byte_buffer*>(std::realloc(b, sizeof(byte_buffer) + cap));
-      if (!nb) throw std::bad_alloc();
+      if (!nb) return false;
       if (!b) nb->size = 0;
       nb->capacity = uint32_t(cap);
       b = nb;
     }
     std::memcpy(b->data() + b->size, bytes, n);
     b->size += uint32_t(n);
+    return true;
   }
   static void release(byte_buffer*& b) {
     std::free(b);
@@ -129,6 +136,14 @@ shard::shard(uint32_t index, server_shared& shared, app_handler& app)
       std::min<uint64_t>(limits::backlog_send_bytes_min, cfg_.outbound_bytes_max / 2);
   tick_.tv_sec = 0;
   tick_.tv_nsec = long(tick_ms) * 1000000;
+  if (!cfg_.fault_inject.empty()) {
+    std::string why;
+    std::optional<fault_plan> plan = parse_fault_plan(cfg_.fault_inject, &why);
+    if (!plan) throw std::runtime_error("--fault-inject: " + why);
+    fault_ = std::make_unique<fault_injector>(*plan, index);
+    fault_cqe_ = std::make_unique<io_uring_cqe>();
+    metrics_.faults = fault_.get();
+  }
 }
 
 shard::~shard() {
@@ -166,6 +181,11 @@ void shard::setup(uint16_t port, uint16_t admin_port) {
   // The ring: SINGLE_ISSUER | DEFER_TASKRUN where the kernel has them.
   std::string err = ring_.init(ring_entries, cq_entries, &notes_);
   if (!err.empty()) throw std::runtime_error(err);
+  if (fault_) {
+    ring_.set_fault(fault_.get());
+    err = empty_bufs_.init_empty(ring_.get(), empty_buffer_group);
+    if (!err.empty()) throw std::runtime_error(err);
+  }
 
   // Direct descriptors: one table entry per slot, capped by RLIMIT_NOFILE (the kernel's cap).
   rlimit rl{};
@@ -281,7 +301,7 @@ void shard::run() {
     unsigned seen = 0;
     io_uring_cqe* cqe;
     io_uring_for_each_cqe(ring_.get(), head, cqe) {
-      dispatch(cqe);
+      dispatch(fault_ ? inject_fault(cqe) : cqe);
       ++seen;
     }
     io_uring_cq_advance(ring_.get(), seen);
@@ -306,6 +326,7 @@ void shard::dispatch(io_uring_cqe* cqe) {
   op o = op(user_data::op(ud));
   uint32_t gen = user_data::generation(ud);
   uint32_t slot = user_data::index(ud);
+  if (cqe->flags & IORING_CQE_F_BUFFER) metrics_.recv_buffers_lent.add();
   switch (o) {
     case op::accept:
       on_accept(cqe, false);
@@ -487,9 +508,15 @@ void shard::on_recv(connection& c, uint32_t slot, io_uring_cqe* cqe) {
     }
     return;
   }
+  // An error with a buffer: bytes that arrived, then a fault injected in their place.
+  if (cqe->flags & IORING_CQE_F_BUFFER)
+    recycle_buffer(uint16_t(cqe->flags >> IORING_CQE_BUFFER_SHIFT));
   if (res == -ENOBUFS) {
     metrics_.recv_rearms.add();
-    if (!(c.ops & recv_armed) && c.state != conn_state::finishing) arm_recv(c, slot);
+    if (c.state == conn_state::finishing)
+      maybe_free(c, slot);  // the recv may have been the last op
+    else if (!(c.ops & recv_armed))
+      arm_recv(c, slot);
     return;
   }
   if (res == -ECANCELED) {
@@ -601,7 +628,10 @@ void shard::on_tls_bytes(connection& c, uint32_t slot, std::span<uint8_t> data) 
 void shard::on_handshake_bytes(connection& c, uint32_t slot, std::span<uint8_t> data) {
   if (c.flags & flag_deferred) return;  // waiting for its answer: input is dropped
   size_t before = c.carry ? c.carry->size : 0;
-  byte_buffer::append(c.carry, data.data(), data.size());
+  if (!grow(c, c.carry, data.data(), data.size())) {
+    finish(c, slot);  // out of memory: the socket is closed unanswered
+    return;
+  }
   // Bytes before `before` were searched already, unless they held a complete head whose body
   // was still arriving: then search from the start (cheap: only the head zone is searched).
   // (Only the head zone is looked at: a head ends within --max-header-bytes, and a 1 MiB body
@@ -798,7 +828,8 @@ uint64_t shard::handshake_ns(const connection& c) const {
 void shard::on_ws_bytes(connection& c, uint32_t slot, std::span<uint8_t> data) {
   if (c.carry) {
     // A frame header or control frame was split: continue from the kept bytes.
-    byte_buffer::append(c.carry, data.data(), data.size());
+    if (!grow(c, c.carry, data.data(), data.size()))
+      return begin_close(c, slot, close_reason::internal_error, close_codes::internal_error);
     byte_buffer* b = c.carry;
     std::span<uint8_t> all(b->data(), b->size);
     size_t used = parse_frames(c, slot, all);
@@ -814,7 +845,8 @@ void shard::on_ws_bytes(connection& c, uint32_t slot, std::span<uint8_t> data) {
   size_t used = parse_frames(c, slot, data);
   if (used < data.size() && c.state == conn_state::open) {
     ENGINE_ASSERT(data.size() - used <= proto::ws_carry_bytes_max);
-    byte_buffer::append(c.carry, data.data() + used, data.size() - used);
+    if (!grow(c, c.carry, data.data() + used, data.size() - used))
+      begin_close(c, slot, close_reason::internal_error, close_codes::internal_error);
   }
 }
 
@@ -877,12 +909,18 @@ bool shard::on_data_event(connection& c, uint32_t slot, const proto::ws_event& e
       begin_close(c, slot, close_reason::unfinished_budget, close_codes::try_again_later);
       return false;
     }
-    byte_buffer::append(c.assembly, ev.payload.data(), ev.payload.size());
+    if (!grow(c, c.assembly, ev.payload.data(), ev.payload.size())) {
+      shared_.unfinished_bytes.fetch_sub(ev.payload.size(), std::memory_order_relaxed);
+      begin_close(c, slot, close_reason::internal_error, close_codes::internal_error);
+      return false;
+    }
+    metrics_.assembly_bytes.add(ev.payload.size());
   }
   if (!ev.message_end) return true;
   byte_buffer* msg = c.assembly;
   c.assembly = nullptr;
   shared_.unfinished_bytes.fetch_sub(msg->size, std::memory_order_relaxed);
+  metrics_.assembly_bytes.sub(msg->size);
   std::span<const uint8_t> whole(msg->data(), msg->size);
   if (ev.compressed) {
     bool open = on_compressed_message(c, slot, ev.message_opcode, whole);
@@ -1146,13 +1184,16 @@ void shard::flush_one(connection& c, uint32_t slot) {
   } else if (c.direct || (c.out && !c.out->empty())) {
     io_uring_sqe* sqe = get_sqe();
     if (c.direct) {
-      io_uring_prep_send(sqe, c.file_index, c.direct->wire().data(), c.direct->wire_bytes,
-                         MSG_NOSIGNAL);
+      io_uring_prep_send(sqe, c.file_index, c.direct->wire().data(),
+                         send_bytes(c.direct->wire_bytes), MSG_NOSIGNAL);
     } else {
       const iovec* iov;
       size_t bytes;
-      if (c.out->prepare_send(&iov, &bytes) == 1)
-        io_uring_prep_send(sqe, c.file_index, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL);
+      int n = c.out->prepare_send(&iov, &bytes);
+      size_t cut = send_bytes(bytes);  // < bytes: a short send (injected), of the first iovec
+      if (n == 1 || cut < bytes)
+        io_uring_prep_send(sqe, c.file_index, iov[0].iov_base, std::min(cut, iov[0].iov_len),
+                           MSG_NOSIGNAL);
       else
         io_uring_prep_sendmsg(sqe, c.file_index, c.out->msg(), MSG_NOSIGNAL);
     }
@@ -1218,7 +1259,8 @@ bool shard::flush_tls(connection& c, uint32_t slot, tls_state& t) {
     if (t.out.size == 0) return false;
   }
   io_uring_sqe* sqe = get_sqe();
-  io_uring_prep_send(sqe, c.file_index, t.out.data.get() + t.out_sent, t.unsent(), MSG_NOSIGNAL);
+  io_uring_prep_send(sqe, c.file_index, t.out.data.get() + t.out_sent, send_bytes(t.unsent()),
+                     MSG_NOSIGNAL);
   sqe->flags |= IOSQE_FIXED_FILE;
   io_uring_sqe_set_data64(sqe, pack(op::send, c.generation, slot));
   c.ops |= send_pending;
@@ -1316,6 +1358,7 @@ void shard::begin_close(connection& c, uint32_t slot, close_reason why, uint16_t
   c.state = conn_state::closing;
   if (c.assembly) {
     shared_.unfinished_bytes.fetch_sub(c.assembly->size, std::memory_order_relaxed);
+    metrics_.assembly_bytes.sub(c.assembly->size);
     byte_buffer::release(c.assembly);
   }
   byte_buffer::release(c.carry);
@@ -1574,7 +1617,7 @@ void shard::arm_recv(connection& c, uint32_t slot) {
   io_uring_sqe* sqe = get_sqe();
   io_uring_prep_recv_multishot(sqe, c.file_index, nullptr, 0, 0);
   sqe->flags |= IOSQE_FIXED_FILE | IOSQE_BUFFER_SELECT;
-  sqe->buf_group = buffer_group;
+  sqe->buf_group = fault_ && fault_->fire(fault_kind::enobufs) ? empty_buffer_group : buffer_group;
   io_uring_sqe_set_data64(sqe, pack(op::recv, c.generation, slot));
   c.ops |= recv_armed;
 }
@@ -1593,6 +1636,54 @@ void shard::arm_wake() {
 
 void shard::recycle_buffer(uint16_t bid) {
   bufs_.recycle(bid);
+  metrics_.recv_buffers_lent.sub();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fault injection (--fault-inject, engine/fault.hpp). Each fault is one the kernel can really
+// produce, and leaves the kernel's state as our bookkeeping then believes it to be: a reset
+// rewrites a completion that happened (its buffer still recycled, F_MORE kept: the multishot
+// recv stays armed until finish() cancels it; an accepted socket is closed), a short send is
+// submitted short (flush_one), -ENOBUFS comes from the kernel (arm_recv's empty group), a full
+// submission queue makes ring_.sqe() submit first, a failed allocation is grow()'s. Resets and
+// failed allocations spare the admin listener's connections (a fault-free path for /metrics).
+
+io_uring_cqe* shard::inject_fault(const io_uring_cqe* real) {
+  io_uring_cqe* cqe = fault_cqe_.get();
+  *cqe = *real;
+  uint32_t slot = user_data::index(cqe->user_data);
+  op o = op(user_data::op(cqe->user_data));
+  // The admin listener's connections stay fault-free: /metrics can always be read.
+  if (cqe->res < 0 || o == op::accept_admin ||
+      (o != op::accept && slot < slots_touched_ && (slot_at(slot).flags & flag_admin)))
+    return cqe;
+  switch (o) {
+    case op::recv:
+    case op::send:
+      if (fault_->fire(fault_kind::reset)) cqe->res = -ECONNRESET;
+      break;
+    case op::shutdown:
+      if (fault_->fire(fault_kind::reset)) cqe->res = -ENOTCONN;
+      break;
+    case op::accept:
+      if (fault_->fire(fault_kind::reset)) {
+        io_uring_sqe* sqe = get_sqe();
+        io_uring_prep_close_direct(sqe, unsigned(cqe->res));
+        io_uring_sqe_set_data64(sqe, pack(op::close_fd, 0, no_slot));
+        cqe->res = -ECONNABORTED;
+      }
+      break;
+    default:
+      break;
+  }
+  return cqe;
+}
+
+bool shard::grow(connection& c, byte_buffer*& b, const void* bytes, size_t n) {
+  if (fault_ && byte_buffer::allocates(b, n) && !(c.flags & flag_admin) &&
+      fault_->fire(fault_kind::alloc))
+    return false;
+  return byte_buffer::append(b, bytes, n);
 }
 
 }  // namespace wsed::engine

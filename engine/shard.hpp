@@ -328,6 +328,12 @@ class shard {
   void arm_wake();
   void recycle_buffer(uint16_t bid);
 
+  // --fault-inject (engine/fault.hpp): a completion as the injector rewrote it (a copy), and a
+  // buffer grown unless the allocation fails (really, or injected).
+  io_uring_cqe* inject_fault(const io_uring_cqe* cqe);
+  bool grow(connection& c, byte_buffer*& b, const void* bytes, size_t n);
+  size_t send_bytes(size_t n) { return fault_ ? fault_->send_bytes(n) : n; }
+
   uint32_t index_;
   server_shared& shared_;
   const server_config& cfg_;
@@ -341,6 +347,9 @@ class shard {
   chunk_pool chunks_;
   std::vector<out_queue*> free_queues_;
 
+  std::unique_ptr<fault_injector> fault_;    // --fault-inject; before ring_, which points to it
+  provided_buffers empty_bufs_;              // with fault_: the group no buffer is ever added to
+  std::unique_ptr<io_uring_cqe> fault_cqe_;  // inject_fault's rewritten copy
   uring ring_;
   int listen_fd_ = -1;
   int admin_fd_ = -1;  // --admin-listen (every shard listens on it too, SO_REUSEPORT)
