@@ -236,9 +236,13 @@ def test_metrics_dashboard_and_rules_use_only_exposed_names():
         used |= names_used(e)
     assert "wsed_handshake_duration_seconds_bucket" in used and "up" in used, sorted(used)
     used.discard("up")   # Prometheus's own scrape health series
-    with R.RedisServer() as redis, F.fan("--redis-url", redis.url()) as srv:
+    # With the optional families on (Redis, recovery, presence): promtool checks those too, and
+    # the names are looked up in the fullest exposition.
+    with R.RedisServer() as redis, F.fan("--redis-url", redis.url(), "--recovery", "--presence") as srv:
         TR.wait_readyz([srv], 200, 20, "with Redis")
         m, text = scrape(srv.port)
-        check_exposition(text, "wsed with Redis")
+        check_exposition(text, "wsed with Redis, --recovery, --presence")
+        for fam in ("wsed_recovery_topics", "wsed_presence_topics", "wsed_redis_up"):
+            assert fam in m, "%s missing with its flag on" % fam
     missing = sorted(n for n in used if n not in m)
     assert not missing, "names the dashboard or the rules use that /metrics does not expose: %s" % missing
