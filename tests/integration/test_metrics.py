@@ -158,6 +158,32 @@ def test_metrics_promtool_clean_and_histograms_count_the_traffic():
             c.close()
 
 
+@limit(30)
+def test_metrics_handshake_histogram_kept_alive_upgrade_and_refusals():
+    """An upgrade after a kept-alive HTTP answer on the same socket is one observation; refused
+    handshakes (426, 400) and plain HTTP requests are none."""
+    with H.running(WS.BIN, "--mode", "echo", "--workers", "2") as srv:
+        WS.expect_status(srv.port, WS.upgrade_request(version="12"), 426, "Sec-WebSocket-Version: 12")
+        WS.expect_status(srv.port, WS.upgrade_request(drop=("Sec-WebSocket-Key",)), 400, "no key")
+        s = H.connect(srv.port)
+        try:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            st, headers, _ = H.read_response_head(s)
+            assert st == 200 and "close" not in headers.get("connection", ""), (st, headers)
+            m, text = scrape(srv.port)
+            assert count_of(m, "wsed_handshake_duration_seconds") == 0, histogram(m, "wsed_handshake_duration_seconds")
+            req, _ = H.handshake_request(srv.port)
+            s.sendall(req)
+            st, _, _ = H.read_response_head(s)
+            assert st == 101, st
+            m, text = scrape(srv.port)
+            check_exposition(text, "wsed --mode echo")
+            assert count_of(m, "wsed_handshake_duration_seconds") == 1, histogram(m, "wsed_handshake_duration_seconds")
+            assert H.metric_value(m, "wsed_connections_rejected_total") == 2
+        finally:
+            s.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # TLS: the scrape over https, handshakes that include the TLS handshake
 # ---------------------------------------------------------------------------------------------
@@ -236,9 +262,13 @@ def test_metrics_dashboard_and_rules_use_only_exposed_names():
         used |= names_used(e)
     assert "wsed_handshake_duration_seconds_bucket" in used and "up" in used, sorted(used)
     used.discard("up")   # Prometheus's own scrape health series
-    with R.RedisServer() as redis, F.fan("--redis-url", redis.url()) as srv:
+    # With the optional families on (Redis, recovery, presence): promtool checks those too, and
+    # the names are looked up in the fullest exposition.
+    with R.RedisServer() as redis, F.fan("--redis-url", redis.url(), "--recovery", "--presence") as srv:
         TR.wait_readyz([srv], 200, 20, "with Redis")
         m, text = scrape(srv.port)
-        check_exposition(text, "wsed with Redis")
+        check_exposition(text, "wsed with Redis, --recovery, --presence")
+        for fam in ("wsed_recovery_topics", "wsed_presence_topics", "wsed_redis_up"):
+            assert fam in m, "%s missing with its flag on" % fam
     missing = sorted(n for n in used if n not in m)
     assert not missing, "names the dashboard or the rules use that /metrics does not expose: %s" % missing
