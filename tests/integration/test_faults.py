@@ -445,6 +445,34 @@ def test_faults_failing_allocations_close_1011():
 
 
 @limit(60)
+def test_faults_everything_failing_admin_port_still_served():
+    # Every accept reset (and every recv, send and allocation, were one to get that far): no
+    # client gets through, the server neither crashes nor leaks, the admin port answers
+    # throughout. An aborted accept's descriptor is closed: 300 of them through a direct
+    # descriptor table of 2 x (16 + 64) entries would otherwise fill it (the admin accepts too).
+    admin = H.free_port()
+    with H.running(BIN, "--mode", "echo", "--workers", "2", "--admin-listen", "127.0.0.1:%d" % admin,
+                   "--max-connections", "16",
+                   "--fault-inject", "seed=99,reset=1,alloc=1,short_send=1,sq_full=1,enobufs=0.3",
+                   "--linger-timeout", "1s", env=dict(H.SANITIZER_ENV) if SAN else None) as srv:
+        base, _ = gauges(admin)
+        report = {"lock": threading.Lock(), "handshake_failures": 0, "late_victims": 0, "codes": {}}
+        msgs = messages_for(random.Random(99), 3)
+        for i in range(300):
+            t0 = time.monotonic()
+            assert one_attempt(srv.port, msgs, report) == "victim"
+            # Aborted at once; 10 s (the handshake's wait) means nobody accepted the socket.
+            assert time.monotonic() - t0 < 9, "attempt %d: not accepted (descriptors leaked?)" % i
+            if i % 10 == 0:
+                st, _, _, _ = H.http_get(admin, "/healthz")
+                assert st == 200, (i, st)
+        assert report["handshake_failures"] == 300, report
+        m = back_to_baseline(admin, base, 99)
+        assert shard_sum(m, "wsed_faults_injected_total", kind="reset") >= 300   # at least the accepts
+        assert shard_sum(m, "wsed_limit_hits_total", limit="file_table") == 0
+
+
+@limit(60)
 def test_faults_flag_refused_when_malformed_and_off_by_default():
     for bad in ("reset=2", "bogus=0.1", "seed=x", "reset"):
         rc, _, err = H.run_cmd([BIN, "--fault-inject", bad, "--port", "0"], timeout=10,
