@@ -411,7 +411,7 @@ def test_faults_fixed_seeds_every_kind_no_leak():
 def test_faults_pubsub_streams_exact_or_closed():
     # Short sends cut direct frames and by-reference frames mid-way; resets close subscribers.
     for seed in (4, 5):
-        report = pubsub_storm(seed, rates="short_send=0.3,enobufs=0.2,reset=0.01,sq_full=0.2,alloc=0.01",
+        report = pubsub_storm(seed, rates="short_send=0.3,enobufs=0.2,reset=0.001,sq_full=0.2,alloc=0.01",
                               publications=600)
         print("seed %d: %r" % (seed, report), flush=True)
         assert report["faults"]["short_send"] > 10, report
