@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "auth/keys.hpp"
+#include "engine/tls.hpp"
 #include "proto/http.hpp"
 
 namespace wsed::engine {
@@ -658,9 +659,15 @@ void check_files(const server_config& c, const config_input& in,
       problems.push_back(std::string(flag) + " " + file +
                          ": cannot read the file (or it is empty)");
   };
-  readable("--tls-cert-file", c.tls_cert_file);
-  readable("--tls-key-file", c.tls_key_file);
-  readable("--tls-ca-file", c.tls_ca_file);
+  if (!c.tls_cert_file.empty() && !c.tls_key_file.empty()) {
+    std::string why;  // as the server loads them: the key must match the certificate
+    if (!tls_context::load(tls_files{c.tls_cert_file, c.tls_key_file, c.tls_ca_file}, &why))
+      problems.push_back("TLS: " + why);
+  } else {
+    readable("--tls-cert-file", c.tls_cert_file);
+    readable("--tls-key-file", c.tls_key_file);
+    readable("--tls-ca-file", c.tls_ca_file);
+  }
   if (c.mode != server_mode::wse) return;
   key_file("--api-key-file", c.api_key_file, 16);
   key_file("--signing-key-file", c.signing_key_file, 32);
