@@ -74,10 +74,9 @@ CLI::Option* value(table& t, const std::string& name, T& field, const std::strin
   return o;
 }
 
+// A flag: printed by generic_value, as options added outside this table are.
 CLI::Option* flag(table& t, const std::string& name, bool& field, const std::string& help) {
-  auto* o = grouped(t, t.app.add_flag(name, field, help));
-  t.shown[o] = [&field] { return std::string(field ? "true" : "false"); };
-  return o;
+  return grouped(t, t.app.add_flag(name, field, help));
 }
 
 CLI::Option* choice(table& t, const std::string& name, std::string& field,
@@ -748,7 +747,9 @@ std::string print_config(const table& t, const config_input& in,
       auto s = src.find(o);
       setting_source from = s == src.end() ? setting_source::default_value : s->second;
       std::string line = o->get_lnames().front() + " = " + v;
-      if (!readable_back(v))
+      if (shown == t.shown.end() && o->count() == 0 && o->get_default_str().empty() && !is_flag(o))
+        line = "# " + o->get_lnames().front() + ": not set (its default has no text)";
+      else if (!readable_back(v))
         line = "# " + o->get_lnames().front() +
                ": not representable in the file (a #, a newline "
                "or both quote characters): give it by flag or environment";
