@@ -57,6 +57,7 @@ struct table {
   // one are printed from their results or default).
   std::map<const CLI::Option*, std::function<std::string()>> shown;
   std::set<const CLI::Option*> actions;  // --help, --version, --print-config, ...: no env, no key
+  const CLI::Option* config_option = nullptr;  // --config: an env name, no key
 };
 
 CLI::Option* grouped(table& t, CLI::Option* o) {
@@ -366,11 +367,13 @@ void build_table(table& t) {
   t.actions.insert(grouped(t, app.set_help_flag("-h,--help", "Print this help message and exit")));
   t.actions.insert(
       grouped(t, app.set_version_flag("--version", std::string("wsed ") + WSED_VERSION)));
-  grouped(t, app.add_option("--config", t.config_file,
-                            "TOML file of settings: key = value per line, the keys are the long "
-                            "flag names (max-connections = 5000). Precedence: flag > environment "
-                            "> file > default"))
-      ->type_name("FILE");
+  t.config_option =
+      grouped(t,
+              app.add_option("--config", t.config_file,
+                             "TOML file of settings: key = value per line, the keys are the long "
+                             "flag names (max-connections = 5000). Precedence: flag > environment "
+                             "> file > default"))
+          ->type_name("FILE");
   t.actions.insert(grouped(
       t, app.add_flag("--print-config", t.print_config,
                       "Print the effective configuration as a config file (where each value "
@@ -398,7 +401,7 @@ void name_env_vars(table& t) {
 }
 
 bool is_setting(const table& t, const CLI::Option* o) {
-  return !t.actions.count(o) && !o->get_lnames().empty() && o->get_lnames().front() != "config";
+  return !t.actions.count(o) && o != t.config_option && !o->get_lnames().empty();
 }
 
 // Gives the option one more layer's values and runs its conversion and checks; on a bad value
