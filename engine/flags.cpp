@@ -16,6 +16,7 @@
 
 #include "auth/keys.hpp"
 #include "engine/fault.hpp"
+#include "engine/tls.hpp"
 #include "proto/http.hpp"
 
 namespace wsed::engine {
@@ -57,6 +58,7 @@ struct table {
   // one are printed from their results or default).
   std::map<const CLI::Option*, std::function<std::string()>> shown;
   std::set<const CLI::Option*> actions;  // --help, --version, --print-config, ...: no env, no key
+  const CLI::Option* config_option = nullptr;  // --config: an env name, no key
 };
 
 CLI::Option* grouped(table& t, CLI::Option* o) {
@@ -74,10 +76,9 @@ CLI::Option* value(table& t, const std::string& name, T& field, const std::strin
   return o;
 }
 
+// A flag: printed by generic_value, as options added outside this table are.
 CLI::Option* flag(table& t, const std::string& name, bool& field, const std::string& help) {
-  auto* o = grouped(t, t.app.add_flag(name, field, help));
-  t.shown[o] = [&field] { return std::string(field ? "true" : "false"); };
-  return o;
+  return grouped(t, t.app.add_flag(name, field, help));
 }
 
 CLI::Option* choice(table& t, const std::string& name, std::string& field,
@@ -372,11 +373,13 @@ void build_table(table& t) {
   t.actions.insert(grouped(t, app.set_help_flag("-h,--help", "Print this help message and exit")));
   t.actions.insert(
       grouped(t, app.set_version_flag("--version", std::string("wsed ") + WSED_VERSION)));
-  grouped(t, app.add_option("--config", t.config_file,
-                            "TOML file of settings: key = value per line, the keys are the long "
-                            "flag names (max-connections = 5000). Precedence: flag > environment "
-                            "> file > default"))
-      ->type_name("FILE");
+  t.config_option =
+      grouped(t,
+              app.add_option("--config", t.config_file,
+                             "TOML file of settings: key = value per line, the keys are the long "
+                             "flag names (max-connections = 5000). Precedence: flag > environment "
+                             "> file > default"))
+          ->type_name("FILE");
   t.actions.insert(grouped(
       t, app.add_flag("--print-config", t.print_config,
                       "Print the effective configuration as a config file (where each value "
@@ -404,7 +407,7 @@ void name_env_vars(table& t) {
 }
 
 bool is_setting(const table& t, const CLI::Option* o) {
-  return !t.actions.count(o) && !o->get_lnames().empty() && o->get_lnames().front() != "config";
+  return !t.actions.count(o) && o != t.config_option && !o->get_lnames().empty();
 }
 
 // Gives the option one more layer's values and runs its conversion and checks; on a bad value
@@ -666,9 +669,15 @@ void check_files(const server_config& c, const config_input& in,
       problems.push_back(std::string(flag) + " " + file +
                          ": cannot read the file (or it is empty)");
   };
-  readable("--tls-cert-file", c.tls_cert_file);
-  readable("--tls-key-file", c.tls_key_file);
-  readable("--tls-ca-file", c.tls_ca_file);
+  if (!c.tls_cert_file.empty() && !c.tls_key_file.empty()) {
+    std::string why;  // as the server loads them: the key must match the certificate
+    if (!tls_context::load(tls_files{c.tls_cert_file, c.tls_key_file, c.tls_ca_file}, &why))
+      problems.push_back("TLS: " + why);
+  } else {
+    readable("--tls-cert-file", c.tls_cert_file);
+    readable("--tls-key-file", c.tls_key_file);
+    readable("--tls-ca-file", c.tls_ca_file);
+  }
   if (c.mode != server_mode::wse) return;
   key_file("--api-key-file", c.api_key_file, 16);
   key_file("--signing-key-file", c.signing_key_file, 32);
@@ -749,7 +758,9 @@ std::string print_config(const table& t, const config_input& in,
       auto s = src.find(o);
       setting_source from = s == src.end() ? setting_source::default_value : s->second;
       std::string line = o->get_lnames().front() + " = " + v;
-      if (!readable_back(v))
+      if (shown == t.shown.end() && o->count() == 0 && o->get_default_str().empty() && !is_flag(o))
+        line = "# " + o->get_lnames().front() + ": not set (its default has no text)";
+      else if (!readable_back(v))
         line = "# " + o->get_lnames().front() +
                ": not representable in the file (a #, a newline "
                "or both quote characters): give it by flag or environment";

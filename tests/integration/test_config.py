@@ -360,3 +360,22 @@ def test_config_man_page_has_every_flag_and_renders_cleanly():
     p = subprocess.run([groff, "-man", "-Tutf8"], input=man.encode(), capture_output=True, timeout=20)
     text = re.sub(r".\x08", "", p.stdout.decode("utf-8", "replace"))  # grotty's overstrike bold
     assert "WSED_MAX_CONNECTIONS" in text and "OPTIONS" in text and "Redis" in text
+
+
+@limit(60)
+def test_check_config_loads_the_tls_files_as_the_server_does():
+    import test_tls as T
+    c = T.certs()
+    env = {"WSED_JWT_SECRET": SECRET}
+    rc, out, err = wsed_cmd("--check-config", "--tls-cert-file", c["server"], "--tls-key-file", c["server_key"],
+                            "--tls-ca-file", c["ca"], env=env)
+    assert rc == 0 and out.startswith("ok: "), (rc, out, err)
+    # Readable, but the key is another certificate's: only loading them says so.
+    rc, out, err = wsed_cmd("--check-config", "--tls-cert-file", c["server"], "--tls-key-file", c["server_b_key"],
+                            env=env)
+    lines = err_lines(err)
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("wsed: TLS: "), err
+    with tmpdir() as d:
+        conf = d.file("tls.toml", 'tls-cert-file = "%s"\ntls-key-file = "%s"\n' % (c["server"], d.file("k", "junk")))
+        rc, out, err = wsed_cmd("--config", conf, "--check-config", env=env)
+        assert rc == 2 and len(err_lines(err)) == 1 and "TLS: " in err, err
