@@ -281,6 +281,10 @@ def test_service_meson_install_tree():
             assert re.search("^" + re.escape(line) + "$", text, re.M), "%s missing from the unit" % line
         rc, vout = verify_unit(unit, exec_root=dest)
         assert rc == 0 and not vout.strip(), "systemd-analyze verify: rc %s: %s" % (rc, vout)
+        # the hardening as systemd rates it: exposure at most 2.5 of 10 ("OK"; 1.5 as written)
+        rc, out, err = H.run_cmd([SYSTEMD_ANALYZE, "security", "--offline=yes", "--threshold=25", unit],
+                                 timeout=60)
+        assert rc == 0, "systemd-analyze security: exposure above 2.5: %s %s" % (out[-2500:], err[-500:])
         # the Python module (a build without one, e.g. -Dpython_module=disabled for ASan, installs none)
         if os.path.isdir(os.path.join(build, "python", "wsed")):
             mods = installed(dest, "**/dist-packages/wsed/__init__.py")
