@@ -15,6 +15,7 @@
 #include <string_view>
 
 #include "auth/acl.hpp"
+#include "engine/log.hpp"
 
 namespace wsed::engine {
 
@@ -281,6 +282,9 @@ void wse_app::refuse(shard& s, conn_ref c, per_shard& p, auth::verify_error why)
   (why == auth::verify_error::no_token ? p.counts.auth_required : p.counts.auth_failed).add();
   std::string_view message =
       why == auth::verify_error::no_token ? "Authentication required" : auth::name_of(why);
+  // The reason only: never the token (nor its claims).
+  log::info("auth_rejected", "connection refused: " + std::string(message),
+            {{"reason", auth::name_of(why)}, {"shard", s.index()}}, auth::name_of(why));
   send_error(s, c, p, auth::protocol_code_of(why), message);
   s.close(c, close_codes::unauthorized, close_reason::auth_failed);
 }
