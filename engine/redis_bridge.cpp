@@ -212,6 +212,7 @@ struct redis_bridge::impl {
   std::vector<std::pair<std::string, std::string>> commands;
   std::string inbound_resp;
   bool logged_down = false;
+  bool logged_first_failure = false;  // a Redis that never answered (e.g. AUTH) is said once
   // Recovery: the scripts' SHA1s (from SCRIPT LOAD), histories waiting for their channel's
   // subscription, scratch.
   std::string sequence_sha, history_sha;
@@ -506,12 +507,13 @@ void redis_bridge::disconnect(connection& c, const std::string& why) {
   c.tags.clear();
   c.st = connection::state::down;
   up_.store(false, std::memory_order_release);
-  if (n.active && (was_up || !m.logged_down)) {
+  if (n.active && (was_up || !m.logged_down || !m.logged_first_failure)) {
     log_event(opt_.quiet, log::level::warn, "redis_down",
               std::string(c.name) + " connection to " + n.name + " lost: " + why +
                   "; reconnecting with backoff",
               {{"connection", c.name}, {"node", n.name}});
     m.logged_down = true;
+    m.logged_first_failure = true;
   }
   if (m.cluster && was_up) m.next_refresh_at = 0;  // a failover moves slots: ask again soon
   schedule_retry(c);

@@ -1985,6 +1985,10 @@ bool wse_app::api_key_ok(shard& s, const proto::http_request& request, http_answ
                 CRYPTO_memcmp(key.data(), opt_.api_key.data(), key.size()) == 0;
   if (!key_ok) {
     s.count_api(api_result::unauthorized);
+    // Whether a key came, never the key.
+    log::info("api_unauthorized", "HTTP API request refused: wrong or missing API key",
+              {{"path", request.path}, {"key_given", !key.empty()}, {"shard", s.index()}},
+              key.empty() ? "missing" : "wrong");
     answer.extra_headers = "WWW-Authenticate: Bearer\r\n";
     json_answer(answer, 401, error_json("unauthorized"));
     return false;
