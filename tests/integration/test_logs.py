@@ -12,36 +12,26 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 
-import jwt
-
 import redis_harness as R
+import test_wse as W
 import wsed_harness as H
 
 BIN = os.environ.get("WSED_BIN") or H.wsed_binary("build")
-SAN = os.environ.get("WSED_SANITIZERS") == "1"
-SECRET = "log-test-secret-never-printed-0123456789"
+SECRET = W.SECRET   # the JWT secret of W.env() (WSED_JWT_SECRET)
 TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 TEXT_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z (debug|info|warn|error) [a-z_]+: ")
 LEVELS = ("debug", "info", "warn", "error")
 
 limit = H.limit
-
-
-def env(**extra):
-    e = dict(H.SANITIZER_ENV) if SAN else {}
-    e["WSED_JWT_SECRET"] = SECRET
-    e.update(extra)
-    return e
+env = W.env
 
 
 def token(sub="alice", ttl=3600, secret=SECRET):
-    now = int(time.time())
-    return jwt.encode({"sub": sub, "iat": now, "exp": now + ttl}, secret, algorithm="HS256")
+    return W.token(sub, ttl=ttl, secret=secret)
 
 
 def bad_request(port, n):

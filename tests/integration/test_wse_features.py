@@ -414,13 +414,14 @@ def test_wse_feat_compression_threshold():
 # ---------------------------------------------------------------------------------------------
 
 def _json_lines(srv):
+    """The inbound messages on stdout (the startup event there, a log event, is skipped)."""
     out = []
     for ln in list(srv.stdout_lines):
         try:
             doc = json.loads(ln)
         except ValueError:
             continue
-        if isinstance(doc, dict):
+        if isinstance(doc, dict) and "event" not in doc:
             out.append(doc)
     return out
 
