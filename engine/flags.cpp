@@ -158,20 +158,17 @@ flags_result parse_flags(int argc, char** argv) {
              "Bytes of one provided receive buffer", 1, "16KiB", 512);
   app.add_flag("--quiet", c.quiet, "No startup banner; log warnings and errors only");
   // Logging: the two flags of engine/log.hpp.
-  app.add_option("--log-level", c.log_level,
-                 "Least level of the events logged on stderr: debug, info, warn or error "
-                 "(--quiet: at least warn)")
-      ->transform(
-          CLI::CheckedTransformer(std::map<std::string, log::level>{{"debug", log::level::debug},
-                                                                    {"info", log::level::info},
-                                                                    {"warn", log::level::warn},
-                                                                    {"error", log::level::error}}))
+  app.add_option_function<std::string>(
+         "--log-level", [&c](const std::string& v) { c.log_level = *log::parse_level(v); },
+         "Least level of the events logged on stderr: debug, info, warn or error (--quiet: at "
+         "least warn)")
+      ->check(CLI::IsMember({"debug", "info", "warn", "error"}))
       ->default_str("info")
       ->group("Logging");
-  app.add_option("--log-format", c.log_format,
-                 "Log lines as json or text; auto: JSON when stdout is not a terminal")
-      ->transform(CLI::CheckedTransformer(std::map<std::string, log::format>{
-          {"auto", log::format::auto_}, {"json", log::format::json}, {"text", log::format::text}}))
+  app.add_option_function<std::string>(
+         "--log-format", [&c](const std::string& v) { c.log_format = *log::parse_format(v); },
+         "Log lines as json or text; auto: JSON when stdout is not a terminal, text when it is")
+      ->check(CLI::IsMember({"auto", "json", "text"}))
       ->default_str("auto")
       ->group("Logging");
   app.add_option("--tls-cert-file", c.tls_cert_file,

@@ -224,6 +224,11 @@ def test_logs_level_filtering_and_quiet():
         bad_request(srv.port, 1)
     ev = json_lines(srv.stderr_text(), "stderr --log-level debug")
     assert [e["event"] for e in ev if e["level"] == "info"] == ["handshake_rejected", "shutdown"], ev
+    rc, out, err = H.run_cmd([BIN, "--help"], timeout=5)
+    assert rc == 0 and "\x00" not in out, (rc, out[-300:])
+    logging = out[out.index("Logging:"):]
+    assert "--log-level TEXT:{debug,info,warn,error}=info" in logging, logging
+    assert "--log-format TEXT:{auto,json,text}=auto" in logging, logging
     for bad in (["--log-level", "verbose"], ["--log-format", "xml"]):
         rc, out, err = H.run_cmd([BIN] + bad, timeout=5)
         assert rc == 2 and len(err.strip().splitlines()) == 1 and bad[0] in err, (bad, rc, err)
@@ -232,14 +237,20 @@ def test_logs_level_filtering_and_quiet():
 @limit(90)
 def test_logs_flood_is_suppressed_and_counted():
     """500 bad requests and 200 bad tokens from one client: per (event, reason) at most the
-    burst is printed per window, the rest is counted in "N similar suppressed" lines, every
-    occurrence is either printed or counted exactly once, and the output stays small."""
+    burst is printed per window, the rest is counted in "N similar suppressed" lines (reported
+    once the window has ended, while wsed runs, or at exit), every occurrence is either printed
+    or counted exactly once, and the output stays small."""
     srv = H.wsed_server(BIN, "--mode", "wse", "--workers", "2", env=env())
     with H.supervised(srv):
         bad_request(srv.port, 500)
         bad = token(secret="a-different-secret-of-at-least-32-bytes")
         for _ in range(200):
             refused_upgrade(srv.port, bad)
+        # While it runs, the report comes once the 10 s window has ended (main's tick).
+        deadline = time.monotonic() + 20
+        while "log_suppressed" not in srv.stderr_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "log_suppressed" in srv.stderr_text(), srv.stderr_text()[-1000:]
     ev = json_lines(srv.stderr_text(), "stderr")
     printed, suppressed = occurrences(ev, "handshake_rejected", "reason", "bad_request")
     assert printed + suppressed == 500, (printed, suppressed)
