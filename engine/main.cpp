@@ -405,7 +405,9 @@ int main(int argc, char** argv) {
     char id[9];
     std::snprintf(id, sizeof id, "%08x", unsigned(rd()));
     ro.instance_id = id;
-    redis_where = ro.cluster.empty() ? ro.endpoint.text() : "cluster " + c.redis_cluster;
+    redis_where = ro.cluster.empty() ? ro.endpoint.text() : "cluster";
+    for (size_t i = 0; i < ro.cluster.size(); ++i)  // text(): host:port, never the credentials
+      redis_where += (i ? "," : " ") + ro.cluster[i].text();
     bridge = std::make_unique<redis_bridge>(std::move(ro), srv.fanout_hub().router(), *wse);
     wse->set_bridge(bridge.get());
     if (inbound) inbound->set_bridge(bridge.get());

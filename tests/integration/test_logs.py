@@ -331,6 +331,19 @@ def test_logs_never_print_a_secret():
         assert {"auth_rejected", "handshake_rejected", "api_unauthorized", "reload"} <= names, names
         for s in secrets:
             assert s not in text, "%r printed by wsed :%d: %s" % (s[:12], srv.port, text[text.find(s) - 200:][:400])
+    # Cluster seeds with credentials: the startup event names host:port only; a bad seed's flag
+    # error masks them.
+    seed_pw = "seed-pw-FRED-never-printed"
+    port = H.free_port()
+    srv = H.wsed_server(BIN, "--mode", "wse", "--workers", "1", "--redis-cluster",
+                        "redis://:%s@127.0.0.1:%d,127.0.0.1:%d" % (seed_pw, port, port), env=env())
+    with H.supervised(srv):
+        assert srv.startup_event["redis"] == "cluster 127.0.0.1:%d,127.0.0.1:%d" % (port, port), srv.startup_event
+    text = stdout_text(srv) + srv.stderr_text()
+    assert seed_pw not in text, text[-1000:]
+    rc, out, err = H.run_cmd([BIN, "--mode", "wse", "--redis-cluster", "redis://u:%s@127.0.0.1:notaport" % seed_pw],
+                             timeout=5, env=env())
+    assert rc == 2 and "redis://***@127.0.0.1:notaport" in err and seed_pw not in out + err, (rc, err)
     assert "redis_down" in {e["event"] for e in json_lines(bad.stderr_text(), "bad")}
     down = [e for e in json_lines(bad.stderr_text(), "bad") if e["event"] == "redis_down"]
     assert "127.0.0.1:%d" % redis.port in down[0]["msg"], down
