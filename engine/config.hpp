@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "engine/log.hpp"
+
 namespace wsed::engine {
 
 enum class server_mode : uint8_t { echo, wse };
@@ -40,7 +42,11 @@ struct server_config {
 
   uint32_t recv_buffer_bytes = 16384;  // one provided receive buffer
   uint32_t recv_buffer_count = 512;    // provided receive buffers per shard (power of two)
-  bool quiet = false;
+  bool quiet = false;                  // the log level at least warn (and no startup banner)
+  // Logging (engine/log.hpp): events below log_level are not printed; auto: JSON lines when
+  // stdout is not a terminal, text when it is.
+  log::level log_level = log::level::info;
+  log::format log_format = log::format::auto_;
 
   // --mode wse. The secret itself is loaded by main (from a file or the environment, never argv).
   // TLS on the main listener (the admin listener stays plain): PEM files, read at startup and

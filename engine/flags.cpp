@@ -367,7 +367,22 @@ void build_table(table& t) {
         "hex(HMAC-SHA256(key, hex(SHA-256(p))))");
 
   t.group = "Logging";
-  flag(t, "--quiet", c.quiet, "Print nothing but errors");
+  flag(t, "--quiet", c.quiet, "No startup banner; log warnings and errors only");
+  // The two flags of engine/log.hpp.
+  t.shown[grouped(t, t.app.add_option_function<std::string>(
+                         "--log-level",
+                         [&c](const std::string& v) { c.log_level = *log::parse_level(v); },
+                         "Least level of the events logged on stderr: debug, info, warn or "
+                         "error (--quiet: at least warn)"))
+              ->check(CLI::IsMember({"debug", "info", "warn", "error"}))
+              ->default_str("info")] = [&c] { return quote(log::name_of(c.log_level)); };
+  t.shown[grouped(t, t.app.add_option_function<std::string>(
+                         "--log-format",
+                         [&c](const std::string& v) { c.log_format = *log::parse_format(v); },
+                         "Log lines as json or text; auto: JSON when stdout is not a terminal, "
+                         "text when it is"))
+              ->check(CLI::IsMember({"auto", "json", "text"}))
+              ->default_str("auto")] = [&c] { return quote(log::name_of(c.log_format)); };
 
   t.group = "Configuration";
   t.actions.insert(grouped(t, app.set_help_flag("-h,--help", "Print this help message and exit")));

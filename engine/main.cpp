@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstdio>
 #include <exception>
 #include <memory>
@@ -19,6 +20,7 @@
 #include "auth/jwt.hpp"
 #include "auth/keys.hpp"
 #include "engine/flags.hpp"
+#include "engine/log.hpp"
 #include "engine/notify.hpp"
 #include "engine/redis_bridge.hpp"
 #include "engine/server.hpp"
@@ -234,26 +236,90 @@ void reload_keys(const engine::server_config& c, engine::wse_app* wse) {
     if (auto key =
             load_key_file("--signing-key-file", c.signing_key_file, signing_key_bytes_min, why)) {
       wse->set_signing_key(std::move(*key));
-      std::fprintf(stderr, "wsed: SIGHUP: signing key reloaded\n");
+      log::info("reload", "SIGHUP: signing key reloaded", {{"what", "signing_key"}, {"ok", true}});
     } else {
-      std::fprintf(stderr, "wsed: SIGHUP: %s; keeping the current signing key\n", why.c_str());
+      log::error("reload", "SIGHUP: " + why + "; keeping the current signing key",
+                 {{"what", "signing_key"}, {"ok", false}});
     }
   }
   if (!wse || c.insecure_no_auth) {
-    std::fprintf(stderr, "wsed: SIGHUP: no JWT keys to reload in this mode\n");
+    log::info("reload", "SIGHUP: no JWT keys to reload in this mode", {{"what", "jwt"}});
     return;
   }
   std::string why;
   auto v = build_verifier(c, why);
   if (!v) {
     wse->count_reload(false);
-    std::fprintf(stderr, "wsed: SIGHUP: reload failed: %s; keeping the current keys\n",
-                 why.c_str());
+    log::error("reload", "SIGHUP: reload failed: " + why + "; keeping the current keys",
+               {{"what", "jwt"}, {"ok", false}});
     return;
   }
   wse->set_verifier(std::move(v));
   wse->count_reload(true);  // after the swap: a scraper seeing the count sees the new keys
-  std::fprintf(stderr, "wsed: SIGHUP: JWT keys reloaded\n");
+  log::info("reload", "SIGHUP: JWT keys reloaded", {{"what", "jwt"}, {"ok", true}});
+}
+
+// The startup event on stdout, which scripts and tests read the port from (the first
+// ws:// or wss:// URL on its first line): text lines for a terminal, one JSON event otherwise.
+void print_banner(const engine::server_config& c, engine::server& srv,
+                  const engine::redis_bridge* bridge, const std::string& redis_where) {
+  using namespace engine;
+  const char* ws_scheme = srv.tls() ? "wss" : "ws";
+  const char* http_scheme = srv.tls() ? "https" : "http";
+  const char* mode = c.mode == server_mode::wse ? "wse" : "echo";
+  auto url = [](const char* scheme, const std::string& host, unsigned port) {
+    return std::string(scheme) + "://" + host + ":" + std::to_string(port) + "/";
+  };
+  std::string ws_url = url(ws_scheme, c.host, srv.port());
+  std::string http_url = url(http_scheme, c.host, srv.port());
+  std::string admin_url =
+      c.admin_listen.empty() ? http_url : url("http", c.admin_host, srv.admin_port());
+  std::string first = "wsed " + std::string(WSED_VERSION) + " listening on " + ws_url + " (" +
+                      std::to_string(srv.workers()) + " workers, mode " + mode + ", max " +
+                      std::to_string(c.connections_max) + " connections)";
+  auto tls = srv.tls_context_now();
+  const char* ktls = kernel_tls_available() ? "offered by this kernel, not used" : "not offered";
+  bool publish = c.mode == server_mode::wse && !c.api_key_file.empty();
+  bool token = c.mode == server_mode::wse && !c.insecure_no_auth;
+  if (log::current_format() == log::format::json) {
+    log::emit_to(STDOUT_FILENO, log::level::info, "listening", first,
+                 {{"url", ws_url},
+                  {"version", WSED_VERSION},
+                  {"workers", srv.workers()},
+                  {"mode", mode},
+                  {"connections_max", c.connections_max},
+                  {"demo_url", http_url},
+                  {"metrics_url", admin_url + "metrics"},
+                  {"tls_subject", tls ? tls->subject() : std::string()},
+                  {"tls_client_certificates", tls && tls->client_certificates()},
+                  {"redis", bridge ? redis_where : std::string()},
+                  {"redis_prefix", bridge ? c.redis_prefix : std::string()},
+                  {"instance", bridge ? bridge->instance_id() : std::string()},
+                  {"publish_url", publish ? admin_url + "api/publish" : std::string()},
+                  {"token_cookie", token ? c.jwt_cookie : std::string()}});
+    return;
+  }
+  std::printf("%s\n", first.c_str());
+  std::printf("  demo page: %s   metrics: %smetrics   stop: Ctrl-C\n", http_url.c_str(),
+              admin_url.c_str());
+  if (tls)
+    std::printf("  tls: %s (TLS 1.2/1.3 in the shards over memory BIOs; kernel TLS %s)%s\n",
+                tls->subject().c_str(), ktls,
+                tls->client_certificates() ? "; client certificates required" : "");
+  if (bridge)
+    std::printf("  redis: %s (prefix %s, instance %s)\n", redis_where.c_str(),
+                c.redis_prefix.c_str(), bridge->instance_id().c_str());
+  if (publish)
+    std::printf("  publish: POST %sapi/publish (Authorization: Bearer <key of %s>)\n",
+                admin_url.c_str(), c.api_key_file.c_str());
+  if (token)
+    std::printf(
+        "  token: wsed gen-token --sub YOU (same key settings); send it as cookie %s or "
+        "Authorization: Bearer\n",
+        c.jwt_cookie.c_str());
+  else
+    std::printf("  connect: /usr/bin/python3 -m websockets %s\n", ws_url.c_str());
+  std::fflush(stdout);
 }
 
 }  // namespace
@@ -264,6 +330,11 @@ int main(int argc, char** argv) {
   flags_result flags = parse_flags(argc, argv);
   if (flags.what == flags_result::action::exit_ok) return 0;
   if (flags.what == flags_result::action::exit_usage) return 2;
+  // --quiet: at least warn. From here on, every message is a log event (engine/log.hpp).
+  log::configure({.min_level = flags.config.quiet
+                                   ? std::max(flags.config.log_level, log::level::warn)
+                                   : flags.config.log_level,
+                  .fmt = flags.config.log_format});
   if (flags.config.workers == 0) {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     flags.config.workers = n > 0 ? uint32_t(n) : 1;
@@ -288,7 +359,7 @@ int main(int argc, char** argv) {
       std::string why;
       auto key = load_key_file(k.flag, k.file, k.min_bytes, why);
       if (!key) {
-        std::fprintf(stderr, "wsed: %s\n", why.c_str());
+        log::error("config_error", why, {{"flag", k.flag}});
         return 2;
       }
       k.key = std::move(*key);
@@ -297,7 +368,7 @@ int main(int argc, char** argv) {
       std::string why;
       o.verifier = build_verifier(c, why);
       if (!o.verifier) {
-        std::fprintf(stderr, "wsed: %s\n", why.c_str());
+        log::error("config_error", why);
         return 2;
       }
     }
@@ -320,7 +391,7 @@ int main(int argc, char** argv) {
 
   server srv(flags.config, *app);
   if (!srv.tls_error().empty()) {
-    std::fprintf(stderr, "wsed: %s\n", srv.tls_error().c_str());
+    log::error("config_error", srv.tls_error());
     return 2;
   }
   // Scale-out: the bridge reads the router the server made and is stopped after the shards
@@ -335,7 +406,9 @@ int main(int argc, char** argv) {
     char id[9];
     std::snprintf(id, sizeof id, "%08x", unsigned(rd()));
     ro.instance_id = id;
-    redis_where = ro.cluster.empty() ? ro.endpoint.text() : "cluster " + c.redis_cluster;
+    redis_where = ro.cluster.empty() ? ro.endpoint.text() : "cluster";
+    for (size_t i = 0; i < ro.cluster.size(); ++i)  // text(): host:port, never the credentials
+      redis_where += (i ? "," : " ") + ro.cluster[i].text();
     bridge = std::make_unique<redis_bridge>(std::move(ro), srv.fanout_hub().router(), *wse);
     wse->set_bridge(bridge.get());
     if (inbound) inbound->set_bridge(bridge.get());
@@ -344,48 +417,15 @@ int main(int argc, char** argv) {
   try {
     srv.start();
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "wsed: cannot start: %s\n", e.what());
+    log::error("start_failed", std::string("cannot start: ") + e.what());
     return 1;
   }
-  if (!c.quiet) {
-    const char* ws_scheme = srv.tls() ? "wss" : "ws";
-    const char* http_scheme = srv.tls() ? "https" : "http";
-    std::printf("wsed %s listening on %s://%s:%u/ (%u workers, mode %s, max %u connections)\n",
-                WSED_VERSION, ws_scheme, c.host.c_str(), srv.port(), srv.workers(),
-                c.mode == server_mode::wse ? "wse" : "echo", c.connections_max);
-    if (c.mode == server_mode::wse && c.insecure_no_auth)
-      std::fprintf(stderr, "wsed: --insecure-no-auth: every connection is user \"anonymous\"\n");
-    std::printf("  demo page: %s://%s:%u/   metrics: %s://%s:%u/metrics   stop: Ctrl-C\n",
-                http_scheme, c.host.c_str(), srv.port(),
-                c.admin_listen.empty() ? http_scheme : "http",
-                c.admin_listen.empty() ? c.host.c_str() : c.admin_host.c_str(),
-                c.admin_listen.empty() ? srv.port() : srv.admin_port());
-    if (auto tls = srv.tls_context_now())
-      std::printf("  tls: %s (TLS 1.2/1.3 in the shards over memory BIOs; kernel TLS %s)%s\n",
-                  tls->subject().c_str(),
-                  kernel_tls_available() ? "offered by this kernel, not used" : "not offered",
-                  tls->client_certificates() ? "; client certificates required" : "");
-    if (bridge)
-      std::printf("  redis: %s (prefix %s, instance %s)\n", redis_where.c_str(),
-                  c.redis_prefix.c_str(), bridge->instance_id().c_str());
-    if (c.mode == server_mode::wse && !c.api_key_file.empty())
-      std::printf("  publish: POST %s://%s:%u/api/publish (Authorization: Bearer <key of %s>)\n",
-                  c.admin_listen.empty() ? http_scheme : "http",
-                  c.admin_listen.empty() ? c.host.c_str() : c.admin_host.c_str(),
-                  c.admin_listen.empty() ? srv.port() : srv.admin_port(), c.api_key_file.c_str());
-    if (c.mode == server_mode::wse && !c.insecure_no_auth)
-      std::printf(
-          "  token: wsed gen-token --sub YOU (same key settings); send it as cookie %s or "
-          "Authorization: Bearer\n",
-          c.jwt_cookie.c_str());
-    else
-      std::printf("  connect: /usr/bin/python3 -m websockets %s://%s:%u/\n", ws_scheme,
-                  c.host.c_str(), srv.port());
-    std::fflush(stdout);
-    std::string notes = srv.setup_notes();
-    while (!notes.empty() && notes.back() == ' ') notes.pop_back();
-    if (!notes.empty()) std::fprintf(stderr, "wsed: %s\n", notes.c_str());
-  }
+  if (log::enabled(log::level::info)) print_banner(c, srv, bridge.get(), redis_where);
+  if (c.mode == server_mode::wse && c.insecure_no_auth)
+    log::warn("insecure_no_auth", "--insecure-no-auth: every connection is user \"anonymous\"");
+  std::string notes = srv.setup_notes();
+  while (!notes.empty() && notes.back() == ' ') notes.pop_back();
+  if (!notes.empty()) log::warn("setup_note", notes);
 
   // sd_notify (engine/notify.hpp): READY=1 once the listeners are bound and Redis is ready
   // (or --redis-timeout passed), STOPPING=1, RELOADING=1 around SIGHUP.
@@ -402,23 +442,26 @@ int main(int argc, char** argv) {
       if (srv.tls()) {
         std::string why;
         if (srv.reload_tls(&why))
-          std::fprintf(stderr, "wsed: SIGHUP: TLS certificate reloaded (%s)\n",
-                       srv.tls_context_now()->subject().c_str());
+          log::info("reload", "SIGHUP: TLS certificate reloaded",
+                    {{"what", "tls"}, {"ok", true}, {"subject", srv.tls_context_now()->subject()}});
         else
-          std::fprintf(stderr, "wsed: SIGHUP: TLS reload failed: %s; keeping the current one\n",
-                       why.c_str());
+          log::error("reload", "SIGHUP: TLS reload failed: " + why + "; keeping the current one",
+                     {{"what", "tls"}, {"ok", false}});
       }
       notifier.reloaded();
     }
+    log::tick();  // "N similar suppressed" for the windows that ended
     if (srv.finished()) {
-      std::fprintf(stderr, "wsed: every shard stopped unexpectedly\n");
+      log::error("shards_stopped", "every shard stopped unexpectedly");
+      log::flush();
       return 1;
     }
   }
   notifier.stopping();
-  if (!c.quiet) std::fprintf(stderr, "wsed: shutting down (close 4300 to every client)\n");
+  log::info("shutdown", "shutting down (close 4300 to every client)");
   srv.stop();
   srv.join();
   if (bridge) bridge->stop();
+  log::flush();
   return 0;
 }

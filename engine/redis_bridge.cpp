@@ -30,6 +30,7 @@
 #include <set>
 #include <unordered_map>
 
+#include "engine/log.hpp"
 #include "fanout/string_map.hpp"
 #include "fanout/topic_index.hpp"
 #include "proto/wse_builder.hpp"
@@ -98,8 +99,12 @@ bool is_redirect(std::string_view error) {
          error.starts_with("CLUSTERDOWN") || error.starts_with("TRYAGAIN");
 }
 
-void log_line(bool quiet, const std::string& text) {
-  if (!quiet) std::fprintf(stderr, "wsed: redis: %s\n", text.c_str());
+// The bridge's events (engine/log.hpp): names host:port or a socket path, never the password of
+// --redis-url (endpoint::text() has none); quiet (an embedding program's) drops info and below.
+void log_event(bool quiet, log::level l, std::string_view event, const std::string& text,
+               log::fields f = {}) {
+  if (quiet && l < log::level::warn) return;
+  log::emit(l, event, "redis: " + text, f);
 }
 
 }  // namespace
@@ -207,6 +212,7 @@ struct redis_bridge::impl {
   std::vector<std::pair<std::string, std::string>> commands;
   std::string inbound_resp;
   bool logged_down = false;
+  bool logged_first_failure = false;  // a Redis that never answered (e.g. AUTH) is said once
   // Recovery: the scripts' SHA1s (from SCRIPT LOAD), histories waiting for their channel's
   // subscription, scratch.
   std::string sequence_sha, history_sha;
@@ -501,10 +507,13 @@ void redis_bridge::disconnect(connection& c, const std::string& why) {
   c.tags.clear();
   c.st = connection::state::down;
   up_.store(false, std::memory_order_release);
-  if (n.active && (was_up || !m.logged_down)) {
-    log_line(opt_.quiet, std::string(c.name) + " connection to " + n.name + " lost: " + why +
-                             "; reconnecting with backoff");
+  if (n.active && (was_up || !m.logged_down || !m.logged_first_failure)) {
+    log_event(opt_.quiet, log::level::warn, "redis_down",
+              std::string(c.name) + " connection to " + n.name + " lost: " + why +
+                  "; reconnecting with backoff",
+              {{"connection", c.name}, {"node", n.name}});
     m.logged_down = true;
+    m.logged_first_failure = true;
   }
   if (m.cluster && was_up) m.next_refresh_at = 0;  // a failover moves slots: ask again soon
   schedule_retry(c);
@@ -598,7 +607,9 @@ void redis_bridge::became_ready(connection& c) {
     if (m.cluster && !m.slots_query_out) m.next_refresh_at = 0;  // the first P up asks for the map
   }
   if (m.logged_down) {
-    log_line(opt_.quiet, std::string(c.name) + " connected to " + n.name);
+    log_event(opt_.quiet, log::level::info, "redis_up",
+              std::string(c.name) + " connected to " + n.name,
+              {{"connection", c.name}, {"node", n.name}});
     m.logged_down = false;
   }
 }
@@ -1259,12 +1270,14 @@ void redis_bridge::apply_topology(node& answering, const redisReply* r) {
     if (index == m.nodes.size()) {
       std::string why;
       if (!redis::resolve(e, why)) {
-        log_line(opt_.quiet, "cluster node " + name + ": " + why);
+        log_event(opt_.quiet, log::level::warn, "redis_cluster_node",
+                  "cluster node " + name + ": " + why, {{"node", name}});
         continue;
       }
       m.nodes.push_back(std::make_unique<node>(e));
       master.push_back(false);
-      log_line(opt_.quiet, "cluster node " + name + " joins");
+      log_event(opt_.quiet, log::level::info, "redis_cluster_node",
+                "cluster node " + name + " joins", {{"node", name}});
     }
     master[index] = true;
     for (long long sl = first; sl <= last; ++sl) slots[size_t(sl)] = int32_t(index);
@@ -1480,9 +1493,11 @@ bool redis_bridge::handshake_reply(connection& c, const redisReply* r) {
         .clear();
     // Scripting refused (an ACL, a proxy): pub/sub still works; queue groups and presence stay
     // on this instance alone (their SHA1 stays empty). Said once per connection.
-    log_line(opt_.quiet, std::string("SCRIPT LOAD refused (queue groups and presence across "
-                                     "instances off): ") +
-                             std::string(str_of(r)));
+    log_event(opt_.quiet, log::level::warn, "redis_script_refused",
+              std::string("SCRIPT LOAD refused (queue groups and presence across "
+                          "instances off): ") +
+                  std::string(str_of(r)),
+              {{"node", c.owner->name}});
     if (--c.handshake_left == 0) became_ready(c);
     return true;
   }
@@ -1556,7 +1571,9 @@ void redis_bridge::on_p_reply(node& n, const redisReply* r) {
     case tag::slots:
       if (error) {
         m.slots_query_out = false;
-        log_line(opt_.quiet, "CLUSTER SLOTS refused by " + n.name + ": " + std::string(str_of(r)));
+        log_event(opt_.quiet, log::level::warn, "redis_slots_refused",
+                  "CLUSTER SLOTS refused by " + n.name + ": " + std::string(str_of(r)),
+                  {{"node", n.name}});
         return;
       }
       apply_topology(n, r);
@@ -1686,8 +1703,10 @@ void redis_bridge::run() {
   std::string where =
       m.cluster ? "cluster " + m.nodes[0]->name + " (" + std::to_string(m.nodes.size()) + " seeds)"
                 : m.nodes[0]->name;
-  log_line(opt_.quiet, "connecting to " + where + " (prefix " + opt_.prefix + ", instance " +
-                           opt_.instance_id + ")");
+  log_event(
+      opt_.quiet, log::level::info, "redis_connecting",
+      "connecting to " + where + " (prefix " + opt_.prefix + ", instance " + opt_.instance_id + ")",
+      {{"prefix", opt_.prefix}, {"instance", opt_.instance_id}});
   m.logged_down = true;  // announce the first success
   std::vector<pollfd> fds;
   std::vector<connection*> polled;
@@ -1745,7 +1764,8 @@ void redis_bridge::run() {
     if (!ring_.empty_approx()) timeout = 0;
     int rc = poll(fds.data(), nfds_t(fds.size()), timeout);
     if (rc < 0 && errno != EINTR) {
-      log_line(false, std::string("poll failed, the bridge stops: ") + std::strerror(errno));
+      log_event(false, log::level::error, "redis_stopped",
+                std::string("poll failed, the bridge stops: ") + std::strerror(errno));
       break;
     }
     if (fds[0].revents & POLLIN) {

@@ -176,7 +176,14 @@ bool parse_cluster(std::string_view list, std::vector<endpoint>& out, std::strin
     std::string url =
         item.starts_with("redis://") ? std::string(item) : "redis://" + std::string(item);
     if (!parse_endpoint(url, e, why)) {
-      why = std::string(item) + ": " + why;
+      // The seed as given, but never its credentials (user:pass@ masked).
+      std::string shown(item);
+      size_t at = shown.rfind('@');
+      if (at != std::string::npos) {
+        size_t from = shown.starts_with("redis://") ? 8 : 0;
+        if (at >= from) shown.replace(from, at - from, "***");
+      }
+      why = shown + ": " + why;
       return false;
     }
     out.push_back(std::move(e));

@@ -25,6 +25,7 @@
 
 #include "engine/assert.hpp"
 #include "engine/limits.hpp"
+#include "engine/log.hpp"
 
 namespace wsed::engine {
 
@@ -291,8 +292,8 @@ void shard::run() {
     int r = inbox_backlog_ ? io_uring_submit_and_get_events(ring_.get())
                            : io_uring_submit_and_wait(ring_.get(), 1);
     if (r < 0 && r != -EINTR && r != -ETIME && r != -EBUSY) {
-      std::fprintf(stderr, "wsed: shard %u: io_uring_submit_and_wait: %s\n", index_,
-                   std::strerror(-r));
+      log::error("shard_stopped", std::string("io_uring_submit_and_wait: ") + std::strerror(-r),
+                 {{"shard", index_}, {"errno", -r}});
       break;
     }
     set_loop_clock_ns(now_ns_ = monotonic_ns());
@@ -1315,6 +1316,15 @@ void shard::on_send(connection& c, uint32_t slot, int res) {
 void shard::reject(connection& c, uint32_t slot, reject_reason why, uint16_t status,
                    std::string_view extra_headers) {
   metrics_.rejected[size_t(why)].add();
+  // A limit that bites is the operator's business (warn); a malformed request the client's.
+  bool limit = why == reject_reason::max_connections || why == reject_reason::pending_handshakes ||
+               why == reject_reason::per_ip;
+  log::level lvl = limit ? log::level::warn : log::level::info;
+  if (log::enabled(lvl))
+    log::emit(lvl, "handshake_rejected",
+              "upgrade refused: " + std::to_string(status) + " " +
+                  std::string(proto::http_reason(status)),
+              {{"status", status}, {"reason", name_of(why)}, {"shard", index_}}, name_of(why));
   answer_and_close(
       c, slot,
       proto::http_response(status, "text/plain", std::string(proto::http_reason(status)) + "\n",

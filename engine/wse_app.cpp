@@ -15,6 +15,7 @@
 #include <string_view>
 
 #include "auth/acl.hpp"
+#include "engine/log.hpp"
 
 namespace wsed::engine {
 
@@ -281,6 +282,9 @@ void wse_app::refuse(shard& s, conn_ref c, per_shard& p, auth::verify_error why)
   (why == auth::verify_error::no_token ? p.counts.auth_required : p.counts.auth_failed).add();
   std::string_view message =
       why == auth::verify_error::no_token ? "Authentication required" : auth::name_of(why);
+  // The reason only: never the token (nor its claims).
+  log::info("auth_rejected", "connection refused: " + std::string(message),
+            {{"reason", auth::name_of(why)}, {"shard", s.index()}}, auth::name_of(why));
   send_error(s, c, p, auth::protocol_code_of(why), message);
   s.close(c, close_codes::unauthorized, close_reason::auth_failed);
 }
@@ -1981,6 +1985,10 @@ bool wse_app::api_key_ok(shard& s, const proto::http_request& request, http_answ
                 CRYPTO_memcmp(key.data(), opt_.api_key.data(), key.size()) == 0;
   if (!key_ok) {
     s.count_api(api_result::unauthorized);
+    // Whether a key came, never the key.
+    log::info("api_unauthorized", "HTTP API request refused: wrong or missing API key",
+              {{"path", request.path}, {"key_given", !key.empty()}, {"shard", s.index()}},
+              key.empty() ? "missing" : "wrong");
     answer.extra_headers = "WWW-Authenticate: Bearer\r\n";
     json_answer(answer, 401, error_json("unauthorized"));
     return false;

@@ -413,13 +413,14 @@ def test_wse_feat_compression_threshold():
 # ---------------------------------------------------------------------------------------------
 
 def _json_lines(srv):
+    """The inbound messages on stdout (the startup event there, a log event, is skipped)."""
     out = []
     for ln in list(srv.stdout_lines):
         try:
             doc = json.loads(ln)
         except ValueError:
             continue
-        if isinstance(doc, dict):
+        if isinstance(doc, dict) and "event" not in doc:
             out.append(doc)
     return out
 
@@ -572,7 +573,7 @@ def _write(path, data):
 def _hup(srv, result, count):
     """SIGHUP, then wait for the count-th stderr line of that outcome (printed once the new keys are
     in place, or the failure is final) and check wsed_key_reloads_total{result}."""
-    line = "wsed: SIGHUP: JWT keys reloaded" if result == "ok" else "wsed: SIGHUP: reload failed: "
+    line = "SIGHUP: JWT keys reloaded" if result == "ok" else "SIGHUP: reload failed: "
     srv.send_signal(signal.SIGHUP)
     deadline = time.monotonic() + 5
     while srv.stderr_text().count(line) < count and time.monotonic() < deadline:

@@ -860,6 +860,10 @@ def test_startup_line_and_metrics_shape():
         assert srv.first_line.startswith("wsed 0.1.0 listening on ws://127.0.0.1:%d/" % srv.port), srv.first_line
         assert "2 workers" in srv.first_line and "mode echo" in srv.first_line and "777" in srv.first_line, \
             srv.first_line
+        ev = srv.startup_event   # stdout is a pipe: the startup line is a JSON event (test_logs.py)
+        assert ev and ev["event"] == "listening" and ev["level"] == "info", ev
+        assert ev["url"] == "ws://127.0.0.1:%d/" % srv.port and ev["workers"] == 2 and ev["mode"] == "echo", ev
+        assert ev["connections_max"] == 777 and ev["metrics_url"].endswith(":%d/metrics" % srv.port), ev
         m, text = H.get_metrics(srv.port)
         for fam in ("wsed_connections_open", "wsed_connections_accepted_total", "wsed_messages_in_total",
                     "wsed_messages_out_total", "wsed_bytes_in_total", "wsed_bytes_out_total",

@@ -14,6 +14,7 @@ import atexit
 import contextlib
 import base64
 import hashlib
+import json
 import os
 import re
 import select
@@ -101,6 +102,30 @@ def wsed_binary(build_dir="build"):
     return os.path.join(b, "engine", "wsed")
 
 
+def startup_event(line):
+    """The JSON startup event ({"event":"listening","url":...,"msg":...}) of a stdout line, or None
+    for a text line (wsed's --log-format text, or another server)."""
+    if not line.startswith("{"):
+        return None
+    try:
+        doc = json.loads(line)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) and "msg" in doc else None
+
+
+def log_events(text):
+    """wsed's JSON log lines in text (its stderr): a list of dicts; other lines are skipped."""
+    events = []
+    for ln in text.splitlines():
+        if ln.startswith("{"):
+            try:
+                events.append(json.loads(ln))
+            except ValueError:
+                pass
+    return events
+
+
 class ServerError(Exception):
     pass
 
@@ -117,7 +142,8 @@ class Server:
         self.name = name or os.path.basename(self.argv[0])
         self.proc = None
         self.port = None
-        self.first_line = None
+        self.first_line = None       # the startup line ("wsed 0.1.0 listening on ws://...")
+        self.startup_event = None    # that line's JSON event, when wsed logs JSON
         self.stdout_lines = []
         self.stderr_chunks = []
         self._port_event = threading.Event()
@@ -133,6 +159,9 @@ class Server:
                 m = PORT_RE.search(line)
                 if m:
                     self.first_line = line.decode("utf-8", "replace").rstrip("\n")
+                    self.startup_event = startup_event(self.first_line)
+                    if self.startup_event is not None:   # JSON (stdout not a terminal): its msg
+                        self.first_line = self.startup_event["msg"]
                     self.port = int(m.group(1))
                     self._port_event.set()
         self._port_event.set()
