@@ -114,18 +114,6 @@ def startup_event(line):
     return doc if isinstance(doc, dict) and "msg" in doc else None
 
 
-def log_events(text):
-    """wsed's JSON log lines in text (its stderr): a list of dicts; other lines are skipped."""
-    events = []
-    for ln in text.splitlines():
-        if ln.startswith("{"):
-            try:
-                events.append(json.loads(ln))
-            except ValueError:
-                pass
-    return events
-
-
 class ServerError(Exception):
     pass
 
