@@ -126,23 +126,21 @@ def slope_kib_per_min(samples):
 
 
 def soak(args, log=benchlib.log):
-    """Runs one soak; returns the results dict (raises RuntimeError on a setup failure)."""
+    """Starts wsed, runs hold() against it, stops it; returns the results dict (raises
+    RuntimeError on a setup failure)."""
     tmp = tempfile.mkdtemp(prefix="wsed-soak-")
     key = os.urandom(18).hex()
     key_file = os.path.join(tmp, "api.key")
     with open(key_file, "w") as f:
         f.write(key)
     workers = args.workers or max(1, math.ceil(args.connections / PER_SHARD))
-    cmd = [args.wsed, "--mode", "wse", "--workers", str(workers), "--port", "0",
-           "--max-connections", str(int(args.connections * 1.1) + 100), "--jwt-issuer", "wse-bench",
-           "--jwt-audience", "wse-bench", "--api-key-file", key_file] + args.wsed_args.split()
+    cmd = (wsed_command(args.wsed, args.connections, workers, key_file) + ["--port", "0"] +
+           args.wsed_args.split())
     log("+ " + " ".join(cmd))
     logf = open(os.path.join(tmp, "wsed.log"), "w")
     srv = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT,
                            env=dict(os.environ, WSED_JWT_SECRET=BENCH_SECRET))
     benchlib.STARTED.append(srv)
-    res = {"wsed": " ".join(cmd).replace(key_file, "KEYFILE"), "workers": workers}
-    bench = pub = None
     try:
         port = None
         end = time.monotonic() + 15
@@ -154,14 +152,36 @@ def soak(args, log=benchlib.log):
                         port = int(line.split("ws://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
         if port is None:
             raise RuntimeError("wsed did not start: " + open(logf.name).read()[-400:])
+        res = hold(args, port, srv.pid, key, tmp, log)
+    finally:
+        benchlib.stop(srv, 15)
+        logf.close()
+    res.update({"wsed": " ".join(cmd).replace(key_file, "KEYFILE"), "workers": workers})
+    return res
+
+
+def wsed_command(wsed, connections, workers, key_file):
+    """wsed and its flags for a soak of `connections` (the bench's JWT issuer and audience; no
+    --port)."""
+    return [wsed, "--mode", "wse", "--workers", str(workers),
+            "--max-connections", str(int(connections * 1.1) + 100), "--jwt-issuer", "wse-bench",
+            "--jwt-audience", "wse-bench", "--api-key-file", key_file]
+
+
+def hold(args, port, pid, key, tmp, log=benchlib.log):
+    """wse-bench sustained-hold of args.connections against the wsed on `port` (process `pid`,
+    API key `key`) with the publisher and the samples; returns the summarized results."""
+    res = {}
+    bench = pub = None
+    try:
         json_path = os.path.join(tmp, "bench.json")
         bcmd = [args.bench, "--port", str(port), "--test", "sustained-hold",
                 "--tiers", str(args.connections), "--duration", str(args.seconds),
-                "--ping-interval", str(args.ping_interval), "--server-pid", str(srv.pid),
+                "--ping-interval", str(args.ping_interval), "--server-pid", str(pid),
                 "--ramp-timeout", str(args.ramp_timeout), "--json", json_path]
         log("+ " + " ".join(bcmd))
-        bench = subprocess.Popen(bcmd, stdout=open(os.path.join(tmp, "bench.out"), "w"),
-                                 stderr=subprocess.STDOUT)
+        with open(os.path.join(tmp, "bench.out"), "w") as out:
+            bench = subprocess.Popen(bcmd, stdout=out, stderr=subprocess.STDOUT)
         benchlib.STARTED.append(bench)
         t0 = time.monotonic()
         # The ramp: until every connection is open (or the bench gave up).
@@ -173,7 +193,7 @@ def soak(args, log=benchlib.log):
                 break
             time.sleep(0.5)
         res["ramp_s"] = opened_at
-        log(f"ramp: {args.connections:,} open after {opened_at} s" if opened_at else
+        log(f"ramp: {args.connections:,} open after {opened_at:.1f} s" if opened_at else
             "ramp: not every connection opened")
         pub = Publisher(port, key, args.publish_rate)
         pub.start()
@@ -188,7 +208,7 @@ def soak(args, log=benchlib.log):
             if now >= next_sample:
                 m = metrics(port)
                 hold_m = m
-                samples.append((round(now - t0 - (opened_at or 0), 1), rss_kib(srv.pid),
+                samples.append((round(now - t0 - (opened_at or 0), 1), rss_kib(pid),
                                 int(m.get("wsed_connections_open", 0)),
                                 int(m.get("wsed_fanout_deliveries_total", 0))))
                 log(f"t={samples[-1][0]:7.1f}s rss {samples[-1][1]:,} KiB open {samples[-1][2]:,} "
@@ -199,7 +219,7 @@ def soak(args, log=benchlib.log):
         pub.join(timeout=15)
         rc = bench.wait(timeout=args.ramp_timeout + 120)
         last_m = metrics(port)
-        samples.append((round(time.monotonic() - t0 - (opened_at or 0), 1), rss_kib(srv.pid),
+        samples.append((round(time.monotonic() - t0 - (opened_at or 0), 1), rss_kib(pid),
                         int(hold_m.get("wsed_connections_open", 0)),
                         int(last_m.get("wsed_fanout_deliveries_total", 0))))
         res["bench_rc"] = rc
@@ -217,10 +237,8 @@ def soak(args, log=benchlib.log):
     finally:
         if pub is not None:
             pub.stop.set()
-        for p in (bench, srv):
-            if p is not None:
-                benchlib.stop(p, 15)
-        logf.close()
+        if bench is not None:
+            benchlib.stop(bench, 15)
     return summarize(res, args)
 
 
