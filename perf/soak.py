@@ -3,7 +3,7 @@
 # of publications. wse-bench (sustained-hold) holds the connections through its io_uring rings of
 # direct descriptors (beyond RLIMIT_NOFILE: one ring per 20,000, source addresses 127.0.0.x as
 # the ports need), each sending a WSE app ping every --ping-interval and checking its PONG; this
-# script publishes --publish-rate broadcasts a second through POST /api/publish (every connection
+# script publishes --publish-rate broadcasts a second (0.1) through POST /api/publish (every connection
 # receives each one; wsed's own server pings go out every 25 s as in production), samples wsed's
 # RSS and /metrics every --sample-every seconds, and reports: survival (open at the end / opened:
 # must be 100%), pings sent / answered and their latency, publications accepted by the API and
@@ -49,12 +49,15 @@ def rss_kib(pid):
     return None
 
 
-def metrics(port):
-    """{series: value} of the shard="total" (or unlabelled) series of wsed's /metrics."""
-    conn = http.client.HTTPConnection(HOST, port, timeout=10)
+def metrics(port, timeout_s=10):
+    """{series: value} of the shard="total" (or unlabelled) series of wsed's /metrics; {} when it
+    does not answer within timeout_s (counted by the caller: a stalled shard is a finding)."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout_s)
     try:
         conn.request("GET", "/metrics")
         body = conn.getresponse().read().decode(errors="replace")
+    except (OSError, http.client.HTTPException):
+        return {}
     finally:
         conn.close()
     out = {}
@@ -207,6 +210,9 @@ def hold(args, port, pid, key, tmp, log=benchlib.log):
                 pub.stop.set()
             if now >= next_sample:
                 m = metrics(port)
+                if not m:
+                    res["metrics_timeouts"] = res.get("metrics_timeouts", 0) + 1
+                    m = hold_m
                 hold_m = m
                 samples.append((round(now - t0 - (opened_at or 0), 1), rss_kib(pid),
                                 int(m.get("wsed_connections_open", 0)),
@@ -255,8 +261,10 @@ def summarize(res, args):
     res["pings_sent"] = row.get("sent_msgs", 0)
     res["pongs"] = row.get("replies", 0)
     last = res["metrics_last"]
-    res["server_deliveries"] = int(last.get("wsed_fanout_deliveries_total", 0))
     res["server_pings_sent"] = int(last.get("wsed_wse_server_pings_total", 0))
+    # wsed_fanout_deliveries_total counts every shared frame queued, its server pings too.
+    res["server_deliveries"] = (int(last.get("wsed_fanout_deliveries_total", 0)) -
+                                res["server_pings_sent"])
     other = row.get("errors", {}).get("other_messages", 0)
     # What the clients received that is not a PONG: the publications, wsed's server pings and
     # one server_hello per connection (the answer to wse-bench's client_hello).
@@ -299,6 +307,7 @@ def report(res, args):
         f"{f(r['max'] and r['max'] / 1024, 1)} | {f(r['slope_kib_per_min_after_warmup'], 1)} KiB/min |",
         "",
         f"errors (wse-bench): {b.get('errors')}",
+        f"wse-bench CPU: {b.get('client_cpu')}; wsed CPU over the hold: {b.get('server')}",
         f"publish failures: {res['publish_failures'] or 'none'}; wsed server pings sent: "
         f"{res['server_pings_sent']:,}",
         "wsed closes during the hold (last sample): " + (", ".join(f"{k} {v:,.0f}" for k, v in res["server_closed"].items())
@@ -317,7 +326,9 @@ def main():
     ap.add_argument("--connections", type=int, default=100000)
     ap.add_argument("--seconds", type=float, default=600, help="hold this long (after the ramp)")
     ap.add_argument("--ping-interval", type=float, default=20, help="client pings, seconds apart")
-    ap.add_argument("--publish-rate", type=float, default=1, help="broadcasts per second")
+    ap.add_argument("--publish-rate", type=float, default=0.1,
+                    help="broadcasts per second (0.1: one every 10 s, 10,000 deliveries/s on "
+                    "average at 100,000 connections)")
     ap.add_argument("--publish-stop-before", type=float, default=5,
                     help="stop publishing this long before the hold ends (in-flight deliveries)")
     ap.add_argument("--sample-every", type=float, default=10, help="seconds between RSS samples")
