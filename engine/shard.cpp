@@ -1384,14 +1384,18 @@ void shard::finish(connection& c, uint32_t slot) {
     begin_close(c, slot, close_reason::internal_error, 0);
   c.state = conn_state::finishing;
   timers_.unlink(slot);
-  if (c.ops & (recv_armed | send_pending | shutdown_pending)) {
-    // Every op on the socket: the multishot recv, a send that a peer which never reads would
-    // otherwise keep pending (and the slot with it) forever, a shutdown not started yet.
+  // Every op on the socket: the multishot recv, a send that a peer which never reads would
+  // otherwise keep pending (and the slot with it) forever, a shutdown not started yet. Each is
+  // cancelled by its own user_data, which the kernel finds by hash: a cancel by descriptor scans
+  // every armed request of the ring (10,000 idle connections made each close cost 0.2-0.5 ms).
+  // Fire-and-forget (no slot): the slot stays until the cancelled ops' own completions clear
+  // their bits, and their user_data carries this generation, so a cancel never reaches a reuse.
+  for (auto [bit, o] : {std::pair{recv_armed, op::recv}, std::pair{send_pending, op::send},
+                        std::pair{shutdown_pending, op::shutdown}}) {
+    if (!(c.ops & bit)) continue;
     io_uring_sqe* sqe = get_sqe();
-    io_uring_prep_cancel_fd(sqe, c.file_index,
-                            IORING_ASYNC_CANCEL_ALL | IORING_ASYNC_CANCEL_FD_FIXED);
-    io_uring_sqe_set_data64(sqe, pack(op::cancel, c.generation, slot));
-    c.ops |= cancel_pending;
+    io_uring_prep_cancel64(sqe, pack(o, c.generation, slot), IORING_ASYNC_CANCEL_ALL);
+    io_uring_sqe_set_data64(sqe, pack(op::cancel, 0, no_slot));
   }
   // A shutdown runs in io-wq and looks the fixed file up only when it runs: closed now, the
   // descriptor index could already hold the next accepted socket, and the shutdown would
@@ -1416,9 +1420,6 @@ void shard::on_close_op(connection& c, uint32_t slot, op o, int res) {
       } else if (res < 0 && c.state == conn_state::lingering) {
         finish(c, slot);
       }
-      break;
-    case op::cancel:
-      c.ops &= uint8_t(~cancel_pending);
       break;
     case op::close_fd:
       c.ops &= uint8_t(~close_pending);

@@ -192,7 +192,6 @@ class shard {
     send_pending = 2,
     shutdown_pending = 4,
     close_pending = 8,
-    cancel_pending = 16,
   };
 
   struct byte_buffer;

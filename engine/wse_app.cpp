@@ -791,14 +791,28 @@ void wse_app::on_tick(shard& s, uint64_t now_ms) {
   }
   if (opt_.ping_interval_ms == 0) return;
   per_shard& p = part(s);
-  if (p.next_ping_ms == 0) p.next_ping_ms = now_ms + opt_.ping_interval_ms;
-  if (now_ms < p.next_ping_ms) return;
-  p.next_ping_ms = now_ms + opt_.ping_interval_ms;
+  // Spread over the interval: each tick pings the slots the round's elapsed share reaches, so
+  // every connection is pinged once per interval and a shard never pings all of its connections
+  // in one pass (16,700 at once, 100,000 over six shards, held their loops for seconds on two
+  // shared cores: clients' PONGs waited behind them).
+  if (p.ping_round_ms == 0) p.ping_round_ms = now_ms;
+  uint64_t elapsed_ms = now_ms - p.ping_round_ms;
+  size_t upto = elapsed_ms >= opt_.ping_interval_ms
+                    ? p.conns.size()
+                    : size_t(p.conns.size() * elapsed_ms / opt_.ping_interval_ms);
+  size_t from = std::min<size_t>(p.ping_cursor, upto);
+  p.ping_cursor = uint32_t(upto);
+  if (elapsed_ms >= opt_.ping_interval_ms) {
+    p.ping_round_ms = now_ms;
+    p.ping_cursor = 0;
+  }
+  if (from == upto) return;
   p.scratch.clear();
   proto::wse_build_server_ping(p.scratch, wall_ms());
-  // One shared frame for the whole shard, copied into each connection's queue.
+  // One shared frame for the slice, copied into each connection's queue.
   fanout::frame* f = hub_ ? hub_->pool(s.index()).make_text({}, p.scratch) : nullptr;
-  for (uint32_t slot = 0; slot < p.conns.size(); ++slot) {
+  for (size_t i = from; i < upto; ++i) {
+    uint32_t slot = uint32_t(i);
     const conn_state& st = p.conns[slot];
     if (!st.live || !st.authenticated) continue;
     if (f)

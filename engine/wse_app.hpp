@@ -474,7 +474,8 @@ class wse_app final : public app_handler, public redis_sink {
     uint64_t busy_checked_ms = 0;        // shard loop clock of the last check on a delivery
     uint64_t next_expire_ms = 0;         // shard 0: the recovery store's TTL sweep
     wse_counters counts;
-    uint64_t next_ping_ms = 0;                       // shard loop clock; 0: not scheduled yet
+    uint64_t ping_round_ms = 0;  // shard loop clock: the server ping round began; 0: not yet
+    uint32_t ping_cursor = 0;    // slots below it were pinged this round
     std::shared_ptr<const auth::verifier> verifier;  // this shard's copy of verifier_
     uint64_t verifier_version = 0;                   // of that copy
     per_shard();

@@ -21,7 +21,7 @@ import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-MODULES = ["test_wsed", "test_deflate", "test_wse_bench", "test_wse", "test_wse_features", "test_e2e", "test_fanout", "test_redis", "test_recovery", "test_redis_recovery", "test_redis_groups", "test_redis_presence", "test_presence", "test_queue_groups", "test_tls", "test_config", "test_metrics", "test_service", "test_faults", "test_logs"]
+MODULES = ["test_wsed", "test_deflate", "test_wse_bench", "test_wse", "test_wse_features", "test_e2e", "test_fanout", "test_redis", "test_recovery", "test_redis_recovery", "test_redis_groups", "test_redis_presence", "test_presence", "test_queue_groups", "test_tls", "test_config", "test_metrics", "test_service", "test_faults", "test_logs", "test_slowloris", "test_soak"]
 
 
 def collect():
