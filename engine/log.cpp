@@ -120,7 +120,6 @@ void print(state& st, int fd, level l, std::string_view event, std::string_view 
 }
 
 void print_report(state& st, const repeat_limiter::report& r) {
-  st.suppressed.fetch_add(r.suppressed, std::memory_order_relaxed);
   std::string msg = std::to_string(r.suppressed) + " similar suppressed (" + r.event + ")";
   print(st, st.fd.load(std::memory_order_relaxed), r.lvl, "log_suppressed", msg,
         {{"suppressed_event", std::string_view(r.event)},
@@ -199,7 +198,10 @@ void emit(level l, std::string_view event, std::string_view msg, fields f, std::
   repeat_limiter::report pending;
   bool print_it = st.limiter.admit(l, event, key, monotonic_ms(), &pending);
   if (pending.suppressed) print_report(st, pending);
-  if (print_it) print(st, st.fd.load(std::memory_order_relaxed), l, event, msg, f);
+  if (print_it)
+    print(st, st.fd.load(std::memory_order_relaxed), l, event, msg, f);
+  else
+    st.suppressed.fetch_add(1, std::memory_order_relaxed);  // /metrics: counted when suppressed
 }
 
 void emit_to(int fd, level l, std::string_view event, std::string_view msg, fields f) {

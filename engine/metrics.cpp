@@ -12,6 +12,8 @@
 #include <cstring>
 #include <functional>
 
+#include "engine/log.hpp"
+
 namespace wsed::engine {
 
 const char* name_of(reject_reason r) {
@@ -324,7 +326,6 @@ std::string render_prometheus(std::span<const shard_metrics* const> shards) {
                    "embedder) to the end of the fan-out pass that queued it to a connection, one "
                    "observation per connection.",
                    &shard_metrics::delivery_latency);
-  process_families(out);
   family(out, shards, "wsed_recv_buffers_lent", "gauge",
          "Provided receive buffers handed to the shard by the kernel and not recycled yet.",
          [](const shard_metrics& m) { return m.recv_buffers_lent.get(); });
@@ -337,6 +338,10 @@ std::string render_prometheus(std::span<const shard_metrics* const> shards) {
         "Faults injected by --fault-inject (testing), by kind.",
         [k](const shard_metrics& m) { return m.faults ? m.faults->injected(fault_kind(k)) : 0; },
         "kind", name_of(fault_kind(k)), k == 0);
+  sample(out, "wsed_log_suppressed_total", "counter",
+         "Log lines counted instead of printed by the repeat limiter (README \"Logs\").",
+         double(log::suppressed_total()));
+  process_families(out);
   return out;
 }
 

@@ -251,12 +251,16 @@ def test_logs_flood_is_suppressed_and_counted():
         while "log_suppressed" not in srv.stderr_text() and time.monotonic() < deadline:
             time.sleep(0.1)
         assert "log_suppressed" in srv.stderr_text(), srv.stderr_text()[-1000:]
+        m, _ = H.get_metrics(srv.port)
+        counted = H.metric_value(m, "wsed_log_suppressed_total")
     ev = json_lines(srv.stderr_text(), "stderr")
     printed, suppressed = occurrences(ev, "handshake_rejected", "reason", "bad_request")
     assert printed + suppressed == 500, (printed, suppressed)
     printed_auth, suppressed_auth = occurrences(ev, "auth_rejected", "reason", "bad_signature")
     assert printed_auth + suppressed_auth == 200, (printed_auth, suppressed_auth)
     assert suppressed > 0 and suppressed_auth > 0, ev[-5:]
+    # The counter on /metrics counts the same lines (all were refused before the scrape).
+    assert counted == suppressed + suppressed_auth, (counted, suppressed, suppressed_auth)
     reports = [e for e in ev if e["event"] == "log_suppressed"]
     for r in reports:
         assert r["msg"] == "%d similar suppressed (%s)" % (r["count"], r["suppressed_event"]), r
