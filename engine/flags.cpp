@@ -532,7 +532,9 @@ void read_file(table& t, const config_input& in, std::map<const CLI::Option*, se
                std::vector<std::string>& problems) {
   std::string text;
   const std::string& file = t.config_file;
-  std::string where = "--config " + file;
+  auto from = src.find(t.config_option);
+  bool by_env = from != src.end() && from->second == setting_source::env;
+  std::string where = (by_env ? "--config (from WSED_CONFIG) " : "--config ") + file;
   if (in.config_text) {
     text = *in.config_text;
   } else {

@@ -219,6 +219,8 @@ def test_config_unknown_key_and_bad_lines_exit_2():
             assert out == "", "%r: stdout %r" % (text, out[:200])
         rc, _, err = wsed_cmd("--config", os.path.join(d.path, "missing.toml"))
         assert rc == 2 and "cannot read the file" in err, err
+        rc, _, err = wsed_cmd(env={"WSED_CONFIG": os.path.join(d.path, "missing.toml")})
+        assert rc == 2 and "--config (from WSED_CONFIG) " in err and len(err_lines(err)) == 1, err
 
 
 @limit(30)
