@@ -176,11 +176,14 @@ bool parse_cluster(std::string_view list, std::vector<endpoint>& out, std::strin
     std::string url =
         item.starts_with("redis://") ? std::string(item) : "redis://" + std::string(item);
     if (!parse_endpoint(url, e, why)) {
-      // The seed as given, but never its credentials (user:pass@ masked).
+      // The seed as given, but never its password (user:***@, as --print-config shows it;
+      // a lone user-info part may be a password: ***@).
       std::string shown(item);
       size_t at = shown.rfind('@');
       if (at != std::string::npos) {
         size_t from = shown.starts_with("redis://") ? 8 : 0;
+        size_t colon = shown.find(':', from);
+        if (colon != std::string::npos && colon < at) from = colon + 1;
         if (at >= from) shown.replace(from, at - from, "***");
       }
       why = shown + ": " + why;

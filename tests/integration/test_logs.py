@@ -347,7 +347,7 @@ def test_logs_never_print_a_secret():
     assert seed_pw not in text, text[-1000:]
     rc, out, err = H.run_cmd([BIN, "--mode", "wse", "--redis-cluster", "redis://u:%s@127.0.0.1:notaport" % seed_pw],
                              timeout=5, env=env())
-    assert rc == 2 and "redis://***@127.0.0.1:notaport" in err and seed_pw not in out + err, (rc, err)
+    assert rc == 2 and "redis://u:***@127.0.0.1:notaport" in err and seed_pw not in out + err, (rc, err)
     assert "redis_down" in {e["event"] for e in json_lines(bad.stderr_text(), "bad")}
     down = [e for e in json_lines(bad.stderr_text(), "bad") if e["event"] == "redis_down"]
     assert "127.0.0.1:%d" % redis.port in down[0]["msg"], down
