@@ -791,15 +791,18 @@ void wse_app::on_tick(shard& s, uint64_t now_ms) {
   }
   if (opt_.ping_interval_ms == 0) return;
   per_shard& p = part(s);
-  // Spread over the interval: each tick pings the slots the round's elapsed share reaches, so
-  // every connection is pinged once per interval and a shard never pings all of its connections
-  // in one pass (16,700 at once, 100,000 over six shards, held their loops for seconds on two
-  // shared cores: clients' PONGs waited behind them).
-  if (p.ping_round_ms == 0) p.ping_round_ms = now_ms;
+  // Spread over the interval: each tick pings the slots the round's elapsed share reaches (slot
+  // k of n at k/n of the round), so every connection is pinged once per interval and a shard
+  // never pings all of its connections in one pass (16,700 at once, 100,000 over six shards,
+  // held their loops for seconds on two shared cores: clients' PONGs waited behind them). The
+  // first round begins one interval after the shard's first tick, as the one-pass ping did.
+  if (p.ping_round_ms == 0) p.ping_round_ms = now_ms + opt_.ping_interval_ms;
+  if (now_ms < p.ping_round_ms) return;
   uint64_t elapsed_ms = now_ms - p.ping_round_ms;
   size_t upto = elapsed_ms >= opt_.ping_interval_ms
                     ? p.conns.size()
-                    : size_t(p.conns.size() * elapsed_ms / opt_.ping_interval_ms);
+                    : std::min(p.conns.size(),
+                               size_t(p.conns.size() * elapsed_ms / opt_.ping_interval_ms) + 1);
   size_t from = std::min<size_t>(p.ping_cursor, upto);
   p.ping_cursor = uint32_t(upto);
   if (elapsed_ms >= opt_.ping_interval_ms) {

@@ -101,6 +101,14 @@ def quantile(sorted_values, q):
     return sorted_values[i]
 
 
+def duration_s(text):
+    """wsed's DUR (10s, 500ms, 2m, 1h, a number of seconds) in seconds."""
+    for suffix, scale in (("ms", 1e-3), ("s", 1.0), ("m", 60.0), ("h", 3600.0)):
+        if text.endswith(suffix):
+            return float(text[:-len(suffix)]) * scale
+    return float(text)
+
+
 def raise_nofile():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
@@ -528,8 +536,7 @@ def main():
     args = ap.parse_args()
     benchlib.install_handlers()
     soft, hard = raise_nofile()
-    hs_timeout_s = float(args.handshake_timeout.rstrip("s")) if args.handshake_timeout.endswith(
-        "s") and not args.handshake_timeout.endswith("ms") else 10.0
+    hs_timeout_s = duration_s(args.handshake_timeout)
     args.hs_timeout_s = hs_timeout_s
     if not args.settle:
         args.settle = hs_timeout_s + 1

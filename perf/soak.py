@@ -88,10 +88,19 @@ class Publisher(threading.Thread):
         self.failures = {}
         self.seq = 0
 
+    # wsed closes a kept-alive HTTP connection idle for --handshake-timeout (10 s): a connection
+    # idle for longer than this is replaced before the next request (else at one publication
+    # every 10 s a request now and then meets the reset: 3 of 60 in the first 10-minute run).
+    idle_reconnect_s = 4.0
+
     def run(self):
         conn = None
+        last_used = 0.0
         next_t = time.monotonic()
         while not self.stop.is_set():
+            if conn is not None and time.monotonic() - last_used > self.idle_reconnect_s:
+                conn.close()
+                conn = None
             body = json.dumps({"broadcast": True, "message": {
                 "t": "soak_tick", "p": {"seq": self.seq, "ts_ms": int(time.time() * 1000)}}})
             try:
@@ -101,6 +110,7 @@ class Publisher(threading.Thread):
                     "Authorization": "Bearer " + self.key, "Content-Type": "application/json"})
                 resp = conn.getresponse()
                 answer = resp.read()
+                last_used = time.monotonic()
                 if resp.status == 200:
                     self.accepted += json.loads(answer).get("accepted", 0)
                     self.seq += 1
@@ -310,6 +320,9 @@ def report(res, args):
         f"wse-bench CPU: {b.get('client_cpu')}; wsed CPU over the hold: {b.get('server')}",
         f"publish failures: {res['publish_failures'] or 'none'}; wsed server pings sent: "
         f"{res['server_pings_sent']:,}",
+        "clients' deliveries: wse-bench's other messages less one server_hello per connection and "
+        "every server ping wsed counted, those sent while the bench was already closing too (so at "
+        "least this many; exact with --wsed-args '--ping-interval 0')",
         "wsed closes during the hold (last sample): " + (", ".join(f"{k} {v:,.0f}" for k, v in res["server_closed"].items())
                            or "none"),
         "RSS samples (s after the ramp: KiB, open): " + ", ".join(
