@@ -24,7 +24,7 @@ struct server_config {
   server_mode mode = server_mode::wse;
 
   uint32_t connections_max = 100000;      // whole process; beyond it HTTP 503
-  uint32_t pending_handshakes_max = 512;  // whole process; beyond it HTTP 503
+  uint32_t pending_handshakes_max = 16384;  // whole process; beyond it HTTP 503
   uint32_t handshake_timeout_ms = 10000;  // upgrade must complete within this
   uint32_t idle_timeout_ms = 60000;       // no inbound bytes for this long: close 4408 (0 = off)
   uint64_t message_bytes_max = 1u << 20;  // larger message: close 1009

@@ -290,12 +290,16 @@ void build_table(table& t) {
            2);
 
   t.group = "Redis";
-  value(t, "--redis-url", c.redis_url,
-        "WSE mode: share topics with other wsed instances through this Redis: "
-        "redis://[user:pass@]host:port[/db] or unix:///path (default: none)");
-  value(t, "--redis-cluster", c.redis_cluster,
-        "WSE mode: the same through a Redis Cluster (7+), sharded pub/sub: seed nodes "
-        "host:port,host:port,... (the slot map is read from them and followed)");
+  t.shown[value(t, "--redis-url", c.redis_url,
+                "WSE mode: share topics with other wsed instances through this Redis: "
+                "redis://[user:pass@]host:port[/db] or unix:///path (default: none)")] = [&c] {
+    return quote(redis::mask_credentials(c.redis_url));
+  };
+  t.shown[value(t, "--redis-cluster", c.redis_cluster,
+                "WSE mode: the same through a Redis Cluster (7+), sharded pub/sub: seed nodes "
+                "host:port,host:port,... (the slot map is read from them and followed)")] = [&c] {
+    return quote(redis::mask_credentials(c.redis_cluster));
+  };
   value(t, "--redis-prefix", c.redis_prefix,
         "Redis channel prefix: topic T is channel <prefix>T (also <prefix>@broadcast, "
         "<prefix>@user:ID, <prefix>@node:INSTANCE, stream <prefix>inbound)");

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <string>
 
+#include "engine/log.hpp"
 #include "engine/redis_bridge.hpp"
 
 #ifdef WSED_HAVE_SYSTEMD
@@ -28,7 +29,9 @@ uint64_t monotonic_us() {
 void send_state(const std::string& state) {
 #ifdef WSED_HAVE_SYSTEMD
   int r = sd_notify(0, state.c_str());
-  if (r < 0) std::fprintf(stderr, "wsed: sd_notify to $NOTIFY_SOCKET failed: %s\n", strerror(-r));
+  if (r < 0)
+    log::warn("sd_notify_failed",
+              std::string("sd_notify to $NOTIFY_SOCKET failed: ") + strerror(-r), {{"errno", -r}});
 #else
   (void)state;
 #endif

@@ -165,6 +165,27 @@ bool parse_endpoint(std::string_view url, endpoint& out, std::string& why) {
   return resolve(out, why);
 }
 
+std::string mask_credentials(std::string_view list) {
+  std::string out;
+  for (;;) {
+    size_t comma = list.find(',');
+    std::string item(list.substr(0, comma));
+    size_t at = item.rfind('@');
+    if (at != std::string::npos) {
+      size_t scheme = item.find("://");
+      size_t from = scheme == std::string::npos || scheme > at ? 0 : scheme + 3;
+      size_t colon = item.find(':', from);
+      if (colon < at) from = colon + 1;
+      item.replace(from, at - from, "***");
+    }
+    out += item;
+    if (comma == std::string_view::npos) break;
+    out += ',';
+    list.remove_prefix(comma + 1);
+  }
+  return out;
+}
+
 bool parse_cluster(std::string_view list, std::vector<endpoint>& out, std::string& why) {
   out.clear();
   while (!list.empty()) {
@@ -176,17 +197,7 @@ bool parse_cluster(std::string_view list, std::vector<endpoint>& out, std::strin
     std::string url =
         item.starts_with("redis://") ? std::string(item) : "redis://" + std::string(item);
     if (!parse_endpoint(url, e, why)) {
-      // The seed as given, but never its password (user:***@, as --print-config shows it;
-      // a lone user-info part may be a password: ***@).
-      std::string shown(item);
-      size_t at = shown.rfind('@');
-      if (at != std::string::npos) {
-        size_t from = shown.starts_with("redis://") ? 8 : 0;
-        size_t colon = shown.find(':', from);
-        if (colon != std::string::npos && colon < at) from = colon + 1;
-        if (at >= from) shown.replace(from, at - from, "***");
-      }
-      why = shown + ": " + why;
+      why = mask_credentials(item) + ": " + why;
       return false;
     }
     out.push_back(std::move(e));

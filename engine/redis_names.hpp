@@ -44,6 +44,10 @@ bool parse_endpoint(std::string_view url, endpoint& out, std::string& why);
 bool resolve(endpoint& e, std::string& why);
 // host:port,host:port,... (each may also be a redis:// URL with credentials).
 bool parse_cluster(std::string_view list, std::vector<endpoint>& out, std::string& why);
+// A --redis-url or a --redis-cluster list as given, but never a password: in each
+// comma-separated item, user:***@ (a lone user-info part, which parse_endpoint takes as the
+// password: ***@), up to the item's last '@'. For --print-config and error lines.
+std::string mask_credentials(std::string_view list);
 
 // What a channel (with the prefix already removed) carries.
 enum class channel_kind : uint8_t { topic, broadcast, user, command, unknown };

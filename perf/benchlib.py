@@ -200,3 +200,22 @@ def peer_versions():
     except (OSError, subprocess.TimeoutExpired):
         pass
     return ", ".join(out)
+
+
+_SHARD_LABEL = re.compile(r'shard="[^"]*",?')
+
+
+def series_summed_over_shards(text):
+    """{series: value} of a /metrics exposition, each series' shard="N" label dropped and its
+    shards summed (wsed exposes per-shard series only, no total)."""
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("#") or " " not in line:
+            continue
+        name, value = line.rsplit(" ", 1)
+        name = _SHARD_LABEL.sub("", name).replace(",}", "}").replace("{}", "")
+        try:
+            out[name] = out.get(name, 0.0) + float(value)
+        except ValueError:
+            pass
+    return out

@@ -418,7 +418,7 @@ def trickle_main(argv):
 
 
 def metrics(port):
-    """wsed's /metrics as {(name, labels-string): value} of the shard="total" series."""
+    """wsed's /metrics as {(name, labels-string): value}, summed over the shards."""
     s = socket.create_connection((HOST, port), timeout=5)
     try:
         s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -430,19 +430,7 @@ def metrics(port):
             raw += chunk
     finally:
         s.close()
-    out = {}
-    for line in raw.split(b"\r\n\r\n", 1)[-1].decode(errors="replace").splitlines():
-        if line.startswith("#") or " " not in line:
-            continue
-        name, value = line.rsplit(" ", 1)
-        if 'shard="' in name and 'shard="total"' not in name:
-            continue
-        try:
-            out[name.replace('shard="total",', "").replace(',shard="total"', "")
-                .replace('{shard="total"}', "")] = float(value)
-        except ValueError:
-            pass
-    return out
+    return benchlib.series_summed_over_shards(raw.split(b"\r\n\r\n", 1)[-1].decode(errors="replace"))
 
 
 INTERESTING = ("wsed_connections_closed_total", "wsed_connections_rejected_total",
@@ -527,7 +515,7 @@ def main():
     ap.add_argument("--modes", default="handshake,frames")
     ap.add_argument("--handshake-timeout", default="10s")
     ap.add_argument("--max-pending-handshakes", type=int, default=0,
-                    help="wsed's cap (0: sockets + 1024, so that the cap is not what is measured)")
+                    help="wsed's cap (0: wsed's default, 16384)")
     ap.add_argument("--settle", type=float, default=0,
                     help="seconds after the ramp before measuring (default: handshake timeout + 1)")
     ap.add_argument("--ramp-timeout", type=float, default=60)
@@ -540,9 +528,9 @@ def main():
     args.hs_timeout_s = hs_timeout_s
     if not args.settle:
         args.settle = hs_timeout_s + 1
-    pending = args.max_pending_handshakes or args.sockets + 1024
+    pending = ["--max-pending-handshakes", str(args.max_pending_handshakes)] if args.max_pending_handshakes else []
     cmd = [args.wsed, "--mode", "wse", "--workers", "1", "--port", "0",
-           "--handshake-timeout", args.handshake_timeout, "--max-pending-handshakes", str(pending),
+           "--handshake-timeout", args.handshake_timeout, *pending,
            "--max-connections", str(args.sockets + 4096)] + args.wsed_args.split()
     srv, port = benchlib.start_server("wsed", cmd, 0, env={"WSED_JWT_SECRET": SECRET})
     tok = token()

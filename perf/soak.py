@@ -50,7 +50,7 @@ def rss_kib(pid):
 
 
 def metrics(port, timeout_s=10):
-    """{series: value} of the shard="total" (or unlabelled) series of wsed's /metrics; {} when it
+    """{series: value} of wsed's /metrics, summed over the shards; {} when it
     does not answer within timeout_s (counted by the caller: a stalled shard is a finding)."""
     conn = http.client.HTTPConnection(HOST, port, timeout=timeout_s)
     try:
@@ -60,20 +60,7 @@ def metrics(port, timeout_s=10):
         return {}
     finally:
         conn.close()
-    out = {}
-    for line in body.splitlines():
-        if line.startswith("#") or " " not in line:
-            continue
-        name, value = line.rsplit(" ", 1)
-        if 'shard="' in name and 'shard="total"' not in name:
-            continue
-        name = (name.replace('shard="total",', "").replace(',shard="total"', "")
-                .replace('{shard="total"}', ""))
-        try:
-            out[name] = float(value)
-        except ValueError:
-            pass
-    return out
+    return benchlib.series_summed_over_shards(body)
 
 
 class Publisher(threading.Thread):

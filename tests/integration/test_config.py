@@ -297,6 +297,16 @@ def test_print_config_masks_secrets():
         s, out = printed("--redis-cluster", "127.0.0.1:7000,app:%s@127.0.0.1:7001" % password)
         assert password not in out and s["redis-cluster"][0] == '"127.0.0.1:7000,app:***@127.0.0.1:7001"', \
             s["redis-cluster"]
+        # A lone user-info part is the password (redis://PASSWORD@host), and a password may hold
+        # '/' or ':': masked up to the last '@' all the same.
+        for url, shown in (("redis://%s@127.0.0.1:6390" % password, '"redis://***@127.0.0.1:6390"'),
+                           ("redis://:ab/%s@127.0.0.1:6390" % password, '"redis://:***@127.0.0.1:6390"'),
+                           ("redis://u:a:%s@127.0.0.1:6390/1" % password, '"redis://u:***@127.0.0.1:6390/1"')):
+            s, out = printed("--redis-url", url)
+            assert password not in out and s["redis-url"][0] == shown, (url, s["redis-url"])
+        s, out = printed("--redis-cluster", "%s@127.0.0.1:7000,127.0.0.1:7001" % password)
+        assert password not in out and s["redis-cluster"][0] == '"***@127.0.0.1:7000,127.0.0.1:7001"', \
+            s["redis-cluster"]
 
 
 @limit(60)
