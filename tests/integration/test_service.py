@@ -290,8 +290,13 @@ def test_service_meson_install_tree():
             mods = installed(dest, "**/dist-packages/wsed/__init__.py")
             assert len(mods) == 1, "Python module: %r" % mods
             site = os.path.dirname(os.path.dirname(mods[0]))
+            env = {"PYTHONPATH": site, "PYTHONDONTWRITEBYTECODE": "1"}
+            if os.environ.get("WSED_SANITIZERS"):  # a sanitized module needs its runtime first
+                rt = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True,
+                                    text=True, timeout=30).stdout.strip()
+                env.update(LD_PRELOAD=rt, ASAN_OPTIONS="detect_leaks=0")
             rc, out, err = H.run_cmd(["/usr/bin/python3", "-c", "import wsed, wsed.compat; print(wsed.__file__)"],
-                                     timeout=30, env={"PYTHONPATH": site, "PYTHONDONTWRITEBYTECODE": "1"})
+                                     timeout=30, env=env)
             assert rc == 0 and out.strip().startswith(site), (rc, out, err[-1500:])
         # the man page, once the flag table generates one (accepted when present, must be roff)
         for man in installed(dest, "**/share/man/man1/wsed.1*"):
