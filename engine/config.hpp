@@ -23,11 +23,11 @@ struct server_config {
   uint32_t workers = 0;  // 0: one per online CPU
   server_mode mode = server_mode::wse;
 
-  uint32_t connections_max = 100000;      // whole process; beyond it HTTP 503
+  uint32_t connections_max = 100000;        // whole process; beyond it HTTP 503
   uint32_t pending_handshakes_max = 16384;  // whole process; beyond it HTTP 503
-  uint32_t handshake_timeout_ms = 10000;  // upgrade must complete within this
-  uint32_t idle_timeout_ms = 60000;       // no inbound bytes for this long: close 4408 (0 = off)
-  uint64_t message_bytes_max = 1u << 20;  // larger message: close 1009
+  uint32_t handshake_timeout_ms = 10000;    // upgrade must complete within this
+  uint32_t idle_timeout_ms = 60000;         // no inbound bytes for this long: close 4408 (0 = off)
+  uint64_t message_bytes_max = 1u << 20;    // larger message: close 1009
   uint32_t fragments_per_message_max = 4096;     // more frames in one message: close 1009
   uint64_t unfinished_bytes_max = 256ull << 20;  // whole process; over it: close 1013
   uint64_t outbound_bytes_max = 1u << 20;        // per connection queued bytes; over it: 4509/drop
