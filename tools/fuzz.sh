@@ -32,8 +32,8 @@ for t in "${targets[@]}"; do
     jwt) sources+=(auth/jwt.cpp auth/acl.cpp) libs+=(-lsimdjson) ;;
     command) sources+=(proto/wse_command.cpp proto/wse_envelope.cpp) libs+=(-lsimdjson) ;;
     config)
-      sources+=(engine/flags.cpp engine/redis_names.cpp engine/tls.cpp auth/keys.cpp auth/jwt.cpp
-        auth/acl.cpp)
+      sources+=(engine/flags.cpp engine/log.cpp engine/fault.cpp engine/redis_names.cpp engine/tls.cpp
+        auth/keys.cpp auth/jwt.cpp auth/acl.cpp)
       libs+=(-lsimdjson -lssl "-DWSED_VERSION=\"fuzz\"") ;;
   esac
   if ! "$CXX" -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
