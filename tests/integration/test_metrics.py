@@ -245,9 +245,16 @@ def test_metrics_alert_rules_check_and_unit_tests():
     assert rc == 0 and "SUCCESS" in out and "FAILED" not in out, out
     rc, out = promtool("test", "rules", "alerts_test.yml")
     assert rc == 0 and "SUCCESS" in out, out
-    # The rules' alert names are the ones README documents.
     exprs = rule_exprs()
     assert len(exprs) >= 6, exprs
+    # The rules' alert names are the ones README documents.
+    with open(os.path.join(DOCS, "alerts.yml")) as f:
+        names = [ln.split("alert:", 1)[1].strip() for ln in f if ln.strip().startswith("- alert:")]
+    with open(os.path.join(os.path.dirname(DOCS), "README.md")) as f:
+        readme = f.read()
+    assert len(names) == len(exprs), (names, len(exprs))
+    missing = [n for n in names if "`%s`" % n not in readme]
+    assert not missing, "alerts README does not name: %r" % missing
 
 
 @limit(60)
