@@ -673,14 +673,8 @@ void resolve(table& t, const config_input& in, flags_result& result,
 void check_files(const server_config& c, const config_input& in,
                  std::vector<std::string>& problems) {
   auto key_file = [&](const char* flag, const std::string& file, size_t min_bytes) {
-    if (file.empty()) return;
-    auto key = auth::load_hmac_secret_file(file);
-    if (!key)
-      problems.push_back(std::string(flag) + " " + file + ": " +
-                         std::string(auth::name_of(key.error())));
-    else if (key->size() < min_bytes)
-      problems.push_back(std::string(flag) + " " + file + ": the key must be at least " +
-                         std::to_string(min_bytes) + " bytes");
+    std::string why;
+    if (!file.empty() && !load_key_file(flag, file, min_bytes, why)) problems.push_back(why);
   };
   auto readable = [&](const char* flag, const std::string& file) {
     if (file.empty()) return;
@@ -700,8 +694,8 @@ void check_files(const server_config& c, const config_input& in,
     readable("--tls-ca-file", c.tls_ca_file);
   }
   if (c.mode != server_mode::wse) return;
-  key_file("--api-key-file", c.api_key_file, 16);
-  key_file("--signing-key-file", c.signing_key_file, 32);
+  key_file("--api-key-file", c.api_key_file, api_key_bytes_min);
+  key_file("--signing-key-file", c.signing_key_file, signing_key_bytes_min);
   if (c.insecure_no_auth) return;
   auto alg = auth::parse_alg(c.jwt_alg);
   if (alg && !auth::is_hmac(*alg)) {
@@ -982,6 +976,21 @@ std::string mask_secrets(std::string_view text) {
     text.remove_prefix(end + 1);
   }
   return out;
+}
+
+std::optional<std::string> load_key_file(const char* flag, const std::string& file,
+                                         size_t min_bytes, std::string& why) {
+  auto key = auth::load_hmac_secret_file(file);
+  if (!key) {
+    why = std::string(flag) + " " + file + ": " + std::string(auth::name_of(key.error()));
+    return std::nullopt;
+  }
+  if (key->size() < min_bytes) {
+    why = std::string(flag) + " " + file + ": the key must be at least " +
+          std::to_string(min_bytes) + " bytes";
+    return std::nullopt;
+  }
+  return std::move(*key);
 }
 
 void print_flag_error(const char* program, std::string what) {

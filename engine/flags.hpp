@@ -62,6 +62,14 @@ flags_result load_config(const config_input& input);
 // stderr ("wsed: <problem> (see wsed --help)" per line). exit_usage: the caller exits with 2.
 flags_result parse_flags(int argc, char** argv);
 
+// A key file's bytes (one trailing newline dropped), at least min_bytes: --api-key-file,
+// --signing-key-file. Fills why ("<flag> <file>: ...") and returns nullopt on failure. Used by
+// the server at startup and on SIGHUP, and by --check-config.
+constexpr size_t api_key_bytes_min = 16;
+constexpr size_t signing_key_bytes_min = 32;
+std::optional<std::string> load_key_file(const char* flag, const std::string& file,
+                                         size_t min_bytes, std::string& why);
+
 // The one stderr line for a bad flag: "<program>: <what, newlines folded> (see <program>
 // --help)". Shared by the server's flags and `wsed gen-token`.
 void print_flag_error(const char* program, std::string what);

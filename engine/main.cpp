@@ -209,32 +209,13 @@ int gen_token(int argc, char** argv) {
   return 0;
 }
 
-// A key file's bytes (one trailing newline dropped), at least min_bytes: --api-key-file,
-// --signing-key-file. Fills why ("<flag> <file>: ...") and returns nullopt on failure.
-std::optional<std::string> load_key_file(const char* flag, const std::string& file,
-                                         size_t min_bytes, std::string& why) {
-  auto key = auth::load_hmac_secret_file(file);
-  if (!key) {
-    why = std::string(flag) + " " + file + ": " + std::string(auth::name_of(key.error()));
-    return std::nullopt;
-  }
-  if (key->size() < min_bytes) {
-    why = std::string(flag) + " " + file + ": the key must be at least " +
-          std::to_string(min_bytes) + " bytes";
-    return std::nullopt;
-  }
-  return std::move(*key);
-}
-
-constexpr size_t signing_key_bytes_min = 32;
-
 // SIGHUP: rebuild the verifier from the key files / environment and swap it in; open
 // connections are untouched. On failure the current keys stay. The signing key likewise.
 void reload_keys(const engine::server_config& c, engine::wse_app* wse) {
   if (wse && !c.signing_key_file.empty()) {
     std::string why;
-    if (auto key =
-            load_key_file("--signing-key-file", c.signing_key_file, signing_key_bytes_min, why)) {
+    if (auto key = engine::load_key_file("--signing-key-file", c.signing_key_file,
+                                         engine::signing_key_bytes_min, why)) {
       wse->set_signing_key(std::move(*key));
       log::info("reload", "SIGHUP: signing key reloaded", {{"what", "signing_key"}, {"ok", true}});
     } else {
@@ -352,12 +333,12 @@ int main(int argc, char** argv) {
       size_t min_bytes;
       std::string& key;
     } key_files[] = {
-        {"--api-key-file", c.api_key_file, 16, o.api_key},
-        {"--signing-key-file", c.signing_key_file, signing_key_bytes_min, o.signing_key}};
+        {"--api-key-file", c.api_key_file, engine::api_key_bytes_min, o.api_key},
+        {"--signing-key-file", c.signing_key_file, engine::signing_key_bytes_min, o.signing_key}};
     for (const auto& k : key_files) {
       if (k.file.empty()) continue;
       std::string why;
-      auto key = load_key_file(k.flag, k.file, k.min_bytes, why);
+      auto key = engine::load_key_file(k.flag, k.file, k.min_bytes, why);
       if (!key) {
         log::error("config_error", why, {{"flag", k.flag}});
         return 2;

@@ -6,6 +6,7 @@
 # Owns: the Popen objects in STARTED (every process a script started through it). Must never kill
 # a process it did not start, never talk to anything but 127.0.0.0/8, and never wait without a
 # timeout.
+import http.client
 import json
 import os
 import re
@@ -219,3 +220,17 @@ def series_summed_over_shards(text):
         except ValueError:
             pass
     return out
+
+
+def scrape_summed(port, host="127.0.0.1", timeout_s=10):
+    """GET /metrics of a wsed as series_summed_over_shards; {} when it does not answer within
+    timeout_s (the caller counts that: a stalled shard is a finding)."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout_s)
+    try:
+        conn.request("GET", "/metrics")
+        body = conn.getresponse().read().decode(errors="replace")
+    except (OSError, http.client.HTTPException):
+        return {}
+    finally:
+        conn.close()
+    return series_summed_over_shards(body)

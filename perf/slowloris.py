@@ -418,19 +418,8 @@ def trickle_main(argv):
 
 
 def metrics(port):
-    """wsed's /metrics as {(name, labels-string): value}, summed over the shards."""
-    s = socket.create_connection((HOST, port), timeout=5)
-    try:
-        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        raw = b""
-        while len(raw) < 8 << 20:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            raw += chunk
-    finally:
-        s.close()
-    return benchlib.series_summed_over_shards(raw.split(b"\r\n\r\n", 1)[-1].decode(errors="replace"))
+    """wsed's /metrics as {series: value}, summed over the shards ({}: no answer)."""
+    return benchlib.scrape_summed(port, HOST, 5)
 
 
 INTERESTING = ("wsed_connections_closed_total", "wsed_connections_rejected_total",

@@ -50,17 +50,7 @@ def rss_kib(pid):
 
 
 def metrics(port, timeout_s=10):
-    """{series: value} of wsed's /metrics, summed over the shards; {} when it
-    does not answer within timeout_s (counted by the caller: a stalled shard is a finding)."""
-    conn = http.client.HTTPConnection(HOST, port, timeout=timeout_s)
-    try:
-        conn.request("GET", "/metrics")
-        body = conn.getresponse().read().decode(errors="replace")
-    except (OSError, http.client.HTTPException):
-        return {}
-    finally:
-        conn.close()
-    return benchlib.series_summed_over_shards(body)
+    return benchlib.scrape_summed(port, HOST, timeout_s)
 
 
 class Publisher(threading.Thread):
